@@ -1,0 +1,68 @@
+//! The JSON error body every API error uses: `{"error":{"code","message"}}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ChunkId;
+
+/// Machine-readable error codes. Clients branch on these, never on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request body or a parameter is malformed.
+    BadRequest,
+    /// A path failed validation; the message names the reason.
+    InvalidPath,
+    /// Missing, expired or invalid credentials.
+    Unauthorized,
+    /// Authenticated, but not allowed to touch this resource.
+    Forbidden,
+    /// The resource does not exist (or is not visible to the caller).
+    NotFound,
+    /// The username or email is taken, or a similar uniqueness clash.
+    Conflict,
+    /// A commit references chunks the server does not hold; `missing` lists them.
+    MissingChunks,
+    /// The body is larger than the endpoint accepts.
+    PayloadTooLarge,
+    /// Too many requests; retry after the `Retry-After` header.
+    RateLimited,
+    /// The blob failed validation (size, header).
+    InvalidBlob,
+    /// Something failed on the server; details are in its log.
+    Internal,
+    /// A dependency (database, blob store) is unavailable.
+    Unavailable,
+}
+
+/// Inner part of an error body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable message a user can act on.
+    pub message: String,
+    /// For [`ErrorCode::MissingChunks`]: the chunk ids to upload first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<ChunkId>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+impl ErrorBody {
+    /// An error body with no extra fields.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+                missing: Vec::new(),
+            },
+        }
+    }
+}

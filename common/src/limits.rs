@@ -1,0 +1,23 @@
+//! Constants shared by server and client.
+
+/// Default FastCDC minimum chunk size.
+pub const DEFAULT_MIN_CHUNK: u32 = 16 * 1024;
+/// Default FastCDC average chunk size.
+pub const DEFAULT_AVG_CHUNK: u32 = 64 * 1024;
+/// Default FastCDC maximum chunk size.
+pub const DEFAULT_MAX_CHUNK: u32 = 256 * 1024;
+/// Upper bound on any chunk's plaintext, whatever the configuration: decoding refuses
+/// to decompress beyond it.
+pub const MAX_CHUNK_PLAINTEXT: usize = 4 * 1024 * 1024;
+/// Upper bound on a stored blob: plaintext bound + header + tag + zstd slack.
+pub const MAX_BLOB_SIZE: usize = MAX_CHUNK_PLAINTEXT + 64 * 1024;
+/// Most chunk ids in one `chunks/missing` or batch request.
+pub const MAX_IDS_PER_REQUEST: usize = 10_000;
+/// Most events in one `sync/event` batch.
+pub const MAX_EVENTS_PER_BATCH: usize = 1_000;
+/// Largest body of a batch chunk upload.
+pub const MAX_BATCH_BODY: usize = 32 * 1024 * 1024;
+/// Default and maximum page size of list and changes endpoints.
+pub const DEFAULT_PAGE: u32 = 1_000;
+/// Maximum page size of list and changes endpoints.
+pub const MAX_PAGE: u32 = 10_000;
