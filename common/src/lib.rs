@@ -18,6 +18,7 @@
 
 mod error;
 mod ids;
+mod keys;
 mod path;
 mod vv;
 
@@ -29,5 +30,6 @@ pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{
     ChunkId, ContentHash, DeviceId, FileId, IdParseError, NamespaceId, Seq, UserId, VersionNo,
 };
+pub use keys::IdKey;
 pub use path::{PathError, PortabilityIssue, SyncPath, MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
 pub use vv::{VersionVector, VvOrdering};
