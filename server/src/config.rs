@@ -1,0 +1,151 @@
+//! Server configuration: flags, environment variables (and `.env`), validated once.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `fsync-server` options. Every flag has an environment variable; a `.env` file in the
+/// working directory is read first.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "fsync-server", version, about = "fsync server: encrypted, versioned file sync")]
+pub struct Config {
+    /// Metadata database: `postgres://…` or `sqlite://PATH` (alias `POSTGRES_URL`).
+    /// Default: an SQLite file `fsync.db` in the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Secret that signs access tokens (at least 32 characters). Default: generated
+    /// once and kept in `<data-dir>/secret.key` (mode 0600).
+    #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "SERVER_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "SERVER_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Where blobs are stored. Default: `<data-dir>/blobs`.
+    #[arg(long, env = "FILES_DIRECTORY")]
+    pub files_directory: Option<PathBuf>,
+    /// Directory for the default database, blobs and secret.
+    #[arg(long, env = "FSYNC_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `SECRET_KEY` is too short.
+    #[error("SECRET_KEY must be at least 32 characters (it signs access tokens)")]
+    WeakSecret,
+    /// A file or directory could not be used.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// The database URL, with `POSTGRES_URL` as a fallback and SQLite as the default.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("POSTGRES_URL").ok())
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("fsync.db").display()))
+    }
+
+    /// The blob directory.
+    pub fn files_directory(&self) -> PathBuf {
+        self.files_directory.clone().unwrap_or_else(|| self.data_dir.join("blobs"))
+    }
+
+    /// The token-signing secret: given, or loaded from / generated into the data dir.
+    pub fn secret(&self) -> Result<Vec<u8>, ConfigError> {
+        if let Some(s) = &self.secret_key {
+            if s.len() < 32 {
+                return Err(ConfigError::WeakSecret);
+            }
+            return Ok(s.as_bytes().to_vec());
+        }
+        load_or_create_secret(&self.data_dir.join("secret.key"))
+    }
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ConfigError + 'a {
+    move |source| ConfigError::Io { what, path: path.to_owned(), source }
+}
+
+fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => return Err(ConfigError::WeakSecret),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("reading", path)(e)),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    }
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        opts.mode(0o600);
+        let mut f = opts.open(&tmp).map_err(io_err("creating", &tmp))?;
+        f.write_all(secret.as_bytes()).map_err(io_err("writing", &tmp))?;
+        f.sync_all().map_err(io_err("syncing", &tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err("renaming", path))?;
+    tracing::warn!(path = %path.display(), "SECRET_KEY not set: generated one and stored it (mode 0600); set SECRET_KEY to share it between server nodes");
+    Ok(secret.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secret_is_stable_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret.key");
+        let a = load_or_create_secret(&p).unwrap();
+        let b = load_or_create_secret(&p).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn short_secret_is_refused() {
+        let c = Config::parse_from(["fsync-server", "--secret-key", "short"]);
+        assert!(matches!(c.secret(), Err(ConfigError::WeakSecret)));
+    }
+}

@@ -1,0 +1,249 @@
+//! The metadata repository: one narrow trait, one SQL implementation shared by the two
+//! databases (`sqlite.rs`, `postgres.rs` open and configure their pools), one test
+//! suite (`testsuite.rs`) run against both.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fsync_common::wire::{
+    ChangesResponse, CommitRequest, CommitResponse, DeleteRequest, DeviceInfo, KdfParams,
+    ListResponse, Manifest, NamespaceGrant, OpResponse, RenameRequest, VersionInfo,
+};
+use fsync_common::{ChunkId, DeviceId, FileId, NamespaceId, Seq, UserId, VersionNo};
+
+mod postgres;
+mod sql;
+mod sqlite;
+#[cfg(test)]
+pub(crate) mod testsuite;
+
+pub use postgres::open_postgres;
+pub use sqlite::open_sqlite;
+
+/// Errors of the metadata repository. No SQL text reaches a client: the API layer
+/// maps these to status codes and logs the details of [`DbError::Backend`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// A uniqueness rule was violated (username taken, …).
+    #[error("{0}")]
+    Conflict(String),
+    /// The row does not exist or is not visible to the caller.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The commit references chunks the server does not hold.
+    #[error("{} chunks are missing", .0.len())]
+    MissingChunks(Vec<ChunkId>),
+    /// The request is inconsistent (sizes do not add up, rename onto an existing file…).
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    /// Stored data could not be decoded (corruption or a bug).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// A user's stored credentials.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    /// User id.
+    pub id: UserId,
+    /// Username.
+    pub username: String,
+    /// Argon2id PHC string of the client's auth key.
+    pub auth_hash: String,
+    /// KDF parameters the client derives its keys with.
+    pub kdf: KdfParams,
+    /// Account key wrapped with the client's `kek`, hex.
+    pub wrapped_account_key: String,
+}
+
+/// What registration stores.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// User id.
+    pub id: UserId,
+    /// Username.
+    pub username: String,
+    /// Email.
+    pub email: String,
+    /// Argon2id PHC string of the auth key.
+    pub auth_hash: String,
+    /// KDF parameters.
+    pub kdf: KdfParams,
+    /// Wrapped account key, hex.
+    pub wrapped_account_key: String,
+    /// First namespace.
+    pub namespace: NamespaceId,
+    /// Its key wrapped with the account key, hex.
+    pub wrapped_namespace_key: String,
+}
+
+/// Outcome of rotating a refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenOwner {
+    /// User.
+    pub user: UserId,
+    /// Device the token is bound to.
+    pub device: DeviceId,
+}
+
+/// Who is acting: the authenticated user and device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actor {
+    /// User.
+    pub user: UserId,
+    /// Device.
+    pub device: DeviceId,
+}
+
+/// The metadata repository.
+#[async_trait]
+pub trait MetaRepo: Send + Sync + std::fmt::Debug {
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), DbError>;
+
+    // ---- users, devices, tokens
+    /// Creates a user with its first namespace. `Conflict` when the username is taken.
+    async fn create_user(&self, user: NewUser, now: i64) -> Result<(), DbError>;
+    /// Finds a user by username.
+    async fn find_user(&self, username: &str) -> Result<Option<UserRecord>, DbError>;
+    /// Returns `device` when it belongs to the user and is not revoked, else registers a
+    /// new device with `new_id`.
+    async fn register_device(
+        &self,
+        user: UserId,
+        device: Option<DeviceId>,
+        new_id: DeviceId,
+        name: &str,
+        now: i64,
+    ) -> Result<DeviceId, DbError>;
+    /// True when the device belongs to the user and is not revoked; records `last_seen`.
+    async fn device_active(&self, user: UserId, device: DeviceId, now: i64) -> Result<bool, DbError>;
+    /// The user's devices.
+    async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, DbError>;
+    /// Revokes a device and drops its refresh tokens. False when not the user's.
+    async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<bool, DbError>;
+    /// Stores a refresh token hash.
+    async fn insert_refresh(
+        &self,
+        token_hash: &str,
+        owner: TokenOwner,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), DbError>;
+    /// Atomically consumes a valid refresh token and stores its successor.
+    /// `None` when the token is unknown, expired, or its device revoked.
+    async fn rotate_refresh(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<Option<TokenOwner>, DbError>;
+    /// Deletes a refresh token (logout). False when it did not exist.
+    async fn delete_refresh(&self, token_hash: &str) -> Result<bool, DbError>;
+    /// The namespaces the user can access.
+    async fn namespaces_of(&self, user: UserId) -> Result<Vec<NamespaceGrant>, DbError>;
+    /// The user's role in a namespace, if any.
+    async fn role_in(&self, user: UserId, ns: NamespaceId) -> Result<Option<String>, DbError>;
+
+    // ---- chunks
+    /// The subset of `ids` not stored in `ns`; the present ones are marked touched.
+    async fn missing_chunks(
+        &self,
+        ns: NamespaceId,
+        ids: &[ChunkId],
+        now: i64,
+    ) -> Result<Vec<ChunkId>, DbError>;
+    /// Records stored chunks (after their blobs are durable). Existing rows are touched.
+    async fn record_chunks(
+        &self,
+        ns: NamespaceId,
+        chunks: &[(ChunkId, u64)],
+        now: i64,
+    ) -> Result<(), DbError>;
+    /// True when the chunk is recorded in `ns`.
+    async fn has_chunk(&self, ns: NamespaceId, id: ChunkId) -> Result<bool, DbError>;
+
+    // ---- files
+    /// Commits a manifest (ARCHITECTURE §5).
+    async fn commit(
+        &self,
+        actor: Actor,
+        req: &CommitRequest,
+        now: i64,
+    ) -> Result<CommitResponse, DbError>;
+    /// Tombstones a path, if the head is the version the client saw.
+    async fn delete(&self, actor: Actor, req: &DeleteRequest, now: i64) -> Result<OpResponse, DbError>;
+    /// Moves a file or every file below a folder, as one operation.
+    async fn rename(&self, actor: Actor, req: &RenameRequest, now: i64) -> Result<OpResponse, DbError>;
+    /// Lists heads in path order.
+    async fn list_files(
+        &self,
+        ns: NamespaceId,
+        prefix: Option<&str>,
+        include_deleted: bool,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<ListResponse, DbError>;
+    /// The namespace of a file, for authorization.
+    async fn file_namespace(&self, file: FileId) -> Result<Option<NamespaceId>, DbError>;
+    /// A version's manifest (`None`: the head).
+    async fn manifest(&self, file: FileId, version: Option<VersionNo>) -> Result<Manifest, DbError>;
+    /// A file's history, newest first.
+    async fn versions(&self, file: FileId) -> Result<Vec<VersionInfo>, DbError>;
+    /// Makes an old version the head again, as a new version.
+    async fn restore(
+        &self,
+        actor: Actor,
+        file: FileId,
+        version: VersionNo,
+        now: i64,
+    ) -> Result<CommitResponse, DbError>;
+
+    // ---- journal
+    /// Changes after `since`, in journal order.
+    async fn changes(&self, ns: NamespaceId, since: Seq, limit: u32) -> Result<ChangesResponse, DbError>;
+    /// The namespace's latest journal position.
+    async fn last_seq(&self, ns: NamespaceId) -> Result<Seq, DbError>;
+}
+
+/// Applies embedded migrations (version, description, SQL) with sqlx's migrator, which
+/// records them in `_sqlx_migrations` and refuses a changed, already-applied script.
+async fn migrate(pool: &sqlx::AnyPool, migrations: &[(i64, &'static str, &'static str)]) -> Result<(), DbError> {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let list = migrations
+        .iter()
+        .map(|(v, d, sql)| {
+            Migration::new(
+                *v,
+                std::borrow::Cow::Borrowed(*d),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(*sql)),
+                false,
+            )
+        })
+        .collect();
+    Migrator::with_migrations(list)
+        .run(pool)
+        .await
+        .map_err(|e| DbError::Backend(e.into()))
+}
+
+/// Opens the repository named by a database URL: `postgres://…` or `sqlite://PATH`.
+pub async fn open(url: &str) -> Result<Arc<dyn MetaRepo>, DbError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        open_postgres(url).await
+    } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        let path = path.split('?').next().unwrap_or(path);
+        open_sqlite(std::path::Path::new(path)).await
+    } else {
+        Err(DbError::Invalid(format!(
+            "unsupported database URL scheme in {:?}: use postgres://… or sqlite://PATH",
+            url.split(':').next().unwrap_or("")
+        )))
+    }
+}

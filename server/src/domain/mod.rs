@@ -1,0 +1,3 @@
+//! Domain rules that do not depend on storage or HTTP.
+
+pub(crate) mod resolve;

@@ -1,0 +1,171 @@
+//! `/api/v1/chunks/*`: which chunks are missing, upload (single and batch), download
+//! (single and batch). Blobs are opaque: the server checks the header and the size,
+//! never the content.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fsync_common::limits::{MAX_BLOB_SIZE, MAX_IDS_PER_REQUEST};
+use fsync_common::wire::{ChunkIdsRequest, MissingResponse, StoredResponse};
+use fsync_common::{batch, ChunkId, NamespaceId};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, Auth};
+use crate::state::{now_secs, AppState};
+
+/// `?namespace=` of chunk routes (the user's first namespace when absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NsQuery {
+    namespace: Option<NamespaceId>,
+}
+
+fn chunk_id(raw: &str) -> Result<ChunkId, ApiError> {
+    ChunkId::from_hex(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn check_ids(ids: &[ChunkId]) -> Result<(), ApiError> {
+    if ids.len() > MAX_IDS_PER_REQUEST {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{} ids in one request; the limit is {MAX_IDS_PER_REQUEST}",
+            ids.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/chunks/missing`.
+pub async fn missing(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<ChunkIdsRequest>,
+) -> Result<Json<MissingResponse>, ApiError> {
+    check_ids(&req.ids)?;
+    auth.authorize(&state, req.namespace, true).await?;
+    let missing = state.repo.missing_chunks(req.namespace, &req.ids, now_secs()).await?;
+    state
+        .metrics
+        .dedup_hits
+        .fetch_add((req.ids.len() - missing.len()) as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(Json(MissingResponse { missing }))
+}
+
+async fn store_blobs(state: &AppState, ns: NamespaceId, blobs: Vec<(ChunkId, Vec<u8>)>) -> Result<StoredResponse, ApiError> {
+    for (id, blob) in &blobs {
+        fsync_store::check_blob_header(blob)
+            .map_err(|e| ApiError::InvalidBlob(format!("chunk {id}: {e}")))?;
+    }
+    let mut stored = 0;
+    let mut existing = 0;
+    let mut rows = Vec::with_capacity(blobs.len());
+    for (id, blob) in blobs {
+        let size = blob.len() as u64;
+        // The blob is durable before its row exists: a row never points at nothing.
+        match state.blobs.put(&ns, &id, blob).await? {
+            fsync_store::PutOutcome::Stored => stored += 1,
+            _ => existing += 1,
+        }
+        rows.push((id, size));
+    }
+    state.repo.record_chunks(ns, &rows, now_secs()).await?;
+    state
+        .metrics
+        .chunks_stored
+        .fetch_add(u64::from(stored), std::sync::atomic::Ordering::Relaxed);
+    Ok(StoredResponse { stored, existing })
+}
+
+/// `PUT /api/v1/chunks/{id}?namespace=`: one blob, idempotent.
+pub async fn put(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<NsQuery>,
+    body: Body,
+) -> Result<(StatusCode, Json<StoredResponse>), ApiError> {
+    let id = chunk_id(&id)?;
+    let ns = auth.namespace(&state, q.namespace, true).await?;
+    let blob = read_body(body, MAX_BLOB_SIZE).await?;
+    let r = store_blobs(&state, ns, vec![(id, blob.to_vec())]).await?;
+    let status = if r.stored > 0 { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(r)))
+}
+
+/// `POST /api/v1/chunks/batch?namespace=`: many blobs in one body (see `fsync_common::batch`).
+pub async fn put_batch(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<NsQuery>,
+    body: Body,
+) -> Result<Json<StoredResponse>, ApiError> {
+    let ns = auth.namespace(&state, q.namespace, true).await?;
+    let body = read_body(body, fsync_common::limits::MAX_BATCH_BODY).await?;
+    let entries = batch::decode(&body, MAX_BLOB_SIZE).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if entries.len() > MAX_IDS_PER_REQUEST {
+        return Err(ApiError::PayloadTooLarge("too many blobs in one batch".into()));
+    }
+    let blobs = entries.into_iter().map(|(id, b)| (id, b.to_vec())).collect();
+    Ok(Json(store_blobs(&state, ns, blobs).await?))
+}
+
+/// `GET /api/v1/chunks/{id}?namespace=`.
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<NsQuery>,
+) -> Result<Response, ApiError> {
+    let id = chunk_id(&id)?;
+    let ns = auth.namespace(&state, q.namespace, false).await?;
+    if !state.repo.has_chunk(ns, id).await? {
+        return Err(ApiError::NotFound(format!("chunk {id} not found")));
+    }
+    let blob = state
+        .blobs
+        .get(&ns, &id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(format!("chunk {id} is recorded but its blob is missing")))?;
+    count_out(&state, blob.len());
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], blob).into_response())
+}
+
+/// `POST /api/v1/chunks/fetch`: many blobs in one response (batch framing); ids the
+/// namespace does not hold are left out, so the client sees exactly what is missing.
+pub async fn fetch_batch(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<ChunkIdsRequest>,
+) -> Result<Response, ApiError> {
+    check_ids(&req.ids)?;
+    auth.authorize(&state, req.namespace, false).await?;
+    let absent = state.repo.missing_chunks(req.namespace, &req.ids, now_secs()).await?;
+    let mut out = Vec::new();
+    batch::encode_header(&mut out);
+    for id in req.ids.iter().filter(|id| !absent.contains(id)) {
+        if let Some(blob) = state.blobs.get(&req.namespace, id).await? {
+            if out.len() + blob.len() > fsync_common::limits::MAX_BATCH_BODY && out.len() > 5 {
+                break;
+            }
+            batch::encode_entry(&mut out, id, &blob);
+        }
+    }
+    count_out(&state, out.len());
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response())
+}
+
+fn count_out(state: &AppState, n: usize) {
+    state
+        .metrics
+        .bytes_out
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reads a body up to `limit` bytes; 413 past it.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(format!("body exceeds {limit} bytes")))
+}

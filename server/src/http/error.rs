@@ -1,0 +1,121 @@
+//! The one place where domain errors become HTTP status codes and JSON bodies.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fsync_common::{ChunkId, ErrorBody, ErrorCode};
+
+use crate::db::DbError;
+
+/// An API error. 5xx details are logged here and never sent.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400.
+    BadRequest(String),
+    /// 400, a path failed validation.
+    InvalidPath(String),
+    /// 401.
+    Unauthorized(&'static str),
+    /// 403.
+    Forbidden(&'static str),
+    /// 404.
+    NotFound(String),
+    /// 409.
+    Conflict(String),
+    /// 409 with the ids to upload first.
+    MissingChunks(Vec<ChunkId>),
+    /// 413.
+    PayloadTooLarge(String),
+    /// 429, with the seconds to wait.
+    RateLimited(u64),
+    /// 422, a blob that is not one.
+    InvalidBlob(String),
+    /// 503.
+    Unavailable(String),
+    /// 500; the detail goes to the log only.
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, ErrorCode, String) {
+        match self {
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m.clone()),
+            Self::InvalidPath(m) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidPath, m.clone()),
+            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, (*m).to_owned()),
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden, (*m).to_owned()),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, m.clone()),
+            Self::Conflict(m) => (StatusCode::CONFLICT, ErrorCode::Conflict, m.clone()),
+            Self::MissingChunks(ids) => (
+                StatusCode::CONFLICT,
+                ErrorCode::MissingChunks,
+                format!("{} chunks must be uploaded before this commit", ids.len()),
+            ),
+            Self::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, m.clone()),
+            Self::RateLimited(s) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                format!("too many requests; retry in {s} s"),
+            ),
+            Self::InvalidBlob(m) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidBlob, m.clone()),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "a storage service is unavailable; try again later".to_owned(),
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "internal error; the server log has the details".to_owned(),
+            ),
+        }
+    }
+
+    /// The JSON body this error is sent as (also used per event in `sync/event`).
+    pub fn body(&self) -> ErrorBody {
+        let (_, code, message) = self.parts();
+        let mut body = ErrorBody::new(code, message);
+        if let Self::MissingChunks(ids) = self {
+            body.error.missing.clone_from(ids);
+        }
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _, _) = self.parts();
+        match &self {
+            Self::Internal(detail) | Self::Unavailable(detail) => {
+                tracing::error!(%status, detail = %detail, "request failed");
+            }
+            _ => tracing::debug!(%status, error = ?self, "request refused"),
+        }
+        let mut resp = (status, Json(self.body())).into_response();
+        if let Self::RateLimited(s) = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Conflict(m) => Self::Conflict(m),
+            DbError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            DbError::MissingChunks(ids) => Self::MissingChunks(ids),
+            DbError::Invalid(m) => Self::BadRequest(m),
+            DbError::Backend(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
+                Self::Unavailable(e.to_string())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<fsync_store::StoreError> for ApiError {
+    fn from(e: fsync_store::StoreError) -> Self {
+        Self::Unavailable(format!("blob store: {e}"))
+    }
+}

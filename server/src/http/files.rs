@@ -1,0 +1,150 @@
+//! `/api/v1/files/*`: commit manifests, list, download manifests, history, restore,
+//! delete, rename.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use fsync_common::limits::{DEFAULT_PAGE, MAX_PAGE};
+use fsync_common::wire::{
+    CommitRequest, CommitResponse, DeleteRequest, ListQuery, ListResponse, Manifest, OpResponse,
+    RenameRequest, RestoreRequest, VersionInfo,
+};
+use fsync_common::{FileId, Seq, SyncPath, VersionNo};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, Auth};
+use crate::state::{now_secs, AppState};
+
+/// Commits and pushes the change to the namespace's sockets.
+pub(crate) async fn do_commit(state: &AppState, auth: &Auth, req: &CommitRequest) -> Result<CommitResponse, ApiError> {
+    auth.authorize(state, req.namespace, true).await?;
+    let r = state.repo.commit(auth.actor(), req, now_secs()).await?;
+    let seq = r.head.seq.max(r.conflict_copy.as_ref().map_or(Seq(0), |c| c.seq));
+    state.notify(req.namespace, seq);
+    Ok(r)
+}
+
+pub(crate) async fn do_delete(state: &AppState, auth: &Auth, req: &DeleteRequest) -> Result<OpResponse, ApiError> {
+    auth.authorize(state, req.namespace, true).await?;
+    let r = state.repo.delete(auth.actor(), req, now_secs()).await?;
+    notify_op(state, req.namespace, &r);
+    Ok(r)
+}
+
+pub(crate) async fn do_rename(state: &AppState, auth: &Auth, req: &RenameRequest) -> Result<OpResponse, ApiError> {
+    auth.authorize(state, req.namespace, true).await?;
+    let r = state.repo.rename(auth.actor(), req, now_secs()).await?;
+    notify_op(state, req.namespace, &r);
+    Ok(r)
+}
+
+fn notify_op(state: &AppState, ns: fsync_common::NamespaceId, r: &OpResponse) {
+    if let Some(seq) = r.files.iter().map(|f| f.seq).max() {
+        state.notify(ns, seq);
+    }
+}
+
+/// `POST /api/v1/files/upload`: commit a manifest whose chunks are stored.
+pub async fn upload(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<CommitRequest>,
+) -> Result<Json<CommitResponse>, ApiError> {
+    Ok(Json(do_commit(&state, &auth, &req).await?))
+}
+
+/// `GET /api/v1/files/list`.
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let ns = auth.namespace(&state, q.namespace, false).await?;
+    let prefix = match q.prefix.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => Some(SyncPath::new(p).map_err(|e| ApiError::InvalidPath(e.to_string()))?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    Ok(Json(
+        state
+            .repo
+            .list_files(ns, prefix.as_ref().map(SyncPath::as_str), q.include_deleted, q.after.as_deref(), limit)
+            .await?,
+    ))
+}
+
+async fn file_of(state: &AppState, auth: &Auth, raw: &str, write: bool) -> Result<FileId, ApiError> {
+    let id = FileId::from_hex(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let ns = state
+        .repo
+        .file_namespace(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("file not found".into()))?;
+    auth.authorize(state, ns, write)
+        .await
+        .map_err(|e| match e {
+            ApiError::NotFound(_) => ApiError::NotFound("file not found".into()),
+            other => other,
+        })?;
+    Ok(id)
+}
+
+/// `?version=` of the download route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionQuery {
+    version: Option<u64>,
+}
+
+/// `GET /api/v1/files/download/{file_id}[?version=N]`: the manifest; the client fetches
+/// and decrypts the chunks.
+pub async fn download(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<VersionQuery>,
+) -> Result<Json<Manifest>, ApiError> {
+    let id = file_of(&state, &auth, &id, false).await?;
+    Ok(Json(state.repo.manifest(id, q.version.map(VersionNo)).await?))
+}
+
+/// `GET /api/v1/files/{file_id}/versions`.
+pub async fn versions(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<VersionInfo>>, ApiError> {
+    let id = file_of(&state, &auth, &id, false).await?;
+    Ok(Json(state.repo.versions(id).await?))
+}
+
+/// `POST /api/v1/files/{file_id}/restore`.
+pub async fn restore(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<RestoreRequest>,
+) -> Result<Json<CommitResponse>, ApiError> {
+    let id = file_of(&state, &auth, &id, true).await?;
+    let r = state.repo.restore(auth.actor(), id, req.version, now_secs()).await?;
+    state.notify(r.head.namespace, r.head.seq);
+    Ok(Json(r))
+}
+
+/// `POST /api/v1/files/delete`.
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<DeleteRequest>,
+) -> Result<Json<OpResponse>, ApiError> {
+    Ok(Json(do_delete(&state, &auth, &req).await?))
+}
+
+/// `POST /api/v1/files/rename`.
+pub async fn rename(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<RenameRequest>,
+) -> Result<Json<OpResponse>, ApiError> {
+    Ok(Json(do_rename(&state, &auth, &req).await?))
+}

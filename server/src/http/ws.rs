@@ -1,0 +1,112 @@
+//! `GET /api/v1/ws`: pushes `{type:"changed", namespace, seq}` after every commit in the
+//! user's namespaces. Authenticated by bearer header or by a first `{type:"auth"}`
+//! message; closed when the token expires.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::request::Parts;
+use axum::response::Response;
+use fsync_common::wire::{ClientMessage, PushMessage};
+use fsync_common::NamespaceId;
+
+use super::error::ApiError;
+use super::extract::{authenticate, bearer, Auth};
+use crate::state::AppState;
+
+const HEARTBEAT: Duration = Duration::from_secs(20);
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upgrades the connection.
+pub async fn upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+    // A bad header token is refused before upgrading; no header means "auth message".
+    let pre = match bearer(&parts) {
+        Some(t) => Some((authenticate(&state, t).await?, expiry(&state, t))),
+        None => None,
+    };
+    Ok(ws.on_upgrade(move |socket| serve(state, socket, pre)))
+}
+
+fn expiry(state: &AppState, token: &str) -> u64 {
+    state.tokens.verify(token).map_or(0, |(_, _, c)| c.exp)
+}
+
+async fn first_message_auth(state: &AppState, socket: &mut WebSocket) -> Option<(Auth, u64)> {
+    let msg = tokio::time::timeout(AUTH_TIMEOUT, socket.recv()).await.ok()??.ok()?;
+    let Message::Text(text) = msg else { return None };
+    let ClientMessage::Auth { token } = serde_json::from_str(text.as_str()).ok()?;
+    let auth = authenticate(state, &token).await.ok()?;
+    Some((auth, expiry(state, &token)))
+}
+
+async fn close(mut socket: WebSocket, reason: &'static str) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame { code: 1008, reason: reason.into() })))
+        .await;
+}
+
+async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>) {
+    let pre = match pre {
+        Some(p) => Some(p),
+        None => first_message_auth(&state, &mut socket).await,
+    };
+    let Some((auth, exp)) = pre else {
+        return close(socket, "authentication required").await;
+    };
+    let Ok(grants) = state.repo.namespaces_of(auth.user).await else {
+        return close(socket, "server error").await;
+    };
+    let mine: HashSet<NamespaceId> = grants.iter().map(|g| g.id).collect();
+    let mut rx = state.push.subscribe();
+    state.metrics.ws_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Tell the client where each journal stands now, so it can catch up at once.
+    for ns in &mine {
+        if let Ok(seq) = state.repo.last_seq(*ns).await {
+            if send(&mut socket, &PushMessage::Changed { namespace: *ns, seq }).await.is_err() {
+                break;
+            }
+        }
+    }
+    let now = crate::state::now_secs() as u64;
+    let until_expiry = tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now)));
+    tokio::pin!(until_expiry);
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            () = &mut until_expiry => {
+                close(socket, "token expired").await;
+                break;
+            }
+            _ = beat.tick() => {
+                if send(&mut socket, &PushMessage::Heartbeat).await.is_err() { break; }
+            }
+            msg = rx.recv() => match msg {
+                Ok((ns, seq)) if mine.contains(&ns) => {
+                    if send(&mut socket, &PushMessage::Changed { namespace: ns, seq }).await.is_err() { break; }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed pushes: resend the current positions.
+                    for ns in &mine {
+                        if let Ok(seq) = state.repo.last_seq(*ns).await {
+                            let _ = send(&mut socket, &PushMessage::Changed { namespace: *ns, seq }).await;
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    state.metrics.ws_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn send(socket: &mut WebSocket, m: &PushMessage) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(m).expect("push messages serialize");
+    socket.send(Message::Text(text.into())).await
+}

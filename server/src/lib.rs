@@ -1,0 +1,56 @@
+//! The fsync server: accounts, chunk store, manifests with version vectors, the sync
+//! journal and WebSocket push, on SQLite (default) or PostgreSQL.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use fsync_server::{build_state, run, Config};
+//! use clap::Parser;
+//!
+//! let config = Config::parse_from(["fsync-server", "--data-dir", "/tmp/fsync"]);
+//! let state = build_state(&config).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! run(listener, state, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod config;
+mod db;
+mod domain;
+mod http;
+mod metrics;
+mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use config::{Config, ConfigError, LogFormat};
+pub use db::{open as open_repo, open_postgres, open_sqlite, Actor, DbError, MetaRepo};
+pub use http::app;
+pub use http::error::ApiError;
+pub use state::{AppState, Limits};
+
+/// Opens the database and blob store named by `config` and builds the state.
+pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    let secret = config.secret()?;
+    let repo = db::open(&config.database_url()).await?;
+    let blobs: Arc<dyn fsync_store::BlobStore> = Arc::new(fsync_store::LocalStore::open(config.files_directory())?);
+    Ok(AppState::new(repo, blobs, secret))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; in-flight requests finish.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,96 @@
+//! Shared server state: narrow trait objects and small services, no god struct.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fsync_common::{NamespaceId, Seq};
+use fsync_store::BlobStore;
+use tokio::sync::broadcast;
+
+use crate::auth::limit::{Limit, RateLimiter};
+use crate::auth::tokens::TokenService;
+use crate::db::MetaRepo;
+use crate::metrics::Metrics;
+
+/// Rate limits of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Auth requests per client IP.
+    pub auth_per_ip: Limit,
+    /// Login attempts per username.
+    pub auth_per_user: Limit,
+    /// Authenticated API requests per user.
+    pub api_per_user: Limit,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            auth_per_ip: Limit { max: 60, window: Duration::from_secs(60) },
+            auth_per_user: Limit { max: 10, window: Duration::from_secs(60) },
+            api_per_user: Limit { max: 6000, window: Duration::from_secs(60) },
+        }
+    }
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Metadata.
+    pub repo: Arc<dyn MetaRepo>,
+    /// Blobs.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Access tokens.
+    pub tokens: Arc<TokenService>,
+    /// Rate limiter.
+    pub limiter: Arc<RateLimiter>,
+    /// Limits applied by the limiter.
+    pub limits: Limits,
+    /// Journal pushes to WebSockets: (namespace, latest seq).
+    pub push: broadcast::Sender<(NamespaceId, Seq)>,
+    /// Prometheus counters.
+    pub metrics: Arc<Metrics>,
+    /// Server secret (derives fake KDF params for unknown users).
+    pub secret: Arc<Vec<u8>>,
+    /// An Argon2 hash nobody's key matches, verified for unknown users so that their
+    /// login takes as long as a wrong password.
+    pub dummy_hash: Arc<String>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("repo", &self.repo).field("blobs", &self.blobs).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Builds the state from its parts.
+    pub fn new(repo: Arc<dyn MetaRepo>, blobs: Arc<dyn BlobStore>, secret: Vec<u8>) -> Self {
+        let (push, _) = broadcast::channel(1024);
+        let dummy_hash = fsync_store::hash_auth_key(&"00".repeat(32)).expect("hashing a constant works");
+        Self {
+            repo,
+            blobs,
+            tokens: Arc::new(TokenService::new(&secret)),
+            limiter: Arc::new(RateLimiter::new()),
+            limits: Limits::default(),
+            push,
+            metrics: Arc::new(Metrics::default()),
+            secret: Arc::new(secret),
+            dummy_hash: Arc::new(dummy_hash),
+        }
+    }
+
+    /// Tells WebSocket subscribers that `ns` reached `seq`.
+    pub fn notify(&self, ns: NamespaceId, seq: Seq) {
+        // No subscribers is fine.
+        let _ = self.push.send((ns, seq));
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
