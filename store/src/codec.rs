@@ -1,0 +1,684 @@
+//! The blob codec: chunk plaintext ⇄ compressed, encrypted, id-bound blob.
+//!
+//! ```text
+//! magic "FSB1" | version u8 = 1 | flags u8 (bit 0: zstd) | nonce[24] | ciphertext + tag[16]
+//! ```
+//!
+//! The AEAD is XChaCha20-Poly1305 with AAD = the 30-byte header ‖ the chunk id, so a
+//! blob cannot be presented under another id, nor its flags flipped. Decoding bounds
+//! the decompressed size, then re-derives the chunk id from the plaintext.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io::Read;
+
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use fsync_common::limits::{MAX_BLOB_SIZE, MAX_CHUNK_PLAINTEXT};
+use fsync_common::{ChunkId, IdKey};
+use rand::rngs::OsRng;
+use rand::RngCore as _;
+
+use crate::keys::NamespaceKeys;
+
+const MAGIC: &[u8; 4] = b"FSB1";
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// Flag bit 0: the plaintext was compressed with zstd before encryption.
+pub(crate) const FLAG_ZSTD: u8 = 0b0000_0001;
+const KNOWN_FLAGS: u8 = FLAG_ZSTD;
+
+/// Length of a blob's header: magic, version, flags and nonce.
+pub const BLOB_HEADER_LEN: usize = 4 + 1 + 1 + NONCE_LEN;
+/// Bytes a blob adds to its (possibly compressed) payload: header and tag.
+pub const BLOB_OVERHEAD: usize = BLOB_HEADER_LEN + TAG_LEN;
+/// The zstd level used unless [`BlobCodec::with_zstd_level`] says otherwise.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Compressed payloads are kept only if they save at least this percentage.
+const MIN_SAVING_PERCENT: usize = 3;
+
+/// Error of encoding or decoding a blob.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// Not an fsync blob: wrong magic, or shorter than header + tag.
+    #[error("not an fsync blob (bad magic or truncated)")]
+    BadHeader,
+    /// The blob's format version is not one this build reads.
+    #[error("unsupported blob version {0}")]
+    UnsupportedVersion(u8),
+    /// The flags byte has bits this build does not know.
+    #[error("unknown blob flags {0:#04x}")]
+    UnknownFlags(u8),
+    /// Authentication failed: wrong key, tampered blob, or a blob presented under
+    /// another chunk id.
+    #[error("blob authentication failed (wrong key, tampered, or wrong id)")]
+    Decrypt,
+    /// A plaintext or blob exceeds its bound (for decoding: the decompressed size).
+    #[error("data exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The bound in bytes.
+        limit: usize,
+    },
+    /// The authenticated payload is not a valid zstd stream.
+    #[error("blob payload does not decompress")]
+    Decompress,
+    /// The plaintext does not hash to the chunk id (a key holder stored wrong data).
+    #[error("plaintext does not match its chunk id")]
+    IdMismatch,
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Compresses `data` into at most `capacity` bytes, or `None` if it does not fit
+/// (or zstd fails, in which case storing the plaintext raw is still correct).
+fn compress_within(data: &[u8], level: i32, capacity: usize) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, compressor) = slot.as_mut()?;
+        let mut out = Vec::with_capacity(capacity);
+        compressor.compress_to_buffer(data, &mut out).ok()?;
+        (out.len() <= capacity).then_some(out)
+    })
+}
+
+/// Decompresses with the output bounded by `max` bytes, in memory bounded by `max`
+/// whatever the input claims.
+fn decompress_bounded(data: &[u8], max: usize) -> Result<Vec<u8>, CodecError> {
+    let single_frame = zstd::zstd_safe::find_frame_compressed_size(data) == Ok(data.len());
+    let declared = if single_frame {
+        zstd::zstd_safe::get_frame_content_size(data).ok().flatten()
+    } else {
+        None
+    };
+    if let Some(n) = declared {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if n > max {
+            return Err(CodecError::TooLarge { limit: max });
+        }
+        decompress_declared(data, n)
+    } else {
+        decompress_streaming(data, max)
+    }
+}
+
+/// One frame that declares its size `n` (as our encoder's do): decode in one shot
+/// into an exactly sized buffer.
+fn decompress_declared(data: &[u8], n: usize) -> Result<Vec<u8>, CodecError> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|_| CodecError::Decompress)?);
+        }
+        let decompressor = slot.as_mut().ok_or(CodecError::Decompress)?;
+        let mut out = Vec::with_capacity(n);
+        decompressor
+            .decompress_to_buffer(data, &mut out)
+            .map_err(|_| CodecError::Decompress)?;
+        if out.len() == n {
+            Ok(out)
+        } else {
+            Err(CodecError::Decompress)
+        }
+    })
+}
+
+/// Several frames, or no declared size: stream, reading at most `max + 1` bytes, with
+/// the decoder's window (its memory) bounded too.
+fn decompress_streaming(data: &[u8], max: usize) -> Result<Vec<u8>, CodecError> {
+    let mut decoder =
+        zstd::stream::read::Decoder::with_buffer(data).map_err(|_| CodecError::Decompress)?;
+    // A window larger than the output bound is never needed, but streaming encoders
+    // size it by level (up to 2^23 below the ultra levels).
+    let window_log = usize::BITS - max.saturating_sub(1).leading_zeros();
+    decoder
+        .window_log_max(window_log.clamp(23, 27))
+        .map_err(|_| CodecError::Decompress)?;
+    let mut out = Vec::new();
+    decoder
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| CodecError::Decompress)?;
+    if out.len() > max {
+        return Err(CodecError::TooLarge { limit: max });
+    }
+    Ok(out)
+}
+
+struct Header<'a> {
+    bytes: &'a [u8],
+    flags: u8,
+    nonce: &'a [u8],
+}
+
+fn parse_header(blob: &[u8]) -> Result<Header<'_>, CodecError> {
+    if blob.len() < BLOB_OVERHEAD || &blob[..4] != MAGIC {
+        return Err(CodecError::BadHeader);
+    }
+    if blob[4] != VERSION {
+        return Err(CodecError::UnsupportedVersion(blob[4]));
+    }
+    let flags = blob[5];
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(CodecError::UnknownFlags(flags));
+    }
+    Ok(Header {
+        bytes: &blob[..BLOB_HEADER_LEN],
+        flags,
+        nonce: &blob[6..BLOB_HEADER_LEN],
+    })
+}
+
+/// Keyless sanity check for the server: refuses anything that is not plausibly a blob
+/// (bad magic, version or flags, shorter than header + tag, longer than
+/// [`MAX_BLOB_SIZE`]). It cannot check authenticity; only key holders can.
+pub fn check_blob_header(blob: &[u8]) -> Result<(), CodecError> {
+    parse_header(blob)?;
+    if blob.len() > MAX_BLOB_SIZE {
+        return Err(CodecError::TooLarge {
+            limit: MAX_BLOB_SIZE,
+        });
+    }
+    Ok(())
+}
+
+fn aad(header: &[u8], id: &ChunkId) -> [u8; BLOB_HEADER_LEN + ChunkId::LEN] {
+    let mut aad = [0u8; BLOB_HEADER_LEN + ChunkId::LEN];
+    aad[..BLOB_HEADER_LEN].copy_from_slice(header);
+    aad[BLOB_HEADER_LEN..].copy_from_slice(id.as_bytes());
+    aad
+}
+
+/// Encodes chunk plaintexts into blobs and back, for one namespace's keys.
+///
+/// Cheap to clone. Encoding and decoding are CPU work (zstd, AEAD, BLAKE3): in async
+/// code run them on `spawn_blocking` (as [`crate::EncryptedStore`] does).
+#[derive(Clone)]
+pub struct BlobCodec {
+    id_key: IdKey,
+    cipher: XChaCha20Poly1305,
+    zstd_level: i32,
+    max_plaintext: usize,
+}
+
+impl fmt::Debug for BlobCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobCodec")
+            .field("keys", &"<redacted>")
+            .field("zstd_level", &self.zstd_level)
+            .field("max_plaintext", &self.max_plaintext)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobCodec {
+    /// A codec with zstd level [`DEFAULT_ZSTD_LEVEL`] and plaintexts bounded by
+    /// [`MAX_CHUNK_PLAINTEXT`].
+    pub fn new(keys: &NamespaceKeys) -> Self {
+        Self {
+            id_key: keys.id_key.clone(),
+            cipher: keys.enc_key.cipher(),
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            max_plaintext: MAX_CHUNK_PLAINTEXT,
+        }
+    }
+
+    /// Sets the zstd compression level used by [`BlobCodec::encode`].
+    #[must_use]
+    pub fn with_zstd_level(mut self, level: i32) -> Self {
+        self.zstd_level = level;
+        self
+    }
+
+    /// Sets the largest plaintext accepted by [`BlobCodec::encode`] and produced by
+    /// [`BlobCodec::decode`].
+    #[must_use]
+    pub fn with_max_plaintext(mut self, max: usize) -> Self {
+        self.max_plaintext = max;
+        self
+    }
+
+    /// The chunk id of `plaintext`: keyed BLAKE3 under the namespace's `id_key`
+    /// (identical to `fsync-chunker`'s).
+    pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
+        ChunkId::from_bytes(*blake3::keyed_hash(self.id_key.as_bytes(), plaintext).as_bytes())
+    }
+
+    /// Encodes a chunk. Compresses with zstd only if that saves at least 3 %; encrypts
+    /// under a random nonce with the header and `id` as associated data.
+    ///
+    /// `id` should be [`BlobCodec::chunk_id`] of `plaintext`, or decoding will fail
+    /// with [`CodecError::IdMismatch`].
+    pub fn encode(&self, id: &ChunkId, plaintext: &[u8]) -> Result<Vec<u8>, CodecError> {
+        if plaintext.len() > self.max_plaintext {
+            return Err(CodecError::TooLarge {
+                limit: self.max_plaintext,
+            });
+        }
+        // The largest compressed size that still saves MIN_SAVING_PERCENT.
+        let budget = plaintext.len() * (100 - MIN_SAVING_PERCENT) / 100;
+        let compressed = if budget == 0 {
+            None
+        } else {
+            compress_within(plaintext, self.zstd_level, budget)
+        };
+        Ok(match compressed {
+            Some(body) => self.seal(id, FLAG_ZSTD, &body),
+            None => self.seal(id, 0, plaintext),
+        })
+    }
+
+    /// Builds a blob around an arbitrary payload (already compressed or not).
+    pub(crate) fn seal(&self, id: &ChunkId, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let mut blob = Vec::with_capacity(BLOB_OVERHEAD + payload.len());
+        blob.extend_from_slice(MAGIC);
+        blob.push(VERSION);
+        blob.push(flags);
+        blob.extend_from_slice(&nonce);
+        let aad = aad(&blob, id);
+        blob.extend_from_slice(payload);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&nonce),
+                &aad,
+                &mut blob[BLOB_HEADER_LEN..],
+            )
+            .expect("payload is far below XChaCha20-Poly1305's message limit");
+        blob.extend_from_slice(&tag);
+        blob
+    }
+
+    /// Decodes and verifies a blob stored under `id`: header, authentication tag,
+    /// bounded decompression, then the plaintext's chunk id. Never returns data that
+    /// does not hash to `id`.
+    pub fn decode(&self, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let header = parse_header(blob)?;
+        // A stored payload is never larger than the plaintext it encodes.
+        let limit = self.max_plaintext.saturating_add(BLOB_OVERHEAD);
+        if blob.len() > limit {
+            return Err(CodecError::TooLarge { limit });
+        }
+        let tag_at = blob.len() - TAG_LEN;
+        let mut payload = blob[BLOB_HEADER_LEN..tag_at].to_vec();
+        self.cipher
+            .decrypt_in_place_detached(
+                XNonce::from_slice(header.nonce),
+                &aad(header.bytes, id),
+                &mut payload,
+                Tag::from_slice(&blob[tag_at..]),
+            )
+            .map_err(|_| CodecError::Decrypt)?;
+        let plaintext = if header.flags & FLAG_ZSTD == 0 {
+            payload
+        } else {
+            decompress_bounded(&payload, self.max_plaintext)?
+        };
+        if self.chunk_id(&plaintext) != *id {
+            return Err(CodecError::IdMismatch);
+        }
+        Ok(plaintext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, RngCore, SeedableRng};
+
+    use super::*;
+    use crate::keys::NamespaceKey;
+
+    fn codec() -> BlobCodec {
+        BlobCodec::new(&NamespaceKey::generate().derive())
+    }
+
+    fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+        v
+    }
+
+    fn text(seed: u64, len: usize) -> Vec<u8> {
+        const WORDS: &[&str] = &[
+            "the ", "quick ", "brown ", "fox ", "jumps\n", "over ", "a ", "lazy ", "dog. ",
+        ];
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut v = Vec::with_capacity(len + 8);
+        while v.len() < len {
+            v.extend_from_slice(WORDS[rng.gen_range(0..WORDS.len())].as_bytes());
+        }
+        v.truncate(len);
+        v
+    }
+
+    fn is_compressed(blob: &[u8]) -> bool {
+        blob[5] & FLAG_ZSTD != 0
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn round_trip(seed in any::<u64>(), len in 0usize..300 * 1024, compressible in any::<bool>()) {
+            let codec = codec();
+            let data = if compressible { text(seed, len) } else { random_bytes(seed, len) };
+            let id = codec.chunk_id(&data);
+            let blob = codec.encode(&id, &data).unwrap();
+            prop_assert!(check_blob_header(&blob).is_ok());
+            prop_assert!(blob.len() <= data.len() + BLOB_OVERHEAD);
+            prop_assert_eq!(codec.decode(&id, &blob).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn empty_plaintext_round_trips_raw() {
+        let codec = codec();
+        let id = codec.chunk_id(b"");
+        let blob = codec.encode(&id, b"").unwrap();
+        assert_eq!(blob.len(), BLOB_OVERHEAD);
+        assert!(!is_compressed(&blob));
+        assert_eq!(codec.decode(&id, &blob).unwrap(), b"");
+    }
+
+    #[test]
+    fn every_flipped_bit_of_a_small_blob_is_rejected() {
+        let codec = codec();
+        for data in [b"hello, world".to_vec(), text(1, 200)] {
+            let id = codec.chunk_id(&data);
+            let blob = codec.encode(&id, &data).unwrap();
+            for bit in 0..blob.len() * 8 {
+                let mut bad = blob.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    codec.decode(&id, &bad).is_err(),
+                    "bit {bit} flipped was accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sampled_flipped_bits_of_a_large_blob_are_rejected() {
+        let codec = codec();
+        let mut rng = StdRng::seed_from_u64(7);
+        for data in [text(2, 100 * 1024), random_bytes(3, 100 * 1024)] {
+            let id = codec.chunk_id(&data);
+            let blob = codec.encode(&id, &data).unwrap();
+            let bits = blob.len() * 8;
+            // All header bits, the tag's bits, then random payload bits.
+            let positions = (0..BLOB_HEADER_LEN * 8)
+                .chain((blob.len() - TAG_LEN) * 8..bits)
+                .chain((0..300).map(|_| rng.gen_range(0..bits)));
+            for bit in positions {
+                let mut bad = blob.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    codec.decode(&id, &bad).is_err(),
+                    "bit {bit} flipped was accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_and_extended_blobs_are_rejected() {
+        let codec = codec();
+        let data = text(4, 1000);
+        let id = codec.chunk_id(&data);
+        let blob = codec.encode(&id, &data).unwrap();
+        for len in 0..blob.len() {
+            assert!(
+                codec.decode(&id, &blob[..len]).is_err(),
+                "truncated to {len}"
+            );
+        }
+        let mut longer = blob.clone();
+        longer.push(0);
+        assert!(matches!(
+            codec.decode(&id, &longer),
+            Err(CodecError::Decrypt)
+        ));
+    }
+
+    #[test]
+    fn wrong_key_fails() {
+        let keys = NamespaceKey::generate().derive();
+        let codec = BlobCodec::new(&keys);
+        let data = text(5, 5000);
+        let id = codec.chunk_id(&data);
+        let blob = codec.encode(&id, &data).unwrap();
+        let other = codec_with_id_key_of(&keys);
+        assert!(matches!(other.decode(&id, &blob), Err(CodecError::Decrypt)));
+        assert!(matches!(
+            self::codec().decode(&id, &blob),
+            Err(CodecError::Decrypt)
+        ));
+    }
+
+    /// Same `id_key`, different `enc_key`: isolates the encryption key.
+    fn codec_with_id_key_of(keys: &NamespaceKeys) -> BlobCodec {
+        let mut other = NamespaceKey::generate().derive();
+        other.id_key = keys.id_key.clone();
+        BlobCodec::new(&other)
+    }
+
+    #[test]
+    fn blob_under_another_id_fails() {
+        let codec = codec();
+        let a = text(6, 3000);
+        let b = text(7, 3000);
+        let (id_a, id_b) = (codec.chunk_id(&a), codec.chunk_id(&b));
+        let blob_a = codec.encode(&id_a, &a).unwrap();
+        assert!(matches!(
+            codec.decode(&id_b, &blob_a),
+            Err(CodecError::Decrypt)
+        ));
+    }
+
+    #[test]
+    fn plaintext_not_matching_its_id_is_rejected() {
+        let codec = codec();
+        let a = text(8, 3000);
+        let wrong_id = codec.chunk_id(b"something else");
+        let blob = codec.encode(&wrong_id, &a).unwrap();
+        assert!(matches!(
+            codec.decode(&wrong_id, &blob),
+            Err(CodecError::IdMismatch)
+        ));
+    }
+
+    fn assert_bomb_rejected(frame: &[u8]) {
+        let codec = codec();
+        let id = codec.chunk_id(b"whatever");
+        let blob = codec.seal(&id, FLAG_ZSTD, frame);
+        assert!(blob.len() < 64 * 1024, "bomb blob is {} bytes", blob.len());
+        let started = Instant::now();
+        let err = codec.decode(&id, &blob).unwrap_err();
+        assert!(
+            matches!(err, CodecError::TooLarge { limit } if limit == MAX_CHUNK_PLAINTEXT),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn decompression_bomb_with_declared_size_fails_fast() {
+        let zeros = vec![0u8; 64 * 1024 * 1024];
+        let frame = zstd::bulk::compress(&zeros, 19).unwrap();
+        assert_bomb_rejected(&frame);
+    }
+
+    #[test]
+    fn decompression_bomb_without_declared_size_is_bounded() {
+        // A streamed frame does not declare its content size: decoding must stop after
+        // max + 1 bytes instead of inflating 64 MiB.
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
+        let block = vec![0u8; 1024 * 1024];
+        for _ in 0..64 {
+            std::io::Write::write_all(&mut encoder, &block).unwrap();
+        }
+        let frame = encoder.finish().unwrap();
+        assert!(matches!(
+            zstd::zstd_safe::get_frame_content_size(&frame),
+            Ok(None)
+        ));
+        assert_bomb_rejected(&frame);
+    }
+
+    #[test]
+    fn smaller_max_plaintext_is_enforced_both_ways() {
+        let codec = codec().with_max_plaintext(1000);
+        let data = text(9, 1001);
+        let id = codec.chunk_id(&data);
+        assert!(matches!(
+            codec.encode(&id, &data),
+            Err(CodecError::TooLarge { limit: 1000 })
+        ));
+        let lenient = codec.clone().with_max_plaintext(10_000);
+        let blob = lenient.encode(&id, &data).unwrap();
+        assert_eq!(lenient.decode(&id, &blob).unwrap(), data);
+        assert!(matches!(
+            codec.decode(&id, &blob),
+            Err(CodecError::TooLarge { .. })
+        ));
+        let ok = text(9, 1000);
+        let ok_id = codec.chunk_id(&ok);
+        assert_eq!(
+            codec
+                .decode(&ok_id, &codec.encode(&ok_id, &ok).unwrap())
+                .unwrap(),
+            ok
+        );
+    }
+
+    #[test]
+    fn incompressible_data_is_stored_raw_and_text_is_compressed() {
+        let codec = codec();
+        let random = random_bytes(10, 64 * 1024);
+        let id = codec.chunk_id(&random);
+        let blob = codec.encode(&id, &random).unwrap();
+        assert!(!is_compressed(&blob));
+        assert_eq!(blob.len(), random.len() + 30 + 16);
+
+        let txt = text(11, 64 * 1024);
+        let id = codec.chunk_id(&txt);
+        let blob = codec.encode(&id, &txt).unwrap();
+        assert!(is_compressed(&blob));
+        assert!(blob.len() < txt.len() / 2);
+        assert_eq!(codec.decode(&id, &blob).unwrap(), txt);
+    }
+
+    #[test]
+    fn saving_under_three_percent_is_stored_raw() {
+        let codec = codec();
+        // Random bytes with a compressible tail: zstd saves only about 1–2 %.
+        let mut data = random_bytes(12, 100 * 1024);
+        data.extend(std::iter::repeat_n(0u8, 2 * 1024));
+        let compressed = zstd::bulk::compress(&data, DEFAULT_ZSTD_LEVEL).unwrap();
+        assert!(compressed.len() < data.len(), "zstd saves something");
+        assert!(
+            compressed.len() * 100 > data.len() * 97,
+            "zstd saves under 3 %"
+        );
+        let id = codec.chunk_id(&data);
+        let blob = codec.encode(&id, &data).unwrap();
+        assert!(!is_compressed(&blob));
+        assert_eq!(blob.len(), data.len() + BLOB_OVERHEAD);
+
+        // Saving comfortably more than 3 % is compressed.
+        let mut data = random_bytes(13, 100 * 1024);
+        data.extend(std::iter::repeat_n(0u8, 10 * 1024));
+        let id = codec.chunk_id(&data);
+        assert!(is_compressed(&codec.encode(&id, &data).unwrap()));
+    }
+
+    #[test]
+    fn zstd_level_is_applied() {
+        let data = text(14, 200 * 1024);
+        let fast = codec().with_zstd_level(1);
+        let strong = codec().with_zstd_level(19);
+        let id_fast = fast.chunk_id(&data);
+        let id_strong = strong.chunk_id(&data);
+        let a = fast.encode(&id_fast, &data).unwrap();
+        let b = strong.encode(&id_strong, &data).unwrap();
+        assert!(
+            b.len() < a.len(),
+            "level 19 ({}) vs level 1 ({})",
+            b.len(),
+            a.len()
+        );
+        assert_eq!(strong.decode(&id_strong, &b).unwrap(), data);
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        let codec = codec();
+        let id = codec.chunk_id(b"same");
+        assert_ne!(
+            codec.encode(&id, b"same").unwrap(),
+            codec.encode(&id, b"same").unwrap()
+        );
+    }
+
+    #[test]
+    fn chunk_id_matches_keyed_blake3() {
+        let keys = NamespaceKey::generate().derive();
+        let codec = BlobCodec::new(&keys);
+        let expected = blake3::keyed_hash(keys.id_key.as_bytes(), b"data");
+        assert_eq!(codec.chunk_id(b"data").as_bytes(), expected.as_bytes());
+    }
+
+    #[test]
+    fn header_check_is_keyless_and_strict() {
+        let codec = codec();
+        let id = codec.chunk_id(b"x");
+        let blob = codec.encode(&id, b"x").unwrap();
+        assert!(check_blob_header(&blob).is_ok());
+        assert!(matches!(
+            check_blob_header(b"FSB1"),
+            Err(CodecError::BadHeader)
+        ));
+        assert!(matches!(
+            check_blob_header(&[0u8; 100]),
+            Err(CodecError::BadHeader)
+        ));
+        let mut v2 = blob.clone();
+        v2[4] = 2;
+        assert!(matches!(
+            check_blob_header(&v2),
+            Err(CodecError::UnsupportedVersion(2))
+        ));
+        let mut flags = blob.clone();
+        flags[5] = 0x80;
+        assert!(matches!(
+            check_blob_header(&flags),
+            Err(CodecError::UnknownFlags(0x80))
+        ));
+        let mut huge = blob.clone();
+        huge.resize(MAX_BLOB_SIZE + 1, 0);
+        assert!(matches!(
+            check_blob_header(&huge),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn debug_does_not_leak_keys() {
+        let s = format!("{:?}", codec());
+        assert!(s.contains("<redacted>"), "{s}");
+    }
+}
