@@ -412,7 +412,7 @@ pub struct SyncEventBatch {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum SyncEventResult {
     /// A create or modify was committed.
-    Committed(CommitResponse),
+    Committed(Box<CommitResponse>),
     /// A delete or rename was applied.
     Applied(OpResponse),
     /// The event failed; the others are unaffected.

@@ -16,7 +16,11 @@ pub enum LogFormat {
 /// `fsync-server` options. Every flag has an environment variable; a `.env` file in the
 /// working directory is read first.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "fsync-server", version, about = "fsync server: encrypted, versioned file sync")]
+#[command(
+    name = "fsync-server",
+    version,
+    about = "fsync server: encrypted, versioned file sync"
+)]
 pub struct Config {
     /// Metadata database: `postgres://…` or `sqlite://PATH` (alias `POSTGRES_URL`).
     /// Default: an SQLite file `fsync.db` in the data directory.
@@ -76,7 +80,9 @@ impl Config {
 
     /// The blob directory.
     pub fn files_directory(&self) -> PathBuf {
-        self.files_directory.clone().unwrap_or_else(|| self.data_dir.join("blobs"))
+        self.files_directory
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("blobs"))
     }
 
     /// The token-signing secret: given, or loaded from / generated into the data dir.
@@ -91,8 +97,15 @@ impl Config {
     }
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ConfigError + 'a {
-    move |source| ConfigError::Io { what, path: path.to_owned(), source }
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ConfigError + 'a {
+    move |source| ConfigError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -116,7 +129,8 @@ fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
         #[cfg(unix)]
         opts.mode(0o600);
         let mut f = opts.open(&tmp).map_err(io_err("creating", &tmp))?;
-        f.write_all(secret.as_bytes()).map_err(io_err("writing", &tmp))?;
+        f.write_all(secret.as_bytes())
+            .map_err(io_err("writing", &tmp))?;
         f.sync_all().map_err(io_err("syncing", &tmp))?;
     }
     std::fs::rename(&tmp, path).map_err(io_err("renaming", path))?;
@@ -139,7 +153,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 

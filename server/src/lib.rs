@@ -33,11 +33,13 @@ pub use state::{AppState, Limits};
 
 /// Opens the database and blob store named by `config` and builds the state.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
+    })?;
     let secret = config.secret()?;
     let repo = db::open(&config.database_url()).await?;
-    let blobs: Arc<dyn fsync_store::BlobStore> = Arc::new(fsync_store::LocalStore::open(config.files_directory())?);
+    let blobs: Arc<dyn fsync_store::BlobStore> =
+        Arc::new(fsync_store::LocalStore::open(config.files_directory())?);
     Ok(AppState::new(repo, blobs, secret))
 }
 

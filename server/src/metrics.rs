@@ -49,14 +49,25 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# TYPE fsync_http_requests_total counter\n");
         for ((m, r, s), n) in self.requests.lock().expect("metrics lock").iter() {
-            let _ = writeln!(out, "fsync_http_requests_total{{method=\"{m}\",route=\"{r}\",status=\"{s}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "fsync_http_requests_total{{method=\"{m}\",route=\"{r}\",status=\"{s}\"}} {n}"
+            );
         }
         out.push_str("# TYPE fsync_http_request_duration_seconds histogram\n");
         let h = self.latency.lock().expect("metrics lock");
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "fsync_http_request_duration_seconds_bucket{{le=\"{b}\"}} {}", h.0[i]);
+            let _ = writeln!(
+                out,
+                "fsync_http_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
+                h.0[i]
+            );
         }
-        let _ = writeln!(out, "fsync_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.1);
+        let _ = writeln!(
+            out,
+            "fsync_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            h.1
+        );
         let _ = writeln!(out, "fsync_http_request_duration_seconds_sum {}", h.2);
         let _ = writeln!(out, "fsync_http_request_duration_seconds_count {}", h.1);
         for (name, kind, v) in [
@@ -66,7 +77,11 @@ impl Metrics {
             ("fsync_dedup_hits_total", "counter", &self.dedup_hits),
             ("fsync_websocket_connections", "gauge", &self.ws_connections),
         ] {
-            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         out
     }

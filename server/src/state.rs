@@ -26,9 +26,18 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            auth_per_ip: Limit { max: 60, window: Duration::from_secs(60) },
-            auth_per_user: Limit { max: 10, window: Duration::from_secs(60) },
-            api_per_user: Limit { max: 6000, window: Duration::from_secs(60) },
+            auth_per_ip: Limit {
+                max: 60,
+                window: Duration::from_secs(60),
+            },
+            auth_per_user: Limit {
+                max: 10,
+                window: Duration::from_secs(60),
+            },
+            api_per_user: Limit {
+                max: 6000,
+                window: Duration::from_secs(60),
+            },
         }
     }
 }
@@ -59,7 +68,10 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("repo", &self.repo).field("blobs", &self.blobs).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("repo", &self.repo)
+            .field("blobs", &self.blobs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,7 +79,8 @@ impl AppState {
     /// Builds the state from its parts.
     pub fn new(repo: Arc<dyn MetaRepo>, blobs: Arc<dyn BlobStore>, secret: Vec<u8>) -> Self {
         let (push, _) = broadcast::channel(1024);
-        let dummy_hash = fsync_store::hash_auth_key(&"00".repeat(32)).expect("hashing a constant works");
+        let dummy_hash =
+            fsync_store::hash_auth_key(&"00".repeat(32)).expect("hashing a constant works");
         Self {
             repo,
             blobs,

@@ -60,7 +60,10 @@ mod tests {
     #[test]
     fn refuses_past_the_limit_per_key() {
         let l = RateLimiter::new();
-        let lim = Limit { max: 3, window: Duration::from_secs(60) };
+        let lim = Limit {
+            max: 3,
+            window: Duration::from_secs(60),
+        };
         for _ in 0..3 {
             l.hit("a", lim).unwrap();
         }

@@ -77,7 +77,8 @@ impl TokenService {
             .map_err(|e| TokenError::Invalid(e.to_string()))?;
         let c = data.claims;
         let user = UserId::from_hex(&c.sub).map_err(|e| TokenError::Invalid(e.to_string()))?;
-        let device = DeviceId::from_hex(&c.device).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let device =
+            DeviceId::from_hex(&c.device).map_err(|e| TokenError::Invalid(e.to_string()))?;
         Ok((user, device, c))
     }
 }
@@ -112,6 +113,8 @@ mod tests {
         assert_eq!((u, d), (user, dev));
         let other = TokenService::new(b"another secret another secret!!!");
         assert!(other.verify(&t).is_err());
-        assert!(svc.verify(&svc.issue(user, dev, now - 2 * ACCESS_TTL_SECS)).is_err());
+        assert!(svc
+            .verify(&svc.issue(user, dev, now - 2 * ACCESS_TTL_SECS))
+            .is_err());
     }
 }

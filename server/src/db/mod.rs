@@ -121,7 +121,12 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
         now: i64,
     ) -> Result<DeviceId, DbError>;
     /// True when the device belongs to the user and is not revoked; records `last_seen`.
-    async fn device_active(&self, user: UserId, device: DeviceId, now: i64) -> Result<bool, DbError>;
+    async fn device_active(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        now: i64,
+    ) -> Result<bool, DbError>;
     /// The user's devices.
     async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, DbError>;
     /// Revokes a device and drops its refresh tokens. False when not the user's.
@@ -177,9 +182,19 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
         now: i64,
     ) -> Result<CommitResponse, DbError>;
     /// Tombstones a path, if the head is the version the client saw.
-    async fn delete(&self, actor: Actor, req: &DeleteRequest, now: i64) -> Result<OpResponse, DbError>;
+    async fn delete(
+        &self,
+        actor: Actor,
+        req: &DeleteRequest,
+        now: i64,
+    ) -> Result<OpResponse, DbError>;
     /// Moves a file or every file below a folder, as one operation.
-    async fn rename(&self, actor: Actor, req: &RenameRequest, now: i64) -> Result<OpResponse, DbError>;
+    async fn rename(
+        &self,
+        actor: Actor,
+        req: &RenameRequest,
+        now: i64,
+    ) -> Result<OpResponse, DbError>;
     /// Lists heads in path order.
     async fn list_files(
         &self,
@@ -192,7 +207,8 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
     /// The namespace of a file, for authorization.
     async fn file_namespace(&self, file: FileId) -> Result<Option<NamespaceId>, DbError>;
     /// A version's manifest (`None`: the head).
-    async fn manifest(&self, file: FileId, version: Option<VersionNo>) -> Result<Manifest, DbError>;
+    async fn manifest(&self, file: FileId, version: Option<VersionNo>)
+        -> Result<Manifest, DbError>;
     /// A file's history, newest first.
     async fn versions(&self, file: FileId) -> Result<Vec<VersionInfo>, DbError>;
     /// Makes an old version the head again, as a new version.
@@ -206,14 +222,22 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
 
     // ---- journal
     /// Changes after `since`, in journal order.
-    async fn changes(&self, ns: NamespaceId, since: Seq, limit: u32) -> Result<ChangesResponse, DbError>;
+    async fn changes(
+        &self,
+        ns: NamespaceId,
+        since: Seq,
+        limit: u32,
+    ) -> Result<ChangesResponse, DbError>;
     /// The namespace's latest journal position.
     async fn last_seq(&self, ns: NamespaceId) -> Result<Seq, DbError>;
 }
 
 /// Applies embedded migrations (version, description, SQL) with sqlx's migrator, which
 /// records them in `_sqlx_migrations` and refuses a changed, already-applied script.
-async fn migrate(pool: &sqlx::AnyPool, migrations: &[(i64, &'static str, &'static str)]) -> Result<(), DbError> {
+async fn migrate(
+    pool: &sqlx::AnyPool,
+    migrations: &[(i64, &'static str, &'static str)],
+) -> Result<(), DbError> {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     let list = migrations
         .iter()
@@ -237,7 +261,10 @@ async fn migrate(pool: &sqlx::AnyPool, migrations: &[(i64, &'static str, &'stati
 pub async fn open(url: &str) -> Result<Arc<dyn MetaRepo>, DbError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         open_postgres(url).await
-    } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+    } else if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         let path = path.split('?').next().unwrap_or(path);
         open_sqlite(std::path::Path::new(path)).await
     } else {

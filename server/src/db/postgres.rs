@@ -9,7 +9,11 @@ use super::sql::{Dialect, SqlRepo};
 use super::{migrate, DbError, MetaRepo};
 
 /// The PostgreSQL migrations, embedded in the binary.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
 
 /// Connects to PostgreSQL at `url` and applies migrations.
 pub async fn open_postgres(url: &str) -> Result<Arc<dyn MetaRepo>, DbError> {

@@ -8,14 +8,15 @@
 //! they become visible in order and a reader's cursor never skips a change.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use fsync_common::limits::MAX_CHUNK_PLAINTEXT;
 use fsync_common::wire::{
-    Change, ChangesResponse, ChunkRef, CommitOutcome, CommitRequest, CommitResponse,
-    DeleteOutcome, DeleteRequest, DeviceInfo, FileMeta, KdfParams, ListResponse, Manifest,
-    NamespaceGrant, OpResponse, RenameRequest, VersionInfo,
+    Change, ChangesResponse, ChunkRef, CommitOutcome, CommitRequest, CommitResponse, DeleteOutcome,
+    DeleteRequest, DeviceInfo, FileMeta, KdfParams, ListResponse, Manifest, NamespaceGrant,
+    OpResponse, RenameRequest, VersionInfo,
 };
 use fsync_common::{
     ChunkId, ContentHash, DeviceId, FileId, NamespaceId, Seq, SyncPath, UserId, VersionNo,
@@ -71,7 +72,10 @@ impl SqlRepo {
     }
 
     /// Begins a write transaction on a namespace, taking its lock first.
-    async fn begin_ns(&self, ns: NamespaceId) -> Result<(Tx, Option<tokio::sync::OwnedMutexGuard<()>>), DbError> {
+    async fn begin_ns(
+        &self,
+        ns: NamespaceId,
+    ) -> Result<(Tx, Option<tokio::sync::OwnedMutexGuard<()>>), DbError> {
         let guard = self.write_guard().await;
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query("UPDATE namespaces SET last_seq = last_seq WHERE id = $1")
@@ -91,7 +95,8 @@ fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, DbError>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse().map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
+    s.parse()
+        .map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
 }
 
 fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, DbError> {
@@ -153,10 +158,12 @@ fn prefix_range(dir: &str) -> (String, String) {
 // ------------------------------------------------------------------ tx helpers
 
 async fn next_seq(tx: &mut Tx, ns: NamespaceId) -> Result<Seq, DbError> {
-    let row = sqlx::query("UPDATE namespaces SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
-        .bind(ns.to_hex())
-        .fetch_one(&mut **tx)
-        .await?;
+    let row = sqlx::query(
+        "UPDATE namespaces SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+    )
+    .bind(ns.to_hex())
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(Seq(row.try_get::<i64, _>(0)? as u64))
 }
 
@@ -175,11 +182,13 @@ async fn head_at(tx: &mut Tx, ns: NamespaceId, path: &str) -> Result<Option<File
 }
 
 async fn live_at(tx: &mut Tx, ns: NamespaceId, path: &str) -> Result<bool, DbError> {
-    let row = sqlx::query("SELECT 1 FROM files WHERE namespace_id = $1 AND path = $2 AND is_deleted = 0 LIMIT 1")
-        .bind(ns.to_hex())
-        .bind(path)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row = sqlx::query(
+        "SELECT 1 FROM files WHERE namespace_id = $1 AND path = $2 AND is_deleted = 0 LIMIT 1",
+    )
+    .bind(ns.to_hex())
+    .bind(path)
+    .fetch_optional(&mut **tx)
+    .await?;
     Ok(row.is_some())
 }
 
@@ -206,7 +215,11 @@ async fn file_by_id(tx: &mut Tx, file: FileId) -> Result<Option<FileMeta>, DbErr
 }
 
 /// Ids among `ids` that are not recorded in `ns`, in first-seen order, deduplicated.
-async fn absent_chunks(conn: &mut AnyConnection, ns: NamespaceId, ids: &[ChunkId]) -> Result<Vec<ChunkId>, DbError> {
+async fn absent_chunks(
+    conn: &mut AnyConnection,
+    ns: NamespaceId,
+    ids: &[ChunkId],
+) -> Result<Vec<ChunkId>, DbError> {
     let mut seen = HashSet::new();
     let unique: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
     let mut present = HashSet::new();
@@ -315,14 +328,23 @@ async fn write_version(
     .await?;
     let version_id: i64 = row.try_get(0)?;
     let mut seen = HashSet::new();
-    let distinct: Vec<ChunkId> = v.chunks.iter().map(ChunkRef::id).filter(|id| seen.insert(*id)).collect();
+    let distinct: Vec<ChunkId> = v
+        .chunks
+        .iter()
+        .map(ChunkRef::id)
+        .filter(|id| seen.insert(*id))
+        .collect();
     for batch in distinct.chunks(IN_BATCH / 3) {
         let values = (0..batch.len())
             .map(|i| format!("($1, $2, ${})", i + 3))
             .collect::<Vec<_>>()
             .join(",");
-        let sql = format!("INSERT INTO version_chunks (version_id, namespace_id, chunk_id) VALUES {values}");
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(version_id).bind(ns.to_hex());
+        let sql = format!(
+            "INSERT INTO version_chunks (version_id, namespace_id, chunk_id) VALUES {values}"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(version_id)
+            .bind(ns.to_hex());
         for id in batch {
             q = q.bind(id.to_hex());
         }
@@ -364,7 +386,11 @@ async fn journal(
     Ok(())
 }
 
-async fn manifest_of(tx: &mut Tx, file: FileId, version: VersionNo) -> Result<Vec<ChunkRef>, DbError> {
+async fn manifest_of(
+    tx: &mut Tx,
+    file: FileId,
+    version: VersionNo,
+) -> Result<Vec<ChunkRef>, DbError> {
     let row = sqlx::query("SELECT manifest FROM file_versions WHERE file_id = $1 AND version = $2")
         .bind(file.to_hex())
         .bind(i64_of(version.0))
@@ -423,12 +449,14 @@ async fn idempotent_answer<T: serde::de::DeserializeOwned>(
     device: DeviceId,
     key: &str,
 ) -> Result<Option<T>, DbError> {
-    let row = sqlx::query("SELECT response FROM idempotency WHERE namespace_id = $1 AND device_id = $2 AND key = $3")
-        .bind(ns.to_hex())
-        .bind(device.to_hex())
-        .bind(key)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row = sqlx::query(
+        "SELECT response FROM idempotency WHERE namespace_id = $1 AND device_id = $2 AND key = $3",
+    )
+    .bind(ns.to_hex())
+    .bind(device.to_hex())
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?;
     row.map(|r| json(&r.try_get::<String, _>(0)?, "idempotency response"))
         .transpose()
 }
@@ -454,7 +482,9 @@ async fn remember<T: serde::Serialize>(
 
 fn check_manifest(req: &CommitRequest) -> Result<(), DbError> {
     if req.idempotency_key.is_empty() || req.idempotency_key.len() > 128 {
-        return Err(DbError::Invalid("idempotency_key must be 1 to 128 characters".into()));
+        return Err(DbError::Invalid(
+            "idempotency_key must be 1 to 128 characters".into(),
+        ));
     }
     if req.chunks.len() > MAX_MANIFEST_CHUNKS {
         return Err(DbError::Invalid(format!(
@@ -464,7 +494,7 @@ fn check_manifest(req: &CommitRequest) -> Result<(), DbError> {
     }
     let mut total: u64 = 0;
     for c in &req.chunks {
-        if c.len() == 0 || c.len() as usize > MAX_CHUNK_PLAINTEXT {
+        if c.is_empty() || c.len() as usize > MAX_CHUNK_PLAINTEXT {
             return Err(DbError::Invalid(format!(
                 "chunk {} has length {}; lengths must be 1 to {MAX_CHUNK_PLAINTEXT}",
                 c.id(),
@@ -480,7 +510,10 @@ fn check_manifest(req: &CommitRequest) -> Result<(), DbError> {
         )));
     }
     if req.mode > 0o7777 {
-        return Err(DbError::Invalid(format!("mode {:o} is not a permission mode", req.mode)));
+        return Err(DbError::Invalid(format!(
+            "mode {:o} is not a permission mode",
+            req.mode
+        )));
     }
     Ok(())
 }
@@ -523,12 +556,14 @@ impl MetaRepo for SqlRepo {
             }
         }
         inserted?;
-        sqlx::query("INSERT INTO namespaces (id, owner_id, last_seq, created_at) VALUES ($1, $2, 0, $3)")
-            .bind(user.namespace.to_hex())
-            .bind(user.id.to_hex())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO namespaces (id, owner_id, last_seq, created_at) VALUES ($1, $2, 0, $3)",
+        )
+        .bind(user.namespace.to_hex())
+        .bind(user.id.to_hex())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("INSERT INTO namespace_members (namespace_id, user_id, role, wrapped_key) VALUES ($1, $2, 'owner', $3)")
             .bind(user.namespace.to_hex())
             .bind(user.id.to_hex())
@@ -587,12 +622,19 @@ impl MetaRepo for SqlRepo {
         Ok(new_id)
     }
 
-    async fn device_active(&self, user: UserId, device: DeviceId, now: i64) -> Result<bool, DbError> {
-        let row = sqlx::query("SELECT last_seen FROM devices WHERE id = $1 AND user_id = $2 AND revoked = 0")
-            .bind(device.to_hex())
-            .bind(user.to_hex())
-            .fetch_optional(&self.pool)
-            .await?;
+    async fn device_active(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        let row = sqlx::query(
+            "SELECT last_seen FROM devices WHERE id = $1 AND user_id = $2 AND revoked = 0",
+        )
+        .bind(device.to_hex())
+        .bind(user.to_hex())
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else { return Ok(false) };
         // Record activity at most once a minute: a write per request would serialize
         // every reader behind SQLite's single writer.
@@ -642,7 +684,13 @@ impl MetaRepo for SqlRepo {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn insert_refresh(&self, token_hash: &str, owner: TokenOwner, expires_at: i64, now: i64) -> Result<(), DbError> {
+    async fn insert_refresh(
+        &self,
+        token_hash: &str,
+        owner: TokenOwner,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), DbError> {
         let _guard = self.write_guard().await;
         sqlx::query("INSERT INTO refresh_tokens (token_hash, user_id, device_id, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(token_hash)
@@ -655,7 +703,13 @@ impl MetaRepo for SqlRepo {
         Ok(())
     }
 
-    async fn rotate_refresh(&self, old_hash: &str, new_hash: &str, expires_at: i64, now: i64) -> Result<Option<TokenOwner>, DbError> {
+    async fn rotate_refresh(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<Option<TokenOwner>, DbError> {
         let _guard = self.write_guard().await;
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query("DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, device_id, expires_at")
@@ -667,12 +721,13 @@ impl MetaRepo for SqlRepo {
             user: parse(&row.try_get::<String, _>(0)?, "user id")?,
             device: parse(&row.try_get::<String, _>(1)?, "device id")?,
         };
-        let active = sqlx::query("SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 AND revoked = 0")
-            .bind(owner.device.to_hex())
-            .bind(owner.user.to_hex())
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
+        let active =
+            sqlx::query("SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 AND revoked = 0")
+                .bind(owner.device.to_hex())
+                .bind(owner.user.to_hex())
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
         if row.try_get::<i64, _>(2)? <= now || !active {
             // The stale token stays deleted.
             tx.commit().await?;
@@ -719,15 +774,22 @@ impl MetaRepo for SqlRepo {
     }
 
     async fn role_in(&self, user: UserId, ns: NamespaceId) -> Result<Option<String>, DbError> {
-        let row = sqlx::query("SELECT role FROM namespace_members WHERE namespace_id = $1 AND user_id = $2")
-            .bind(ns.to_hex())
-            .bind(user.to_hex())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT role FROM namespace_members WHERE namespace_id = $1 AND user_id = $2",
+        )
+        .bind(ns.to_hex())
+        .bind(user.to_hex())
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
-    async fn missing_chunks(&self, ns: NamespaceId, ids: &[ChunkId], now: i64) -> Result<Vec<ChunkId>, DbError> {
+    async fn missing_chunks(
+        &self,
+        ns: NamespaceId,
+        ids: &[ChunkId],
+        now: i64,
+    ) -> Result<Vec<ChunkId>, DbError> {
         let missing = absent_chunks(&mut *self.pool.acquire().await?, ns, ids).await?;
         let missing_set: HashSet<ChunkId> = missing.iter().copied().collect();
         let present: Vec<ChunkId> = ids
@@ -756,7 +818,12 @@ impl MetaRepo for SqlRepo {
         Ok(missing)
     }
 
-    async fn record_chunks(&self, ns: NamespaceId, chunks: &[(ChunkId, u64)], now: i64) -> Result<(), DbError> {
+    async fn record_chunks(
+        &self,
+        ns: NamespaceId,
+        chunks: &[(ChunkId, u64)],
+        now: i64,
+    ) -> Result<(), DbError> {
         if chunks.is_empty() {
             return Ok(());
         }
@@ -790,18 +857,24 @@ impl MetaRepo for SqlRepo {
         Ok(row.is_some())
     }
 
-    async fn commit(&self, actor: Actor, req: &CommitRequest, now: i64) -> Result<CommitResponse, DbError> {
+    async fn commit(
+        &self,
+        actor: Actor,
+        req: &CommitRequest,
+        now: i64,
+    ) -> Result<CommitResponse, DbError> {
         check_manifest(req)?;
         let ns = req.namespace;
         let (mut tx, _guard) = self.begin_ns(ns).await?;
         if let Some(mut answer) =
-            idempotent_answer::<CommitResponse>(&mut tx, ns, actor.device, &req.idempotency_key).await?
+            idempotent_answer::<CommitResponse>(&mut tx, ns, actor.device, &req.idempotency_key)
+                .await?
         {
             answer.outcome = CommitOutcome::AlreadyApplied;
             return Ok(answer);
         }
         let ids: Vec<ChunkId> = req.chunks.iter().map(ChunkRef::id).collect();
-        let missing = absent_chunks(&mut *tx, ns, &ids).await?;
+        let missing = absent_chunks(&mut tx, ns, &ids).await?;
         if !missing.is_empty() {
             return Err(DbError::MissingChunks(missing));
         }
@@ -828,20 +901,44 @@ impl MetaRepo for SqlRepo {
         };
         let answer = match (plan, head) {
             (CommitPlan::FastForward { vv }, head) => {
-                let file = head.as_ref().map_or_else(|| FileId::from_bytes(rand::random()), |h| h.file_id);
+                let file = head
+                    .as_ref()
+                    .map_or_else(|| FileId::from_bytes(rand::random()), |h| h.file_id);
                 let new = write_version(&mut tx, ns, file, head.as_ref(), &data(&vv), now).await?;
-                CommitResponse { outcome: CommitOutcome::FastForward, head: new, conflict_copy: None }
+                CommitResponse {
+                    outcome: CommitOutcome::FastForward,
+                    head: new,
+                    conflict_copy: None,
+                }
             }
-            (CommitPlan::Unchanged, Some(head)) => {
-                CommitResponse { outcome: CommitOutcome::Unchanged, head, conflict_copy: None }
-            }
+            (CommitPlan::Unchanged, Some(head)) => CommitResponse {
+                outcome: CommitOutcome::Unchanged,
+                head,
+                conflict_copy: None,
+            },
             (CommitPlan::Merge { vv }, Some(head)) => {
                 let chunks = manifest_of(&mut tx, head.file_id, head.version).await?;
-                let v = VersionData { chunks: &chunks, mtime: head.mtime, device: actor.device, ..data(&vv) };
+                let v = VersionData {
+                    chunks: &chunks,
+                    mtime: head.mtime,
+                    device: actor.device,
+                    ..data(&vv)
+                };
                 let new = write_version(&mut tx, ns, head.file_id, Some(&head), &v, now).await?;
-                CommitResponse { outcome: CommitOutcome::Unchanged, head: new, conflict_copy: None }
+                CommitResponse {
+                    outcome: CommitOutcome::Unchanged,
+                    head: new,
+                    conflict_copy: None,
+                }
             }
-            (CommitPlan::ConflictWon { vv, copy_mtime, copy_device }, Some(head)) => {
+            (
+                CommitPlan::ConflictWon {
+                    vv,
+                    copy_mtime,
+                    copy_device,
+                },
+                Some(head),
+            ) => {
                 let old_chunks = manifest_of(&mut tx, head.file_id, head.version).await?;
                 let copy = conflict_copy(
                     &mut tx,
@@ -854,8 +951,13 @@ impl MetaRepo for SqlRepo {
                     now,
                 )
                 .await?;
-                let new = write_version(&mut tx, ns, head.file_id, Some(&head), &data(&vv), now).await?;
-                CommitResponse { outcome: CommitOutcome::ConflictWon, head: new, conflict_copy: Some(copy) }
+                let new =
+                    write_version(&mut tx, ns, head.file_id, Some(&head), &data(&vv), now).await?;
+                CommitResponse {
+                    outcome: CommitOutcome::ConflictWon,
+                    head: new,
+                    conflict_copy: Some(copy),
+                }
             }
             (CommitPlan::ConflictLost, Some(head)) => {
                 let copy = conflict_copy(
@@ -869,19 +971,38 @@ impl MetaRepo for SqlRepo {
                     now,
                 )
                 .await?;
-                CommitResponse { outcome: CommitOutcome::ConflictLost, head, conflict_copy: Some(copy) }
+                CommitResponse {
+                    outcome: CommitOutcome::ConflictLost,
+                    head,
+                    conflict_copy: Some(copy),
+                }
             }
             (_, None) => unreachable!("only a fast-forward is planned without a head"),
         };
-        remember(&mut tx, ns, actor.device, &req.idempotency_key, &answer, now).await?;
+        remember(
+            &mut tx,
+            ns,
+            actor.device,
+            &req.idempotency_key,
+            &answer,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(answer)
     }
 
-    async fn delete(&self, actor: Actor, req: &DeleteRequest, now: i64) -> Result<OpResponse, DbError> {
+    async fn delete(
+        &self,
+        actor: Actor,
+        req: &DeleteRequest,
+        now: i64,
+    ) -> Result<OpResponse, DbError> {
         let ns = req.namespace;
         let (mut tx, _guard) = self.begin_ns(ns).await?;
-        if let Some(answer) = idempotent_answer::<OpResponse>(&mut tx, ns, actor.device, &req.idempotency_key).await? {
+        if let Some(answer) =
+            idempotent_answer::<OpResponse>(&mut tx, ns, actor.device, &req.idempotency_key).await?
+        {
             return Ok(answer);
         }
         let head = head_at(&mut tx, ns, req.path.as_str())
@@ -901,35 +1022,67 @@ impl MetaRepo for SqlRepo {
                     chunks: &[],
                 };
                 let new = write_version(&mut tx, ns, head.file_id, Some(&head), &v, now).await?;
-                OpResponse { files: vec![new], outcome: Some(DeleteOutcome::Deleted) }
+                OpResponse {
+                    files: vec![new],
+                    outcome: Some(DeleteOutcome::Deleted),
+                }
             }
-            DeletePlan::KeptModified => OpResponse { files: vec![head], outcome: Some(DeleteOutcome::KeptModified) },
-            DeletePlan::AlreadyDeleted => OpResponse { files: vec![head], outcome: Some(DeleteOutcome::AlreadyDeleted) },
+            DeletePlan::KeptModified => OpResponse {
+                files: vec![head],
+                outcome: Some(DeleteOutcome::KeptModified),
+            },
+            DeletePlan::AlreadyDeleted => OpResponse {
+                files: vec![head],
+                outcome: Some(DeleteOutcome::AlreadyDeleted),
+            },
         };
-        remember(&mut tx, ns, actor.device, &req.idempotency_key, &answer, now).await?;
+        remember(
+            &mut tx,
+            ns,
+            actor.device,
+            &req.idempotency_key,
+            &answer,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(answer)
     }
 
-    async fn rename(&self, actor: Actor, req: &RenameRequest, now: i64) -> Result<OpResponse, DbError> {
+    async fn rename(
+        &self,
+        actor: Actor,
+        req: &RenameRequest,
+        now: i64,
+    ) -> Result<OpResponse, DbError> {
         let ns = req.namespace;
         if req.to.starts_with(&req.from) {
             return Err(DbError::Invalid("cannot move a path into itself".into()));
         }
         let (mut tx, _guard) = self.begin_ns(ns).await?;
-        if let Some(answer) = idempotent_answer::<OpResponse>(&mut tx, ns, actor.device, &req.idempotency_key).await? {
+        if let Some(answer) =
+            idempotent_answer::<OpResponse>(&mut tx, ns, actor.device, &req.idempotency_key).await?
+        {
             return Ok(answer);
         }
         // A file, or else every live file below the folder.
         let mut moving = Vec::new();
-        if let Some(h) = head_at(&mut tx, ns, req.from.as_str()).await?.filter(|h| !h.deleted) {
+        if let Some(h) = head_at(&mut tx, ns, req.from.as_str())
+            .await?
+            .filter(|h| !h.deleted)
+        {
             moving.push(h);
         } else {
             let (lo, hi) = prefix_range(req.from.as_str());
             let sql = format!(
                 "SELECT {FILE_COLS} FROM files WHERE namespace_id = $1 AND path >= $2 AND path < $3 AND is_deleted = 0 ORDER BY path"
             );
-            let rows = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex()).bind(lo).bind(hi).fetch_all(&mut *tx).await?;
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(ns.to_hex())
+                .bind(lo)
+                .bind(hi)
+                .fetch_all(&mut *tx)
+                .await?;
             for r in &rows {
                 moving.push(file_meta(r)?);
             }
@@ -937,15 +1090,16 @@ impl MetaRepo for SqlRepo {
         if moving.is_empty() {
             return Err(DbError::NotFound("file or folder"));
         }
-        if live_at(&mut tx, ns, req.to.as_str()).await? || live_below(&mut tx, ns, req.to.as_str()).await? {
+        if live_at(&mut tx, ns, req.to.as_str()).await?
+            || live_below(&mut tx, ns, req.to.as_str()).await?
+        {
             return Err(DbError::Conflict(format!("{} already exists", req.to)));
         }
         let mut out = Vec::with_capacity(moving.len());
         for m in moving {
-            let new_path = m
-                .path
-                .rebase(&req.from, &req.to)
-                .ok_or_else(|| DbError::Invalid(format!("{} cannot move under {}", m.path, req.to)))?;
+            let new_path = m.path.rebase(&req.from, &req.to).ok_or_else(|| {
+                DbError::Invalid(format!("{} cannot move under {}", m.path, req.to))
+            })?;
             let seq = next_seq(&mut tx, ns).await?;
             sqlx::query("UPDATE files SET path = $2, seq = $3 WHERE id = $1")
                 .bind(m.file_id.to_hex())
@@ -954,10 +1108,25 @@ impl MetaRepo for SqlRepo {
                 .execute(&mut *tx)
                 .await?;
             journal(&mut tx, ns, seq, m.file_id, m.version, Some(&m.path)).await?;
-            out.push(FileMeta { path: new_path, seq, ..m });
+            out.push(FileMeta {
+                path: new_path,
+                seq,
+                ..m
+            });
         }
-        let answer = OpResponse { files: out, outcome: None };
-        remember(&mut tx, ns, actor.device, &req.idempotency_key, &answer, now).await?;
+        let answer = OpResponse {
+            files: out,
+            outcome: None,
+        };
+        remember(
+            &mut tx,
+            ns,
+            actor.device,
+            &req.idempotency_key,
+            &answer,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(answer)
     }
@@ -974,12 +1143,13 @@ impl MetaRepo for SqlRepo {
         let mut binds: Vec<String> = vec![ns.to_hex()];
         if let Some(p) = prefix.filter(|p| !p.is_empty()) {
             let (lo, hi) = prefix_range(p);
-            sql.push_str(&format!(
+            let _ = write!(
+                sql,
                 " AND (path = ${} OR (path >= ${} AND path < ${}))",
                 binds.len() + 1,
                 binds.len() + 2,
                 binds.len() + 3
-            ));
+            );
             binds.extend([p.to_owned(), lo, hi]);
         }
         if !include_deleted {
@@ -988,15 +1158,23 @@ impl MetaRepo for SqlRepo {
         if let Some(a) = after {
             // The cursor is `path` or `path U+0001 file id` (paths cannot hold controls).
             let (path, id) = a.split_once('\u{1}').unwrap_or((a, ""));
-            sql.push_str(&format!(
+            let _ = write!(
+                sql,
                 " AND (path > ${} OR (path = ${} AND id > ${}))",
                 binds.len() + 1,
                 binds.len() + 1,
                 binds.len() + 2
-            ));
-            binds.extend([path.to_owned(), if id.is_empty() { "~".repeat(33) } else { id.to_owned() }]);
+            );
+            binds.extend([
+                path.to_owned(),
+                if id.is_empty() {
+                    "~".repeat(33)
+                } else {
+                    id.to_owned()
+                },
+            ]);
         }
-        sql.push_str(&format!(" ORDER BY path, id LIMIT {}", u64::from(limit) + 1));
+        let _ = write!(sql, " ORDER BY path, id LIMIT {}", u64::from(limit) + 1);
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for b in &binds {
             q = q.bind(b.as_str());
@@ -1005,7 +1183,9 @@ impl MetaRepo for SqlRepo {
         let mut files = rows.iter().map(file_meta).collect::<Result<Vec<_>, _>>()?;
         let next = if files.len() > limit as usize {
             files.truncate(limit as usize);
-            files.last().map(|f| format!("{}\u{1}{}", f.path, f.file_id))
+            files
+                .last()
+                .map(|f| format!("{}\u{1}{}", f.path, f.file_id))
         } else {
             None
         };
@@ -1017,10 +1197,15 @@ impl MetaRepo for SqlRepo {
             .bind(file.to_hex())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| parse(&r.try_get::<String, _>(0)?, "namespace id")).transpose()
+        row.map(|r| parse(&r.try_get::<String, _>(0)?, "namespace id"))
+            .transpose()
     }
 
-    async fn manifest(&self, file: FileId, version: Option<VersionNo>) -> Result<Manifest, DbError> {
+    async fn manifest(
+        &self,
+        file: FileId,
+        version: Option<VersionNo>,
+    ) -> Result<Manifest, DbError> {
         let sql = format!("SELECT {FILE_COLS} FROM files WHERE id = $1");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(file.to_hex())
@@ -1045,7 +1230,9 @@ impl MetaRepo for SqlRepo {
             size: row.try_get::<i64, _>(1)? as u64,
             mtime: row.try_get(2)?,
             mode: row.try_get::<i64, _>(3)? as u32,
-            content_hash: checksum.map(|c| parse::<ContentHash>(&c, "checksum")).transpose()?,
+            content_hash: checksum
+                .map(|c| parse::<ContentHash>(&c, "checksum"))
+                .transpose()?,
             deleted: row.try_get::<i64, _>(5)? != 0,
             device: parse(&row.try_get::<String, _>(6)?, "device id")?,
             ..head
@@ -1077,17 +1264,30 @@ impl MetaRepo for SqlRepo {
                     device: parse(&r.try_get::<String, _>(5)?, "device id")?,
                     created_at: r.try_get(6)?,
                     deleted: r.try_get::<i64, _>(7)? != 0,
-                    content_hash: checksum.map(|c| parse::<ContentHash>(&c, "checksum")).transpose()?,
+                    content_hash: checksum
+                        .map(|c| parse::<ContentHash>(&c, "checksum"))
+                        .transpose()?,
                 })
             })
             .collect()
     }
 
-    async fn restore(&self, actor: Actor, file: FileId, version: VersionNo, now: i64) -> Result<CommitResponse, DbError> {
-        let ns = self.file_namespace(file).await?.ok_or(DbError::NotFound("file"))?;
+    async fn restore(
+        &self,
+        actor: Actor,
+        file: FileId,
+        version: VersionNo,
+        now: i64,
+    ) -> Result<CommitResponse, DbError> {
+        let ns = self
+            .file_namespace(file)
+            .await?
+            .ok_or(DbError::NotFound("file"))?;
         let old = self.manifest(file, Some(version)).await?;
         let (mut tx, _guard) = self.begin_ns(ns).await?;
-        let head = file_by_id(&mut tx, file).await?.ok_or(DbError::NotFound("file"))?;
+        let head = file_by_id(&mut tx, file)
+            .await?
+            .ok_or(DbError::NotFound("file"))?;
         if head.deleted && live_at(&mut tx, ns, head.path.as_str()).await? {
             return Err(DbError::Conflict(format!(
                 "{} is now used by another file; move it away before restoring",
@@ -1108,10 +1308,19 @@ impl MetaRepo for SqlRepo {
         };
         let new = write_version(&mut tx, ns, file, Some(&head), &v, now).await?;
         tx.commit().await?;
-        Ok(CommitResponse { outcome: CommitOutcome::FastForward, head: new, conflict_copy: None })
+        Ok(CommitResponse {
+            outcome: CommitOutcome::FastForward,
+            head: new,
+            conflict_copy: None,
+        })
     }
 
-    async fn changes(&self, ns: NamespaceId, since: Seq, limit: u32) -> Result<ChangesResponse, DbError> {
+    async fn changes(
+        &self,
+        ns: NamespaceId,
+        since: Seq,
+        limit: u32,
+    ) -> Result<ChangesResponse, DbError> {
         let sql = format!(
             "SELECT c.seq AS change_seq, c.old_path, f.{} FROM changes c JOIN files f ON f.id = c.file_id \
              WHERE c.namespace_id = $1 AND c.seq > $2 ORDER BY c.seq LIMIT $3",
@@ -1130,11 +1339,17 @@ impl MetaRepo for SqlRepo {
             changes.push(Change {
                 seq: Seq(r.try_get::<i64, _>("change_seq")? as u64),
                 file: file_meta(r)?,
-                old_path: old_path.map(|p| parse::<SyncPath>(&p, "path")).transpose()?,
+                old_path: old_path
+                    .map(|p| parse::<SyncPath>(&p, "path"))
+                    .transpose()?,
             });
         }
         let cursor = changes.last().map_or(since, |c| c.seq);
-        Ok(ChangesResponse { changes, cursor, has_more })
+        Ok(ChangesResponse {
+            changes,
+            cursor,
+            has_more,
+        })
     }
 
     async fn last_seq(&self, ns: NamespaceId) -> Result<Seq, DbError> {

@@ -11,7 +11,11 @@ use super::sql::{Dialect, SqlRepo};
 use super::{migrate, DbError, MetaRepo};
 
 /// The SQLite migrations, embedded in the binary.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
 
 /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
 pub async fn open_sqlite(path: &Path) -> Result<Arc<dyn MetaRepo>, DbError> {

@@ -115,21 +115,26 @@ pub(crate) fn plan_delete(head: &HeadState, base: &VersionVector, device: Device
 /// The name of a conflict copy: `name.sync-conflict-YYYYMMDD-HHMMSS-<device>.ext`,
 /// from the losing version's mtime (UTC) and device, so every replica derives the same
 /// name (invariant I7). `attempt` > 0 appends `-N` when that name is taken.
-pub(crate) fn conflict_path(path: &SyncPath, mtime_ns: i64, device: DeviceId, attempt: u32) -> SyncPath {
+pub(crate) fn conflict_path(
+    path: &SyncPath,
+    mtime_ns: i64,
+    device: DeviceId,
+    attempt: u32,
+) -> SyncPath {
     let name = path.file_name();
     // The extension is what follows the last dot, unless the only dot starts the name.
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    let (y, mo, d, h, mi, s) = utc_parts(mtime_ns.div_euclid(1_000_000_000));
+    let (year, month, day, hour, minute, second) = utc_parts(mtime_ns.div_euclid(1_000_000_000));
     let suffix = if attempt == 0 {
         String::new()
     } else {
         format!("-{attempt}")
     };
     let tag = format!(
-        ".sync-conflict-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}{suffix}",
+        ".sync-conflict-{year:04}{month:02}{day:02}-{hour:02}{minute:02}{second:02}-{}{suffix}",
         device.short()
     );
     // Keep the component within the 255-byte limit by shortening the stem.
@@ -140,7 +145,7 @@ pub(crate) fn conflict_path(path: &SyncPath, mtime_ns: i64, device: DeviceId, at
     }
     let file = format!("{}{tag}{ext}", &stem[..cut]);
     let full = match path.parent() {
-        Some(p) => format!("{p}/{file}"),
+        Some(parent) => format!("{parent}/{file}"),
         None => file,
     };
     SyncPath::new(&full).expect("a conflict name built from a valid path is valid")
@@ -205,7 +210,12 @@ mod tests {
     fn new_file_fast_forwards() {
         let base = VersionVector::new();
         let plan = plan_commit(None, &inc(&base, dev(1), 5, 1));
-        assert_eq!(plan, CommitPlan::FastForward { vv: base.incremented(dev(1)) });
+        assert_eq!(
+            plan,
+            CommitPlan::FastForward {
+                vv: base.incremented(dev(1))
+            }
+        );
     }
 
     #[test]
@@ -213,7 +223,12 @@ mod tests {
         let v1 = VersionVector::new().incremented(dev(1));
         let h = head(v1.clone(), 5, dev(1), 1);
         let plan = plan_commit(Some(&h), &inc(&v1, dev(2), 6, 2));
-        assert_eq!(plan, CommitPlan::FastForward { vv: v1.incremented(dev(2)) });
+        assert_eq!(
+            plan,
+            CommitPlan::FastForward {
+                vv: v1.incremented(dev(2))
+            }
+        );
     }
 
     #[test]
@@ -223,12 +238,27 @@ mod tests {
         let stale = v1.clone();
         // Newer mtime wins.
         let won = plan_commit(Some(&h), &inc(&stale, dev(2), 200, 3));
-        assert!(matches!(won, CommitPlan::ConflictWon { copy_mtime: 100, .. }));
+        assert!(matches!(
+            won,
+            CommitPlan::ConflictWon {
+                copy_mtime: 100,
+                ..
+            }
+        ));
         // Older mtime loses.
-        assert_eq!(plan_commit(Some(&h), &inc(&stale, dev(2), 50, 3)), CommitPlan::ConflictLost);
+        assert_eq!(
+            plan_commit(Some(&h), &inc(&stale, dev(2), 50, 3)),
+            CommitPlan::ConflictLost
+        );
         // Same mtime: the larger device id wins, deterministically.
-        assert!(matches!(plan_commit(Some(&h), &inc(&stale, dev(2), 100, 3)), CommitPlan::ConflictWon { .. }));
-        assert_eq!(plan_commit(Some(&h), &inc(&stale, dev(0), 100, 3)), CommitPlan::ConflictLost);
+        assert!(matches!(
+            plan_commit(Some(&h), &inc(&stale, dev(2), 100, 3)),
+            CommitPlan::ConflictWon { .. }
+        ));
+        assert_eq!(
+            plan_commit(Some(&h), &inc(&stale, dev(0), 100, 3)),
+            CommitPlan::ConflictLost
+        );
     }
 
     #[test]
@@ -236,7 +266,8 @@ mod tests {
         let v1 = VersionVector::new().incremented(dev(1));
         let h = head(v1.incremented(dev(1)), 100, dev(1), 2);
         let base = v1.incremented(dev(2));
-        let CommitPlan::ConflictWon { vv, .. } = plan_commit(Some(&h), &inc(&base, dev(2), 200, 3)) else {
+        let CommitPlan::ConflictWon { vv, .. } = plan_commit(Some(&h), &inc(&base, dev(2), 200, 3))
+        else {
             panic!("expected a win");
         };
         assert!(h.vv.le(&vv) && base.le(&vv));
@@ -256,11 +287,16 @@ mod tests {
     fn same_content_is_unchanged_or_merged() {
         let v1 = VersionVector::new().incremented(dev(1));
         let h = head(v1.clone(), 100, dev(1), 7);
-        assert_eq!(plan_commit(Some(&h), &inc(&v1, dev(2), 1, 7)), CommitPlan::Unchanged);
+        assert_eq!(
+            plan_commit(Some(&h), &inc(&v1, dev(2), 1, 7)),
+            CommitPlan::Unchanged
+        );
         let other = VersionVector::new().incremented(dev(2));
         assert_eq!(
             plan_commit(Some(&h), &inc(&other, dev(2), 1, 7)),
-            CommitPlan::Merge { vv: v1.merged(&other) }
+            CommitPlan::Merge {
+                vv: v1.merged(&other)
+            }
         );
     }
 
@@ -269,10 +305,16 @@ mod tests {
         let v1 = VersionVector::new().incremented(dev(1));
         let h = head(v1.incremented(dev(3)), 100, dev(3), 2);
         assert_eq!(plan_delete(&h, &v1, dev(2)), DeletePlan::KeptModified);
-        assert!(matches!(plan_delete(&h, &h.vv, dev(2)), DeletePlan::Delete { .. }));
+        assert!(matches!(
+            plan_delete(&h, &h.vv, dev(2)),
+            DeletePlan::Delete { .. }
+        ));
         let mut gone = h.clone();
         gone.deleted = true;
-        assert_eq!(plan_delete(&gone, &h.vv, dev(2)), DeletePlan::AlreadyDeleted);
+        assert_eq!(
+            plan_delete(&gone, &h.vv, dev(2)),
+            DeletePlan::AlreadyDeleted
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth, ClientIp};
-use crate::auth::tokens::{hash_refresh_token, new_refresh_token, ACCESS_TTL_SECS, REFRESH_TTL_SECS};
+use crate::auth::tokens::{
+    hash_refresh_token, new_refresh_token, ACCESS_TTL_SECS, REFRESH_TTL_SECS,
+};
 use crate::db::{NewUser, TokenOwner};
 use crate::state::{now_secs, AppState};
 
@@ -33,27 +35,39 @@ fn limit_auth(state: &AppState, ip: &str, username: Option<&str>) -> Result<(), 
     if let Some(u) = username {
         state
             .limiter
-            .hit(&format!("auth-user:{}", u.to_lowercase()), state.limits.auth_per_user)
+            .hit(
+                &format!("auth-user:{}", u.to_lowercase()),
+                state.limits.auth_per_user,
+            )
             .map_err(ApiError::RateLimited)?;
     }
     Ok(())
 }
 
 fn check_hex_key(what: &str, v: &str, min: usize, max: usize) -> Result<(), ApiError> {
-    let ok = v.len() >= min * 2 && v.len() <= max * 2 && v.len() % 2 == 0 && v.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = v.len() >= min * 2
+        && v.len() <= max * 2
+        && v.len() % 2 == 0
+        && v.bytes().all(|b| b.is_ascii_hexdigit());
     if ok {
         Ok(())
     } else {
-        Err(ApiError::BadRequest(format!("{what} must be {min} to {max} bytes of hex")))
+        Err(ApiError::BadRequest(format!(
+            "{what} must be {min} to {max} bytes of hex"
+        )))
     }
 }
 
 fn check_username(u: &str) -> Result<(), ApiError> {
-    let ok = (3..=64).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    let ok = (3..=64).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(ApiError::BadRequest("username must be 3 to 64 characters of A-Z, a-z, 0-9, '_', '.', '-'".into()))
+        Err(ApiError::BadRequest(
+            "username must be 3 to 64 characters of A-Z, a-z, 0-9, '_', '.', '-'".into(),
+        ))
     }
 }
 
@@ -81,7 +95,9 @@ pub async fn register(
     limit_auth(&state, &ip, None)?;
     check_username(&req.username)?;
     if req.email.len() > 254 || !req.email.contains('@') {
-        return Err(ApiError::BadRequest("email must be an address like name@example.org".into()));
+        return Err(ApiError::BadRequest(
+            "email must be an address like name@example.org".into(),
+        ));
     }
     check_hex_key("password (the derived auth key)", &req.password, 32, 32)?;
     check_hex_key("wrapped_account_key", &req.wrapped_account_key, 40, 256)?;
@@ -105,7 +121,13 @@ pub async fn register(
     let (user_id, namespace_id) = (user.id, user.namespace);
     state.repo.create_user(user, now_secs()).await?;
     tracing::info!(user = %user_id, "registered");
-    Ok((StatusCode::CREATED, Json(RegisterResponse { user_id, namespace_id })))
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            user_id,
+            namespace_id,
+        }),
+    ))
 }
 
 async fn verify_password(key: String, hash: String) -> Result<bool, ApiError> {
@@ -123,7 +145,10 @@ pub async fn login(
 ) -> Result<Json<LoginResponse>, ApiError> {
     limit_auth(&state, &ip, Some(&req.username))?;
     let user = state.repo.find_user(&req.username).await?;
-    let hash = user.as_ref().map_or_else(|| state.dummy_hash.as_str().to_owned(), |u| u.auth_hash.clone());
+    let hash = user.as_ref().map_or_else(
+        || state.dummy_hash.as_str().to_owned(),
+        |u| u.auth_hash.clone(),
+    );
     let ok = verify_password(req.password.clone(), hash).await?;
     let Some(user) = user.filter(|_| ok) else {
         return Err(ApiError::Unauthorized(BAD_LOGIN));
@@ -133,12 +158,26 @@ pub async fn login(
     let name: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
     let device = state
         .repo
-        .register_device(user.id, req.device_id, DeviceId::from_bytes(rand::random()), &name, now)
+        .register_device(
+            user.id,
+            req.device_id,
+            DeviceId::from_bytes(rand::random()),
+            &name,
+            now,
+        )
         .await?;
     let (refresh, refresh_hash) = new_refresh_token();
     state
         .repo
-        .insert_refresh(&refresh_hash, TokenOwner { user: user.id, device }, now + REFRESH_TTL_SECS as i64, now)
+        .insert_refresh(
+            &refresh_hash,
+            TokenOwner {
+                user: user.id,
+                device,
+            },
+            now + REFRESH_TTL_SECS as i64,
+            now,
+        )
         .await?;
     let namespaces = state.repo.namespaces_of(user.id).await?;
     tracing::info!(user = %user.id, device = %device, "login");
@@ -165,9 +204,16 @@ pub async fn refresh(
     let (new, new_hash) = new_refresh_token();
     let owner = state
         .repo
-        .rotate_refresh(&hash_refresh_token(&req.refresh_token), &new_hash, now + REFRESH_TTL_SECS as i64, now)
+        .rotate_refresh(
+            &hash_refresh_token(&req.refresh_token),
+            &new_hash,
+            now + REFRESH_TTL_SECS as i64,
+            now,
+        )
         .await?
-        .ok_or(ApiError::Unauthorized("invalid, expired or revoked refresh token"))?;
+        .ok_or(ApiError::Unauthorized(
+            "invalid, expired or revoked refresh token",
+        ))?;
     Ok(Json(TokenResponse {
         access_token: state.tokens.issue(owner.user, owner.device, now as u64),
         token_type: "bearer".into(),
@@ -182,12 +228,18 @@ pub async fn logout(
     _auth: Auth,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
-    state.repo.delete_refresh(&hash_refresh_token(&req.refresh_token)).await?;
+    state
+        .repo
+        .delete_refresh(&hash_refresh_token(&req.refresh_token))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/v1/devices`.
-pub async fn list_devices(State(state): State<AppState>, auth: Auth) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
+pub async fn list_devices(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
     Ok(Json(state.repo.list_devices(auth.user).await?))
 }
 

@@ -45,15 +45,22 @@ pub async fn missing(
 ) -> Result<Json<MissingResponse>, ApiError> {
     check_ids(&req.ids)?;
     auth.authorize(&state, req.namespace, true).await?;
-    let missing = state.repo.missing_chunks(req.namespace, &req.ids, now_secs()).await?;
-    state
-        .metrics
-        .dedup_hits
-        .fetch_add((req.ids.len() - missing.len()) as u64, std::sync::atomic::Ordering::Relaxed);
+    let missing = state
+        .repo
+        .missing_chunks(req.namespace, &req.ids, now_secs())
+        .await?;
+    state.metrics.dedup_hits.fetch_add(
+        (req.ids.len() - missing.len()) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     Ok(Json(MissingResponse { missing }))
 }
 
-async fn store_blobs(state: &AppState, ns: NamespaceId, blobs: Vec<(ChunkId, Vec<u8>)>) -> Result<StoredResponse, ApiError> {
+async fn store_blobs(
+    state: &AppState,
+    ns: NamespaceId,
+    blobs: Vec<(ChunkId, Vec<u8>)>,
+) -> Result<StoredResponse, ApiError> {
     for (id, blob) in &blobs {
         fsync_store::check_blob_header(blob)
             .map_err(|e| ApiError::InvalidBlob(format!("chunk {id}: {e}")))?;
@@ -66,7 +73,7 @@ async fn store_blobs(state: &AppState, ns: NamespaceId, blobs: Vec<(ChunkId, Vec
         // The blob is durable before its row exists: a row never points at nothing.
         match state.blobs.put(&ns, &id, blob).await? {
             fsync_store::PutOutcome::Stored => stored += 1,
-            _ => existing += 1,
+            fsync_store::PutOutcome::AlreadyPresent => existing += 1,
         }
         rows.push((id, size));
     }
@@ -90,7 +97,11 @@ pub async fn put(
     let ns = auth.namespace(&state, q.namespace, true).await?;
     let blob = read_body(body, MAX_BLOB_SIZE).await?;
     let r = store_blobs(&state, ns, vec![(id, blob.to_vec())]).await?;
-    let status = if r.stored > 0 { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if r.stored > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(r)))
 }
 
@@ -103,11 +114,17 @@ pub async fn put_batch(
 ) -> Result<Json<StoredResponse>, ApiError> {
     let ns = auth.namespace(&state, q.namespace, true).await?;
     let body = read_body(body, fsync_common::limits::MAX_BATCH_BODY).await?;
-    let entries = batch::decode(&body, MAX_BLOB_SIZE).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let entries =
+        batch::decode(&body, MAX_BLOB_SIZE).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if entries.len() > MAX_IDS_PER_REQUEST {
-        return Err(ApiError::PayloadTooLarge("too many blobs in one batch".into()));
+        return Err(ApiError::PayloadTooLarge(
+            "too many blobs in one batch".into(),
+        ));
     }
-    let blobs = entries.into_iter().map(|(id, b)| (id, b.to_vec())).collect();
+    let blobs = entries
+        .into_iter()
+        .map(|(id, b)| (id, b.to_vec()))
+        .collect();
     Ok(Json(store_blobs(&state, ns, blobs).await?))
 }
 
@@ -123,11 +140,9 @@ pub async fn get(
     if !state.repo.has_chunk(ns, id).await? {
         return Err(ApiError::NotFound(format!("chunk {id} not found")));
     }
-    let blob = state
-        .blobs
-        .get(&ns, &id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(format!("chunk {id} is recorded but its blob is missing")))?;
+    let blob = state.blobs.get(&ns, &id).await?.ok_or_else(|| {
+        ApiError::Internal(format!("chunk {id} is recorded but its blob is missing"))
+    })?;
     count_out(&state, blob.len());
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], blob).into_response())
 }
@@ -141,7 +156,10 @@ pub async fn fetch_batch(
 ) -> Result<Response, ApiError> {
     check_ids(&req.ids)?;
     auth.authorize(&state, req.namespace, false).await?;
-    let absent = state.repo.missing_chunks(req.namespace, &req.ids, now_secs()).await?;
+    let absent = state
+        .repo
+        .missing_chunks(req.namespace, &req.ids, now_secs())
+        .await?;
     let mut out = Vec::new();
     batch::encode_header(&mut out);
     for id in req.ids.iter().filter(|id| !absent.contains(id)) {

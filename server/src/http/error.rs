@@ -41,7 +41,11 @@ impl ApiError {
         match self {
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m.clone()),
             Self::InvalidPath(m) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidPath, m.clone()),
-            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, (*m).to_owned()),
+            Self::Unauthorized(m) => (
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                (*m).to_owned(),
+            ),
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden, (*m).to_owned()),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, m.clone()),
             Self::Conflict(m) => (StatusCode::CONFLICT, ErrorCode::Conflict, m.clone()),
@@ -50,13 +54,21 @@ impl ApiError {
                 ErrorCode::MissingChunks,
                 format!("{} chunks must be uploaded before this commit", ids.len()),
             ),
-            Self::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, m.clone()),
+            Self::PayloadTooLarge(m) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                m.clone(),
+            ),
             Self::RateLimited(s) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
                 format!("too many requests; retry in {s} s"),
             ),
-            Self::InvalidBlob(m) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidBlob, m.clone()),
+            Self::InvalidBlob(m) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidBlob,
+                m.clone(),
+            ),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
@@ -106,9 +118,9 @@ impl From<DbError> for ApiError {
             DbError::NotFound(what) => Self::NotFound(format!("{what} not found")),
             DbError::MissingChunks(ids) => Self::MissingChunks(ids),
             DbError::Invalid(m) => Self::BadRequest(m),
-            DbError::Backend(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
-                Self::Unavailable(e.to_string())
-            }
+            DbError::Backend(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
+            ) => Self::Unavailable(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -22,12 +22,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge("request body is too large".into()))
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::PayloadTooLarge(
+                    "request body is too large".into(),
+                ))
             }
             Err(JsonRejection::JsonDataError(e)) => {
                 let msg = e.body_text();
-                if msg.contains("path") && (msg.contains("component") || msg.contains("absolute") || msg.contains("backslash") || msg.contains("NUL") || msg.contains("control") || msg.contains("drive")) {
+                if msg.contains("path")
+                    && (msg.contains("component")
+                        || msg.contains("absolute")
+                        || msg.contains("backslash")
+                        || msg.contains("NUL")
+                        || msg.contains("control")
+                        || msg.contains("drive"))
+                {
                     Err(ApiError::InvalidPath(msg))
                 } else {
                     Err(ApiError::BadRequest(msg))
@@ -81,21 +92,36 @@ pub struct Auth {
 impl Auth {
     /// As a repository actor.
     pub fn actor(&self) -> Actor {
-        Actor { user: self.user, device: self.device }
+        Actor {
+            user: self.user,
+            device: self.device,
+        }
     }
 
     /// Checks the user may access `ns` (`write`: as owner or editor). Namespaces of
     /// other users are reported as not found, so their existence does not leak.
-    pub async fn authorize(&self, state: &AppState, ns: NamespaceId, write: bool) -> Result<(), ApiError> {
+    pub async fn authorize(
+        &self,
+        state: &AppState,
+        ns: NamespaceId,
+        write: bool,
+    ) -> Result<(), ApiError> {
         match state.repo.role_in(self.user, ns).await?.as_deref() {
             None => Err(ApiError::NotFound("namespace not found".into())),
-            Some("viewer") if write => Err(ApiError::Forbidden("read-only access to this namespace")),
+            Some("viewer") if write => {
+                Err(ApiError::Forbidden("read-only access to this namespace"))
+            }
             Some(_) => Ok(()),
         }
     }
 
     /// The namespace named in a request, or the user's first one.
-    pub async fn namespace(&self, state: &AppState, ns: Option<NamespaceId>, write: bool) -> Result<NamespaceId, ApiError> {
+    pub async fn namespace(
+        &self,
+        state: &AppState,
+        ns: Option<NamespaceId>,
+        write: bool,
+    ) -> Result<NamespaceId, ApiError> {
         let ns = match ns {
             Some(ns) => ns,
             None => state
@@ -129,7 +155,9 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Auth, ApiErro
         .verify(token)
         .map_err(|_| ApiError::Unauthorized("invalid or expired access token"))?;
     if !state.repo.device_active(user, device, now_secs()).await? {
-        return Err(ApiError::Unauthorized("this device was revoked or does not exist"));
+        return Err(ApiError::Unauthorized(
+            "this device was revoked or does not exist",
+        ));
     }
     state
         .limiter
@@ -141,7 +169,10 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Auth, ApiErro
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized("missing bearer token"))?;
         authenticate(state, token).await
     }

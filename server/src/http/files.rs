@@ -16,22 +16,37 @@ use super::extract::{ApiJson, ApiQuery, Auth};
 use crate::state::{now_secs, AppState};
 
 /// Commits and pushes the change to the namespace's sockets.
-pub(crate) async fn do_commit(state: &AppState, auth: &Auth, req: &CommitRequest) -> Result<CommitResponse, ApiError> {
+pub(crate) async fn do_commit(
+    state: &AppState,
+    auth: &Auth,
+    req: &CommitRequest,
+) -> Result<CommitResponse, ApiError> {
     auth.authorize(state, req.namespace, true).await?;
     let r = state.repo.commit(auth.actor(), req, now_secs()).await?;
-    let seq = r.head.seq.max(r.conflict_copy.as_ref().map_or(Seq(0), |c| c.seq));
+    let seq = r
+        .head
+        .seq
+        .max(r.conflict_copy.as_ref().map_or(Seq(0), |c| c.seq));
     state.notify(req.namespace, seq);
     Ok(r)
 }
 
-pub(crate) async fn do_delete(state: &AppState, auth: &Auth, req: &DeleteRequest) -> Result<OpResponse, ApiError> {
+pub(crate) async fn do_delete(
+    state: &AppState,
+    auth: &Auth,
+    req: &DeleteRequest,
+) -> Result<OpResponse, ApiError> {
     auth.authorize(state, req.namespace, true).await?;
     let r = state.repo.delete(auth.actor(), req, now_secs()).await?;
     notify_op(state, req.namespace, &r);
     Ok(r)
 }
 
-pub(crate) async fn do_rename(state: &AppState, auth: &Auth, req: &RenameRequest) -> Result<OpResponse, ApiError> {
+pub(crate) async fn do_rename(
+    state: &AppState,
+    auth: &Auth,
+    req: &RenameRequest,
+) -> Result<OpResponse, ApiError> {
     auth.authorize(state, req.namespace, true).await?;
     let r = state.repo.rename(auth.actor(), req, now_secs()).await?;
     notify_op(state, req.namespace, &r);
@@ -68,12 +83,23 @@ pub async fn list(
     Ok(Json(
         state
             .repo
-            .list_files(ns, prefix.as_ref().map(SyncPath::as_str), q.include_deleted, q.after.as_deref(), limit)
+            .list_files(
+                ns,
+                prefix.as_ref().map(SyncPath::as_str),
+                q.include_deleted,
+                q.after.as_deref(),
+                limit,
+            )
             .await?,
     ))
 }
 
-async fn file_of(state: &AppState, auth: &Auth, raw: &str, write: bool) -> Result<FileId, ApiError> {
+async fn file_of(
+    state: &AppState,
+    auth: &Auth,
+    raw: &str,
+    write: bool,
+) -> Result<FileId, ApiError> {
     let id = FileId::from_hex(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let ns = state
         .repo
@@ -105,7 +131,9 @@ pub async fn download(
     ApiQuery(q): ApiQuery<VersionQuery>,
 ) -> Result<Json<Manifest>, ApiError> {
     let id = file_of(&state, &auth, &id, false).await?;
-    Ok(Json(state.repo.manifest(id, q.version.map(VersionNo)).await?))
+    Ok(Json(
+        state.repo.manifest(id, q.version.map(VersionNo)).await?,
+    ))
 }
 
 /// `GET /api/v1/files/{file_id}/versions`.
@@ -126,7 +154,10 @@ pub async fn restore(
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> Result<Json<CommitResponse>, ApiError> {
     let id = file_of(&state, &auth, &id, true).await?;
-    let r = state.repo.restore(auth.actor(), id, req.version, now_secs()).await?;
+    let r = state
+        .repo
+        .restore(auth.actor(), id, req.version, now_secs())
+        .await?;
     state.notify(r.head.namespace, r.head.seq);
     Ok(Json(r))
 }

@@ -33,7 +33,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/auth/refresh", post(auth::refresh))
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/api/v1/devices", get(auth::list_devices))
-        .route("/api/v1/devices/{id}", axum::routing::delete(auth::revoke_device))
+        .route(
+            "/api/v1/devices/{id}",
+            axum::routing::delete(auth::revoke_device),
+        )
         .route("/api/v1/chunks/missing", post(chunks::missing))
         .route("/api/v1/chunks/fetch", post(chunks::fetch_batch))
         .route("/api/v1/files/upload", post(files::upload))
@@ -51,6 +54,9 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     api.merge(blob_routes)
         .fallback(|| async { error::ApiError::NotFound("no such endpoint".into()) })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::observe,
+        ))
         .with_state(state)
 }

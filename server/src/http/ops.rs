@@ -30,7 +30,11 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
         blob_store: if blobs.is_ok() { "ok" } else { "unavailable" }.into(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }
 
@@ -56,7 +60,10 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
     {
-        state.metrics.bytes_in.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        state
+            .metrics
+            .bytes_in
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
     }
     let id = hex::encode(rand::random::<[u8; 8]>());
     let span = tracing::info_span!("request", id = %id, method = %method, route = %route);

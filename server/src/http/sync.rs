@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::Json;
 use fsync_common::limits::{DEFAULT_PAGE, MAX_EVENTS_PER_BATCH, MAX_PAGE};
-use fsync_common::wire::{ChangesQuery, ChangesResponse, SyncEvent, SyncEventBatch, SyncEventResponse, SyncEventResult};
+use fsync_common::wire::{
+    ChangesQuery, ChangesResponse, SyncEvent, SyncEventBatch, SyncEventResponse, SyncEventResult,
+};
 use fsync_common::Seq;
 
 use super::error::ApiError;
@@ -27,9 +29,15 @@ pub async fn event(
     let mut results = Vec::with_capacity(batch.events.len());
     for ev in &batch.events {
         let r = match ev {
-            SyncEvent::Create(c) | SyncEvent::Modify(c) => do_commit(&state, &auth, c).await.map(SyncEventResult::Committed),
-            SyncEvent::Delete(d) => do_delete(&state, &auth, d).await.map(SyncEventResult::Applied),
-            SyncEvent::Rename(r) => do_rename(&state, &auth, r).await.map(SyncEventResult::Applied),
+            SyncEvent::Create(c) | SyncEvent::Modify(c) => do_commit(&state, &auth, c)
+                .await
+                .map(|r| SyncEventResult::Committed(Box::new(r))),
+            SyncEvent::Delete(d) => do_delete(&state, &auth, d)
+                .await
+                .map(SyncEventResult::Applied),
+            SyncEvent::Rename(r) => do_rename(&state, &auth, r)
+                .await
+                .map(SyncEventResult::Applied),
         };
         results.push(r.unwrap_or_else(|e| {
             if let ApiError::Internal(d) | ApiError::Unavailable(d) = &e {
@@ -49,5 +57,10 @@ pub async fn changes(
 ) -> Result<Json<ChangesResponse>, ApiError> {
     let ns = auth.namespace(&state, q.namespace, false).await?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    Ok(Json(state.repo.changes(ns, Seq(q.since.unwrap_or(0)), limit).await?))
+    Ok(Json(
+        state
+            .repo
+            .changes(ns, Seq(q.since.unwrap_or(0)), limit)
+            .await?,
+    ))
 }

@@ -20,7 +20,11 @@ const HEARTBEAT: Duration = Duration::from_secs(20);
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Upgrades the connection.
-pub async fn upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    parts: Parts,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     // A bad header token is refused before upgrading; no header means "auth message".
     let pre = match bearer(&parts) {
         Some(t) => Some((authenticate(&state, t).await?, expiry(&state, t))),
@@ -34,8 +38,13 @@ fn expiry(state: &AppState, token: &str) -> u64 {
 }
 
 async fn first_message_auth(state: &AppState, socket: &mut WebSocket) -> Option<(Auth, u64)> {
-    let msg = tokio::time::timeout(AUTH_TIMEOUT, socket.recv()).await.ok()??.ok()?;
-    let Message::Text(text) = msg else { return None };
+    let msg = tokio::time::timeout(AUTH_TIMEOUT, socket.recv())
+        .await
+        .ok()??
+        .ok()?;
+    let Message::Text(text) = msg else {
+        return None;
+    };
     let ClientMessage::Auth { token } = serde_json::from_str(text.as_str()).ok()?;
     let auth = authenticate(state, &token).await.ok()?;
     Some((auth, expiry(state, &token)))
@@ -43,7 +52,10 @@ async fn first_message_auth(state: &AppState, socket: &mut WebSocket) -> Option<
 
 async fn close(mut socket: WebSocket, reason: &'static str) {
     let _ = socket
-        .send(Message::Close(Some(CloseFrame { code: 1008, reason: reason.into() })))
+        .send(Message::Close(Some(CloseFrame {
+            code: 1008,
+            reason: reason.into(),
+        })))
         .await;
 }
 
@@ -60,11 +72,23 @@ async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>)
     };
     let mine: HashSet<NamespaceId> = grants.iter().map(|g| g.id).collect();
     let mut rx = state.push.subscribe();
-    state.metrics.ws_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .metrics
+        .ws_connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Tell the client where each journal stands now, so it can catch up at once.
     for ns in &mine {
         if let Ok(seq) = state.repo.last_seq(*ns).await {
-            if send(&mut socket, &PushMessage::Changed { namespace: *ns, seq }).await.is_err() {
+            if send(
+                &mut socket,
+                &PushMessage::Changed {
+                    namespace: *ns,
+                    seq,
+                },
+            )
+            .await
+            .is_err()
+            {
                 break;
             }
         }
@@ -103,7 +127,10 @@ async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>)
             },
         }
     }
-    state.metrics.ws_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .metrics
+        .ws_connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 async fn send(socket: &mut WebSocket, m: &PushMessage) -> Result<(), axum::Error> {
