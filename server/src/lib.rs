@@ -20,6 +20,7 @@ mod domain;
 mod http;
 mod metrics;
 mod state;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ pub use db::{open as open_repo, open_postgres, open_sqlite, Actor, DbError, Meta
 pub use http::app;
 pub use http::error::ApiError;
 pub use state::{AppState, Limits};
+pub use tls::{load_server_config, PeerAddr, TlsError, TlsListener};
 
 /// Opens the database and blob store named by `config` and builds the state.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
@@ -52,6 +54,22 @@ pub async fn run(
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Serves the API over TLS on `listener` until `shutdown` resolves.
+pub async fn run_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = TlsListener::new(listener, tls)?;
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<PeerAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

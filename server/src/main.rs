@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use fsync_server::{build_state, run, Config, LogFormat};
+use fsync_server::{build_state, load_server_config, run, run_tls, Config, LogFormat};
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
@@ -41,13 +41,25 @@ async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let config = Config::parse();
     init_logging(&config);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(load_server_config(cert, key)?),
+        _ => None,
+    };
     let state = build_state(&config).await.context("starting the server")?;
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, database = %redact(&config.database_url()), "fsync-server listening");
-    run(listener, state, shutdown_signal()).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        tls = tls.is_some(),
+        database = %redact(&config.database_url()),
+        "fsync-server listening"
+    );
+    match tls {
+        Some(tls) => run_tls(listener, tls, state, shutdown_signal()).await?,
+        None => run(listener, state, shutdown_signal()).await?,
+    }
     Ok(())
 }
 

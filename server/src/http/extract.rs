@@ -74,7 +74,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
             parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
-                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string()),
+                .map(|c| c.0)
+                .or_else(|| {
+                    parts
+                        .extensions
+                        .get::<ConnectInfo<crate::tls::PeerAddr>>()
+                        .map(|c| c.0 .0)
+                })
+                .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()),
         ))
     }
 }
