@@ -1,0 +1,542 @@
+//! Harness of the HTTP integration tests: a real server per test on 127.0.0.1:0 (SQLite
+//! in a temp dir; also PostgreSQL on a fresh database when `FSYNC_TEST_DATABASE_URL` is
+//! set), a small HTTP client, and a user who registers and logs in the way a client does.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use fsync_common::wire::{
+    ChunkRef, CommitRequest, CommitResponse, KdfParams, LoginResponse, RegisterResponse,
+};
+use fsync_common::{ChunkId, ContentHash, DeviceId, NamespaceId, UserId, VersionVector};
+use fsync_server::{build_state, AppState, Config};
+use fsync_store::{AccountKey, BlobCodec, MasterKey, NamespaceKey};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// The secret every test server signs its tokens with (tests forge tokens with it).
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+/// How long any awaited event may take before the test fails.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A metadata database the tests run against.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A fresh SQLite file per server.
+    Sqlite,
+    /// A fresh database per server, created next to the one this URL names.
+    Postgres(String),
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres(_) => "postgres",
+        })
+    }
+}
+
+/// SQLite always; PostgreSQL too when `FSYNC_TEST_DATABASE_URL` is set (required when
+/// `CI` is set, so CI never skips it silently).
+pub fn backends() -> Vec<Backend> {
+    let mut out = vec![Backend::Sqlite];
+    match std::env::var("FSYNC_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => out.push(Backend::Postgres(url)),
+        _ => assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but FSYNC_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI"
+        ),
+    }
+    out
+}
+
+/// Splits a database URL into (everything before the database name, name, `?query`).
+fn split_db_url(url: &str) -> (&str, &str, &str) {
+    let (main, query) = url.find('?').map_or((url, ""), |i| url.split_at(i));
+    let scheme_end = main.find("://").map_or(0, |i| i + 3);
+    match main[scheme_end..].find('/') {
+        Some(i) => {
+            let slash = scheme_end + i;
+            (&main[..slash], &main[slash + 1..], query)
+        }
+        None => (main, "", query),
+    }
+}
+
+async fn admin_sql(base_url: &str, sql: String) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(base_url)
+        .await
+        .expect("connect to FSYNC_TEST_DATABASE_URL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e} (the role needs CREATEDB)"));
+    let _ = conn.close().await;
+}
+
+/// Creates a fresh database next to the one `base_url` names; returns its URL and name.
+async fn fresh_postgres(base_url: &str) -> (String, String) {
+    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
+    admin_sql(base_url, format!("CREATE DATABASE {name}")).await;
+    let (head, _, query) = split_db_url(base_url);
+    (format!("{head}/{name}{query}"), name)
+}
+
+/// A running server; stopped (and its PostgreSQL database dropped) on drop.
+pub struct Server {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The listening address.
+    pub addr: SocketAddr,
+    http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pg_database: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server with default limits.
+    pub async fn start(backend: &Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server after letting `tweak` adjust its state (e.g. lower the limits).
+    pub async fn start_with(backend: &Backend, tweak: impl FnOnce(&mut AppState)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (db_url, pg_database) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("fsync.db").display()),
+                None,
+            ),
+            Backend::Postgres(base) => {
+                let (url, name) = fresh_postgres(base).await;
+                (url, Some((base.clone(), name)))
+            }
+        };
+        let data_dir = dir.path().display().to_string();
+        let config = Config::parse_from([
+            "fsync-server",
+            "--data-dir",
+            &data_dir,
+            "--secret-key",
+            SECRET,
+            "--database-url",
+            &db_url,
+        ]);
+        let mut state = build_state(&config).await.expect("build server state");
+        tweak(&mut state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(fsync_server::run(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("HTTP client"),
+            shutdown: Some(tx),
+            task,
+            pg_database,
+            _dir: dir,
+        }
+    }
+
+    /// The full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request, with a bearer token when given.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let rb = self.http.request(method, self.url(path));
+        match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
+        let r = rb.send().await.expect("request reaches the server");
+        let status = r.status();
+        let headers = r.headers().clone();
+        let body = r.bytes().await.expect("response body").to_vec();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.send(self.request(Method::GET, path, token)).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post<T: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &T,
+    ) -> Resp {
+        self.send(self.request(Method::POST, path, token).json(body))
+            .await
+    }
+
+    /// `POST path` with raw bytes.
+    pub async fn post_bytes(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
+        self.send(
+            self.request(Method::POST, path, token)
+                .header("content-type", "application/octet-stream")
+                .body(body),
+        )
+        .await
+    }
+
+    /// `PUT path` with raw bytes.
+    pub async fn put_bytes(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
+        self.send(
+            self.request(Method::PUT, path, token)
+                .header("content-type", "application/octet-stream")
+                .body(body),
+        )
+        .await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+        if let Some((base, name)) = self.pg_database.take() {
+            // Drop runs inside the test's runtime: use a thread with its own runtime.
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(admin_sql(
+                        &base,
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    ));
+            })
+            .join();
+        }
+    }
+}
+
+/// A response, read completely.
+pub struct Resp {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl fmt::Debug for Resp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, String::from_utf8_lossy(&self.body))
+    }
+}
+
+impl Resp {
+    /// Asserts the status, showing the body when it differs.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; response: {self:?}"
+        );
+        self
+    }
+
+    /// The body as `T`.
+    #[track_caller]
+    pub fn json<T: DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body does not parse ({e}): {self:?}"))
+    }
+
+    /// The body as JSON.
+    #[track_caller]
+    pub fn value(&self) -> Value {
+        self.json()
+    }
+
+    /// `error.code` of an error body (asserting the `{"error":{"code","message"}}` shape).
+    #[track_caller]
+    pub fn code(&self) -> String {
+        let v = self.value();
+        assert!(
+            v["error"]["message"].is_string(),
+            "error body without a message: {self:?}"
+        );
+        v["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {self:?}"))
+            .to_owned()
+    }
+
+    /// Asserts status and error code together.
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str) -> Self {
+        let s = self.expect(status);
+        assert_eq!(s.code(), code, "unexpected error code; response: {s:?}");
+        s
+    }
+}
+
+/// A registered account, with the keys a client holds.
+pub struct User {
+    /// Username.
+    pub username: String,
+    /// The password the master key is derived from.
+    pub password: String,
+    /// KDF parameters chosen at registration.
+    pub kdf: KdfParams,
+    /// `auth_key` hex: what is sent as `password`.
+    pub auth_key: String,
+    /// Account key wrapped with `kek`, hex.
+    pub wrapped_account_key: String,
+    /// Namespace key wrapped with the account key, hex.
+    pub wrapped_namespace_key: String,
+    /// The user.
+    pub id: UserId,
+    /// The first namespace.
+    pub namespace: NamespaceId,
+    /// Codec of the first namespace.
+    pub codec: BlobCodec,
+}
+
+/// A logged-in device.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// Access token.
+    pub token: String,
+    /// Refresh token.
+    pub refresh: String,
+    /// Device id.
+    pub id: DeviceId,
+    /// The whole login answer.
+    pub login: LoginResponse,
+}
+
+/// Derives `(auth_key hex, master key)` off the async reactor.
+pub async fn derive(password: &str, kdf: &KdfParams) -> MasterKey {
+    let (password, kdf) = (password.to_owned(), kdf.clone());
+    tokio::task::spawn_blocking(move || {
+        MasterKey::derive(&password, &kdf).expect("derive master key")
+    })
+    .await
+    .expect("derive task")
+}
+
+/// Registers `username` the way a client does and returns the account.
+pub async fn register(srv: &Server, username: &str) -> User {
+    // A client asks first; for a new account it then picks its own parameters.
+    srv.get(&format!("/api/v1/auth/params?username={username}"), None)
+        .await
+        .expect(200);
+    let password = format!("pw of {username}");
+    let kdf = fsync_store::test_kdf_params();
+    let master = derive(&password, &kdf).await;
+    let account_key = AccountKey::generate();
+    let namespace_key = NamespaceKey::generate();
+    let wrapped_account_key = hex::encode(master.kek().wrap(&account_key));
+    let wrapped_namespace_key = hex::encode(account_key.wrap_namespace_key(&namespace_key));
+    let auth_key = master.auth_key().to_hex();
+    let r = srv
+        .post(
+            "/api/v1/auth/register",
+            None,
+            &serde_json::json!({
+                "username": username,
+                "email": format!("{username}@example.org"),
+                "password": auth_key,
+                "kdf": kdf,
+                "wrapped_account_key": wrapped_account_key,
+                "wrapped_namespace_key": wrapped_namespace_key,
+            }),
+        )
+        .await
+        .expect(201);
+    let reg: RegisterResponse = r.json();
+    User {
+        username: username.to_owned(),
+        password,
+        kdf,
+        auth_key,
+        wrapped_account_key,
+        wrapped_namespace_key,
+        id: reg.user_id,
+        namespace: reg.namespace_id,
+        codec: BlobCodec::new(&namespace_key.derive()),
+    }
+}
+
+impl User {
+    /// The login request body.
+    pub fn login_body(&self, device_name: &str) -> Value {
+        serde_json::json!({"username": self.username, "password": self.auth_key, "device_name": device_name})
+    }
+
+    /// Logs in as a new device.
+    pub async fn login(&self, srv: &Server, device_name: &str) -> Device {
+        let r = srv
+            .post("/api/v1/auth/login", None, &self.login_body(device_name))
+            .await
+            .expect(200);
+        let login: LoginResponse = r.json();
+        Device {
+            token: login.access_token.clone(),
+            refresh: login.refresh_token.clone(),
+            id: login.device_id,
+            login,
+        }
+    }
+
+    /// The keyed content hash a client would send for `data` (any keyed 32-byte hash
+    /// will do for the server; this one is unique per content).
+    pub fn content_hash(&self, data: &[u8]) -> ContentHash {
+        ContentHash::from_bytes(*self.codec.chunk_id(data).as_bytes())
+    }
+
+    /// Encrypts `data` as one chunk: its id and blob.
+    pub fn blob(&self, data: &[u8]) -> (ChunkId, Vec<u8>) {
+        let id = self.codec.chunk_id(data);
+        let blob = self.codec.encode(&id, data).expect("encode blob");
+        (id, blob)
+    }
+
+    /// Uploads `data` as one chunk (201 new, 200 already there) and returns its ref.
+    pub async fn upload(&self, srv: &Server, dev: &Device, data: &[u8]) -> ChunkRef {
+        let (id, blob) = self.blob(data);
+        let r = srv
+            .put_bytes(
+                &format!("/api/v1/chunks/{id}?namespace={}", self.namespace),
+                Some(&dev.token),
+                blob,
+            )
+            .await;
+        assert!(
+            matches!(r.status.as_u16(), 200 | 201),
+            "chunk upload failed: {r:?}"
+        );
+        ChunkRef(id, data.len() as u32)
+    }
+
+    /// A commit of `data` (uploaded first, as one chunk) to `path` from `base`.
+    pub async fn commit_req(
+        &self,
+        srv: &Server,
+        dev: &Device,
+        path: &str,
+        data: &[u8],
+        base: &VersionVector,
+        mtime: i64,
+    ) -> CommitRequest {
+        let chunk = self.upload(srv, dev, data).await;
+        CommitRequest {
+            namespace: self.namespace,
+            path: path.parse().expect("valid test path"),
+            base: base.clone(),
+            chunks: vec![chunk],
+            size: data.len() as u64,
+            mtime,
+            mode: 0o644,
+            content_hash: self.content_hash(data),
+            idempotency_key: random_key(),
+        }
+    }
+
+    /// Uploads and commits `data` at `path` from `base`; asserts 200.
+    pub async fn commit(
+        &self,
+        srv: &Server,
+        dev: &Device,
+        path: &str,
+        data: &[u8],
+        base: &VersionVector,
+        mtime: i64,
+    ) -> CommitResponse {
+        let req = self.commit_req(srv, dev, path, data, base, mtime).await;
+        srv.post("/api/v1/files/upload", Some(&dev.token), &req)
+            .await
+            .expect(200)
+            .json()
+    }
+}
+
+/// A fresh idempotency key.
+pub fn random_key() -> String {
+    hex::encode(rand::random::<[u8; 12]>())
+}
+
+/// A unique username for this test.
+pub fn username(prefix: &str) -> String {
+    format!("{prefix}_{}", hex::encode(rand::random::<[u8; 4]>()))
+}
+
+/// Base64url without padding (JWT segments).
+pub fn b64url(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for group in data.chunks(3) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=group.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+#[test]
+fn db_url_split() {
+    assert_eq!(
+        split_db_url("postgres://u:p@h:5432/db?sslmode=disable"),
+        ("postgres://u:p@h:5432", "db", "?sslmode=disable")
+    );
+    assert_eq!(split_db_url("postgres://h/db"), ("postgres://h", "db", ""));
+    assert_eq!(b64url(b"{\"alg\":\"none\"}"), "eyJhbGciOiJub25lIn0");
+    assert_eq!(b64url(b"ab"), "YWI");
+}

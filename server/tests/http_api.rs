@@ -1,0 +1,1751 @@
+//! End-to-end tests of the HTTP and WebSocket API: a real server on 127.0.0.1:0 per
+//! test, spoken to with reqwest and tokio-tungstenite exactly as a client would. Every
+//! scenario runs on SQLite, and also on PostgreSQL when `FSYNC_TEST_DATABASE_URL` is set.
+
+#![allow(
+    missing_docs,
+    clippy::too_many_lines,
+    clippy::similar_names,
+    clippy::many_single_char_names
+)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use common::{
+    b64url, backends, now_secs, random_key, register, username, Device, Resp, Server, User,
+    EVENT_TIMEOUT, SECRET,
+};
+use fsync_common::batch;
+use fsync_common::limits::{MAX_BLOB_SIZE, MAX_CHUNK_PLAINTEXT};
+use fsync_common::wire::{
+    ChangesResponse, ChunkRef, CommitOutcome, CommitRequest, CommitResponse, DeleteOutcome,
+    DeviceInfo, FileMeta, KdfParams, ListResponse, Manifest, MissingResponse, OpResponse,
+    PushMessage, StoredResponse, SyncEvent, SyncEventResponse, SyncEventResult, TokenResponse,
+    VersionInfo,
+};
+use fsync_common::{ChunkId, ContentHash, DeviceId, FileId, UserId, VersionNo, VersionVector};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Runs `$scenario(&Server)` on a fresh server for every configured backend.
+macro_rules! on_every_backend {
+    ($name:ident => $scenario:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            for backend in backends() {
+                eprintln!("--- {} on {backend}", stringify!($name));
+                let srv = Server::start(&backend).await;
+                $scenario(&srv).await;
+            }
+        }
+    };
+}
+
+/// 2026-11-25 15:34:47 UTC, in nanoseconds.
+const T0: i64 = 1_795_620_887 * 1_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+fn empty() -> VersionVector {
+    VersionVector::new()
+}
+
+fn params_path(name: &str) -> String {
+    format!("/api/v1/auth/params?username={name}")
+}
+
+async fn list_all(srv: &Server, dev: &Device, query: &[(&str, &str)]) -> Vec<FileMeta> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q: Vec<(&str, &str)> = query.to_vec();
+        if let Some(a) = &after {
+            q.push(("after", a));
+        }
+        let page: ListResponse = srv
+            .send(
+                srv.request(Method::GET, "/api/v1/files/list", Some(&dev.token))
+                    .query(&q),
+            )
+            .await
+            .expect(200)
+            .json();
+        out.extend(page.files);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return out,
+        }
+    }
+}
+
+async fn download(srv: &Server, dev: &Device, file: FileId) -> Manifest {
+    srv.get(&format!("/api/v1/files/download/{file}"), Some(&dev.token))
+        .await
+        .expect(200)
+        .json()
+}
+
+async fn versions(srv: &Server, dev: &Device, file: FileId) -> Vec<VersionInfo> {
+    srv.get(&format!("/api/v1/files/{file}/versions"), Some(&dev.token))
+        .await
+        .expect(200)
+        .json()
+}
+
+/// Fetches and decrypts a file's content through its manifest, as a client would.
+async fn read_file(srv: &Server, user: &User, dev: &Device, file: FileId) -> Vec<u8> {
+    let m = download(srv, dev, file).await;
+    let mut out = Vec::new();
+    for ChunkRef(id, len) in m.chunks {
+        let blob = srv
+            .get(
+                &format!("/api/v1/chunks/{id}?namespace={}", user.namespace),
+                Some(&dev.token),
+            )
+            .await
+            .expect(200)
+            .body;
+        let plain = user.codec.decode(&id, &blob).expect("blob decrypts");
+        assert_eq!(plain.len(), len as usize);
+        out.extend(plain);
+    }
+    out
+}
+
+async fn chunks_stored_total(srv: &Server) -> u64 {
+    let text = String::from_utf8(srv.get("/metrics", None).await.expect(200).body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("fsync_chunks_stored_total "))
+        .expect("chunks counter in /metrics")
+        .parse()
+        .unwrap()
+}
+
+/// True when `name` is `{stem}.sync-conflict-YYYYMMDD-HHMMSS-<7 hex>{ext}`.
+fn is_conflict_name(name: &str, stem: &str, ext: &str) -> bool {
+    let Some(mid) = name
+        .strip_prefix(stem)
+        .and_then(|r| r.strip_prefix(".sync-conflict-"))
+        .and_then(|r| r.strip_suffix(ext))
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = mid.split('-').collect();
+    parts.len() == 3
+        && parts[0].len() == 8
+        && parts[0].bytes().all(|b| b.is_ascii_digit())
+        && parts[1].len() == 6
+        && parts[1].bytes().all(|b| b.is_ascii_digit())
+        && parts[2].len() == 7
+        && parts[2]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+// ================================================================= 1. auth
+
+async fn auth_scenario(srv: &Server) {
+    let name = username("alice");
+
+    // Unknown users get stable fake parameters, different per name, shaped like real ones.
+    let fake1: KdfParams = srv.get(&params_path(&name), None).await.expect(200).json();
+    let fake2: KdfParams = srv.get(&params_path(&name), None).await.expect(200).json();
+    assert_eq!(fake1, fake2, "fake params must be stable across calls");
+    let other: KdfParams = srv
+        .get(&params_path(&username("bob")), None)
+        .await
+        .expect(200)
+        .json();
+    assert_ne!(
+        fake1.salt, other.salt,
+        "two unknown names must not share a salt"
+    );
+    fsync_store::validate_kdf_params(&fake1).expect("fake params look real");
+
+    let alice = register(srv, &name).await;
+    let known: KdfParams = srv.get(&params_path(&name), None).await.expect(200).json();
+    assert_eq!(
+        known, alice.kdf,
+        "params of a known user are the registered ones"
+    );
+
+    // The same username again.
+    let dup = srv
+        .post(
+            "/api/v1/auth/register",
+            None,
+            &json!({
+                "username": name,
+                "email": "other@example.org",
+                "password": "11".repeat(32),
+                "kdf": alice.kdf,
+                "wrapped_account_key": alice.wrapped_account_key,
+                "wrapped_namespace_key": alice.wrapped_namespace_key,
+            }),
+        )
+        .await
+        .expect_error(409, "conflict");
+    assert!(dup.value()["error"]["message"].is_string());
+
+    // Login.
+    let laptop = alice.login(srv, "laptop").await;
+    let l = &laptop.login;
+    assert_eq!(l.token_type, "bearer");
+    assert!(l.expires_in > 0);
+    assert!(!l.access_token.is_empty() && !l.refresh_token.is_empty());
+    assert_eq!(l.user_id, alice.id);
+    assert_eq!(l.wrapped_account_key, alice.wrapped_account_key);
+    assert_eq!(l.namespaces.len(), 1);
+    assert_eq!(l.namespaces[0].id, alice.namespace);
+    assert_eq!(l.namespaces[0].role, "owner");
+    assert_eq!(l.namespaces[0].wrapped_key, alice.wrapped_namespace_key);
+
+    // A new device recovers the namespace keys from password + what login returned.
+    let master = common::derive(&alice.password, &known).await;
+    let account_key = master
+        .kek()
+        .unwrap(&hex::decode(&l.wrapped_account_key).unwrap())
+        .expect("account key unwraps");
+    let keys = account_key
+        .unwrap_namespace_key(&hex::decode(&l.namespaces[0].wrapped_key).unwrap())
+        .expect("namespace key unwraps")
+        .derive();
+    let recovered = fsync_store::BlobCodec::new(&keys);
+    assert_eq!(recovered.chunk_id(b"probe"), alice.codec.chunk_id(b"probe"));
+
+    // Wrong password and unknown user are indistinguishable.
+    let wrong = srv
+        .post(
+            "/api/v1/auth/login",
+            None,
+            &json!({"username": name, "password": "ab".repeat(32), "device_name": "x"}),
+        )
+        .await
+        .expect_error(401, "unauthorized");
+    let unknown = srv
+        .post(
+            "/api/v1/auth/login",
+            None,
+            &json!({"username": username("nobody"), "password": "ab".repeat(32), "device_name": "x"}),
+        )
+        .await
+        .expect_error(401, "unauthorized");
+    assert_eq!(
+        wrong.body, unknown.body,
+        "wrong password and unknown user must look the same"
+    );
+
+    // Refresh rotates: the old token is refused once used, the new one works.
+    let t1: TokenResponse = srv
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            &json!({"refresh_token": laptop.refresh}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_ne!(t1.refresh_token, laptop.refresh);
+    srv.post(
+        "/api/v1/auth/refresh",
+        None,
+        &json!({"refresh_token": laptop.refresh}),
+    )
+    .await
+    .expect_error(401, "unauthorized");
+    srv.get("/api/v1/devices", Some(&t1.access_token))
+        .await
+        .expect(200);
+    let t2: TokenResponse = srv
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            &json!({"refresh_token": t1.refresh_token}),
+        )
+        .await
+        .expect(200)
+        .json();
+
+    // Logout forgets the refresh token.
+    srv.post(
+        "/api/v1/auth/logout",
+        Some(&t2.access_token),
+        &json!({"refresh_token": t2.refresh_token}),
+    )
+    .await
+    .expect(204);
+    srv.post(
+        "/api/v1/auth/refresh",
+        None,
+        &json!({"refresh_token": t2.refresh_token}),
+    )
+    .await
+    .expect_error(401, "unauthorized");
+
+    // Devices: a second login is a second device; logging in with a device id keeps it.
+    let phone = alice.login(srv, "phone").await;
+    assert_ne!(phone.id, laptop.id);
+    let mut body = alice.login_body("laptop again");
+    body["device_id"] = json!(laptop.id);
+    let laptop2: fsync_common::wire::LoginResponse = srv
+        .post("/api/v1/auth/login", None, &body)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        laptop2.device_id, laptop.id,
+        "login with a device id keeps the device"
+    );
+    let devices: Vec<DeviceInfo> = srv
+        .get("/api/v1/devices", Some(&phone.token))
+        .await
+        .expect(200)
+        .json();
+    let by_id: HashMap<DeviceId, &DeviceInfo> = devices.iter().map(|d| (d.id, d)).collect();
+    assert_eq!(by_id.len(), 2, "{devices:?}");
+    assert_eq!(
+        by_id[&laptop.id].name, "laptop again",
+        "a login with a device id renames it"
+    );
+    assert_eq!(by_id[&phone.id].name, "phone");
+    assert!(devices.iter().all(|d| !d.revoked));
+
+    // Revoking the laptop (from the phone) kills its access and refresh tokens.
+    srv.send(srv.request(
+        Method::DELETE,
+        &format!("/api/v1/devices/{}", laptop.id),
+        Some(&phone.token),
+    ))
+    .await
+    .expect(204);
+    srv.get("/api/v1/devices", Some(&laptop.token))
+        .await
+        .expect_error(401, "unauthorized");
+    srv.get("/api/v1/devices", Some(&t1.access_token))
+        .await
+        .expect_error(401, "unauthorized");
+    srv.post(
+        "/api/v1/auth/refresh",
+        None,
+        &json!({"refresh_token": laptop2.refresh_token}),
+    )
+    .await
+    .expect_error(401, "unauthorized");
+    let devices: Vec<DeviceInfo> = srv
+        .get("/api/v1/devices", Some(&phone.token))
+        .await
+        .expect(200)
+        .json();
+    assert!(
+        devices.iter().all(|d| d.id != laptop.id || d.revoked),
+        "revoked device must be listed as revoked or not at all: {devices:?}"
+    );
+    // A revoked device id cannot be reclaimed at login; unknown devices are 404.
+    let mut body = alice.login_body("laptop zombie");
+    body["device_id"] = json!(laptop.id);
+    let zombie: fsync_common::wire::LoginResponse = srv
+        .post("/api/v1/auth/login", None, &body)
+        .await
+        .expect(200)
+        .json();
+    assert_ne!(zombie.device_id, laptop.id);
+    srv.send(srv.request(
+        Method::DELETE,
+        &format!("/api/v1/devices/{}", DeviceId::from_bytes([9; 8])),
+        Some(&phone.token),
+    ))
+    .await
+    .expect_error(404, "not_found");
+    srv.get("/api/v1/devices", Some(&phone.token))
+        .await
+        .expect(200);
+}
+
+on_every_backend!(auth_register_login_refresh_logout_devices => auth_scenario);
+
+// ================================================================= 2. JWT
+
+#[derive(serde::Serialize)]
+struct Claims {
+    sub: String,
+    device: String,
+    iat: u64,
+    exp: u64,
+}
+
+use jsonwebtoken::Algorithm::{HS256, HS512};
+
+fn hs(alg: jsonwebtoken::Algorithm, claims: &Claims, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn jwt_scenario(srv: &Server) {
+    let user = register(srv, &username("jwt")).await;
+    let dev = user.login(srv, "d").await;
+    let path = "/api/v1/devices";
+    let now = now_secs();
+    let claims = Claims {
+        sub: user.id.to_hex(),
+        device: dev.id.to_hex(),
+        iat: now,
+        exp: now + 600,
+    };
+
+    // Controls: the real token and one forged with the server's own secret both work,
+    // so the refusals below are about what each token gets wrong.
+    srv.get(path, Some(&dev.token)).await.expect(200);
+    let good = hs(HS256, &claims, SECRET);
+    srv.get(path, Some(&good)).await.expect(200);
+
+    srv.get(path, None).await.expect_error(401, "unauthorized");
+    srv.send(
+        srv.request(Method::GET, path, None)
+            .header("authorization", format!("Token {good}")),
+    )
+    .await
+    .expect_error(401, "unauthorized");
+
+    let forged = hs(
+        HS256,
+        &claims,
+        "another secret, just as long as the real one",
+    );
+    srv.get(path, Some(&forged))
+        .await
+        .expect_error(401, "unauthorized");
+
+    let payload = b64url(serde_json::to_string(&claims).unwrap().as_bytes());
+    let none = format!("{}.{payload}.", b64url(br#"{"alg":"none","typ":"JWT"}"#));
+    srv.get(path, Some(&none))
+        .await
+        .expect_error(401, "unauthorized");
+
+    let expired = Claims {
+        iat: now - 7200,
+        exp: now - 3600,
+        ..claims
+    };
+    srv.get(path, Some(&hs(HS256, &expired, SECRET)))
+        .await
+        .expect_error(401, "unauthorized");
+    let claims = Claims {
+        exp: now + 600,
+        ..expired
+    };
+
+    // The algorithm is pinned: HS512 under the right secret is refused.
+    srv.get(path, Some(&hs(HS512, &claims, SECRET)))
+        .await
+        .expect_error(401, "unauthorized");
+
+    // The real header and claims with a signature made by another key.
+    let (signed, _) = good.rsplit_once('.').unwrap();
+    let (_, foreign_sig) = forged.rsplit_once('.').unwrap();
+    srv.get(path, Some(&format!("{signed}.{foreign_sig}")))
+        .await
+        .expect_error(401, "unauthorized");
+    // Claims swapped under a valid signature (privilege change: another user).
+    let (header, rest) = good.split_once('.').unwrap();
+    let (_, sig) = rest.split_once('.').unwrap();
+    let other = Claims {
+        sub: UserId::from_bytes([7; 16]).to_hex(),
+        ..claims
+    };
+    let swapped = b64url(serde_json::to_string(&other).unwrap().as_bytes());
+    srv.get(path, Some(&format!("{header}.{swapped}.{sig}")))
+        .await
+        .expect_error(401, "unauthorized");
+    // Correctly signed, but for a device that does not exist.
+    let ghost = Claims {
+        sub: user.id.to_hex(),
+        device: DeviceId::from_bytes([3; 8]).to_hex(),
+        ..other
+    };
+    srv.get(path, Some(&hs(HS256, &ghost, SECRET)))
+        .await
+        .expect_error(401, "unauthorized");
+}
+
+on_every_backend!(jwt_tokens_are_verified => jwt_scenario);
+
+// ================================================================= 3. chunks
+
+async fn chunks_scenario(srv: &Server) {
+    let user = register(srv, &username("chunks")).await;
+    let dev = user.login(srv, "d").await;
+    let tok = Some(dev.token.as_str());
+    let ns = user.namespace;
+    let datas: Vec<Vec<u8>> = (0..4)
+        .map(|i| format!("chunk number {i}; ").repeat(50 + i).into_bytes())
+        .collect();
+    let blobs: Vec<(ChunkId, Vec<u8>)> = datas.iter().map(|d| user.blob(d)).collect();
+    let ids: Vec<ChunkId> = blobs.iter().map(|(id, _)| *id).collect();
+    let missing = |ids: Vec<ChunkId>| async move {
+        let r: MissingResponse = srv
+            .post(
+                "/api/v1/chunks/missing",
+                tok,
+                &json!({"namespace": ns, "ids": ids}),
+            )
+            .await
+            .expect(200)
+            .json();
+        r.missing.into_iter().collect::<BTreeSet<_>>()
+    };
+
+    assert_eq!(missing(ids.clone()).await, ids.iter().copied().collect());
+
+    // Single upload: 201, then 200 (idempotent).
+    let put = |id: ChunkId, body: Vec<u8>| async move {
+        srv.put_bytes(&format!("/api/v1/chunks/{id}?namespace={ns}"), tok, body)
+            .await
+    };
+    let r: StoredResponse = put(ids[0], blobs[0].1.clone()).await.expect(201).json();
+    assert_eq!((r.stored, r.existing), (1, 0));
+    let r: StoredResponse = put(ids[0], blobs[0].1.clone()).await.expect(200).json();
+    assert_eq!((r.stored, r.existing), (0, 1));
+    assert_eq!(
+        missing(ids.clone()).await,
+        ids[1..].iter().copied().collect()
+    );
+
+    // Not a blob.
+    put(
+        ids[1],
+        b"NOPE, this is not a blob at all, just some bytes".to_vec(),
+    )
+    .await
+    .expect_error(422, "invalid_blob");
+    assert!(
+        missing(vec![ids[1]]).await.contains(&ids[1]),
+        "a refused blob is not recorded"
+    );
+
+    // Too large (with a valid header, so the size is what is refused).
+    let mut huge = blobs[1].1[..fsync_store::BLOB_HEADER_LEN].to_vec();
+    huge.resize(MAX_BLOB_SIZE + 1, 0);
+    put(ids[1], huge)
+        .await
+        .expect_error(413, "payload_too_large");
+
+    // Batch upload.
+    let body = batch::encode(blobs[1..].iter().map(|(id, b)| (id, b.as_slice())));
+    let r: StoredResponse = srv
+        .post_bytes(&format!("/api/v1/chunks/batch?namespace={ns}"), tok, body)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!((r.stored, r.existing), (3, 0));
+    assert!(missing(ids.clone()).await.is_empty());
+    // Malformed batches.
+    srv.post_bytes(
+        &format!("/api/v1/chunks/batch?namespace={ns}"),
+        tok,
+        b"XXXX\x01".to_vec(),
+    )
+    .await
+    .expect_error(400, "bad_request");
+    let bogus = batch::encode([(&ids[0], &b"not a blob, not at all"[..])]);
+    srv.post_bytes(&format!("/api/v1/chunks/batch?namespace={ns}"), tok, bogus)
+        .await
+        .expect_error(422, "invalid_blob");
+
+    // Download: the exact bytes, which decrypt to the plaintext.
+    for ((id, blob), data) in blobs.iter().zip(&datas) {
+        let r = srv
+            .get(&format!("/api/v1/chunks/{id}?namespace={ns}"), tok)
+            .await
+            .expect(200);
+        assert_eq!(&r.body, blob);
+        assert_eq!(&user.codec.decode(id, &r.body).unwrap(), data);
+    }
+    // Without ?namespace= the user's first namespace is used.
+    assert_eq!(
+        srv.get(&format!("/api/v1/chunks/{}", ids[2]), tok)
+            .await
+            .expect(200)
+            .body,
+        blobs[2].1
+    );
+
+    // Batch download leaves out what is not there.
+    let absent = ChunkId::from_bytes([0xaa; 32]);
+    let r = srv
+        .post(
+            "/api/v1/chunks/fetch",
+            tok,
+            &json!({"namespace": ns, "ids": [ids[0], absent, ids[2]]}),
+        )
+        .await
+        .expect(200);
+    let got = batch::decode(&r.body, MAX_BLOB_SIZE).expect("a batch body");
+    let got: Vec<(ChunkId, Vec<u8>)> = got.into_iter().map(|(id, b)| (id, b.to_vec())).collect();
+    assert_eq!(got, vec![blobs[0].clone(), blobs[2].clone()]);
+
+    // Bad ids.
+    srv.get("/api/v1/chunks/not-hex", tok)
+        .await
+        .expect_error(400, "bad_request");
+    srv.get(&format!("/api/v1/chunks/{}", "ab".repeat(31)), tok)
+        .await
+        .expect_error(400, "bad_request");
+    put_raw_bad_id(srv, tok, &blobs[0].1).await;
+    srv.get(&format!("/api/v1/chunks/{absent}"), tok)
+        .await
+        .expect_error(404, "not_found");
+}
+
+async fn put_raw_bad_id(srv: &Server, tok: Option<&str>, blob: &[u8]) {
+    srv.put_bytes("/api/v1/chunks/zzzz", tok, blob.to_vec())
+        .await
+        .expect_error(400, "bad_request");
+}
+
+on_every_backend!(chunks_upload_download_dedup => chunks_scenario);
+
+// ================================================================= 4. files
+
+async fn files_scenario(srv: &Server) {
+    let user = register(srv, &username("files")).await;
+    let dev = user.login(srv, "d").await;
+    let tok = Some(dev.token.as_str());
+    let up = "/api/v1/files/upload";
+
+    let req1 = user
+        .commit_req(srv, &dev, "docs/a.txt", b"version one", &empty(), T0)
+        .await;
+    let r1: CommitResponse = srv.post(up, tok, &req1).await.expect(200).json();
+    assert_eq!(r1.outcome, CommitOutcome::FastForward);
+    assert!(r1.conflict_copy.is_none());
+    let h1 = &r1.head;
+    assert_eq!(h1.version, VersionNo(1));
+    assert_eq!(h1.vv, empty().incremented(dev.id));
+    assert_eq!(h1.path.as_str(), "docs/a.txt");
+    assert_eq!((h1.size, h1.mtime, h1.mode), (11, T0, 0o644));
+    assert_eq!(h1.content_hash, Some(req1.content_hash));
+    assert_eq!(
+        (h1.deleted, h1.device, h1.namespace),
+        (false, dev.id, user.namespace)
+    );
+
+    // A retry with the same idempotency key gets the same answer.
+    let again: CommitResponse = srv.post(up, tok, &req1).await.expect(200).json();
+    assert_eq!(again.outcome, CommitOutcome::AlreadyApplied);
+    assert_eq!(again.head, r1.head);
+
+    // A chunk never uploaded.
+    let ghost = user.blob(b"never uploaded").0;
+    let bad = CommitRequest {
+        path: "docs/ghost.txt".parse().unwrap(),
+        chunks: vec![ChunkRef(ghost, 14)],
+        size: 14,
+        idempotency_key: random_key(),
+        ..req1.clone()
+    };
+    let r = srv
+        .post(up, tok, &bad)
+        .await
+        .expect_error(409, "missing_chunks");
+    assert_eq!(r.value()["error"]["missing"], json!([ghost]));
+
+    // Sizes that do not add up.
+    let wrong = CommitRequest {
+        size: req1.size + 1,
+        idempotency_key: random_key(),
+        ..req1.clone()
+    };
+    srv.post(up, tok, &wrong)
+        .await
+        .expect_error(400, "bad_request");
+
+    // Bad paths (a client cannot even build a SyncPath for them: send raw JSON).
+    for path in ["../../etc/passwd", "/etc/passwd", "a/./b", "a//b"] {
+        let mut v = serde_json::to_value(&req1).unwrap();
+        v["path"] = json!(path);
+        v["idempotency_key"] = json!(random_key());
+        srv.post(up, tok, &v)
+            .await
+            .expect_error(400, "invalid_path");
+    }
+    // Malformed JSON and unknown fields.
+    let r = srv
+        .send(
+            srv.request(Method::POST, up, tok)
+                .header("content-type", "application/json")
+                .body("{\"namespace\": oops"),
+        )
+        .await
+        .expect_error(400, "bad_request");
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let mut v = serde_json::to_value(&req1).unwrap();
+    v["surprise"] = json!(1);
+    srv.post(up, tok, &v).await.expect_error(400, "bad_request");
+    // None of the refused commits left a trace.
+    let listed = list_all(srv, &dev, &[("include_deleted", "true")]).await;
+    assert_eq!(listed, vec![r1.head.clone()]);
+
+    // Download returns the manifest.
+    let file = r1.head.file_id;
+    let m = download(srv, &dev, file).await;
+    assert_eq!(m.meta, r1.head);
+    assert_eq!(m.chunks, req1.chunks);
+    assert_eq!(read_file(srv, &user, &dev, file).await, b"version one");
+
+    // Version 2 on top of the head.
+    let r2 = user
+        .commit(
+            srv,
+            &dev,
+            "docs/a.txt",
+            b"version two!",
+            &r1.head.vv,
+            T0 + SEC,
+        )
+        .await;
+    assert_eq!(r2.outcome, CommitOutcome::FastForward);
+    assert_eq!((r2.head.file_id, r2.head.version), (file, VersionNo(2)));
+    assert!(r1.head.vv.le(&r2.head.vv) && r1.head.vv != r2.head.vv);
+    let vs = versions(srv, &dev, file).await;
+    assert_eq!(
+        vs.iter().map(|v| v.version.0).collect::<Vec<_>>(),
+        [2, 1],
+        "newest first"
+    );
+    assert_eq!(vs[1].content_hash, Some(req1.content_hash));
+    assert_eq!(vs[0].content_hash, r2.head.content_hash);
+
+    // Restore version 1: a new version 3 with v1's manifest.
+    let r3: CommitResponse = srv
+        .post(
+            &format!("/api/v1/files/{file}/restore"),
+            tok,
+            &json!({"version": 1}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(r3.head.version, VersionNo(3));
+    assert_eq!(r3.head.content_hash, Some(req1.content_hash));
+    assert!(r2.head.vv.le(&r3.head.vv) && r2.head.vv != r3.head.vv);
+    assert_eq!(download(srv, &dev, file).await.chunks, req1.chunks);
+    assert_eq!(read_file(srv, &user, &dev, file).await, b"version one");
+    let v2: Manifest = srv
+        .get(&format!("/api/v1/files/download/{file}?version=2"), tok)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(v2.meta.content_hash, r2.head.content_hash);
+    srv.get(&format!("/api/v1/files/download/{file}?version=99"), tok)
+        .await
+        .expect_error(404, "not_found");
+    srv.post(
+        &format!("/api/v1/files/{file}/restore"),
+        tok,
+        &json!({"version": 99}),
+    )
+    .await
+    .expect_error(404, "not_found");
+
+    // Delete: a tombstone, hidden unless asked for.
+    let del: OpResponse = srv
+        .post(
+            "/api/v1/files/delete",
+            tok,
+            &json!({"namespace": user.namespace, "path": "docs/a.txt", "base": r3.head.vv, "idempotency_key": random_key()}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(del.outcome, Some(DeleteOutcome::Deleted));
+    assert_eq!(del.files.len(), 1);
+    assert!(del.files[0].deleted);
+    assert_eq!(
+        (del.files[0].file_id, del.files[0].version),
+        (file, VersionNo(4))
+    );
+    assert!(list_all(srv, &dev, &[]).await.is_empty());
+    let with_deleted = list_all(srv, &dev, &[("include_deleted", "true")]).await;
+    assert_eq!(with_deleted, del.files);
+    let tomb = download(srv, &dev, file).await;
+    assert!(tomb.meta.deleted && tomb.chunks.is_empty());
+    let vs = versions(srv, &dev, file).await;
+    assert_eq!(
+        vs.iter()
+            .map(|v| (v.version.0, v.deleted))
+            .collect::<Vec<_>>(),
+        [(4, true), (3, false), (2, false), (1, false)]
+    );
+    // Deleting again is reported, not an error; a path that never existed is 404.
+    let again: OpResponse = srv
+        .post(
+            "/api/v1/files/delete",
+            tok,
+            &json!({"namespace": user.namespace, "path": "docs/a.txt", "base": del.files[0].vv, "idempotency_key": random_key()}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(again.outcome, Some(DeleteOutcome::AlreadyDeleted));
+    srv.post(
+        "/api/v1/files/delete",
+        tok,
+        &json!({"namespace": user.namespace, "path": "nope.txt", "base": {}, "idempotency_key": random_key()}),
+    )
+    .await
+    .expect_error(404, "not_found");
+
+    // Rename a file: same id, same chunks, no upload.
+    let n = user
+        .commit(srv, &dev, "notes/n.txt", b"a note", &empty(), T0)
+        .await;
+    let before_rename = download(srv, &dev, n.head.file_id).await;
+    let stored_before = chunks_stored_total(srv).await;
+    let rn: OpResponse = srv
+        .post(
+            "/api/v1/files/rename",
+            tok,
+            &json!({"namespace": user.namespace, "from": "notes/n.txt", "to": "notes/renamed.txt", "idempotency_key": random_key()}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(rn.files.len(), 1);
+    assert_eq!(rn.files[0].file_id, n.head.file_id);
+    assert_eq!(rn.files[0].path.as_str(), "notes/renamed.txt");
+    let after_rename = download(srv, &dev, n.head.file_id).await;
+    assert_eq!(after_rename.chunks, before_rename.chunks);
+    assert_eq!(after_rename.meta.path.as_str(), "notes/renamed.txt");
+    assert_eq!(after_rename.meta.version, before_rename.meta.version);
+
+    // Rename a folder: every file below moves, ids kept.
+    let mut dir_ids = HashMap::new();
+    for (p, data) in [
+        ("dir/x.txt", "x"),
+        ("dir/y.txt", "y"),
+        ("dir/sub/z.txt", "z"),
+    ] {
+        let r = user
+            .commit(srv, &dev, p, data.as_bytes(), &empty(), T0)
+            .await;
+        dir_ids.insert(
+            r.head.file_id,
+            (p.replacen("dir/", "moved/", 1), r.head.content_hash),
+        );
+    }
+    let stored_mid = chunks_stored_total(srv).await;
+    let rn: OpResponse = srv
+        .post(
+            "/api/v1/files/rename",
+            tok,
+            &json!({"namespace": user.namespace, "from": "dir", "to": "moved", "idempotency_key": random_key()}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(rn.files.len(), 3);
+    let moved = list_all(srv, &dev, &[("prefix", "moved")]).await;
+    assert_eq!(moved.len(), 3);
+    for f in &moved {
+        let (path, hash) = &dir_ids[&f.file_id];
+        assert_eq!((f.path.as_str(), &f.content_hash), (path.as_str(), hash));
+    }
+    assert!(list_all(srv, &dev, &[("prefix", "dir")]).await.is_empty());
+    assert_eq!(
+        chunks_stored_total(srv).await,
+        stored_mid,
+        "a folder rename stores no chunk"
+    );
+    assert_eq!(
+        stored_mid,
+        stored_before + 3,
+        "only the three new files stored chunks"
+    );
+    // Onto an existing path: refused.
+    srv.post(
+        "/api/v1/files/rename",
+        tok,
+        &json!({"namespace": user.namespace, "from": "moved/x.txt", "to": "moved/y.txt", "idempotency_key": random_key()}),
+    )
+    .await
+    .expect_error(409, "conflict");
+
+    // Pagination: every live file exactly once across pages of 2.
+    for i in 0..3 {
+        user.commit(
+            srv,
+            &dev,
+            &format!("page/{i}.txt"),
+            format!("p{i}").as_bytes(),
+            &empty(),
+            T0,
+        )
+        .await;
+    }
+    let all = list_all(srv, &dev, &[]).await;
+    assert_eq!(all.len(), 7, "{all:?}");
+    let paged = list_all(srv, &dev, &[("limit", "2")]).await;
+    assert_eq!(paged, all);
+    let ids: HashSet<FileId> = paged.iter().map(|f| f.file_id).collect();
+    assert_eq!(ids.len(), paged.len(), "no file twice");
+    let mut paths: Vec<&str> = paged.iter().map(|f| f.path.as_str()).collect();
+    let sorted = {
+        let mut s = paths.clone();
+        s.sort_unstable();
+        s
+    };
+    assert_eq!(paths, sorted, "path order");
+    paths.dedup();
+    assert_eq!(paths.len(), 7);
+    // A bad prefix is a path error.
+    srv.send(
+        srv.request(Method::GET, "/api/v1/files/list", tok)
+            .query(&[("prefix", "../x")]),
+    )
+    .await
+    .expect_error(400, "invalid_path");
+}
+
+on_every_backend!(files_commit_history_restore_delete_rename_list => files_scenario);
+
+// ================================================================= 5. conflicts
+
+async fn conflicts_scenario(srv: &Server) {
+    let user = register(srv, &username("conflicts")).await;
+    let a = user.login(srv, "A").await;
+    let b = user.login(srv, "B").await;
+    assert_ne!(a.id, b.id);
+
+    // Both create report.txt from nothing; B's later mtime wins.
+    let ra = user
+        .commit(srv, &a, "docs/report.txt", b"from A", &empty(), T0)
+        .await;
+    assert_eq!(ra.outcome, CommitOutcome::FastForward);
+    let rb = user
+        .commit(srv, &b, "docs/report.txt", b"from B", &empty(), T0 + SEC)
+        .await;
+    assert_eq!(rb.outcome, CommitOutcome::ConflictWon);
+    let copy = rb.conflict_copy.clone().expect("a conflict copy");
+    let name = copy.path.file_name();
+    assert!(is_conflict_name(name, "report", ".txt"), "{name}");
+    assert_eq!(
+        copy.path.as_str(),
+        format!(
+            "docs/report.sync-conflict-20261125-153447-{}.txt",
+            a.id.short()
+        ),
+        "named after the loser's mtime and device"
+    );
+    assert_eq!(copy.content_hash, Some(user.content_hash(b"from A")));
+    assert_eq!(rb.head.file_id, ra.head.file_id);
+    assert_eq!(rb.head.content_hash, Some(user.content_hash(b"from B")));
+    assert!(ra.head.vv.le(&rb.head.vv) && empty().incremented(b.id).le(&rb.head.vv));
+    // Both contents are reachable.
+    assert_eq!(read_file(srv, &user, &a, rb.head.file_id).await, b"from B");
+    assert_eq!(read_file(srv, &user, &a, copy.file_id).await, b"from A");
+    let listed = list_all(srv, &a, &[]).await;
+    assert_eq!(listed.len(), 2);
+
+    // The other way round: the later commit has the older mtime and loses.
+    let ra = user
+        .commit(srv, &a, "plan.md", b"A's plan", &empty(), T0 + 10 * SEC)
+        .await;
+    let rb = user
+        .commit(srv, &b, "plan.md", b"B's plan", &empty(), T0 + 5 * SEC)
+        .await;
+    assert_eq!(rb.outcome, CommitOutcome::ConflictLost);
+    assert_eq!(rb.head, ra.head, "the head stays");
+    let copy = rb.conflict_copy.expect("a conflict copy");
+    assert_eq!(
+        copy.path.as_str(),
+        format!("plan.sync-conflict-20261125-153452-{}.md", b.id.short())
+    );
+    assert_eq!(read_file(srv, &user, &b, copy.file_id).await, b"B's plan");
+    assert_eq!(
+        read_file(srv, &user, &b, ra.head.file_id).await,
+        b"A's plan"
+    );
+
+    // Same mtime: the larger device id wins, whoever commits second.
+    let first = user.commit(srv, &a, "tie", b"tie A", &empty(), T0).await;
+    let second = user.commit(srv, &b, "tie", b"tie B", &empty(), T0).await;
+    let expected = if b.id > a.id {
+        CommitOutcome::ConflictWon
+    } else {
+        CommitOutcome::ConflictLost
+    };
+    assert_eq!(second.outcome, expected);
+    let copy = second.conflict_copy.expect("a conflict copy");
+    assert!(
+        is_conflict_name(copy.path.as_str(), "tie", ""),
+        "{}",
+        copy.path
+    );
+    assert_eq!(first.head.file_id, second.head.file_id);
+
+    // Modify vs delete: A deletes the version it saw, B had modified it: B's change stays.
+    let v1 = user
+        .commit(srv, &a, "shared.txt", b"v1", &empty(), T0)
+        .await;
+    let v2 = user
+        .commit(srv, &b, "shared.txt", b"v2 by B", &v1.head.vv, T0 + SEC)
+        .await;
+    assert_eq!(v2.outcome, CommitOutcome::FastForward);
+    let del: OpResponse = srv
+        .post(
+            "/api/v1/files/delete",
+            Some(&a.token),
+            &json!({"namespace": user.namespace, "path": "shared.txt", "base": v1.head.vv, "idempotency_key": random_key()}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(del.outcome, Some(DeleteOutcome::KeptModified));
+    assert_eq!(del.files, vec![v2.head.clone()]);
+    let live = list_all(srv, &a, &[("prefix", "shared.txt")]).await;
+    assert_eq!(live, vec![v2.head.clone()]);
+    assert_eq!(read_file(srv, &user, &a, v2.head.file_id).await, b"v2 by B");
+
+    // And a modification beats a delete it did not see: A deletes the head, then B
+    // commits from the older base: the file is live again with B's content.
+    let del: OpResponse = srv
+        .post(
+            "/api/v1/files/delete",
+            Some(&a.token),
+            &json!({"namespace": user.namespace, "path": "shared.txt", "base": v2.head.vv, "idempotency_key": random_key()}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(del.outcome, Some(DeleteOutcome::Deleted));
+    let v4 = user
+        .commit(srv, &b, "shared.txt", b"v3 by B", &v2.head.vv, T0 + 2 * SEC)
+        .await;
+    assert_eq!(v4.outcome, CommitOutcome::FastForward);
+    assert!(!v4.head.deleted);
+    assert!(del.files[0].vv.le(&v4.head.vv));
+    assert_eq!(read_file(srv, &user, &b, v4.head.file_id).await, b"v3 by B");
+}
+
+on_every_backend!(concurrent_commits_make_conflict_copies => conflicts_scenario);
+
+// ================================================================= 6. concurrency
+
+const ROUNDS: i64 = 20;
+
+/// One device committing `ROUNDS` versions, each from the base it last saw.
+async fn racer(
+    srv: &Server,
+    user: &User,
+    dev: &Device,
+    tag: &str,
+    offset: i64,
+) -> Vec<(ContentHash, CommitOutcome)> {
+    let mut base = empty();
+    let mut out = Vec::new();
+    for i in 0..ROUNDS {
+        let data = format!("{tag} round {i}");
+        let r = user
+            .commit(
+                srv,
+                dev,
+                "race/file.txt",
+                data.as_bytes(),
+                &base,
+                T0 + i * 2 * SEC + offset,
+            )
+            .await;
+        assert!(
+            matches!(
+                r.outcome,
+                CommitOutcome::FastForward
+                    | CommitOutcome::ConflictWon
+                    | CommitOutcome::ConflictLost
+            ),
+            "{:?}",
+            r.outcome
+        );
+        assert_eq!(
+            r.conflict_copy.is_some(),
+            r.outcome != CommitOutcome::FastForward,
+            "a conflict copy exactly when there was a conflict"
+        );
+        base = r.head.vv.clone();
+        out.push((user.content_hash(data.as_bytes()), r.outcome));
+    }
+    out
+}
+
+async fn concurrency_scenario(srv: &Server) {
+    let user = register(srv, &username("race")).await;
+    let a = user.login(srv, "A").await;
+    let b = user.login(srv, "B").await;
+    let (ha, hb) = tokio::join!(
+        racer(srv, &user, &a, "A", 0),
+        racer(srv, &user, &b, "B", SEC)
+    );
+    let committed: Vec<_> = ha.iter().chain(&hb).collect();
+    let conflicts = committed
+        .iter()
+        .filter(|(_, o)| *o != CommitOutcome::FastForward)
+        .count();
+    let won = committed
+        .iter()
+        .filter(|(_, o)| *o == CommitOutcome::ConflictWon)
+        .count();
+    eprintln!(
+        "{} commits: {conflicts} conflicts ({won} won)",
+        committed.len()
+    );
+
+    // Every content ever committed is a head, a conflict copy or in some history.
+    let files = list_all(srv, &a, &[("include_deleted", "true")]).await;
+    let mut reachable = HashSet::new();
+    let mut copies = 0;
+    for f in &files {
+        if f.path.as_str() != "race/file.txt" {
+            assert!(
+                is_conflict_name(f.path.file_name(), "file", ".txt"),
+                "unexpected file {}",
+                f.path
+            );
+            copies += 1;
+        }
+        reachable.extend(f.content_hash);
+        reachable.extend(
+            versions(srv, &a, f.file_id)
+                .await
+                .into_iter()
+                .filter_map(|v| v.content_hash),
+        );
+    }
+    for (hash, outcome) in &committed {
+        assert!(
+            reachable.contains(hash),
+            "content {hash} ({outcome:?}) was lost"
+        );
+    }
+    assert_eq!(copies, conflicts, "one conflict copy per conflict");
+    let main = files
+        .iter()
+        .find(|f| f.path.as_str() == "race/file.txt")
+        .expect("the head");
+    assert!(!main.deleted);
+
+    // The journal stayed strictly ordered.
+    let changes: ChangesResponse = srv
+        .get("/api/v1/sync/changes?since=0", Some(&a.token))
+        .await
+        .expect(200)
+        .json();
+    assert!(changes.changes.windows(2).all(|w| w[0].seq < w[1].seq));
+    // One entry per commit, plus one per conflict copy made of an old head.
+    assert_eq!(changes.changes.len(), 2 * ROUNDS as usize + won);
+}
+
+on_every_backend!(concurrent_devices_lose_nothing => concurrency_scenario);
+
+// ================================================================= 7. sync
+
+async fn sync_scenario(srv: &Server) {
+    let user = register(srv, &username("sync")).await;
+    let dev = user.login(srv, "d").await;
+    let tok = Some(dev.token.as_str());
+
+    let create = user
+        .commit_req(srv, &dev, "s/one.txt", b"one", &empty(), T0)
+        .await;
+    let ghost = user.blob(b"never uploaded").0;
+    let bad = CommitRequest {
+        path: "s/bad.txt".parse().unwrap(),
+        chunks: vec![ChunkRef(ghost, 14)],
+        size: 14,
+        idempotency_key: random_key(),
+        ..create.clone()
+    };
+    let events = json!({"events": [
+        serde_json::to_value(SyncEvent::Create(create.clone())).unwrap(),
+        serde_json::to_value(SyncEvent::Modify(bad)).unwrap(),
+        {"type": "rename", "namespace": user.namespace, "from": "s/one.txt", "to": "s/uno.txt", "idempotency_key": random_key()},
+    ]});
+    let resp: SyncEventResponse = srv
+        .post("/api/v1/sync/event", tok, &events)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(resp.results.len(), 3);
+    let SyncEventResult::Committed(c) = &resp.results[0] else {
+        panic!("create should commit: {:?}", resp.results[0]);
+    };
+    assert_eq!(c.outcome, CommitOutcome::FastForward);
+    let SyncEventResult::Failed(e) = &resp.results[1] else {
+        panic!("the bad event should fail: {:?}", resp.results[1]);
+    };
+    assert_eq!(e.error.code, fsync_common::ErrorCode::MissingChunks);
+    assert_eq!(e.error.missing, vec![ghost]);
+    let SyncEventResult::Applied(rn) = &resp.results[2] else {
+        panic!("rename should apply: {:?}", resp.results[2]);
+    };
+    assert_eq!(rn.files.len(), 1);
+    assert_eq!(
+        (rn.files[0].file_id, rn.files[0].path.as_str()),
+        (c.head.file_id, "s/uno.txt")
+    );
+    let listed: Vec<String> = list_all(srv, &dev, &[("include_deleted", "true")])
+        .await
+        .into_iter()
+        .map(|f| f.path.to_string())
+        .collect();
+    assert_eq!(listed, ["s/uno.txt"]);
+
+    // A few more changes.
+    for i in 0..4 {
+        user.commit(
+            srv,
+            &dev,
+            &format!("s/f{i}"),
+            format!("f{i}").as_bytes(),
+            &empty(),
+            T0,
+        )
+        .await;
+    }
+
+    let all: ChangesResponse = srv
+        .get("/api/v1/sync/changes?since=0", tok)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        all.changes.len(),
+        6,
+        "create, rename, four commits: {all:?}"
+    );
+    assert!(
+        all.changes.windows(2).all(|w| w[0].seq < w[1].seq),
+        "increasing seq"
+    );
+    assert!(!all.has_more);
+    assert_eq!(all.cursor, all.changes.last().unwrap().seq);
+    assert_eq!(all.changes[0].file.file_id, c.head.file_id);
+    assert_eq!(
+        all.changes[1]
+            .old_path
+            .as_ref()
+            .map(fsync_common::SyncPath::as_str),
+        Some("s/one.txt")
+    );
+    assert_eq!(all.changes[1].file.path.as_str(), "s/uno.txt");
+
+    let none: ChangesResponse = srv
+        .get(&format!("/api/v1/sync/changes?since={}", all.cursor.0), tok)
+        .await
+        .expect(200)
+        .json();
+    assert!(none.changes.is_empty() && !none.has_more);
+    assert_eq!(none.cursor, all.cursor, "an empty page keeps the cursor");
+
+    // Pages of 4 cover the journal exactly once, has_more until the last page.
+    let mut since = 0;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page: ChangesResponse = srv
+            .get(&format!("/api/v1/sync/changes?since={since}&limit=4"), tok)
+            .await
+            .expect(200)
+            .json();
+        pages += 1;
+        assert!(page.changes.len() <= 4);
+        seen.extend(page.changes.iter().map(|c| c.seq));
+        since = page.cursor.0;
+        if !page.has_more {
+            break;
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    assert_eq!(pages, 2);
+    assert_eq!(seen, all.changes.iter().map(|c| c.seq).collect::<Vec<_>>());
+    srv.get("/api/v1/sync/changes?since=abc", tok)
+        .await
+        .expect_error(400, "bad_request");
+}
+
+on_every_backend!(sync_events_and_change_journal => sync_scenario);
+
+// ================================================================= 8. authorization
+
+async fn authz_scenario(srv: &Server) {
+    let alice = register(srv, &username("alice")).await;
+    let bob = register(srv, &username("bob")).await;
+    let a = alice.login(srv, "a").await;
+    let b = bob.login(srv, "b").await;
+    let committed = alice
+        .commit(srv, &a, "secret.txt", b"alice's secret", &empty(), T0)
+        .await;
+    let file = committed.head.file_id;
+    let chunk = alice.blob(b"alice's secret").0;
+    let ns = alice.namespace;
+    let before = (
+        list_all(srv, &a, &[("include_deleted", "true")]).await,
+        versions(srv, &a, file).await,
+    );
+    let bt = Some(b.token.as_str());
+
+    let not_found = |r: Resp| {
+        let r = r.expect_error(404, "not_found");
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("secret"),
+            "{r:?}"
+        );
+        r
+    };
+    not_found(
+        srv.get(&format!("/api/v1/files/list?namespace={ns}"), bt)
+            .await,
+    );
+    let foreign = not_found(srv.get(&format!("/api/v1/files/download/{file}"), bt).await);
+    let nonexistent = not_found(
+        srv.get(
+            &format!("/api/v1/files/download/{}", FileId::from_bytes([5; 16])),
+            bt,
+        )
+        .await,
+    );
+    assert_eq!(
+        foreign.body, nonexistent.body,
+        "another user's file looks like no file"
+    );
+    not_found(srv.get(&format!("/api/v1/files/{file}/versions"), bt).await);
+    not_found(
+        srv.post(
+            &format!("/api/v1/files/{file}/restore"),
+            bt,
+            &json!({"version": 1}),
+        )
+        .await,
+    );
+    let steal = CommitRequest {
+        base: committed.head.vv.clone(),
+        idempotency_key: random_key(),
+        ..alice
+            .commit_req(srv, &a, "secret.txt", b"alice's secret", &empty(), T0)
+            .await
+    };
+    not_found(srv.post("/api/v1/files/upload", bt, &steal).await);
+    not_found(
+        srv.post(
+            "/api/v1/files/delete",
+            bt,
+            &json!({"namespace": ns, "path": "secret.txt", "base": committed.head.vv, "idempotency_key": random_key()}),
+        )
+        .await,
+    );
+    not_found(
+        srv.post(
+            "/api/v1/files/rename",
+            bt,
+            &json!({"namespace": ns, "from": "secret.txt", "to": "mine.txt", "idempotency_key": random_key()}),
+        )
+        .await,
+    );
+    not_found(
+        srv.get(&format!("/api/v1/sync/changes?namespace={ns}"), bt)
+            .await,
+    );
+    let foreign_ns = not_found(
+        srv.post(
+            "/api/v1/chunks/missing",
+            bt,
+            &json!({"namespace": ns, "ids": [chunk]}),
+        )
+        .await,
+    );
+    let no_ns = not_found(
+        srv.post(
+            "/api/v1/chunks/missing",
+            bt,
+            &json!({"namespace": fsync_common::NamespaceId::from_bytes([6; 16]), "ids": [chunk]}),
+        )
+        .await,
+    );
+    assert_eq!(
+        foreign_ns.body, no_ns.body,
+        "another user's namespace looks like no namespace"
+    );
+    not_found(
+        srv.post(
+            "/api/v1/chunks/fetch",
+            bt,
+            &json!({"namespace": ns, "ids": [chunk]}),
+        )
+        .await,
+    );
+    not_found(
+        srv.get(&format!("/api/v1/chunks/{chunk}?namespace={ns}"), bt)
+            .await,
+    );
+    // Bob's own namespace does not hold Alice's chunk.
+    not_found(srv.get(&format!("/api/v1/chunks/{chunk}"), bt).await);
+    let (_, blob) = alice.blob(b"overwrite attempt");
+    not_found(
+        srv.put_bytes(
+            &format!("/api/v1/chunks/{chunk}?namespace={ns}"),
+            bt,
+            blob.clone(),
+        )
+        .await,
+    );
+    not_found(
+        srv.post_bytes(
+            &format!("/api/v1/chunks/batch?namespace={ns}"),
+            bt,
+            batch::encode([(&chunk, blob.as_slice())]),
+        )
+        .await,
+    );
+    let r: SyncEventResponse = srv
+        .post(
+            "/api/v1/sync/event",
+            bt,
+            &json!({"events": [serde_json::to_value(SyncEvent::Modify(steal)).unwrap()]}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert!(
+        matches!(&r.results[..], [SyncEventResult::Failed(e)] if e.error.code == fsync_common::ErrorCode::NotFound),
+        "{r:?}"
+    );
+    not_found(
+        srv.send(srv.request(Method::DELETE, &format!("/api/v1/devices/{}", a.id), bt))
+            .await,
+    );
+    // Bob's listing is his own (empty) namespace.
+    assert!(list_all(srv, &b, &[("include_deleted", "true")])
+        .await
+        .is_empty());
+
+    // Alice's data is untouched.
+    let after = (
+        list_all(srv, &a, &[("include_deleted", "true")]).await,
+        versions(srv, &a, file).await,
+    );
+    assert_eq!(after, before);
+    assert_eq!(read_file(srv, &alice, &a, file).await, b"alice's secret");
+    srv.get("/api/v1/devices", Some(&a.token)).await.expect(200);
+}
+
+on_every_backend!(users_cannot_see_each_other => authz_scenario);
+
+// ================================================================= 9. rate limits
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_attempts_are_rate_limited() {
+    for backend in backends() {
+        eprintln!("--- on {backend}");
+        let srv = Server::start_with(&backend, |s| s.limits.auth_per_user.max = 3).await;
+        let user = register(&srv, &username("limited")).await;
+        let wrong = json!({"username": user.username, "password": "cd".repeat(32)});
+        for _ in 0..3 {
+            srv.post("/api/v1/auth/login", None, &wrong)
+                .await
+                .expect_error(401, "unauthorized");
+        }
+        let r = srv
+            .post("/api/v1/auth/login", None, &wrong)
+            .await
+            .expect_error(429, "rate_limited");
+        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+        // The right password is refused too while the window lasts: it is per username.
+        srv.post("/api/v1/auth/login", None, &user.login_body("d"))
+            .await
+            .expect_error(429, "rate_limited");
+        // Another username is not affected.
+        let other = register(&srv, &username("other")).await;
+        other.login(&srv, "d").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_requests_are_rate_limited_per_user() {
+    for backend in backends() {
+        eprintln!("--- on {backend}");
+        let srv = Server::start_with(&backend, |s| s.limits.api_per_user.max = 5).await;
+        let user = register(&srv, &username("busy")).await;
+        let dev = user.login(&srv, "d").await;
+        for _ in 0..5 {
+            srv.get("/api/v1/devices", Some(&dev.token))
+                .await
+                .expect(200);
+        }
+        let r = srv
+            .get("/api/v1/files/list", Some(&dev.token))
+            .await
+            .expect_error(429, "rate_limited");
+        assert!(r.headers.contains_key("retry-after"));
+        let other = register(&srv, &username("idle")).await;
+        let od = other.login(&srv, "d").await;
+        srv.get("/api/v1/devices", Some(&od.token))
+            .await
+            .expect(200);
+    }
+}
+
+// ================================================================= 10. WebSocket
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn ws_request(
+    srv: &Server,
+    token: Option<&str>,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = format!("ws://{}/api/v1/ws", srv.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    req
+}
+
+/// The next push other than a heartbeat; fails after [`EVENT_TIMEOUT`].
+async fn next_push(ws: &mut Ws) -> PushMessage {
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            let msg = ws
+                .next()
+                .await
+                .expect("socket open")
+                .expect("socket healthy");
+            match msg {
+                Message::Text(t) => {
+                    match serde_json::from_str::<PushMessage>(t.as_str()).expect("a push message") {
+                        PushMessage::Heartbeat => {}
+                        m @ PushMessage::Changed { .. } => return m,
+                    }
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a push within the timeout")
+}
+
+/// Waits for the server to end the socket: a close frame (1008) or the stream ending.
+async fn expect_closed(ws: &mut Ws) {
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(Message::Close(frame))) => {
+                    if let Some(f) = frame {
+                        assert_eq!(u16::from(f.code), 1008, "{f:?}");
+                    }
+                    return;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(other)) => panic!("expected the socket to close, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("socket closed within the timeout");
+}
+
+async fn ws_scenario(srv: &Server) {
+    let user = register(srv, &username("ws")).await;
+    let a = user.login(srv, "A").await;
+    let b = user.login(srv, "B").await;
+    let ns = user.namespace;
+    let first = user
+        .commit(srv, &b, "w/first.txt", b"first", &empty(), T0)
+        .await;
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(srv, Some(&a.token)))
+        .await
+        .expect("upgrade with a bearer header");
+    assert_eq!(
+        next_push(&mut ws).await,
+        PushMessage::Changed {
+            namespace: ns,
+            seq: first.head.seq
+        }
+    );
+
+    let second = user
+        .commit(srv, &b, "w/second.txt", b"second", &empty(), T0)
+        .await;
+    assert_eq!(
+        next_push(&mut ws).await,
+        PushMessage::Changed {
+            namespace: ns,
+            seq: second.head.seq
+        }
+    );
+    let del: OpResponse = srv
+        .post(
+            "/api/v1/files/delete",
+            Some(&b.token),
+            &json!({"namespace": ns, "path": "w/first.txt", "base": first.head.vv, "idempotency_key": random_key()}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        next_push(&mut ws).await,
+        PushMessage::Changed {
+            namespace: ns,
+            seq: del.files[0].seq
+        }
+    );
+
+    // Authentication by a first message.
+    let (mut ws2, _) = tokio_tungstenite::connect_async(ws_request(srv, None))
+        .await
+        .expect("upgrade");
+    ws2.send(Message::text(
+        json!({"type": "auth", "token": a.token}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        next_push(&mut ws2).await,
+        PushMessage::Changed {
+            namespace: ns,
+            seq: del.files[0].seq
+        }
+    );
+
+    // A bad header token is refused before the upgrade.
+    match tokio_tungstenite::connect_async(ws_request(srv, Some("not.a.token"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401);
+        }
+        Err(e) => panic!("expected HTTP 401, got {e}"),
+        Ok(_) => panic!("a bad token must not get a socket"),
+    }
+    // A bad token in the auth message: the socket is closed.
+    let (mut ws3, _) = tokio_tungstenite::connect_async(ws_request(srv, None))
+        .await
+        .expect("upgrade");
+    ws3.send(Message::text(
+        json!({"type": "auth", "token": "not.a.token"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    expect_closed(&mut ws3).await;
+
+    // Another user's socket gets only its own namespace's pushes: Alice's commit is
+    // broadcast before Carol's, so if it leaked it would arrive first.
+    let carol = register(srv, &username("carol")).await;
+    let c = carol.login(srv, "C").await;
+    let (mut wsc, _) = tokio_tungstenite::connect_async(ws_request(srv, Some(&c.token)))
+        .await
+        .expect("upgrade");
+    assert_eq!(
+        next_push(&mut wsc).await,
+        PushMessage::Changed {
+            namespace: carol.namespace,
+            seq: fsync_common::Seq(0)
+        }
+    );
+    let third = user
+        .commit(srv, &b, "w/third.txt", b"third", &empty(), T0)
+        .await;
+    let mine = carol
+        .commit(srv, &c, "c.txt", b"carol's", &empty(), T0)
+        .await;
+    assert_eq!(
+        next_push(&mut wsc).await,
+        PushMessage::Changed {
+            namespace: carol.namespace,
+            seq: mine.head.seq
+        }
+    );
+    // Both of A's sockets see the third commit.
+    for s in [&mut ws, &mut ws2] {
+        assert_eq!(
+            next_push(s).await,
+            PushMessage::Changed {
+                namespace: ns,
+                seq: third.head.seq
+            }
+        );
+    }
+}
+
+on_every_backend!(websocket_pushes_changes => ws_scenario);
+
+// ================================================================= 11, 12. ops and limits
+
+async fn ops_scenario(srv: &Server) {
+    let r = srv.get("/health", None).await.expect(200);
+    let v = r.value();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["database"], "ok");
+    assert_eq!(v["blob_store"], "ok");
+    assert!(r.headers.contains_key("x-request-id"));
+    let text = String::from_utf8(srv.get("/metrics", None).await.expect(200).body).unwrap();
+    assert!(text.contains("fsync_http_requests_total"), "{text}");
+    assert!(
+        text.contains(r#"fsync_http_requests_total{method="GET",route="/health",status="200"} 1"#),
+        "{text}"
+    );
+    srv.get("/api/v1/nope", None)
+        .await
+        .expect_error(404, "not_found");
+}
+
+on_every_backend!(health_and_metrics => ops_scenario);
+
+async fn oversized_json_scenario(srv: &Server) {
+    let user = register(srv, &username("big")).await;
+    let dev = user.login(srv, "d").await;
+    let filler = "a".repeat(16 * 1024 * 1024 + 1);
+    let body = format!(r#"{{"namespace":"{}","path":"{filler}"}}"#, user.namespace);
+    srv.send(
+        srv.request(Method::POST, "/api/v1/files/upload", Some(&dev.token))
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await
+    .expect_error(413, "payload_too_large");
+    // A large but legal manifest is parsed (and refused for its content, not its size).
+    let chunks: Vec<ChunkRef> = (0..1000u32)
+        .map(|i| {
+            ChunkRef(
+                ChunkId::from_bytes([(i % 251) as u8; 32]),
+                MAX_CHUNK_PLAINTEXT as u32,
+            )
+        })
+        .collect();
+    let req = CommitRequest {
+        chunks,
+        size: 1000 * MAX_CHUNK_PLAINTEXT as u64,
+        ..user
+            .commit_req(srv, &dev, "big.bin", b"x", &empty(), T0)
+            .await
+    };
+    srv.post("/api/v1/files/upload", Some(&dev.token), &req)
+        .await
+        .expect_error(409, "missing_chunks");
+}
+
+on_every_backend!(oversized_json_is_refused => oversized_json_scenario);
