@@ -50,7 +50,7 @@ impl ChunkerConfig {
             Some("min is below fastcdc's lower bound of 64 bytes")
         } else if self.min > MINIMUM_MAX {
             Some("min is above fastcdc's upper bound of 1 MiB")
-        } else if self.min % 2 != 0 {
+        } else if !self.min.is_multiple_of(2) {
             // v2020 rolls two bytes per step starting at min/2*2, so with an odd min it
             // can cut one byte short of min.
             Some("min must be even (fastcdc v2020 may cut at min - 1 otherwise)")

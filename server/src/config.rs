@@ -78,17 +78,21 @@ pub enum ConfigError {
 impl Config {
     /// The database URL, with `POSTGRES_URL` as a fallback and SQLite as the default.
     pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .or_else(|| std::env::var("POSTGRES_URL").ok())
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("fsync.db").display()))
+        self.storage().database_url()
     }
 
     /// The blob directory.
     pub fn files_directory(&self) -> PathBuf {
-        self.files_directory
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("blobs"))
+        self.storage().files_directory()
+    }
+
+    /// The storage part of the configuration, which `fsync-gc` shares.
+    pub fn storage(&self) -> StorageConfig {
+        StorageConfig {
+            database_url: self.database_url.clone(),
+            files_directory: self.files_directory.clone(),
+            data_dir: self.data_dir.clone(),
+        }
     }
 
     /// The token-signing secret: given, or loaded from / generated into the data dir.
@@ -100,6 +104,39 @@ impl Config {
             return Ok(s.as_bytes().to_vec());
         }
         load_or_create_secret(&self.data_dir.join("secret.key"))
+    }
+}
+
+/// Where metadata and blobs live: the options `fsync-server` and `fsync-gc` share, with
+/// the same flags, environment variables and defaults.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageConfig {
+    /// Metadata database: `postgres://…` or `sqlite://PATH` (alias `POSTGRES_URL`).
+    /// Default: an SQLite file `fsync.db` in the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where blobs are stored. Default: `<data-dir>/blobs`.
+    #[arg(long, env = "FILES_DIRECTORY")]
+    pub files_directory: Option<PathBuf>,
+    /// Directory for the default database, blobs and secret.
+    #[arg(long, env = "FSYNC_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+impl StorageConfig {
+    /// The database URL, with `POSTGRES_URL` as a fallback and SQLite as the default.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("POSTGRES_URL").ok())
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("fsync.db").display()))
+    }
+
+    /// The blob directory.
+    pub fn files_directory(&self) -> PathBuf {
+        self.files_directory
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("blobs"))
     }
 }
 

@@ -17,6 +17,7 @@ mod auth;
 mod config;
 mod db;
 mod domain;
+mod gc;
 mod http;
 mod metrics;
 mod state;
@@ -26,8 +27,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use config::{Config, ConfigError, LogFormat};
-pub use db::{open as open_repo, open_postgres, open_sqlite, Actor, DbError, MetaRepo};
+pub use config::{Config, ConfigError, LogFormat, StorageConfig};
+pub use db::{
+    open as open_repo, open_postgres, open_sqlite, Actor, BlobConfirm, DbError, MetaRepo,
+};
+pub use gc::{
+    put_blobs, DEFAULT_BATCH as GC_BATCH, record_stored, store_chunks, Collector, Damage, GcError, GcEvent, GcHook, GcLock,
+    GcStage, NoProgress, Progress, PutBlobs, Retention, RunOptions, RunReport, Stats, UploadError,
+    VerifyReport,
+};
 pub use http::app;
 pub use http::error::ApiError;
 pub use state::{AppState, Limits};

@@ -11,6 +11,7 @@ use fsync_common::wire::{
 };
 use fsync_common::{ChunkId, DeviceId, FileId, NamespaceId, Seq, UserId, VersionNo};
 
+pub(crate) mod gc;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -43,6 +44,18 @@ pub enum DbError {
     /// Stored data could not be decoded (corruption or a bug).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The blob store failed while the repository waited on it
+    /// ([`MetaRepo::record_chunks_confirmed`]).
+    #[error("blob store: {0}")]
+    Blob(#[source] fsync_store::StoreError),
+}
+
+/// Makes sure blobs are stored, called by [`MetaRepo::record_chunks_confirmed`] while it
+/// holds the namespace lock (see the `gc` module for why).
+#[async_trait]
+pub trait BlobConfirm: Send + Sync {
+    /// Ensures the blob of every id is stored (re-storing any that went missing).
+    async fn confirm(&self, ids: &[ChunkId]) -> Result<(), fsync_store::StoreError>;
 }
 
 /// A user's stored credentials.
@@ -170,6 +183,17 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
         chunks: &[(ChunkId, u64)],
         now: i64,
     ) -> Result<(), DbError>;
+    /// Records stored chunks like [`MetaRepo::record_chunks`], but calls `confirm` under
+    /// the namespace lock first, so that the rows become visible only with their blobs
+    /// in place: garbage collection deletes a blob only under the same lock and only
+    /// when no row names it. The upload path uses this.
+    async fn record_chunks_confirmed(
+        &self,
+        ns: NamespaceId,
+        chunks: &[(ChunkId, u64)],
+        now: i64,
+        confirm: &dyn BlobConfirm,
+    ) -> Result<(), DbError>;
     /// True when the chunk is recorded in `ns`.
     async fn has_chunk(&self, ns: NamespaceId, id: ChunkId) -> Result<bool, DbError>;
 
@@ -257,20 +281,37 @@ async fn migrate(
         .map_err(|e| DbError::Backend(e.into()))
 }
 
-/// Opens the repository named by a database URL: `postgres://…` or `sqlite://PATH`.
-pub async fn open(url: &str) -> Result<Arc<dyn MetaRepo>, DbError> {
+/// What a database URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DbUrl<'a> {
+    /// `postgres://…` (the whole URL).
+    Postgres(&'a str),
+    /// `sqlite://PATH` (the path, without query).
+    Sqlite(&'a std::path::Path),
+}
+
+/// Parses a database URL: `postgres://…`, `postgresql://…`, `sqlite://PATH` or `sqlite:PATH`.
+pub(crate) fn parse_url(url: &str) -> Result<DbUrl<'_>, DbError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        open_postgres(url).await
+        Ok(DbUrl::Postgres(url))
     } else if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     {
         let path = path.split('?').next().unwrap_or(path);
-        open_sqlite(std::path::Path::new(path)).await
+        Ok(DbUrl::Sqlite(std::path::Path::new(path)))
     } else {
         Err(DbError::Invalid(format!(
             "unsupported database URL scheme in {:?}: use postgres://… or sqlite://PATH",
             url.split(':').next().unwrap_or("")
         )))
+    }
+}
+
+/// Opens the repository named by a database URL: `postgres://…` or `sqlite://PATH`.
+pub async fn open(url: &str) -> Result<Arc<dyn MetaRepo>, DbError> {
+    match parse_url(url)? {
+        DbUrl::Postgres(url) => open_postgres(url).await,
+        DbUrl::Sqlite(path) => open_sqlite(path).await,
     }
 }

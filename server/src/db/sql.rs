@@ -27,13 +27,13 @@ use sqlx::AnyPool;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
 use tokio::sync::Mutex;
 
-use super::{Actor, DbError, MetaRepo, NewUser, TokenOwner, UserRecord};
+use super::{Actor, BlobConfirm, DbError, MetaRepo, NewUser, TokenOwner, UserRecord};
 use crate::domain::resolve::{
     conflict_path, plan_commit, plan_delete, CommitPlan, DeletePlan, HeadState, Incoming,
 };
 
 /// How many ids go into one `IN (…)` list.
-const IN_BATCH: usize = 500;
+pub(super) const IN_BATCH: usize = 500;
 /// Most chunks a single manifest may list (a 64 GiB file at the 4 MiB maximum).
 const MAX_MANIFEST_CHUNKS: usize = 1 << 20;
 
@@ -53,7 +53,7 @@ pub(crate) struct SqlRepo {
     write_lock: Option<Arc<Mutex<()>>>,
 }
 
-type Tx = Transaction<'static, Any>;
+pub(super) type Tx = Transaction<'static, Any>;
 
 const FILE_COLS: &str =
     "id, namespace_id, path, head_version, vv, size, mtime, mode, checksum, is_deleted, device_id, seq";
@@ -64,6 +64,20 @@ impl SqlRepo {
         Self { pool, write_lock }
     }
 
+    /// The connection pool (garbage collection runs its own SQL on it).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which database this is.
+    pub(crate) fn dialect(&self) -> Dialect {
+        if self.write_lock.is_some() {
+            Dialect::Sqlite
+        } else {
+            Dialect::Postgres
+        }
+    }
+
     async fn write_guard(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         match &self.write_lock {
             Some(m) => Some(m.clone().lock_owned().await),
@@ -72,7 +86,7 @@ impl SqlRepo {
     }
 
     /// Begins a write transaction on a namespace, taking its lock first.
-    async fn begin_ns(
+    pub(super) async fn begin_ns(
         &self,
         ns: NamespaceId,
     ) -> Result<(Tx, Option<tokio::sync::OwnedMutexGuard<()>>), DbError> {
@@ -91,7 +105,7 @@ impl SqlRepo {
 
 // ------------------------------------------------------------------ row helpers
 
-fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, DbError>
+pub(super) fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, DbError>
 where
     T::Err: std::fmt::Display,
 {
@@ -143,7 +157,7 @@ fn head_state(m: &FileMeta) -> HeadState {
     }
 }
 
-fn placeholders(start: usize, n: usize) -> String {
+pub(super) fn placeholders(start: usize, n: usize) -> String {
     (start..start + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
@@ -518,6 +532,44 @@ fn check_manifest(req: &CommitRequest) -> Result<(), DbError> {
     Ok(())
 }
 
+impl SqlRepo {
+    /// Inserts or touches chunk rows under the namespace lock, the lock garbage
+    /// collection deletes rows and blobs under; `confirm` runs inside it.
+    async fn record(
+        &self,
+        ns: NamespaceId,
+        chunks: &[(ChunkId, u64)],
+        now: i64,
+        confirm: Option<&dyn BlobConfirm>,
+    ) -> Result<(), DbError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let (mut tx, _guard) = self.begin_ns(ns).await?;
+        for batch in chunks.chunks(IN_BATCH / 2) {
+            let values = (0..batch.len())
+                .map(|i| format!("($1, ${}, ${}, $2, $2)", 3 + 2 * i, 4 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "INSERT INTO chunks (namespace_id, id, stored_size, created_at, last_touched) VALUES {values} \
+                 ON CONFLICT (namespace_id, id) DO UPDATE SET last_touched = excluded.last_touched"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex()).bind(now);
+            for (id, size) in batch {
+                q = q.bind(id.to_hex()).bind(i64_of(*size));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        if let Some(confirm) = confirm {
+            let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+            confirm.confirm(&ids).await.map_err(DbError::Blob)?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 // ------------------------------------------------------------------ the trait
 
 #[async_trait]
@@ -824,28 +876,17 @@ impl MetaRepo for SqlRepo {
         chunks: &[(ChunkId, u64)],
         now: i64,
     ) -> Result<(), DbError> {
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
-        for batch in chunks.chunks(IN_BATCH / 2) {
-            let values = (0..batch.len())
-                .map(|i| format!("($1, ${}, ${}, $2, $2)", 3 + 2 * i, 4 + 2 * i))
-                .collect::<Vec<_>>()
-                .join(",");
-            let sql = format!(
-                "INSERT INTO chunks (namespace_id, id, stored_size, created_at, last_touched) VALUES {values} \
-                 ON CONFLICT (namespace_id, id) DO UPDATE SET last_touched = excluded.last_touched"
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex()).bind(now);
-            for (id, size) in batch {
-                q = q.bind(id.to_hex()).bind(i64_of(*size));
-            }
-            q.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.record(ns, chunks, now, None).await
+    }
+
+    async fn record_chunks_confirmed(
+        &self,
+        ns: NamespaceId,
+        chunks: &[(ChunkId, u64)],
+        now: i64,
+        confirm: &dyn BlobConfirm,
+    ) -> Result<(), DbError> {
+        self.record(ns, chunks, now, Some(confirm)).await
     }
 
     async fn has_chunk(&self, ns: NamespaceId, id: ChunkId) -> Result<bool, DbError> {
@@ -1288,6 +1329,9 @@ impl MetaRepo for SqlRepo {
         let head = file_by_id(&mut tx, file)
             .await?
             .ok_or(DbError::NotFound("file"))?;
+        // Read the chunk list again under the lock: garbage collection may have pruned
+        // the version (and swept its chunks) since `old` was read.
+        let chunks = manifest_of(&mut tx, file, version).await?;
         if head.deleted && live_at(&mut tx, ns, head.path.as_str()).await? {
             return Err(DbError::Conflict(format!(
                 "{} is now used by another file; move it away before restoring",
@@ -1304,7 +1348,7 @@ impl MetaRepo for SqlRepo {
             checksum: old.meta.content_hash,
             deleted: old.meta.deleted,
             device: actor.device,
-            chunks: &old.chunks,
+            chunks: &chunks,
         };
         let new = write_version(&mut tx, ns, file, Some(&head), &v, now).await?;
         tx.commit().await?;

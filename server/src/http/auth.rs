@@ -47,7 +47,7 @@ fn limit_auth(state: &AppState, ip: &str, username: Option<&str>) -> Result<(), 
 fn check_hex_key(what: &str, v: &str, min: usize, max: usize) -> Result<(), ApiError> {
     let ok = v.len() >= min * 2
         && v.len() <= max * 2
-        && v.len() % 2 == 0
+        && v.len().is_multiple_of(2)
         && v.bytes().all(|b| b.is_ascii_hexdigit());
     if ok {
         Ok(())

@@ -65,24 +65,20 @@ async fn store_blobs(
         fsync_store::check_blob_header(blob)
             .map_err(|e| ApiError::InvalidBlob(format!("chunk {id}: {e}")))?;
     }
-    let mut stored = 0;
-    let mut existing = 0;
-    let mut rows = Vec::with_capacity(blobs.len());
-    for (id, blob) in blobs {
-        let size = blob.len() as u64;
-        // The blob is durable before its row exists: a row never points at nothing.
-        match state.blobs.put(&ns, &id, blob).await? {
-            fsync_store::PutOutcome::Stored => stored += 1,
-            fsync_store::PutOutcome::AlreadyPresent => existing += 1,
-        }
-        rows.push((id, size));
-    }
-    state.repo.record_chunks(ns, &rows, now_secs()).await?;
+    // Put, then record under the namespace lock, safely against a running fsync-gc.
+    let r = crate::gc::store_chunks(
+        state.repo.as_ref(),
+        state.blobs.as_ref(),
+        ns,
+        blobs,
+        now_secs(),
+    )
+    .await?;
     state
         .metrics
         .chunks_stored
-        .fetch_add(u64::from(stored), std::sync::atomic::Ordering::Relaxed);
-    Ok(StoredResponse { stored, existing })
+        .fetch_add(u64::from(r.stored), std::sync::atomic::Ordering::Relaxed);
+    Ok(r)
 }
 
 /// `PUT /api/v1/chunks/{id}?namespace=`: one blob, idempotent.

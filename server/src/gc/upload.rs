@@ -1,0 +1,126 @@
+//! The upload half of the collection protocol (see the module documentation of
+//! `gc`): put the blobs, then record their rows under the namespace lock while
+//! confirming, inside that lock, that every blob is still stored.
+
+use fsync_common::wire::StoredResponse;
+use fsync_common::{ChunkId, NamespaceId};
+use fsync_store::{BlobStore, PutOutcome, StoreError};
+
+use crate::db::{BlobConfirm, DbError, MetaRepo};
+use crate::http::error::ApiError;
+
+/// Why [`store_chunks`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Db(DbError::Blob(e)) | UploadError::Store(e) => e.into(),
+            UploadError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// Blobs that are put but not yet recorded; [`record_stored`] records them.
+#[derive(Debug)]
+pub struct PutBlobs {
+    ns: NamespaceId,
+    items: Vec<(ChunkId, Vec<u8>)>,
+    stored: u32,
+    existing: u32,
+}
+
+/// Puts each blob (the first half of [`store_chunks`]). A blob reported "already
+/// present" may be deleted by a collection before it is recorded: [`record_stored`]
+/// puts such blobs back.
+pub async fn put_blobs(
+    blobs: &dyn BlobStore,
+    ns: NamespaceId,
+    items: Vec<(ChunkId, Vec<u8>)>,
+) -> Result<PutBlobs, UploadError> {
+    let mut out = PutBlobs {
+        ns,
+        items: Vec::with_capacity(items.len()),
+        stored: 0,
+        existing: 0,
+    };
+    for (id, blob) in items {
+        // The bytes are kept until recorded, in case they must be put again.
+        match blobs.put(&ns, &id, blob.clone()).await? {
+            PutOutcome::Stored => out.stored += 1,
+            PutOutcome::AlreadyPresent => out.existing += 1,
+        }
+        out.items.push((id, blob));
+    }
+    Ok(out)
+}
+
+/// Records put blobs (the second half of [`store_chunks`]): their rows become visible
+/// only once every blob is confirmed stored under the namespace lock.
+pub async fn record_stored(
+    repo: &dyn MetaRepo,
+    blobs: &dyn BlobStore,
+    put: PutBlobs,
+    now: i64,
+) -> Result<StoredResponse, UploadError> {
+    let rows: Vec<(ChunkId, u64)> = put
+        .items
+        .iter()
+        .map(|(id, b)| (*id, b.len() as u64))
+        .collect();
+    let confirm = Confirm {
+        blobs,
+        ns: put.ns,
+        items: &put.items,
+    };
+    repo.record_chunks_confirmed(put.ns, &rows, now, &confirm)
+        .await?;
+    Ok(StoredResponse {
+        stored: put.stored,
+        existing: put.existing,
+    })
+}
+
+/// Stores uploaded blobs and records them, safely against a concurrent collection:
+/// when this returns, every blob is stored and recorded, and stays so for the grace
+/// period or while a version references it.
+pub async fn store_chunks(
+    repo: &dyn MetaRepo,
+    blobs: &dyn BlobStore,
+    ns: NamespaceId,
+    items: Vec<(ChunkId, Vec<u8>)>,
+    now: i64,
+) -> Result<StoredResponse, UploadError> {
+    let put = put_blobs(blobs, ns, items).await?;
+    record_stored(repo, blobs, put, now).await
+}
+
+/// Re-puts, under the namespace lock, any blob a collection deleted after it was put.
+struct Confirm<'a> {
+    blobs: &'a dyn BlobStore,
+    ns: NamespaceId,
+    items: &'a [(ChunkId, Vec<u8>)],
+}
+
+#[async_trait::async_trait]
+impl BlobConfirm for Confirm<'_> {
+    async fn confirm(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
+        let present = self.blobs.contains_many(&self.ns, ids).await?;
+        for (id, _) in ids.iter().zip(present).filter(|(_, p)| !p) {
+            if let Some((_, blob)) = self.items.iter().find(|(i, _)| i == id) {
+                tracing::info!(namespace = %self.ns, chunk = %id, "blob deleted by a collection before it was recorded; storing it again");
+                self.blobs.put(&self.ns, id, blob.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+}
