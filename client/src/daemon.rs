@@ -1,0 +1,203 @@
+//! The daemon loop: `select!` on shutdown, local file events (debounced), remote pushes
+//! (WebSocket, reconnected with backoff and jitter), and a periodic rescan.
+
+use std::path::Path;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::engine::{Engine, RoundReport, SyncError};
+use crate::scan::is_internal_name;
+
+/// Quiet time after the last local event before a round starts.
+const DEBOUNCE: Duration = Duration::from_millis(60);
+/// Longest a burst of events can postpone a round.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+/// Retry delay after a round deferred files that are still being written.
+const DEFERRED_RETRY: Duration = Duration::from_millis(500);
+
+/// Why the daemon woke up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Local,
+    Remote,
+}
+
+/// Options of the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct DaemonOptions {
+    /// Periodic rescan (and poll while the socket is down).
+    pub interval: Duration,
+}
+
+fn relevant(event: &notify::Event, root: &Path) -> bool {
+    event.paths.iter().any(|p| {
+        p.strip_prefix(root).ok().is_some_and(|rel| {
+            !rel.components()
+                .any(|c| c.as_os_str().to_str().is_some_and(is_internal_name))
+        })
+    })
+}
+
+/// Runs until `shutdown` resolves. A round in progress finishes first.
+pub async fn run(
+    mut engine: Engine,
+    root: &Path,
+    opts: DaemonOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Wake>(256);
+    let watch_root = root.to_path_buf();
+    let local_tx = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if relevant(&ev, &watch_root) {
+                let _ = local_tx.try_send(Wake::Local);
+            }
+        }
+    });
+    let _watcher = match watcher {
+        Ok(mut w) => match w.watch(root, RecursiveMode::Recursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the folder; relying on the periodic rescan");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no file watcher; relying on the periodic rescan");
+            None
+        }
+    };
+    let pusher = tokio::spawn(push_loop(engine.session().api.clone(), tx.clone()));
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {}
+            () = retry => {}
+            Some(w) = rx.recv() => {
+                if w == Wake::Local {
+                    debounce(&mut rx).await;
+                }
+            }
+        }
+        retry_at = None;
+        match engine.sync_once().await {
+            Ok(report) => {
+                failures = 0;
+                log_round(&report);
+                if !report.deferred.is_empty() {
+                    retry_at = Some(tokio::time::Instant::now() + DEFERRED_RETRY);
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = backoff(failures);
+                match &e {
+                    SyncError::RootMissing(_) => tracing::error!(error = %e, "sync paused"),
+                    _ => {
+                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "sync round failed")
+                    }
+                }
+                retry_at = Some(tokio::time::Instant::now() + wait);
+            }
+        }
+    }
+    pusher.abort();
+    tracing::info!("stopped");
+}
+
+/// Waits until local events pause (or `MAX_DEBOUNCE` passed), draining them.
+async fn debounce(rx: &mut mpsc::Receiver<Wake>) {
+    let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
+    loop {
+        match tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + DEBOUNCE),
+            rx.recv(),
+        )
+        .await
+        {
+            Ok(Some(_)) if tokio::time::Instant::now() < deadline => {}
+            _ => break,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: 0.5 s, 1 s, 2 s … capped at 60 s, ±25 %.
+pub fn backoff(failures: u32) -> Duration {
+    let base = 500u64
+        .saturating_mul(1 << failures.saturating_sub(1).min(7))
+        .min(60_000);
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base - base / 4 + jitter)
+}
+
+fn log_round(r: &RoundReport) {
+    if !r.is_idle() {
+        tracing::info!(
+            uploaded = r.uploaded,
+            downloaded = r.downloaded,
+            deleted_local = r.deleted_local,
+            deleted_remote = r.deleted_remote,
+            renamed = r.renamed,
+            conflicts = r.conflicts,
+            "synced"
+        );
+    }
+    for (path, why) in &r.deferred {
+        tracing::info!(path = %path, reason = %why, "not synced yet");
+    }
+}
+
+/// Keeps a push socket open; every `changed` message wakes the loop.
+async fn push_loop(api: crate::api::ApiClient, tx: mpsc::Sender<Wake>) {
+    let mut failures = 0u32;
+    loop {
+        match api.subscribe().await {
+            Ok(mut rx) => {
+                failures = 0;
+                tracing::debug!("push socket connected");
+                while let Some(msg) = rx.recv().await {
+                    if matches!(msg, fsync_common::wire::PushMessage::Changed { .. }) {
+                        let _ = tx.try_send(Wake::Remote);
+                    }
+                }
+                tracing::debug!("push socket closed");
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(error = %e, "push socket unavailable");
+            }
+        }
+        tokio::time::sleep(backoff(failures.max(1))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        for n in 1..20 {
+            let d = backoff(n);
+            let base = 500u64.saturating_mul(1 << (n - 1).min(7)).min(60_000);
+            assert!(
+                d.as_millis() as u64 >= base * 3 / 4 && d.as_millis() as u64 <= base * 5 / 4,
+                "{n}: {d:?}"
+            );
+        }
+    }
+}

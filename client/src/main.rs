@@ -1,0 +1,349 @@
+//! `fsync-client`: keeps a folder in sync through an fsync server.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use fsync_client::api::ApiClient;
+use fsync_client::daemon::{self, DaemonOptions};
+use fsync_client::engine::Engine;
+use fsync_client::scan::{self, STATE_DIR};
+use fsync_client::session;
+use fsync_common::{SyncPath, VersionNo};
+
+/// fsync client: keeps a folder in sync through an fsync server, end-to-end encrypted.
+#[derive(Debug, Parser)]
+#[command(name = "fsync-client", version)]
+struct Cli {
+    /// The folder to keep in sync.
+    #[arg(long, env = "FSYNC_WATCH_DIR", global = true)]
+    watch_dir: Option<PathBuf>,
+    /// Server address, e.g. http://127.0.0.1:8000 or https://sync.example.org.
+    #[arg(
+        long,
+        env = "FSYNC_SERVER_URL",
+        default_value = "http://127.0.0.1:8000",
+        global = true
+    )]
+    server_url: String,
+    /// Account name.
+    #[arg(long, env = "FSYNC_USERNAME", global = true)]
+    username: Option<String>,
+    /// Password (prefer FSYNC_PASSWORD or the prompt: flags show up in `ps`).
+    #[arg(long, env = "FSYNC_PASSWORD", hide_env_values = true, global = true)]
+    password: Option<String>,
+    /// PEM file of a private CA to trust for https.
+    #[arg(long, env = "FSYNC_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Where local state lives (default: <watch-dir>/.fsync).
+    #[arg(long, env = "FSYNC_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    /// Name of this device in the device list.
+    #[arg(long, env = "FSYNC_DEVICE_NAME", global = true)]
+    device_name: Option<String>,
+    /// Seconds between periodic rescans (and polls while the push socket is down).
+    #[arg(long, env = "SYNC_INTERVAL", default_value_t = 30, global = true)]
+    sync_interval: u64,
+    /// Average chunk size in bytes (min = avg/4, max = avg*4).
+    #[arg(long, env = "CHUNK_SIZE", global = true)]
+    chunk_size: Option<u32>,
+    /// Sync once and exit.
+    #[arg(long, global = true)]
+    once: bool,
+    /// More log output.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create an account (and its first encrypted namespace).
+    Register {
+        /// Contact email.
+        #[arg(long)]
+        email: String,
+    },
+    /// What is not in sync yet, and why.
+    Status,
+    /// A file's version history.
+    Versions {
+        /// Path relative to the watch dir.
+        path: String,
+    },
+    /// Make an old version the current one again (as a new version).
+    Restore {
+        /// Path relative to the watch dir.
+        path: String,
+        /// Version number (see `versions`).
+        #[arg(long)]
+        version: u64,
+    },
+    /// List conflict copies in the folder.
+    Conflicts,
+}
+
+fn init_logging(verbose: bool) {
+    let default = if verbose { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("fsync_client={default},warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn password(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(p) = &cli.password {
+        return Ok(p.clone());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no password: pass --password, set FSYNC_PASSWORD, or run in a terminal to be asked");
+    }
+    rpassword::prompt_password("Password: ").context("reading the password")
+}
+
+fn username(cli: &Cli) -> anyhow::Result<&str> {
+    cli.username
+        .as_deref()
+        .context("--username (or FSYNC_USERNAME) is required")
+}
+
+fn watch_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
+    let dir = cli
+        .watch_dir
+        .as_ref()
+        .context("--watch-dir (or FSYNC_WATCH_DIR) is required")?;
+    let dir = std::fs::canonicalize(dir)
+        .with_context(|| format!("the watch dir {} does not exist", dir.display()))?;
+    if !dir.is_dir() {
+        bail!("the watch dir {} is not a directory", dir.display());
+    }
+    Ok(dir)
+}
+
+fn api(cli: &Cli, state_dir: Option<&Path>) -> anyhow::Result<ApiClient> {
+    let api = ApiClient::new(&cli.server_url, cli.ca_cert.as_deref())?;
+    Ok(match state_dir {
+        Some(d) => api.with_token_file(d.join("refresh_token")),
+        None => api,
+    })
+}
+
+async fn start(cli: &Cli) -> anyhow::Result<(PathBuf, PathBuf, Engine)> {
+    let root = watch_dir(cli)?;
+    let marker = root.join(STATE_DIR);
+    let state_dir = cli.state_dir.clone().unwrap_or_else(|| marker.clone());
+    let first_run = !marker.exists();
+    if first_run {
+        // Only a root that was never synced may lack the marker; a synced root that
+        // lost it is probably an unmounted disk, and the engine refuses to touch it.
+        std::fs::create_dir_all(&marker)
+            .with_context(|| format!("creating {}", marker.display()))?;
+    }
+    let state = session::open_state(&state_dir)?;
+    let api = api(cli, Some(&state_dir))?;
+    let name = cli
+        .device_name
+        .clone()
+        .unwrap_or_else(|| format!("fsync-client on {}", root.display()));
+    let session = session::login(
+        &api,
+        &state,
+        username(cli)?,
+        &password(cli)?,
+        &name,
+        session::chunk_config(cli.chunk_size)?,
+    )
+    .await
+    .context("logging in")?;
+    tracing::info!(device = %session.device, namespace = %session.ns, root = %root.display(), "logged in");
+    Ok((
+        root.clone(),
+        state_dir,
+        Engine::new(root, marker, state, session),
+    ))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("stopping: finishing the current round");
+}
+
+async fn lookup_file(engine: &Engine, path: &str) -> anyhow::Result<fsync_common::FileId> {
+    let p = SyncPath::new(path).with_context(|| format!("{path:?} is not a valid path"))?;
+    if let Some(b) = engine.state().all()?.get(&p) {
+        return Ok(b.file_id);
+    }
+    let s = engine.session();
+    let files = s.api.list_all(s.ns, Some(p.as_str()), true).await?;
+    files
+        .into_iter()
+        .find(|f| f.path == p)
+        .map(|f| f.file_id)
+        .with_context(|| format!("{path} is not known to the server"))
+}
+
+async fn status(cli: &Cli) -> anyhow::Result<()> {
+    let (root, _, mut engine) = start(cli).await?;
+    let base = engine.state().all()?;
+    let scan = scan::scan(&root)?;
+    let mut pending = 0;
+    for (p, f) in &scan.files {
+        match base.get(p) {
+            None => println!("upload pending (new)       {p}"),
+            Some(b) if b.size != f.size || b.mtime != f.mtime || b.inode != f.inode => {
+                println!("upload pending (changed)   {p}");
+            }
+            Some(_) => continue,
+        }
+        pending += 1;
+    }
+    for p in base.keys().filter(|p| !scan.files.contains_key(*p)) {
+        println!("delete pending             {p}");
+        pending += 1;
+    }
+    let s = engine.session().clone();
+    let changes = s.api.changes(s.ns, engine.state().cursor()?, 1000).await?;
+    for c in &changes.changes {
+        println!(
+            "download pending           {}{}",
+            c.file.path,
+            if c.file.deleted {
+                " (deleted there)"
+            } else {
+                ""
+            }
+        );
+    }
+    for (p, why) in &scan.skipped {
+        println!("not synced                 {} — {why}", p.display());
+    }
+    let conflicts = scan
+        .files
+        .keys()
+        .filter(|p| p.as_str().contains(".sync-conflict-"))
+        .count();
+    println!("conflict copies: {conflicts}");
+    match engine.state().last_sync()? {
+        Some(t) => println!("last sync: {t} (seconds since the epoch)"),
+        None => println!("last sync: never"),
+    }
+    println!(
+        "pending: {} local, {} remote",
+        pending,
+        changes.changes.len()
+    );
+    let _ = &mut engine;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Some(Cmd::Register { email }) => {
+            let api = api(&cli, None)?;
+            let user = username(&cli)?;
+            let r = session::register(
+                &api,
+                user,
+                email,
+                &password(&cli)?,
+                fsync_store::default_kdf_params(),
+            )
+            .await?;
+            println!(
+                "registered {user} (user {}, namespace {})",
+                r.user_id, r.namespace_id
+            );
+        }
+        Some(Cmd::Status) => status(&cli).await?,
+        Some(Cmd::Versions { path }) => {
+            let (_, _, engine) = start(&cli).await?;
+            let id = lookup_file(&engine, path).await?;
+            for v in engine.session().api.versions(id).await? {
+                println!(
+                    "v{:<4} {:>12} bytes  device {}  {}{}",
+                    v.version,
+                    v.size,
+                    v.device.short(),
+                    v.path,
+                    if v.deleted { "  (deleted)" } else { "" }
+                );
+            }
+        }
+        Some(Cmd::Restore { path, version }) => {
+            let (_, _, mut engine) = start(&cli).await?;
+            let id = lookup_file(&engine, path).await?;
+            let r = engine
+                .session()
+                .api
+                .restore(id, VersionNo(*version))
+                .await?;
+            println!(
+                "restored {path} to version {version} as version {}",
+                r.head.version
+            );
+            engine.sync_once().await?;
+        }
+        Some(Cmd::Conflicts) => {
+            let root = watch_dir(&cli)?;
+            for p in scan::scan(&root)?
+                .files
+                .keys()
+                .filter(|p| p.as_str().contains(".sync-conflict-"))
+            {
+                println!("{p}");
+            }
+        }
+        None => {
+            let (root, _, mut engine) = start(&cli).await?;
+            if cli.once {
+                let r = engine.sync_once().await?;
+                println!(
+                    "synced: {} uploaded, {} downloaded, {} deleted here, {} deleted there, {} renamed, {} conflicts",
+                    r.uploaded, r.downloaded, r.deleted_local, r.deleted_remote, r.renamed, r.conflicts
+                );
+                for (p, why) in &r.deferred {
+                    println!("not synced yet: {p} — {why}");
+                }
+            } else {
+                let opts = DaemonOptions {
+                    interval: Duration::from_secs(cli.sync_interval.max(1)),
+                };
+                daemon::run(engine, &root, opts, shutdown_signal()).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    if let Err(e) = run(cli).await {
+        eprintln!("fsync-client: {e:#}");
+        std::process::exit(1);
+    }
+}

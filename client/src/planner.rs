@@ -1,0 +1,477 @@
+//! The planner: a pure function from (synced base, local tree, remote changes) to the
+//! operations that reconcile them. No I/O, so it can be tested with random trees.
+//!
+//! Rules (ARCHITECTURE §5–6, invariants I1–I4):
+//! - a local edit is never overwritten: a path changed on both sides is uploaded with its
+//!   base, and the server resolves the conflict (keeping the loser as a copy);
+//! - a remote delete removes the local file only if it is unchanged since the base;
+//!   a local delete is sent with the base it saw, so the server keeps a newer edit;
+//! - a file that vanished locally while a new one with the same inode or content
+//!   appeared is a rename (no data sent).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use fsync_common::wire::FileMeta;
+use fsync_common::{ContentHash, FileId, SyncPath, VersionVector};
+
+use crate::scan::LocalFile;
+use crate::state::BaseEntry;
+
+/// A local file with its content hash (from the base when its stat is unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEntry {
+    /// Stat.
+    pub file: LocalFile,
+    /// Keyed content hash.
+    pub hash: ContentHash,
+}
+
+/// One reconciling operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Commit the local file at `path` on top of `base` (empty for a new file).
+    Upload {
+        /// Path.
+        path: SyncPath,
+        /// Version vector the edit was based on.
+        base: VersionVector,
+    },
+    /// Tell the server the file at `path` was deleted, as of `base`.
+    DeleteRemote {
+        /// Path.
+        path: SyncPath,
+        /// What this device saw.
+        base: VersionVector,
+    },
+    /// Tell the server a file moved; `changed`: its content changed too (upload after).
+    RenameRemote {
+        /// Old path.
+        from: SyncPath,
+        /// New path.
+        to: SyncPath,
+        /// The content changed as well.
+        changed: bool,
+    },
+    /// Write the remote version to `meta.path` (if the local file is still as in base).
+    Download {
+        /// Remote head.
+        meta: FileMeta,
+    },
+    /// Move the local file (unchanged since base) to the remote file's new path; then
+    /// download if the content differs.
+    MoveLocal {
+        /// Old local path.
+        from: SyncPath,
+        /// Remote head (its path is the destination).
+        meta: FileMeta,
+    },
+    /// Delete the local file at `path` (only if still as in base).
+    DeleteLocal {
+        /// Path.
+        path: SyncPath,
+    },
+    /// Local and remote hold the same content: record the remote head as the base.
+    Adopt {
+        /// Remote head.
+        meta: FileMeta,
+    },
+    /// The local file's stat changed but not its content: refresh the base's stat.
+    Restat {
+        /// Path.
+        path: SyncPath,
+    },
+    /// Drop the base of `path` (gone on both sides).
+    Forget {
+        /// Path.
+        path: SyncPath,
+    },
+}
+
+/// What the planner looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    /// Last synced state, by path.
+    pub base: &'a BTreeMap<SyncPath, BaseEntry>,
+    /// Local tree, by path.
+    pub local: &'a BTreeMap<SyncPath, LocalEntry>,
+    /// Latest remote state of every file changed since the cursor (one per file id).
+    pub remote: &'a [FileMeta],
+}
+
+fn stat_matches(l: &LocalFile, b: &BaseEntry) -> bool {
+    l.size == b.size && l.mtime == b.mtime && l.inode == b.inode && l.mode == b.mode
+}
+
+/// Plans the operations for one sync round.
+pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
+    let PlanInput {
+        base,
+        local,
+        remote,
+    } = input;
+    let by_id: HashMap<FileId, &BaseEntry> = base.values().map(|b| (b.file_id, b)).collect();
+    let mut handled: BTreeSet<&SyncPath> = BTreeSet::new();
+    let mut ops = Vec::new();
+    let changed = |b: &BaseEntry, l: &LocalEntry| l.hash != b.content_hash;
+
+    for r in remote {
+        let b = by_id.get(&r.file_id).copied();
+        if let Some(b) = b {
+            if b.vv == r.vv && b.path == r.path && !r.deleted {
+                continue; // our own change coming back, or already applied
+            }
+        }
+        if r.deleted {
+            let Some(b) = b else { continue };
+            handled.insert(&b.path);
+            match local.get(&b.path) {
+                None => ops.push(Op::Forget {
+                    path: b.path.clone(),
+                }),
+                Some(l) if !changed(b, l) => ops.push(Op::DeleteLocal {
+                    path: b.path.clone(),
+                }),
+                // Modified here, deleted there: the modification wins.
+                Some(_) => ops.push(Op::Upload {
+                    path: b.path.clone(),
+                    base: b.vv.clone(),
+                }),
+            }
+            continue;
+        }
+        handled.insert(&r.path);
+        if let Some(b) = b.filter(|b| b.path != r.path) {
+            // Moved remotely.
+            handled.insert(&b.path);
+            let dest_free = !local.contains_key(&r.path);
+            match local.get(&b.path) {
+                Some(l) if !changed(b, l) && dest_free => {
+                    ops.push(Op::MoveLocal {
+                        from: b.path.clone(),
+                        meta: r.clone(),
+                    });
+                }
+                Some(_) => {
+                    // Changed here (or the destination is taken): keep the local file
+                    // as a new file at its path, and fetch the moved one.
+                    ops.push(Op::Forget {
+                        path: b.path.clone(),
+                    });
+                    ops.push(Op::Upload {
+                        path: b.path.clone(),
+                        base: VersionVector::new(),
+                    });
+                    push_remote_at_path(&mut ops, base, local, r);
+                }
+                None => {
+                    ops.push(Op::Forget {
+                        path: b.path.clone(),
+                    });
+                    push_remote_at_path(&mut ops, base, local, r);
+                }
+            }
+            continue;
+        }
+        push_remote_at_path(&mut ops, base, local, r);
+    }
+
+    // Local changes the remote side did not touch.
+    let mut fresh: Vec<(&SyncPath, &LocalEntry)> = Vec::new();
+    for (path, l) in local {
+        if handled.contains(path) {
+            continue;
+        }
+        match base.get(path) {
+            None => fresh.push((path, l)),
+            Some(b) if changed(b, l) => ops.push(Op::Upload {
+                path: path.clone(),
+                base: b.vv.clone(),
+            }),
+            Some(b) if !stat_matches(&l.file, b) => ops.push(Op::Restat { path: path.clone() }),
+            Some(_) => {}
+        }
+    }
+    for (path, b) in base {
+        if handled.contains(path) || local.contains_key(path) {
+            continue;
+        }
+        // Gone locally: a rename if a new file has its inode or its content.
+        let by_inode = fresh
+            .iter()
+            .position(|(_, l)| b.inode != 0 && l.file.inode == b.inode);
+        let by_content = || fresh.iter().position(|(_, l)| l.hash == b.content_hash);
+        if let Some(i) = by_inode.or_else(by_content) {
+            let (to, l) = fresh.swap_remove(i);
+            ops.push(Op::RenameRemote {
+                from: path.clone(),
+                to: to.clone(),
+                changed: l.hash != b.content_hash,
+            });
+        } else {
+            ops.push(Op::DeleteRemote {
+                path: path.clone(),
+                base: b.vv.clone(),
+            });
+        }
+    }
+    fresh.sort_by(|a, b| a.0.cmp(b.0));
+    for (path, _) in fresh {
+        ops.push(Op::Upload {
+            path: path.clone(),
+            base: VersionVector::new(),
+        });
+    }
+    ops
+}
+
+/// A live remote file at `r.path`, against whatever is local there.
+fn push_remote_at_path(
+    ops: &mut Vec<Op>,
+    base: &BTreeMap<SyncPath, BaseEntry>,
+    local: &BTreeMap<SyncPath, LocalEntry>,
+    r: &FileMeta,
+) {
+    let lb = base.get(&r.path);
+    match (local.get(&r.path), lb) {
+        (None, _) => ops.push(Op::Download { meta: r.clone() }),
+        (Some(l), _) if Some(l.hash) == r.content_hash => ops.push(Op::Adopt { meta: r.clone() }),
+        (Some(l), Some(lb)) if l.hash == lb.content_hash => {
+            ops.push(Op::Download { meta: r.clone() })
+        }
+        // Changed on both sides: upload with what we saw; the server keeps both.
+        (Some(_), Some(lb)) => ops.push(Op::Upload {
+            path: r.path.clone(),
+            base: lb.vv.clone(),
+        }),
+        (Some(_), None) => ops.push(Op::Upload {
+            path: r.path.clone(),
+            base: VersionVector::new(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fsync_common::{DeviceId, NamespaceId, Seq, VersionNo};
+
+    fn p(s: &str) -> SyncPath {
+        SyncPath::new(s).unwrap()
+    }
+    fn h(n: u8) -> ContentHash {
+        ContentHash::from_bytes([n; 32])
+    }
+    fn dev() -> DeviceId {
+        DeviceId::from_bytes([1; 8])
+    }
+    fn base_entry(path: &str, id: u8, hash: u8, inode: u64) -> BaseEntry {
+        BaseEntry {
+            path: p(path),
+            file_id: FileId::from_bytes([id; 16]),
+            version: VersionNo(1),
+            vv: VersionVector::new().incremented(dev()),
+            content_hash: h(hash),
+            size: 1,
+            mtime: 1,
+            mode: 0o644,
+            inode,
+            chunks: vec![],
+        }
+    }
+    fn local_entry(path: &str, hash: u8, inode: u64) -> LocalEntry {
+        LocalEntry {
+            file: LocalFile {
+                path: p(path),
+                size: 1,
+                mtime: 1,
+                inode,
+                mode: 0o644,
+            },
+            hash: h(hash),
+        }
+    }
+    fn remote(path: &str, id: u8, hash: Option<u8>, vv: VersionVector) -> FileMeta {
+        FileMeta {
+            file_id: FileId::from_bytes([id; 16]),
+            namespace: NamespaceId::from_bytes([0; 16]),
+            path: p(path),
+            version: VersionNo(2),
+            vv,
+            size: 1,
+            mtime: 1,
+            mode: 0o644,
+            content_hash: hash.map(h),
+            deleted: hash.is_none(),
+            device: DeviceId::from_bytes([2; 8]),
+            seq: Seq(1),
+        }
+    }
+    fn newer() -> VersionVector {
+        VersionVector::new()
+            .incremented(dev())
+            .incremented(DeviceId::from_bytes([2; 8]))
+    }
+    fn run(base: &[BaseEntry], local: &[LocalEntry], remote: &[FileMeta]) -> Vec<Op> {
+        let base = base.iter().map(|b| (b.path.clone(), b.clone())).collect();
+        let local = local
+            .iter()
+            .map(|l| (l.file.path.clone(), l.clone()))
+            .collect();
+        plan(PlanInput {
+            base: &base,
+            local: &local,
+            remote,
+        })
+    }
+
+    #[test]
+    fn in_sync_means_nothing_to_do() {
+        let b = base_entry("a", 1, 1, 10);
+        let echo = remote("a", 1, Some(1), b.vv.clone());
+        assert!(run(&[b], &[local_entry("a", 1, 10)], &[echo]).is_empty());
+    }
+
+    #[test]
+    fn local_changes_upload_and_delete_with_their_base() {
+        let b = base_entry("a", 1, 1, 10);
+        let ops = run(
+            &[b.clone()],
+            &[local_entry("a", 2, 10), local_entry("new", 3, 11)],
+            &[],
+        );
+        assert_eq!(
+            ops,
+            vec![
+                Op::Upload {
+                    path: p("a"),
+                    base: b.vv.clone()
+                },
+                Op::Upload {
+                    path: p("new"),
+                    base: VersionVector::new()
+                },
+            ]
+        );
+        assert_eq!(
+            run(&[b.clone()], &[], &[]),
+            vec![Op::DeleteRemote {
+                path: p("a"),
+                base: b.vv
+            }]
+        );
+    }
+
+    #[test]
+    fn renames_are_detected_by_inode_or_content() {
+        let b = base_entry("old", 1, 1, 10);
+        assert_eq!(
+            run(&[b.clone()], &[local_entry("new", 1, 10)], &[]),
+            vec![Op::RenameRemote {
+                from: p("old"),
+                to: p("new"),
+                changed: false
+            }]
+        );
+        assert_eq!(
+            run(&[b.clone()], &[local_entry("new", 1, 99)], &[]),
+            vec![Op::RenameRemote {
+                from: p("old"),
+                to: p("new"),
+                changed: false
+            }]
+        );
+        assert_eq!(
+            run(&[b], &[local_entry("new", 5, 10)], &[]),
+            vec![Op::RenameRemote {
+                from: p("old"),
+                to: p("new"),
+                changed: true
+            }]
+        );
+    }
+
+    #[test]
+    fn remote_changes_apply_only_over_unchanged_local_files() {
+        let b = base_entry("a", 1, 1, 10);
+        let r = remote("a", 1, Some(2), newer());
+        assert_eq!(
+            run(&[b.clone()], &[local_entry("a", 1, 10)], &[r.clone()]),
+            vec![Op::Download { meta: r.clone() }]
+        );
+        // Edited here too: upload with the old base, never overwrite.
+        assert_eq!(
+            run(&[b.clone()], &[local_entry("a", 3, 10)], &[r.clone()]),
+            vec![Op::Upload {
+                path: p("a"),
+                base: b.vv.clone()
+            }]
+        );
+        // Same content reached on both sides.
+        assert_eq!(
+            run(&[b.clone()], &[local_entry("a", 2, 10)], &[r.clone()]),
+            vec![Op::Adopt { meta: r.clone() }]
+        );
+        // Deleted here, edited there: the edit comes back.
+        assert_eq!(run(&[b], &[], &[r.clone()]), vec![Op::Download { meta: r }]);
+    }
+
+    #[test]
+    fn remote_deletes_spare_local_edits() {
+        let b = base_entry("a", 1, 1, 10);
+        let gone = remote("a", 1, None, newer());
+        assert_eq!(
+            run(&[b.clone()], &[local_entry("a", 1, 10)], &[gone.clone()]),
+            vec![Op::DeleteLocal { path: p("a") }]
+        );
+        assert_eq!(
+            run(&[b.clone()], &[local_entry("a", 4, 10)], &[gone.clone()]),
+            vec![Op::Upload {
+                path: p("a"),
+                base: b.vv
+            }]
+        );
+        assert_eq!(
+            run(&[base_entry("a", 1, 1, 10)], &[], &[gone]),
+            vec![Op::Forget { path: p("a") }]
+        );
+    }
+
+    #[test]
+    fn remote_moves_move_unchanged_local_files() {
+        let b = base_entry("dir/a", 1, 1, 10);
+        let moved = remote("other/a", 1, Some(1), b.vv.clone());
+        assert_eq!(
+            run(
+                &[b.clone()],
+                &[local_entry("dir/a", 1, 10)],
+                &[moved.clone()]
+            ),
+            vec![Op::MoveLocal {
+                from: p("dir/a"),
+                meta: moved.clone()
+            }]
+        );
+        let ops = run(&[b], &[local_entry("dir/a", 7, 10)], &[moved.clone()]);
+        assert!(ops.contains(&Op::Upload {
+            path: p("dir/a"),
+            base: VersionVector::new()
+        }));
+        assert!(ops.contains(&Op::Download { meta: moved }));
+    }
+
+    #[test]
+    fn new_on_both_sides_goes_through_the_server() {
+        let r = remote("a", 1, Some(2), newer());
+        assert_eq!(
+            run(&[], &[local_entry("a", 3, 10)], &[r.clone()]),
+            vec![Op::Upload {
+                path: p("a"),
+                base: VersionVector::new()
+            }]
+        );
+        assert_eq!(
+            run(&[], &[local_entry("a", 2, 10)], &[r.clone()]),
+            vec![Op::Adopt { meta: r }]
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Registration and login: keys are derived from the password on this device and never
+//! leave it; the server gets the derived `auth_key` and wrapped keys only.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fsync_chunker::{Chunker, ChunkerConfig};
+use fsync_common::wire::{KdfParams, RegisterRequest, RegisterResponse};
+use fsync_common::NamespaceId;
+use fsync_store::{AccountKey, BlobCodec, MasterKey, NamespaceKey};
+
+use crate::api::{ApiClient, ClientError};
+use crate::engine::Session;
+use crate::state::{State, StateError};
+
+/// Why a login or registration failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The server refused or could not be reached.
+    #[error(transparent)]
+    Api(#[from] ClientError),
+    /// Key derivation or unwrapping failed (a wrong password shows up at login instead).
+    #[error("keys: {0}")]
+    Keys(#[from] fsync_store::KeyError),
+    /// The server sent KDF parameters outside the safe range.
+    #[error("the server's key-derivation parameters are unsafe: {0}")]
+    UnsafeParams(fsync_store::KeyError),
+    /// The account has no namespace, or not the one this folder syncs with.
+    #[error("{0}")]
+    Namespace(String),
+    /// Local state.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Chunker configuration (`CHUNK_SIZE`).
+    #[error("chunk size: {0}")]
+    Chunker(#[from] fsync_chunker::ChunkerError),
+}
+
+async fn derive(password: String, params: KdfParams) -> Result<MasterKey, SessionError> {
+    tokio::task::spawn_blocking(move || MasterKey::derive(&password, &params))
+        .await
+        .expect("key derivation task")
+        .map_err(SessionError::Keys)
+}
+
+fn unhex(what: &str, s: &str) -> Result<Vec<u8>, SessionError> {
+    hex::decode(s)
+        .map_err(|_| SessionError::Namespace(format!("the server sent a malformed {what}")))
+}
+
+/// Registers a new account with a fresh account key and first namespace.
+pub async fn register(
+    api: &ApiClient,
+    username: &str,
+    email: &str,
+    password: &str,
+    params: KdfParams,
+) -> Result<RegisterResponse, SessionError> {
+    fsync_store::validate_kdf_params(&params).map_err(SessionError::UnsafeParams)?;
+    let master = derive(password.to_owned(), params.clone()).await?;
+    let account = AccountKey::generate();
+    let ns_key = NamespaceKey::generate();
+    let req = RegisterRequest {
+        username: username.to_owned(),
+        email: email.to_owned(),
+        password: master.auth_key().to_hex(),
+        kdf: params,
+        wrapped_account_key: hex::encode(master.kek().wrap(&account)),
+        wrapped_namespace_key: hex::encode(account.wrap_namespace_key(&ns_key)),
+    };
+    Ok(api.register(&req).await?)
+}
+
+/// Logs in, unwraps the keys, and binds the folder's state to the namespace.
+pub async fn login(
+    api: &ApiClient,
+    state: &State,
+    username: &str,
+    password: &str,
+    device_name: &str,
+    chunk_config: ChunkerConfig,
+) -> Result<Session, SessionError> {
+    let params = api.auth_params(username).await?;
+    fsync_store::validate_kdf_params(&params).map_err(SessionError::UnsafeParams)?;
+    let master = derive(password.to_owned(), params).await?;
+    let resp = api
+        .login(
+            username,
+            &master.auth_key().to_hex(),
+            device_name,
+            state.device_id()?,
+        )
+        .await?;
+    state.set_device_id(resp.device_id)?;
+    let account = master
+        .kek()
+        .unwrap(&unhex("wrapped account key", &resp.wrapped_account_key)?)?;
+    let wanted: Option<NamespaceId> = state.namespace()?;
+    let grant = match wanted {
+        Some(ns) => resp.namespaces.iter().find(|g| g.id == ns).ok_or_else(|| {
+            SessionError::Namespace(format!(
+                "this folder was synced with namespace {ns}, which the account {username} cannot access"
+            ))
+        })?,
+        None => resp
+            .namespaces
+            .first()
+            .ok_or_else(|| SessionError::Namespace("the account has no namespace".into()))?,
+    };
+    state.set_namespace(grant.id)?;
+    let keys = account
+        .unwrap_namespace_key(&unhex("wrapped namespace key", &grant.wrapped_key)?)?
+        .derive();
+    Ok(Session {
+        api: api.clone(),
+        ns: grant.id,
+        device: resp.device_id,
+        codec: Arc::new(BlobCodec::new(&keys)),
+        chunker: Arc::new(Chunker::new(&keys.id_key, chunk_config)?),
+        id_key: keys.id_key.clone(),
+    })
+}
+
+/// The chunker configuration for an average chunk size (`CHUNK_SIZE`): min = avg/4,
+/// max = avg×4, as FastCDC recommends.
+pub fn chunk_config(avg: Option<u32>) -> Result<ChunkerConfig, SessionError> {
+    match avg {
+        None => Ok(ChunkerConfig::DEFAULT),
+        Some(avg) => Ok(ChunkerConfig::new(avg / 4, avg, avg.saturating_mul(4))?),
+    }
+}
+
+/// Creates the state dir (mode 0700 on Unix) and opens its database.
+pub fn open_state(state_dir: &Path) -> Result<State, SessionError> {
+    std::fs::create_dir_all(state_dir).map_err(|e| {
+        SessionError::State(StateError::Corrupt(format!(
+            "cannot create the state dir {}: {e}",
+            state_dir.display()
+        )))
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(State::open(&state_dir.join("state.db"))?)
+}
