@@ -1,1 +1,152 @@
-fn main() {}
+//! `fsync-bench`: fsync's performance scenarios, one subcommand each.
+//!
+//! Every scenario prints a table by default, or with `--json` a JSON array of records
+//! `{"scenario", "metric", "unit", "value", "labels"}` (see [`report::Record`]).
+//!
+//! ```text
+//! cargo run --release -p fsync-bench -- pipeline [--size-mib 256] [--repeat 5] [--threads N] [--json]
+//! ```
+
+mod data;
+mod report;
+mod scenarios;
+mod timing;
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+
+/// fsync performance scenarios.
+#[derive(Debug, Parser)]
+#[command(name = "fsync-bench", version, about)]
+struct Cli {
+    /// Print the records as a JSON array instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Do not print progress on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// In-memory throughput (MB/s) of each client stage (chunking, keyed BLAKE3, zstd-1,
+    /// zstd-3, encryption, blob decoding) and of the whole chunk → id → encode
+    /// pipeline, on 1 thread and on all cores, for random and source-like data.
+    Pipeline(scenarios::pipeline::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    run(&cli, &mut out)
+}
+
+/// Runs the chosen scenario and writes its report to `out`.
+fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
+    let progress = !cli.quiet;
+    let report = match &cli.scenario {
+        Scenario::Pipeline(args) => scenarios::pipeline::run(&args.options(progress)?)?,
+    };
+    if cli.json {
+        report::write_json(&report.records, out)?;
+    } else {
+        report::write_table(&report, out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::report::Record;
+
+    fn run_args(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(args).unwrap();
+        let mut out = Vec::new();
+        run(&cli, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pipeline_json_has_one_record_per_stage_thread_count_and_data_kind() {
+        let out = run_args(&[
+            "fsync-bench",
+            "pipeline",
+            "--size-mib",
+            "4",
+            "--repeat",
+            "1",
+            "--threads",
+            "2",
+            "--json",
+            "--quiet",
+        ]);
+        let records: Vec<Record> = serde_json::from_str(&out).unwrap();
+        let stages = [
+            "fastcdc", "blake3", "zstd-1", "zstd-3", "encrypt", "decode", "pipeline",
+        ];
+        assert_eq!(records.len(), stages.len() * 2 * 2);
+        let mut seen = BTreeSet::new();
+        for r in &records {
+            assert_eq!(
+                (r.scenario.as_str(), r.metric.as_str(), r.unit.as_str()),
+                ("pipeline", "throughput", "MB/s")
+            );
+            assert!(r.value.is_finite() && r.value > 0.0, "{r:?}");
+            let keys: Vec<&str> = r.labels.keys().map(String::as_str).collect();
+            assert_eq!(keys, ["data", "stage", "threads"], "{r:?}");
+            let stage = r.labels["stage"].as_str().unwrap();
+            let data = r.labels["data"].as_str().unwrap();
+            let threads = r.labels["threads"].as_u64().unwrap();
+            assert!(stages.contains(&stage), "{r:?}");
+            assert!(["random", "text"].contains(&data), "{r:?}");
+            assert!([1, 2].contains(&threads), "{r:?}");
+            assert!(seen.insert((stage, data, threads)), "duplicate {r:?}");
+        }
+    }
+
+    #[test]
+    fn pipeline_table_lists_every_stage() {
+        let out = run_args(&[
+            "fsync-bench",
+            "pipeline",
+            "--size-mib",
+            "2",
+            "--repeat",
+            "1",
+            "--threads",
+            "1",
+            "-q",
+        ]);
+        assert!(out.starts_with("pipeline: throughput (MB/s)\n"), "{out}");
+        for stage in [
+            "fastcdc", "blake3", "zstd-1", "zstd-3", "encrypt", "decode", "pipeline",
+        ] {
+            assert!(
+                out.lines().any(|l| l.starts_with(stage)),
+                "{stage} missing:\n{out}"
+            );
+        }
+        assert!(out.contains("data=random threads=1"), "{out}");
+        assert!(out.contains("1 MB = 10^6 bytes"), "{out}");
+    }
+
+    #[test]
+    fn zero_repeat_is_rejected() {
+        assert!(Cli::try_parse_from(["fsync-bench", "pipeline", "--repeat", "0"]).is_err());
+        assert!(Cli::try_parse_from(["fsync-bench", "pipeline", "--threads", "0"]).is_err());
+    }
+}
