@@ -173,6 +173,28 @@ async fn auth_scenario(srv: &Server) {
         "params of a known user are the registered ones"
     );
 
+    // Regression: usernames are case-sensitive, but the fake parameters once folded
+    // case, so "x" and "X" got the same fake salt only while "x" did not exist: asking
+    // for both spellings told whether an account existed. Whatever the account state,
+    // two spellings must now answer alike: different parameters.
+    let params = |n: String| async move {
+        srv.get(&params_path(&n), None)
+            .await
+            .expect(200)
+            .json::<KdfParams>()
+    };
+    let unknown = username("dave");
+    assert_ne!(
+        params(unknown.clone()).await,
+        params(unknown.to_uppercase()).await,
+        "unknown user: other spelling, other parameters"
+    );
+    assert_ne!(
+        params(name.clone()).await,
+        params(name.to_uppercase()).await,
+        "known user: other spelling, other parameters"
+    );
+
     // The same username again.
     let dup = srv
         .post(
@@ -806,6 +828,37 @@ async fn files_scenario(srv: &Server) {
     .await
     .expect_error(404, "not_found");
 
+    // A tombstone is restorable: the file comes back with the old content.
+    let back: CommitResponse = srv
+        .post(
+            &format!("/api/v1/files/{file}/restore"),
+            tok,
+            &json!({"version": 2}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(back.head.version, VersionNo(5));
+    assert!(!back.head.deleted);
+    assert_eq!(back.head.content_hash, r2.head.content_hash);
+    assert_eq!(list_all(srv, &dev, &[]).await, vec![back.head.clone()]);
+    assert_eq!(read_file(srv, &user, &dev, file).await, b"version two!");
+    // Delete it again; a retry of that delete gets the first answer.
+    let body = json!({"namespace": user.namespace, "path": "docs/a.txt", "base": back.head.vv, "idempotency_key": random_key()});
+    let d1: OpResponse = srv
+        .post("/api/v1/files/delete", tok, &body)
+        .await
+        .expect(200)
+        .json();
+    let d2: OpResponse = srv
+        .post("/api/v1/files/delete", tok, &body)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(d1.outcome, Some(DeleteOutcome::Deleted));
+    assert_eq!(d2, d1);
+    assert_eq!(versions(srv, &dev, file).await.len(), 6);
+
     // Rename a file: same id, same chunks, no upload.
     let n = user
         .commit(srv, &dev, "notes/n.txt", b"a note", &empty(), T0)
@@ -961,10 +1014,34 @@ async fn conflicts_scenario(srv: &Server) {
     let ra = user
         .commit(srv, &a, "plan.md", b"A's plan", &empty(), T0 + 10 * SEC)
         .await;
-    let rb = user
-        .commit(srv, &b, "plan.md", b"B's plan", &empty(), T0 + 5 * SEC)
+    let req = user
+        .commit_req(srv, &b, "plan.md", b"B's plan", &empty(), T0 + 5 * SEC)
         .await;
+    let rb: CommitResponse = srv
+        .post("/api/v1/files/upload", Some(&b.token), &req)
+        .await
+        .expect(200)
+        .json();
     assert_eq!(rb.outcome, CommitOutcome::ConflictLost);
+    // A retry gets the same answer and makes no second copy.
+    let retry: CommitResponse = srv
+        .post("/api/v1/files/upload", Some(&b.token), &req)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(retry.outcome, CommitOutcome::AlreadyApplied);
+    assert_eq!(
+        (&retry.head, &retry.conflict_copy),
+        (&rb.head, &rb.conflict_copy)
+    );
+    assert_eq!(
+        list_all(srv, &a, &[("prefix", "")])
+            .await
+            .iter()
+            .filter(|f| f.path.as_str().starts_with("plan"))
+            .count(),
+        2
+    );
     assert_eq!(rb.head, ra.head, "the head stays");
     let copy = rb.conflict_copy.expect("a conflict copy");
     assert_eq!(
@@ -1561,6 +1638,9 @@ async fn expect_closed(ws: &mut Ws) {
                     return;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Text(t)))
+                    if serde_json::from_str::<PushMessage>(t.as_str()).ok()
+                        == Some(PushMessage::Heartbeat) => {}
                 Some(Ok(other)) => panic!("expected the socket to close, got {other:?}"),
             }
         }
@@ -1692,6 +1772,37 @@ async fn ws_scenario(srv: &Server) {
 }
 
 on_every_backend!(websocket_pushes_changes => ws_scenario);
+
+/// The server closes a socket when its access token expires (here: a token forged
+/// with the server's secret that expires in two seconds).
+async fn ws_expiry_scenario(srv: &Server) {
+    let user = register(srv, &username("expiry")).await;
+    let dev = user.login(srv, "d").await;
+    let now = now_secs();
+    let short = hs(
+        HS256,
+        &Claims {
+            sub: user.id.to_hex(),
+            device: dev.id.to_hex(),
+            iat: now,
+            exp: now + 2,
+        },
+        SECRET,
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(srv, Some(&short)))
+        .await
+        .expect("upgrade");
+    assert_eq!(
+        next_push(&mut ws).await,
+        PushMessage::Changed {
+            namespace: user.namespace,
+            seq: fsync_common::Seq(0)
+        }
+    );
+    expect_closed(&mut ws).await;
+}
+
+on_every_backend!(websocket_closes_when_the_token_expires => ws_expiry_scenario);
 
 // ================================================================= 11, 12. ops and limits
 

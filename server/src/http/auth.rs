@@ -82,7 +82,10 @@ pub async fn params(
     let found = state.repo.find_user(&q.username).await?;
     Ok(Json(match found {
         Some(u) => u.kdf,
-        None => fsync_store::fake_kdf_params(&state.secret, &q.username),
+        // Usernames are case-sensitive but `fake_kdf_params` folds case: feed it an
+        // injective, case-free form, or "bob" and "BOB" would share a fake salt only
+        // while "bob" does not exist, which tells whether it does.
+        None => fsync_store::fake_kdf_params(&state.secret, &hex::encode(&q.username)),
     }))
 }
 
