@@ -694,7 +694,7 @@ impl ApiClient {
                 return Err(ClientError::RateLimited { retry_after: secs });
             }
             waits += 1;
-            let wait = Duration::from_secs(secs.max(1)).min(MAX_RETRY_WAIT);
+            let wait = Duration::from_secs(secs).min(MAX_RETRY_WAIT);
             tracing::debug!(
                 path = template.url().path(),
                 wait_s = wait.as_secs(),
