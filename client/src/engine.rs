@@ -130,6 +130,8 @@ pub struct Engine {
     marker: PathBuf,
     state: State,
     session: Session,
+    /// Temp files of an earlier, interrupted run were removed.
+    cleaned: bool,
 }
 
 fn now_secs() -> i64 {
@@ -147,6 +149,7 @@ impl Engine {
             marker,
             state,
             session,
+            cleaned: false,
         }
     }
 
@@ -164,6 +167,10 @@ impl Engine {
     pub async fn sync_once(&mut self) -> Result<RoundReport, SyncError> {
         if !self.root.is_dir() || !self.marker.is_dir() {
             return Err(SyncError::RootMissing(self.root.clone()));
+        }
+        if !self.cleaned {
+            remove_stale_temp_files(&self.root);
+            self.cleaned = true;
         }
         let mut report = RoundReport::default();
         // 1. Remote changes since the cursor, latest state per file.
@@ -294,7 +301,12 @@ impl Engine {
         let mut to_hash = Vec::new();
         for (path, f) in scan.files {
             match base.get(&path) {
-                Some(b) if b.size == f.size && b.mtime == f.mtime && b.inode == f.inode => {
+                Some(b)
+                    if b.size == f.size
+                        && b.mtime == f.mtime
+                        && b.inode == f.inode
+                        && b.mode == f.mode =>
+                {
                     local.insert(
                         path,
                         LocalEntry {
@@ -1018,6 +1030,31 @@ fn has_symlink_component(root: &Path, dst: &Path) -> bool {
         }
     }
     false
+}
+
+/// Removes temp files a killed client left behind (only this client writes them).
+fn remove_stale_temp_files(root: &Path) {
+    let walker = ignore::WalkBuilder::new(root)
+        .standard_filters(false)
+        .follow_links(false)
+        .filter_entry(|e| e.file_name() != crate::scan::STATE_DIR)
+        .build();
+    for entry in walker.flatten() {
+        let is_temp = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(TEMP_PREFIX));
+        if is_temp && entry.file_type().is_some_and(|t| t.is_file()) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed an interrupted download")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale temp file")
+                }
+            }
+        }
+    }
 }
 
 fn make_parent(path: &Path) -> Result<(), SyncError> {

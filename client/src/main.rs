@@ -52,6 +52,10 @@ struct Cli {
     /// Sync once and exit.
     #[arg(long, global = true)]
     once: bool,
+    /// Accept a watch dir whose `.fsync` marker is gone and start over with it (only
+    /// when you know the folder is the right one: an unmounted disk also loses it).
+    #[arg(long, global = true)]
+    reset: bool,
     /// More log output.
     #[arg(short, long, global = true)]
     verbose: bool,
@@ -140,12 +144,22 @@ async fn start(cli: &Cli) -> anyhow::Result<(PathBuf, PathBuf, Engine)> {
     let root = watch_dir(cli)?;
     let marker = root.join(STATE_DIR);
     let state_dir = cli.state_dir.clone().unwrap_or_else(|| marker.clone());
-    let first_run = !marker.exists();
-    if first_run {
+    let known = known_roots()?;
+    if !marker.exists() {
         // Only a root that was never synced may lack the marker; a synced root that
-        // lost it is probably an unmounted disk, and the engine refuses to touch it.
+        // lost it is probably an unmounted disk, and nothing may be sent from it.
+        if known.contains(&root) && !cli.reset {
+            bail!(
+                "{} was synced before but its .fsync marker is gone (an unmounted disk?); \
+                 not syncing, nothing deleted. If the folder really is the right one, run again with --reset",
+                root.display()
+            );
+        }
         std::fs::create_dir_all(&marker)
             .with_context(|| format!("creating {}", marker.display()))?;
+    }
+    if !known.contains(&root) {
+        remember_root(&root)?;
     }
     let state = session::open_state(&state_dir)?;
     let api = api(cli, Some(&state_dir))?;
@@ -169,6 +183,48 @@ async fn start(cli: &Cli) -> anyhow::Result<(PathBuf, PathBuf, Engine)> {
         state_dir,
         Engine::new(root, marker, state, session),
     ))
+}
+
+/// Where the list of synced roots lives: `$FSYNC_ROOTS_FILE`, else
+/// `$XDG_STATE_HOME/fsync/roots`, else `~/.local/state/fsync/roots`.
+fn roots_file() -> Option<PathBuf> {
+    if let Some(f) = std::env::var_os("FSYNC_ROOTS_FILE") {
+        return Some(PathBuf::from(f));
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("fsync").join("roots"))
+}
+
+fn known_roots() -> anyhow::Result<Vec<PathBuf>> {
+    let Some(f) = roots_file() else {
+        return Ok(Vec::new());
+    };
+    match std::fs::read_to_string(&f) {
+        Ok(s) => Ok(s
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", f.display())),
+    }
+}
+
+fn remember_root(root: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let Some(f) = roots_file() else { return Ok(()) };
+    if let Some(dir) = f.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&f)
+        .with_context(|| format!("opening {}", f.display()))?;
+    writeln!(file, "{}", root.display()).with_context(|| format!("writing {}", f.display()))?;
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -112,7 +112,8 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
     let by_id: HashMap<FileId, &BaseEntry> = base.values().map(|b| (b.file_id, b)).collect();
     let mut handled: BTreeSet<&SyncPath> = BTreeSet::new();
     let mut ops = Vec::new();
-    let changed = |b: &BaseEntry, l: &LocalEntry| l.hash != b.content_hash;
+    // The permission bits are part of a version (the executable bit travels).
+    let changed = |b: &BaseEntry, l: &LocalEntry| l.hash != b.content_hash || l.file.mode != b.mode;
 
     for r in remote {
         let b = by_id.get(&r.file_id).copied();
@@ -234,9 +235,11 @@ fn push_remote_at_path(
     let lb = base.get(&r.path);
     match (local.get(&r.path), lb) {
         (None, _) => ops.push(Op::Download { meta: r.clone() }),
-        (Some(l), _) if Some(l.hash) == r.content_hash => ops.push(Op::Adopt { meta: r.clone() }),
-        (Some(l), Some(lb)) if l.hash == lb.content_hash => {
-            ops.push(Op::Download { meta: r.clone() })
+        (Some(l), _) if Some(l.hash) == r.content_hash && l.file.mode == r.mode => {
+            ops.push(Op::Adopt { meta: r.clone() });
+        }
+        (Some(l), Some(lb)) if l.hash == lb.content_hash && l.file.mode == lb.mode => {
+            ops.push(Op::Download { meta: r.clone() });
         }
         // Changed on both sides: upload with what we saw; the server keeps both.
         (Some(_), Some(lb)) => ops.push(Op::Upload {
