@@ -303,6 +303,17 @@ pub struct Manifest {
     pub chunks: Vec<ChunkRef>,
 }
 
+/// `POST /api/v1/files/manifests`: many manifests in one request (downloads of many
+/// small files).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestsRequest {
+    /// Namespace of every file.
+    pub namespace: NamespaceId,
+    /// Files and the versions wanted (at most [`crate::limits::MAX_EVENTS_PER_BATCH`]).
+    pub files: Vec<(FileId, VersionNo)>,
+}
+
 /// One version in a file's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {

@@ -1860,3 +1860,57 @@ async fn oversized_json_scenario(srv: &Server) {
 }
 
 on_every_backend!(oversized_json_is_refused => oversized_json_scenario);
+
+/// `POST /api/v1/files/manifests` returns many manifests in one request, in order, and
+/// refuses files of another namespace like missing ones.
+async fn manifests_scenario(srv: &Server) {
+    let alice = register(srv, &username("mani")).await;
+    let dev = alice.login(srv, "laptop").await;
+    let mut wanted = Vec::new();
+    for i in 0..3 {
+        let r = alice
+            .commit(
+                srv,
+                &dev,
+                &format!("m{i}.txt"),
+                format!("content {i}").as_bytes(),
+                &empty(),
+                T0,
+            )
+            .await;
+        wanted.push((r.head.file_id, r.head.version));
+    }
+    let got: Vec<Manifest> = srv
+        .post(
+            "/api/v1/files/manifests",
+            Some(&dev.token),
+            &json!({"namespace": alice.namespace, "files": wanted}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(got.len(), 3);
+    for (m, (id, v)) in got.iter().zip(&wanted) {
+        assert_eq!((m.meta.file_id, m.meta.version), (*id, *v));
+        assert_eq!(m.chunks.len(), 1);
+        assert_eq!(*m, download(srv, &dev, *id).await);
+    }
+    let bob = register(srv, &username("mani")).await;
+    let bdev = bob.login(srv, "phone").await;
+    srv.post(
+        "/api/v1/files/manifests",
+        Some(&bdev.token),
+        &json!({"namespace": bob.namespace, "files": [wanted[0]]}),
+    )
+    .await
+    .expect_error(404, "not_found");
+    srv.post(
+        "/api/v1/files/manifests",
+        Some(&bdev.token),
+        &json!({"namespace": alice.namespace, "files": [wanted[0]]}),
+    )
+    .await
+    .expect_error(404, "not_found");
+}
+
+on_every_backend!(manifests_in_one_request => manifests_scenario);

@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use axum::Json;
 use fsync_common::limits::{DEFAULT_PAGE, MAX_PAGE};
 use fsync_common::wire::{
-    CommitRequest, CommitResponse, DeleteRequest, ListQuery, ListResponse, Manifest, OpResponse,
-    RenameRequest, RestoreRequest, VersionInfo,
+    CommitRequest, CommitResponse, DeleteRequest, ListQuery, ListResponse, Manifest,
+    ManifestsRequest, OpResponse, RenameRequest, RestoreRequest, VersionInfo,
 };
 use fsync_common::{FileId, Seq, SyncPath, VersionNo};
 use serde::Deserialize;
@@ -134,6 +134,32 @@ pub async fn download(
     Ok(Json(
         state.repo.manifest(id, q.version.map(VersionNo)).await?,
     ))
+}
+
+/// `POST /api/v1/files/manifests`: the manifests of many file versions at once.
+pub async fn manifests(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<ManifestsRequest>,
+) -> Result<Json<Vec<Manifest>>, ApiError> {
+    if req.files.len() > fsync_common::limits::MAX_EVENTS_PER_BATCH {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{} files in one request; the limit is {}",
+            req.files.len(),
+            fsync_common::limits::MAX_EVENTS_PER_BATCH
+        )));
+    }
+    auth.authorize(&state, req.namespace, false).await?;
+    let mut out = Vec::with_capacity(req.files.len());
+    for (file, version) in req.files {
+        let m = state.repo.manifest(file, Some(version)).await?;
+        // A file of another namespace is reported like a missing one.
+        if m.meta.namespace != req.namespace {
+            return Err(ApiError::NotFound("file not found".into()));
+        }
+        out.push(m);
+    }
+    Ok(Json(out))
 }
 
 /// `GET /api/v1/files/{file_id}/versions`.

@@ -42,6 +42,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/files/upload", post(files::upload))
         .route("/api/v1/files/list", get(files::list))
         .route("/api/v1/files/download/{file_id}", get(files::download))
+        .route("/api/v1/files/manifests", post(files::manifests))
         .route("/api/v1/files/{file_id}/versions", get(files::versions))
         .route("/api/v1/files/{file_id}/restore", post(files::restore))
         .route("/api/v1/files/delete", post(files::delete))
