@@ -320,11 +320,16 @@ impl Engine {
         }
         let chunker = self.session.chunker.clone();
         let root = self.root.clone();
+        let bar = crate::progress::bytes(
+            "hashing changed files",
+            to_hash.iter().map(|f| f.size).sum(),
+        );
         let hashed = tokio::task::spawn_blocking(move || {
             use rayon::prelude::*;
-            to_hash
+            let out = to_hash
                 .into_par_iter()
                 .map(|f| {
+                    bar.inc(f.size);
                     let full = f.path.to_local(&root);
                     let digest = std::fs::File::open(&full)
                         .map_err(|e| e.to_string())
@@ -338,7 +343,9 @@ impl Engine {
                         std::fs::symlink_metadata(&full).map(|md| scan::stat(f.path.clone(), &md));
                     (f, digest, after)
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            bar.finish_and_clear();
+            out
         })
         .await
         .expect("hash task");
@@ -682,7 +689,9 @@ impl Engine {
         });
         let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
         let mut bytes = 0;
+        let bar = crate::progress::bytes(&format!("uploading {path}"), d.size);
         while let Some((id, blob)) = rx.recv().await {
+            bar.inc(blob.len() as u64);
             bytes += blob.len();
             batch.push((id, blob));
             if bytes >= UPLOAD_BATCH_BYTES {
@@ -694,6 +703,7 @@ impl Engine {
         if !batch.is_empty() {
             self.session.api.put_batch(self.session.ns, &batch).await?;
         }
+        bar.finish_and_clear();
         producer
             .await
             .expect("chunk task")
@@ -871,6 +881,7 @@ impl Engine {
             .create_new(true)
             .open(&tmp)
             .map_err(io_err("creating", &tmp))?;
+        let bar = crate::progress::bytes(&format!("downloading {}", meta.path), meta.size);
         for window in manifest.chunks.chunks(DOWNLOAD_WINDOW) {
             let mut have: HashMap<ChunkId, Vec<u8>> = HashMap::new();
             let mut fetch = Vec::new();
@@ -913,8 +924,10 @@ impl Engine {
                     return Err(verify(format!("chunk {} has the wrong length", c.id())));
                 }
                 out.write_all(data).map_err(io_err("writing", &tmp))?;
+                bar.inc(u64::from(c.len()));
             }
         }
+        bar.finish_and_clear();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -13,6 +13,7 @@ pub mod api;
 pub mod daemon;
 pub mod engine;
 pub mod planner;
+pub mod progress;
 pub mod scan;
 pub mod session;
 pub mod state;

@@ -398,6 +398,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    fsync_client::progress::enable_if_terminal();
     if let Err(e) = run(cli).await {
         eprintln!("fsync-client: {e:#}");
         std::process::exit(1);
