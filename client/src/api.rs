@@ -39,8 +39,8 @@ use fsync_common::wire::{
     ChangesResponse, ChunkIdsRequest, CommitRequest, CommitResponse, DeleteRequest, DeviceInfo,
     FileMeta, KdfParams, ListResponse, LoginRequest, LoginResponse, Manifest, MissingResponse,
     OpResponse, PushMessage, RefreshRequest, RegisterRequest, RegisterResponse, RenameRequest,
-    RestoreRequest, SyncEvent, SyncEventBatch, SyncEventResponse, SyncEventResult, TokenResponse,
-    VersionInfo,
+    RestoreRequest, StoredResponse, SyncEvent, SyncEventBatch, SyncEventResponse, SyncEventResult,
+    TokenResponse, VersionInfo,
 };
 use fsync_common::{
     batch, ChunkId, DeviceId, ErrorBody, ErrorCode, FileId, NamespaceId, Seq, VersionNo,
@@ -1024,7 +1024,14 @@ impl ApiClient {
             let call = Call::post(api("chunks/batch"))
                 .query("namespace", &ns)
                 .bytes(body);
-            self.send(call).await?;
+            let r: StoredResponse = self.send_json(call).await?;
+            if (r.stored + r.existing) as usize != part.len() {
+                return Err(ClientError::Protocol(format!(
+                    "chunks/batch accounted for {} of {} blobs",
+                    r.stored + r.existing,
+                    part.len()
+                )));
+            }
             rest = tail;
         }
         Ok(())
@@ -1191,7 +1198,9 @@ impl ApiClient {
     // ------------------------------------------------------------------ sync
 
     /// Applies events in order (in batches of at most `MAX_EVENTS_PER_BATCH`); one
-    /// result per event, in order. A failed event does not stop the others.
+    /// result per event, in order. A failed event does not stop the others. When a
+    /// later batch fails, earlier ones were applied: resending them is safe, as every
+    /// event carries an idempotency key.
     pub async fn events(
         &self,
         events: Vec<SyncEvent>,

@@ -637,7 +637,7 @@ async fn versions_manifests_and_restore() {
     assert!(restored.head.version > v2.head.version);
     assert_eq!(restored.head.content_hash, v1.head.content_hash);
     let manifest = client.manifest(file, None).await.unwrap();
-    let blobs = client
+    let fetched = client
         .fetch_batch(
             acct.namespace,
             &manifest.chunks.iter().map(ChunkRef::id).collect::<Vec<_>>(),
@@ -645,7 +645,7 @@ async fn versions_manifests_and_restore() {
         .await
         .unwrap();
     assert_eq!(
-        acct.codec.decode(&blobs[0].0, &blobs[0].1).unwrap(),
+        acct.codec.decode(&fetched[0].0, &fetched[0].1).unwrap(),
         b"version one"
     );
 
@@ -965,4 +965,12 @@ async fn fetch_batch_refuses_entries_it_did_not_ask_for_or_too_large() {
     let client = canned_session(vec![response("200 OK", &[], b"garbage")]).await;
     let err = client.fetch_batch(ns, &[asked]).await.unwrap_err();
     assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+}
+
+#[test]
+fn the_client_can_be_shared_across_tasks() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    shareable::<ApiClient>();
+    error::<ClientError>();
 }
