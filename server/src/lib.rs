@@ -29,12 +29,12 @@ use std::sync::Arc;
 
 pub use config::{Config, ConfigError, LogFormat, StorageConfig};
 pub use db::{
-    open as open_repo, open_postgres, open_sqlite, Actor, BlobConfirm, DbError, MetaRepo,
+    open as open_repo, open_postgres, open_sqlite, Actor, BlobConfirm, DbError, MetaRepo, NewUser,
 };
 pub use gc::{
-    put_blobs, DEFAULT_BATCH as GC_BATCH, record_stored, store_chunks, Collector, Damage, GcError, GcEvent, GcHook, GcLock,
+    put_blobs, record_stored, store_chunks, Collector, Damage, GcError, GcEvent, GcHook, GcLock,
     GcStage, NoProgress, Progress, PutBlobs, Retention, RunOptions, RunReport, Stats, UploadError,
-    VerifyReport,
+    VerifyReport, DEFAULT_BATCH as GC_BATCH,
 };
 pub use http::app;
 pub use http::error::ApiError;

@@ -66,7 +66,8 @@ struct RunArgs {
     /// Keep the N newest versions of every file (the head counts).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     keep_versions: Option<u64>,
-    /// Keep versions younger than D days; older tombstones go with their versions.
+    /// Keep versions replaced (edited over or deleted) within D days; tombstones older
+    /// than D days go with all their versions.
     #[arg(long)]
     keep_days: Option<u64>,
     /// Only this namespace (hex id).

@@ -15,15 +15,17 @@ use super::{parse_url, DbError, DbUrl};
 const GC_ADVISORY_KEY: i64 = 0x6673_796e_632d_6763;
 
 /// Which versions retention prunes. A version is kept when it is its file's head, when
-/// it is among the `keep_versions` newest, or when it was created at or after
-/// `keep_after`; a policy that sets neither prunes nothing. A file whose head is a
-/// tombstone created before `keep_after` is removed whole (versions, journal entries
+/// it is among the `keep_versions` newest, or when it was replaced (the next remaining
+/// version was created) at or after `keep_after`; a policy that sets neither prunes
+/// nothing. Age counts from replacement, not creation, so that the content a recent
+/// edit or delete replaced stays restorable for the whole period. A file whose head is
+/// a tombstone created before `keep_after` is removed whole (versions, journal entries
 /// and file row).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct RetentionSql {
     /// Keep this many newest versions per file (at least 1: the head).
     pub(crate) keep_versions: Option<u64>,
-    /// Keep versions created at or after this time (seconds).
+    /// Keep versions replaced at or after this time (seconds).
     pub(crate) keep_after: Option<i64>,
 }
 
@@ -39,7 +41,10 @@ impl RetentionSql {
             parts.push(format!("v.version <= f.head_version - {}", n.max(1)));
         }
         if let Some(t) = self.keep_after {
-            parts.push(format!("v.created_at < {t}"));
+            parts.push(format!(
+                "(SELECT MIN(n.created_at) FROM file_versions n \
+                 WHERE n.file_id = v.file_id AND n.version > v.version) < {t}"
+            ));
         }
         Some(format!("({})", parts.join(" AND ")))
     }
@@ -127,8 +132,14 @@ impl GcLockHandle {
     /// Releases the lock.
     pub(crate) async fn release(self) {
         match self {
-            Self::Postgres(Some(conn)) => {
-                // Ending the session releases its advisory locks.
+            Self::Postgres(Some(mut conn)) => {
+                // Unlock explicitly: the server ends a closed session's locks only when
+                // its backend exits, which a next run could beat. (A crash needs
+                // neither: the session ends and its locks with it.)
+                let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(GC_ADVISORY_KEY)
+                    .execute(&mut conn)
+                    .await;
                 let _ = sqlx::Connection::close(conn).await;
             }
             Self::Postgres(None) | Self::Sqlite { .. } => {}

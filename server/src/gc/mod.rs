@@ -102,8 +102,8 @@ pub enum GcError {
 pub struct Retention {
     /// Keep the N newest versions of every file (the head counts; at least 1).
     pub keep_versions: Option<u64>,
-    /// Keep versions created in the last D days; tombstones older than that are
-    /// removed with all their versions.
+    /// Keep versions replaced (by an edit or a delete) in the last D days; tombstones
+    /// older than that are removed with all their versions.
     pub keep_days: Option<u64>,
 }
 
@@ -143,8 +143,8 @@ pub struct RunOptions {
     /// orphan blobs written within it.
     pub grace: Duration,
     /// Version retention: a version is kept when it is its file's head, or among the
-    /// `keep_versions` newest, or younger than `keep_days`. With neither set, no
-    /// version is pruned.
+    /// `keep_versions` newest, or was replaced within `keep_days`. With neither set,
+    /// no version is pruned.
     pub retention: Retention,
     /// Only this namespace (default: all).
     pub namespace: Option<NamespaceId>,

@@ -1,0 +1,1097 @@
+//! Garbage collection (`fsync-gc`) on SQLite and PostgreSQL: retention, the sweep,
+//! orphan blobs, dry runs, verify, one collection at a time, and the race between a
+//! held upload's commit and a running sweep.
+//!
+//! PostgreSQL runs when `FSYNC_TEST_DATABASE_URL` is set (and must when `CI` is set).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fsync_common::wire::{ChunkRef, CommitRequest, DeleteRequest};
+use fsync_common::{
+    ChunkId, ContentHash, DeviceId, FileId, NamespaceId, SyncPath, UserId, VersionVector,
+};
+use fsync_server::{
+    open_repo, put_blobs, record_stored, store_chunks, Actor, Collector, Damage, DbError, GcError,
+    GcEvent, GcHook, GcStage, MetaRepo, NewUser, NoProgress, Retention, RunOptions, RunReport,
+};
+use fsync_store::{BlobInfo, BlobStore, LocalStore, PutOutcome, StoreError};
+use futures_util::FutureExt as _;
+
+const DAY: i64 = 86_400;
+const GRACE: Duration = Duration::from_secs(DAY as u64);
+/// How long an awaited event may take before the test fails.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn wall_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+// ------------------------------------------------------------------ harness
+
+/// One database with its blob store and a user with one namespace.
+struct Env {
+    name: &'static str,
+    url: String,
+    repo: Arc<dyn MetaRepo>,
+    blobs: Arc<LocalStore>,
+    ns: NamespaceId,
+    actor: Actor,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn collector_over(&self, blobs: Arc<dyn BlobStore>) -> Collector {
+        Collector::open(&self.url, blobs).await.unwrap()
+    }
+
+    async fn collector(&self) -> Collector {
+        self.collector_over(self.blobs.clone()).await
+    }
+
+    /// Uploads blobs `ids` (content derived from the id) at time `now`.
+    async fn upload(&self, ids: &[ChunkId], now: i64) {
+        store_chunks(&*self.repo, &*self.blobs, self.ns, blobs_of(ids), now)
+            .await
+            .unwrap();
+    }
+
+    /// Commits `ids` as the content of `path` (a new version on top of `base`).
+    async fn commit(
+        &self,
+        path: &str,
+        base: &VersionVector,
+        ids: &[ChunkId],
+        now: i64,
+    ) -> Result<fsync_common::wire::CommitResponse, DbError> {
+        let req = commit_req(self.ns, path, base, ids);
+        self.repo.commit(self.actor, &req, now).await
+    }
+
+    /// Uploads and commits a new version of `path`; returns the new head's vector.
+    async fn write(
+        &self,
+        path: &str,
+        base: &VersionVector,
+        ids: &[ChunkId],
+        now: i64,
+    ) -> (FileId, VersionVector) {
+        self.upload(ids, now).await;
+        let r = self.commit(path, base, ids, now).await.unwrap();
+        (r.head.file_id, r.head.vv)
+    }
+
+    async fn delete(&self, path: &str, base: &VersionVector, now: i64) {
+        let req = DeleteRequest {
+            namespace: self.ns,
+            path: SyncPath::new(path).unwrap(),
+            base: base.clone(),
+            idempotency_key: key(),
+        };
+        self.repo.delete(self.actor, &req, now).await.unwrap();
+    }
+
+    async fn has_row(&self, id: ChunkId) -> bool {
+        self.repo.has_chunk(self.ns, id).await.unwrap()
+    }
+
+    async fn has_blob(&self, id: ChunkId) -> bool {
+        self.blobs.contains_many(&self.ns, &[id]).await.unwrap()[0]
+    }
+
+    /// Row and blob both present (`Some(true)`), both absent (`Some(false)`), or not
+    /// in step (`None`).
+    async fn stored(&self, id: ChunkId) -> Option<bool> {
+        let (row, blob) = (self.has_row(id).await, self.has_blob(id).await);
+        (row == blob).then_some(row)
+    }
+
+    async fn versions(&self, file: FileId) -> Vec<u64> {
+        match self.repo.versions(file).await {
+            Ok(v) => v.iter().map(|v| v.version.0).collect(),
+            Err(DbError::NotFound(_)) => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    async fn run(&self, opts: RunOptions) -> RunReport {
+        self.collector()
+            .await
+            .run(&opts, &NoProgress)
+            .await
+            .unwrap()
+    }
+
+    async fn assert_verify_clean(&self) {
+        let r = self
+            .collector()
+            .await
+            .verify(None, 7, &NoProgress)
+            .await
+            .unwrap();
+        assert!(r.is_clean(), "{}: verify found {:?}", self.name, r.damage);
+    }
+}
+
+fn key() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}
+
+fn chunk(n: u32) -> ChunkId {
+    let mut b = rand::random::<[u8; 32]>();
+    b[..4].copy_from_slice(&n.to_be_bytes());
+    ChunkId::from_bytes(b)
+}
+
+fn chunks(n: usize) -> Vec<ChunkId> {
+    (0..n as u32).map(chunk).collect()
+}
+
+fn blob_of(id: ChunkId) -> Vec<u8> {
+    let mut b = id.to_hex().into_bytes();
+    b.truncate(16 + (id.as_bytes()[31] as usize % 48));
+    b
+}
+
+fn blobs_of(ids: &[ChunkId]) -> Vec<(ChunkId, Vec<u8>)> {
+    ids.iter().map(|id| (*id, blob_of(*id))).collect()
+}
+
+fn commit_req(ns: NamespaceId, path: &str, base: &VersionVector, ids: &[ChunkId]) -> CommitRequest {
+    CommitRequest {
+        namespace: ns,
+        path: SyncPath::new(path).unwrap(),
+        base: base.clone(),
+        chunks: ids.iter().map(|id| ChunkRef(*id, 100)).collect(),
+        size: 100 * ids.len() as u64,
+        mtime: 1_700_000_000_000_000_000,
+        mode: 0o644,
+        content_hash: ContentHash::from_bytes(rand::random()),
+        idempotency_key: key(),
+    }
+}
+
+async fn fresh_postgres(base: &str) -> String {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let mut conn = sqlx::AnyConnection::connect(base).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database (the role needs CREATEDB)");
+    let _ = conn.close().await;
+    let (head, _) = base.rsplit_once('/').unwrap();
+    format!("{head}/{name}")
+}
+
+/// SQLite always; PostgreSQL when `FSYNC_TEST_DATABASE_URL` is set.
+async fn envs() -> Vec<Env> {
+    let mut urls = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    urls.push((
+        "sqlite",
+        format!("sqlite://{}", dir.path().join("fsync.db").display()),
+        dir,
+    ));
+    match std::env::var("FSYNC_TEST_DATABASE_URL") {
+        Ok(base) if !base.is_empty() => {
+            urls.push((
+                "postgres",
+                fresh_postgres(&base).await,
+                tempfile::tempdir().unwrap(),
+            ));
+        }
+        _ => assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but FSYNC_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI"
+        ),
+    }
+    let mut out = Vec::new();
+    for (name, url, dir) in urls {
+        let repo = open_repo(&url).await.unwrap();
+        let user = UserId::from_bytes(rand::random());
+        let ns = NamespaceId::from_bytes(rand::random());
+        repo.create_user(new_user(user, ns), wall_now() - 400 * DAY)
+            .await
+            .unwrap();
+        let device = repo
+            .register_device(user, None, DeviceId::from_bytes(rand::random()), "d", 0)
+            .await
+            .unwrap();
+        let blobs = Arc::new(LocalStore::open(dir.path().join("blobs")).unwrap());
+        out.push(Env {
+            name,
+            url,
+            repo,
+            blobs,
+            ns,
+            actor: Actor { user, device },
+            _dir: dir,
+        });
+    }
+    out
+}
+
+fn new_user(id: UserId, ns: NamespaceId) -> NewUser {
+    NewUser {
+        id,
+        username: format!("u{}", hex::encode(rand::random::<[u8; 4]>())),
+        email: "u@example.org".into(),
+        auth_hash: "hash".into(),
+        kdf: fsync_common::wire::KdfParams {
+            kdf: "argon2id".into(),
+            m_kib: 8192,
+            t: 1,
+            p: 1,
+            salt: "00".repeat(16),
+        },
+        wrapped_account_key: "aa".repeat(40),
+        namespace: ns,
+        wrapped_namespace_key: "bb".repeat(40),
+    }
+}
+
+fn opts(now: i64) -> RunOptions {
+    RunOptions {
+        now: Some(now),
+        grace: GRACE,
+        batch: 5,
+        ..RunOptions::default()
+    }
+}
+
+// ------------------------------------------------------------------ retention
+
+#[tokio::test]
+async fn retention_prunes_old_versions_never_heads() {
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        // Five versions of one file, a day apart, each with its own chunk plus a
+        // chunk shared by all.
+        let shared = chunk(1000);
+        let own = chunks(5);
+        let mut vv = VersionVector::new();
+        let mut file = None;
+        for (i, c) in own.iter().enumerate() {
+            let (f, v) = env
+                .write("doc.txt", &vv, &[shared, *c], t0 + i as i64 * DAY)
+                .await;
+            file = Some(f);
+            vv = v;
+        }
+        let file = file.unwrap();
+        let now = t0 + 10 * DAY;
+
+        // Nothing set: nothing pruned, nothing referenced swept.
+        let r = env.run(opts(now)).await;
+        assert_eq!(r.versions_pruned, 0, "{}", env.name);
+        assert_eq!(env.versions(file).await, [5, 4, 3, 2, 1]);
+
+        // Keep the 3 newest, and whatever was replaced in the last 8 days (kept when
+        // either rule keeps it): v1, replaced 9 days ago and not among the 3 newest,
+        // goes; v2, replaced exactly 8 days ago, is kept by age.
+        let mut o = opts(now);
+        o.retention = Retention {
+            keep_versions: Some(3),
+            keep_days: Some(8),
+        };
+        let r = env.run(o).await;
+        assert_eq!(r.versions_pruned, 1, "{}", env.name);
+        assert_eq!(env.versions(file).await, [5, 4, 3, 2], "{}", env.name);
+        assert_eq!(r.chunks_deleted, 1, "{}: v1's own chunk", env.name);
+        assert_eq!(env.stored(own[0]).await, Some(false), "{}", env.name);
+
+        // Keep only the newest: the head stays whatever its age.
+        let mut o = opts(now + 1000 * DAY);
+        o.retention.keep_versions = Some(1);
+        let r = env.run(o).await;
+        assert_eq!(r.versions_pruned, 3, "{}", env.name);
+        assert_eq!(env.versions(file).await, [5], "{}", env.name);
+        assert_eq!(r.chunks_deleted, 3, "{}", env.name);
+        for c in &own[..4] {
+            assert_eq!(env.stored(*c).await, Some(false), "{}", env.name);
+        }
+        assert_eq!(
+            env.stored(own[4]).await,
+            Some(true),
+            "{}: the head's",
+            env.name
+        );
+        assert_eq!(env.stored(shared).await, Some(true), "{}: shared", env.name);
+        // --keep-days alone: the head stays even when older than the policy.
+        let mut o = opts(now + 1000 * DAY);
+        o.retention.keep_days = Some(0);
+        assert_eq!(env.run(o).await.versions_pruned, 0);
+        assert_eq!(env.versions(file).await, [5], "{}", env.name);
+        let m = env.repo.manifest(file, None).await.unwrap();
+        assert_eq!(m.chunks.len(), 2);
+        env.assert_verify_clean().await;
+    }
+}
+
+#[tokio::test]
+async fn old_tombstones_go_with_their_versions_recent_ones_stay() {
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        let (old_ids, new_ids) = (chunks(2), chunks(2));
+        let (old_file, vv) = env
+            .write("old.txt", &VersionVector::new(), &old_ids, t0)
+            .await;
+        env.delete("old.txt", &vv, t0 + DAY).await;
+        let (new_file, vv) = env
+            .write("new.txt", &VersionVector::new(), &new_ids, t0)
+            .await;
+        env.delete("new.txt", &vv, t0 + 50 * DAY).await;
+        // A conflict copy is an ordinary file: its head is kept like any other.
+        let (live, vv1) = env
+            .write("c.txt", &VersionVector::new(), &chunks(1), t0)
+            .await;
+        let other = Actor {
+            user: env.actor.user,
+            device: env
+                .repo
+                .register_device(
+                    env.actor.user,
+                    None,
+                    DeviceId::from_bytes(rand::random()),
+                    "e",
+                    t0,
+                )
+                .await
+                .unwrap(),
+        };
+        let theirs = chunks(1);
+        env.upload(&theirs, t0).await;
+        let mut req = commit_req(env.ns, "c.txt", &VersionVector::new(), &theirs);
+        req.mtime = 1;
+        let r = env.repo.commit(other, &req, t0 + DAY).await.unwrap();
+        let copy = r.conflict_copy.expect("concurrent edit → conflict copy");
+        assert_ne!(copy.file_id, live);
+        let _ = vv1;
+
+        let mut o = opts(t0 + 60 * DAY);
+        o.retention.keep_days = Some(30);
+        let r = env.run(o).await;
+        assert_eq!(r.files_removed, 1, "{}", env.name);
+        assert_eq!(
+            r.versions_pruned, 2,
+            "{}: the old file's version and tombstone",
+            env.name
+        );
+        assert!(env.versions(old_file).await.is_empty(), "{}", env.name);
+        assert_eq!(
+            env.repo.file_namespace(old_file).await.unwrap(),
+            None,
+            "{}: the file row is gone",
+            env.name
+        );
+        for c in &old_ids {
+            assert_eq!(env.stored(*c).await, Some(false), "{}", env.name);
+        }
+        // The recent tombstone keeps its history: its content was replaced (by the
+        // delete) 10 days ago, within the 30 days, although written 60 days ago.
+        assert_eq!(env.versions(new_file).await, [2, 1], "{}", env.name);
+        for c in &new_ids {
+            assert_eq!(env.stored(*c).await, Some(true), "{}", env.name);
+        }
+        env.repo
+            .restore(
+                env.actor,
+                new_file,
+                fsync_common::VersionNo(1),
+                t0 + 61 * DAY,
+            )
+            .await
+            .unwrap();
+        // Conflict copy and original both kept (heads).
+        assert_eq!(env.versions(copy.file_id).await, [1], "{}", env.name);
+        assert!(!env.versions(live).await.is_empty());
+        env.assert_verify_clean().await;
+    }
+}
+
+// ------------------------------------------------------------------ sweep
+
+#[tokio::test]
+async fn a_chunk_shared_by_two_files_survives_deleting_one() {
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        let (shared, only_a, only_b) = (chunk(1), chunk(2), chunk(3));
+        let (_, vv_a) = env
+            .write("a", &VersionVector::new(), &[shared, only_a], t0)
+            .await;
+        env.write("b", &VersionVector::new(), &[only_b, shared], t0)
+            .await;
+        env.delete("a", &vv_a, t0 + DAY).await;
+        let mut o = opts(t0 + 10 * DAY);
+        o.retention.keep_days = Some(1);
+        let r = env.run(o).await;
+        assert_eq!((r.files_removed, r.chunks_deleted), (1, 1), "{}", env.name);
+        assert_eq!(env.stored(only_a).await, Some(false), "{}", env.name);
+        assert_eq!(env.stored(shared).await, Some(true), "{}", env.name);
+        assert_eq!(env.stored(only_b).await, Some(true), "{}", env.name);
+        env.assert_verify_clean().await;
+    }
+}
+
+#[tokio::test]
+async fn the_grace_period_keeps_new_and_touched_chunks() {
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        let (a, b) = (chunk(1), chunk(2));
+        env.upload(&[a, b], t0).await;
+        // Within the grace period: kept.
+        let r = env.run(opts(t0 + DAY - 1)).await;
+        assert_eq!(r.chunks_deleted, 0, "{}", env.name);
+        // `chunks/missing` answers `b` present: touched, so kept a grace period more.
+        assert!(env
+            .repo
+            .missing_chunks(env.ns, &[b], t0 + 2 * DAY)
+            .await
+            .unwrap()
+            .is_empty());
+        let r = env.run(opts(t0 + 2 * DAY + 10)).await;
+        assert_eq!(
+            (r.chunks_deleted, r.bytes_reclaimed),
+            (1, blob_of(a).len() as u64),
+            "{}",
+            env.name
+        );
+        assert_eq!(env.stored(a).await, Some(false), "{}", env.name);
+        assert_eq!(env.stored(b).await, Some(true), "{}", env.name);
+        env.assert_verify_clean().await;
+    }
+}
+
+#[tokio::test]
+async fn a_dry_run_deletes_nothing_and_predicts_the_run() {
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        let mut vv = VersionVector::new();
+        for i in 0..4 {
+            vv = env.write("f", &vv, &chunks(3), t0 + i).await.1;
+        }
+        env.upload(&chunks(7), t0).await; // never committed
+        let orphans = chunks(2);
+        for id in &orphans {
+            env.blobs.put(&env.ns, id, blob_of(*id)).await.unwrap();
+        }
+        let before = env
+            .collector()
+            .await
+            .stats(None, GRACE, Some(t0))
+            .await
+            .unwrap();
+        let mut o = opts(wall_now() + 10 * DAY);
+        o.retention.keep_versions = Some(1);
+        let dry = env
+            .run(RunOptions {
+                dry_run: true,
+                ..o.clone()
+            })
+            .await;
+        let after = env
+            .collector()
+            .await
+            .stats(None, GRACE, Some(t0))
+            .await
+            .unwrap();
+        assert_eq!(before, after, "{}: a dry run changes nothing", env.name);
+        for id in &orphans {
+            assert!(env.has_blob(*id).await);
+        }
+        assert_eq!(
+            (
+                dry.versions_pruned,
+                dry.chunks_deleted,
+                dry.orphan_blobs_deleted
+            ),
+            (3, 9 + 7, 2),
+            "{}",
+            env.name
+        );
+        let real = env.run(o).await;
+        assert_eq!(
+            RunReport {
+                elapsed_ms: 0,
+                dry_run: true,
+                ..real.clone()
+            },
+            RunReport {
+                elapsed_ms: 0,
+                ..dry
+            },
+            "{}: the dry run predicted the run",
+            env.name
+        );
+        env.assert_verify_clean().await;
+    }
+}
+
+#[tokio::test]
+async fn orphan_blobs_are_removed_after_the_grace_period() {
+    for env in envs().await {
+        let ids = chunks(12);
+        for id in &ids {
+            env.blobs.put(&env.ns, id, blob_of(*id)).await.unwrap();
+        }
+        let recorded = chunks(1);
+        env.write("kept", &VersionVector::new(), &recorded, wall_now())
+            .await;
+        // Written just now: kept.
+        let r = env.run(opts(wall_now())).await;
+        assert_eq!(r.orphan_blobs_deleted, 0, "{}", env.name);
+        let v = env
+            .collector()
+            .await
+            .verify(None, 5, &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!((v.orphan_blobs, v.damage_count), (12, 0), "{}", env.name);
+        // Older than the grace period: removed; the recorded blob stays.
+        let r = env.run(opts(wall_now() + 2 * DAY)).await;
+        assert_eq!(r.orphan_blobs_deleted, 12, "{}", env.name);
+        let total: u64 = ids.iter().map(|i| blob_of(*i).len() as u64).sum();
+        assert_eq!(r.orphan_bytes_reclaimed, total);
+        for id in &ids {
+            assert!(!env.has_blob(*id).await, "{}", env.name);
+        }
+        assert_eq!(env.stored(recorded[0]).await, Some(true), "{}", env.name);
+    }
+}
+
+/// A store whose deletes fail while `fail` is set.
+#[derive(Debug)]
+struct FlakyStore {
+    inner: Arc<LocalStore>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[fsync_store::async_trait]
+impl BlobStore for FlakyStore {
+    async fn put(
+        &self,
+        ns: &NamespaceId,
+        id: &ChunkId,
+        blob: Vec<u8>,
+    ) -> Result<PutOutcome, StoreError> {
+        self.inner.put(ns, id, blob).await
+    }
+    async fn get(&self, ns: &NamespaceId, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(ns, id).await
+    }
+    async fn contains_many(
+        &self,
+        ns: &NamespaceId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.inner.contains_many(ns, ids).await
+    }
+    async fn delete(&self, ns: &NamespaceId, id: &ChunkId) -> Result<bool, StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("injected failure".into()));
+        }
+        self.inner.delete(ns, id).await
+    }
+    async fn list(
+        &self,
+        ns: &NamespaceId,
+        after: Option<ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<BlobInfo>, StoreError> {
+        self.inner.list(ns, after, limit).await
+    }
+    async fn check(&self) -> Result<(), StoreError> {
+        self.inner.check().await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_blob_delete_is_retried_by_the_next_run() {
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        let ids = chunks(3);
+        env.upload(&ids, t0).await;
+        let flaky = Arc::new(FlakyStore {
+            inner: env.blobs.clone(),
+            fail: true.into(),
+        });
+        let gc = env.collector_over(flaky.clone()).await;
+        let later = wall_now() + 2 * DAY;
+        let r = gc.run(&opts(later), &NoProgress).await.unwrap();
+        assert_eq!(
+            (r.chunks_deleted, r.blob_delete_failures),
+            (3, 3 + 3),
+            "{}: sweep and orphan pass both failed",
+            env.name
+        );
+        for id in &ids {
+            assert!(
+                !env.has_row(*id).await && env.has_blob(*id).await,
+                "{}",
+                env.name
+            );
+        }
+        // The rows are gone first, so nothing is damaged: the blobs are orphans.
+        env.assert_verify_clean().await;
+        flaky.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        let r = gc.run(&opts(later), &NoProgress).await.unwrap();
+        assert_eq!(
+            (r.orphan_blobs_deleted, r.blob_delete_failures),
+            (3, 0),
+            "{}",
+            env.name
+        );
+        for id in &ids {
+            assert_eq!(env.stored(*id).await, Some(false), "{}", env.name);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ verify, lock, stats
+
+#[tokio::test]
+async fn verify_lists_missing_blobs_wrong_sizes_and_unrecorded_chunks() {
+    for env in envs().await {
+        let ids = chunks(4);
+        env.write("f", &VersionVector::new(), &ids, wall_now())
+            .await;
+        env.assert_verify_clean().await;
+        // Damage three referenced chunks three ways.
+        env.blobs.delete(&env.ns, &ids[0]).await.unwrap();
+        std::fs::write(env.blobs.blob_path(&env.ns, &ids[1]), b"x").unwrap();
+        {
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::AnyPool::connect(&env.url).await.unwrap();
+            sqlx::query("DELETE FROM chunks WHERE id = $1")
+                .bind(ids[2].to_hex())
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let r = env
+            .collector()
+            .await
+            .verify(None, 2, &NoProgress)
+            .await
+            .unwrap();
+        assert!(!r.is_clean());
+        let mut found = r.damage.clone();
+        found.sort_by_key(|d| format!("{d:?}"));
+        let mut want = vec![
+            Damage::MissingBlob {
+                namespace: env.ns,
+                chunk: ids[0],
+                referenced: true,
+            },
+            Damage::SizeMismatch {
+                namespace: env.ns,
+                chunk: ids[1],
+                recorded: blob_of(ids[1]).len() as u64,
+                stored: 1,
+            },
+            Damage::Unrecorded {
+                namespace: env.ns,
+                chunk: ids[2],
+            },
+        ];
+        want.sort_by_key(|d| format!("{d:?}"));
+        assert_eq!(found, want, "{}", env.name);
+        assert_eq!(r.damage_count, 3);
+        assert_eq!(
+            r.orphan_blobs, 1,
+            "{}: the unrecorded chunk's blob",
+            env.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_one_collection_runs_at_a_time() {
+    for env in envs().await {
+        let a = env.collector().await;
+        let b = env.collector().await;
+        let lock = a.lock().await.unwrap();
+        let err = b.run(&opts(wall_now()), &NoProgress).await.unwrap_err();
+        assert!(matches!(err, GcError::Busy(_)), "{}: {err}", env.name);
+        assert!(err.to_string().contains("another fsync-gc is running"));
+        // A dry run removes nothing and needs no lock.
+        let dry = RunOptions {
+            dry_run: true,
+            ..opts(wall_now())
+        };
+        b.run(&dry, &NoProgress).await.unwrap();
+        lock.release().await;
+        b.run(&opts(wall_now()), &NoProgress).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn stats_count_chunks_bytes_and_dedup() {
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        let shared = chunks(2);
+        env.write("a", &VersionVector::new(), &shared, t0).await;
+        env.write("b", &VersionVector::new(), &shared, t0).await;
+        let loose = chunks(1);
+        env.upload(&loose, t0).await;
+        let s = env
+            .collector()
+            .await
+            .stats(None, GRACE, Some(t0 + 2 * DAY))
+            .await
+            .unwrap();
+        let stored_shared: u64 = shared.iter().map(|i| blob_of(*i).len() as u64).sum();
+        let stored_loose = blob_of(loose[0]).len() as u64;
+        assert_eq!((s.files, s.versions, s.chunks), (2, 2, 3), "{}", env.name);
+        assert_eq!(s.stored_bytes, stored_shared + stored_loose);
+        assert_eq!(
+            (s.referenced_chunks, s.referenced_stored_bytes),
+            (2, stored_shared)
+        );
+        assert_eq!(s.referenced_logical_bytes, 400);
+        assert!((s.dedup_ratio - 400.0 / stored_shared as f64).abs() < 1e-9);
+        assert_eq!(
+            (s.reclaimable_chunks, s.reclaimable_bytes),
+            (1, stored_loose)
+        );
+        let s = env
+            .collector()
+            .await
+            .stats(Some(env.ns), GRACE, Some(t0))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.reclaimable_chunks, 0,
+            "{}: within the grace period",
+            env.name
+        );
+        let missing = NamespaceId::from_bytes([7; 16]);
+        assert!(matches!(
+            env.collector().await.stats(Some(missing), GRACE, None).await,
+            Err(GcError::NoSuchNamespace(n)) if n == missing
+        ));
+    }
+}
+
+// ------------------------------------------------------------------ the race
+
+/// Pauses a run at the first event of `stage` that involves any of `ids`, until the
+/// test resumes it.
+struct Pause {
+    paused: tokio::sync::oneshot::Receiver<()>,
+    resume: tokio::sync::oneshot::Sender<()>,
+}
+
+fn pause_at(stage: GcStage, ids: &[ChunkId]) -> (GcHook, Pause) {
+    let (paused_tx, paused) = tokio::sync::oneshot::channel();
+    let (resume, resume_rx) = tokio::sync::oneshot::channel::<()>();
+    let armed = Arc::new(Mutex::new(Some((paused_tx, resume_rx))));
+    let ids: HashSet<ChunkId> = ids.iter().copied().collect();
+    let hook: GcHook = Arc::new(move |e: GcEvent| {
+        let hit = e.stage == stage && e.chunks.iter().any(|c| ids.contains(c));
+        let taken = if hit {
+            armed.lock().unwrap().take()
+        } else {
+            None
+        };
+        async move {
+            if let Some((paused, resume)) = taken {
+                let _ = paused.send(());
+                let _ = resume.await;
+            }
+        }
+        .boxed()
+    });
+    (hook, Pause { paused, resume })
+}
+
+/// What a client does with a commit refused for missing chunks: checks that they are
+/// really missing, uploads them again and retries (at most `tries` times).
+async fn commit_until_done(
+    env: &Env,
+    path: &str,
+    ids: &[ChunkId],
+    now: i64,
+    tries: usize,
+) -> (usize, Vec<ChunkId>) {
+    let mut refused = 0;
+    let mut told = Vec::new();
+    for _ in 0..tries {
+        match env.commit(path, &VersionVector::new(), ids, now).await {
+            Ok(_) => return (refused, told),
+            Err(DbError::MissingChunks(missing)) => {
+                refused += 1;
+                for id in &missing {
+                    assert!(
+                        ids.contains(id),
+                        "{}: told about a chunk not in the manifest",
+                        env.name
+                    );
+                    assert!(
+                        !env.has_row(*id).await,
+                        "{}: told {id} is missing, but it is recorded",
+                        env.name
+                    );
+                }
+                told.extend(&missing);
+                let again: Vec<ChunkId> = missing.clone();
+                env.upload(&again, now).await;
+            }
+            Err(e) => panic!("{}: {e}", env.name),
+        }
+    }
+    panic!(
+        "{}: commit of {path} still refused after {tries} tries",
+        env.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_racing_the_sweep_keep_their_chunks_or_are_told_to_reupload() {
+    const ROUNDS: usize = 48;
+    for env in envs().await {
+        let gc = env.collector().await;
+        let old = wall_now() - 100 * DAY;
+        let gc_now = wall_now() + 10 * DAY; // everything uploaded at `old` is collectable
+        let mut committed: Vec<ChunkId> = Vec::new();
+        let mut refused_total = 0;
+        for round in 0..ROUNDS {
+            let ids = chunks(3 + round % 4);
+            let path = format!("r{round}");
+            // The upload is held between its chunk uploads and its commit.
+            env.upload(&ids, old).await;
+            let scenario = round % 4;
+            match scenario {
+                // The commit lands while the sweep has chosen the chunks but not yet
+                // deleted them: the re-check under the lock sees the references.
+                0 | 1 => {
+                    let stage = if scenario == 0 {
+                        GcStage::BeforeRowDelete
+                    } else {
+                        GcStage::AfterRowDelete
+                    };
+                    let (hook, pause) = pause_at(stage, &ids);
+                    let run = tokio::spawn({
+                        let gc = gc.clone();
+                        let o = RunOptions {
+                            hook: Some(hook),
+                            batch: 1000,
+                            ..opts(gc_now)
+                        };
+                        async move { gc.run(&o, &NoProgress).await }
+                    });
+                    tokio::time::timeout(TIMEOUT, pause.paused)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let (refused, told) = commit_until_done(&env, &path, &ids, gc_now, 3).await;
+                    if scenario == 0 {
+                        assert_eq!(refused, 0, "{}: committed before the rows went", env.name);
+                    } else {
+                        // Rows deleted, blobs not yet: 409 with exactly these ids; the
+                        // re-upload finds the blobs "already present", records them, and
+                        // the sweep's blob phase then sees the rows and keeps the blobs.
+                        assert_eq!(refused, 1, "{}", env.name);
+                        let told: HashSet<_> = told.into_iter().collect();
+                        assert_eq!(told, ids.iter().copied().collect(), "{}", env.name);
+                    }
+                    refused_total += refused;
+                    let _ = pause.resume.send(());
+                    tokio::time::timeout(TIMEOUT, run)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .unwrap();
+                }
+                // The held upload's puts found the blobs present; then a whole run
+                // deletes rows and blobs; then the upload records: it must put them back.
+                2 => {
+                    let put = put_blobs(&*env.blobs, env.ns, blobs_of(&ids))
+                        .await
+                        .unwrap();
+                    let r = gc.run(&opts(gc_now), &NoProgress).await.unwrap();
+                    assert!(r.chunks_deleted >= ids.len() as u64, "{}", env.name);
+                    for id in &ids {
+                        assert_eq!(env.stored(*id).await, Some(false), "{}", env.name);
+                    }
+                    record_stored(&*env.repo, &*env.blobs, put, gc_now)
+                        .await
+                        .unwrap();
+                    let (refused, _) = commit_until_done(&env, &path, &ids, gc_now, 3).await;
+                    assert_eq!(refused, 0, "{}", env.name);
+                }
+                // Free running: the run and the commit (with re-uploads) at once.
+                _ => {
+                    let run = tokio::spawn({
+                        let gc = gc.clone();
+                        let o = opts(gc_now);
+                        async move { gc.run(&o, &NoProgress).await }
+                    });
+                    let (refused, _) = commit_until_done(&env, &path, &ids, gc_now, 3).await;
+                    refused_total += refused;
+                    tokio::time::timeout(TIMEOUT, run)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .unwrap();
+                }
+            }
+            committed.extend(&ids);
+            // Every committed chunk is recorded and stored.
+            for id in &committed {
+                assert_eq!(
+                    env.stored(*id).await,
+                    Some(true),
+                    "{}: round {round}: {id}",
+                    env.name
+                );
+            }
+        }
+        assert!(
+            refused_total >= ROUNDS / 4,
+            "{}: the 409 path was exercised",
+            env.name
+        );
+        // And one more run with nothing racing removes none of it.
+        let r = gc
+            .run(&opts(gc_now + 100 * DAY), &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(r.chunks_deleted, 0, "{}", env.name);
+        env.assert_verify_clean().await;
+    }
+}
+
+// ------------------------------------------------------------------ benchmark
+
+/// The `fsync-bench` GC scenario's figure (BENCHMARKS.md): a full run over 1,000,000
+/// collectable chunk rows on PostgreSQL. Run with
+/// `cargo test -p fsync-server --test gc -- --ignored --nocapture sweep_of_a_million`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: minutes of PostgreSQL work"]
+async fn sweep_of_a_million_chunk_rows_on_postgres() {
+    const ROWS: i64 = 1_000_000;
+    let env = envs()
+        .await
+        .into_iter()
+        .find(|e| e.name == "postgres")
+        .expect("set FSYNC_TEST_DATABASE_URL");
+    // A committed file keeps 1,000 chunks referenced, so the sweep's re-checks find
+    // references to skip as well as rows to delete.
+    let kept = chunks(1000);
+    env.write("kept", &VersionVector::new(), &kept, wall_now())
+        .await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&env.url).await.unwrap();
+    let seeded = std::time::Instant::now();
+    sqlx::query(
+        "INSERT INTO chunks (namespace_id, id, stored_size, created_at, last_touched) \
+         SELECT $1, encode(sha256(int8send(g)), 'hex'), 65536, 0, 0 FROM generate_series(1, $2) g",
+    )
+    .bind(env.ns.to_hex())
+    .bind(ROWS)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE").execute(&pool).await.unwrap();
+    println!("seeded {ROWS} rows in {:.1?}", seeded.elapsed());
+    let gc = env.collector().await;
+    let report = gc
+        .run(
+            &RunOptions {
+                now: Some(wall_now() + 2 * DAY),
+                ..RunOptions::default()
+            },
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    let secs = report.elapsed_ms as f64 / 1000.0;
+    println!(
+        "swept {} rows ({} blob deletes attempted, none stored) in {secs:.1} s = {:.0} rows/s",
+        report.chunks_deleted,
+        report.chunks_deleted,
+        report.chunks_deleted as f64 / secs
+    );
+    assert_eq!(report.chunks_deleted, ROWS as u64);
+    for id in &kept {
+        assert_eq!(env.stored(*id).await, Some(true));
+    }
+    pool.close().await;
+}
+
+// ------------------------------------------------------------------ the binary
+
+fn fsync_gc(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fsync-gc"))
+        .args(["--database-url", &env.url, "--files-directory"])
+        .arg(env.blobs.root())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("POSTGRES_URL")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_binary_reports_json_exits_on_damage_and_refuses_a_second_run() {
+    for env in envs().await {
+        let ids = chunks(3);
+        env.write("f", &VersionVector::new(), &ids, wall_now())
+            .await;
+        env.upload(&chunks(2), wall_now() - 10 * DAY).await;
+
+        let out = fsync_gc(&env, &["stats", "--json"]);
+        assert!(out.status.success(), "{}: {out:?}", env.name);
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(stats["chunks"], 5, "{}", env.name);
+        assert_eq!(stats["reclaimable_chunks"], 2, "{}", env.name);
+
+        let out = fsync_gc(&env, &["run", "--dry-run", "--json"]);
+        let dry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (dry["dry_run"].clone(), dry["chunks_deleted"].clone()),
+            (true.into(), 2.into())
+        );
+
+        let gc = env.collector().await;
+        let lock = gc.lock().await.unwrap();
+        let out = fsync_gc(&env, &["run"]);
+        assert_eq!(out.status.code(), Some(2), "{}: {out:?}", env.name);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("another fsync-gc is running"),
+            "{}: {err}",
+            env.name
+        );
+        lock.release().await;
+
+        let out = fsync_gc(&env, &["run", "--grace", "1d"]);
+        assert!(out.status.success(), "{}: {out:?}", env.name);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("removed 0 versions (0 files whole), 2 chunks"),
+            "{}: {text}",
+            env.name
+        );
+
+        let out = fsync_gc(&env, &["verify"]);
+        assert_eq!(out.status.code(), Some(0), "{}: {out:?}", env.name);
+        env.blobs.delete(&env.ns, &ids[1]).await.unwrap();
+        let out = fsync_gc(&env, &["verify"]);
+        assert_eq!(out.status.code(), Some(1), "{}: {out:?}", env.name);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("MISSING     {} {}", env.ns, ids[1])),
+            "{}: {text}",
+            env.name
+        );
+    }
+}
