@@ -1,0 +1,761 @@
+//! Harness of the end-to-end tests: the real `fsync-server` and `fsync-client`
+//! binaries, built once per test process, run as child processes on temp dirs.
+//!
+//! The binaries are built with `cargo build -p fsync-server -p fsync-client --bins` the
+//! first time a test needs them; `FSYNC_E2E_BIN_DIR=DIR` runs the ones in `DIR`
+//! instead (e.g. release builds, or a snapshot while the tree does not compile).
+//!
+//! - [`Server`]: one server process per test on a free port, SQLite in a temp data
+//!   dir, or a fresh PostgreSQL database when `FSYNC_TEST_DATABASE_URL` is set
+//!   ([`Server::start_postgres`]); killed on drop, its log printed if the test failed.
+//! - [`Client`]: one watch dir per device; `--once` rounds ([`Client::sync_once`]) for
+//!   deterministic tests, a daemon ([`Client::spawn_daemon`]) for real-time ones.
+//! - [`tree`] and [`assert_trees_eq`] compare folders with a readable diff;
+//!   [`wait_until`] polls a condition with a deadline (never a bare sleep).
+#![allow(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+
+/// How long an asynchronous, cross-process effect may take before a test fails.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The password of every test account (passed as `FSYNC_PASSWORD`).
+pub const PASSWORD: &str = "correct horse battery staple";
+/// The token-signing secret of every test server.
+const SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
+/// How long a server may take to answer `/health` after it was spawned.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two polls of a condition.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Environment variables the binaries read: cleared so the caller's environment
+/// cannot change what a test runs against.
+const CLEARED_ENV: &[&str] = &[
+    "FSYNC_WATCH_DIR",
+    "FSYNC_SERVER_URL",
+    "FSYNC_USERNAME",
+    "FSYNC_PASSWORD",
+    "FSYNC_CA_CERT",
+    "FSYNC_STATE_DIR",
+    "FSYNC_DEVICE_NAME",
+    "SYNC_INTERVAL",
+    "CHUNK_SIZE",
+    "RUST_LOG",
+    "DATABASE_URL",
+    "POSTGRES_URL",
+    "SECRET_KEY",
+    "SERVER_HOST",
+    "SERVER_PORT",
+    "FILES_DIRECTORY",
+    "FSYNC_DATA_DIR",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "TLS_CERT",
+    "TLS_KEY",
+];
+
+fn clean_env(cmd: &mut Command) {
+    for var in CLEARED_ENV {
+        cmd.env_remove(var);
+    }
+}
+
+// ------------------------------------------------------------------ binaries
+
+struct Binaries {
+    server: PathBuf,
+    client: PathBuf,
+}
+
+/// Builds `fsync-server` and `fsync-client` once per test process (cargo is quick
+/// when they are up to date) and returns where cargo put them.
+fn binaries() -> &'static Binaries {
+    static BINS: OnceLock<Binaries> = OnceLock::new();
+    BINS.get_or_init(build_binaries)
+}
+
+fn build_binaries() -> Binaries {
+    if let Some(dir) = std::env::var_os("FSYNC_E2E_BIN_DIR") {
+        let dir = PathBuf::from(dir);
+        let bins = Binaries {
+            server: dir.join("fsync-server"),
+            client: dir.join("fsync-client"),
+        };
+        for b in [&bins.server, &bins.client] {
+            assert!(b.is_file(), "FSYNC_E2E_BIN_DIR: {} is missing", b.display());
+        }
+        return bins;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace");
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-p",
+            "fsync-server",
+            "-p",
+            "fsync-client",
+            "--bins",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build of fsync-server and fsync-client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Cargo's JSON messages name every executable it built (wherever the target dir
+    // is: `CARGO_TARGET_DIR`, `build.target-dir`, …).
+    let mut exes = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(name), Some(exe)) =
+            (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
+            exes.insert(name.to_owned(), PathBuf::from(exe));
+        }
+    }
+    let mut take = |name: &str| {
+        exes.remove(name)
+            .unwrap_or_else(|| panic!("cargo build did not report the {name} binary"))
+    };
+    Binaries {
+        server: take("fsync-server"),
+        client: take("fsync-client"),
+    }
+}
+
+// ------------------------------------------------------------------ waiting
+
+/// Polls `cond` until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+// ------------------------------------------------------------------ server
+
+/// Where the server keeps its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running `fsync-server` process with its own data dir; killed on drop.
+pub struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    data: tempfile::TempDir,
+    backend: Backend,
+}
+
+impl Server {
+    /// The server's data dir (`blobs/`, the SQLite file, …).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.path().join("data")
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("port", &self.port)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The PostgreSQL URL of `FSYNC_TEST_DATABASE_URL`; `None` when unset, which is an
+/// error when `CI` is set (CI must never skip the PostgreSQL tests silently).
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("FSYNC_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but FSYNC_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI"
+            );
+            None
+        }
+    }
+}
+
+/// Creates an empty database next to the one `base` names; returns its URL.
+fn fresh_postgres_url(base: &str) -> String {
+    use sqlx::Connection;
+    let (main, query) = base.find('?').map_or((base, ""), |i| base.split_at(i));
+    let (head, _) = main
+        .rsplit_once('/')
+        .expect("FSYNC_TEST_DATABASE_URL has a database path");
+    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(base)
+            .await
+            .expect("connect to FSYNC_TEST_DATABASE_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create a test database (the role needs CREATEDB)");
+        let _ = conn.close().await;
+    });
+    format!("{head}/{name}{query}")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1 (no client library needed for two routes).
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {raw:?}")))?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    Ok((status, body))
+}
+
+fn tail(path: &Path, max_lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}
+
+/// Waits until the server answers `/health` with 200, or exited, or took too long.
+fn wait_healthy(child: &mut Child, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!("it exited with {status}"));
+        }
+        if let Ok((200, _)) = http_get(port, "/health") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no healthy /health within {START_TIMEOUT:?}"));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+impl Server {
+    /// A server on SQLite.
+    pub fn start() -> Self {
+        Self::spawn(None)
+    }
+
+    /// A server on a fresh PostgreSQL database, if `FSYNC_TEST_DATABASE_URL` is set.
+    pub fn start_postgres() -> Option<Self> {
+        postgres_url().map(|base| Self::spawn(Some(&fresh_postgres_url(&base))))
+    }
+
+    /// A server on `backend` (PostgreSQL: `None` when not configured).
+    pub fn start_on(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => Some(Self::start()),
+            Backend::Postgres => Self::start_postgres(),
+        }
+    }
+
+    fn spawn(database_url: Option<&str>) -> Self {
+        let bins = binaries();
+        let data = tempfile::tempdir().expect("temp dir");
+        let backend = if database_url.is_some() {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        // The port is free when we look and taken by the server a moment later; in
+        // between another process may grab it, so a start that fails is retried.
+        for attempt in 0..5 {
+            let port = free_port();
+            let log = data.path().join(format!("server-{attempt}.log"));
+            let log_file = std::fs::File::create(&log).expect("server log");
+            let mut cmd = Command::new(&bins.server);
+            clean_env(&mut cmd);
+            cmd.arg("--data-dir")
+                .arg(data.path().join("data"))
+                .args(["--port", &port.to_string(), "--secret-key", SECRET])
+                .args(["--log-level", "info,fsync_server=debug"]);
+            if let Some(url) = database_url {
+                cmd.args(["--database-url", url]);
+            }
+            let mut child = cmd
+                .current_dir(data.path())
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("server log"))
+                .stderr(log_file)
+                .spawn()
+                .expect("spawn fsync-server");
+            match wait_healthy(&mut child, port) {
+                Ok(()) => {
+                    return Self {
+                        child,
+                        port,
+                        log,
+                        data,
+                        backend,
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = tail(&log, 40);
+                    assert!(
+                        log.contains("cannot listen") && attempt < 4,
+                        "fsync-server did not start: {e}\n--- server log ---\n{log}"
+                    );
+                }
+            }
+        }
+        unreachable!("the loop either returns or panics")
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Which database the server runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A counter or gauge from `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let (status, body) = http_get(self.port, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("/metrics has no {name}:\n{body}"))
+    }
+
+    /// Blobs newly stored so far (`fsync_chunks_stored_total`).
+    pub fn chunks_stored(&self) -> u64 {
+        self.metric("fsync_chunks_stored_total")
+    }
+
+    /// Blob bytes sent to clients so far (`fsync_bytes_out_total`).
+    pub fn bytes_out(&self) -> u64 {
+        self.metric("fsync_bytes_out_total")
+    }
+
+    /// Request body bytes received so far (`fsync_bytes_in_total`).
+    pub fn bytes_in(&self) -> u64 {
+        self.metric("fsync_bytes_in_total")
+    }
+
+    /// Registers `username` through `fsync-client register`.
+    pub fn register(&self, username: &str) -> Account {
+        let account = Account {
+            server_url: self.url(),
+            username: username.to_owned(),
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(&binaries().client);
+        clean_env(&mut cmd);
+        let out = cmd
+            .args(["--server-url", &account.server_url, "--username", username])
+            .args(["register", "--email", &format!("{username}@example.org")])
+            .env("FSYNC_PASSWORD", PASSWORD)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fsync-client register");
+        check(&out, "fsync-client register");
+        account
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- fsync-server log (last lines, {:?}) ---\n{}",
+                self.backend,
+                tail(&self.log, 60)
+            );
+        }
+    }
+}
+
+/// A registered account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    server_url: String,
+    username: String,
+}
+
+impl Account {
+    /// A new device of this account, with an empty watch dir.
+    pub fn device(&self) -> Client {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).expect("create the watch dir");
+        Client {
+            account: self.clone(),
+            root,
+            dir,
+        }
+    }
+}
+
+fn check(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ------------------------------------------------------------------ client
+
+/// One device: a watch dir and the `fsync-client` commands run on it.
+#[derive(Debug)]
+pub struct Client {
+    account: Account,
+    root: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Client {
+    /// The watch dir.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `rel` (with `/`) inside the watch dir.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Writes a file (creating its folders).
+    pub fn write(&self, rel: &str, data: impl AsRef<[u8]>) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().expect("a file has a parent")).unwrap();
+        std::fs::write(&p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    }
+
+    /// Reads a file.
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        let p = self.path(rel);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+    }
+
+    /// Reads a file, `None` when it does not exist.
+    pub fn try_read(&self, rel: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.path(rel)).ok()
+    }
+
+    /// Deletes a file.
+    pub fn remove(&self, rel: &str) {
+        let p = self.path(rel);
+        std::fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
+    }
+
+    /// Renames a file or folder.
+    pub fn rename(&self, from: &str, to: &str) {
+        let (f, t) = (self.path(from), self.path(to));
+        if let Some(parent) = t.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::rename(&f, &t)
+            .unwrap_or_else(|e| panic!("rename {} → {}: {e}", f.display(), t.display()));
+    }
+
+    /// The folder's files (see [`tree`]).
+    pub fn tree(&self) -> Tree {
+        tree(&self.root)
+    }
+
+    /// `fsync-client` with this device's watch dir, server, account and password.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&binaries().client);
+        clean_env(&mut cmd);
+        cmd.arg("--watch-dir")
+            .arg(&self.root)
+            .args(["--server-url", &self.account.server_url])
+            .args(["--username", &self.account.username])
+            .env("FSYNC_PASSWORD", PASSWORD)
+            .env("SYNC_INTERVAL", "1")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `fsync-client … ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .output()
+            .expect("run fsync-client")
+    }
+
+    /// Runs `fsync-client … ARGS`, asserts it succeeded, returns its stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        check(&out, &format!("fsync-client {}", args.join(" ")));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// One sync round (`--once`); asserts success and returns the summary it printed.
+    pub fn sync_once(&self) -> String {
+        self.run_ok(&["--once"])
+    }
+
+    /// Starts a `--once` round without waiting for it (to kill it mid-way).
+    pub fn spawn_once(&self) -> Child {
+        self.command()
+            .arg("--once")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn fsync-client --once")
+    }
+
+    /// Starts the daemon (`SYNC_INTERVAL=1`); it is killed when the handle drops.
+    pub fn spawn_daemon(&self) -> Daemon {
+        let log = self.dir.path().join(format!(
+            "daemon-{}.log",
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
+        let file = std::fs::File::create(&log).expect("daemon log");
+        let child = self
+            .command()
+            .arg("--verbose")
+            .stdout(file.try_clone().expect("daemon log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn the fsync-client daemon");
+        Daemon { child, log }
+    }
+}
+
+/// A running client daemon; killed on drop, its log printed if the test failed.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- fsync-client daemon log (last lines, {}) ---\n{}",
+                self.log.display(),
+                tail(&self.log, 60)
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------ trees
+
+/// A folder's files: relative path (with `/`) → size and content hash. The state dir
+/// `.fsync/` at the root is left out; temp files are listed (none may remain).
+pub type Tree = BTreeMap<String, String>;
+
+/// The files under `root` (see [`Tree`]).
+pub fn tree(root: &Path) -> Tree {
+    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
+        let entries =
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()));
+        for entry in entries {
+            let entry = entry.expect("dir entry");
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("under the root")
+                .to_string_lossy()
+                .replace('\\', "/");
+            let ft = entry.file_type().expect("file type");
+            if ft.is_dir() {
+                if rel != ".fsync" {
+                    walk(root, &path, out);
+                }
+            } else if ft.is_file() {
+                let data = std::fs::read(&path).expect("read file");
+                out.insert(rel, describe(&data));
+            } else {
+                out.insert(rel, "(not a regular file)".into());
+            }
+        }
+    }
+    let mut out = Tree::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// `"N bytes, blake3 PREFIX"`: how trees name contents.
+pub fn describe(data: &[u8]) -> String {
+    format!(
+        "{} bytes, blake3 {}",
+        data.len(),
+        &blake3::hash(data).to_hex()[..16]
+    )
+}
+
+/// Panics with a readable diff unless the two trees are equal.
+pub fn assert_trees_eq(left_name: &str, left: &Tree, right_name: &str, right: &Tree) {
+    if left == right {
+        return;
+    }
+    let mut diff = String::new();
+    for (path, l) in left {
+        match right.get(path) {
+            None => {
+                let _ = writeln!(diff, "  only in {left_name}: {path} ({l})");
+            }
+            Some(r) if r != l => {
+                let _ = writeln!(
+                    diff,
+                    "  differs: {path}\n    {left_name}: {l}\n    {right_name}: {r}"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    for (path, r) in right {
+        if !left.contains_key(path) {
+            let _ = writeln!(diff, "  only in {right_name}: {path} ({r})");
+        }
+    }
+    panic!("the trees of {left_name} and {right_name} differ:\n{diff}");
+}
+
+/// Asserts two devices hold the same files.
+pub fn assert_same_tree(a: &Client, b: &Client) {
+    assert_trees_eq("A", &a.tree(), "B", &b.tree());
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// Paths of the files under `root` whose name starts with `.fsync-tmp-`.
+pub fn temp_files(root: &Path) -> Vec<String> {
+    tree(root)
+        .into_keys()
+        .filter(|p| {
+            p.rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(".fsync-tmp-"))
+        })
+        .collect()
+}
+
+/// Paths in `tree` that are conflict copies.
+pub fn conflict_copies(tree: &Tree) -> Vec<String> {
+    tree.keys()
+        .filter(|p| p.contains(".sync-conflict-"))
+        .cloned()
+        .collect()
+}
+
+// ------------------------------------------------------------------ summaries
+
+/// What `fsync-client --once` printed about its round.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub deleted_here: u64,
+    pub deleted_there: u64,
+    pub renamed: u64,
+    pub conflicts: u64,
+}
+
+impl Summary {
+    /// Parses the `synced: …` line of a `--once` run.
+    pub fn parse(stdout: &str) -> Self {
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("synced: "))
+            .unwrap_or_else(|| panic!("no `synced:` line in:\n{stdout}"));
+        let mut s = Self::default();
+        for part in line.split(", ") {
+            let (n, what) = part
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("unexpected summary {line:?}"));
+            let n: u64 = n
+                .parse()
+                .unwrap_or_else(|_| panic!("unexpected summary {line:?}"));
+            match what {
+                "uploaded" => s.uploaded = n,
+                "downloaded" => s.downloaded = n,
+                "deleted here" => s.deleted_here = n,
+                "deleted there" => s.deleted_there = n,
+                "renamed" => s.renamed = n,
+                "conflicts" => s.conflicts = n,
+                _ => panic!("unexpected summary {line:?}"),
+            }
+        }
+        s
+    }
+}
+
+impl Client {
+    /// One sync round; its parsed summary.
+    pub fn sync(&self) -> Summary {
+        Summary::parse(&self.sync_once())
+    }
+}
