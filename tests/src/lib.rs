@@ -509,6 +509,21 @@ impl Client {
             .unwrap_or_else(|e| panic!("rename {} → {}: {e}", f.display(), t.display()));
     }
 
+    /// Sets a file's modification time.
+    pub fn set_mtime(&self, rel: &str, mtime: std::time::SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(self.path(rel))
+            .and_then(|f| f.set_modified(mtime))
+            .unwrap_or_else(|e| panic!("set the mtime of {rel}: {e}"));
+    }
+
+    /// Writes a file and gives it the modification time `mtime`.
+    pub fn write_at(&self, rel: &str, data: impl AsRef<[u8]>, mtime: std::time::SystemTime) {
+        self.write(rel, data);
+        self.set_mtime(rel, mtime);
+    }
+
     /// The folder's files (see [`tree`]).
     pub fn tree(&self) -> Tree {
         tree(&self.root)

@@ -1,0 +1,121 @@
+//! Concurrent edits through the real server (ARCHITECTURE §5): both versions survive,
+//! every device ends with the same conflict copy (I2, I7), an edit beats a concurrent
+//! delete (I3), and the trees converge (I1).
+#![allow(missing_docs)]
+
+use std::time::{Duration, SystemTime};
+
+use fsync_tests::{assert_same_tree, conflict_copies, Backend, Client, Server};
+
+/// Two devices holding the synced file `doc.txt`.
+fn synced_pair(server: &Server) -> (Client, Client) {
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    a.write("doc.txt", "the original\n");
+    a.sync();
+    b.sync();
+    assert_same_tree(&a, &b);
+    (a, b)
+}
+
+/// Asserts `doc.txt` holds `head` and its single conflict copy holds `copy` on `c`;
+/// returns the copy's name.
+fn assert_conflict(name: &str, c: &Client, head: &str, copy: &str) -> String {
+    let copies = conflict_copies(&c.tree());
+    assert_eq!(copies.len(), 1, "{name}: conflict copies {copies:?}");
+    let path = &copies[0];
+    assert!(
+        path.starts_with("doc.sync-conflict-") && path.ends_with(".txt"),
+        "{name}: unexpected conflict copy name {path}"
+    );
+    assert_eq!(String::from_utf8_lossy(&c.read("doc.txt")), head, "{name}");
+    assert_eq!(String::from_utf8_lossy(&c.read(path)), copy, "{name}");
+    path.clone()
+}
+
+fn concurrent_edits(backend: Backend) {
+    let Some(server) = Server::start_on(backend) else {
+        return;
+    };
+    let (a, b) = synced_pair(&server);
+    // Offline edits; A's is the later one, so A's version wins wherever it lands.
+    let t = SystemTime::now();
+    b.write_at("doc.txt", "edited on B\n", t);
+    a.write_at(
+        "doc.txt",
+        "edited on A, later\n",
+        t + Duration::from_secs(10),
+    );
+    assert_eq!(a.sync().conflicts, 0);
+    assert_eq!(b.sync().conflicts, 1, "B's commit was not a conflict");
+    a.sync();
+    let on_a = assert_conflict("A", &a, "edited on A, later\n", "edited on B\n");
+    let on_b = assert_conflict("B", &b, "edited on A, later\n", "edited on B\n");
+    assert_eq!(on_a, on_b);
+    assert_same_tree(&a, &b);
+    // Stable: another round changes nothing.
+    assert!(a.sync() == fsync_tests::Summary::default());
+    assert!(b.sync() == fsync_tests::Summary::default());
+}
+
+#[test]
+fn concurrent_edits_keep_both_versions() {
+    concurrent_edits(Backend::Sqlite);
+}
+
+#[test]
+fn concurrent_edits_keep_both_versions_on_postgres() {
+    concurrent_edits(Backend::Postgres);
+}
+
+#[test]
+fn a_later_concurrent_edit_wins_and_the_earlier_becomes_the_copy() {
+    let server = Server::start();
+    let (a, b) = synced_pair(&server);
+    // B's edit is the later one but reaches the server second.
+    let t = SystemTime::now();
+    a.write_at("doc.txt", "edited on A\n", t);
+    b.write_at(
+        "doc.txt",
+        "edited on B, later\n",
+        t + Duration::from_secs(10),
+    );
+    a.sync();
+    assert_eq!(b.sync().conflicts, 1, "B's commit was not a conflict");
+    a.sync();
+    b.sync();
+    let on_a = assert_conflict("A", &a, "edited on B, later\n", "edited on A\n");
+    let on_b = assert_conflict("B", &b, "edited on B, later\n", "edited on A\n");
+    assert_eq!(on_a, on_b);
+    assert_same_tree(&a, &b);
+}
+
+#[test]
+fn an_edit_beats_a_concurrent_delete() {
+    let server = Server::start();
+    let (a, b) = synced_pair(&server);
+    a.remove("doc.txt");
+    b.write("doc.txt", "edited on B\n");
+    assert_eq!(a.sync().deleted_there, 1);
+    b.sync();
+    a.sync();
+    assert_eq!(a.read("doc.txt"), b"edited on B\n");
+    assert_eq!(b.read("doc.txt"), b"edited on B\n");
+    assert!(conflict_copies(&a.tree()).is_empty());
+    assert_same_tree(&a, &b);
+}
+
+#[test]
+fn a_stale_delete_does_not_remove_a_newer_edit() {
+    let server = Server::start();
+    let (a, b) = synced_pair(&server);
+    // The edit reaches the server first; A's delete names the version A saw.
+    b.write("doc.txt", "edited on B\n");
+    a.remove("doc.txt");
+    b.sync();
+    a.sync();
+    b.sync();
+    assert_eq!(a.read("doc.txt"), b"edited on B\n");
+    assert_eq!(b.read("doc.txt"), b"edited on B\n");
+    assert_same_tree(&a, &b);
+}
