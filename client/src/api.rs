@@ -1178,6 +1178,36 @@ impl ApiClient {
         self.send_json(call).await
     }
 
+    /// The manifests of many file versions, in order (requests of at most
+    /// `MAX_EVENTS_PER_BATCH` files each).
+    pub async fn manifests(
+        &self,
+        ns: NamespaceId,
+        files: &[(FileId, VersionNo)],
+    ) -> Result<Vec<Manifest>, ClientError> {
+        let mut out = Vec::with_capacity(files.len());
+        for part in files.chunks(MAX_EVENTS_PER_BATCH) {
+            let call =
+                Call::post(api("files/manifests")).json(&fsync_common::wire::ManifestsRequest {
+                    namespace: ns,
+                    files: part.to_vec(),
+                })?;
+            let got: Vec<Manifest> = self.send_json(call).await?;
+            if got.len() != part.len()
+                || got
+                    .iter()
+                    .zip(part)
+                    .any(|(m, (f, v))| m.meta.file_id != *f || m.meta.version != *v)
+            {
+                return Err(ClientError::Protocol(
+                    "files/manifests answered other files than asked".into(),
+                ));
+            }
+            out.extend(got);
+        }
+        Ok(out)
+    }
+
     /// A file's history.
     pub async fn versions(&self, file: FileId) -> Result<Vec<VersionInfo>, ClientError> {
         self.send_json(Call::get(api(&format!("files/{file}/versions"))))

@@ -108,7 +108,7 @@ pub async fn run(
                 match &e {
                     SyncError::RootMissing(_) => tracing::error!(error = %e, "sync paused"),
                     _ => {
-                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "sync round failed")
+                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "sync round failed");
                     }
                 }
                 retry_at = Some(tokio::time::Instant::now() + wait);

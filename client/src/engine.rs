@@ -15,7 +15,7 @@ use fsync_common::wire::{
     Manifest, RenameRequest, SyncEvent, SyncEventResult,
 };
 use fsync_common::{
-    ChunkId, DeviceId, ErrorCode, FileId, NamespaceId, Seq, SyncPath, VersionVector,
+    ChunkId, DeviceId, ErrorCode, FileId, NamespaceId, Seq, SyncPath, VersionNo, VersionVector,
 };
 use fsync_store::BlobCodec;
 
@@ -26,6 +26,8 @@ use crate::state::{BaseEntry, State, StateError};
 
 /// Chunks fetched per download window (bounds memory for large files).
 const DOWNLOAD_WINDOW: usize = 128;
+/// Most bytes of small files whose chunks are fetched in one request.
+const PREFETCH_GROUP_BYTES: u64 = 16 * 1024 * 1024;
 /// Bytes of blobs gathered before one batch upload.
 const UPLOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
@@ -224,6 +226,22 @@ impl Engine {
         self.upload(upload_items, &local, &digests, &mut report)
             .await?;
         let reuse = self.reuse_map(&base, &local);
+        let (downloads, local_ops): (Vec<Op>, Vec<Op>) = local_ops
+            .into_iter()
+            .partition(|op| matches!(op, Op::Download { .. }));
+        let metas = downloads
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::Download { meta } => Some(meta),
+                _ => None,
+            })
+            .collect();
+        for (path, why) in self.download_many(metas, &reuse, &mut report).await? {
+            remote_ok = false;
+            if let Some(why) = why {
+                report.deferred.push((path, why));
+            }
+        }
         for op in local_ops {
             let path_for_log = op_path(&op);
             match self
@@ -506,12 +524,14 @@ impl Engine {
             .collect();
         let mut failed: HashSet<SyncPath> = HashSet::new();
         if !missing.is_empty() {
-            for (path, _, l, d) in &items {
-                if let Err(e) = self.send_chunks(path, l, d, &missing).await {
-                    tracing::warn!(path = %path, error = %e, "upload deferred");
-                    report.deferred.push((path.to_string(), e.to_string()));
-                    failed.insert(path.clone());
-                }
+            let files = items
+                .iter()
+                .map(|(path, _, l, d)| (path.clone(), l.file.clone(), d.clone()))
+                .collect();
+            for (path, why) in self.send_chunks(files, &missing).await? {
+                tracing::warn!(path = %path, reason = %why, "upload deferred");
+                report.deferred.push((path.to_string(), why));
+                failed.insert(path);
             }
         }
         let mut requests = Vec::new();
@@ -553,7 +573,11 @@ impl Engine {
                 SyncEventResult::Failed(e) if e.error.code == ErrorCode::MissingChunks => {
                     // Collected since we asked (GC): send them again and retry once.
                     let again: HashSet<ChunkId> = e.error.missing.iter().copied().collect();
-                    self.send_chunks(&path, &l, &d, &again).await?;
+                    let files = vec![(path.clone(), l.file.clone(), d.clone())];
+                    if let Some((_, why)) = self.send_chunks(files, &again).await?.pop() {
+                        report.deferred.push((path.to_string(), why));
+                        continue;
+                    }
                     match self.session.api.commit(&req).await {
                         Ok(r) => r,
                         Err(e) => {
@@ -586,110 +610,117 @@ impl Engine {
         report: &mut RoundReport,
     ) -> Result<(), SyncError> {
         let chunks = d.chunk_refs();
-        match r.outcome {
-            CommitOutcome::ConflictLost => {
-                report.conflicts += 1;
-                // Our content lives on as the conflict copy: move the local file there
-                // (same bytes), then fetch the winner to the original path.
-                let Some(copy) = r.conflict_copy else {
-                    return Ok(());
-                };
-                let from = path.to_local(&self.root);
-                let to = copy.path.to_local(&self.root);
-                if !to.exists() {
-                    make_parent(&to)?;
-                    std::fs::rename(&from, &to).map_err(io_err("renaming", &from))?;
-                    fsync_parent(&to);
-                    let md = std::fs::symlink_metadata(&to).map_err(io_err("reading", &to))?;
-                    let st = scan::stat(copy.path.clone(), &md);
-                    if let Some(e) = BaseEntry::from_meta(&copy, chunks, st.mtime, st.inode) {
-                        self.state.put(&e)?;
-                    }
+        if r.outcome == CommitOutcome::ConflictLost {
+            report.conflicts += 1;
+            // Our content lives on as the conflict copy: move the local file there
+            // (same bytes), then fetch the winner to the original path.
+            let Some(copy) = r.conflict_copy else {
+                return Ok(());
+            };
+            let from = path.to_local(&self.root);
+            let to = copy.path.to_local(&self.root);
+            if !to.exists() {
+                make_parent(&to)?;
+                std::fs::rename(&from, &to).map_err(io_err("renaming", &from))?;
+                fsync_parent(&to);
+                let md = std::fs::symlink_metadata(&to).map_err(io_err("reading", &to))?;
+                let st = scan::stat(copy.path.clone(), &md);
+                if let Some(e) = BaseEntry::from_meta(&copy, chunks, st.mtime, st.inode) {
+                    self.state.put(&e)?;
                 }
-                self.state.remove(path)?;
-                let reuse = HashMap::new();
-                self.download(&r.head, &reuse, report).await?;
             }
-            _ => {
-                if r.outcome == CommitOutcome::ConflictWon {
-                    report.conflicts += 1;
-                }
-                let mut e = BaseEntry::from_meta(&r.head, chunks, file.mtime, file.inode)
-                    .ok_or_else(|| SyncError::Verify {
+            self.state.remove(path)?;
+            let reuse = HashMap::new();
+            self.download(&r.head, &reuse, report).await?;
+        } else {
+            if r.outcome == CommitOutcome::ConflictWon {
+                report.conflicts += 1;
+            }
+            let mut e =
+                BaseEntry::from_meta(&r.head, chunks, file.mtime, file.inode).ok_or_else(|| {
+                    SyncError::Verify {
                         path: path.to_string(),
                         reason: "the server answered a commit with a tombstone".into(),
-                    })?;
-                e.mode = file.mode;
-                if e.content_hash != d.content_hash || e.path != *path {
-                    // The head is not what we sent (e.g. unchanged after a merge):
-                    // keep our stat only if the content matches.
-                    e.mtime = 0;
-                }
-                self.state.put(&e)?;
+                    }
+                })?;
+            e.mode = file.mode;
+            if e.content_hash != d.content_hash || e.path != *path {
+                // The head is not what we sent (e.g. unchanged after a merge):
+                // keep our stat only if the content matches.
+                e.mtime = 0;
             }
+            self.state.put(&e)?;
         }
         Ok(())
     }
 
-    /// Encodes and sends the chunks of `path` that are in `wanted`, streaming: the
-    /// file is read again and must still produce the same chunks.
+    /// Encodes and sends the chunks in `wanted` of many files, streaming: each file is
+    /// read again and must still produce its digest. Blobs of all files share batch
+    /// requests (many small files cost few requests). Returns the files that changed
+    /// or could not be read, with the reason; an API error stops everything.
     async fn send_chunks(
         &self,
-        path: &SyncPath,
-        l: &LocalEntry,
-        d: &FileDigest,
+        files: Vec<(SyncPath, LocalFile, FileDigest)>,
         wanted: &HashSet<ChunkId>,
-    ) -> Result<(), SyncError> {
-        let mine: HashSet<ChunkId> = d
-            .chunks
-            .iter()
-            .map(|c| c.id)
-            .filter(|id| wanted.contains(id))
-            .collect();
-        if mine.is_empty() {
-            return Ok(());
-        }
+    ) -> Result<Vec<(SyncPath, String)>, SyncError> {
+        let total: u64 = files.iter().map(|(_, f, _)| f.size).sum();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(32);
-        let full = path.to_local(&self.root);
+        let root = self.root.clone();
         let chunker = self.session.chunker.clone();
         let codec = self.session.codec.clone();
-        let expect = d.content_hash;
-        let expect_stat = l.file.clone();
-        let producer = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let file = std::fs::File::open(&full).map_err(|e| e.to_string())?;
-            let mut sent = HashSet::new();
-            let digest = chunker
-                .chunk_file(
-                    file,
-                    HashOptions::default(),
-                    |c| -> Result<(), fsync_chunker::ChunkerError> {
-                        if mine.contains(&c.id) && sent.insert(c.id) {
-                            let blob = codec.encode(&c.id, &c.data).map_err(|e| {
-                                fsync_chunker::ChunkerError::Io(std::io::Error::other(
-                                    e.to_string(),
-                                ))
-                            })?;
-                            tx.blocking_send((c.id, blob)).map_err(|_| {
-                                fsync_chunker::ChunkerError::Io(std::io::Error::other(
-                                    "upload stopped",
-                                ))
-                            })?;
-                        }
-                        Ok(())
-                    },
-                )
-                .map_err(|e| e.to_string())?;
-            let md = std::fs::symlink_metadata(&full).map_err(|e| e.to_string())?;
-            if digest.content_hash != expect
-                || scan::stat(expect_stat.path.clone(), &md) != expect_stat
-            {
-                return Err("the file changed while it was being uploaded".into());
+        let wanted = wanted.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut sent: HashSet<ChunkId> = HashSet::new();
+            let mut failed = Vec::new();
+            for (path, expect_stat, d) in files {
+                if !d
+                    .chunks
+                    .iter()
+                    .any(|c| wanted.contains(&c.id) && !sent.contains(&c.id))
+                {
+                    continue;
+                }
+                let full = path.to_local(&root);
+                let result = (|| -> Result<(), String> {
+                    let file = std::fs::File::open(&full).map_err(|e| e.to_string())?;
+                    let digest = chunker
+                        .chunk_file(
+                            file,
+                            HashOptions::default(),
+                            |c| -> Result<(), fsync_chunker::ChunkerError> {
+                                if wanted.contains(&c.id) && sent.insert(c.id) {
+                                    let blob = codec.encode(&c.id, &c.data).map_err(|e| {
+                                        fsync_chunker::ChunkerError::Io(std::io::Error::other(
+                                            e.to_string(),
+                                        ))
+                                    })?;
+                                    tx.blocking_send((c.id, blob)).map_err(|_| {
+                                        fsync_chunker::ChunkerError::Io(std::io::Error::other(
+                                            "upload stopped",
+                                        ))
+                                    })?;
+                                }
+                                Ok(())
+                            },
+                        )
+                        .map_err(|e| e.to_string())?;
+                    let md = std::fs::symlink_metadata(&full).map_err(|e| e.to_string())?;
+                    if digest.content_hash != d.content_hash
+                        || scan::stat(path.clone(), &md) != expect_stat
+                    {
+                        return Err("the file changed while it was being uploaded".into());
+                    }
+                    Ok(())
+                })();
+                if let Err(why) = result {
+                    failed.push((path, why));
+                }
             }
-            Ok(())
+            failed
         });
         let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
         let mut bytes = 0;
-        let bar = crate::progress::bytes(&format!("uploading {path}"), d.size);
+        let bar = crate::progress::bytes("uploading", total);
         while let Some((id, blob)) = rx.recv().await {
             bar.inc(blob.len() as u64);
             bytes += blob.len();
@@ -704,13 +735,7 @@ impl Engine {
             self.session.api.put_batch(self.session.ns, &batch).await?;
         }
         bar.finish_and_clear();
-        producer
-            .await
-            .expect("chunk task")
-            .map_err(|reason| SyncError::Verify {
-                path: path.to_string(),
-                reason,
-            })
+        Ok(producer.await.expect("chunk task"))
     }
 
     /// Where chunks of unchanged local files can be read instead of downloaded.
@@ -843,6 +868,95 @@ impl Engine {
             .api
             .manifest(meta.file_id, Some(meta.version))
             .await?;
+        self.write_download(meta, manifest, reuse, &HashMap::new(), report)
+            .await
+    }
+
+    /// Downloads many files with few requests: one for all manifests, then one chunk
+    /// fetch per group of small files. Returns the files not applied, with the reason.
+    async fn download_many(
+        &mut self,
+        metas: Vec<FileMeta>,
+        reuse: &HashMap<ChunkId, (PathBuf, u64, u32)>,
+        report: &mut RoundReport,
+    ) -> Result<Vec<(String, Option<String>)>, SyncError> {
+        let mut failed = Vec::new();
+        if metas.is_empty() {
+            return Ok(failed);
+        }
+        let wanted: Vec<(FileId, VersionNo)> =
+            metas.iter().map(|m| (m.file_id, m.version)).collect();
+        let manifests = self.session.api.manifests(self.session.ns, &wanted).await?;
+        let mut pending: Vec<(FileMeta, Manifest)> = metas.into_iter().zip(manifests).collect();
+        // Small files first, grouped so one fetch carries the chunks of many.
+        pending.sort_by_key(|(m, _)| m.size);
+        let mut i = 0;
+        while i < pending.len() {
+            let mut group_bytes = 0u64;
+            let mut j = i;
+            while j < pending.len()
+                && (j == i || group_bytes + pending[j].0.size <= PREFETCH_GROUP_BYTES)
+            {
+                group_bytes += pending[j].0.size;
+                j += 1;
+            }
+            let mut prefetched: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+            if group_bytes <= PREFETCH_GROUP_BYTES {
+                let mut ids: Vec<ChunkId> = pending[i..j]
+                    .iter()
+                    .flat_map(|(_, m)| m.chunks.iter().map(ChunkRef::id))
+                    .filter(|id| !reuse.contains_key(id))
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                if !ids.is_empty() {
+                    for (id, blob) in self.session.api.fetch_batch(self.session.ns, &ids).await? {
+                        match self.session.codec.decode(&id, &blob) {
+                            Ok(data) => {
+                                prefetched.insert(id, data);
+                            }
+                            Err(e) => {
+                                tracing::warn!(chunk = %id, error = %e, "refused a chunk from the server");
+                            }
+                        }
+                    }
+                }
+            }
+            for (meta, manifest) in pending[i..j].iter().cloned() {
+                let path = meta.path.to_string();
+                match self
+                    .write_download(&meta, manifest, reuse, &prefetched, report)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => failed.push((path, None)),
+                    Err(SyncError::Api(e))
+                        if !e.is_retryable() || matches!(e, ClientError::Api { .. }) =>
+                    {
+                        failed.push((path, Some(e.to_string())));
+                    }
+                    Err(e @ (SyncError::Verify { .. } | SyncError::Io { .. })) => {
+                        tracing::warn!(error = %e, "not applied");
+                        failed.push((path, Some(e.to_string())));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            i = j;
+        }
+        Ok(failed)
+    }
+
+    /// Writes one downloaded file: chunks from `prefetched`, else from local files,
+    /// else fetched window by window.
+    async fn write_download(
+        &mut self,
+        meta: &FileMeta,
+        manifest: Manifest,
+        reuse: &HashMap<ChunkId, (PathBuf, u64, u32)>,
+        prefetched: &HashMap<ChunkId, Vec<u8>>,
+        report: &mut RoundReport,
+    ) -> Result<bool, SyncError> {
         let verify = |reason: String| SyncError::Verify {
             path: meta.path.to_string(),
             reason,
@@ -887,6 +1001,10 @@ impl Engine {
             let mut fetch = Vec::new();
             for c in window {
                 if have.contains_key(&c.id()) {
+                    continue;
+                }
+                if let Some(data) = prefetched.get(&c.id()) {
+                    have.insert(c.id(), data.clone());
                     continue;
                 }
                 match reuse
@@ -959,7 +1077,7 @@ impl Engine {
         }
         // The local file must still be what we last synced (or absent): never
         // overwrite an edit made meanwhile.
-        let base = self.state.all()?.remove(&meta.path);
+        let base = self.state.get(&meta.path)?;
         let safe = match (&base, std::fs::symlink_metadata(&dst)) {
             (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => true,
             (Some(b), Ok(_)) => unchanged_since(&dst, b),
@@ -1060,10 +1178,10 @@ fn remove_stale_temp_files(root: &Path) {
         if is_temp && entry.file_type().is_some_and(|t| t.is_file()) {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed an interrupted download")
+                    tracing::info!(path = %entry.path().display(), "removed an interrupted download");
                 }
                 Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale temp file")
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale temp file");
                 }
             }
         }

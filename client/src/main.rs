@@ -20,7 +20,7 @@ struct Cli {
     /// The folder to keep in sync.
     #[arg(long, env = "FSYNC_WATCH_DIR", global = true)]
     watch_dir: Option<PathBuf>,
-    /// Server address, e.g. http://127.0.0.1:8000 or https://sync.example.org.
+    /// Server address, e.g. <http://127.0.0.1:8000> or <https://sync.example.org>.
     #[arg(
         long,
         env = "FSYNC_SERVER_URL",
@@ -31,7 +31,7 @@ struct Cli {
     /// Account name.
     #[arg(long, env = "FSYNC_USERNAME", global = true)]
     username: Option<String>,
-    /// Password (prefer FSYNC_PASSWORD or the prompt: flags show up in `ps`).
+    /// Password (prefer `FSYNC_PASSWORD` or the prompt: flags show up in `ps`).
     #[arg(long, env = "FSYNC_PASSWORD", hide_env_values = true, global = true)]
     password: Option<String>,
     /// PEM file of a private CA to trust for https.

@@ -254,6 +254,7 @@ fn push_remote_at_path(
 }
 
 #[cfg(test)]
+#[allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads best in these tables
 mod tests {
     use super::*;
     use fsync_common::{DeviceId, NamespaceId, Seq, VersionNo};

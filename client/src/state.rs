@@ -173,12 +173,28 @@ impl State {
         self.set_meta("last_sync", &secs.to_string())
     }
 
+    /// The base entry of one path.
+    pub fn get(&self, path: &SyncPath) -> Result<Option<BaseEntry>, StateError> {
+        Ok(self
+            .query("WHERE path = ?1", [path.as_str()])?
+            .into_values()
+            .next())
+    }
+
     /// Every base entry, by path.
     pub fn all(&self) -> Result<BTreeMap<SyncPath, BaseEntry>, StateError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT path, file_id, version, vv, content_hash, size, mtime, mode, inode, chunks FROM base",
-        )?;
-        let rows = stmt.query_map([], |r| {
+        self.query("", [])
+    }
+
+    fn query<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        params: P,
+    ) -> Result<BTreeMap<SyncPath, BaseEntry>, StateError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT path, file_id, version, vv, content_hash, size, mtime, mode, inode, chunks FROM base {filter}"
+        ))?;
+        let rows = stmt.query_map(params, |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,

@@ -30,6 +30,9 @@ impl From<UploadError> for ApiError {
     }
 }
 
+/// Blob puts in flight at once within one upload.
+const PUT_CONCURRENCY: usize = 16;
+
 /// Blobs that are put but not yet recorded; [`record_stored`] records them.
 #[derive(Debug)]
 pub struct PutBlobs {
@@ -49,18 +52,28 @@ pub async fn put_blobs(
 ) -> Result<PutBlobs, UploadError> {
     let mut out = PutBlobs {
         ns,
-        items: Vec::with_capacity(items.len()),
+        items: Vec::new(),
         stored: 0,
         existing: 0,
     };
-    for (id, blob) in items {
+    // Puts run concurrently: each one waits on its own fsyncs, so a batch of many
+    // small blobs would otherwise pay their latency one after another.
+    let mut outcomes = Vec::with_capacity(items.len());
+    for group in items.chunks(PUT_CONCURRENCY) {
         // The bytes are kept until recorded, in case they must be put again.
-        match blobs.put(&ns, &id, blob.clone()).await? {
+        let puts: Vec<_> = group
+            .iter()
+            .map(|(id, blob)| blobs.put(&ns, id, blob.clone()))
+            .collect();
+        outcomes.extend(futures_util::future::try_join_all(puts).await?);
+    }
+    for o in outcomes {
+        match o {
             PutOutcome::Stored => out.stored += 1,
             PutOutcome::AlreadyPresent => out.existing += 1,
         }
-        out.items.push((id, blob));
     }
+    out.items = items;
     Ok(out)
 }
 
