@@ -282,15 +282,26 @@ async fn status(cli: &Cli) -> anyhow::Result<()> {
     }
     let s = engine.session().clone();
     let changes = s.api.changes(s.ns, engine.state().cursor()?, 1000).await?;
+    // The latest change of each file, minus what this folder already holds: the
+    // device's own commits come back in the journal until the cursor passes them.
+    let by_id: std::collections::HashMap<_, _> = base.values().map(|b| (b.file_id, b)).collect();
+    let mut latest = std::collections::BTreeMap::new();
     for c in &changes.changes {
+        latest.insert(c.file.file_id, &c.file);
+    }
+    let mut remote: Vec<_> = latest
+        .into_values()
+        .filter(|f| match by_id.get(&f.file_id) {
+            Some(b) => f.deleted || b.vv != f.vv || b.path != f.path,
+            None => !f.deleted,
+        })
+        .collect();
+    remote.sort_by_key(|f| f.seq);
+    for f in &remote {
         println!(
             "download pending           {}{}",
-            c.file.path,
-            if c.file.deleted {
-                " (deleted there)"
-            } else {
-                ""
-            }
+            f.path,
+            if f.deleted { " (deleted there)" } else { "" }
         );
     }
     for (p, why) in &scan.skipped {
@@ -306,11 +317,7 @@ async fn status(cli: &Cli) -> anyhow::Result<()> {
         Some(t) => println!("last sync: {t} (seconds since the epoch)"),
         None => println!("last sync: never"),
     }
-    println!(
-        "pending: {} local, {} remote",
-        pending,
-        changes.changes.len()
-    );
+    println!("pending: {} local, {} remote", pending, remote.len());
     let _ = &mut engine;
     Ok(())
 }
