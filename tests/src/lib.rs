@@ -46,6 +46,8 @@ const CLEARED_ENV: &[&str] = &[
     "FSYNC_CA_CERT",
     "FSYNC_STATE_DIR",
     "FSYNC_DEVICE_NAME",
+    "FSYNC_ROOTS_FILE",
+    "XDG_STATE_HOME",
     "SYNC_INTERVAL",
     "CHUNK_SIZE",
     "RUST_LOG",
@@ -539,6 +541,8 @@ impl Client {
             .args(["--username", &self.account.username])
             .env("FSYNC_PASSWORD", PASSWORD)
             .env("SYNC_INTERVAL", "1")
+            // The device's list of synced roots, kept out of the real home dir.
+            .env("FSYNC_ROOTS_FILE", self.dir.path().join("roots"))
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
         cmd
@@ -565,13 +569,20 @@ impl Client {
     }
 
     /// Starts a `--once` round without waiting for it (to kill it mid-way).
-    pub fn spawn_once(&self) -> Child {
-        self.command()
+    pub fn spawn_once(&self) -> Run {
+        let log = self.dir.path().join(format!(
+            "once-{}.log",
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
+        let file = std::fs::File::create(&log).expect("client log");
+        let child = self
+            .command()
             .arg("--once")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(file.try_clone().expect("client log"))
+            .stderr(file)
             .spawn()
-            .expect("spawn fsync-client --once")
+            .expect("spawn fsync-client --once");
+        Run { child, log }
     }
 
     /// Starts the daemon (`SYNC_INTERVAL=1`); it is killed when the handle drops.
@@ -589,6 +600,37 @@ impl Client {
             .spawn()
             .expect("spawn the fsync-client daemon");
         Daemon { child, log }
+    }
+}
+
+/// A client process started by [`Client::spawn_once`]; killed on drop.
+#[derive(Debug)]
+pub struct Run {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl Run {
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// True once the process exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
+    /// SIGKILL (no chance to clean up), then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

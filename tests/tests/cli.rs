@@ -1,0 +1,138 @@
+//! The `status`, `versions`, `restore` and `conflicts` subcommands against a real
+//! server.
+#![allow(missing_docs)]
+
+use std::time::{Duration, SystemTime};
+
+use fsync_tests::{assert_same_tree, conflict_copies, Server};
+
+#[test]
+fn status_reports_pending_uploads_downloads_and_deletes() {
+    let server = Server::start();
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    a.write("synced.txt", "synced");
+    a.write("gone.txt", "will be deleted");
+    a.sync();
+    b.sync();
+
+    let clean = a.run_ok(&["status"]);
+    assert!(
+        clean.contains("pending: 0 local, 0 remote"),
+        "status of a synced folder:\n{clean}"
+    );
+    assert!(clean.contains("last sync: "), "{clean}");
+    assert!(!clean.contains("last sync: never"), "{clean}");
+
+    a.write("new.txt", "new");
+    a.write("synced.txt", "changed");
+    a.remove("gone.txt");
+    let status = a.run_ok(&["status"]);
+    for line in [
+        "upload pending (new)       new.txt",
+        "upload pending (changed)   synced.txt",
+        "delete pending             gone.txt",
+        "pending: 3 local, 0 remote",
+    ] {
+        assert!(status.contains(line), "no {line:?} in:\n{status}");
+    }
+    a.sync();
+    let status = b.run_ok(&["status"]);
+    for line in [
+        "download pending           new.txt",
+        "download pending           synced.txt",
+        "download pending           gone.txt (deleted there)",
+        "pending: 0 local, 3 remote",
+    ] {
+        assert!(status.contains(line), "no {line:?} in:\n{status}");
+    }
+    // status only looks: a round afterwards still does the work.
+    let s = b.sync();
+    assert_eq!((s.downloaded, s.deleted_here), (2, 1), "{s:?}");
+    assert_same_tree(&a, &b);
+}
+
+#[test]
+fn versions_lists_history_and_restore_brings_back_an_old_version() {
+    let server = Server::start();
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    for text in ["version one\n", "version two, longer\n", "three\n"] {
+        a.write("doc.txt", text);
+        a.sync();
+    }
+    let history = a.run_ok(&["versions", "doc.txt"]);
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 3, "{history}");
+    // Newest first, with sizes.
+    for (line, (v, size)) in lines.iter().zip([("v3", 6), ("v2", 20), ("v1", 12)]) {
+        assert!(line.starts_with(&format!("{v} ")), "{history}");
+        assert!(line.contains(&format!(" {size} bytes")), "{history}");
+        assert!(line.ends_with("doc.txt"), "{history}");
+    }
+
+    let out = a.run_ok(&["restore", "doc.txt", "--version", "1"]);
+    assert!(
+        out.contains("restored doc.txt to version 1 as version 4"),
+        "{out}"
+    );
+    assert_eq!(a.read("doc.txt"), b"version one\n");
+    b.sync();
+    assert_eq!(b.read("doc.txt"), b"version one\n");
+    let history = b.run_ok(&["versions", "doc.txt"]);
+    assert!(history.starts_with("v4 "), "{history}");
+    assert_eq!(history.lines().count(), 4, "{history}");
+    assert_same_tree(&a, &b);
+
+    let unknown = a.run(&["versions", "nope.txt"]);
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("not known to the server"), "{stderr}");
+}
+
+#[test]
+fn a_deleted_file_can_be_restored() {
+    let server = Server::start();
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    a.write("doc.txt", "version one\n");
+    a.sync();
+    a.write("doc.txt", "version two\n");
+    a.sync();
+    a.remove("doc.txt");
+    a.sync();
+    let history = a.run_ok(&["versions", "doc.txt"]);
+    assert!(
+        history.lines().next().unwrap().contains("(deleted)"),
+        "{history}"
+    );
+    a.run_ok(&["restore", "doc.txt", "--version", "1"]);
+    assert_eq!(a.read("doc.txt"), b"version one\n");
+    b.sync();
+    assert_same_tree(&a, &b);
+}
+
+#[test]
+fn conflicts_lists_the_conflict_copies() {
+    let server = Server::start();
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    a.write("plan.md", "plan\n");
+    a.write("other.md", "other\n");
+    a.sync();
+    b.sync();
+    assert_eq!(a.run_ok(&["conflicts"]), "");
+
+    let t = SystemTime::now();
+    b.write_at("plan.md", "B's plan\n", t);
+    a.write_at("plan.md", "A's plan\n", t + Duration::from_secs(10));
+    a.sync();
+    b.sync();
+    a.sync();
+    let copies = conflict_copies(&a.tree());
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let expected = format!("{}\n", copies[0]);
+    assert_eq!(a.run_ok(&["conflicts"]), expected);
+    assert_eq!(b.run_ok(&["conflicts"]), expected);
+    assert!(a.run_ok(&["status"]).contains("conflict copies: 1"));
+}
