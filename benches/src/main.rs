@@ -8,6 +8,7 @@
 //! ```
 
 mod data;
+mod harness;
 mod report;
 mod scenarios;
 mod timing;
@@ -37,6 +38,14 @@ enum Scenario {
     /// zstd-3, encryption, blob decoding) and of the whole chunk → id → encode
     /// pipeline, on 1 thread and on all cores, for random and source-like data.
     Pipeline(scenarios::pipeline::Args),
+    /// Server metadata paths on a real server (SQLite and/or PostgreSQL):
+    /// `chunks/missing` lookups (ids/s) and small-file commits through `sync/event`
+    /// (files/s).
+    Server(scenarios::server::Args),
+    /// End-to-end sync between two client engines through a real server: initial sync
+    /// of a generated tree and of a large file, no-op rescan, small edits, and
+    /// edit-to-visible latency between two daemons; `--compare` with rsync and restic.
+    Sync(scenarios::sync::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +59,8 @@ fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
     let progress = !cli.quiet;
     let report = match &cli.scenario {
         Scenario::Pipeline(args) => scenarios::pipeline::run(&args.options(progress)?)?,
+        Scenario::Server(args) => args.run(progress)?,
+        Scenario::Sync(args) => args.run(progress)?,
     };
     if cli.json {
         report::write_json(&report.records, out)?;

@@ -17,7 +17,7 @@ pub(crate) fn median_secs<T>(repeat: usize, mut f: impl FnMut() -> T) -> (f64, T
 }
 
 /// The median of `values` (the mean of the two middle values for an even count).
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
     if values.len() % 2 == 1 {

@@ -2,3 +2,5 @@
 //! validated options and returns a [`Report`](crate::report::Report).
 
 pub(crate) mod pipeline;
+pub(crate) mod server;
+pub(crate) mod sync;

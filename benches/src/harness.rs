@@ -1,0 +1,336 @@
+//! What the end-to-end scenarios share: a real fsync server on loopback (in-process,
+//! SQLite or a fresh PostgreSQL database), accounts registered the way a client does
+//! it, and client engines on temp folders.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context as _};
+use clap::Parser as _;
+use fsync_client::api::{ApiClient, ApiStats};
+use fsync_client::engine::{Engine, RoundReport};
+use fsync_client::scan::STATE_DIR;
+use fsync_client::session;
+
+/// Secret of the benchmark servers (tokens only live as long as the run).
+const SECRET: &str = "fsync-bench-server-secret-0123456789abcdef";
+/// Environment variable with a PostgreSQL URL whose role may create databases.
+pub(crate) const DATABASE_URL_ENV: &str = "FSYNC_BENCH_DATABASE_URL";
+
+/// The server's metadata backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Db {
+    /// An SQLite file in the server's data directory.
+    Sqlite,
+    /// A fresh database on the PostgreSQL of `FSYNC_BENCH_DATABASE_URL` (else the one
+    /// `scripts/postgres.sh` starts).
+    Postgres,
+}
+
+impl Db {
+    /// The value of the `db` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// The `--db` choices, deduplicated, `sqlite` when none was given.
+pub(crate) fn dbs(chosen: &[Db]) -> Vec<Db> {
+    let mut out: Vec<Db> = Vec::new();
+    for &d in chosen {
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    if out.is_empty() {
+        out.push(Db::Sqlite);
+    }
+    out
+}
+
+/// An fsync server running in this process on `127.0.0.1:<ephemeral>`.
+pub(crate) struct Server {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The PostgreSQL server URL and the database made for this run, dropped at the end.
+    postgres: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server with its data under `work`. The per-user rate limits are lifted
+    /// (see BENCHMARKS.md: the default of 6,000 API requests per minute would throttle
+    /// the larger runs and measure the limit, not the server).
+    pub(crate) async fn start(db: Db, work: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("server-")
+            .tempdir_in(work)
+            .context("creating the server's data dir")?;
+        let (database_url, postgres) = match db {
+            Db::Sqlite => (
+                format!("sqlite://{}", dir.path().join("fsync.db").display()),
+                None,
+            ),
+            Db::Postgres => {
+                let base = postgres_base_url()?;
+                let (url, name) = fresh_postgres_database(&base).await?;
+                (url, Some((base, name)))
+            }
+        };
+        let config = fsync_server::Config::parse_from([
+            "fsync-server",
+            "--data-dir",
+            dir.path().to_str().context("non-UTF-8 temp dir")?,
+            "--secret-key",
+            SECRET,
+            "--database-url",
+            &database_url,
+        ]);
+        let mut state = fsync_server::build_state(&config)
+            .await
+            .with_context(|| format!("starting a server on {}", db.label()))?;
+        state.limits.api_per_user.max = u32::MAX;
+        state.limits.auth_per_user.max = u32::MAX;
+        state.limits.auth_per_ip.max = u32::MAX;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(fsync_server::run(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            url: format!("http://{addr}"),
+            stop: Some(stop),
+            task: Some(task),
+            postgres,
+            _dir: dir,
+        })
+    }
+
+    /// A new API client of this server (its own connection pool and counters).
+    pub(crate) fn client(&self) -> anyhow::Result<ApiClient> {
+        Ok(ApiClient::new(&self.url, None)?)
+    }
+
+    /// Stops the server (open connections, such as push sockets, are cut after a
+    /// moment) and drops its PostgreSQL database.
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // Graceful shutdown waits for idle keep-alive connections; do not wait long.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+        }
+        if let Some((base, name)) = self.postgres.take() {
+            if let Err(e) = drop_postgres_database(&base, &name).await {
+                eprintln!("note: could not drop the benchmark database {name}: {e:#}");
+            }
+        }
+    }
+}
+
+/// The PostgreSQL URL: `FSYNC_BENCH_DATABASE_URL`, else what `scripts/postgres.sh`
+/// prints (it starts the machine's PostgreSQL, installing it if needed).
+fn postgres_base_url() -> anyhow::Result<String> {
+    if let Ok(url) = std::env::var(DATABASE_URL_ENV) {
+        if !url.trim().is_empty() {
+            return Ok(url.trim().to_owned());
+        }
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({}); set {DATABASE_URL_ENV}: {}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last() {
+        Some(url) if url.starts_with("postgres") => Ok(url.trim().to_owned()),
+        _ => bail!(
+            "{} printed no URL; set {DATABASE_URL_ENV}",
+            script.display()
+        ),
+    }
+}
+
+/// Creates an empty database next to the one of `base` (as the server's test suite
+/// does) and returns its URL and name.
+async fn fresh_postgres_database(base: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let name = format!("fsync_bench_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let mut conn = sqlx::AnyConnection::connect(base)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL ({DATABASE_URL_ENV})"))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .context("creating the benchmark database (the role needs CREATEDB)")?;
+    let _ = conn.close().await;
+    let (head, _) = base
+        .rsplit_once('/')
+        .context("the PostgreSQL URL has no database path")?;
+    Ok((format!("{head}/{name}"), name))
+}
+
+async fn drop_postgres_database(base: &str, name: &str) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::AnyConnection::connect(base).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// An account, registered with [`fsync_store::test_kdf_params`] (cheap Argon2, so
+/// logins do not dominate the figures).
+#[derive(Debug, Clone)]
+pub(crate) struct Account {
+    pub username: String,
+    pub password: String,
+}
+
+impl Account {
+    /// Registers `username` the way `fsync-client register` does.
+    pub(crate) async fn register(server: &Server, username: &str) -> anyhow::Result<Self> {
+        let api = server.client()?;
+        let password = format!("bench password of {username}");
+        session::register(
+            &api,
+            username,
+            &format!("{username}@bench.invalid"),
+            &password,
+            fsync_store::test_kdf_params(),
+        )
+        .await
+        .with_context(|| format!("registering {username}"))?;
+        Ok(Self {
+            username: username.to_owned(),
+            password,
+        })
+    }
+}
+
+/// A client device: a sync root (with its `.fsync` marker and state) and its engine,
+/// logged in with its own API client, whose counters measure its traffic.
+pub(crate) struct Device {
+    /// The synced folder.
+    pub root: PathBuf,
+    /// The engine.
+    pub engine: Engine,
+    /// The engine's API client (shares the engine's counters).
+    pub api: ApiClient,
+}
+
+impl Device {
+    /// Creates `<dir>/<name>` as a sync root and logs in as `account`.
+    pub(crate) async fn new(
+        server_url: &str,
+        account: &Account,
+        dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        let root = dir.join(name);
+        let marker = root.join(STATE_DIR);
+        std::fs::create_dir_all(&marker)
+            .with_context(|| format!("creating {}", marker.display()))?;
+        let state = session::open_state(&marker)?;
+        let api = ApiClient::new(server_url, None)?;
+        let session = session::login(
+            &api,
+            &state,
+            &account.username,
+            &account.password,
+            name,
+            session::chunk_config(None)?,
+        )
+        .await
+        .with_context(|| format!("logging in {name}"))?;
+        Ok(Self {
+            engine: Engine::new(root.clone(), marker, state, session),
+            root,
+            api,
+        })
+    }
+
+    /// One sync round, timed, with the traffic it caused.
+    pub(crate) async fn round(&mut self) -> anyhow::Result<Round> {
+        let before = self.api.stats();
+        let started = Instant::now();
+        let report = self.engine.sync_once().await?;
+        let secs = started.elapsed().as_secs_f64();
+        let after = self.api.stats();
+        ensure!(
+            report.deferred.is_empty(),
+            "the round deferred {} file(s), e.g. {:?}",
+            report.deferred.len(),
+            report.deferred.first()
+        );
+        Ok(Round {
+            secs,
+            traffic: diff(before, after),
+            report,
+        })
+    }
+}
+
+/// One timed sync round.
+#[derive(Debug, Clone)]
+pub(crate) struct Round {
+    /// Wall time of `sync_once`.
+    pub secs: f64,
+    /// Requests and body bytes of the round.
+    pub traffic: ApiStats,
+    /// What it did.
+    pub report: RoundReport,
+}
+
+/// Counters of `after` minus those of `before`.
+pub(crate) fn diff(before: ApiStats, after: ApiStats) -> ApiStats {
+    ApiStats {
+        requests: after.requests - before.requests,
+        bytes_up: after.bytes_up - before.bytes_up,
+        bytes_down: after.bytes_down - before.bytes_down,
+    }
+}
+
+/// Environment variable with a tracing filter for the server's and clients' logs
+/// (on stderr), e.g. `fsync_client=debug`; unset: no logs.
+pub(crate) const LOG_ENV: &str = "FSYNC_BENCH_LOG";
+
+/// A multi-threaded tokio runtime for a scenario (and the logger, when asked for).
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    if let Ok(filter) = std::env::var(LOG_ENV) {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bench-rt")
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// Unique account names within one server.
+pub(crate) fn username(prefix: &str) -> String {
+    format!("{prefix}_{}", hex::encode(rand::random::<[u8; 4]>()))
+}
