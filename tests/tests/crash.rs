@@ -18,7 +18,7 @@ fn a_download_killed_midway_leaves_no_partial_file() {
     let server = Server::start();
     let alice = server.register("alice");
     let a = alice.device();
-    let data = random_bytes(64, 64 * MIB);
+    let data = random_bytes(64, 32 * MIB);
     a.write("big.bin", &data);
     a.sync();
 
@@ -37,12 +37,12 @@ fn a_download_killed_midway_leaves_no_partial_file() {
             wait_until(EVENT_TIMEOUT, "the download to start", || {
                 temp_files(b.root()).iter().any(|t| !stale.contains(t)) || run.exited()
             });
-            std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..150)));
         } else {
             wait_until(EVENT_TIMEOUT, "the login", || {
                 run.log().contains("logged in") || run.exited()
             });
-            std::thread::sleep(Duration::from_millis(rng.gen_range(0..1000)));
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..600)));
         }
         let finished = run.exited();
         run.kill();
