@@ -32,6 +32,11 @@ pub struct DaemonOptions {
 }
 
 fn relevant(event: &notify::Event, root: &Path) -> bool {
+    // Reads (including the engine's own scan and hashing) change nothing; reacting to
+    // them would make every round trigger the next.
+    if event.kind.is_access() {
+        return false;
+    }
     event.paths.iter().any(|p| {
         p.strip_prefix(root).ok().is_some_and(|rel| {
             !rel.components()
@@ -129,7 +134,8 @@ async fn debounce(rx: &mut mpsc::Receiver<Wake>) {
         )
         .await
         {
-            Ok(Some(_)) if tokio::time::Instant::now() < deadline => {}
+            // A remote change does not wait behind local noise.
+            Ok(Some(Wake::Local)) if tokio::time::Instant::now() < deadline => {}
             _ => break,
         }
     }
