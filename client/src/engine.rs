@@ -250,18 +250,10 @@ impl Engine {
             {
                 Ok(true) => {}
                 Ok(false) => remote_ok = false,
-                Err(SyncError::Api(e))
-                    if !e.is_retryable() || matches!(e, ClientError::Api { .. }) =>
-                {
+                Err(e) => {
                     remote_ok = false;
-                    report.deferred.push((path_for_log, e.to_string()));
+                    report.deferred.push((path_for_log, deferrable(e)?));
                 }
-                Err(e @ (SyncError::Verify { .. } | SyncError::Io { .. })) => {
-                    tracing::warn!(error = %e, "not applied");
-                    remote_ok = false;
-                    report.deferred.push((path_for_log, e.to_string()));
-                }
-                Err(e) => return Err(e),
             }
         }
         if remote_ok && cursor > since {
@@ -930,16 +922,7 @@ impl Engine {
                 {
                     Ok(true) => {}
                     Ok(false) => failed.push((path, None)),
-                    Err(SyncError::Api(e))
-                        if !e.is_retryable() || matches!(e, ClientError::Api { .. }) =>
-                    {
-                        failed.push((path, Some(e.to_string())));
-                    }
-                    Err(e @ (SyncError::Verify { .. } | SyncError::Io { .. })) => {
-                        tracing::warn!(error = %e, "not applied");
-                        failed.push((path, Some(e.to_string())));
-                    }
-                    Err(e) => return Err(e),
+                    Err(e) => failed.push((path, Some(deferrable(e)?))),
                 }
             }
             i = j;
@@ -1104,6 +1087,22 @@ impl Engine {
         }
         report.downloaded += 1;
         Ok(true)
+    }
+}
+
+/// Sorts the error of one file's operation: `Ok(reason)` leaves that file for a later
+/// round (the server refused it, or its data or local I/O failed); anything else
+/// (network, local state) ends the round.
+fn deferrable(e: SyncError) -> Result<String, SyncError> {
+    match e {
+        SyncError::Api(e) if !e.is_retryable() || matches!(e, ClientError::Api { .. }) => {
+            Ok(e.to_string())
+        }
+        e @ (SyncError::Verify { .. } | SyncError::Io { .. }) => {
+            tracing::warn!(error = %e, "not applied");
+            Ok(e.to_string())
+        }
+        e => Err(e),
     }
 }
 
