@@ -613,9 +613,11 @@ impl Engine {
             let to = copy.path.to_local(&self.root);
             if !to.exists() {
                 make_parent(&to)?;
+                // Stat before the rename (which keeps inode and mtime): once moved,
+                // the copy is the user's and may vanish at any moment.
+                let md = std::fs::symlink_metadata(&from).map_err(io_err("reading", &from))?;
                 std::fs::rename(&from, &to).map_err(io_err("renaming", &from))?;
                 fsync_parent(&to);
-                let md = std::fs::symlink_metadata(&to).map_err(io_err("reading", &to))?;
                 let st = scan::stat(copy.path.clone(), &md);
                 if let Some(e) = BaseEntry::from_meta(&copy, chunks, st.mtime, st.inode) {
                     self.state.put(&e)?;
@@ -1039,6 +1041,9 @@ impl Engine {
         out.set_modified(mtime)
             .map_err(io_err("setting the mtime of", &tmp))?;
         out.sync_all().map_err(io_err("syncing", &tmp))?;
+        // Stat the temp file now: a rename keeps inode and mtime, and the user may
+        // move or delete the file the moment it becomes visible.
+        let installed = out.metadata().map_err(io_err("reading", &tmp))?;
         drop(out);
         // Verify the whole content before it becomes visible.
         let chunker = self.session.chunker.clone();
@@ -1079,8 +1084,7 @@ impl Engine {
         std::fs::rename(&tmp, &dst).map_err(io_err("renaming into place", &dst))?;
         guard.disarm();
         fsync_dir(&dir);
-        let md = std::fs::symlink_metadata(&dst).map_err(io_err("reading", &dst))?;
-        let st = scan::stat(meta.path.clone(), &md);
+        let st = scan::stat(meta.path.clone(), &installed);
         if let Some(mut e) = BaseEntry::from_meta(meta, manifest.chunks, st.mtime, st.inode) {
             e.mode = st.mode;
             self.state.put(&e)?;
