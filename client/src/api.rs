@@ -923,6 +923,48 @@ impl ApiClient {
             .await
     }
 
+    /// Opens a session from the refresh token in the token file (see
+    /// [`ApiClient::with_token_file`]) and remembers the credentials to log in again if
+    /// the session is refused later. `Ok(false)`: there is no stored token, or the
+    /// server refused it (expired, revoked) — log in instead.
+    pub async fn resume_stored(
+        &self,
+        username: &str,
+        auth_key_hex: &str,
+        device_name: &str,
+        device_id: DeviceId,
+    ) -> Result<bool, ClientError> {
+        let path = self
+            .inner
+            .token_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(token) = path
+            .map(|p| Self::read_token_file(&p))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(false);
+        };
+        let mut s = self.inner.session.lock().await;
+        match self.refresh_raw(&token).await {
+            Ok(t) => {
+                s.credentials = Some(Credentials {
+                    username: username.to_owned(),
+                    auth_key_hex: auth_key_hex.to_owned(),
+                    device_name: device_name.to_owned(),
+                    device_id: Some(device_id),
+                });
+                self.store_tokens(&mut s, t.access_token, t.refresh_token)
+                    .await?;
+                Ok(true)
+            }
+            Err(ClientError::Unauthorized(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Ends the session on the server (its refresh token stops working), forgets the
     /// tokens and credentials and deletes the token file.
     pub async fn logout(&self) -> Result<(), ClientError> {

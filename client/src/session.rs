@@ -5,13 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fsync_chunker::{Chunker, ChunkerConfig};
-use fsync_common::wire::{KdfParams, RegisterRequest, RegisterResponse};
-use fsync_common::NamespaceId;
+use fsync_common::wire::{KdfParams, NamespaceGrant, RegisterRequest, RegisterResponse};
+use fsync_common::{DeviceId, NamespaceId};
 use fsync_store::{AccountKey, BlobCodec, MasterKey, NamespaceKey};
 
 use crate::api::{ApiClient, ClientError};
 use crate::engine::Session;
-use crate::state::{State, StateError};
+use crate::state::{LoginRecord, State, StateError};
 
 /// Why a login or registration failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,11 @@ pub async fn register(
 }
 
 /// Logs in, unwraps the keys, and binds the folder's state to the namespace.
+///
+/// A folder that logged in before resumes with its stored refresh token and the
+/// wrapped keys kept in its state (no login request, so restarts do not count against
+/// the server's login limit); the password is still needed to unwrap them, and a
+/// wrong one, a refused token or keys that no longer unwrap fall back to a full login.
 pub async fn login(
     api: &ApiClient,
     state: &State,
@@ -81,9 +86,36 @@ pub async fn login(
     device_name: &str,
     chunk_config: ChunkerConfig,
 ) -> Result<Session, SessionError> {
+    if let (Some(record), Some(device)) = (state.login_record()?, state.device_id()?) {
+        if record.username == username && fsync_store::validate_kdf_params(&record.kdf).is_ok() {
+            let master = derive(password.to_owned(), record.kdf.clone()).await?;
+            // Unwrap first: a wrong password must not spend the stored token.
+            let unwrapped = unhex("wrapped account key", &record.wrapped_account_key)
+                .ok()
+                .and_then(|w| master.kek().unwrap(&w).ok());
+            if let Some(account) = unwrapped {
+                let auth_key = master.auth_key().to_hex();
+                if api
+                    .resume_stored(username, &auth_key, device_name, device)
+                    .await?
+                {
+                    tracing::debug!("resumed the stored session");
+                    return open_namespace(
+                        api,
+                        state,
+                        username,
+                        device,
+                        &account,
+                        &record.namespaces,
+                        chunk_config,
+                    );
+                }
+            }
+        }
+    }
     let params = api.auth_params(username).await?;
     fsync_store::validate_kdf_params(&params).map_err(SessionError::UnsafeParams)?;
-    let master = derive(password.to_owned(), params).await?;
+    let master = derive(password.to_owned(), params.clone()).await?;
     let resp = api
         .login(
             username,
@@ -96,15 +128,42 @@ pub async fn login(
     let account = master
         .kek()
         .unwrap(&unhex("wrapped account key", &resp.wrapped_account_key)?)?;
+    state.set_login_record(&LoginRecord {
+        username: username.to_owned(),
+        kdf: params,
+        wrapped_account_key: resp.wrapped_account_key.clone(),
+        namespaces: resp.namespaces.clone(),
+    })?;
+    open_namespace(
+        api,
+        state,
+        username,
+        resp.device_id,
+        &account,
+        &resp.namespaces,
+        chunk_config,
+    )
+}
+
+/// Picks the folder's namespace among `grants` (the one it synced with before, else the
+/// first) and unwraps its keys.
+fn open_namespace(
+    api: &ApiClient,
+    state: &State,
+    username: &str,
+    device: DeviceId,
+    account: &AccountKey,
+    grants: &[NamespaceGrant],
+    chunk_config: ChunkerConfig,
+) -> Result<Session, SessionError> {
     let wanted: Option<NamespaceId> = state.namespace()?;
     let grant = match wanted {
-        Some(ns) => resp.namespaces.iter().find(|g| g.id == ns).ok_or_else(|| {
+        Some(ns) => grants.iter().find(|g| g.id == ns).ok_or_else(|| {
             SessionError::Namespace(format!(
                 "this folder was synced with namespace {ns}, which the account {username} cannot access"
             ))
         })?,
-        None => resp
-            .namespaces
+        None => grants
             .first()
             .ok_or_else(|| SessionError::Namespace("the account has no namespace".into()))?,
     };
@@ -115,7 +174,7 @@ pub async fn login(
     Ok(Session {
         api: api.clone(),
         ns: grant.id,
-        device: resp.device_id,
+        device,
         codec: Arc::new(BlobCodec::new(&keys)),
         chunker: Arc::new(Chunker::new(&keys.id_key, chunk_config)?),
         id_key: keys.id_key.clone(),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fsync_common::wire::{ChunkRef, FileMeta};
+use fsync_common::wire::{ChunkRef, FileMeta, KdfParams, NamespaceGrant};
 use fsync_common::{
     ContentHash, DeviceId, FileId, NamespaceId, Seq, SyncPath, VersionNo, VersionVector,
 };
@@ -70,6 +70,20 @@ impl BaseEntry {
     }
 }
 
+/// What the latest login returned that is needed to start again from a stored refresh
+/// token: only wrapped keys and public parameters, never a key in the clear.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoginRecord {
+    /// The account it belongs to.
+    pub username: String,
+    /// The account's key-derivation parameters.
+    pub kdf: KdfParams,
+    /// Account key wrapped with the password-derived key-encryption key, hex.
+    pub wrapped_account_key: String,
+    /// Namespaces the account could access, with their wrapped keys.
+    pub namespaces: Vec<NamespaceGrant>,
+}
+
 /// The local state database.
 #[derive(Debug)]
 pub struct State {
@@ -121,6 +135,21 @@ impl State {
             params![key, value],
         )?;
         Ok(())
+    }
+
+    /// What a login returned that a later start needs to resume without logging in
+    /// again: the account's KDF parameters and its wrapped keys (useless without the
+    /// password). `None` until the first login.
+    pub fn login_record(&self) -> Result<Option<LoginRecord>, StateError> {
+        self.get_meta("login")?
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("login record", e)))
+            .transpose()
+    }
+
+    /// Stores the [`LoginRecord`] of the latest login.
+    pub fn set_login_record(&self, r: &LoginRecord) -> Result<(), StateError> {
+        let json = serde_json::to_string(r).map_err(|e| corrupt("login record", e))?;
+        self.set_meta("login", &json)
     }
 
     /// The device id this client got at its first login.

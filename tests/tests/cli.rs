@@ -136,3 +136,55 @@ fn conflicts_lists_the_conflict_copies() {
     assert_eq!(b.run_ok(&["conflicts"]), expected);
     assert!(a.run_ok(&["status"]).contains("conflict copies: 1"));
 }
+
+/// Successful logins so far, from the server's request counter.
+fn logins(server: &Server) -> u64 {
+    server.metric(
+        "fsync_http_requests_total{method=\"POST\",route=\"/api/v1/auth/login\",status=\"200\"}",
+    )
+}
+
+#[test]
+fn restarts_resume_the_session_instead_of_logging_in_again() {
+    let server = Server::start();
+    let alice = server.register("alice");
+    let a = alice.device();
+    a.write("first.txt", "first");
+    a.sync();
+    let after_first = logins(&server);
+    assert_eq!(after_first, 1);
+    // More runs than the server allows logins per minute (10): each resumes the
+    // stored session, none logs in, none waits for a 429.
+    for i in 0..12 {
+        a.write(&format!("run-{i}.txt"), format!("run {i}"));
+        assert_eq!(a.sync().uploaded, 1, "run {i}");
+    }
+    assert_eq!(logins(&server), after_first, "a restart logged in again");
+    let token = a.root().join(".fsync/refresh_token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token)
+            .expect("token file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "token file mode {mode:o}");
+    }
+
+    // A stored session does not stand in for the password: a wrong one is refused.
+    let out = a
+        .command()
+        .env("FSYNC_PASSWORD", "not the password")
+        .arg("--once")
+        .output()
+        .expect("run fsync-client");
+    assert!(!out.status.success(), "a wrong password synced");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("logging in"), "{stderr}");
+
+    // A revoked (here: removed) token falls back to a full login.
+    std::fs::remove_file(&token).expect("remove the token file");
+    a.write("last.txt", "last");
+    assert_eq!(a.sync().uploaded, 1);
+    assert_eq!(logins(&server), after_first + 1);
+}
