@@ -10,4 +10,20 @@ echo "test.sh: PostgreSQL at ${FSYNC_TEST_DATABASE_URL%%@*}@…"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Fuzz targets (fuzz/: its own workspace, lock file and target dir). CI only builds
+# them (a plain build: no coverage instrumentation, so no cargo-fuzz or nightly) and
+# replays their seeds and past crash inputs once; fuzzing is `bash scripts/fuzz.sh`.
+cargo build --manifest-path fuzz/Cargo.toml --bins
+for src in fuzz/fuzz_targets/*.rs; do
+  t=$(basename "$src" .rs)
+  dirs=("fuzz/seeds/$t")
+  if [ -d "fuzz/regressions/$t" ]; then dirs+=("fuzz/regressions/$t"); fi
+  mkdir -p "fuzz/artifacts/$t"
+  if ! "fuzz/target/debug/$t" -runs=0 -artifact_prefix="fuzz/artifacts/$t/" "${dirs[@]}" \
+    >"fuzz/artifacts/$t/replay.log" 2>&1; then
+    cat "fuzz/artifacts/$t/replay.log"
+    echo "test.sh: fuzz target $t fails on its seeds or regressions" >&2
+    exit 1
+  fi
+done
 cargo test --workspace --locked

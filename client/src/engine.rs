@@ -249,7 +249,12 @@ impl Engine {
                 .await
             {
                 Ok(true) => {}
-                Ok(false) => remote_ok = false,
+                Ok(false) => {
+                    remote_ok = false;
+                    report
+                        .deferred
+                        .push((path_for_log, CHANGED_MEANWHILE.into()));
+                }
                 Err(e) => {
                     remote_ok = false;
                     report.deferred.push((path_for_log, deferrable(e)?));
@@ -755,6 +760,33 @@ impl Engine {
         map
     }
 
+    /// True when the file at `full` is still what `b` recorded: the same stat, or —
+    /// when only its stat changed (a `touch`, a copy back) — the same content and mode.
+    /// A file whose stat moved but not its content must not block a remote change for
+    /// ever.
+    async fn still_as_synced(&self, full: &Path, b: &BaseEntry) -> bool {
+        let Ok(md) = std::fs::symlink_metadata(full) else {
+            return false;
+        };
+        let st = scan::stat(b.path.clone(), &md);
+        if !md.is_file() || st.size != b.size || st.mode != b.mode {
+            return false;
+        }
+        if st.mtime == b.mtime && st.inode == b.inode {
+            return true;
+        }
+        let chunker = self.session.chunker.clone();
+        let path = full.to_owned();
+        let digest = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&path).ok()?;
+            chunker.digest_reader(f, HashOptions::default()).ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        digest.is_some_and(|d| d.content_hash == b.content_hash)
+    }
+
     /// Applies one local operation. `Ok(false)`: not applied this round (retry later).
     async fn apply_local(
         &mut self,
@@ -772,7 +804,7 @@ impl Engine {
                     return Ok(true);
                 };
                 let full = path.to_local(&self.root);
-                if !unchanged_since(&full, b) {
+                if !self.still_as_synced(&full, b).await {
                     return Ok(false); // edited meanwhile: the next round uploads it
                 }
                 std::fs::remove_file(&full).map_err(io_err("deleting", &full))?;
@@ -788,7 +820,7 @@ impl Engine {
                 };
                 let src = from.to_local(&self.root);
                 let dst = meta.path.to_local(&self.root);
-                if !unchanged_since(&src, b) || dst.exists() {
+                if dst.exists() || !self.still_as_synced(&src, b).await {
                     return Ok(false);
                 }
                 make_parent(&dst)?;
@@ -923,7 +955,7 @@ impl Engine {
                     .await
                 {
                     Ok(true) => {}
-                    Ok(false) => failed.push((path, None)),
+                    Ok(false) => failed.push((path, Some(CHANGED_MEANWHILE.into()))),
                     Err(e) => failed.push((path, Some(deferrable(e)?))),
                 }
             }
@@ -1068,7 +1100,7 @@ impl Engine {
         let base = self.state.get(&meta.path)?;
         let safe = match (&base, std::fs::symlink_metadata(&dst)) {
             (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => true,
-            (Some(b), Ok(_)) => unchanged_since(&dst, b),
+            (Some(b), Ok(_)) => self.still_as_synced(&dst, b).await,
             (None, Ok(_)) => false,
             (_, Err(e)) => {
                 return Err(SyncError::Io {
@@ -1143,13 +1175,9 @@ fn read_local_chunk(
     (fsync_chunker::chunk_id(id_key, &buf) == c.id()).then_some(buf)
 }
 
-/// True when the file at `full` still has the stat recorded in `b`.
-fn unchanged_since(full: &Path, b: &BaseEntry) -> bool {
-    std::fs::symlink_metadata(full).is_ok_and(|md| {
-        let st = scan::stat(b.path.clone(), &md);
-        md.is_file() && st.size == b.size && st.mtime == b.mtime && st.inode == b.inode
-    })
-}
+/// Why a local operation waits for the next round.
+const CHANGED_MEANWHILE: &str =
+    "the local file changed since it was last synced; retried next round";
 
 fn has_symlink_component(root: &Path, dst: &Path) -> bool {
     let Ok(rel) = dst.strip_prefix(root) else {

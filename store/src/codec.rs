@@ -424,9 +424,12 @@ impl BlobCodec {
         Ok(blob)
     }
 
-    /// Builds a blob around an arbitrary payload (already compressed or not).
-    #[cfg(test)]
-    pub(crate) fn seal(&self, id: &ChunkId, flags: u8, payload: &[u8]) -> Vec<u8> {
+    /// Builds a blob around an arbitrary payload (already compressed or not) with
+    /// the given flags byte, authenticated for `id`: lets tests and the fuzz targets
+    /// reach the decompression and id checks of [`BlobCodec::decode`] with payloads
+    /// the encoder would never produce. Only with the `fuzzing` feature.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn seal(&self, id: &ChunkId, flags: u8, payload: &[u8]) -> Vec<u8> {
         let mut blob = Vec::with_capacity(BLOB_OVERHEAD + payload.len());
         let nonce = push_header(&mut blob);
         blob[FLAGS_AT] = flags;

@@ -371,6 +371,14 @@ impl AccountKey {
 }
 
 impl NamespaceKey {
+    /// A namespace key from raw bytes, for the fuzz targets (which need a fixed key
+    /// so that seed blobs decode). Only with the `fuzzing` feature: real keys are
+    /// generated or unwrapped.
+    #[cfg(feature = "fuzzing")]
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
     /// A fresh random namespace key.
     pub fn generate() -> Self {
         Self(random_key())
