@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 
+pub mod sim;
+
 /// How long an asynchronous, cross-process effect may take before a test fails.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The password of every test account (passed as `FSYNC_PASSWORD`).

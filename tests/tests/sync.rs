@@ -172,3 +172,52 @@ fn names_that_cannot_be_synced_are_reported_not_sent() {
     // Still reported after the round.
     assert!(a.run_ok(&["status"]).contains("not synced"));
 }
+
+/// Regression (found by the randomized test): a file whose stat changed but not its
+/// content (a `touch`) blocked every later remote edit of it — the download refused to
+/// replace a file "changed since the last sync", every round, silently.
+#[test]
+fn a_touched_file_still_takes_the_remote_edit() {
+    let server = Server::start();
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    a.write("doc.txt", "version 1\n");
+    a.sync();
+    b.sync();
+    b.set_mtime(
+        "doc.txt",
+        std::time::SystemTime::now() + std::time::Duration::from_secs(30),
+    );
+    a.write("doc.txt", "version 2 from A\n");
+    a.sync();
+    b.sync();
+    assert_eq!(b.read("doc.txt"), b"version 2 from A\n");
+    assert_eq!(a.sync().uploaded, 0, "the touch was sent as an edit");
+    assert_same_tree(&a, &b);
+}
+
+/// Regression (found by the randomized test): a file moved remotely onto a path whose
+/// old file was deleted in the same batch was re-uploaded here as a new file at its old
+/// path — the moved content came back from the dead.
+#[test]
+fn a_move_onto_a_just_deleted_path_resurrects_nothing() {
+    let server = Server::start();
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    a.write("old.txt", "the content that moves\n");
+    a.write("dest.txt", "the file that is deleted\n");
+    a.sync();
+    b.sync();
+    a.remove("dest.txt");
+    a.sync();
+    a.rename("old.txt", "dest.txt");
+    a.sync();
+    // B learns both at once: dest.txt deleted, old.txt moved onto dest.txt.
+    b.sync();
+    a.sync();
+    b.sync();
+    assert_eq!(b.read("dest.txt"), b"the content that moves\n");
+    assert!(b.try_read("old.txt").is_none(), "old.txt came back on B");
+    assert!(a.try_read("old.txt").is_none(), "old.txt came back on A");
+    assert_same_tree(&a, &b);
+}
