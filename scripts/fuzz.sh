@@ -43,13 +43,13 @@ for t in "${targets[@]}"; do
   for d in "fuzz/seeds/$t" "fuzz/regressions/$t"; do
     if [ -d "$d" ]; then inputs+=("$d"); fi
   done
-  before=$(find "fuzz/artifacts/$t" -type f ! -name run.log | wc -l)
+  before=$(find "fuzz/artifacts/$t" -type f ! -name '*.log' | wc -l)
   log=fuzz/artifacts/$t/run.log
   status=0
   "$bin_dir/$t" "${inputs[@]}" \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1 || status=$?
-  after=$(find "fuzz/artifacts/$t" -type f ! -name run.log | wc -l)
+  after=$(find "fuzz/artifacts/$t" -type f ! -name '*.log' | wc -l)
   crashes=$((after - before))
   if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then
     # Died without writing an artifact (e.g. could not start): count it as a failure.
