@@ -422,6 +422,7 @@ async fn round_idle(
     model: &mut Model,
     report: &mut SimReport,
 ) -> anyhow::Result<(String, bool)> {
+    let before = d.files();
     let engine = d.engine.as_mut().expect("the device is started");
     let r = engine
         .sync_once()
@@ -430,15 +431,32 @@ async fn round_idle(
     report.conflicts += r.conflicts;
     // Files the round left for later were not acknowledged.
     let deferred: HashSet<&str> = r.deferred.iter().map(|(p, _)| p.as_str()).collect();
-    for (p, data) in d.files() {
+    let after = d.files();
+    for (p, data) in &after {
         if !deferred.contains(p.as_str()) {
-            model.kept.insert(data);
+            model.kept.insert(data.clone());
+        }
+    }
+    // What the round did to the folder, for the step log.
+    let mut changes = String::new();
+    for p in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
+        match (before.get(p), after.get(p)) {
+            (Some(x), Some(y)) if x == y => {}
+            (None, Some(y)) => {
+                let _ = write!(changes, " +{p}={}", label(y));
+            }
+            (Some(_), None) => {
+                let _ = write!(changes, " -{p}");
+            }
+            (_, y) => {
+                let _ = write!(changes, " ~{p}={}", y.map_or(String::new(), |y| label(y)));
+            }
         }
     }
     let idle = r.is_idle() && r.deferred.is_empty() && r.conflicts == 0;
     Ok((
         format!(
-            "{}: round up={} down={} del_here={} del_there={} ren={} conflicts={} deferred={:?}",
+            "{}: round up={} down={} del_here={} del_there={} ren={} conflicts={} deferred={:?} |{changes}",
             d.name,
             r.uploaded,
             r.downloaded,
@@ -899,4 +917,15 @@ async fn whereabouts(devices: &[Device], data: &[u8], id_key: &IdKey) -> String 
         let _ = writeln!(out, "  {} device id {}", d.name, e.session().device);
     }
     out
+}
+
+/// A content's origin, from its header (`dev1#7`), for the step log.
+fn label(data: &[u8]) -> String {
+    let head = data.split(|b| *b == b'\n').next().unwrap_or_default();
+    let head = String::from_utf8_lossy(head);
+    let mut words = head.split(' ').skip(2);
+    match (words.next(), words.next()) {
+        (Some(dev), Some(n)) => format!("{dev}{n}/{}", data.len()),
+        _ => format!("?/{}", data.len()),
+    }
 }

@@ -494,7 +494,24 @@ async fn remember<T: serde::Serialize>(
     Ok(())
 }
 
+/// The largest version-vector counter a client may send. Far above any real history
+/// (one version per nanosecond for a century stays below it), and low enough that the
+/// server's increments never saturate: a counter stuck at `u64::MAX` would make an
+/// increment change nothing, and a later concurrent edit would fast-forward over it.
+pub(crate) const MAX_VV_COUNTER: u64 = 1 << 62;
+
+/// Refuses a base version vector with a counter past [`MAX_VV_COUNTER`].
+fn check_base(base: &VersionVector) -> Result<(), DbError> {
+    match base.iter().find(|(_, n)| *n > MAX_VV_COUNTER) {
+        Some((device, n)) => Err(DbError::Invalid(format!(
+            "base counter {n} of device {device} is past the limit {MAX_VV_COUNTER}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn check_manifest(req: &CommitRequest) -> Result<(), DbError> {
+    check_base(&req.base)?;
     if req.idempotency_key.is_empty() || req.idempotency_key.len() > 128 {
         return Err(DbError::Invalid(
             "idempotency_key must be 1 to 128 characters".into(),
@@ -1039,6 +1056,7 @@ impl MetaRepo for SqlRepo {
         req: &DeleteRequest,
         now: i64,
     ) -> Result<OpResponse, DbError> {
+        check_base(&req.base)?;
         let ns = req.namespace;
         let (mut tx, _guard) = self.begin_ns(ns).await?;
         if let Some(answer) =

@@ -701,3 +701,36 @@ async fn concurrent_commits_lose_nothing() {
         );
     }
 }
+
+#[tokio::test]
+async fn saturating_version_counters_are_refused() {
+    for be in backends().await {
+        let repo = &*be.repo;
+        let w = world(repo, "sat").await;
+        let name = be.name;
+        let c1 = commit_req(repo, w.ns, "s.txt", &VersionVector::new(), &[1], NOW).await;
+        let head = repo.commit(w.a, &c1, NOW).await.unwrap().head;
+        // A base with a counter at u64::MAX would make every later increment a no-op
+        // (found by the version_vector fuzz target): refused with a reason.
+        let mut base = head.vv.clone();
+        base.set(w.b.device, u64::MAX);
+        let c2 = commit_req(repo, w.ns, "s.txt", &base, &[2], NOW + 1).await;
+        match repo.commit(w.b, &c2, NOW).await {
+            Err(DbError::Invalid(msg)) => assert!(msg.contains("past the limit"), "{name}: {msg}"),
+            other => panic!("{name}: a saturating base was accepted: {other:?}"),
+        }
+        let del = DeleteRequest {
+            namespace: w.ns,
+            path: p("s.txt"),
+            base,
+            idempotency_key: "sat-delete".into(),
+        };
+        assert!(
+            matches!(repo.delete(w.b, &del, NOW).await, Err(DbError::Invalid(_))),
+            "{name}: a saturating delete base was accepted"
+        );
+        // The file is untouched.
+        let still = repo.commit(w.a, &c1, NOW).await.unwrap();
+        assert_eq!(still.head, head, "{name}");
+    }
+}
