@@ -283,7 +283,14 @@ pub async fn run_seed(cfg: &SimConfig) -> Result<SimReport, SimFailure> {
 }
 
 async fn run_inner(cfg: &SimConfig, log: &mut Vec<String>) -> anyhow::Result<SimReport> {
-    let dir = tempfile::tempdir()?;
+    // Folders, state and the server's files in memory when the machine has a tmpfs:
+    // the same code paths (fsync included), a fraction of the time per seed.
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)?
+    } else {
+        tempfile::tempdir()?
+    };
     let (database_url, pg) = match cfg.backend {
         Backend::Sqlite => (
             format!(
