@@ -616,6 +616,7 @@ impl Engine {
             };
             let from = path.to_local(&self.root);
             let to = copy.path.to_local(&self.root);
+            check_inside_root(&self.root, &copy.path, &to)?;
             if !to.exists() {
                 make_parent(&to)?;
                 // Stat before the rename (which keeps inode and mtime): once moved,
@@ -804,6 +805,7 @@ impl Engine {
                     return Ok(true);
                 };
                 let full = path.to_local(&self.root);
+                check_inside_root(&self.root, &path, &full)?;
                 if !self.still_as_synced(&full, b).await {
                     return Ok(false); // edited meanwhile: the next round uploads it
                 }
@@ -820,6 +822,8 @@ impl Engine {
                 };
                 let src = from.to_local(&self.root);
                 let dst = meta.path.to_local(&self.root);
+                check_inside_root(&self.root, &from, &src)?;
+                check_inside_root(&self.root, &meta.path, &dst)?;
                 if dst.exists() || !self.still_as_synced(&src, b).await {
                     return Ok(false);
                 }
@@ -995,11 +999,7 @@ impl Engine {
             )));
         }
         let dst = meta.path.to_local(&self.root);
-        // Refuse anything that would not land inside the root (defence in depth: the
-        // path type already excludes `..` and absolute paths).
-        if !dst.starts_with(&self.root) || has_symlink_component(&self.root, &dst) {
-            return Err(verify("the path leaves the sync root".into()));
-        }
+        check_inside_root(&self.root, &meta.path, &dst)?;
         make_parent(&dst)?;
         let dir = dst.parent().expect("a file has a parent").to_owned();
         let tmp = dir.join(format!(
@@ -1178,6 +1178,26 @@ fn read_local_chunk(
 /// Why a local operation waits for the next round.
 const CHANGED_MEANWHILE: &str =
     "the local file changed since it was last synced; retried next round";
+
+/// Refuses a local path named by the server (a download, a move or delete, a
+/// conflict copy) unless it lies inside the root, below it by plain components only
+/// (defence in depth: the path type already excludes `..` and absolute paths), with
+/// no symlink on the way: the client never writes through a symlink, which may point
+/// anywhere.
+fn check_inside_root(root: &Path, path: &SyncPath, full: &Path) -> Result<(), SyncError> {
+    let plain = full.strip_prefix(root).is_ok_and(|rel| {
+        rel.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    });
+    if plain && !has_symlink_component(root, full) {
+        Ok(())
+    } else {
+        Err(SyncError::Verify {
+            path: path.to_string(),
+            reason: "the path leaves the sync root".into(),
+        })
+    }
+}
 
 fn has_symlink_component(root: &Path, dst: &Path) -> bool {
     let Ok(rel) = dst.strip_prefix(root) else {

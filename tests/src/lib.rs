@@ -818,3 +818,45 @@ impl Client {
         Summary::parse(&self.sync_once())
     }
 }
+
+// ------------------------------------------------------------------ security suite
+
+impl Server {
+    /// Like [`Server::start_on`], with the URL of the metadata database the server
+    /// uses (its default SQLite file, or the fresh PostgreSQL database), so a test can
+    /// read every row the server stored.
+    pub fn start_on_with_db_url(backend: Backend) -> Option<(Self, String)> {
+        match backend {
+            Backend::Sqlite => {
+                let server = Self::start();
+                let url = format!("sqlite://{}", server.data_dir().join("fsync.db").display());
+                Some((server, url))
+            }
+            Backend::Postgres => postgres_url().map(|base| {
+                let url = fresh_postgres_url(&base);
+                (Self::spawn(Some(&url)), url)
+            }),
+        }
+    }
+
+    /// The port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Account {
+    /// The same account reached at another URL (e.g. a proxy in front of the server).
+    #[must_use]
+    pub fn via(&self, server_url: &str) -> Account {
+        Account {
+            server_url: server_url.to_owned(),
+            username: self.username.clone(),
+        }
+    }
+
+    /// The username.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+}
