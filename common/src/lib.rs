@@ -23,6 +23,7 @@ mod path;
 mod vv;
 
 pub mod batch;
+pub mod failpoint;
 pub mod limits;
 pub mod wire;
 
