@@ -146,6 +146,8 @@ impl Engine {
     /// An engine syncing `root`; `marker` is the directory whose presence proves the
     /// root is the one that was synced (normally `<root>/.fsync`).
     pub fn new(root: PathBuf, marker: PathBuf, state: State, session: Session) -> Self {
+        // Test builds arm fault injection by environment: say so loudly at start.
+        fsync_common::failpoint::init();
         Self {
             root,
             marker,
@@ -563,6 +565,9 @@ impl Engine {
                 }
             })
             .collect();
+        // Chunks are stored; nothing is committed yet.
+        fsync_common::failpoint::hit("client.upload.before_commit")
+            .map_err(io_err("committing", &self.root))?;
         let results = self.session.api.events(events).await?;
         for ((path, l, d, req), result) in requests.into_iter().zip(results) {
             let response = match result {
@@ -1059,6 +1064,8 @@ impl Engine {
                     return Err(verify(format!("chunk {} has the wrong length", c.id())));
                 }
                 out.write_all(data).map_err(io_err("writing", &tmp))?;
+                fsync_common::failpoint::hit("client.download.chunk_written")
+                    .map_err(io_err("writing", &tmp))?;
                 bar.inc(u64::from(c.len()));
             }
         }
@@ -1113,6 +1120,8 @@ impl Engine {
         if !safe {
             return Ok(false);
         }
+        fsync_common::failpoint::hit("client.download.before_rename")
+            .map_err(io_err("renaming into place", &dst))?;
         std::fs::rename(&tmp, &dst).map_err(io_err("renaming into place", &dst))?;
         guard.disarm();
         fsync_dir(&dir);

@@ -41,6 +41,9 @@ async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let config = Config::parse();
     init_logging(&config);
+    if fsync_common::failpoint::init() {
+        tracing::warn!("fault injection is armed (FSYNC_FAILPOINTS): test use only");
+    }
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(load_server_config(cert, key)?),
         _ => None,

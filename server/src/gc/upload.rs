@@ -114,6 +114,9 @@ pub async fn store_chunks(
     now: i64,
 ) -> Result<StoredResponse, UploadError> {
     let put = put_blobs(blobs, ns, items).await?;
+    // Blobs written, rows not yet: a crash here leaves orphan blobs, nothing else.
+    fsync_common::failpoint::hit("server.chunks.before_record")
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
     record_stored(repo, blobs, put, now).await
 }
 

@@ -32,6 +32,8 @@ pub enum ApiError {
     InvalidBlob(String),
     /// 503.
     Unavailable(String),
+    /// 503, the blob store is out of space (the detail goes to the log only).
+    StorageFull(String),
     /// 500; the detail goes to the log only.
     Internal(String),
 }
@@ -74,6 +76,11 @@ impl ApiError {
                 ErrorCode::Unavailable,
                 "a storage service is unavailable; try again later".to_owned(),
             ),
+            Self::StorageFull(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "the server's storage is full; try again later".to_owned(),
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Internal,
@@ -97,7 +104,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.parts();
         match &self {
-            Self::Internal(detail) | Self::Unavailable(detail) => {
+            Self::Internal(detail) | Self::Unavailable(detail) | Self::StorageFull(detail) => {
                 tracing::error!(%status, detail = %detail, "request failed");
             }
             _ => tracing::debug!(%status, error = ?self, "request refused"),
@@ -128,6 +135,13 @@ impl From<DbError> for ApiError {
 
 impl From<fsync_store::StoreError> for ApiError {
     fn from(e: fsync_store::StoreError) -> Self {
-        Self::Unavailable(format!("blob store: {e}"))
+        match &e {
+            fsync_store::StoreError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                Self::StorageFull(format!("blob store: {e}"))
+            }
+            _ => Self::Unavailable(format!("blob store: {e}")),
+        }
     }
 }

@@ -23,6 +23,9 @@ pub(crate) async fn do_commit(
 ) -> Result<CommitResponse, ApiError> {
     auth.authorize(state, req.namespace, true).await?;
     let r = state.repo.commit(auth.actor(), req, now_secs()).await?;
+    // Committed, not yet pushed: a crash here must not hide the change from others.
+    fsync_common::failpoint::hit("server.commit.before_push")
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let seq = r
         .head
         .seq

@@ -40,7 +40,8 @@ pub async fn event(
                 .map(SyncEventResult::Applied),
         };
         results.push(r.unwrap_or_else(|e| {
-            if let ApiError::Internal(d) | ApiError::Unavailable(d) = &e {
+            if let ApiError::Internal(d) | ApiError::Unavailable(d) | ApiError::StorageFull(d) = &e
+            {
                 tracing::error!(detail = %d, "sync event failed");
             }
             SyncEventResult::Failed(e.body())

@@ -227,6 +227,9 @@ fn put_blocking(root: &Path, path: &Path, blob: &[u8]) -> Result<PutOutcome, Sto
     let dir = path.parent().expect("a blob path has a parent");
     ensure_dir(root, dir)?;
     let mut temp = TempFile::write_synced(dir, blob)?;
+    // A failed write (injected by the fault tests) must leave no temp file.
+    fsync_common::failpoint::hit("store.local.put")
+        .map_err(io_err("write temp file", &temp.path))?;
     // A hard link never replaces an existing file, so exactly one of several
     // concurrent puts stores; the others see AlreadyPresent.
     let outcome = match fs::hard_link(&temp.path, path) {
