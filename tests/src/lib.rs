@@ -64,6 +64,8 @@ const CLEARED_ENV: &[&str] = &[
     "LOG_FORMAT",
     "TLS_CERT",
     "TLS_KEY",
+    "FSYNC_FAILPOINTS",
+    "FSYNC_FAILPOINT_DIR",
 ];
 
 fn clean_env(cmd: &mut Command) {
@@ -816,6 +818,350 @@ impl Client {
     /// One sync round; its parsed summary.
     pub fn sync(&self) -> Summary {
         Summary::parse(&self.sync_once())
+    }
+}
+
+// ------------------------------------------------------------------ fault injection
+
+/// `FSYNC_FAILPOINTS`, which arms the named failpoints of `fsync_common::failpoint`.
+pub const FAILPOINTS: &str = "FSYNC_FAILPOINTS";
+/// `FSYNC_FAILPOINT_DIR`, where `pause` failpoints meet the test (see [`PauseDir`]).
+pub const FAILPOINT_DIR: &str = "FSYNC_FAILPOINT_DIR";
+
+/// How [`Server::start_with`] starts, and [`Server::restart`] restarts, a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// `--database-url`; SQLite in the data dir when `None`.
+    pub database_url: Option<String>,
+    /// `--files-directory`; `<data dir>/blobs` when `None`.
+    pub files_directory: Option<PathBuf>,
+    /// Extra environment variables (e.g. [`FAILPOINTS`]).
+    pub env: Vec<(String, String)>,
+}
+
+impl ServerOptions {
+    /// These options plus `FSYNC_FAILPOINTS=spec`.
+    #[must_use]
+    pub fn failpoints(mut self, spec: &str) -> Self {
+        self.env.push((FAILPOINTS.to_owned(), spec.to_owned()));
+        self
+    }
+
+    /// The same storage, without the extra environment (no failpoints).
+    #[must_use]
+    pub fn plain(&self) -> Self {
+        Self {
+            env: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Spawns `fsync-server` on `port` with its data in `dir/data`, appending to `log`, and
+/// waits until it is healthy; on failure it is killed and the log's tail returned.
+fn spawn_server_process(
+    dir: &Path,
+    port: u16,
+    log: &Path,
+    opts: &ServerOptions,
+) -> Result<Child, String> {
+    let mut log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("server log");
+    let _ = writeln!(log_file, "--- fsync-server starts on port {port} ---");
+    let mut cmd = Command::new(&binaries().server);
+    clean_env(&mut cmd);
+    cmd.arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--port", &port.to_string(), "--secret-key", SECRET])
+        .args(["--log-level", "info,fsync_server=debug"]);
+    if let Some(url) = &opts.database_url {
+        cmd.args(["--database-url", url]);
+    }
+    if let Some(files) = &opts.files_directory {
+        cmd.arg("--files-directory").arg(files);
+    }
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("server log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn fsync-server");
+    match wait_healthy(&mut child, port) {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("{e}\n--- server log ---\n{}", tail(log, 40)))
+        }
+    }
+}
+
+impl Server {
+    /// A server started with `opts` (its storage, its extra environment).
+    pub fn start_with(opts: &ServerOptions) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let log = data.path().join("server.log");
+        let backend = if opts.database_url.is_some() {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        // As in `spawn`: another process may take the port between look and bind.
+        for attempt in 0..5 {
+            let port = free_port();
+            match spawn_server_process(data.path(), port, &log, opts) {
+                Ok(child) => {
+                    return Self {
+                        child,
+                        port,
+                        log,
+                        data,
+                        backend,
+                    }
+                }
+                Err(e) => assert!(
+                    e.contains("cannot listen") && attempt < 4,
+                    "fsync-server did not start: {e}"
+                ),
+            }
+        }
+        unreachable!("the loop either returns or panics")
+    }
+
+    /// Kills the server (if it still runs) and starts it again on the same port, data
+    /// dir and log, with `opts` (which must name the same storage).
+    pub fn restart(&mut self, opts: &ServerOptions) {
+        self.kill();
+        self.child = spawn_server_process(self.data.path(), self.port, &self.log, opts)
+            .unwrap_or_else(|e| panic!("fsync-server did not restart: {e}"));
+    }
+
+    /// SIGKILL, then reap (no-op when it already exited).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until the server process exits (e.g. at an `abort` failpoint).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_until(timeout, "fsync-server to exit", || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.expect("exited")
+    }
+
+    /// The server's log so far (every start of it).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Requests answered on `route` (as axum matched it, e.g. `/api/v1/chunks/batch`)
+    /// with `method`, any status, since the server (re)started.
+    pub fn requests(&self, method: &str, route: &str) -> u64 {
+        let (status, body) = http_get(self.port, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        let prefix =
+            format!("fsync_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"");
+        body.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Runs `fsync-gc ARGS` on this server's storage (`opts`: as the server was started).
+    pub fn gc(&self, opts: &ServerOptions, args: &[&str]) -> Output {
+        let mut cmd = Command::new(gc_binary());
+        clean_env(&mut cmd);
+        cmd.arg("--data-dir").arg(self.data_dir());
+        if let Some(url) = &opts.database_url {
+            cmd.args(["--database-url", url]);
+        }
+        if let Some(files) = &opts.files_directory {
+            cmd.arg("--files-directory").arg(files);
+        }
+        cmd.args(args)
+            .current_dir(self.data.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fsync-gc")
+    }
+
+    /// `fsync-gc verify`; panics with its report unless nothing is damaged.
+    pub fn assert_gc_verify_clean(&self, opts: &ServerOptions) {
+        let out = self.gc(opts, &["verify"]);
+        check(&out, "fsync-gc verify");
+    }
+}
+
+/// The `fsync-gc` binary, built once per test process (or from `FSYNC_E2E_BIN_DIR`).
+pub fn gc_binary() -> &'static Path {
+    static GC: OnceLock<PathBuf> = OnceLock::new();
+    GC.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("FSYNC_E2E_BIN_DIR") {
+            let exe = PathBuf::from(dir).join("fsync-gc");
+            assert!(
+                exe.is_file(),
+                "FSYNC_E2E_BIN_DIR: {} is missing",
+                exe.display()
+            );
+            return exe;
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ lives in the workspace");
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "-p", "fsync-server", "--bin", "fsync-gc"])
+            .arg("--message-format=json-render-diagnostics")
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run cargo");
+        assert!(
+            out.status.success(),
+            "cargo build of fsync-gc failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|m| {
+                (m["target"]["name"] == "fsync-gc")
+                    .then(|| m["executable"].as_str().map(PathBuf::from))
+                    .flatten()
+            })
+            .expect("cargo build did not report the fsync-gc binary")
+    })
+}
+
+impl Client {
+    /// Runs `fsync-client … ARGS` to completion with extra environment variables.
+    pub fn run_with_env(&self, args: &[&str], env: &[(String, String)]) -> Output {
+        self.command()
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run fsync-client")
+    }
+
+    /// [`Client::spawn_once`] with extra environment variables.
+    pub fn spawn_once_with_env(&self, env: &[(String, String)]) -> Run {
+        let log = self.dir.path().join(format!(
+            "once-{}.log",
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
+        let file = std::fs::File::create(&log).expect("client log");
+        let child = self
+            .command()
+            .arg("--once")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(file.try_clone().expect("client log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn fsync-client --once");
+        Run { child, log }
+    }
+
+    /// [`Client::spawn_daemon`] with extra environment variables (they override the
+    /// defaults, e.g. `SYNC_INTERVAL`).
+    pub fn spawn_daemon_with_env(&self, env: &[(String, String)]) -> Daemon {
+        let log = self.dir.path().join(format!(
+            "daemon-{}.log",
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
+        let file = std::fs::File::create(&log).expect("daemon log");
+        let child = self
+            .command()
+            .arg("--verbose")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(file.try_clone().expect("daemon log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn the fsync-client daemon");
+        Daemon { child, log }
+    }
+}
+
+impl Run {
+    /// Waits until the process exits; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_until(timeout, "fsync-client to exit", || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.expect("exited")
+    }
+}
+
+/// True when `status` is a death by `abort()` (SIGABRT), i.e. an `abort` failpoint.
+pub fn aborted(status: std::process::ExitStatus) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal() == Some(6)
+    }
+    #[cfg(not(unix))]
+    {
+        !status.success()
+    }
+}
+
+/// The meeting place of `pause` failpoints and a test: a process paused at `NAME`
+/// created `NAME.hit` here and waits for `NAME.resume`.
+#[derive(Debug)]
+pub struct PauseDir {
+    dir: tempfile::TempDir,
+}
+
+impl Default for PauseDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PauseDir {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The environment that arms `spec` (`name=action,…`) with this directory.
+    pub fn env(&self, spec: &str) -> Vec<(String, String)> {
+        vec![
+            (FAILPOINTS.to_owned(), spec.to_owned()),
+            (
+                FAILPOINT_DIR.to_owned(),
+                self.dir.path().to_string_lossy().into_owned(),
+            ),
+        ]
+    }
+
+    /// Waits until a process pauses at `name`; panics if `gone()` first turns true
+    /// (the process exited without reaching the point).
+    pub fn wait_paused(&self, name: &str, mut gone: impl FnMut() -> bool) {
+        let hit = self.dir.path().join(format!("{name}.hit"));
+        wait_until(EVENT_TIMEOUT, &format!("a pause at {name}"), || {
+            if hit.exists() {
+                return true;
+            }
+            assert!(!gone(), "the process ended before it reached {name}");
+            false
+        });
+    }
+
+    /// Lets the process paused at `name` go on (and every later hit pass).
+    pub fn resume(&self, name: &str) {
+        std::fs::write(self.dir.path().join(format!("{name}.resume")), b"").expect("resume file");
     }
 }
 

@@ -1,0 +1,452 @@
+//! Fault injection at named points (`fsync_common::failpoint`, armed by
+//! `FSYNC_FAILPOINTS` in the child processes only): client and server crashes at the
+//! exact step between two writes, blob-store write errors, a real full disk, and a
+//! garbage collection between `chunks/missing` and the commit. Every test proves the
+//! recovery: nothing written is lost (it reaches the server and the other device), no
+//! partial file is visible, no temp file is left, and nothing is uploaded twice when
+//! it need not be.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fsync_tests::{
+    aborted, assert_same_tree, conflict_copies, random_bytes, temp_files, wait_until, Client,
+    PauseDir, Server, ServerOptions, Summary, EVENT_TIMEOUT, FAILPOINTS,
+};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+fn failpoints(spec: &str) -> Vec<(String, String)> {
+    vec![(FAILPOINTS.to_owned(), spec.to_owned())]
+}
+
+/// A few files of different sizes (one of many chunks), incompressible.
+fn write_files(c: &Client, seed: u64) -> Vec<String> {
+    let files = [
+        ("big.bin", 2 * MIB + 12_345),
+        ("docs/report.bin", 300 * KIB),
+        ("docs/note.txt", 40),
+    ];
+    for (i, (path, len)) in files.iter().enumerate() {
+        c.write(path, random_bytes(seed * 10 + i as u64, *len));
+    }
+    files.iter().map(|(p, _)| (*p).to_owned()).collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// Files below `dir` whose name starts with `prefix` (blob-store temp files: `.tmp-`).
+fn files_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            } else if entry.file_name().to_string_lossy().starts_with(prefix) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Every device holds the same files, none partial or temporary, no conflict copy.
+fn assert_converged(a: &Client, b: &Client) {
+    assert_same_tree(a, b);
+    for c in [a, b] {
+        assert_eq!(
+            temp_files(c.root()),
+            Vec::<String>::new(),
+            "temp files left"
+        );
+        assert_eq!(conflict_copies(&c.tree()), Vec::<String>::new());
+    }
+}
+
+// ------------------------------------------------------------------ client crashes
+
+#[test]
+fn client_killed_before_renaming_a_download_keeps_the_old_version_whole() {
+    let server = Server::start();
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    let v1 = random_bytes(1, 700 * KIB);
+    let v2 = random_bytes(2, 900 * KIB);
+    a.write("doc.bin", &v1);
+    a.sync();
+    assert_eq!(b.sync().downloaded, 1);
+    a.write("doc.bin", &v2);
+    a.write("new.txt", "created while B was down");
+    assert_eq!(a.sync().uploaded, 2);
+
+    let out = b.run_with_env(
+        &["--once"],
+        &failpoints("client.download.before_rename=abort"),
+    );
+    assert!(aborted(out.status), "no crash: {}", stderr(&out));
+    // The crash came after the temp file was complete and synced, before the rename:
+    // the old version is whole, the new file absent, the temp file is left over.
+    assert!(b.read("doc.bin") == v1, "doc.bin is not the old version");
+    assert!(
+        !b.path("new.txt").exists(),
+        "new.txt visible before its rename"
+    );
+    assert_eq!(temp_files(b.root()).len(), 1, "{:?}", b.tree());
+
+    let s = b.sync();
+    assert_eq!((s.downloaded, s.conflicts), (2, 0), "{s:?}");
+    assert!(b.read("doc.bin") == v2);
+    assert_converged(&a, &b);
+}
+
+#[test]
+fn client_killed_mid_download_leaves_no_partial_file() {
+    let server = Server::start();
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    let data = random_bytes(3, 3 * MIB);
+    a.write("big.bin", &data);
+    a.sync();
+
+    let out = b.run_with_env(
+        &["--once"],
+        &failpoints("client.download.chunk_written=abort"),
+    );
+    assert!(aborted(out.status), "no crash: {}", stderr(&out));
+    assert!(!b.path("big.bin").exists(), "a partial big.bin is visible");
+    let temps = temp_files(b.root());
+    assert_eq!(temps.len(), 1, "{temps:?}");
+    let partial = std::fs::metadata(b.path(&temps[0])).unwrap().len();
+    assert!(
+        partial > 0 && partial < data.len() as u64,
+        "the crash was not mid-download ({partial} bytes written)"
+    );
+
+    assert_eq!(b.sync().downloaded, 1);
+    assert!(b.read("big.bin") == data);
+    assert_converged(&a, &b);
+}
+
+#[test]
+fn client_killed_between_upload_and_commit_uploads_no_chunk_twice() {
+    let server = Server::start();
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    let files = write_files(&a, 4);
+
+    let out = a.run_with_env(
+        &["--once"],
+        &failpoints("client.upload.before_commit=abort"),
+    );
+    assert!(aborted(out.status), "no crash: {}", stderr(&out));
+    let stored = server.chunks_stored();
+    assert!(
+        stored > 8,
+        "the chunks were not uploaded before the crash: {stored}"
+    );
+    // Nothing was committed.
+    assert_eq!(b.sync().downloaded, 0);
+
+    let uploads = || {
+        server.requests("POST", "/api/v1/chunks/batch")
+            + server.requests("PUT", "/api/v1/chunks/{id}")
+    };
+    let (upload_requests, bytes_in) = (uploads(), server.bytes_in());
+    let s = a.sync();
+    assert_eq!(s.uploaded, files.len() as u64, "{s:?}");
+    assert_eq!(server.chunks_stored(), stored, "chunks stored again");
+    assert_eq!(
+        uploads(),
+        upload_requests,
+        "the restarted client sent chunks again"
+    );
+    let sent = server.bytes_in() - bytes_in;
+    assert!(
+        sent < 64 * KIB as u64,
+        "the restarted client sent {sent} bytes"
+    );
+
+    assert_eq!(b.sync().downloaded, files.len() as u64);
+    assert_converged(&a, &b);
+    server.assert_gc_verify_clean(&ServerOptions::default());
+}
+
+// ------------------------------------------------------------------ server crashes
+
+#[test]
+fn server_killed_between_blob_write_and_metadata_commit_loses_nothing() {
+    let opts = ServerOptions::default().failpoints("server.chunks.before_record=abort");
+    let mut server = Server::start_with(&opts);
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    let files = write_files(&a, 5);
+
+    let out = a.run(&["--once"]);
+    assert!(!out.status.success(), "the round succeeded");
+    assert!(
+        stderr(&out).contains("network error"),
+        "unclear error: {}",
+        stderr(&out)
+    );
+    assert!(
+        aborted(server.wait_exit(EVENT_TIMEOUT)),
+        "the server did not crash"
+    );
+    // The blobs were written; their rows were not.
+    let blobs = server.data_dir().join("blobs");
+    assert!(
+        !files_named(&blobs, "").is_empty(),
+        "no blob written before the crash"
+    );
+
+    server.restart(&opts.plain());
+    let s = a.sync();
+    assert_eq!(s.uploaded, files.len() as u64, "{s:?}");
+    assert_eq!(b.sync().downloaded, files.len() as u64);
+    assert_converged(&a, &b);
+    assert_eq!(files_named(&blobs, ".tmp-"), Vec::<PathBuf>::new());
+    server.assert_gc_verify_clean(&opts.plain());
+}
+
+#[test]
+fn server_killed_between_commit_and_push_still_delivers_the_change() {
+    let opts = ServerOptions::default().failpoints("server.commit.before_push=abort");
+    let mut server = Server::start_with(&opts);
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    // B learns of changes only through its push socket: no periodic rescan within the
+    // test, so the change must come from the journal once the socket reconnects.
+    let daemon = b.spawn_daemon_with_env(&[("SYNC_INTERVAL".into(), "3600".into())]);
+    wait_until(EVENT_TIMEOUT, "B's push socket", || {
+        server.metric("fsync_websocket_connections") == 1
+    });
+    let data = random_bytes(6, 500 * KIB);
+    a.write("shared/plan.bin", &data);
+
+    let out = a.run(&["--once"]);
+    assert!(!out.status.success(), "the round succeeded");
+    assert!(
+        aborted(server.wait_exit(EVENT_TIMEOUT)),
+        "the server did not crash"
+    );
+    server.restart(&opts.plain());
+
+    wait_until(EVENT_TIMEOUT, "B to catch up after the restart", || {
+        b.try_read("shared/plan.bin").is_some_and(|d| d == data)
+    });
+    // A's commit was durable: A adopts it, uploads nothing, makes no conflict.
+    let s = a.sync();
+    assert_eq!((s.uploaded, s.conflicts), (0, 0), "{s:?}");
+    assert_eq!(server.chunks_stored(), 0, "chunks uploaded again");
+    assert_converged(&a, &b);
+    drop(daemon);
+}
+
+// ------------------------------------------------------------------ storage errors
+
+#[test]
+fn blob_store_write_errors_are_reported_and_nothing_is_lost() {
+    let opts = ServerOptions::default().failpoints("store.local.put=3*error");
+    let server = Server::start_with(&opts);
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    let files = write_files(&a, 7);
+
+    let out = a.run(&["--once"]);
+    assert!(!out.status.success(), "the round succeeded");
+    let err = stderr(&out);
+    assert!(
+        err.contains("503") && err.contains("try again later"),
+        "unclear error: {err}"
+    );
+    assert!(server
+        .log_text()
+        .contains("injected fault at store.local.put"));
+    let blobs = server.data_dir().join("blobs");
+    assert_eq!(files_named(&blobs, ".tmp-"), Vec::<PathBuf>::new());
+    assert_eq!(b.sync().downloaded, 0);
+
+    // The store works again (the failpoint failed three writes): the next round
+    // uploads everything.
+    assert_eq!(a.sync().uploaded, files.len() as u64);
+    assert_eq!(b.sync().downloaded, files.len() as u64);
+    assert_converged(&a, &b);
+    assert_eq!(files_named(&blobs, ".tmp-"), Vec::<PathBuf>::new());
+    server.assert_gc_verify_clean(&opts.plain());
+}
+
+/// A tmpfs mounted on a temp dir; unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` when this process may not mount (not root, no privileges).
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            println!("cannot mount a tmpfs: {}", stderr(&out));
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let block = vec![0xa5u8; 64 * KIB];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_and_the_daemon_retries_until_there_is_room() {
+    // A real full disk: the blob directory on a tiny tmpfs (the tests run as root).
+    // Where mounting is not permitted, an injected ENOSPC at the same step.
+    let tmpfs = Tmpfs::mount("8m");
+    let opts = if let Some(t) = &tmpfs {
+        ServerOptions {
+            files_directory: Some(t.path().join("blobs")),
+            ..ServerOptions::default()
+        }
+    } else {
+        println!("NOTE: no tmpfs; injecting ENOSPC at store.local.put instead");
+        ServerOptions::default().failpoints("store.local.put=4*enospc")
+    };
+    let server = Server::start_with(&opts);
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    let filler = tmpfs.as_ref().map(Tmpfs::fill);
+    let files = write_files(&a, 8);
+
+    // Only the retry after an error can bring the daemon back (no periodic rescan).
+    let daemon = a.spawn_daemon_with_env(&[("SYNC_INTERVAL".into(), "3600".into())]);
+    wait_until(EVENT_TIMEOUT, "the daemon to report the full disk", || {
+        daemon
+            .log()
+            .contains("the server's storage is full; try again later")
+    });
+    let blobs = opts
+        .files_directory
+        .clone()
+        .unwrap_or_else(|| server.data_dir().join("blobs"));
+    assert_eq!(files_named(&blobs, ".tmp-"), Vec::<PathBuf>::new());
+    assert_eq!(b.sync().downloaded, 0);
+
+    if let Some(f) = filler {
+        std::fs::remove_file(f).expect("remove the filler");
+    }
+    wait_until(
+        EVENT_TIMEOUT,
+        "the daemon to upload after the disk has room",
+        || daemon.log().contains(&format!("uploaded={}", files.len())),
+    );
+    assert_eq!(b.sync().downloaded, files.len() as u64);
+    assert_converged(&a, &b);
+    assert_eq!(files_named(&blobs, ".tmp-"), Vec::<PathBuf>::new());
+    server.assert_gc_verify_clean(&opts.plain());
+    drop(daemon);
+    drop(server);
+}
+
+// ------------------------------------------------------------------ GC race
+
+#[test]
+fn gc_between_missing_and_commit_makes_the_client_upload_again() {
+    let opts = ServerOptions::default();
+    let server = Server::start_with(&opts);
+    let alice = server.register("alice");
+    let (a, b) = (alice.device(), alice.device());
+    let files = write_files(&a, 9);
+
+    let pause = PauseDir::new();
+    let point = "client.upload.before_commit";
+    let mut run = a.spawn_once_with_env(&pause.env(&format!("{point}=pause")));
+    pause.wait_paused(point, || run.exited());
+    // The client asked `chunks/missing`, uploaded what was missing, and waits before
+    // its commit: a collection with no grace period takes every chunk (rows touched
+    // before the current second; the clock has to move on once).
+    let stored = server.chunks_stored();
+    assert!(stored > 8, "{stored}");
+    let t = now_secs();
+    wait_until(EVENT_TIMEOUT, "the clock to pass a second", || {
+        now_secs() > t
+    });
+    let out = server.gc(&opts, &["run", "--grace", "0s", "--json"]);
+    assert!(out.status.success(), "fsync-gc run: {}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["chunks_deleted"], stored, "{report}");
+
+    pause.resume(point);
+    let status = run.wait_exit(EVENT_TIMEOUT);
+    assert!(status.success(), "the round failed:\n{}", run.log());
+    let s = Summary::parse(&run.log());
+    assert_eq!(s.uploaded, files.len() as u64, "{s:?}\n{}", run.log());
+    // Every commit got a 409 with its missing chunks, which were uploaded again and
+    // committed one by one.
+    assert_eq!(
+        server.requests("POST", "/api/v1/files/upload"),
+        files.len() as u64
+    );
+    assert_eq!(server.chunks_stored(), 2 * stored);
+
+    assert_eq!(b.sync().downloaded, files.len() as u64);
+    assert_converged(&a, &b);
+    server.assert_gc_verify_clean(&opts);
+}
