@@ -719,14 +719,15 @@ async fn check(
     let in_tree: HashSet<&Vec<u8>> = tree.values().collect();
     // I2/I3: a kept content no user superseded is still there.
     for data in &model.kept {
-        if !model.superseded.contains(data) && model.written.get(data) == Some(&1) {
-            if !in_tree.contains(data) {
-                anyhow::bail!(
-                    "I2/I3: kept content {} is gone although nobody overwrote or deleted it\n{}",
-                    describe(data),
-                    whereabouts(devices, data, id_key).await
-                );
-            }
+        if !model.superseded.contains(data)
+            && model.written.get(data) == Some(&1)
+            && !in_tree.contains(data)
+        {
+            anyhow::bail!(
+                "I2/I3: kept content {} is gone although nobody overwrote or deleted it\n{}",
+                describe(data),
+                whereabouts(devices, data, id_key).await
+            );
         }
     }
     // I2: every kept content is in the tree or in history.

@@ -31,7 +31,7 @@ fn seeds() -> Vec<u64> {
     (start..start + n).collect()
 }
 
-fn run(backend: Backend, postgres: Option<String>) {
+fn run(backend: Backend, postgres: Option<&str>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -42,7 +42,7 @@ fn run(backend: Backend, postgres: Option<String>) {
             seed,
             steps: STEPS,
             backend,
-            postgres: postgres.clone(),
+            postgres: postgres.map(str::to_owned),
         };
         match rt.block_on(run_seed(&cfg)) {
             Ok(r) => println!(
@@ -64,5 +64,5 @@ fn random_seeds_keep_the_invariants_on_postgres() {
     let Some(url) = postgres_url() else {
         return;
     };
-    run(Backend::Postgres, Some(url));
+    run(Backend::Postgres, Some(&url));
 }
