@@ -9,7 +9,7 @@
 //! - a file that vanished locally while a new one with the same inode or content
 //!   appeared is a rename (no data sent).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use fsync_common::wire::FileMeta;
 use fsync_common::{ContentHash, FileId, SyncPath, VersionVector};
@@ -109,14 +109,32 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
         local,
         remote,
     } = input;
-    let by_id: HashMap<FileId, &BaseEntry> = base.values().map(|b| (b.file_id, b)).collect();
+    // A file can have two base entries for a round or two: its new path's and the old
+    // path's, when the local side of a move was refused (e.g. the old copy was touched).
+    // The old one is what a remote change still has to act on.
+    // A file can have base entries at two paths: its new one's and the old one's, when
+    // the local side of a move has not happened (e.g. an upload at the new path met the
+    // moved file there and won). The old one is what a remote change still acts on.
+    let mut by_id: HashMap<FileId, Vec<&BaseEntry>> = HashMap::new();
+    for b in base.values() {
+        by_id.entry(b.file_id).or_default().push(b);
+    }
     let mut handled: BTreeSet<&SyncPath> = BTreeSet::new();
     let mut ops = Vec::new();
+    // The file the server now has at each path, as far as these changes tell.
+    let live: HashMap<&SyncPath, FileId> = remote
+        .iter()
+        .filter(|r| !r.deleted)
+        .map(|r| (&r.path, r.file_id))
+        .collect();
     // The permission bits are part of a version (the executable bit travels).
     let changed = |b: &BaseEntry, l: &LocalEntry| l.hash != b.content_hash || l.file.mode != b.mode;
 
     for r in remote {
-        let b = by_id.get(&r.file_id).copied();
+        let b = by_id
+            .get(&r.file_id)
+            .and_then(|bs| bs.iter().find(|b| b.path != r.path).or(bs.first()))
+            .copied();
         if let Some(b) = b {
             if b.vv == r.vv && b.path == r.path && !r.deleted {
                 continue; // our own change coming back, or already applied
@@ -125,6 +143,14 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
         if r.deleted {
             let Some(b) = b else { continue };
             handled.insert(&b.path);
+            if live.get(&b.path).is_some_and(|id| *id != b.file_id) {
+                // Another remote file lives at the path now: that file decides what
+                // happens to the local one (adopt, download or conflict), and its
+                // operation replaces this base. Deleting the local file here as well
+                // would delete the other file's content; forgetting the base would
+                // leave the download nothing to check the local file against.
+                continue;
+            }
             match local.get(&b.path) {
                 None => ops.push(Op::Forget {
                     path: b.path.clone(),
@@ -133,10 +159,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
                     path: b.path.clone(),
                 }),
                 // Modified here, deleted there: the modification wins.
-                Some(_) => ops.push(Op::Upload {
-                    path: b.path.clone(),
-                    base: b.vv.clone(),
-                }),
+                Some(_) => push_upload(&mut ops, &live, &b.path, Some(b)),
             }
             continue;
         }
@@ -144,6 +167,14 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
         if let Some(b) = b.filter(|b| b.path != r.path) {
             // Moved remotely.
             handled.insert(&b.path);
+            // Another file now lives at the old path: the local file there is reconciled
+            // against that one (when its change comes) and the moved file is fetched at
+            // its new path. Moving or deleting the local file as well would act on it
+            // twice (adopt it as the newcomer, then move it away).
+            if live.get(&b.path).is_some_and(|id| *id != b.file_id) {
+                push_remote_at_path(&mut ops, base, local, &live, r);
+                continue;
+            }
             let dest_free = !local.contains_key(&r.path);
             match local.get(&b.path) {
                 Some(l) if !changed(b, l) && dest_free => {
@@ -152,28 +183,35 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
                         meta: r.clone(),
                     });
                 }
+                Some(l) if !changed(b, l) => {
+                    // Unchanged here, but another local file holds the destination (e.g.
+                    // one deleted remotely in the same batch): the old copy goes — it
+                    // moved away — and the destination is reconciled like any remote
+                    // file. Re-uploading the old copy as new would resurrect content.
+                    ops.push(Op::DeleteLocal {
+                        path: b.path.clone(),
+                    });
+                    push_remote_at_path(&mut ops, base, local, &live, r);
+                }
                 Some(_) => {
-                    // Changed here (or the destination is taken): keep the local file
-                    // as a new file at its path, and fetch the moved one.
+                    // Changed here: keep the local file as a new file at its path, and
+                    // fetch the moved one.
                     ops.push(Op::Forget {
                         path: b.path.clone(),
                     });
-                    ops.push(Op::Upload {
-                        path: b.path.clone(),
-                        base: VersionVector::new(),
-                    });
-                    push_remote_at_path(&mut ops, base, local, r);
+                    push_upload(&mut ops, &live, &b.path, None);
+                    push_remote_at_path(&mut ops, base, local, &live, r);
                 }
                 None => {
                     ops.push(Op::Forget {
                         path: b.path.clone(),
                     });
-                    push_remote_at_path(&mut ops, base, local, r);
+                    push_remote_at_path(&mut ops, base, local, &live, r);
                 }
             }
             continue;
         }
-        push_remote_at_path(&mut ops, base, local, r);
+        push_remote_at_path(&mut ops, base, local, &live, r);
     }
 
     // Local changes the remote side did not touch.
@@ -206,7 +244,8 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
             ops.push(Op::RenameRemote {
                 from: path.clone(),
                 to: to.clone(),
-                changed: l.hash != b.content_hash,
+                // The mode is part of a version: a chmod must be committed too.
+                changed: changed(b, l),
             });
         } else {
             ops.push(Op::DeleteRemote {
@@ -215,6 +254,13 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
             });
         }
     }
+    // One upload per path: a path is reached twice when a file moved away from it and
+    // another one arrived.
+    let mut uploading = HashSet::new();
+    ops.retain(|op| match op {
+        Op::Upload { path, .. } => uploading.insert(path.clone()),
+        _ => true,
+    });
     fresh.sort_by(|a, b| a.0.cmp(b.0));
     for (path, _) in fresh {
         ops.push(Op::Upload {
@@ -225,11 +271,33 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
     ops
 }
 
+/// Plans the upload of the local file at `path` on top of `b`. A base is the version
+/// this device saw of *its* file: when the server now has another file at the path, the
+/// local file is new to that one and the server resolves the two as concurrent. (The
+/// vector of another file can pass for a newer version and overwrite content this
+/// device never saw.)
+fn push_upload(
+    ops: &mut Vec<Op>,
+    live: &HashMap<&SyncPath, FileId>,
+    path: &SyncPath,
+    b: Option<&BaseEntry>,
+) {
+    let base = match b {
+        Some(b) if live.get(path).is_none_or(|id| *id == b.file_id) => b.vv.clone(),
+        _ => VersionVector::new(),
+    };
+    ops.push(Op::Upload {
+        path: path.clone(),
+        base,
+    });
+}
+
 /// A live remote file at `r.path`, against whatever is local there.
 fn push_remote_at_path(
     ops: &mut Vec<Op>,
     base: &BTreeMap<SyncPath, BaseEntry>,
     local: &BTreeMap<SyncPath, LocalEntry>,
+    live: &HashMap<&SyncPath, FileId>,
     r: &FileMeta,
 ) {
     let lb = base.get(&r.path);
@@ -242,14 +310,7 @@ fn push_remote_at_path(
             ops.push(Op::Download { meta: r.clone() });
         }
         // Changed on both sides: upload with what we saw; the server keeps both.
-        (Some(_), Some(lb)) => ops.push(Op::Upload {
-            path: r.path.clone(),
-            base: lb.vv.clone(),
-        }),
-        (Some(_), None) => ops.push(Op::Upload {
-            path: r.path.clone(),
-            base: VersionVector::new(),
-        }),
+        (Some(_), lb) => push_upload(ops, live, &r.path, lb),
     }
 }
 
