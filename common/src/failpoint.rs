@@ -13,6 +13,10 @@
 //!   at that exact moment, then resumes the process);
 //! - `off`: nothing.
 //!
+//! A point is disarmed for good, whatever its action, once
+//! `<FSYNC_FAILPOINT_DIR>/<name>.resume` exists (e.g. a disk that fills up, then has
+//! room again).
+//!
 //! `N*action` applies the action to the first `N` hits only (`2*error`). An unparsable
 //! `FSYNC_FAILPOINTS` panics: a fault test must never silently run without its fault.
 
@@ -132,6 +136,13 @@ pub fn hit(name: &str) -> io::Result<()> {
     if !point.take() {
         return Ok(());
     }
+    let resume = armed
+        .dir
+        .as_ref()
+        .map(|dir| dir.join(format!("{name}.resume")));
+    if resume.as_ref().is_some_and(|r| r.exists()) {
+        return Ok(());
+    }
     match point.action {
         Action::Off => Ok(()),
         Action::Abort => {
@@ -144,14 +155,11 @@ pub fn hit(name: &str) -> io::Result<()> {
             format!("injected: no space left on device (at {name})"),
         )),
         Action::Pause => {
-            let dir = armed.dir.as_ref().expect("checked when parsed");
-            let resume = dir.join(format!("{name}.resume"));
-            if !resume.exists() {
-                eprintln!("failpoint {name}: paused until {} exists", resume.display());
-                std::fs::write(dir.join(format!("{name}.hit")), b"")?;
-                while !resume.exists() {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+            let resume = resume.expect("checked when parsed");
+            eprintln!("failpoint {name}: paused until {} exists", resume.display());
+            std::fs::write(resume.with_extension("hit"), b"")?;
+            while !resume.exists() {
+                std::thread::sleep(Duration::from_millis(10));
             }
             Ok(())
         }

@@ -1159,7 +1159,8 @@ impl PauseDir {
         });
     }
 
-    /// Lets the process paused at `name` go on (and every later hit pass).
+    /// Lets the process paused at `name` go on; disarms `name` for good, whatever its
+    /// action.
     pub fn resume(&self, name: &str) {
         std::fs::write(self.dir.path().join(format!("{name}.resume")), b"").expect("resume file");
     }

@@ -364,6 +364,7 @@ fn a_full_disk_is_reported_and_the_daemon_retries_until_there_is_room() {
     // A real full disk: the blob directory on a tiny tmpfs (the tests run as root).
     // Where mounting is not permitted, an injected ENOSPC at the same step.
     let tmpfs = Tmpfs::mount("8m");
+    let no_room = PauseDir::new();
     let opts = if let Some(t) = &tmpfs {
         ServerOptions {
             files_directory: Some(t.path().join("blobs")),
@@ -371,7 +372,10 @@ fn a_full_disk_is_reported_and_the_daemon_retries_until_there_is_room() {
         }
     } else {
         println!("NOTE: no tmpfs; injecting ENOSPC at store.local.put instead");
-        ServerOptions::default().failpoints("store.local.put=4*enospc")
+        ServerOptions {
+            env: no_room.env("store.local.put=enospc"),
+            ..ServerOptions::default()
+        }
     };
     let server = Server::start_with(&opts);
     let alice = server.register("alice");
@@ -379,22 +383,30 @@ fn a_full_disk_is_reported_and_the_daemon_retries_until_there_is_room() {
     let filler = tmpfs.as_ref().map(Tmpfs::fill);
     let files = write_files(&a, 8);
 
-    // Only the retry after an error can bring the daemon back (no periodic rescan).
+    // No periodic rescan, and nothing else wakes the daemon once the push socket's
+    // greeting is used up: a third failed round, and the recovery after it, can only
+    // come from the daemon's retry (with backoff) after an error.
     let daemon = a.spawn_daemon_with_env(&[("SYNC_INTERVAL".into(), "3600".into())]);
-    wait_until(EVENT_TIMEOUT, "the daemon to report the full disk", || {
+    wait_until(EVENT_TIMEOUT, "the daemon to retry on a full disk", || {
         daemon
             .log()
-            .contains("the server's storage is full; try again later")
+            .matches("the server's storage is full; try again later")
+            .count()
+            >= 3
     });
     let blobs = opts
         .files_directory
         .clone()
         .unwrap_or_else(|| server.data_dir().join("blobs"));
-    assert_eq!(files_named(&blobs, ".tmp-"), Vec::<PathBuf>::new());
+    // As above: the failed round's other puts may still be writing.
+    wait_until(EVENT_TIMEOUT, "no temp blob left", || {
+        files_named(&blobs, ".tmp-").is_empty()
+    });
     assert_eq!(b.sync().downloaded, 0);
 
-    if let Some(f) = filler {
-        std::fs::remove_file(f).expect("remove the filler");
+    match filler {
+        Some(f) => std::fs::remove_file(f).expect("remove the filler"),
+        None => no_room.resume("store.local.put"),
     }
     wait_until(
         EVENT_TIMEOUT,
