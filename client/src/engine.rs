@@ -439,12 +439,14 @@ impl Engine {
                 }
                 (Op::RenameRemote { from, to, changed }, SyncEventResult::Applied(r)) => {
                     report.renamed += 1;
-                    if let (Some(b), Some(meta)) = (base.get(&from), r.files.first()) {
+                    if let (Some(b), Some(_)) = (base.get(&from), r.files.first()) {
                         let l = &local[&to].file;
                         let mut moved = b.clone();
                         moved.path = to.clone();
-                        moved.vv = meta.vv.clone();
-                        moved.version = meta.version;
+                        // The base keeps the vector and version this device saw: a rename
+                        // does not change them, so a differing answer means an edit landed
+                        // since the pull, which the next pull brings (as a download or a
+                        // conflict) instead of it being taken as seen.
                         moved.mtime = l.mtime;
                         moved.inode = l.inode;
                         moved.mode = l.mode;
@@ -453,7 +455,7 @@ impl Engine {
                             // the upload below commits on top of it.
                             uploads.push(Op::Upload {
                                 path: to.clone(),
-                                base: meta.vv.clone(),
+                                base: b.vv.clone(),
                             });
                         }
                         self.state.batch(|s| {

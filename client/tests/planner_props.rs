@@ -33,11 +33,11 @@
 //!   unless a user chmod-ed, renamed or copied that content somewhere.
 //!
 //! `planner_converges_and_loses_nothing` runs the rounds of the two devices one after
-//! the other. `planner_converges_and_loses_nothing_with_overlapping_rounds` (ignored)
+//! the other. `planner_converges_and_loses_nothing_with_overlapping_rounds`
 //! also lets a device execute a plan made before the other device's round, like two
 //! daemons syncing at once; it reaches the server's race paths (kept-modified deletes,
-//! merges, refused renames, stale downloads) and finds two races in the engine's
-//! handling of renames (`engine_rename_race_*`, ignored until `engine.rs` is fixed).
+//! merges, refused renames, stale downloads); it found two races in the engine's
+//! handling of renames (`engine_rename_race_*`, fixed in `engine.rs`).
 //! `PROPTEST_CASES` overrides the number of cases (default [`DEFAULT_CASES`]); the last
 //! line on stderr (`--nocapture`) counts what the cases exercised.
 //!
@@ -1103,19 +1103,17 @@ impl World<'_> {
                     self.devs[d].base.remove(&path);
                 }
                 (Op::RenameRemote { from, to, changed }, Ok(r)) => {
-                    if let (Some(b), Some(meta)) = (base.get(&from), r.files.first()) {
+                    if let (Some(b), Some(_)) = (base.get(&from), r.files.first()) {
                         let l = &local[&to].file;
                         let mut moved = b.clone();
                         moved.path = to.clone();
-                        moved.vv = meta.vv.clone();
-                        moved.version = meta.version;
                         moved.mtime = l.mtime;
                         moved.inode = l.inode;
                         moved.mode = l.mode;
                         if changed {
                             uploads.push(Op::Upload {
                                 path: to.clone(),
-                                base: meta.vv.clone(),
+                                base: b.vv.clone(),
                             });
                         }
                         self.devs[d].base.remove(&from);
@@ -1504,10 +1502,8 @@ fn planner_converges_and_loses_nothing() {
 
 /// Rounds that also overlap: a device executes a plan made before the other device's
 /// round. Reaches the server's race paths (kept-modified deletes, merges, refused
-/// renames, stale downloads) — and the engine's rename races below, hence ignored
-/// until those are fixed.
+/// renames, stale downloads); it found the engine's rename races below.
 #[test]
-#[ignore = "finds the engine's rename races (engine_rename_race_* below)"]
 fn planner_converges_and_loses_nothing_with_overlapping_rounds() {
     property(true);
 }
@@ -1635,16 +1631,16 @@ fn a_file_with_two_base_entries_still_moves() {
 }
 
 // ------------------------------------------------------------------ engine races
-// Found with overlapping rounds; the cause is in `engine.rs` (`run_remote_ops`: an
-// applied rename records the rename answer's version vector as the base, and uploads
+// Found with overlapping rounds; the cause was in `engine.rs` (`run_remote_ops`: an
+// applied rename recorded the rename answer's version vector as the base, and uploaded
 // a changed file on top of it), not in the planner. When a remote edit lands between
-// the pull and the rename, that vector includes an edit this device never saw.
+// the pull and the rename, that vector includes an edit this device never saw. The
+// engine now keeps the vector it saw; `World::execute` mirrors it.
 
 /// Device 0 moves and edits `a` while device 1 edits `a`; device 0's rename executes
 /// after device 1's commit. Its upload then fast-forwards over device 1's edit, which
 /// it never saw (I3): the edit survives only in history, without a conflict copy.
 #[test]
-#[ignore = "engine.rs: a changed rename uploads on top of the rename answer's vector"]
 fn engine_rename_race_overwrites_an_unseen_edit() {
     Env::new().check(&Case {
         swap_ids: false,
@@ -1683,7 +1679,6 @@ fn engine_rename_race_overwrites_an_unseen_edit() {
 /// content, the change looks like an echo from then on, and device 0 never downloads
 /// device 1's edit (I1).
 #[test]
-#[ignore = "engine.rs: a rename records the rename answer's vector as the base"]
 fn engine_rename_race_never_downloads_the_edit() {
     Env::new().check(&Case {
         swap_ids: false,
