@@ -56,6 +56,9 @@ pub(crate) fn dbs(chosen: &[Db]) -> Vec<Db> {
 pub(crate) struct Server {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
+    /// The server's metadata database (to read its tables; the SQLite file is in WAL
+    /// mode, so a reader does not block the server).
+    pub database_url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// The PostgreSQL server URL and the database made for this run, dropped at the end.
@@ -106,6 +109,7 @@ impl Server {
         }));
         Ok(Self {
             url: format!("http://{addr}"),
+            database_url,
             stop: Some(stop),
             task: Some(task),
             postgres,
@@ -246,6 +250,18 @@ impl Device {
         dir: &Path,
         name: &str,
     ) -> anyhow::Result<Self> {
+        Self::with_chunks(server_url, account, dir, name, session::chunk_config(None)?).await
+    }
+
+    /// [`Device::new`] with the engine's chunker set to `chunks` (as `CHUNK_SIZE` does
+    /// through [`session::chunk_config`]).
+    pub(crate) async fn with_chunks(
+        server_url: &str,
+        account: &Account,
+        dir: &Path,
+        name: &str,
+        chunks: fsync_chunker::ChunkerConfig,
+    ) -> anyhow::Result<Self> {
         let root = dir.join(name);
         let marker = root.join(STATE_DIR);
         std::fs::create_dir_all(&marker)
@@ -258,7 +274,7 @@ impl Device {
             &account.username,
             &account.password,
             name,
-            session::chunk_config(None)?,
+            chunks,
         )
         .await
         .with_context(|| format!("logging in {name}"))?;

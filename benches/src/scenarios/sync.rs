@@ -32,6 +32,7 @@ use anyhow::{bail, ensure, Context as _};
 use fsync_chunker::HashOptions;
 use fsync_client::api::ApiStats;
 use fsync_client::daemon::{self, DaemonOptions};
+use fsync_client::session;
 use fsync_common::wire::PushMessage;
 use fsync_common::ChunkId;
 use rand::rngs::StdRng;
@@ -45,7 +46,7 @@ use crate::report::{Record, Report};
 use crate::timing::median;
 
 /// Seed of the generated tree and files.
-const DATA_SEED: u64 = 2026;
+pub(crate) const DATA_SEED: u64 = 2026;
 /// Smallest and largest generated file of the tree.
 const MIN_FILE: u64 = 1024;
 const MAX_FILE: u64 = 4 << 20;
@@ -126,13 +127,13 @@ pub(crate) struct Args {
 }
 
 /// What the parts of one backend share.
-struct Ctx<'a> {
-    args: &'a Args,
-    db: Db,
-    work: &'a Path,
-    progress: bool,
-    records: Vec<Record>,
-    notes: Vec<String>,
+pub(crate) struct Ctx<'a> {
+    pub(crate) args: &'a Args,
+    pub(crate) db: Db,
+    pub(crate) work: &'a Path,
+    pub(crate) progress: bool,
+    pub(crate) records: Vec<Record>,
+    pub(crate) notes: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -231,10 +232,24 @@ async fn run_db(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 }
 
 /// Two devices of a fresh account, `<dir>/<prefix>-a` and `-b`.
-async fn pair(server: &Server, dir: &Path, prefix: &str) -> anyhow::Result<(Device, Device)> {
+pub(crate) async fn pair(
+    server: &Server,
+    dir: &Path,
+    prefix: &str,
+) -> anyhow::Result<(Device, Device)> {
+    pair_with_chunks(server, dir, prefix, session::chunk_config(None)?).await
+}
+
+/// [`pair`] with both engines' chunkers set to `chunks`.
+pub(crate) async fn pair_with_chunks(
+    server: &Server,
+    dir: &Path,
+    prefix: &str,
+    chunks: fsync_chunker::ChunkerConfig,
+) -> anyhow::Result<(Device, Device)> {
     let account = Account::register(server, &harness::username(prefix)).await?;
-    let a = Device::new(&server.url, &account, dir, &format!("{prefix}-a")).await?;
-    let b = Device::new(&server.url, &account, dir, &format!("{prefix}-b")).await?;
+    let a = Device::with_chunks(&server.url, &account, dir, &format!("{prefix}-a"), chunks).await?;
+    let b = Device::with_chunks(&server.url, &account, dir, &format!("{prefix}-b"), chunks).await?;
     Ok((a, b))
 }
 
@@ -443,7 +458,11 @@ fn file_sizes(n: usize, total: u64, seed: u64) -> anyhow::Result<Vec<u64>> {
 
 /// Writes the tree under `root`: file `i` is `d{i/100}/f{i}.txt` (text) for even `i`,
 /// `.bin` (random) for odd. Returns the relative paths and sizes.
-fn write_tree(root: &Path, sizes: &[u64], seed: u64) -> anyhow::Result<Vec<(String, u64)>> {
+pub(crate) fn write_tree(
+    root: &Path,
+    sizes: &[u64],
+    seed: u64,
+) -> anyhow::Result<Vec<(String, u64)>> {
     sizes
         .par_iter()
         .enumerate()
@@ -464,7 +483,7 @@ fn write_tree(root: &Path, sizes: &[u64], seed: u64) -> anyhow::Result<Vec<(Stri
 }
 
 /// Fails unless the two files have the same bytes.
-fn same_file(a: &Path, b: &Path) -> anyhow::Result<()> {
+pub(crate) fn same_file(a: &Path, b: &Path) -> anyhow::Result<()> {
     let hash = |p: &Path| -> anyhow::Result<blake3::Hash> {
         let mut h = blake3::Hasher::new();
         h.update_reader(
@@ -484,7 +503,7 @@ fn same_file(a: &Path, b: &Path) -> anyhow::Result<()> {
 // ------------------------------------------------------------------ large file
 
 /// Writes `mib` MiB of random bytes to `path`.
-fn write_large(path: &Path, mib: u32, seed: u64) -> anyhow::Result<()> {
+pub(crate) fn write_large(path: &Path, mib: u32, seed: u64) -> anyhow::Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut left = (mib as usize) << 20;
     let mut k = 0u64;
@@ -597,7 +616,7 @@ fn insert_byte(path: &Path, pos: Pos, tmp_dir: &Path, value: u8) -> anyhow::Resu
 }
 
 /// The 1-byte edits, each made `edit_repeat` times, with rsync alongside.
-async fn small_edits(
+pub(crate) async fn small_edits(
     ctx: &mut Ctx<'_>,
     a: &mut Device,
     b: &mut Device,
