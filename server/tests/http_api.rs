@@ -1279,6 +1279,29 @@ async fn sync_scenario(srv: &Server) {
         (rn.files[0].file_id, rn.files[0].path.as_str()),
         (c.head.file_id, "s/uno.txt")
     );
+    // The same batch again (a retry after a lost response): answered as before, the
+    // refused event refused again, nothing new in the journal.
+    let retry: SyncEventResponse = srv
+        .post("/api/v1/sync/event", tok, &events)
+        .await
+        .expect(200)
+        .json();
+    assert!(
+        matches!(&retry.results[0], SyncEventResult::Committed(r)
+            if r.outcome == CommitOutcome::AlreadyApplied && r.head == c.head),
+        "{:?}",
+        retry.results[0]
+    );
+    assert!(
+        matches!(&retry.results[1], SyncEventResult::Failed(e) if e.error.missing == vec![ghost]),
+        "{:?}",
+        retry.results[1]
+    );
+    assert!(
+        matches!(&retry.results[2], SyncEventResult::Applied(r) if r == rn),
+        "{:?}",
+        retry.results[2]
+    );
     let listed: Vec<String> = list_all(srv, &dev, &[("include_deleted", "true")])
         .await
         .into_iter()

@@ -112,6 +112,37 @@ pub struct Actor {
     pub device: DeviceId,
 }
 
+/// One write of a `sync/event` batch ([`MetaRepo::apply_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub enum BatchOp<'a> {
+    /// A create or modify: [`MetaRepo::commit`].
+    Commit(&'a CommitRequest),
+    /// [`MetaRepo::delete`].
+    Delete(&'a DeleteRequest),
+    /// [`MetaRepo::rename`].
+    Rename(&'a RenameRequest),
+}
+
+impl BatchOp<'_> {
+    /// The namespace the write goes to.
+    pub fn namespace(&self) -> NamespaceId {
+        match self {
+            Self::Commit(r) => r.namespace,
+            Self::Delete(r) => r.namespace,
+            Self::Rename(r) => r.namespace,
+        }
+    }
+}
+
+/// The answer to one [`BatchOp`].
+#[derive(Debug, Clone)]
+pub enum BatchAnswer {
+    /// Answer of a commit.
+    Committed(Box<CommitResponse>),
+    /// Answer of a delete or rename.
+    Applied(OpResponse),
+}
+
 /// The metadata repository.
 #[async_trait]
 pub trait MetaRepo: Send + Sync + std::fmt::Debug {
@@ -219,6 +250,17 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
         req: &RenameRequest,
         now: i64,
     ) -> Result<OpResponse, DbError>;
+    /// Applies writes in order, with exactly the outcome (and idempotency answers) that
+    /// calling [`MetaRepo::commit`], [`MetaRepo::delete`] and [`MetaRepo::rename`] one
+    /// after the other would give: one result per op, in order; a failed op changes
+    /// nothing and does not stop the others. Consecutive ops on one namespace are
+    /// applied in one transaction under its lock.
+    async fn apply_batch(
+        &self,
+        actor: Actor,
+        ops: &[BatchOp<'_>],
+        now: i64,
+    ) -> Vec<Result<BatchAnswer, DbError>>;
     /// Lists heads in path order.
     async fn list_files(
         &self,

@@ -7,7 +7,7 @@
 //! before anything is read. Journal sequence numbers are allocated under that lock, so
 //! they become visible in order and a reader's cursor never skips a change.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -27,13 +27,23 @@ use sqlx::AnyPool;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
 use tokio::sync::Mutex;
 
-use super::{Actor, BlobConfirm, DbError, MetaRepo, NewUser, TokenOwner, UserRecord};
+use super::{
+    Actor, BatchAnswer, BatchOp, BlobConfirm, DbError, MetaRepo, NewUser, TokenOwner, UserRecord,
+};
 use crate::domain::resolve::{
     conflict_path, plan_commit, plan_delete, CommitPlan, DeletePlan, HeadState, Incoming,
 };
 
 /// How many ids go into one `IN (…)` list.
 pub(super) const IN_BATCH: usize = 500;
+/// `chunks/missing` touches a present chunk only when its `last_touched` is older than
+/// this (seconds). A chunk answered present then has `last_touched >= now - slack`, and
+/// the sweep deletes only rows with `last_touched < its now - grace`, so the client keeps
+/// at least `grace - slack` (23 h with the default 24 h grace) to commit before the
+/// chunk can go; a commit later than that gets 409 with the ids (the namespace lock,
+/// not the grace period, is what keeps a committed version's chunks, see `crate::gc`).
+/// Keep it well below the grace period.
+pub(crate) const TOUCH_SLACK_SECS: i64 = 3600;
 /// Most chunks a single manifest may list (a 64 GiB file at the 4 MiB maximum).
 const MAX_MANIFEST_CHUNKS: usize = 1 << 20;
 
@@ -171,14 +181,250 @@ fn prefix_range(dir: &str) -> (String, String) {
 
 // ------------------------------------------------------------------ tx helpers
 
-async fn next_seq(tx: &mut Tx, ns: NamespaceId) -> Result<Seq, DbError> {
-    let row = sqlx::query(
-        "UPDATE namespaces SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
-    )
-    .bind(ns.to_hex())
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(Seq(row.try_get::<i64, _>(0)? as u64))
+/// A write transaction on one namespace, holding the namespace lock from its first
+/// statement to its commit. Journal positions are allocated here (no one else can while
+/// the lock is held); rows that nothing inside the transaction reads back — journal
+/// entries, chunk references, idempotency answers — are buffered and inserted by
+/// [`NsTx::finish`] with a few multi-row statements, still inside the transaction and
+/// under the lock. Heads and idempotency answers read once are cached, and kept up to
+/// date by the writes made through this value.
+pub(super) struct NsTx {
+    tx: Tx,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ns: NamespaceId,
+    /// The device whose idempotency keys `answers` holds.
+    device: DeviceId,
+    now: i64,
+    /// `namespaces.last_seq` when the transaction began, and the last one allocated.
+    seq_start: u64,
+    seq: u64,
+    journal: Vec<(Seq, FileId, VersionNo, Option<String>)>,
+    /// (`file_versions.id`, chunk): references to insert.
+    refs: Vec<(i64, ChunkId)>,
+    /// Idempotency answers by key (`None`: known absent), as stored JSON.
+    answers: HashMap<String, Option<String>>,
+    new_answers: Vec<(String, String)>,
+    /// `head_at` by path, for paths read or written in this transaction.
+    heads: HashMap<String, Option<FileMeta>>,
+    /// Counts writes, so that a caller can tell whether a failed step wrote anything.
+    writes: u64,
+}
+
+impl NsTx {
+    /// Begins the transaction and takes the namespace lock.
+    async fn begin(
+        repo: &SqlRepo,
+        ns: NamespaceId,
+        device: DeviceId,
+        now: i64,
+    ) -> Result<Self, DbError> {
+        let guard = repo.write_guard().await;
+        let mut tx = repo.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE namespaces SET last_seq = last_seq WHERE id = $1 RETURNING last_seq",
+        )
+        .bind(ns.to_hex())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(DbError::NotFound("namespace"))?;
+        let seq = row.try_get::<i64, _>(0)? as u64;
+        Ok(Self {
+            tx,
+            _guard: guard,
+            ns,
+            device,
+            now,
+            seq_start: seq,
+            seq,
+            journal: Vec::new(),
+            refs: Vec::new(),
+            answers: HashMap::new(),
+            new_answers: Vec::new(),
+            heads: HashMap::new(),
+            writes: 0,
+        })
+    }
+
+    fn next_seq(&mut self) -> Seq {
+        self.seq += 1;
+        Seq(self.seq)
+    }
+
+    fn journal(&mut self, seq: Seq, file: FileId, version: VersionNo, old: Option<&SyncPath>) {
+        self.journal
+            .push((seq, file, version, old.map(|p| p.as_str().to_owned())));
+    }
+
+    /// The live file at `path`, or else its most recent tombstone.
+    async fn head(&mut self, path: &str) -> Result<Option<FileMeta>, DbError> {
+        if let Some(h) = self.heads.get(path) {
+            return Ok(h.clone());
+        }
+        let h = head_at(&mut self.tx, self.ns, path).await?;
+        self.heads.insert(path.to_owned(), h.clone());
+        Ok(h)
+    }
+
+    /// Reads the heads of many paths at once (a few queries instead of one per path).
+    async fn prefetch_heads(&mut self, paths: &[&str]) -> Result<(), DbError> {
+        let mut seen = HashSet::new();
+        let wanted: Vec<&str> = paths
+            .iter()
+            .copied()
+            .filter(|p| !self.heads.contains_key(*p) && seen.insert(*p))
+            .collect();
+        for batch in wanted.chunks(IN_BATCH) {
+            let sql = format!(
+                "SELECT {FILE_COLS} FROM files WHERE namespace_id = $1 AND path IN ({})",
+                placeholders(2, batch.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(self.ns.to_hex());
+            for p in batch {
+                q = q.bind(*p);
+            }
+            let mut best: HashMap<String, FileMeta> = HashMap::new();
+            for row in q.fetch_all(&mut *self.tx).await? {
+                let m = file_meta(&row)?;
+                // `head_at`'s order: live first, then the newest.
+                let better = best.get(m.path.as_str()).is_none_or(|b| {
+                    (m.deleted, std::cmp::Reverse(m.seq)) < (b.deleted, std::cmp::Reverse(b.seq))
+                });
+                if better {
+                    best.insert(m.path.as_str().to_owned(), m);
+                }
+            }
+            for p in batch {
+                let h = best.remove(*p);
+                self.heads.insert((*p).to_owned(), h);
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer remembered for an idempotency key of this transaction's device.
+    async fn answer<T: serde::de::DeserializeOwned>(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<T>, DbError> {
+        if !self.answers.contains_key(key) {
+            self.prefetch_answers(&[key]).await?;
+        }
+        match self.answers.get(key) {
+            Some(Some(s)) => json(s, "idempotency response").map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads the answers of many idempotency keys at once.
+    async fn prefetch_answers(&mut self, keys: &[&str]) -> Result<(), DbError> {
+        let mut seen = HashSet::new();
+        let wanted: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| !self.answers.contains_key(*k) && seen.insert(*k))
+            .collect();
+        for batch in wanted.chunks(IN_BATCH) {
+            let sql = format!(
+                "SELECT key, response FROM idempotency WHERE namespace_id = $1 AND device_id = $2 \
+                 AND key IN ({})",
+                placeholders(3, batch.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(self.ns.to_hex())
+                .bind(self.device.to_hex());
+            for k in batch {
+                q = q.bind(*k);
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                self.answers
+                    .insert(row.try_get(0)?, Some(row.try_get::<String, _>(1)?));
+            }
+            for k in batch {
+                self.answers.entry((*k).to_owned()).or_insert(None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the answer to an idempotency key.
+    fn remember<T: serde::Serialize>(&mut self, key: &str, answer: &T) {
+        let s = to_json(answer);
+        self.answers.insert(key.to_owned(), Some(s.clone()));
+        self.new_answers.push((key.to_owned(), s));
+        self.writes += 1;
+    }
+
+    /// Inserts the buffered rows, advances the namespace's journal position and commits.
+    async fn finish(mut self) -> Result<(), DbError> {
+        if self.writes == 0 {
+            // Nothing to keep (every op was a retry answered from the idempotency table,
+            // or was refused): end the transaction without a commit's flush.
+            self.tx.rollback().await?;
+            return Ok(());
+        }
+        let ns = self.ns.to_hex();
+        for batch in self.refs.chunks(IN_BATCH) {
+            let values = (0..batch.len())
+                .map(|i| format!("(${}, $1, ${})", 2 + 2 * i, 3 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "INSERT INTO version_chunks (version_id, namespace_id, chunk_id) VALUES {values}"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&ns);
+            for (version_id, id) in batch {
+                q = q.bind(*version_id).bind(id.to_hex());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        for batch in self.journal.chunks(IN_BATCH / 2) {
+            let values = (0..batch.len())
+                .map(|i| {
+                    let b = 2 + 4 * i;
+                    format!("($1, ${b}, ${}, ${}, ${})", b + 1, b + 2, b + 3)
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "INSERT INTO changes (namespace_id, seq, file_id, version, old_path) VALUES {values}"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&ns);
+            for (seq, file, version, old) in batch {
+                q = q
+                    .bind(i64_of(seq.0))
+                    .bind(file.to_hex())
+                    .bind(i64_of(version.0))
+                    .bind(old.clone());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        for batch in self.new_answers.chunks(IN_BATCH / 2) {
+            let values = (0..batch.len())
+                .map(|i| format!("($1, $2, ${}, ${}, $3)", 4 + 2 * i, 5 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "INSERT INTO idempotency (namespace_id, device_id, key, response, created_at) VALUES {values}"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(&ns)
+                .bind(self.device.to_hex())
+                .bind(self.now);
+            for (key, answer) in batch {
+                q = q.bind(key.as_str()).bind(answer.as_str());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        if self.seq != self.seq_start {
+            sqlx::query("UPDATE namespaces SET last_seq = $2 WHERE id = $1")
+                .bind(&ns)
+                .bind(i64_of(self.seq))
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// The live file at `path`, or else its most recent tombstone.
@@ -228,18 +474,22 @@ async fn file_by_id(tx: &mut Tx, file: FileId) -> Result<Option<FileMeta>, DbErr
     row.as_ref().map(file_meta).transpose()
 }
 
-/// Ids among `ids` that are not recorded in `ns`, in first-seen order, deduplicated.
-async fn absent_chunks(
+/// `ids` deduplicated, in first-seen order.
+fn unique_ids(ids: &[ChunkId]) -> Vec<ChunkId> {
+    let mut seen = HashSet::new();
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+/// The `last_touched` of the chunks among `ids` that are recorded in `ns`, by hex id.
+async fn present_chunks(
     conn: &mut AnyConnection,
     ns: NamespaceId,
     ids: &[ChunkId],
-) -> Result<Vec<ChunkId>, DbError> {
-    let mut seen = HashSet::new();
-    let unique: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
-    let mut present = HashSet::new();
-    for batch in unique.chunks(IN_BATCH) {
+) -> Result<HashMap<String, i64>, DbError> {
+    let mut present = HashMap::new();
+    for batch in ids.chunks(IN_BATCH) {
         let sql = format!(
-            "SELECT id FROM chunks WHERE namespace_id = $1 AND id IN ({})",
+            "SELECT id, last_touched FROM chunks WHERE namespace_id = $1 AND id IN ({})",
             placeholders(2, batch.len())
         );
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
@@ -247,12 +497,23 @@ async fn absent_chunks(
             q = q.bind(id.to_hex());
         }
         for row in q.fetch_all(&mut *conn).await? {
-            present.insert(row.try_get::<String, _>(0)?);
+            present.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
         }
     }
+    Ok(present)
+}
+
+/// Ids among `ids` that are not recorded in `ns`, in first-seen order, deduplicated.
+async fn absent_chunks(
+    conn: &mut AnyConnection,
+    ns: NamespaceId,
+    ids: &[ChunkId],
+) -> Result<Vec<ChunkId>, DbError> {
+    let unique = unique_ids(ids);
+    let present = present_chunks(conn, ns, &unique).await?;
     Ok(unique
         .into_iter()
-        .filter(|id| !present.contains(&id.to_hex()))
+        .filter(|id| !present.contains_key(&id.to_hex()))
         .collect())
 }
 
@@ -272,15 +533,15 @@ struct VersionData<'a> {
 /// Writes a new version of `file` (creating the file row when `prev` is `None`), its
 /// chunk references and a journal entry. Returns the new head.
 async fn write_version(
-    tx: &mut Tx,
-    ns: NamespaceId,
+    w: &mut NsTx,
     file: FileId,
     prev: Option<&FileMeta>,
     v: &VersionData<'_>,
-    now: i64,
 ) -> Result<FileMeta, DbError> {
+    let ns = w.ns;
     let version = VersionNo(prev.map_or(0, |p| p.version.0) + 1);
-    let seq = next_seq(tx, ns).await?;
+    let seq = w.next_seq();
+    w.writes += 1;
     let vv_json = to_json(v.vv);
     let checksum = v.checksum.map(|c| c.to_hex());
     let deleted = i64::from(v.deleted);
@@ -300,7 +561,7 @@ async fn write_version(
         .bind(deleted)
         .bind(v.device.to_hex())
         .bind(i64_of(seq.0))
-        .execute(&mut **tx)
+        .execute(&mut *w.tx)
         .await?;
     } else {
         sqlx::query(
@@ -319,7 +580,7 @@ async fn write_version(
         .bind(deleted)
         .bind(v.device.to_hex())
         .bind(i64_of(seq.0))
-        .execute(&mut **tx)
+        .execute(&mut *w.tx)
         .await?;
     }
     let row = sqlx::query(
@@ -337,35 +598,15 @@ async fn write_version(
     .bind(deleted)
     .bind(v.device.to_hex())
     .bind(to_json(&v.chunks))
-    .bind(now)
-    .fetch_one(&mut **tx)
+    .bind(w.now)
+    .fetch_one(&mut *w.tx)
     .await?;
     let version_id: i64 = row.try_get(0)?;
-    let mut seen = HashSet::new();
-    let distinct: Vec<ChunkId> = v
-        .chunks
-        .iter()
-        .map(ChunkRef::id)
-        .filter(|id| seen.insert(*id))
-        .collect();
-    for batch in distinct.chunks(IN_BATCH / 3) {
-        let values = (0..batch.len())
-            .map(|i| format!("($1, $2, ${})", i + 3))
-            .collect::<Vec<_>>()
-            .join(",");
-        let sql = format!(
-            "INSERT INTO version_chunks (version_id, namespace_id, chunk_id) VALUES {values}"
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(version_id)
-            .bind(ns.to_hex());
-        for id in batch {
-            q = q.bind(id.to_hex());
-        }
-        q.execute(&mut **tx).await?;
-    }
-    journal(tx, ns, seq, file, version, None).await?;
-    Ok(FileMeta {
+    let ids: Vec<ChunkId> = v.chunks.iter().map(ChunkRef::id).collect();
+    w.refs
+        .extend(unique_ids(&ids).into_iter().map(|id| (version_id, id)));
+    w.journal(seq, file, version, None);
+    let head = FileMeta {
         file_id: file,
         namespace: ns,
         path: v.path.clone(),
@@ -378,26 +619,12 @@ async fn write_version(
         deleted: v.deleted,
         device: v.device,
         seq,
-    })
-}
-
-async fn journal(
-    tx: &mut Tx,
-    ns: NamespaceId,
-    seq: Seq,
-    file: FileId,
-    version: VersionNo,
-    old_path: Option<&SyncPath>,
-) -> Result<(), DbError> {
-    sqlx::query("INSERT INTO changes (namespace_id, seq, file_id, version, old_path) VALUES ($1, $2, $3, $4, $5)")
-        .bind(ns.to_hex())
-        .bind(i64_of(seq.0))
-        .bind(file.to_hex())
-        .bind(i64_of(version.0))
-        .bind(old_path.map(|p| p.as_str().to_owned()))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    };
+    // The path's head is now this version: a live file is the only live one at its path
+    // (the repository keeps it so), and a tombstone replaced the live head, if any.
+    w.heads
+        .insert(v.path.as_str().to_owned(), Some(head.clone()));
+    Ok(head)
 }
 
 async fn manifest_of(
@@ -415,21 +642,18 @@ async fn manifest_of(
 }
 
 /// Creates a conflict copy: a new file holding an existing manifest (no re-upload).
-#[allow(clippy::too_many_arguments)]
 async fn conflict_copy(
-    tx: &mut Tx,
-    ns: NamespaceId,
+    w: &mut NsTx,
     original: &SyncPath,
     mtime: i64,
     device: DeviceId,
     data: (u64, u32, Option<ContentHash>),
     chunks: &[ChunkRef],
-    now: i64,
 ) -> Result<FileMeta, DbError> {
     let mut attempt = 0;
     let path = loop {
         let candidate = conflict_path(original, mtime, device, attempt);
-        if head_at(tx, ns, candidate.as_str()).await?.is_none() {
+        if w.head(candidate.as_str()).await?.is_none() {
             break candidate;
         }
         attempt += 1;
@@ -437,8 +661,7 @@ async fn conflict_copy(
     let vv = VersionVector::new().incremented(device);
     let (size, mode, checksum) = data;
     write_version(
-        tx,
-        ns,
+        w,
         FileId::from_bytes(rand::random()),
         None,
         &VersionData {
@@ -452,46 +675,8 @@ async fn conflict_copy(
             device,
             chunks,
         },
-        now,
     )
     .await
-}
-
-async fn idempotent_answer<T: serde::de::DeserializeOwned>(
-    tx: &mut Tx,
-    ns: NamespaceId,
-    device: DeviceId,
-    key: &str,
-) -> Result<Option<T>, DbError> {
-    let row = sqlx::query(
-        "SELECT response FROM idempotency WHERE namespace_id = $1 AND device_id = $2 AND key = $3",
-    )
-    .bind(ns.to_hex())
-    .bind(device.to_hex())
-    .bind(key)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.map(|r| json(&r.try_get::<String, _>(0)?, "idempotency response"))
-        .transpose()
-}
-
-async fn remember<T: serde::Serialize>(
-    tx: &mut Tx,
-    ns: NamespaceId,
-    device: DeviceId,
-    key: &str,
-    answer: &T,
-    now: i64,
-) -> Result<(), DbError> {
-    sqlx::query("INSERT INTO idempotency (namespace_id, device_id, key, response, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(ns.to_hex())
-        .bind(device.to_hex())
-        .bind(key)
-        .bind(to_json(answer))
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 /// The largest version-vector counter a client may send. Far above any real history
@@ -547,6 +732,351 @@ fn check_manifest(req: &CommitRequest) -> Result<(), DbError> {
         )));
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------ writes
+
+/// The checks of an op that need no database; they run before its transaction.
+fn precheck(op: &BatchOp<'_>) -> Result<(), DbError> {
+    match op {
+        BatchOp::Commit(req) => check_manifest(req),
+        BatchOp::Delete(req) => check_base(&req.base),
+        BatchOp::Rename(req) if req.to.starts_with(&req.from) => {
+            Err(DbError::Invalid("cannot move a path into itself".into()))
+        }
+        BatchOp::Rename(_) => Ok(()),
+    }
+}
+
+fn idempotency_key<'a>(op: &BatchOp<'a>) -> &'a str {
+    match op {
+        BatchOp::Commit(r) => &r.idempotency_key,
+        BatchOp::Delete(r) => &r.idempotency_key,
+        BatchOp::Rename(r) => &r.idempotency_key,
+    }
+}
+
+/// Errors after which the transaction cannot go on (on PostgreSQL a failed statement
+/// aborts it).
+fn is_fatal(e: &DbError) -> bool {
+    matches!(e, DbError::Backend(_) | DbError::Blob(_))
+}
+
+/// Commits a manifest (ARCHITECTURE §5). `absent`: the chunks of the transaction's
+/// commits that are not recorded, read under the lock. Every check that can refuse the
+/// commit runs before its first write.
+async fn commit_in(
+    w: &mut NsTx,
+    actor: Actor,
+    req: &CommitRequest,
+    absent: &HashSet<ChunkId>,
+) -> Result<CommitResponse, DbError> {
+    if let Some(mut answer) = w.answer::<CommitResponse>(&req.idempotency_key).await? {
+        answer.outcome = CommitOutcome::AlreadyApplied;
+        return Ok(answer);
+    }
+    let ids: Vec<ChunkId> = req.chunks.iter().map(ChunkRef::id).collect();
+    let missing: Vec<ChunkId> = unique_ids(&ids)
+        .into_iter()
+        .filter(|id| absent.contains(id))
+        .collect();
+    if !missing.is_empty() {
+        return Err(DbError::MissingChunks(missing));
+    }
+    let head = w.head(req.path.as_str()).await?;
+    let incoming = Incoming {
+        base: &req.base,
+        device: actor.device,
+        mtime: req.mtime,
+        content_hash: req.content_hash,
+        size: req.size,
+        mode: req.mode,
+    };
+    let plan = plan_commit(head.as_ref().map(head_state).as_ref(), &incoming);
+    let data = |vv| VersionData {
+        path: &req.path,
+        vv,
+        size: req.size,
+        mtime: req.mtime,
+        mode: req.mode,
+        checksum: Some(req.content_hash),
+        deleted: false,
+        device: actor.device,
+        chunks: &req.chunks,
+    };
+    let answer = match (plan, head) {
+        (CommitPlan::FastForward { vv }, head) => {
+            let file = head
+                .as_ref()
+                .map_or_else(|| FileId::from_bytes(rand::random()), |h| h.file_id);
+            let new = write_version(w, file, head.as_ref(), &data(&vv)).await?;
+            CommitResponse {
+                outcome: CommitOutcome::FastForward,
+                head: new,
+                conflict_copy: None,
+            }
+        }
+        (CommitPlan::Unchanged, Some(head)) => CommitResponse {
+            outcome: CommitOutcome::Unchanged,
+            head,
+            conflict_copy: None,
+        },
+        (CommitPlan::Merge { vv }, Some(head)) => {
+            let chunks = manifest_of(&mut w.tx, head.file_id, head.version).await?;
+            let v = VersionData {
+                chunks: &chunks,
+                mtime: head.mtime,
+                device: actor.device,
+                ..data(&vv)
+            };
+            let new = write_version(w, head.file_id, Some(&head), &v).await?;
+            CommitResponse {
+                outcome: CommitOutcome::Unchanged,
+                head: new,
+                conflict_copy: None,
+            }
+        }
+        (
+            CommitPlan::ConflictWon {
+                vv,
+                copy_mtime,
+                copy_device,
+            },
+            Some(head),
+        ) => {
+            let old_chunks = manifest_of(&mut w.tx, head.file_id, head.version).await?;
+            let copy = conflict_copy(
+                w,
+                &req.path,
+                copy_mtime,
+                copy_device,
+                (head.size, head.mode, head.content_hash),
+                &old_chunks,
+            )
+            .await?;
+            let new = write_version(w, head.file_id, Some(&head), &data(&vv)).await?;
+            CommitResponse {
+                outcome: CommitOutcome::ConflictWon,
+                head: new,
+                conflict_copy: Some(copy),
+            }
+        }
+        (CommitPlan::ConflictLost, Some(head)) => {
+            let copy = conflict_copy(
+                w,
+                &req.path,
+                req.mtime,
+                actor.device,
+                (req.size, req.mode, Some(req.content_hash)),
+                &req.chunks,
+            )
+            .await?;
+            CommitResponse {
+                outcome: CommitOutcome::ConflictLost,
+                head,
+                conflict_copy: Some(copy),
+            }
+        }
+        (_, None) => unreachable!("only a fast-forward is planned without a head"),
+    };
+    w.remember(&req.idempotency_key, &answer);
+    Ok(answer)
+}
+
+/// Tombstones a path, if the head is the version the client saw.
+async fn delete_in(w: &mut NsTx, actor: Actor, req: &DeleteRequest) -> Result<OpResponse, DbError> {
+    if let Some(answer) = w.answer::<OpResponse>(&req.idempotency_key).await? {
+        return Ok(answer);
+    }
+    let head = w
+        .head(req.path.as_str())
+        .await?
+        .ok_or(DbError::NotFound("file"))?;
+    let answer = match plan_delete(&head_state(&head), &req.base, actor.device) {
+        DeletePlan::Delete { vv } => {
+            let v = VersionData {
+                path: &req.path,
+                vv: &vv,
+                size: 0,
+                mtime: head.mtime,
+                mode: head.mode,
+                checksum: None,
+                deleted: true,
+                device: actor.device,
+                chunks: &[],
+            };
+            let new = write_version(w, head.file_id, Some(&head), &v).await?;
+            OpResponse {
+                files: vec![new],
+                outcome: Some(DeleteOutcome::Deleted),
+            }
+        }
+        DeletePlan::KeptModified => OpResponse {
+            files: vec![head],
+            outcome: Some(DeleteOutcome::KeptModified),
+        },
+        DeletePlan::AlreadyDeleted => OpResponse {
+            files: vec![head],
+            outcome: Some(DeleteOutcome::AlreadyDeleted),
+        },
+    };
+    w.remember(&req.idempotency_key, &answer);
+    Ok(answer)
+}
+
+/// Moves a file or every file below a folder, as one operation.
+async fn rename_in(w: &mut NsTx, req: &RenameRequest) -> Result<OpResponse, DbError> {
+    if let Some(answer) = w.answer::<OpResponse>(&req.idempotency_key).await? {
+        return Ok(answer);
+    }
+    let ns = w.ns;
+    // A file, or else every live file below the folder.
+    let mut moving = Vec::new();
+    if let Some(h) = w.head(req.from.as_str()).await?.filter(|h| !h.deleted) {
+        moving.push(h);
+    } else {
+        let (lo, hi) = prefix_range(req.from.as_str());
+        let sql = format!(
+            "SELECT {FILE_COLS} FROM files WHERE namespace_id = $1 AND path >= $2 AND path < $3 AND is_deleted = 0 ORDER BY path"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ns.to_hex())
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(&mut *w.tx)
+            .await?;
+        for r in &rows {
+            moving.push(file_meta(r)?);
+        }
+    }
+    if moving.is_empty() {
+        return Err(DbError::NotFound("file or folder"));
+    }
+    if live_at(&mut w.tx, ns, req.to.as_str()).await?
+        || live_below(&mut w.tx, ns, req.to.as_str()).await?
+    {
+        return Err(DbError::Conflict(format!("{} already exists", req.to)));
+    }
+    // Every new path is known before the first write.
+    let moves = moving
+        .into_iter()
+        .map(|m| match m.path.rebase(&req.from, &req.to) {
+            Some(new_path) => Ok((m, new_path)),
+            None => Err(DbError::Invalid(format!(
+                "{} cannot move under {}",
+                m.path, req.to
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Paths change under the cached heads.
+    w.heads.clear();
+    let mut out = Vec::with_capacity(moves.len());
+    for (m, new_path) in moves {
+        let seq = w.next_seq();
+        w.writes += 1;
+        sqlx::query("UPDATE files SET path = $2, seq = $3 WHERE id = $1")
+            .bind(m.file_id.to_hex())
+            .bind(new_path.as_str())
+            .bind(i64_of(seq.0))
+            .execute(&mut *w.tx)
+            .await?;
+        w.journal(seq, m.file_id, m.version, Some(&m.path));
+        out.push(FileMeta {
+            path: new_path,
+            seq,
+            ..m
+        });
+    }
+    let answer = OpResponse {
+        files: out,
+        outcome: None,
+    };
+    w.remember(&req.idempotency_key, &answer);
+    Ok(answer)
+}
+
+impl SqlRepo {
+    /// Applies ops of one namespace in one transaction under its lock (see
+    /// [`MetaRepo::apply_batch`]). The chunks, idempotency answers and heads of all the
+    /// ops are read with a few queries first. An op refused by a check gets its error
+    /// and the others go on: every check runs before the op's first write. `Err` when
+    /// the transaction failed (nothing of it is applied).
+    async fn apply_group(
+        &self,
+        actor: Actor,
+        ns: NamespaceId,
+        ops: &[BatchOp<'_>],
+        now: i64,
+    ) -> Result<Vec<Result<BatchAnswer, DbError>>, DbError> {
+        let mut out: Vec<Option<Result<BatchAnswer, DbError>>> =
+            ops.iter().map(|op| precheck(op).err().map(Err)).collect();
+        let live: Vec<&BatchOp<'_>> = ops
+            .iter()
+            .zip(&out)
+            .filter(|(_, r)| r.is_none())
+            .map(|(op, _)| op)
+            .collect();
+        if live.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        let mut w = NsTx::begin(self, ns, actor.device, now).await?;
+        let keys: Vec<&str> = live.iter().map(|op| idempotency_key(op)).collect();
+        w.prefetch_answers(&keys).await?;
+        let mut ids = Vec::new();
+        let mut paths = Vec::new();
+        for op in &live {
+            match op {
+                BatchOp::Commit(r) => {
+                    ids.extend(r.chunks.iter().map(ChunkRef::id));
+                    paths.push(r.path.as_str());
+                }
+                BatchOp::Delete(r) => paths.push(r.path.as_str()),
+                BatchOp::Rename(r) => paths.push(r.from.as_str()),
+            }
+        }
+        // Checked under the lock, so no sweep can delete these rows before the
+        // references are inserted (at `finish`, in this same transaction).
+        let absent: HashSet<ChunkId> = absent_chunks(&mut w.tx, ns, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        w.prefetch_heads(&paths).await?;
+        for (op, slot) in ops.iter().zip(out.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            let writes = w.writes;
+            let r = match op {
+                BatchOp::Commit(req) => commit_in(&mut w, actor, req, &absent)
+                    .await
+                    .map(|r| BatchAnswer::Committed(Box::new(r))),
+                BatchOp::Delete(req) => delete_in(&mut w, actor, req)
+                    .await
+                    .map(BatchAnswer::Applied),
+                BatchOp::Rename(req) => rename_in(&mut w, req).await.map(BatchAnswer::Applied),
+            };
+            match r {
+                // A failure half-way through an op cannot be undone alone.
+                Err(e) if is_fatal(&e) || w.writes != writes => return Err(e),
+                r => *slot = Some(r),
+            }
+        }
+        w.finish().await?;
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// [`SqlRepo::apply_group`] of one op.
+    async fn apply_one(
+        &self,
+        actor: Actor,
+        op: BatchOp<'_>,
+        now: i64,
+    ) -> Result<BatchAnswer, DbError> {
+        self.apply_group(actor, op.namespace(), &[op], now)
+            .await?
+            .pop()
+            .expect("one answer per op")
+    }
 }
 
 impl SqlRepo {
@@ -859,32 +1389,40 @@ impl MetaRepo for SqlRepo {
         ids: &[ChunkId],
         now: i64,
     ) -> Result<Vec<ChunkId>, DbError> {
-        let missing = absent_chunks(&mut *self.pool.acquire().await?, ns, ids).await?;
-        let missing_set: HashSet<ChunkId> = missing.iter().copied().collect();
-        let present: Vec<ChunkId> = ids
+        let unique = unique_ids(ids);
+        let present = present_chunks(&mut *self.pool.acquire().await?, ns, &unique).await?;
+        // Mark present chunks touched so that a concurrent GC keeps them for the grace
+        // period: the client is about to commit a manifest that uses them. A row touched
+        // within the last TOUCH_SLACK_SECS is left as it is, so repeated lookups are
+        // read-only (see TOUCH_SLACK_SECS for why GC stays safe).
+        let cutoff = now.saturating_sub(TOUCH_SLACK_SECS);
+        let stale: Vec<&String> = present
             .iter()
-            .copied()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .filter(|id| !missing_set.contains(id))
+            .filter(|(_, touched)| **touched < cutoff)
+            .map(|(id, _)| id)
             .collect();
-        if !present.is_empty() {
-            // Mark present chunks touched so a concurrent GC keeps them for the grace
-            // period: the client is about to commit a manifest that uses them.
+        if !stale.is_empty() {
             let _guard = self.write_guard().await;
-            for batch in present.chunks(IN_BATCH) {
+            for batch in stale.chunks(IN_BATCH) {
                 let sql = format!(
-                    "UPDATE chunks SET last_touched = $2 WHERE namespace_id = $1 AND id IN ({})",
-                    placeholders(3, batch.len())
+                    "UPDATE chunks SET last_touched = $2 WHERE namespace_id = $1 AND last_touched < $3 \
+                     AND id IN ({})",
+                    placeholders(4, batch.len())
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex()).bind(now);
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(ns.to_hex())
+                    .bind(now)
+                    .bind(cutoff);
                 for id in batch {
-                    q = q.bind(id.to_hex());
+                    q = q.bind(id.as_str());
                 }
                 q.execute(&self.pool).await?;
             }
         }
-        Ok(missing)
+        Ok(unique
+            .into_iter()
+            .filter(|id| !present.contains_key(&id.to_hex()))
+            .collect())
     }
 
     async fn record_chunks(
@@ -921,133 +1459,10 @@ impl MetaRepo for SqlRepo {
         req: &CommitRequest,
         now: i64,
     ) -> Result<CommitResponse, DbError> {
-        check_manifest(req)?;
-        let ns = req.namespace;
-        let (mut tx, _guard) = self.begin_ns(ns).await?;
-        if let Some(mut answer) =
-            idempotent_answer::<CommitResponse>(&mut tx, ns, actor.device, &req.idempotency_key)
-                .await?
-        {
-            answer.outcome = CommitOutcome::AlreadyApplied;
-            return Ok(answer);
+        match self.apply_one(actor, BatchOp::Commit(req), now).await? {
+            BatchAnswer::Committed(r) => Ok(*r),
+            BatchAnswer::Applied(_) => unreachable!("a commit is answered as one"),
         }
-        let ids: Vec<ChunkId> = req.chunks.iter().map(ChunkRef::id).collect();
-        let missing = absent_chunks(&mut tx, ns, &ids).await?;
-        if !missing.is_empty() {
-            return Err(DbError::MissingChunks(missing));
-        }
-        let head = head_at(&mut tx, ns, req.path.as_str()).await?;
-        let incoming = Incoming {
-            base: &req.base,
-            device: actor.device,
-            mtime: req.mtime,
-            content_hash: req.content_hash,
-            size: req.size,
-            mode: req.mode,
-        };
-        let plan = plan_commit(head.as_ref().map(head_state).as_ref(), &incoming);
-        let data = |vv| VersionData {
-            path: &req.path,
-            vv,
-            size: req.size,
-            mtime: req.mtime,
-            mode: req.mode,
-            checksum: Some(req.content_hash),
-            deleted: false,
-            device: actor.device,
-            chunks: &req.chunks,
-        };
-        let answer = match (plan, head) {
-            (CommitPlan::FastForward { vv }, head) => {
-                let file = head
-                    .as_ref()
-                    .map_or_else(|| FileId::from_bytes(rand::random()), |h| h.file_id);
-                let new = write_version(&mut tx, ns, file, head.as_ref(), &data(&vv), now).await?;
-                CommitResponse {
-                    outcome: CommitOutcome::FastForward,
-                    head: new,
-                    conflict_copy: None,
-                }
-            }
-            (CommitPlan::Unchanged, Some(head)) => CommitResponse {
-                outcome: CommitOutcome::Unchanged,
-                head,
-                conflict_copy: None,
-            },
-            (CommitPlan::Merge { vv }, Some(head)) => {
-                let chunks = manifest_of(&mut tx, head.file_id, head.version).await?;
-                let v = VersionData {
-                    chunks: &chunks,
-                    mtime: head.mtime,
-                    device: actor.device,
-                    ..data(&vv)
-                };
-                let new = write_version(&mut tx, ns, head.file_id, Some(&head), &v, now).await?;
-                CommitResponse {
-                    outcome: CommitOutcome::Unchanged,
-                    head: new,
-                    conflict_copy: None,
-                }
-            }
-            (
-                CommitPlan::ConflictWon {
-                    vv,
-                    copy_mtime,
-                    copy_device,
-                },
-                Some(head),
-            ) => {
-                let old_chunks = manifest_of(&mut tx, head.file_id, head.version).await?;
-                let copy = conflict_copy(
-                    &mut tx,
-                    ns,
-                    &req.path,
-                    copy_mtime,
-                    copy_device,
-                    (head.size, head.mode, head.content_hash),
-                    &old_chunks,
-                    now,
-                )
-                .await?;
-                let new =
-                    write_version(&mut tx, ns, head.file_id, Some(&head), &data(&vv), now).await?;
-                CommitResponse {
-                    outcome: CommitOutcome::ConflictWon,
-                    head: new,
-                    conflict_copy: Some(copy),
-                }
-            }
-            (CommitPlan::ConflictLost, Some(head)) => {
-                let copy = conflict_copy(
-                    &mut tx,
-                    ns,
-                    &req.path,
-                    req.mtime,
-                    actor.device,
-                    (req.size, req.mode, Some(req.content_hash)),
-                    &req.chunks,
-                    now,
-                )
-                .await?;
-                CommitResponse {
-                    outcome: CommitOutcome::ConflictLost,
-                    head,
-                    conflict_copy: Some(copy),
-                }
-            }
-            (_, None) => unreachable!("only a fast-forward is planned without a head"),
-        };
-        remember(
-            &mut tx,
-            ns,
-            actor.device,
-            &req.idempotency_key,
-            &answer,
-            now,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(answer)
     }
 
     async fn delete(
@@ -1056,56 +1471,10 @@ impl MetaRepo for SqlRepo {
         req: &DeleteRequest,
         now: i64,
     ) -> Result<OpResponse, DbError> {
-        check_base(&req.base)?;
-        let ns = req.namespace;
-        let (mut tx, _guard) = self.begin_ns(ns).await?;
-        if let Some(answer) =
-            idempotent_answer::<OpResponse>(&mut tx, ns, actor.device, &req.idempotency_key).await?
-        {
-            return Ok(answer);
+        match self.apply_one(actor, BatchOp::Delete(req), now).await? {
+            BatchAnswer::Applied(r) => Ok(r),
+            BatchAnswer::Committed(_) => unreachable!("a delete is answered as an op"),
         }
-        let head = head_at(&mut tx, ns, req.path.as_str())
-            .await?
-            .ok_or(DbError::NotFound("file"))?;
-        let answer = match plan_delete(&head_state(&head), &req.base, actor.device) {
-            DeletePlan::Delete { vv } => {
-                let v = VersionData {
-                    path: &req.path,
-                    vv: &vv,
-                    size: 0,
-                    mtime: head.mtime,
-                    mode: head.mode,
-                    checksum: None,
-                    deleted: true,
-                    device: actor.device,
-                    chunks: &[],
-                };
-                let new = write_version(&mut tx, ns, head.file_id, Some(&head), &v, now).await?;
-                OpResponse {
-                    files: vec![new],
-                    outcome: Some(DeleteOutcome::Deleted),
-                }
-            }
-            DeletePlan::KeptModified => OpResponse {
-                files: vec![head],
-                outcome: Some(DeleteOutcome::KeptModified),
-            },
-            DeletePlan::AlreadyDeleted => OpResponse {
-                files: vec![head],
-                outcome: Some(DeleteOutcome::AlreadyDeleted),
-            },
-        };
-        remember(
-            &mut tx,
-            ns,
-            actor.device,
-            &req.idempotency_key,
-            &answer,
-            now,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(answer)
     }
 
     async fn rename(
@@ -1114,80 +1483,37 @@ impl MetaRepo for SqlRepo {
         req: &RenameRequest,
         now: i64,
     ) -> Result<OpResponse, DbError> {
-        let ns = req.namespace;
-        if req.to.starts_with(&req.from) {
-            return Err(DbError::Invalid("cannot move a path into itself".into()));
+        match self.apply_one(actor, BatchOp::Rename(req), now).await? {
+            BatchAnswer::Applied(r) => Ok(r),
+            BatchAnswer::Committed(_) => unreachable!("a rename is answered as an op"),
         }
-        let (mut tx, _guard) = self.begin_ns(ns).await?;
-        if let Some(answer) =
-            idempotent_answer::<OpResponse>(&mut tx, ns, actor.device, &req.idempotency_key).await?
-        {
-            return Ok(answer);
-        }
-        // A file, or else every live file below the folder.
-        let mut moving = Vec::new();
-        if let Some(h) = head_at(&mut tx, ns, req.from.as_str())
-            .await?
-            .filter(|h| !h.deleted)
-        {
-            moving.push(h);
-        } else {
-            let (lo, hi) = prefix_range(req.from.as_str());
-            let sql = format!(
-                "SELECT {FILE_COLS} FROM files WHERE namespace_id = $1 AND path >= $2 AND path < $3 AND is_deleted = 0 ORDER BY path"
-            );
-            let rows = sqlx::query(AssertSqlSafe(sql))
-                .bind(ns.to_hex())
-                .bind(lo)
-                .bind(hi)
-                .fetch_all(&mut *tx)
-                .await?;
-            for r in &rows {
-                moving.push(file_meta(r)?);
+    }
+
+    async fn apply_batch(
+        &self,
+        actor: Actor,
+        ops: &[BatchOp<'_>],
+        now: i64,
+    ) -> Vec<Result<BatchAnswer, DbError>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for group in ops.chunk_by(|a, b| a.namespace() == b.namespace()) {
+            match self
+                .apply_group(actor, group[0].namespace(), group, now)
+                .await
+            {
+                Ok(answers) => out.extend(answers),
+                Err(e) if group.len() == 1 => out.push(Err(e)),
+                Err(e) => {
+                    // Nothing of the group was applied: apply its ops one by one, each in
+                    // its own transaction, so that the failure stays with its op.
+                    tracing::warn!(error = %e, ops = group.len(), "batch transaction failed; applying its events one by one");
+                    for op in group {
+                        out.push(self.apply_one(actor, *op, now).await);
+                    }
+                }
             }
         }
-        if moving.is_empty() {
-            return Err(DbError::NotFound("file or folder"));
-        }
-        if live_at(&mut tx, ns, req.to.as_str()).await?
-            || live_below(&mut tx, ns, req.to.as_str()).await?
-        {
-            return Err(DbError::Conflict(format!("{} already exists", req.to)));
-        }
-        let mut out = Vec::with_capacity(moving.len());
-        for m in moving {
-            let new_path = m.path.rebase(&req.from, &req.to).ok_or_else(|| {
-                DbError::Invalid(format!("{} cannot move under {}", m.path, req.to))
-            })?;
-            let seq = next_seq(&mut tx, ns).await?;
-            sqlx::query("UPDATE files SET path = $2, seq = $3 WHERE id = $1")
-                .bind(m.file_id.to_hex())
-                .bind(new_path.as_str())
-                .bind(i64_of(seq.0))
-                .execute(&mut *tx)
-                .await?;
-            journal(&mut tx, ns, seq, m.file_id, m.version, Some(&m.path)).await?;
-            out.push(FileMeta {
-                path: new_path,
-                seq,
-                ..m
-            });
-        }
-        let answer = OpResponse {
-            files: out,
-            outcome: None,
-        };
-        remember(
-            &mut tx,
-            ns,
-            actor.device,
-            &req.idempotency_key,
-            &answer,
-            now,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(answer)
+        out
     }
 
     async fn list_files(
@@ -1343,14 +1669,14 @@ impl MetaRepo for SqlRepo {
             .await?
             .ok_or(DbError::NotFound("file"))?;
         let old = self.manifest(file, Some(version)).await?;
-        let (mut tx, _guard) = self.begin_ns(ns).await?;
-        let head = file_by_id(&mut tx, file)
+        let mut w = NsTx::begin(self, ns, actor.device, now).await?;
+        let head = file_by_id(&mut w.tx, file)
             .await?
             .ok_or(DbError::NotFound("file"))?;
         // Read the chunk list again under the lock: garbage collection may have pruned
         // the version (and swept its chunks) since `old` was read.
-        let chunks = manifest_of(&mut tx, file, version).await?;
-        if head.deleted && live_at(&mut tx, ns, head.path.as_str()).await? {
+        let chunks = manifest_of(&mut w.tx, file, version).await?;
+        if head.deleted && live_at(&mut w.tx, ns, head.path.as_str()).await? {
             return Err(DbError::Conflict(format!(
                 "{} is now used by another file; move it away before restoring",
                 head.path
@@ -1368,8 +1694,8 @@ impl MetaRepo for SqlRepo {
             device: actor.device,
             chunks: &chunks,
         };
-        let new = write_version(&mut tx, ns, file, Some(&head), &v, now).await?;
-        tx.commit().await?;
+        let new = write_version(&mut w, file, Some(&head), &v).await?;
+        w.finish().await?;
         Ok(CommitResponse {
             outcome: CommitOutcome::FastForward,
             head: new,

@@ -6,18 +6,21 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use fsync_common::wire::{
-    ChunkRef, CommitOutcome, CommitRequest, DeleteOutcome, DeleteRequest, KdfParams, RenameRequest,
+    ChunkRef, CommitOutcome, CommitRequest, CommitResponse, DeleteOutcome, DeleteRequest,
+    KdfParams, OpResponse, RenameRequest,
 };
 use fsync_common::{
     ChunkId, ContentHash, DeviceId, NamespaceId, Seq, SyncPath, UserId, VersionNo, VersionVector,
 };
 
-use super::{Actor, DbError, MetaRepo, NewUser, TokenOwner};
+use super::{Actor, BatchAnswer, BatchOp, DbError, MetaRepo, NewUser, TokenOwner};
 
 /// A repository under test, with what keeps it alive.
 pub(crate) struct Backend {
     pub(crate) name: &'static str,
     pub(crate) repo: Arc<dyn MetaRepo>,
+    /// The repository's pool, for tests that look at (or change) rows directly.
+    pub(crate) pool: sqlx::AnyPool,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -41,18 +44,23 @@ pub(crate) async fn fresh_postgres_url(base: &str) -> String {
 /// Every configured backend, each on a fresh database.
 pub(crate) async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = super::open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    let sqlite = super::sqlite::open_sqlite_repo(&dir.path().join("t.db"))
+        .await
+        .unwrap();
     let mut out = vec![Backend {
         name: "sqlite",
-        repo: sqlite,
+        pool: sqlite.pool().clone(),
+        repo: Arc::new(sqlite),
         _dir: Some(dir),
     }];
     match std::env::var("FSYNC_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => {
             let fresh = fresh_postgres_url(&url).await;
+            let pg = super::postgres::open_postgres_repo(&fresh).await.unwrap();
             out.push(Backend {
                 name: "postgres",
-                repo: super::open_postgres(&fresh).await.unwrap(),
+                pool: pg.pool().clone(),
+                repo: Arc::new(pg),
                 _dir: None,
             });
         }
@@ -732,5 +740,340 @@ async fn saturating_version_counters_are_refused() {
         // The file is untouched.
         let still = repo.commit(w.a, &c1, NOW).await.unwrap();
         assert_eq!(still.head, head, "{name}");
+    }
+}
+
+/// The outcome of a batch op, for comparisons: a commit's outcome, an op's delete
+/// outcome (`None` for a rename), or the error's kind.
+fn kind(r: &Result<BatchAnswer, DbError>) -> String {
+    match r {
+        Ok(BatchAnswer::Committed(c)) => format!("{:?}", c.outcome),
+        Ok(BatchAnswer::Applied(o)) => format!("{:?}", o.outcome),
+        Err(DbError::MissingChunks(ids)) => format!("missing {ids:?}"),
+        Err(e) => format!("error {}", e.to_string().split(' ').next().unwrap_or("")),
+    }
+}
+
+fn committed(r: &Result<BatchAnswer, DbError>) -> &CommitResponse {
+    match r {
+        Ok(BatchAnswer::Committed(c)) => c,
+        other => panic!("expected a commit, got {other:?}"),
+    }
+}
+
+fn applied(r: &Result<BatchAnswer, DbError>) -> &OpResponse {
+    match r {
+        Ok(BatchAnswer::Applied(o)) => o,
+        other => panic!("expected an applied op, got {other:?}"),
+    }
+}
+
+/// One batch mixing good, refused and conflicting events: each gets the result it gets
+/// alone, in order; the good ones are committed; a later event sees the earlier ones;
+/// the journal follows the events; a retry changes nothing.
+#[tokio::test]
+async fn a_batch_applies_each_event_as_alone() {
+    for be in backends().await {
+        let repo = &*be.repo;
+        let name = be.name;
+        let w = world(repo, "batcher").await;
+        // x.txt: v1 by A, then v2 by B; A's base below is the stale v1.
+        let x1 = commit_req(repo, w.ns, "x.txt", &VersionVector::new(), &[1], NOW).await;
+        let r1 = repo.commit(w.a, &x1, NOW).await.unwrap();
+        let x2 = commit_req(repo, w.ns, "x.txt", &r1.head.vv, &[2], NOW + 100).await;
+        let r2 = repo.commit(w.b, &x2, NOW).await.unwrap();
+        let seq0 = repo.last_seq(w.ns).await.unwrap();
+
+        let empty = VersionVector::new();
+        let good1 = commit_req(repo, w.ns, "new1.txt", &empty, &[10], NOW).await;
+        let mut missing = commit_req(repo, w.ns, "miss.txt", &empty, &[11], NOW).await;
+        missing.chunks.push(ChunkRef(cid(777_777), 100));
+        missing.size += 100;
+        // Concurrent with B's v2 and newer: wins, B's v2 becomes a conflict copy.
+        let conflicting = commit_req(repo, w.ns, "x.txt", &r1.head.vv, &[12], NOW + 500).await;
+        let mut bad_size = commit_req(repo, w.ns, "bad.txt", &empty, &[13], NOW).await;
+        bad_size.size += 1;
+        let good2 = commit_req(repo, w.ns, "new2.txt", &empty, &[14], NOW).await;
+        let ghost_delete = DeleteRequest {
+            namespace: w.ns,
+            path: p("nowhere.txt"),
+            base: empty.clone(),
+            idempotency_key: "ghost-delete".into(),
+        };
+        // Deletes new1.txt as committed by this very batch (a new file's vector is
+        // {A: 1}): the delete must see the commit before it.
+        let delete_new1 = DeleteRequest {
+            namespace: w.ns,
+            path: p("new1.txt"),
+            base: empty.incremented(w.a.device),
+            idempotency_key: "delete-new1".into(),
+        };
+        let rename_new2 = RenameRequest {
+            namespace: w.ns,
+            from: p("new2.txt"),
+            to: p("moved/new2.txt"),
+            idempotency_key: "rename-new2".into(),
+        };
+        // The same content at the old name after the rename: a new file, not a merge
+        // with the moved one.
+        let recreate = CommitRequest {
+            idempotency_key: "recreate-new2".into(),
+            ..good2.clone()
+        };
+        // A repeated key within the batch is answered like a retry.
+        let duplicate = good2.clone();
+        let ops = [
+            BatchOp::Commit(&good1),
+            BatchOp::Commit(&missing),
+            BatchOp::Commit(&conflicting),
+            BatchOp::Commit(&bad_size),
+            BatchOp::Commit(&good2),
+            BatchOp::Delete(&ghost_delete),
+            BatchOp::Delete(&delete_new1),
+            BatchOp::Rename(&rename_new2),
+            BatchOp::Commit(&recreate),
+            BatchOp::Commit(&duplicate),
+        ];
+        let res = repo.apply_batch(w.a, &ops, NOW).await;
+        let kinds: Vec<String> = res.iter().map(kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "FastForward".to_owned(),
+                format!("missing {:?}", [cid(777_777)]),
+                "ConflictWon".into(),
+                "error size".into(),
+                "FastForward".into(),
+                "error file".into(),
+                "Some(Deleted)".into(),
+                "None".into(),
+                "FastForward".into(),
+                "AlreadyApplied".into(),
+            ],
+            "{name}"
+        );
+        let c_good1 = committed(&res[0]);
+        let won = committed(&res[2]);
+        assert_eq!(won.head.file_id, r1.head.file_id, "{name}");
+        assert!(r2.head.vv.le(&won.head.vv), "{name}");
+        let copy = won.conflict_copy.as_ref().unwrap();
+        assert_eq!(copy.content_hash, r2.head.content_hash, "{name}");
+        let c_good2 = committed(&res[4]);
+        let del = applied(&res[6]);
+        assert_eq!(del.files[0].file_id, c_good1.head.file_id, "{name}");
+        assert!(del.files[0].deleted);
+        let moved = applied(&res[7]);
+        assert_eq!(
+            (moved.files[0].file_id, moved.files[0].path.as_str()),
+            (c_good2.head.file_id, "moved/new2.txt"),
+            "{name}"
+        );
+        let again = committed(&res[8]);
+        assert_ne!(again.head.file_id, c_good2.head.file_id, "{name}");
+        assert_eq!(again.head.version, VersionNo(1), "{name}");
+        assert_eq!(committed(&res[9]).head, c_good2.head, "{name}");
+
+        // The journal: one entry per write, in event order, with no gap.
+        let journal_seqs: Vec<Seq> = vec![
+            c_good1.head.seq,
+            copy.seq,
+            won.head.seq,
+            c_good2.head.seq,
+            del.files[0].seq,
+            moved.files[0].seq,
+            again.head.seq,
+        ];
+        let expected: Vec<Seq> = (1..=journal_seqs.len() as u64)
+            .map(|i| Seq(seq0.0 + i))
+            .collect();
+        assert_eq!(journal_seqs, expected, "{name}");
+        let journal = repo.changes(w.ns, seq0, 100).await.unwrap();
+        assert_eq!(
+            journal.changes.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            expected,
+            "{name}"
+        );
+        assert_eq!(journal.changes[5].old_path, Some(p("new2.txt")), "{name}");
+        assert_eq!(
+            repo.last_seq(w.ns).await.unwrap(),
+            *expected.last().unwrap()
+        );
+        // What is stored: the refused events left nothing.
+        let mut live: Vec<String> = repo
+            .list_files(w.ns, None, false, None, 100)
+            .await
+            .unwrap()
+            .files
+            .iter()
+            .map(|f| f.path.to_string())
+            .collect();
+        live.sort();
+        let mut want = vec![
+            "moved/new2.txt".to_owned(),
+            "new2.txt".into(),
+            "x.txt".into(),
+            copy.path.to_string(),
+        ];
+        want.sort();
+        assert_eq!(live, want, "{name}");
+
+        // The whole batch again (a retry after a lost response): the applied events
+        // answer as before, the refused ones are refused again, nothing is written.
+        let retry = repo.apply_batch(w.a, &ops, NOW + 1).await;
+        let mut expected_kinds = kinds.clone();
+        for i in [0, 2, 4, 8] {
+            expected_kinds[i] = "AlreadyApplied".into();
+        }
+        assert_eq!(
+            retry.iter().map(kind).collect::<Vec<_>>(),
+            expected_kinds,
+            "{name}"
+        );
+        for i in [0, 2, 4, 8] {
+            assert_eq!(committed(&retry[i]).head, committed(&res[i]).head, "{name}");
+            assert_eq!(
+                committed(&retry[i]).conflict_copy,
+                committed(&res[i]).conflict_copy,
+                "{name}"
+            );
+        }
+        assert_eq!(applied(&retry[6]), applied(&res[6]), "{name}");
+        assert_eq!(applied(&retry[7]), applied(&res[7]), "{name}");
+        assert_eq!(
+            repo.last_seq(w.ns).await.unwrap(),
+            *expected.last().unwrap(),
+            "{name}: a retry writes nothing"
+        );
+        // Once the missing chunk is uploaded, a retry commits that event too.
+        repo.record_chunks(w.ns, &[(cid(777_777), 130)], NOW)
+            .await
+            .unwrap();
+        let third = repo.apply_batch(w.a, &ops, NOW + 2).await;
+        assert_eq!(kind(&third[1]), "FastForward", "{name}");
+        assert_eq!(
+            committed(&third[1]).head.seq,
+            Seq(expected.last().unwrap().0 + 1),
+            "{name}"
+        );
+    }
+}
+
+/// Events of several namespaces (and of none) in one batch keep their order and their
+/// own journals.
+#[tokio::test]
+async fn a_batch_across_namespaces_keeps_order() {
+    for be in backends().await {
+        let repo = &*be.repo;
+        let name = be.name;
+        let w1 = world(repo, "multi1").await;
+        let w2 = world(repo, "multi2").await;
+        let empty = VersionVector::new();
+        let a = commit_req(repo, w1.ns, "a.txt", &empty, &[1], NOW).await;
+        let b = commit_req(repo, w2.ns, "b.txt", &empty, &[2], NOW).await;
+        let c = commit_req(repo, w1.ns, "c.txt", &empty, &[3], NOW).await;
+        let mut gone_ns = commit_req(repo, w1.ns, "d.txt", &empty, &[4], NOW).await;
+        gone_ns.namespace = NamespaceId::from_bytes(rand::random());
+        let mut gone_ns2 = gone_ns.clone();
+        gone_ns2.idempotency_key = "other".into();
+        let ops = [
+            BatchOp::Commit(&a),
+            BatchOp::Commit(&b),
+            BatchOp::Commit(&gone_ns),
+            BatchOp::Commit(&gone_ns2),
+            BatchOp::Commit(&c),
+        ];
+        let res = repo.apply_batch(w1.a, &ops, NOW).await;
+        assert_eq!(
+            res.iter().map(kind).collect::<Vec<_>>(),
+            [
+                "FastForward",
+                "FastForward",
+                "error namespace",
+                "error namespace",
+                "FastForward"
+            ],
+            "{name}"
+        );
+        assert_eq!(committed(&res[0]).head.seq, Seq(1), "{name}");
+        assert_eq!(committed(&res[1]).head.namespace, w2.ns, "{name}");
+        assert_eq!(committed(&res[1]).head.seq, Seq(1), "{name}");
+        assert_eq!(committed(&res[4]).head.seq, Seq(2), "{name}");
+        assert_eq!(repo.last_seq(w1.ns).await.unwrap(), Seq(2), "{name}");
+        assert_eq!(repo.last_seq(w2.ns).await.unwrap(), Seq(1), "{name}");
+    }
+}
+
+/// A batch commit is checked against the chunks under the namespace lock and records
+/// its references in the same transaction: a chunk row deleted before the batch makes
+/// just that event fail with its id.
+#[tokio::test]
+async fn a_batch_sees_chunks_deleted_before_it() {
+    for be in backends().await {
+        let repo = &*be.repo;
+        let name = be.name;
+        let w = world(repo, "swept").await;
+        let empty = VersionVector::new();
+        let keep = commit_req(repo, w.ns, "keep.txt", &empty, &[1, 2], NOW).await;
+        let lose = commit_req(repo, w.ns, "lose.txt", &empty, &[2, 3], NOW).await;
+        // What a sweep does to an unreferenced chunk: its row goes.
+        sqlx::query("DELETE FROM chunks WHERE namespace_id = $1 AND id = $2")
+            .bind(w.ns.to_hex())
+            .bind(cid(3).to_hex())
+            .execute(&be.pool)
+            .await
+            .unwrap();
+        let res = repo
+            .apply_batch(w.a, &[BatchOp::Commit(&keep), BatchOp::Commit(&lose)], NOW)
+            .await;
+        assert_eq!(kind(&res[0]), "FastForward", "{name}");
+        assert_eq!(kind(&res[1]), format!("missing {:?}", [cid(3)]), "{name}");
+        // The kept commit's references are recorded: its chunks are not sweepable.
+        let references: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM version_chunks WHERE namespace_id = $1")
+                .bind(w.ns.to_hex())
+                .fetch_one(&be.pool)
+                .await
+                .unwrap();
+        assert_eq!(references, 2, "{name}");
+    }
+}
+
+/// `chunks/missing` re-touches a present chunk only when its last touch is older than
+/// the slack.
+#[tokio::test]
+async fn lookups_touch_only_stale_chunks() {
+    for be in backends().await {
+        let repo = &*be.repo;
+        let name = be.name;
+        let w = world(repo, "toucher").await;
+        repo.record_chunks(w.ns, &[(cid(1), 10), (cid(2), 10)], NOW)
+            .await
+            .unwrap();
+        let touched = |id: u32| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT last_touched FROM chunks WHERE namespace_id = $1 AND id = $2",
+            )
+            .bind(w.ns.to_hex())
+            .bind(cid(id).to_hex())
+            .fetch_one(&be.pool)
+        };
+        let slack = super::sql::TOUCH_SLACK_SECS;
+        // Within the slack: left alone.
+        let soon = NOW + slack - 1;
+        assert!(repo
+            .missing_chunks(w.ns, &[cid(1), cid(2)], soon)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(touched(1).await.unwrap(), NOW, "{name}");
+        // Past it: touched.
+        let later = NOW + slack + 1;
+        let missing = repo
+            .missing_chunks(w.ns, &[cid(9), cid(1)], later)
+            .await
+            .unwrap();
+        assert_eq!(missing, vec![cid(9)], "{name}");
+        assert_eq!(touched(1).await.unwrap(), later, "{name}");
+        assert_eq!(touched(2).await.unwrap(), NOW, "{name}");
     }
 }

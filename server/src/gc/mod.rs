@@ -8,7 +8,9 @@
 //! in a database transaction that *first* takes `N`'s lock (`UPDATE namespaces … WHERE
 //! id = N`: a row lock on PostgreSQL, the database write lock on SQLite):
 //!
-//! - **commit\*** checks that `X` has a row, then inserts the version's reference to `X`.
+//! - **commit\*** checks that `X` has a row, then inserts the version's reference to `X`
+//!   (a `sync/event` batch checks the chunks of all its commits, then inserts all their
+//!   references, in one transaction).
 //! - **record\*** (the upload path, [`store_chunks`]): after putting the blob, inserts or
 //!   touches `X`'s row, and — still inside the lock — confirms that the blob is stored,
 //!   putting it again if it is not
@@ -34,7 +36,9 @@
 //! only removed by retention, which also runs under the lock). A committed version's
 //! chunks are therefore recorded and stored (invariant I6). The grace period is not
 //! needed for safety: it spares clients the re-uploads of case 2 for chunks they
-//! were told are present (`chunks/missing` touches them) or just uploaded.
+//! were told are present (`chunks/missing` touches them, or leaves them when touched
+//! within the last hour, so they stay for at least the grace period less an hour) or
+//! just uploaded.
 //!
 //! Restores copy an old version's chunk list; they re-read it under the lock, so a
 //! version pruned meanwhile makes the restore fail with "not found" instead of

@@ -1,20 +1,24 @@
 //! `/api/v1/sync/*`: batches of events, and the change journal.
 
+use std::collections::HashMap;
+
 use axum::extract::State;
 use axum::Json;
 use fsync_common::limits::{DEFAULT_PAGE, MAX_EVENTS_PER_BATCH, MAX_PAGE};
 use fsync_common::wire::{
     ChangesQuery, ChangesResponse, SyncEvent, SyncEventBatch, SyncEventResponse, SyncEventResult,
 };
-use fsync_common::Seq;
+use fsync_common::{ErrorBody, NamespaceId, Seq};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
-use super::files::{do_commit, do_delete, do_rename};
-use crate::state::AppState;
+use crate::db::{BatchAnswer, BatchOp};
+use crate::state::{now_secs, AppState};
 
 /// `POST /api/v1/sync/event`: applies events in order; one result per event, a failed
-/// event does not stop the others.
+/// event does not stop the others. Consecutive events on one namespace are applied in
+/// one database transaction ([`crate::MetaRepo::apply_batch`]); the WebSocket push
+/// follows its commit.
 pub async fn event(
     State(state): State<AppState>,
     auth: Auth,
@@ -26,28 +30,82 @@ pub async fn event(
             batch.events.len()
         )));
     }
-    let mut results = Vec::with_capacity(batch.events.len());
+    // Authorize each namespace once; refused events are answered here.
+    let mut access: HashMap<NamespaceId, Option<ErrorBody>> = HashMap::new();
+    let mut results: Vec<Option<SyncEventResult>> = Vec::with_capacity(batch.events.len());
+    let mut ops = Vec::with_capacity(batch.events.len());
     for ev in &batch.events {
-        let r = match ev {
-            SyncEvent::Create(c) | SyncEvent::Modify(c) => do_commit(&state, &auth, c)
-                .await
-                .map(|r| SyncEventResult::Committed(Box::new(r))),
-            SyncEvent::Delete(d) => do_delete(&state, &auth, d)
-                .await
-                .map(SyncEventResult::Applied),
-            SyncEvent::Rename(r) => do_rename(&state, &auth, r)
-                .await
-                .map(SyncEventResult::Applied),
+        let op = match ev {
+            SyncEvent::Create(c) | SyncEvent::Modify(c) => BatchOp::Commit(c),
+            SyncEvent::Delete(d) => BatchOp::Delete(d),
+            SyncEvent::Rename(r) => BatchOp::Rename(r),
         };
-        results.push(r.unwrap_or_else(|e| {
-            if let ApiError::Internal(d) | ApiError::Unavailable(d) | ApiError::StorageFull(d) = &e
-            {
-                tracing::error!(detail = %d, "sync event failed");
-            }
-            SyncEventResult::Failed(e.body())
-        }));
+        let ns = op.namespace();
+        let refused = if let Some(r) = access.get(&ns) {
+            r.clone()
+        } else {
+            let r = auth
+                .authorize(&state, ns, true)
+                .await
+                .err()
+                .map(|e| failed(&e));
+            access.insert(ns, r.clone());
+            r
+        };
+        if let Some(body) = refused {
+            results.push(Some(SyncEventResult::Failed(body)));
+        } else {
+            results.push(None);
+            ops.push(op);
+        }
     }
-    Ok(Json(SyncEventResponse { results }))
+    let answers = state.repo.apply_batch(auth.actor(), &ops, now_secs()).await;
+    let mut pushed: HashMap<NamespaceId, Seq> = HashMap::new();
+    let mut answers = ops.iter().zip(answers);
+    for slot in results.iter_mut().filter(|r| r.is_none()) {
+        let (op, answer) = answers.next().expect("one answer per op");
+        let r = answer.map_err(ApiError::from).and_then(|a| match a {
+            BatchAnswer::Committed(r) => {
+                // Committed, not yet pushed: a crash here must not hide the change.
+                fsync_common::failpoint::hit("server.commit.before_push")
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                let seq = r
+                    .head
+                    .seq
+                    .max(r.conflict_copy.as_ref().map_or(Seq(0), |c| c.seq));
+                Ok((SyncEventResult::Committed(r), Some(seq)))
+            }
+            BatchAnswer::Applied(r) => {
+                let seq = r.files.iter().map(|f| f.seq).max();
+                Ok((SyncEventResult::Applied(r), seq))
+            }
+        });
+        *slot = Some(match r {
+            Ok((result, seq)) => {
+                if let Some(seq) = seq {
+                    let top = pushed.entry(op.namespace()).or_insert(seq);
+                    *top = (*top).max(seq);
+                }
+                result
+            }
+            Err(e) => SyncEventResult::Failed(failed(&e)),
+        });
+    }
+    // One push per namespace, with its latest position, once everything is committed.
+    for (ns, seq) in pushed {
+        state.notify(ns, seq);
+    }
+    Ok(Json(SyncEventResponse {
+        results: results.into_iter().flatten().collect(),
+    }))
+}
+
+/// The body of a failed event; server-side failures are logged.
+fn failed(e: &ApiError) -> ErrorBody {
+    if let ApiError::Internal(d) | ApiError::Unavailable(d) | ApiError::StorageFull(d) = e {
+        tracing::error!(detail = %d, "sync event failed");
+    }
+    e.body()
 }
 
 /// `GET /api/v1/sync/changes?since=&limit=`.
