@@ -33,6 +33,27 @@ pub fn content_hash(id_key: &IdKey, data: &[u8]) -> ContentHash {
     ContentHash::from_bytes(*hasher.finalize().as_bytes())
 }
 
+/// [`content_hash`] over data that arrives in pieces (a file written chunk by chunk):
+/// the pieces' concatenation hashes as [`content_hash`] of the whole would.
+pub struct ContentHasher(blake3::Hasher);
+
+impl ContentHasher {
+    /// A hasher for the namespace's `id_key`.
+    pub fn new(id_key: &IdKey) -> Self {
+        Self(blake3::Hasher::new_keyed(&content_key(id_key)))
+    }
+
+    /// Absorbs the next piece.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The content hash of everything absorbed.
+    pub fn finalize(&self) -> ContentHash {
+        ContentHash::from_bytes(*self.0.finalize().as_bytes())
+    }
+}
+
 /// The key of the whole-file content hash.
 pub(crate) fn content_key(id_key: &IdKey) -> [u8; 32] {
     blake3::derive_key(CONTENT_HASH_CONTEXT, id_key.as_bytes())

@@ -51,5 +51,5 @@ pub use chunker::Chunker;
 pub use config::ChunkerConfig;
 pub use digest::{ChunkInfo, FileDigest, HashOptions};
 pub use error::ChunkerError;
-pub use keys::{chunk_id, content_hash};
+pub use keys::{chunk_id, content_hash, ContentHasher};
 pub use stream::{Chunk, Chunks};

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::io::{self, Read};
 
 use fsync_chunker::{
-    chunk_id, content_hash, Chunk, ChunkInfo, Chunker, ChunkerConfig, ChunkerError, FileDigest,
-    HashOptions,
+    chunk_id, content_hash, Chunk, ChunkInfo, Chunker, ChunkerConfig, ChunkerError, ContentHasher,
+    FileDigest, HashOptions,
 };
 use fsync_common::IdKey;
 use proptest::prelude::*;
@@ -356,6 +356,26 @@ fn content_hash_does_not_depend_on_chunk_sizes() {
     assert_ne!(small.chunks, default.chunks);
     assert_eq!(small.content_hash, default.content_hash);
     assert_eq!(small.sha256, default.sha256);
+}
+
+#[test]
+fn content_hasher_over_the_chunks_matches_the_digest() {
+    let data = random_bytes(8, 1 << 20);
+    let chunker = chunker(SMALL);
+    let digest = chunker
+        .digest_reader(&data[..], HashOptions::default())
+        .unwrap();
+    let mut hasher = ContentHasher::new(&key(7));
+    let mut offset = 0usize;
+    for c in &digest.chunks {
+        hasher.update(&data[offset..offset + c.len as usize]);
+        offset += c.len as usize;
+    }
+    assert_eq!(hasher.finalize(), digest.content_hash);
+    assert_eq!(hasher.finalize(), content_hash(&key(7), &data));
+    let mut other = ContentHasher::new(&key(8));
+    other.update(&data);
+    assert_ne!(other.finalize(), digest.content_hash);
 }
 
 #[test]

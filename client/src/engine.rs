@@ -30,6 +30,12 @@ const DOWNLOAD_WINDOW: usize = 128;
 const PREFETCH_GROUP_BYTES: u64 = 16 * 1024 * 1024;
 /// Bytes of blobs gathered before one batch upload.
 const UPLOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Upload batch requests running at once while the next batch is encoded.
+const UPLOAD_IN_FLIGHT: usize = 2;
+/// Files at least this large are hashed with the chunker's parallel path.
+const PARALLEL_HASH_BYTES: u64 = 16 * 1024 * 1024;
+/// Chunks read, then encoded in parallel, at a time.
+const ENCODE_GROUP: usize = 32;
 
 /// Why a sync round failed. The daemon retries with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +231,7 @@ impl Engine {
                 _ => None,
             })
             .collect();
-        self.upload(upload_items, &local, &digests, &mut report)
+        self.upload(upload_items, &base, &local, &digests, &mut report)
             .await?;
         let reuse = self.reuse_map(&base, &local);
         let (downloads, local_ops): (Vec<Op>, Vec<Op>) = local_ops
@@ -351,9 +357,13 @@ impl Engine {
                     let digest = std::fs::File::open(&full)
                         .map_err(|e| e.to_string())
                         .and_then(|file| {
-                            chunker
-                                .digest_reader(file, HashOptions::default())
-                                .map_err(|e| e.to_string())
+                            // A large file alone would leave the other cores idle.
+                            if f.size >= PARALLEL_HASH_BYTES {
+                                chunker.digest_reader_parallel(file, HashOptions::default())
+                            } else {
+                                chunker.digest_reader(file, HashOptions::default())
+                            }
+                            .map_err(|e| e.to_string())
                         });
                     // Stable only if the stat did not move while we read it.
                     let after =
@@ -497,6 +507,7 @@ impl Engine {
     async fn upload(
         &mut self,
         items: Vec<(SyncPath, VersionVector)>,
+        base: &BTreeMap<SyncPath, BaseEntry>,
         local: &BTreeMap<SyncPath, LocalEntry>,
         digests: &HashMap<SyncPath, FileDigest>,
         report: &mut RoundReport,
@@ -512,17 +523,31 @@ impl Engine {
         if items.is_empty() {
             return Ok(());
         }
-        let all_ids: Vec<ChunkId> = items
+        // Chunks of synced versions are on the server already: ask only about the
+        // others, so a small edit of a large file asks about its new chunks, not about
+        // every chunk. (If GC removed an old version's chunk since, the commit is
+        // answered with the missing ids, sent below.)
+        let known: HashSet<ChunkId> = base
+            .values()
+            .flat_map(|b| b.chunks.iter().map(ChunkRef::id))
+            .collect();
+        let mut ask: Vec<ChunkId> = items
             .iter()
             .flat_map(|(_, _, _, d)| d.chunks.iter().map(|c| c.id))
+            .filter(|id| !known.contains(id))
             .collect();
-        let missing: HashSet<ChunkId> = self
-            .session
-            .api
-            .missing(self.session.ns, &all_ids)
-            .await?
-            .into_iter()
-            .collect();
+        ask.sort_unstable();
+        ask.dedup();
+        let missing: HashSet<ChunkId> = if ask.is_empty() {
+            HashSet::new()
+        } else {
+            self.session
+                .api
+                .missing(self.session.ns, &ask)
+                .await?
+                .into_iter()
+                .collect()
+        };
         let mut failed: HashSet<SyncPath> = HashSet::new();
         if !missing.is_empty() {
             let files = items
@@ -575,7 +600,8 @@ impl Engine {
             let response = match result {
                 SyncEventResult::Committed(r) => *r,
                 SyncEventResult::Failed(e) if e.error.code == ErrorCode::MissingChunks => {
-                    // Collected since we asked (GC): send them again and retry once.
+                    // Collected since we asked (GC), or chunks of a synced version we
+                    // did not ask about that are gone: send them and retry once.
                     let again: HashSet<ChunkId> = e.error.missing.iter().copied().collect();
                     let files = vec![(path.clone(), l.file.clone(), d.clone())];
                     if let Some((_, why)) = self.send_chunks(files, &again).await?.pop() {
@@ -661,85 +687,96 @@ impl Engine {
         Ok(())
     }
 
-    /// Encodes and sends the chunks in `wanted` of many files, streaming: each file is
-    /// read again and must still produce its digest. Blobs of all files share batch
-    /// requests (many small files cost few requests). Returns the files that changed
-    /// or could not be read, with the reason; an API error stops everything.
+    /// Encodes and sends the chunks in `wanted` of many files. Only those chunks are
+    /// read, at the offsets the digest recorded; each must still have its id (else the
+    /// file changed since it was hashed) and the file its stat. Chunks are encoded on
+    /// the rayon pool, and up to `UPLOAD_IN_FLIGHT` batch requests run while the next
+    /// batch is encoded; blobs of all files share batches (many small files cost few
+    /// requests). Returns the files that changed or could not be read, with the
+    /// reason; an API error stops everything.
     async fn send_chunks(
         &self,
         files: Vec<(SyncPath, LocalFile, FileDigest)>,
         wanted: &HashSet<ChunkId>,
     ) -> Result<Vec<(SyncPath, String)>, SyncError> {
-        let total: u64 = files.iter().map(|(_, f, _)| f.size).sum();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(32);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(ENCODE_GROUP * 2);
         let root = self.root.clone();
-        let chunker = self.session.chunker.clone();
+        let id_key = self.session.id_key.clone();
         let codec = self.session.codec.clone();
-        let wanted = wanted.clone();
-        let producer = tokio::task::spawn_blocking(move || {
-            let mut sent: HashSet<ChunkId> = HashSet::new();
-            let mut failed = Vec::new();
-            for (path, expect_stat, d) in files {
-                if !d
-                    .chunks
-                    .iter()
-                    .any(|c| wanted.contains(&c.id) && !sent.contains(&c.id))
-                {
-                    continue;
+        let mut todo: Vec<(SyncPath, LocalFile, Vec<ChunkSpan>)> = Vec::new();
+        let mut chosen: HashSet<ChunkId> = HashSet::new();
+        for (path, stat, d) in files {
+            let mut offset = 0u64;
+            let mut chunks = Vec::new();
+            for c in &d.chunks {
+                if wanted.contains(&c.id) && chosen.insert(c.id) {
+                    chunks.push((offset, c.len, c.id));
                 }
+                offset += u64::from(c.len);
+            }
+            if !chunks.is_empty() {
+                todo.push((path, stat, chunks));
+            }
+        }
+        let total: u64 = todo
+            .iter()
+            .flat_map(|(_, _, c)| c.iter().map(|(_, len, _)| u64::from(*len)))
+            .sum();
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
+            for (path, expect_stat, chunks) in todo {
                 let full = path.to_local(&root);
-                let result = (|| -> Result<(), String> {
-                    let file = std::fs::File::open(&full).map_err(|e| e.to_string())?;
-                    let digest = chunker
-                        .chunk_file(
-                            file,
-                            HashOptions::default(),
-                            |c| -> Result<(), fsync_chunker::ChunkerError> {
-                                if wanted.contains(&c.id) && sent.insert(c.id) {
-                                    let blob = codec.encode(&c.id, &c.data).map_err(|e| {
-                                        fsync_chunker::ChunkerError::Io(std::io::Error::other(
-                                            e.to_string(),
-                                        ))
-                                    })?;
-                                    tx.blocking_send((c.id, blob)).map_err(|_| {
-                                        fsync_chunker::ChunkerError::Io(std::io::Error::other(
-                                            "upload stopped",
-                                        ))
-                                    })?;
-                                }
-                                Ok(())
-                            },
-                        )
-                        .map_err(|e| e.to_string())?;
-                    let md = std::fs::symlink_metadata(&full).map_err(|e| e.to_string())?;
-                    if digest.content_hash != d.content_hash
-                        || scan::stat(path.clone(), &md) != expect_stat
-                    {
-                        return Err("the file changed while it was being uploaded".into());
-                    }
-                    Ok(())
-                })();
-                if let Err(why) = result {
-                    failed.push((path, why));
+                let result =
+                    encode_file_chunks(&full, &chunks, &id_key, &codec, &tx).and_then(|()| {
+                        let md = std::fs::symlink_metadata(&full).map_err(|e| e.to_string())?;
+                        if scan::stat(path.clone(), &md) == expect_stat {
+                            Ok(())
+                        } else {
+                            Err(UPLOAD_CHANGED.to_owned())
+                        }
+                    });
+                match result {
+                    Ok(()) => {}
+                    Err(why) if why == UPLOAD_STOPPED => break,
+                    Err(why) => failed.push((path, why)),
                 }
             }
             failed
         });
         let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
         let mut bytes = 0;
+        let mut in_flight = tokio::task::JoinSet::new();
         let bar = crate::progress::bytes("uploading", total);
-        while let Some((id, blob)) = rx.recv().await {
-            bar.inc(blob.len() as u64);
+        let ns = self.session.ns;
+        loop {
+            let next = rx.recv().await;
+            let flush = match &next {
+                Some(_) => bytes >= UPLOAD_BATCH_BYTES,
+                None => !batch.is_empty(),
+            };
+            if flush {
+                while in_flight.len() >= UPLOAD_IN_FLIGHT {
+                    if let Some(done) = in_flight.join_next().await {
+                        done.expect("upload task")?;
+                    }
+                }
+                let api = self.session.api.clone();
+                let part = std::mem::take(&mut batch);
+                bytes = 0;
+                let bar = bar.clone();
+                in_flight.spawn(async move {
+                    let sent: u64 = part.iter().map(|(_, b)| b.len() as u64).sum();
+                    api.put_batch(ns, &part).await?;
+                    bar.inc(sent);
+                    Ok::<(), ClientError>(())
+                });
+            }
+            let Some((id, blob)) = next else { break };
             bytes += blob.len();
             batch.push((id, blob));
-            if bytes >= UPLOAD_BATCH_BYTES {
-                self.session.api.put_batch(self.session.ns, &batch).await?;
-                batch.clear();
-                bytes = 0;
-            }
         }
-        if !batch.is_empty() {
-            self.session.api.put_batch(self.session.ns, &batch).await?;
+        while let Some(done) = in_flight.join_next().await {
+            done.expect("upload task")?;
         }
         bar.finish_and_clear();
         Ok(producer.await.expect("chunk task"))
@@ -1020,6 +1057,10 @@ impl Engine {
             .open(&tmp)
             .map_err(io_err("creating", &tmp))?;
         let bar = crate::progress::bytes(&format!("downloading {}", meta.path), meta.size);
+        // Every chunk below is checked against its id before it is written, so hashing
+        // what is written, in order, gives the file's content hash without reading the
+        // temp file back.
+        let mut hasher = fsync_chunker::ContentHasher::new(&self.session.id_key);
         for window in manifest.chunks.chunks(DOWNLOAD_WINDOW) {
             let mut have: HashMap<ChunkId, Vec<u8>> = HashMap::new();
             let mut fetch = Vec::new();
@@ -1066,6 +1107,7 @@ impl Engine {
                     return Err(verify(format!("chunk {} has the wrong length", c.id())));
                 }
                 out.write_all(data).map_err(io_err("writing", &tmp))?;
+                hasher.update(data);
                 fsync_common::failpoint::hit("client.download.chunk_written")
                     .map_err(io_err("writing", &tmp))?;
                 bar.inc(u64::from(c.len()));
@@ -1087,21 +1129,7 @@ impl Engine {
         let installed = out.metadata().map_err(io_err("reading", &tmp))?;
         drop(out);
         // Verify the whole content before it becomes visible.
-        let chunker = self.session.chunker.clone();
-        let tmp2 = tmp.clone();
-        let digest = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&tmp2)
-                .map_err(|e| e.to_string())
-                .and_then(|f| {
-                    chunker
-                        .digest_reader(f, HashOptions::default())
-                        .map_err(|e| e.to_string())
-                })
-        })
-        .await
-        .expect("hash task")
-        .map_err(verify)?;
-        if digest.content_hash != expect_hash {
+        if hasher.finalize() != expect_hash {
             return Err(verify("the content hash does not match".into()));
         }
         // The local file must still be what we last synced (or absent): never
@@ -1167,6 +1195,60 @@ fn op_path(op: &Op) -> String {
 
 fn idem() -> String {
     hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// A chunk of a local file: offset, length, id.
+type ChunkSpan = (u64, u32, ChunkId);
+
+/// Why an upload left a file for the next round.
+const UPLOAD_CHANGED: &str = "the file changed while it was being uploaded";
+/// The receiving side went away (an API error ended the upload).
+const UPLOAD_STOPPED: &str = "upload stopped";
+
+/// Reads the given chunks of one file (offset, length, id), checks each against its
+/// id, encodes them on the rayon pool `ENCODE_GROUP` at a time and hands the blobs to
+/// `tx` in order.
+fn encode_file_chunks(
+    full: &Path,
+    chunks: &[ChunkSpan],
+    id_key: &fsync_common::IdKey,
+    codec: &BlobCodec,
+    tx: &tokio::sync::mpsc::Sender<(ChunkId, Vec<u8>)>,
+) -> Result<(), String> {
+    use rayon::prelude::*;
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(full).map_err(|e| e.to_string())?;
+    for group in chunks.chunks(ENCODE_GROUP) {
+        let mut read = Vec::with_capacity(group.len());
+        for &(offset, len, id) in group {
+            let mut data = vec![0u8; len as usize];
+            file.read_exact_at(&mut data, offset).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    UPLOAD_CHANGED.to_owned()
+                } else {
+                    e.to_string()
+                }
+            })?;
+            read.push((id, data));
+        }
+        let blobs: Vec<(ChunkId, Vec<u8>)> = read
+            .into_par_iter()
+            .map(|(id, data)| {
+                if fsync_chunker::chunk_id(id_key, &data) != id {
+                    return Err(UPLOAD_CHANGED.to_owned());
+                }
+                codec
+                    .encode(&id, &data)
+                    .map(|blob| (id, blob))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        for blob in blobs {
+            tx.blocking_send(blob)
+                .map_err(|_| UPLOAD_STOPPED.to_owned())?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads a chunk from a local file and checks its id.
