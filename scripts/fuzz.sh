@@ -26,7 +26,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 # Stable toolchain: `-s none` (no -Zsanitizer) needs no nightly flags.
-cargo fuzz build -s none -O -a >&2
+cargo fuzz build -s none -O -a --target-dir "$PWD/fuzz/target" >&2
 
 if [ $# -gt 0 ]; then
   targets=("$@")

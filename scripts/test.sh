@@ -13,7 +13,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Fuzz targets (fuzz/: its own workspace, lock file and target dir). CI only builds
 # them (a plain build: no coverage instrumentation, so no cargo-fuzz or nightly) and
 # replays their seeds and past crash inputs once; fuzzing is `bash scripts/fuzz.sh`.
-cargo build --manifest-path fuzz/Cargo.toml --bins
+# (--target-dir: where the replay below looks, whatever CARGO_TARGET_DIR says.)
+cargo build --manifest-path fuzz/Cargo.toml --target-dir "$PWD/fuzz/target" --bins
 for src in fuzz/fuzz_targets/*.rs; do
   t=$(basename "$src" .rs)
   dirs=("fuzz/seeds/$t")
