@@ -278,7 +278,11 @@ impl NsTx {
                 "SELECT {FILE_COLS} FROM files WHERE namespace_id = $1 AND path IN ({})",
                 placeholders(2, batch.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(self.ns.to_hex());
+            // Planned for its values each time (not prepared once): on PostgreSQL a cached
+            // generic plan of these IN lists can filter the whole namespace row by row.
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .persistent(false)
+                .bind(self.ns.to_hex());
             for p in batch {
                 q = q.bind(*p);
             }
@@ -329,7 +333,9 @@ impl NsTx {
                  AND key IN ({})",
                 placeholders(3, batch.len())
             );
+            // Not prepared: see `prefetch_heads`.
             let mut q = sqlx::query(AssertSqlSafe(sql))
+                .persistent(false)
                 .bind(self.ns.to_hex())
                 .bind(self.device.to_hex());
             for k in batch {
