@@ -30,6 +30,10 @@ struct Cli {
     /// Do not print progress on stderr.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Also write the records as JSON to this file (the table still goes to stdout):
+    /// one run gives both, as `scripts/bench.sh` needs.
+    #[arg(long, global = true, value_name = "FILE")]
+    json_out: Option<std::path::PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -86,6 +90,14 @@ fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Scenario::ChunkSweep(_) => Some("chunk-sweep"),
         _ => None,
     };
+    if let Some(path) = &cli.json_out {
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+        );
+        report::write_json(&report.records, &mut file)?;
+        file.flush()?;
+    }
     if cli.json {
         report::write_json(&report.records, out)?;
     } else if let Some(title) = wide {
@@ -153,6 +165,31 @@ mod tests {
             assert!([1, 2].contains(&threads), "{r:?}");
             assert!(seen.insert((stage, data, threads)), "duplicate {r:?}");
         }
+    }
+
+    #[test]
+    fn json_out_writes_the_records_beside_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.json");
+        let out = run_args(&[
+            "fsync-bench",
+            "pipeline",
+            "--size-mib",
+            "1",
+            "--repeat",
+            "1",
+            "--threads",
+            "1",
+            "--stage",
+            "blake3",
+            "-q",
+            "--json-out",
+            path.to_str().unwrap(),
+        ]);
+        assert!(out.starts_with("pipeline: throughput (MB/s)\n"), "{out}");
+        let records: Vec<Record> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert!(records.iter().all(|r| r.labels["stage"] == "blake3"));
     }
 
     #[test]

@@ -100,14 +100,14 @@ pub(crate) struct Args {
     /// Run only these parts (repeatable) [default: all].
     #[arg(long = "only", value_enum)]
     only: Vec<Part>,
-    /// Files of the generated tree (the full size: 20000).
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Files of the generated tree.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     files: u32,
-    /// Total size of the generated tree, MiB (the full size: 1024).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Total size of the generated tree, MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     total_mib: u32,
-    /// Size of the large random file, MiB (the full size: 1024).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    /// Size of the large random file, MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     large_mib: u32,
     /// No-op rounds timed; the median is reported.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -116,7 +116,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     edit_repeat: u32,
     /// Edits of the latency test.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     edits: u32,
     /// Also run rsync (small edits) and restic (large file), when installed.
     #[arg(long)]
@@ -791,8 +791,18 @@ fn tool_available(tool: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Runs `cmd` under `/usr/bin/time -v` when it exists: wall seconds and peak RSS (KiB).
-fn timed_process(mut cmd: Command, what: &str) -> anyhow::Result<(f64, Option<u64>)> {
+/// What [`timed_process`] measured of one process.
+struct ProcessRun {
+    /// Wall time.
+    secs: f64,
+    /// Peak RSS (KiB), from `/usr/bin/time -v`.
+    rss_kib: Option<u64>,
+    /// User + system CPU seconds, from `/usr/bin/time -v`.
+    cpu_secs: Option<f64>,
+}
+
+/// Runs `cmd` under `/usr/bin/time -v` when it exists: wall time, peak RSS and CPU time.
+fn timed_process(mut cmd: Command, what: &str) -> anyhow::Result<ProcessRun> {
     let gnu_time = Path::new("/usr/bin/time").exists();
     let mut full = if gnu_time {
         let mut c = Command::new("/usr/bin/time");
@@ -816,11 +826,112 @@ fn timed_process(mut cmd: Command, what: &str) -> anyhow::Result<(f64, Option<u6
         "{what} failed ({}): {stderr}",
         out.status
     );
-    let rss = stderr
+    let field = |name: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    let rss_kib = field("Maximum resident set size (kbytes):").and_then(|v| v.parse().ok());
+    let cpu = |name: &str| field(name).and_then(|v| v.parse::<f64>().ok());
+    let cpu_secs = match (cpu("User time (seconds):"), cpu("System time (seconds):")) {
+        (Some(u), Some(s)) => Some(u + s),
+        _ => None,
+    };
+    Ok(ProcessRun {
+        secs,
+        rss_kib,
+        cpu_secs,
+    })
+}
+
+/// This process's user + system CPU seconds so far (`/proc/self/stat`, 100 ticks/s).
+fn own_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Resets this process's peak RSS (`VmHWM`) to its current RSS (Linux `clear_refs` 5).
+fn reset_own_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// A field of `/proc/self/status` in KiB: `VmHWM` (peak RSS since start or the last
+/// reset), `VmRSS` (now).
+fn own_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
-        .and_then(|v| v.trim().parse().ok());
-    Ok((secs, rss))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `fsync-client --once` on `root` as a process, against `server` as `account`, with
+/// the server's share measured alongside: the bench process hosts the server and is
+/// otherwise idle meanwhile, so its CPU time during the run is the server's, and its
+/// peak RSS above its RSS at the start is what the server took for the run (the
+/// bench's own data and the idle server are in that baseline). Records throughput,
+/// CPU time and peak RSS.
+#[allow(clippy::too_many_arguments)]
+async fn client_process(
+    ctx: &mut Ctx<'_>,
+    server: &Server,
+    account: &Account,
+    client_bin: &Path,
+    root: &Path,
+    roots_file: &Path,
+    what: &str,
+    bytes: u64,
+) -> anyhow::Result<ProcessRun> {
+    let p = Part::InitialSync;
+    let mut cmd = Command::new(client_bin);
+    cmd.arg("--watch-dir")
+        .arg(root)
+        .args(["--server-url", &server.url, "--username", &account.username])
+        .arg("--once")
+        .env("FSYNC_PASSWORD", &account.password)
+        .env("FSYNC_ROOTS_FILE", roots_file)
+        .env("RUST_LOG", "warn");
+    let peak_reset = reset_own_peak_rss();
+    let rss_before = own_status_kib("VmRSS");
+    let cpu_before = own_cpu_secs();
+    let run = tokio::task::spawn_blocking(move || timed_process(cmd, "fsync-client --once"))
+        .await
+        .expect("process task")?;
+    let server_cpu = own_cpu_secs()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let server_growth = own_status_kib("VmHWM")
+        .filter(|_| peak_reset)
+        .zip(rss_before)
+        .map(|(peak, before)| peak.saturating_sub(before));
+    let case = format!("{what}: fsync-client --once process");
+    ctx.push(p, "throughput", "MB/s", &case, bytes as f64 / MB / run.secs);
+    if let Some(cpu) = run.cpu_secs {
+        ctx.push(p, "CPU time", "s", &case, cpu);
+    }
+    if let Some(kib) = run.rss_kib {
+        ctx.push(p, "peak RSS", "MiB", &case, kib as f64 / 1024.0);
+    }
+    let server_case = format!("{what}: server (bench process) meanwhile");
+    if let Some(cpu) = server_cpu {
+        ctx.push(p, "CPU time", "s", &server_case, cpu);
+    }
+    if let Some(kib) = server_growth {
+        ctx.push(
+            p,
+            "peak RSS",
+            "MiB",
+            &format!("{server_case} (growth above the bench's RSS)"),
+            kib as f64 / 1024.0,
+        );
+    }
+    Ok(run)
 }
 
 /// restic's backup of the large file, and `fsync-client --once` uploading it as a
@@ -839,43 +950,42 @@ async fn compare_large(
         ctx.notes
             .push("/usr/bin/time is not installed: peak RSS was not measured.".into());
     }
-    // fsync-client as a process, on a fresh account, with a hard link of the file.
+    // fsync-client as a process, on a fresh account, with a hard link of the file:
+    // one uploads it, a second (a new device, empty folder) downloads it.
     let client_bin = std::env::current_exe()?.with_file_name("fsync-client");
     let mut client_rss = None;
     if client_bin.exists() {
         let account = Account::register(server, &harness::username("proc")).await?;
-        let root = dir.join("proc-root");
-        std::fs::create_dir_all(&root)?;
-        std::fs::hard_link(file, root.join("large.bin"))?;
-        let mut cmd = Command::new(&client_bin);
-        cmd.arg("--watch-dir")
-            .arg(&root)
-            .args(["--server-url", &server.url, "--username", &account.username])
-            .arg("--once")
-            .env("FSYNC_PASSWORD", &account.password)
-            .env("FSYNC_ROOTS_FILE", dir.join("fsync-roots"))
-            .env("RUST_LOG", "warn");
-        let (secs, rss) =
-            tokio::task::spawn_blocking(move || timed_process(cmd, "fsync-client --once"))
-                .await
-                .expect("process task")?;
-        ctx.push(
-            p,
-            "throughput",
-            "MB/s",
-            &format!("{case}: fsync-client --once process (login + upload)"),
-            bytes as f64 / MB / secs,
-        );
-        if let Some(kib) = rss {
-            ctx.push(
-                p,
-                "peak RSS",
-                "MiB",
-                &format!("{case}: fsync-client --once process"),
-                kib as f64 / 1024.0,
-            );
-            client_rss = Some(kib);
-        }
+        let roots_file = dir.join("fsync-roots");
+        let up_root = dir.join("proc-root");
+        std::fs::create_dir_all(&up_root)?;
+        std::fs::hard_link(file, up_root.join("large.bin"))?;
+        let up = client_process(
+            ctx,
+            server,
+            &account,
+            &client_bin,
+            &up_root,
+            &roots_file,
+            &format!("{case}, upload"),
+            bytes,
+        )
+        .await?;
+        client_rss = up.rss_kib;
+        let down_root = dir.join("proc-down");
+        std::fs::create_dir_all(&down_root)?;
+        client_process(
+            ctx,
+            server,
+            &account,
+            &client_bin,
+            &down_root,
+            &roots_file,
+            &format!("{case}, download"),
+            bytes,
+        )
+        .await?;
+        same_file(file, &down_root.join("large.bin"))?;
     } else {
         ctx.notes.push(format!(
             "{} not found: build it (cargo build --release -p fsync-client) to measure the client as a process.",
@@ -914,9 +1024,13 @@ async fn compare_large(
     cmd.args(["backup", "--quiet"])
         .arg(file)
         .envs(env.iter().map(|(k, v)| (*k, v)));
-    let (secs, rss) = tokio::task::spawn_blocking(move || timed_process(cmd, "restic backup"))
+    let restic = tokio::task::spawn_blocking(move || timed_process(cmd, "restic backup"))
         .await
         .expect("process task")?;
+    let (secs, rss) = (restic.secs, restic.rss_kib);
+    if let Some(cpu) = restic.cpu_secs {
+        ctx.push(p, "CPU time", "s", &format!("{case}: restic backup"), cpu);
+    }
     let restic_mbs = bytes as f64 / MB / secs;
     ctx.push(
         p,
