@@ -546,6 +546,15 @@ impl ApiClient {
         })
     }
 
+    /// Where the refresh token is kept, if anywhere.
+    fn token_path(&self) -> Option<PathBuf> {
+        self.inner
+            .token_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Persists the refresh token to `path` whenever it changes (written atomically,
     /// mode 0600); [`ApiClient::logout`] deletes the file. Applies to all clones.
     #[must_use]
@@ -824,12 +833,7 @@ impl ApiClient {
 
     /// Writes (or with `None`, deletes) the token file, if one is configured.
     async fn persist_refresh(&self, token: Option<String>) -> Result<(), ClientError> {
-        let path = self
-            .inner
-            .token_file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let path = self.token_path();
         let Some(path) = path else { return Ok(()) };
         let p = path.clone();
         let result = tokio::task::spawn_blocking(move || match token {
@@ -934,12 +938,7 @@ impl ApiClient {
         device_name: &str,
         device_id: DeviceId,
     ) -> Result<bool, ClientError> {
-        let path = self
-            .inner
-            .token_file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let path = self.token_path();
         let Some(token) = path
             .map(|p| Self::read_token_file(&p))
             .transpose()?
