@@ -7,7 +7,9 @@
 #
 # Usage: bash scripts/bench.sh            (about an hour on the 2-core VM)
 # Knobs (environment): QUICK=1 (small sizes: a smoke run of a few minutes, written to
-# BENCHMARKS.quick.md instead), DBS ("sqlite postgres"), SWEEP_DB (sqlite).
+# BENCHMARKS.quick.md instead), DBS ("sqlite postgres"), SWEEP_DB (sqlite),
+# ONLY="NAME ..." (re-run only these runs, keep the others' results, regenerate; names:
+# pipeline server initial-sync small-edit latency small-files versions chunk-sweep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +22,9 @@ if [ "$QUICK" = 1 ]; then
   results=$(mktemp -d)
   target=BENCHMARKS.quick.md
 fi
+ONLY=${ONLY:-}
 mkdir -p "$results"
-rm -f "$results"/*.json "$results"/*.txt
+if [ -z "$ONLY" ]; then rm -f "$results"/*.json "$results"/*.txt "$results"/*.cmd; fi
 
 # Peers for --compare: installed when missing and we may (root with apt-get).
 if ! command -v restic >/dev/null || ! command -v rsync >/dev/null; then
@@ -39,24 +42,37 @@ bench=${CARGO_TARGET_DIR:-target}/release/fsync-bench
 db_args=()
 for db in $DBS; do db_args+=(--db "$db"); done
 
+commit_desc() {
+  git rev-parse --short HEAD | tr -d '\n'
+  if [ -n "$(git status --porcelain --untracked-files=no)" ]; then echo -n " (plus uncommitted changes)"; fi
+}
+
 # run NAME ARGS...: one scenario run; the table to $results/NAME.txt, records to .json.
 run() {
   local name=$1
   shift
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   local start=$SECONDS
   echo "bench.sh: $name: fsync-bench $*" >&2
+  local load_before when
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  when=$(date -u '+%Y-%m-%d %H:%M UTC')
   "$bench" "$@" -q --json-out "$results/$name.json" >"$results/$name.txt"
-  echo "fsync-bench $*" >"$results/$name.cmd"
+  {
+    echo "fsync-bench $*"
+    echo "# $when, commit $(commit_desc), $((SECONDS - start)) s;"
+    echo "# load average (1, 5, 15 min) before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  } >"$results/$name.cmd"
   echo "bench.sh: $name took $((SECONDS - start)) s" >&2
 }
 
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-started=$(date -u '+%Y-%m-%d %H:%M UTC')
 if [ "$QUICK" = 1 ]; then
   run pipeline pipeline --size-mib 16 --repeat 1
   run server server "${db_args[@]}" --ids 1000 --repeat 2 --files 1000 --repeat-commits 1
-  run sync sync --compare "${db_args[@]}" --files 300 --total-mib 20 --large-mib 32 \
-    --repeat 2 --edit-repeat 1 --edits 10
+  small=(--files 300 --total-mib 20 --large-mib 32 --repeat 2 --edit-repeat 1 --edits 10)
+  run initial-sync sync --only initial-sync --only noop-rescan --compare "${db_args[@]}" "${small[@]}"
+  run small-edit sync --only small-edit --compare "${db_args[@]}" "${small[@]}"
+  run latency sync --only latency "${db_args[@]}" "${small[@]}"
   run small-files small-files "${db_args[@]}" --files 1000
   run versions versions "${db_args[@]}" --size-mib 16 --versions 3
   run chunk-sweep chunk-sweep --db "$SWEEP_DB" --large-mib 16 --size-mib 16 --versions 2
@@ -65,12 +81,13 @@ else
   run server server "${db_args[@]}"
   # The issue's sizes (the defaults): a 20,000-file 1 GiB tree, a 1 GiB random file,
   # 6 small edits of it 3 times each, 200 latency edits.
-  run sync sync --compare "${db_args[@]}"
+  run initial-sync sync --only initial-sync --only noop-rescan --compare "${db_args[@]}"
+  run small-edit sync --only small-edit --compare "${db_args[@]}"
+  run latency sync --only latency "${db_args[@]}"
   run small-files small-files "${db_args[@]}"
   run versions versions "${db_args[@]}"
   run chunk-sweep chunk-sweep --db "$SWEEP_DB"
 fi
-load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 first_line() { # COMMAND ARGS...: its first line of output, or "COMMAND missing"
   local out
@@ -78,6 +95,7 @@ first_line() { # COMMAND ARGS...: its first line of output, or "COMMAND missing"
 }
 
 section() { # NAME TITLE
+  if [ ! -f "$results/$1.txt" ]; then return; fi
   echo "### $2"
   echo
   echo '```sh'
@@ -100,14 +118,15 @@ section() { # NAME TITLE
   echo
   echo "## Machine and run"
   echo
-  echo "- Commit: $(git rev-parse --short HEAD)$( [ -n "$(git status --porcelain --untracked-files=no)" ] && echo ' (plus uncommitted changes)'); started $started."
+  echo "- Written $(date -u '+%Y-%m-%d %H:%M UTC') at commit $(commit_desc); each run's own commit,"
+  echo "  time and load average are under its command below."
   echo "- CPU: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1); $(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1) guest."
   echo "- Memory: $(free -g | awk '/^Mem:/ {print $2}') GiB. Kernel $(uname -r). $(rustc --version)."
   echo "- Disk under the work dir: $(df -T "${TMPDIR:-/tmp}" | awk 'NR==2 {print $2}') (\`${TMPDIR:-/tmp}\`)."
   echo "- PostgreSQL: $(first_line psql --version) (default settings, same VM)."
   echo "- Peers: $(first_line rsync --version); $(first_line restic version)."
-  echo "- Load average (1, 5, 15 min) before: $load_before; after: $load_after. Server, clients"
-  echo "  and peers share the cores; single runs unless a table says otherwise."
+  echo "- Server, clients and peers share the cores; single runs unless a table says"
+  echo "  otherwise. The load average counts other work on the VM too."
   echo
   echo "## Targets (issue #6)"
   echo
@@ -117,7 +136,9 @@ section() { # NAME TITLE
   echo
   section pipeline "pipeline: client-side stages in memory"
   section server "server: chunks/missing lookups and small-file commits"
-  section sync "initial-sync, noop-rescan, small-edit, latency (with rsync and restic)"
+  section initial-sync "initial-sync and noop-rescan (with restic)"
+  section small-edit "small-edit: 1-byte edits of the large file (with rsync)"
+  section latency "latency: edit to visible between two daemons"
   section small-files "small-files: a burst of 1 KiB files"
   section versions "versions: a disk image, 1 % of its pages rewritten per version"
   section chunk-sweep "chunk-sweep: average chunk size"

@@ -52,8 +52,16 @@ def main():
             v = values_for(db)
             figures.append(f"{db}: {fmt(v)}{unit}" if v is not None else f"{db}: not run")
             if v is not None:
-                verdicts.append(ok(v))
-        verdict = "—" if not verdicts else ("met" if all(verdicts) else "**missed**")
+                verdicts.append((db, ok(v)))
+        if not verdicts:
+            verdict = "—"
+        elif all(good for _, good in verdicts):
+            verdict = "met"
+        elif not any(good for _, good in verdicts):
+            verdict = "**missed**"
+        else:
+            verdict = "; ".join(
+                f"met on {db}" if good else f"**missed** on {db}" for db, good in verdicts)
         rows.append((name, "; ".join(figures), verdict))
 
     def one(values, how=max):

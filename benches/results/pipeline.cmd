@@ -1,0 +1,1 @@
+fsync-bench pipeline

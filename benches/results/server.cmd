@@ -1,0 +1,1 @@
+fsync-bench server --db sqlite --db postgres

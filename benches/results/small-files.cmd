@@ -1,0 +1,1 @@
+fsync-bench small-files --db sqlite --db postgres

@@ -1,0 +1,1 @@
+fsync-bench versions --db sqlite --db postgres
