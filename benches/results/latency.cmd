@@ -1,3 +1,3 @@
 fsync-bench sync --only latency --db sqlite --db postgres
-# 2026-11-30 19:32 UTC, commit c1d3c87 (plus uncommitted changes), 196 s;
-# load average (1, 5, 15 min) before: 5.88 8.22 9.42, after: 5.73 7.00 8.69
+# 2026-11-30 19:49 UTC, commit c52fd86 (plus uncommitted changes), 154 s;
+# load average (1, 5, 15 min) before: 1.94 4.85 6.81, after: 0.66 3.09 5.84
