@@ -350,3 +350,16 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub(crate) fn username(prefix: &str) -> String {
     format!("{prefix}_{}", hex::encode(rand::random::<[u8; 4]>()))
 }
+
+/// The scenario's scratch directory: a fresh temp dir named `prefix…` under
+/// `work_dir` (created if missing) or the system temp dir; removed when dropped.
+pub(crate) fn work_dir(work_dir: Option<&Path>, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    let base = match work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.to_owned()
+        }
+        None => std::env::temp_dir(),
+    };
+    Ok(tempfile::Builder::new().prefix(prefix).tempdir_in(&base)?)
+}

@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{ensure, Context as _};
+use anyhow::ensure;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
@@ -41,16 +41,7 @@ impl Args {
     /// Runs the burst on every chosen backend.
     pub(crate) fn run(&self, progress: bool) -> anyhow::Result<Report> {
         let rt = harness::runtime()?;
-        let base = match &self.work_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                d.clone()
-            }
-            None => std::env::temp_dir(),
-        };
-        let work = tempfile::Builder::new()
-            .prefix("fsync-bench-small-")
-            .tempdir_in(&base)?;
+        let work = harness::work_dir(self.work_dir.as_deref(), "fsync-bench-small-")?;
         let mut records = Vec::new();
         for db in harness::dbs(&self.db) {
             let dir = tempfile::Builder::new()

@@ -96,16 +96,7 @@ impl Args {
                 .with_context(|| format!("average chunk size {avg} KiB"))?;
         }
         let rt = harness::runtime()?;
-        let base = match &self.work_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                d.clone()
-            }
-            None => std::env::temp_dir(),
-        };
-        let work = tempfile::Builder::new()
-            .prefix("fsync-bench-sweep-")
-            .tempdir_in(&base)?;
+        let work = harness::work_dir(self.work_dir.as_deref(), "fsync-bench-sweep-")?;
         let sync_args = SyncCli::try_parse_from([
             "sync".to_owned(),
             "--large-mib".to_owned(),

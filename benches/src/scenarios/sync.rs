@@ -165,16 +165,7 @@ impl Args {
     /// Runs the chosen parts on every chosen backend.
     pub(crate) fn run(&self, progress: bool) -> anyhow::Result<Report> {
         let rt = harness::runtime()?;
-        let base = match &self.work_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                d.clone()
-            }
-            None => std::env::temp_dir(),
-        };
-        let work = tempfile::Builder::new()
-            .prefix("fsync-bench-sync-")
-            .tempdir_in(&base)?;
+        let work = harness::work_dir(self.work_dir.as_deref(), "fsync-bench-sync-")?;
         let mut records = Vec::new();
         let mut notes = vec![
             "MB/s = file bytes / wall time of the round(s); 1 MB = 10^6 bytes. Server and engines \

@@ -250,16 +250,7 @@ impl Args {
     /// Runs the workload on every chosen backend.
     pub(crate) fn run(&self, progress: bool) -> anyhow::Result<Report> {
         let rt = harness::runtime()?;
-        let base = match &self.work_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                d.clone()
-            }
-            None => std::env::temp_dir(),
-        };
-        let work = tempfile::Builder::new()
-            .prefix("fsync-bench-versions-")
-            .tempdir_in(&base)?;
+        let work = harness::work_dir(self.work_dir.as_deref(), "fsync-bench-versions-")?;
         let mut records = Vec::new();
         let mut pages = 0;
         for db in harness::dbs(&self.db) {
