@@ -1054,39 +1054,39 @@ impl Client {
 
     /// [`Client::spawn_once`] with extra environment variables.
     pub fn spawn_once_with_env(&self, env: &[(String, String)]) -> Run {
-        let log = self.dir.path().join(format!(
-            "once-{}.log",
-            hex::encode(rand::random::<[u8; 4]>())
-        ));
-        let file = std::fs::File::create(&log).expect("client log");
-        let child = self
-            .command()
-            .arg("--once")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(file.try_clone().expect("client log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn fsync-client --once");
+        let (child, log) = self.spawn_logged("once", "--once", env);
         Run { child, log }
     }
 
     /// [`Client::spawn_daemon`] with extra environment variables (they override the
     /// defaults, e.g. `SYNC_INTERVAL`).
     pub fn spawn_daemon_with_env(&self, env: &[(String, String)]) -> Daemon {
+        let (child, log) = self.spawn_logged("daemon", "--verbose", env);
+        Daemon { child, log }
+    }
+
+    /// Spawns the client with `arg` and `env`, its output going to a fresh
+    /// `<what>-<hex>.log` in the client's dir.
+    fn spawn_logged(
+        &self,
+        what: &str,
+        arg: &str,
+        env: &[(String, String)],
+    ) -> (std::process::Child, PathBuf) {
         let log = self.dir.path().join(format!(
-            "daemon-{}.log",
+            "{what}-{}.log",
             hex::encode(rand::random::<[u8; 4]>())
         ));
-        let file = std::fs::File::create(&log).expect("daemon log");
+        let file = std::fs::File::create(&log).expect("client log");
         let child = self
             .command()
-            .arg("--verbose")
+            .arg(arg)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(file.try_clone().expect("daemon log"))
+            .stdout(file.try_clone().expect("client log"))
             .stderr(file)
             .spawn()
-            .expect("spawn the fsync-client daemon");
-        Daemon { child, log }
+            .unwrap_or_else(|e| panic!("spawn fsync-client ({what}): {e}"));
+        (child, log)
     }
 }
 
