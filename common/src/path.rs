@@ -57,7 +57,8 @@ pub enum PathError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PortabilityIssue {
-    /// A Windows reserved device name (`CON`, `NUL`, `COM1`, …), with or without extension.
+    /// A Windows reserved device name (`CON`, `NUL`, `CONIN$`, `COM1`, `LPT¹`, …), in
+    /// any case, with or without extension.
     #[error("{0:?} is a reserved device name on Windows")]
     WindowsReserved(String),
     /// A component ending in `.` or a space (Windows strips them).
@@ -188,20 +189,41 @@ impl SyncPath {
     }
 
     /// The key under which two names collide on a case-insensitive file system.
+    ///
+    /// An approximation of Unicode full case folding, from the standard library's
+    /// case mappings: lowercase, uppercase, lowercase again, then NFC. Going through
+    /// the uppercase form is what makes `ß`, `ẞ`, `SS` and `ss` one key, likewise
+    /// `ς`, `σ` and `Σ`, or `ﬁ` and `fi`; the first lowercasing takes `ẞ` (whose
+    /// uppercase is itself) to `ß`. NFC comes last because a case mapping may
+    /// decompose a character (`ΐ` uppercases to three code points).
+    ///
+    /// It errs towards reporting a collision: it also joins a few names that full
+    /// case folding keeps apart (`ı` and `i`), which are not worth having side by
+    /// side anyway.
     pub fn case_fold_key(&self) -> String {
-        self.0.to_lowercase().nfc().collect()
+        self.0
+            .to_lowercase()
+            .to_uppercase()
+            .to_lowercase()
+            .nfc()
+            .collect()
     }
 
     /// Reasons this path would be refused or altered on Windows or macOS.
     pub fn portability_issues(&self) -> Vec<PortabilityIssue> {
-        const RESERVED: &[&str] = &["CON", "PRN", "AUX", "NUL"];
+        const RESERVED: &[&str] = &["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"];
+        /// `COM` and `LPT` followed by one of these are reserved too: Windows counts
+        /// the superscript digits of Latin-1 (`¹²³`) as digits here.
+        const PORT_DIGITS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "¹", "²", "³"];
         let mut out = Vec::new();
         for comp in self.components() {
             let stem = comp.split('.').next().unwrap_or(comp).trim_end();
             let upper = stem.to_ascii_uppercase();
-            let numbered = (upper.starts_with("COM") || upper.starts_with("LPT"))
-                && upper.len() == 4
-                && matches!(upper.as_bytes()[3], b'1'..=b'9');
+            let numbered = ["COM", "LPT"].iter().any(|port| {
+                upper
+                    .strip_prefix(port)
+                    .is_some_and(|digit| PORT_DIGITS.contains(&digit))
+            });
             if RESERVED.contains(&upper.as_str()) || numbered {
                 out.push(PortabilityIssue::WindowsReserved(comp.to_owned()));
             }
@@ -345,6 +367,87 @@ mod tests {
         let b = SyncPath::new("docs/readme.md").unwrap();
         assert_ne!(a, b);
         assert_eq!(a.case_fold_key(), b.case_fold_key());
+    }
+
+    #[test]
+    fn flags_console_names_and_superscript_ports() {
+        let reserved = |s: &str| {
+            SyncPath::new(s)
+                .unwrap()
+                .portability_issues()
+                .contains(&PortabilityIssue::WindowsReserved(s.to_owned()))
+        };
+        for name in [
+            "CONIN$", "conin$", "CoNoUt$", "CONOUT$", "COM¹", "com²", "Com³", "LPT¹", "lpt²",
+            "LPT³",
+        ] {
+            assert!(reserved(name), "{name}");
+            assert!(reserved(&format!("{name}.txt")), "{name}.txt");
+            assert!(reserved(&format!("{name} .tar.gz")), "{name} .tar.gz");
+        }
+        // Only the superscripts ¹²³ count, and only alone after COM or LPT.
+        for name in [
+            "COM⁴", "LPT⁰", "COM₁", "COM¹¹", "COM1²", "CONIN", "CONOUT", "CONIN$x", "xCONIN$",
+        ] {
+            assert!(!reserved(name), "{name}");
+        }
+        assert_eq!(
+            SyncPath::new("dir/conout$.log")
+                .unwrap()
+                .portability_issues(),
+            [PortabilityIssue::WindowsReserved("conout$.log".into())]
+        );
+    }
+
+    /// `case_fold_key` was plain `to_lowercase`, under which `ß` and `ss`, `ς` and
+    /// `σ`, or `ﬁ` and `fi` were different names, though they collide where the file
+    /// system folds case fully (APFS).
+    #[test]
+    fn case_fold_key_folds_fully() {
+        let key = |s: &str| SyncPath::new(s).unwrap().case_fold_key();
+        let same = [
+            &["straße", "STRASSE", "strasse", "Straße", "STRAẞE"][..],
+            &["ΟΔΟΣ", "οδος", "οδοσ", "Οδος"],
+            &["ςσ", "σς", "ΣΣ", "σσ"],
+            &["ﬁle", "FILE", "file", "File"],
+            &["ǆ", "ǅ", "Ǆ"],
+            &["K", "k", "\u{212a}"], // Kelvin sign
+            &["ſ", "s", "S"],
+            // NFC after folding: ΐ uppercases to three code points.
+            &["\u{390}", "\u{3aa}\u{301}", "\u{399}\u{308}\u{301}"],
+            &["Café/Ñ", "CAFE\u{301}/n\u{303}"],
+        ];
+        for group in same {
+            for name in group {
+                assert_eq!(key(name), key(group[0]), "{name:?} vs {:?}", group[0]);
+            }
+        }
+        assert_ne!(key("straße"), key("strase"));
+        assert_ne!(key("a"), key("á"));
+        let k = key("ΐ/STRAẞE");
+        assert_eq!(k, k.nfc().collect::<String>());
+    }
+
+    /// Exhaustive over every character that has a case mapping: a name, its uppercase
+    /// and its lowercase share one key.
+    #[test]
+    fn case_fold_key_is_shared_by_upper_and_lower_case() {
+        let key = |s: &str| SyncPath::new(s).ok().map(|p| p.case_fold_key());
+        let has_case = |c: char| !c.to_lowercase().eq([c]) || !c.to_uppercase().eq([c]);
+        for c in (0..=0x10_FFFF)
+            .filter_map(char::from_u32)
+            .filter(|&c| has_case(c))
+        {
+            // Alone, word-final and inside a word (final sigma depends on it).
+            for name in [format!("{c}"), format!("a{c}"), format!("a{c}b")] {
+                let Some(k) = key(&name) else { continue };
+                for other in [name.to_uppercase(), name.to_lowercase()] {
+                    if let Some(other_key) = key(&other) {
+                        assert_eq!(k, other_key, "{name:?} vs {other:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
