@@ -174,7 +174,7 @@ fn bytes(n: u64) -> String {
 fn print_run(r: &RunReport) {
     let verb = if r.dry_run { "would remove" } else { "removed" };
     println!(
-        "fsync-gc run{}: {verb} {} versions ({} files whole), {} chunks ({}), {} orphan blobs ({}); {} failed blob deletions; {:.1} s",
+        "fsync-gc run{}: {verb} {} versions ({} files whole), {} chunks ({}), {} orphan blobs ({}), {} partial uploads ({}); {} failed blob deletions; {:.1} s",
         if r.dry_run { " (dry run)" } else { "" },
         r.versions_pruned,
         r.files_removed,
@@ -182,6 +182,8 @@ fn print_run(r: &RunReport) {
         bytes(r.bytes_reclaimed),
         r.orphan_blobs_deleted,
         bytes(r.orphan_bytes_reclaimed),
+        r.temp_files_deleted,
+        bytes(r.temp_bytes_reclaimed),
         r.blob_delete_failures,
         r.elapsed_ms as f64 / 1000.0,
     );

@@ -19,6 +19,7 @@ mod sqlite;
 pub(crate) mod testsuite;
 
 pub use postgres::open_postgres;
+pub(crate) use sql::TOUCH_SLACK_SECS;
 pub use sqlite::open_sqlite;
 
 /// Errors of the metadata repository. No SQL text reaches a client: the API layer
@@ -192,8 +193,10 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
         expires_at: i64,
         now: i64,
     ) -> Result<Option<TokenOwner>, DbError>;
-    /// Deletes a refresh token (logout). False when it did not exist.
-    async fn delete_refresh(&self, token_hash: &str) -> Result<bool, DbError>;
+    /// Deletes a refresh token of `owner`'s user and device (logout). False when no
+    /// such token exists, which includes a token of another user or device: that one
+    /// is left alone.
+    async fn delete_refresh(&self, token_hash: &str, owner: TokenOwner) -> Result<bool, DbError>;
     /// The namespaces the user can access.
     async fn namespaces_of(&self, user: UserId) -> Result<Vec<NamespaceGrant>, DbError>;
     /// The user's role in a namespace, if any.

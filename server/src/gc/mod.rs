@@ -205,6 +205,11 @@ pub struct RunReport {
     pub orphan_blobs_deleted: u64,
     /// Their bytes.
     pub orphan_bytes_reclaimed: u64,
+    /// Partial writes left by crashed puts (temp files older than the grace period)
+    /// removed.
+    pub temp_files_deleted: u64,
+    /// Their bytes.
+    pub temp_bytes_reclaimed: u64,
     /// Blob deletions that failed; the orphan pass of a later run retries them.
     pub blob_delete_failures: u64,
     /// Wall time, in milliseconds.
@@ -399,6 +404,15 @@ impl Collector {
         progress: &dyn Progress,
     ) -> Result<RunReport, GcError> {
         let started = Instant::now();
+        if opts.grace.as_secs() < crate::db::TOUCH_SLACK_SECS.unsigned_abs() {
+            tracing::warn!(
+                grace_secs = opts.grace.as_secs(),
+                "the grace period is shorter than the {} s for which chunks/missing leaves a \
+                 present chunk untouched: a client that asked about its chunks within that \
+                 time may find them swept and has to upload them again (nothing is lost)",
+                crate::db::TOUCH_SLACK_SECS
+            );
+        }
         let lock = if opts.dry_run {
             None
         } else {
@@ -550,6 +564,13 @@ impl Collector {
         progress: &dyn Progress,
         report: &mut RunReport,
     ) -> Result<(), GcError> {
+        // Partial writes of puts that crashed (never visible as blobs).
+        let (temps, temp_bytes) = self
+            .blobs
+            .remove_stale_temp_files(&ns, old_before, dry_run)
+            .await?;
+        add(&mut report.temp_files_deleted, temps);
+        add(&mut report.temp_bytes_reclaimed, temp_bytes);
         let mut after = None;
         loop {
             let page = self.blobs.list(&ns, after, batch).await?;

@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use fsync_common::{ChunkId, NamespaceId};
@@ -140,6 +141,51 @@ fn fanout_dirs(dir: &Path) -> Result<Vec<String>, StoreError> {
     }
     names.sort_unstable();
     Ok(names)
+}
+
+/// Temp files in one leaf directory last written before `older_than`: removed (and the
+/// directory synced) unless `dry_run`. A put in flight keeps its temp file fresh.
+fn stale_temps_in(
+    dir: &Path,
+    older_than: SystemTime,
+    dry_run: bool,
+) -> Result<(u64, u64), StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(io_err("list", dir)(e)),
+    };
+    let (mut count, mut bytes) = (0u64, 0u64);
+    for entry in entries {
+        let entry = entry.map_err(io_err("list", dir))?;
+        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            // Its put finished (linked and cleaned up) meanwhile.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("stat temp file", &path)(e)),
+        };
+        let modified = meta.modified().map_err(io_err("stat temp file", &path))?;
+        if !meta.is_file() || modified >= older_than {
+            continue;
+        }
+        if !dry_run {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("delete temp file", &path)(e)),
+            }
+        }
+        count += 1;
+        bytes += meta.len();
+    }
+    if count > 0 && !dry_run {
+        sync_dir(dir)?;
+    }
+    Ok((count, bytes))
 }
 
 /// Blobs in one leaf directory whose ids are greater than `after`, sorted.
@@ -341,6 +387,28 @@ impl BlobStore for LocalStore {
         .await
     }
 
+    async fn remove_stale_temp_files(
+        &self,
+        ns: &NamespaceId,
+        older_than: SystemTime,
+        dry_run: bool,
+    ) -> Result<(u64, u64), StoreError> {
+        let ns_dir = self.ns_dir(ns);
+        blocking(move || {
+            let (mut count, mut bytes) = (0u64, 0u64);
+            for l1 in fanout_dirs(&ns_dir)? {
+                let l1_dir = ns_dir.join(&l1);
+                for l2 in fanout_dirs(&l1_dir)? {
+                    let (c, b) = stale_temps_in(&l1_dir.join(&l2), older_than, dry_run)?;
+                    count += c;
+                    bytes += b;
+                }
+            }
+            Ok((count, bytes))
+        })
+        .await
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         let root = Arc::clone(&self.root);
         blocking(move || {
@@ -475,6 +543,48 @@ mod tests {
             store.contains_many(&ns(2), &[id(3)]).await.unwrap(),
             [false]
         );
+    }
+
+    #[tokio::test]
+    async fn stale_temp_files_are_removed_fresh_ones_and_blobs_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        store.put(&ns(1), &id(7), vec![1; 10]).await.unwrap();
+        let blob = store.blob_path(&ns(1), &id(7));
+        let leaf = blob.parent().unwrap();
+        let stale = leaf.join(".tmp-00000000000000aa");
+        let fresh = leaf.join(".tmp-00000000000000bb");
+        fs::write(&stale, b"partial write").unwrap();
+        fs::write(&fresh, b"in flight").unwrap();
+        let day_ago = SystemTime::now() - std::time::Duration::from_secs(86_400);
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+        let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+        // Dry run: counted, nothing removed.
+        let r = store
+            .remove_stale_temp_files(&ns(1), hour_ago, true)
+            .await
+            .unwrap();
+        assert_eq!(r, (1, 13));
+        assert!(stale.exists());
+        let r = store
+            .remove_stale_temp_files(&ns(1), hour_ago, false)
+            .await
+            .unwrap();
+        assert_eq!(r, (1, 13));
+        assert!(!stale.exists(), "the stale temp file is gone");
+        assert!(fresh.exists(), "a fresh temp file (a put in flight) stays");
+        assert_eq!(store.get(&ns(1), &id(7)).await.unwrap(), Some(vec![1; 10]));
+        // A namespace with no directory is fine.
+        let r = store
+            .remove_stale_temp_files(&ns(2), SystemTime::now(), false)
+            .await
+            .unwrap();
+        assert_eq!(r, (0, 0));
     }
 
     #[tokio::test]

@@ -112,6 +112,19 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
 
     /// Health check: the store is reachable and writable.
     async fn check(&self) -> Result<(), StoreError>;
+
+    /// Partial writes of `ns` that a crashed put left behind (temp files last written
+    /// before `older_than`): removed unless `dry_run`. Returns their count and bytes.
+    /// Backends that never expose partial writes keep this default.
+    async fn remove_stale_temp_files(
+        &self,
+        ns: &NamespaceId,
+        older_than: SystemTime,
+        dry_run: bool,
+    ) -> Result<(u64, u64), StoreError> {
+        let _ = (ns, older_than, dry_run);
+        Ok((0, 0))
+    }
 }
 
 #[async_trait]
@@ -152,5 +165,16 @@ impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
 
     async fn check(&self) -> Result<(), StoreError> {
         (**self).check().await
+    }
+
+    async fn remove_stale_temp_files(
+        &self,
+        ns: &NamespaceId,
+        older_than: SystemTime,
+        dry_run: bool,
+    ) -> Result<(u64, u64), StoreError> {
+        (**self)
+            .remove_stale_temp_files(ns, older_than, dry_run)
+            .await
     }
 }
