@@ -543,9 +543,16 @@ async fn orphan_blobs_are_removed_after_the_grace_period() {
         let recorded = chunks(1);
         env.write("kept", &VersionVector::new(), &recorded, wall_now())
             .await;
+        // A put that crashed between writing its temp file and linking it left a
+        // partial write next to the blobs.
+        let leaf = env.blobs.blob_path(&env.ns, &ids[0]);
+        let partial = leaf.parent().unwrap().join(".tmp-00c0ffee00c0ffee");
+        std::fs::write(&partial, b"half a blob").unwrap();
         // Written just now: kept.
         let r = env.run(opts(wall_now())).await;
         assert_eq!(r.orphan_blobs_deleted, 0, "{}", env.name);
+        assert_eq!(r.temp_files_deleted, 0, "{}", env.name);
+        assert!(partial.exists(), "{}", env.name);
         let v = env
             .collector()
             .await
@@ -554,8 +561,28 @@ async fn orphan_blobs_are_removed_after_the_grace_period() {
             .unwrap();
         assert_eq!((v.orphan_blobs, v.damage_count), (12, 0), "{}", env.name);
         // Older than the grace period: removed; the recorded blob stays.
+        let dry = env
+            .run(RunOptions {
+                dry_run: true,
+                ..opts(wall_now() + 2 * DAY)
+            })
+            .await;
+        assert_eq!(
+            (dry.temp_files_deleted, dry.temp_bytes_reclaimed),
+            (1, 11),
+            "{}",
+            env.name
+        );
+        assert!(partial.exists(), "a dry run removes nothing: {}", env.name);
         let r = env.run(opts(wall_now() + 2 * DAY)).await;
         assert_eq!(r.orphan_blobs_deleted, 12, "{}", env.name);
+        assert_eq!(
+            (r.temp_files_deleted, r.temp_bytes_reclaimed),
+            (1, 11),
+            "{}",
+            env.name
+        );
+        assert!(!partial.exists(), "{}", env.name);
         let total: u64 = ids.iter().map(|i| blob_of(*i).len() as u64).sum();
         assert_eq!(r.orphan_bytes_reclaimed, total);
         for id in &ids {
@@ -780,6 +807,63 @@ async fn stats_count_chunks_bytes_and_dedup() {
     }
 }
 
+#[tokio::test]
+async fn a_run_limited_to_one_namespace_leaves_the_others_alone() {
+    for env in envs().await {
+        let other = NamespaceId::from_bytes(rand::random());
+        env.repo
+            .create_user(
+                new_user(UserId::from_bytes(rand::random()), other),
+                wall_now() - 400 * DAY,
+            )
+            .await
+            .unwrap();
+        let (mine, theirs) = (chunks(3), chunks(4));
+        let long_ago = wall_now() - 10 * DAY;
+        env.upload(&mine, long_ago).await;
+        store_chunks(&*env.repo, &*env.blobs, other, blobs_of(&theirs), long_ago)
+            .await
+            .unwrap();
+        let r = env
+            .run(RunOptions {
+                namespace: Some(env.ns),
+                ..opts(wall_now())
+            })
+            .await;
+        assert_eq!(r.chunks_deleted, 3, "{}", env.name);
+        for id in &mine {
+            assert_eq!(env.stored(*id).await, Some(false), "{}", env.name);
+        }
+        for id in &theirs {
+            assert!(
+                env.repo.has_chunk(other, *id).await.unwrap(),
+                "{}",
+                env.name
+            );
+            assert!(
+                env.blobs.contains_many(&other, &[*id]).await.unwrap()[0],
+                "{}",
+                env.name
+            );
+        }
+        // The binary: only the other namespace, then an unknown one.
+        let out = fsync_gc(&env, &["run", "--json", "--namespace", &other.to_hex()]);
+        assert!(out.status.success(), "{}: {out:?}", env.name);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["chunks_deleted"], 4, "{}", env.name);
+        let missing = NamespaceId::from_bytes([7; 16]);
+        assert!(matches!(
+            env.collector().await.run(&RunOptions {
+                namespace: Some(missing),
+                ..opts(wall_now())
+            }, &NoProgress).await,
+            Err(GcError::NoSuchNamespace(n)) if n == missing
+        ));
+        let out = fsync_gc(&env, &["run", "--namespace", &missing.to_hex()]);
+        assert_eq!(out.status.code(), Some(2), "{}: {out:?}", env.name);
+    }
+}
+
 // ------------------------------------------------------------------ the race
 
 /// Pauses a run at the first event of `stage` that involves any of `ids`, until the
@@ -969,64 +1053,6 @@ async fn commits_racing_the_sweep_keep_their_chunks_or_are_told_to_reupload() {
     }
 }
 
-// ------------------------------------------------------------------ benchmark
-
-/// The `fsync-bench` GC scenario's figure (BENCHMARKS.md): a full run over 1,000,000
-/// collectable chunk rows on PostgreSQL. Run with
-/// `cargo test -p fsync-server --test gc -- --ignored --nocapture sweep_of_a_million`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: minutes of PostgreSQL work"]
-async fn sweep_of_a_million_chunk_rows_on_postgres() {
-    const ROWS: i64 = 1_000_000;
-    let env = envs()
-        .await
-        .into_iter()
-        .find(|e| e.name == "postgres")
-        .expect("set FSYNC_TEST_DATABASE_URL");
-    // A committed file keeps 1,000 chunks referenced, so the sweep's re-checks find
-    // references to skip as well as rows to delete.
-    let kept = chunks(1000);
-    env.write("kept", &VersionVector::new(), &kept, wall_now())
-        .await;
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&env.url).await.unwrap();
-    let seeded = std::time::Instant::now();
-    sqlx::query(
-        "INSERT INTO chunks (namespace_id, id, stored_size, created_at, last_touched) \
-         SELECT $1, encode(sha256(int8send(g)), 'hex'), 65536, 0, 0 FROM generate_series(1, $2) g",
-    )
-    .bind(env.ns.to_hex())
-    .bind(ROWS)
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE").execute(&pool).await.unwrap();
-    println!("seeded {ROWS} rows in {:.1?}", seeded.elapsed());
-    let gc = env.collector().await;
-    let report = gc
-        .run(
-            &RunOptions {
-                now: Some(wall_now() + 2 * DAY),
-                ..RunOptions::default()
-            },
-            &NoProgress,
-        )
-        .await
-        .unwrap();
-    let secs = report.elapsed_ms as f64 / 1000.0;
-    println!(
-        "swept {} rows ({} blob deletes attempted, none stored) in {secs:.1} s = {:.0} rows/s",
-        report.chunks_deleted,
-        report.chunks_deleted,
-        report.chunks_deleted as f64 / secs
-    );
-    assert_eq!(report.chunks_deleted, ROWS as u64);
-    for id in &kept {
-        assert_eq!(env.stored(*id).await, Some(true));
-    }
-    pool.close().await;
-}
-
 // ------------------------------------------------------------------ the binary
 
 fn fsync_gc(env: &Env, args: &[&str]) -> std::process::Output {
@@ -1038,6 +1064,47 @@ fn fsync_gc(env: &Env, args: &[&str]) -> std::process::Output {
         .env_remove("POSTGRES_URL")
         .output()
         .unwrap()
+}
+
+/// `fsync-gc run` under a pseudo-terminal (util-linux `script`): the progress bar
+/// draws its stages on the terminal; with stderr a pipe, no terminal codes at all.
+#[tokio::test]
+async fn the_progress_bar_shows_on_a_terminal_and_only_there() {
+    for env in envs().await {
+        env.upload(&chunks(3), wall_now() - 10 * DAY).await;
+        let gc = env!("CARGO_BIN_EXE_fsync-gc");
+        let blobs = env.blobs.root().display().to_string();
+        let command = format!(
+            "{gc} --database-url '{}' --files-directory '{blobs}' run --grace 1d",
+            env.url
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env_remove("DATABASE_URL")
+            .env_remove("POSTGRES_URL")
+            .output()
+            .expect("util-linux `script` runs fsync-gc under a pseudo-terminal");
+        assert!(out.status.success(), "{}: {out:?}", env.name);
+        let tty = String::from_utf8_lossy(&out.stdout);
+        for stage in [
+            "pruning versions",
+            "sweeping chunks",
+            "removing orphan blobs",
+        ] {
+            assert!(tty.contains(stage), "{}: no {stage:?} in {tty:?}", env.name);
+        }
+        assert!(tty.contains("removed 0 versions"), "{}: {tty:?}", env.name);
+        assert!(tty.contains('\x1b'), "{}: no terminal codes", env.name);
+
+        let out = fsync_gc(&env, &["run", "--grace", "1d"]);
+        assert!(out.status.success(), "{}: {out:?}", env.name);
+        let piped = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !piped.contains('\x1b') && !piped.contains("sweeping chunks"),
+            "{}: progress drawn into a pipe: {piped:?}",
+            env.name
+        );
+    }
 }
 
 #[tokio::test]
@@ -1091,6 +1158,33 @@ async fn the_binary_reports_json_exits_on_damage_and_refuses_a_second_run() {
         assert!(
             text.contains(&format!("MISSING     {} {}", env.ns, ids[1])),
             "{}: {text}",
+            env.name
+        );
+        let out = fsync_gc(&env, &["verify", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{}: {out:?}", env.name);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["damage_count"], 1, "{}: {v}", env.name);
+        assert_eq!(v["chunks_checked"], 3, "{}: {v}", env.name);
+        let damage = v["damage"].to_string();
+        assert!(
+            damage.contains(&ids[1].to_hex()) && damage.contains(&env.ns.to_hex()),
+            "{}: {damage}",
+            env.name
+        );
+
+        // A grace period shorter than the lookup slack is allowed, with a warning.
+        let out = fsync_gc(&env, &["run", "--grace", "10m"]);
+        assert!(out.status.success(), "{}: {out:?}", env.name);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("grace period is shorter") && err.contains("upload them again"),
+            "{}: {err}",
+            env.name
+        );
+        let out = fsync_gc(&env, &["run", "--grace", "2h"]);
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("grace period is shorter"),
+            "{}: {out:?}",
             env.name
         );
     }
