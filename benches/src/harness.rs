@@ -63,7 +63,8 @@ pub(crate) struct Server {
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// The PostgreSQL server URL and the database made for this run, dropped at the end.
     postgres: Option<(String, String)>,
-    _dir: tempfile::TempDir,
+    /// The server's data directory (database file, blobs).
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -113,8 +114,18 @@ impl Server {
             stop: Some(stop),
             task: Some(task),
             postgres,
-            _dir: dir,
+            dir,
         })
+    }
+
+    /// The server's blob directory (the default `FILES_DIRECTORY`, under its data dir).
+    pub(crate) fn blob_dir(&self) -> PathBuf {
+        fsync_server::StorageConfig {
+            database_url: None,
+            files_directory: None,
+            data_dir: self.dir.path().to_owned(),
+        }
+        .files_directory()
     }
 
     /// A new API client of this server (its own connection pool and counters).

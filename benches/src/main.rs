@@ -63,6 +63,10 @@ enum Scenario {
     /// 1024 KiB: bytes on the wire, new chunks, dedup ratio, manifest size, metadata
     /// rows; one row per average size.
     ChunkSweep(scenarios::sweep::Args),
+    /// Garbage collection: one online `fsync-gc run` sweeping 1,000,000 unreferenced
+    /// chunk rows (PostgreSQL by default) while a client keeps committing: sweep time,
+    /// rows/s, and the client's round times before and during the sweep.
+    Gc(scenarios::gc::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +85,7 @@ fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Scenario::SmallFiles(args) => args.run(progress)?,
         Scenario::Versions(args) => args.run(progress)?,
         Scenario::ChunkSweep(args) => args.run(progress)?,
+        Scenario::Gc(args) => args.run(progress)?,
     };
     // The new end-to-end scenarios print one table (a row per case or average size, a
     // column per metric); the others a table per metric.
@@ -88,6 +93,7 @@ fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Scenario::SmallFiles(_) => Some("small-files"),
         Scenario::Versions(_) => Some("versions"),
         Scenario::ChunkSweep(_) => Some("chunk-sweep"),
+        Scenario::Gc(_) => Some("gc"),
         _ => None,
     };
     if let Some(path) = &cli.json_out {

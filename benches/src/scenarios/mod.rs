@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::report::{Record, Report};
 
+pub(crate) mod gc;
 pub(crate) mod pipeline;
 pub(crate) mod server;
 pub(crate) mod small_files;

@@ -1,0 +1,341 @@
+//! `fsync-bench gc`: an online sweep of many unreferenced chunk rows (issue #5: "time
+//! to sweep 1M chunk rows on PostgreSQL"), while a client keeps committing.
+//!
+//! Set-up, on a real server (in this process, on loopback):
+//! - one account; device A syncs a `--file-mib` MiB random file, so its chunks (about
+//!   16 per MiB) are stored and referenced and must survive the sweep;
+//! - `--rows` further chunk rows in the same namespace, uploaded long ago and never
+//!   referenced or touched since, inserted in one SQL statement (PostgreSQL
+//!   `generate_series`, an SQLite recursive query), then `ANALYZE`. Their blobs are
+//!   not written (a million blob files would measure the file system's unlink, not
+//!   the collector): each of the sweep's blob deletes is a `remove_file` that finds
+//!   nothing.
+//!
+//! Measured: one `Collector::run` (what `fsync-gc run` does, default grace of 24 h, no
+//! retention flags, `--batch` rows per transaction) while A writes and commits one new
+//! small file per round, round after round, until the sweep ends. Reported: the
+//! sweep's wall time and rows/s, and A's round times during the sweep (median and
+//! maximum) against the same rounds just before it. Afterwards `Collector::verify`
+//! must find nothing damaged and every one of A's chunks must still be stored.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{ensure, Context as _};
+use fsync_server::{Collector, NoProgress, RunOptions};
+use serde_json::json;
+use sqlx::{Connection as _, Row as _};
+
+use super::sync::DATA_SEED;
+use crate::data::{self, DataKind};
+use crate::harness::{self, Account, Db, Device, Server};
+use crate::report::{Record, Report};
+use crate::timing::median;
+
+/// The `scenario` of this module's records.
+const SCENARIO: &str = "gc";
+/// A's small files written before the sweep, for the baseline round time.
+const BASELINE_ROUNDS: usize = 10;
+
+/// Arguments of `fsync-bench gc`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Args {
+    /// Metadata backend of the server (repeatable: each is measured)
+    /// [default: postgres].
+    #[arg(long = "db", value_enum)]
+    db: Vec<Db>,
+    /// Unreferenced chunk rows to sweep.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    rows: u32,
+    /// Rows per sweep transaction (`fsync-gc`'s default is the default here).
+    #[arg(long, default_value_t = fsync_server::GC_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    batch: u32,
+    /// Size of the file A keeps referenced, MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    file_mib: u32,
+    /// Where the folders and server data go [default: the temp dir].
+    #[arg(long)]
+    work_dir: Option<std::path::PathBuf>,
+}
+
+/// What one backend's run measured.
+struct Outcome {
+    seed_secs: f64,
+    sweep_secs: f64,
+    rows_deleted: u64,
+    kept_chunks: u64,
+    rounds_before: Vec<f64>,
+    rounds_during: Vec<f64>,
+}
+
+impl Args {
+    /// Runs the scenario on every chosen backend.
+    pub(crate) fn run(&self, progress: bool) -> anyhow::Result<Report> {
+        let rt = harness::runtime()?;
+        let work = harness::work_dir(self.work_dir.as_deref(), "fsync-bench-gc-")?;
+        let dbs = if self.db.is_empty() {
+            vec![Db::Postgres]
+        } else {
+            harness::dbs(&self.db)
+        };
+        let mut records = Vec::new();
+        for db in dbs {
+            let outcome = rt.block_on(async {
+                let server = Server::start(db, work.path()).await?;
+                let r = self.measure(&server, work.path(), progress).await;
+                server.stop().await;
+                r
+            })?;
+            records.extend(self.records(db, &outcome));
+        }
+        Ok(Report {
+            row_label: "rows",
+            notes: vec![
+                format!(
+                    "One Collector::run (fsync-gc run, grace 24 h, no retention) over {} \
+                     unreferenced chunk rows in batches of {}, while device A commits one \
+                     small file per round; A's {} MiB file (its chunks referenced) must survive.",
+                    self.rows, self.batch, self.file_mib
+                ),
+                "Swept rows have no blob files: each blob delete finds nothing, so the figure \
+                 is the database side plus per-blob call overhead, not a million unlinks."
+                    .to_owned(),
+                format!(
+                    "A's round: write one 1 KiB file, sync_once (scan, upload, commit); 'before' \
+                     is the median of {BASELINE_ROUNDS} rounds just before the sweep."
+                ),
+            ],
+            records,
+        })
+    }
+
+    async fn measure(
+        &self,
+        server: &Server,
+        work: &std::path::Path,
+        progress: bool,
+    ) -> anyhow::Result<Outcome> {
+        let account = Account::register(server, &harness::username("gc")).await?;
+        let dir = tempfile::Builder::new().prefix("gc-").tempdir_in(work)?;
+        let mut a = Device::new(&server.url, &account, dir.path(), "a").await?;
+        let file = data::generate(
+            DataKind::Random,
+            (self.file_mib as usize) << 20,
+            DATA_SEED + 11,
+        );
+        std::fs::write(a.root.join("kept.bin"), &file).context("writing A's file")?;
+        drop(file);
+        a.round().await?;
+        let kept = kept_chunk_ids(&server.database_url).await?;
+        ensure!(!kept.is_empty(), "A's file left no chunk rows");
+
+        if progress {
+            eprintln!("gc: seeding {} chunk rows", self.rows);
+        }
+        let seeded = Instant::now();
+        seed_rows(&server.database_url, self.rows).await?;
+        let seed_secs = seeded.elapsed().as_secs_f64();
+
+        let mut small = 0usize;
+        let mut rounds_before = Vec::new();
+        for _ in 0..BASELINE_ROUNDS {
+            rounds_before.push(small_file_round(&mut a, &mut small).await?);
+        }
+
+        if progress {
+            eprintln!("gc: sweeping ({:.1} s to seed)", seed_secs);
+        }
+        let blobs = fsync_store::LocalStore::open(server.blob_dir())
+            .context("opening the server's blob store")?;
+        let collector = Collector::open(&server.database_url, std::sync::Arc::new(blobs))
+            .await
+            .context("opening the collector")?;
+        let opts = RunOptions {
+            batch: self.batch as usize,
+            ..RunOptions::default()
+        };
+        let done = AtomicBool::new(false);
+        let sweep = async {
+            let started = Instant::now();
+            let r = collector.run(&opts, &NoProgress).await;
+            let secs = started.elapsed().as_secs_f64();
+            done.store(true, Ordering::SeqCst);
+            r.map(|r| (r, secs))
+        };
+        let load = async {
+            let mut times = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                times.push(small_file_round(&mut a, &mut small).await?);
+            }
+            anyhow::Ok(times)
+        };
+        let (swept, rounds_during) = tokio::join!(sweep, load);
+        let (report, sweep_secs) = swept.context("the sweep failed")?;
+        let rounds_during = rounds_during?;
+
+        ensure!(
+            report.chunks_deleted == u64::from(self.rows),
+            "the sweep deleted {} rows, expected {}",
+            report.chunks_deleted,
+            self.rows
+        );
+        let verify = collector
+            .verify(None, self.batch as usize, &NoProgress)
+            .await
+            .context("verifying after the sweep")?;
+        ensure!(
+            verify.is_clean(),
+            "verify found damage after the sweep: {:?}",
+            verify.damage.first()
+        );
+        let after = kept_chunk_ids(&server.database_url).await?;
+        ensure!(
+            kept.iter().all(|id| after.contains(id)),
+            "the sweep removed a chunk of A's referenced file"
+        );
+        Ok(Outcome {
+            seed_secs,
+            sweep_secs,
+            rows_deleted: report.chunks_deleted,
+            kept_chunks: kept.len() as u64,
+            rounds_before,
+            rounds_during,
+        })
+    }
+
+    fn records(&self, db: Db, o: &Outcome) -> Vec<Record> {
+        let rec = |metric: &str, unit: &str, value: f64| Record {
+            scenario: SCENARIO.to_owned(),
+            metric: metric.to_owned(),
+            unit: unit.to_owned(),
+            value,
+            labels: json!({"db": db.label(), "rows": self.rows, "batch": self.batch})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let ms = |mut v: Vec<f64>| {
+            let max = v.iter().copied().fold(0.0, f64::max);
+            (median(&mut v) * 1000.0, max * 1000.0)
+        };
+        let (before_p50, before_max) = ms(o.rounds_before.clone());
+        let (during_p50, during_max) = ms(o.rounds_during.clone());
+        vec![
+            rec("sweep_time", "s", o.sweep_secs),
+            rec("sweep_rate", "rows/s", o.rows_deleted as f64 / o.sweep_secs),
+            rec("seed_time", "s", o.seed_secs),
+            rec("kept_chunks", "chunks", o.kept_chunks as f64),
+            rec("round_p50_before", "ms", before_p50),
+            rec("round_max_before", "ms", before_max),
+            rec("round_p50_during", "ms", during_p50),
+            rec("round_max_during", "ms", during_max),
+            rec("rounds_during", "rounds", o.rounds_during.len() as f64),
+        ]
+    }
+}
+
+/// Writes one new 1 KiB file in A's root and syncs it; returns the round's seconds.
+async fn small_file_round(a: &mut Device, n: &mut usize) -> anyhow::Result<f64> {
+    *n += 1;
+    let body = data::generate(DataKind::Text, 1024, DATA_SEED + 100 + *n as u64);
+    std::fs::write(a.root.join(format!("during-{n:05}.txt")), body)?;
+    let round = a.round().await?;
+    ensure!(
+        round.report.uploaded >= 1,
+        "A's round uploaded nothing for its new file"
+    );
+    Ok(round.secs)
+}
+
+/// Ids of every chunk row in the database (A's, before the seeded rows exist or after
+/// they are swept).
+async fn kept_chunk_ids(url: &str) -> anyhow::Result<std::collections::HashSet<String>> {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await?;
+    let rows = sqlx::query("SELECT id FROM chunks")
+        .fetch_all(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(Into::into))
+        .collect()
+}
+
+/// Inserts `rows` unreferenced chunk rows (ids `0…01` upwards, 64 KiB stored, created
+/// and last touched at the epoch) into the one namespace, then `ANALYZE`.
+async fn seed_rows(url: &str, rows: u32) -> anyhow::Result<()> {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await?;
+    let ns: String = sqlx::query("SELECT id FROM namespaces")
+        .fetch_one(&mut conn)
+        .await
+        .context("reading the namespace")?
+        .try_get(0)?;
+    let sql = if url.starts_with("postgres") {
+        "INSERT INTO chunks (namespace_id, id, stored_size, created_at, last_touched) \
+         SELECT $1, lpad(to_hex(g), 64, '0'), 65536, 0, 0 FROM generate_series(1, $2) g"
+    } else {
+        "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < $2) \
+         INSERT INTO chunks (namespace_id, id, stored_size, created_at, last_touched) \
+         SELECT $1, printf('%064x', x), 65536, 0, 0 FROM g"
+    };
+    sqlx::query(sql)
+        .bind(ns)
+        .bind(i64::from(rows))
+        .execute(&mut conn)
+        .await
+        .context("seeding chunk rows")?;
+    sqlx::query("ANALYZE").execute(&mut conn).await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// A small run on SQLite: every seeded row is swept, A's file survives (checked
+    /// inside the run, with `verify`), and the records are complete.
+    #[test]
+    fn gc_scenario_sweeps_every_seeded_row_and_keeps_the_referenced_ones() {
+        let cli = Cli::try_parse_from([
+            "gc",
+            "--db",
+            "sqlite",
+            "--rows",
+            "2500",
+            "--batch",
+            "700",
+            "--file-mib",
+            "1",
+        ])
+        .unwrap();
+        let report = cli.args.run(false).unwrap();
+        let get = |metric: &str| {
+            report
+                .records
+                .iter()
+                .find(|r| r.metric == metric)
+                .unwrap_or_else(|| panic!("no {metric} record"))
+        };
+        let swept = get("sweep_rate").value * get("sweep_time").value;
+        assert!((swept - 2500.0).abs() < 1e-6, "{swept} rows swept");
+        assert!(get("kept_chunks").value >= 1.0);
+        assert!(get("rounds_during").value >= 1.0);
+        for r in &report.records {
+            assert_eq!(r.scenario, "gc");
+            assert_eq!(r.labels["db"], "sqlite");
+            assert_eq!(r.labels["rows"], 2500);
+            assert_eq!(r.labels["batch"], 700);
+            assert!(r.value.is_finite() && r.value > 0.0, "{r:?}");
+        }
+    }
+}
