@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Reads the JSON records of `scripts/bench.sh` (one file per scenario run) and prints
-the Markdown table of issue #6's targets: target, figure per database, met or missed.
+a Markdown table of targets: target, figure, met or missed.
 
-Usage: python3 scripts/bench_summary.py RESULTS_DIR
+Usage: python3 scripts/bench_summary.py RESULTS_DIR             (issue #6's targets)
+       python3 scripts/bench_summary.py RESULTS_DIR --pipeline  (issue #2's: the
+       pipeline against the reference figures, target >= 85 % of each)
 """
 import json
 import pathlib
+import statistics
 import sys
 
 
@@ -41,8 +44,49 @@ def fmt(v):
     return f"{v:.2f}"
 
 
+# Issue #2's reference figures (MB/s, same crates, this 2-core machine, in memory):
+# (row, stage, data kinds, threads, per core?, reference).
+REFERENCES = [
+    ("FastCDC, 1 thread", "fastcdc", ("random", "text"), 1, False, 2900),
+    ("keyed BLAKE3 of the chunks, per core (1 thread)", "blake3", ("random", "text"), 1, False, 4600),
+    ("keyed BLAKE3 of the chunks, per core (2 threads)", "blake3", ("random", "text"), 2, True, 4600),
+    ("keyed BLAKE3 of fixed 64 KiB pieces, per core (1 thread)", "blake3-64k", ("random", "text"), 1, False, 4600),
+    ("XChaCha20-Poly1305, per core (1 thread)", "encrypt", ("random", "text"), 1, False, 1300),
+    ("XChaCha20-Poly1305, per core (2 threads)", "encrypt", ("random", "text"), 2, True, 1300),
+    ("zstd-3 on source code, per core (1 thread)", "zstd-3", ("text",), 1, False, 360),
+    ("zstd-3 on source code, per core (2 threads)", "zstd-3", ("text",), 2, True, 360),
+    ("whole pipeline, 2 cores, random", "pipeline", ("random",), 2, False, 1600),
+    ("whole pipeline, 2 cores, source code (zstd-3)", "pipeline", ("text",), 2, False, 560),
+]
+
+
+def pipeline_table(records):
+    print("| figure | reference | measured (MB/s) | % of reference | ≥ 85 % |")
+    print("|---|---:|---|---|---|")
+    for name, stage, kinds, threads, per_core, ref in REFERENCES:
+        measured = []
+        for kind in kinds:
+            values = [r["value"] for r in records
+                      if r["scenario"] == "pipeline" and r["labels"].get("stage") == stage
+                      and r["labels"].get("data") == kind
+                      and r["labels"].get("threads") == threads]
+            if values:
+                measured.append((kind, statistics.median(values) / (threads if per_core else 1)))
+        if not measured:
+            print(f"| {name} | {ref:,} | not run | | |")
+            continue
+        figures = ", ".join(f"{v:,.0f} ({k})" for k, v in measured)
+        percents = ", ".join(f"{100 * v / ref:.0f} %" for _, v in measured)
+        ok = [v >= 0.85 * ref for _, v in measured]
+        verdict = "met" if all(ok) else ("**missed**" if not any(ok) else "**missed** on one")
+        print(f"| {name} | {ref:,} | {figures} | {percents} | {verdict} |")
+
+
 def main():
     records = load(sys.argv[1])
+    if "--pipeline" in sys.argv[2:]:
+        pipeline_table(records)
+        return
     dbs = sorted({r["labels"].get("db") for r in records if r["labels"].get("db")})
     rows = []
 

@@ -7,6 +7,7 @@
 //! |------------|---------------------------------------------------------------------|
 //! | `fastcdc`  | chunk boundaries (`FastCDC` v2020, the chunker's config and seed)    |
 //! | `blake3`   | keyed BLAKE3 chunk id of every chunk                                |
+//! | `blake3-64k` | keyed BLAKE3 of fixed 64 KiB pieces (only with `--stage`)         |
 //! | `zstd-1`   | zstd level 1 of every chunk (one reused context per thread)         |
 //! | `zstd-3`   | zstd level 3 of every chunk                                         |
 //! | `encrypt`  | XChaCha20-Poly1305 of every chunk, in place in a reused buffer       |
@@ -68,7 +69,7 @@ pub(crate) struct Args {
     /// figures are always measured too.
     #[arg(long)]
     threads: Option<NonZeroUsize>,
-    /// Measure only these stages (repeatable) [default: all].
+    /// Measure only these stages (repeatable) [default: all but `blake3-64k`].
     #[arg(long = "stage", value_enum)]
     stages: Vec<Stage>,
     /// Measure only these data kinds (repeatable) [default: all].
@@ -108,10 +109,14 @@ impl Args {
             size: self.size_mib as usize * (1 << 20),
             repeat: self.repeat as usize,
             thread_counts,
-            stages: Stage::ALL
-                .into_iter()
-                .filter(|s| self.stages.is_empty() || self.stages.contains(s))
-                .collect(),
+            stages: if self.stages.is_empty() {
+                Stage::ALL.to_vec()
+            } else {
+                Stage::EVERY
+                    .into_iter()
+                    .filter(|s| self.stages.contains(s))
+                    .collect()
+            },
             data: DataKind::ALL
                 .into_iter()
                 .filter(|d| self.data.is_empty() || self.data.contains(d))
@@ -129,6 +134,10 @@ enum Stage {
     FastCdc,
     /// Keyed BLAKE3 chunk ids.
     Blake3,
+    /// Keyed BLAKE3 over fixed 64 KiB pieces instead of the chunks (a baseline: what
+    /// the variable chunk lengths cost BLAKE3's SIMD tree).
+    #[value(name = "blake3-64k")]
+    Blake3Fixed,
     /// zstd level 1.
     #[value(name = "zstd-1")]
     Zstd1,
@@ -144,6 +153,19 @@ enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in report order.
+    const EVERY: [Self; 8] = [
+        Self::FastCdc,
+        Self::Blake3,
+        Self::Blake3Fixed,
+        Self::Zstd1,
+        Self::Zstd3,
+        Self::Encrypt,
+        Self::Decode,
+        Self::Pipeline,
+    ];
+
+    /// The stages run by default (`blake3-64k` runs only when asked for).
     const ALL: [Self; 7] = [
         Self::FastCdc,
         Self::Blake3,
@@ -159,6 +181,7 @@ impl Stage {
         match self {
             Self::FastCdc => "fastcdc",
             Self::Blake3 => "blake3",
+            Self::Blake3Fixed => "blake3-64k",
             Self::Zstd1 => "zstd-1",
             Self::Zstd3 => "zstd-3",
             Self::Encrypt => "encrypt",
@@ -384,6 +407,7 @@ impl Bench {
                 let (secs, ids) = median_secs(repeat, || self.blake3(input));
                 (secs, Ok(ids.len()))
             }
+            Stage::Blake3Fixed => median_secs(repeat, || Ok(self.blake3_fixed(&input.data))),
             Stage::Zstd1 => median_secs(repeat, || Ok(zstd_chunks(input, 1))),
             Stage::Zstd3 => median_secs(repeat, || Ok(zstd_chunks(input, 3))),
             Stage::Encrypt => median_secs(repeat, || Ok(self.encrypt(input))),
@@ -416,6 +440,13 @@ impl Bench {
             .par_iter()
             .map(|r| chunk_id(&self.id_key, &input.data[r.clone()]))
             .collect()
+    }
+
+    /// Keyed BLAKE3 of every 64 KiB piece of `data`; returns the number of pieces.
+    fn blake3_fixed(&self, data: &[u8]) -> usize {
+        data.par_chunks(64 << 10)
+            .map(|piece| chunk_id(&self.id_key, piece))
+            .count()
     }
 
     /// Encrypts every chunk (copied into a reused buffer, then in place), with
@@ -552,7 +583,8 @@ mod tests {
                 pool(n).install(|| {
                     assert!(bench.fastcdc(&input.data) >= input.bounds.len());
                     assert_eq!(bench.blake3(&input), input.ids);
-                    for stage in Stage::ALL {
+                    assert_eq!(bench.blake3_fixed(&input.data), 3 * 16);
+                    for stage in Stage::EVERY {
                         let measured = bench.measure(stage, &input, 1).unwrap();
                         assert!(measured.secs > 0.0, "{stage:?}");
                     }
