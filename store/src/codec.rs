@@ -696,6 +696,141 @@ mod tests {
         assert_bomb_rejected(&frame);
     }
 
+    /// Decoding a decompression bomb keeps memory bounded, not only time: blobs of a
+    /// few KiB that inflate to 1 GiB of zeros, with and without a declared content
+    /// size, fail with `TooLarge` while the peak RSS grows by less than 32 MiB (the
+    /// decoder may hold its window, at most 8 MiB, and the output, at most
+    /// `MAX_CHUNK_PLAINTEXT` + 1 bytes in a `Vec` of twice that capacity).
+    ///
+    /// Measured in a child process, this test binary re-run on this test alone, so
+    /// that other tests' allocations do not move the peak. It is a unit test rather
+    /// than a file of its own in `tests/` because it needs `BlobCodec::seal` to build
+    /// the bomb blobs, which only this crate's own tests (and fuzzing builds) have.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn decompression_bombs_keep_peak_memory_bounded() {
+        const CHILD_ENV: &str = "FSYNC_STORE_BOMB_MEMORY_CHILD";
+        if std::env::var_os(CHILD_ENV).is_some() {
+            bomb_memory::run();
+            return;
+        }
+        let (_, module) = module_path!().split_once("::").unwrap();
+        let name = format!("{module}::decompression_bombs_keep_peak_memory_bounded");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([&name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child process ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+        eprint!("{stderr}");
+    }
+
+    /// The child side of [`decompression_bombs_keep_peak_memory_bounded`].
+    #[cfg(target_os = "linux")]
+    mod bomb_memory {
+        use std::io::Write as _;
+
+        use super::*;
+
+        const MIB: u64 = 1024 * 1024;
+        /// What a bomb inflates to.
+        const BOMB: u64 = 1024 * MIB;
+        /// Most the peak RSS may grow while one bomb is decoded.
+        const BOUND: u64 = 32 * MIB;
+
+        /// A `/proc/self/status` field, in bytes.
+        fn status_bytes(field: &str) -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
+            let kib: u64 = line
+                .trim()
+                .strip_suffix("kB")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("unreadable {field}: {line:?}"));
+            kib * 1024
+        }
+
+        /// Resets the peak RSS (`VmHWM`) to the current RSS and returns it.
+        fn reset_peak() -> u64 {
+            std::fs::write("/proc/self/clear_refs", "5").unwrap();
+            status_bytes("VmHWM")
+        }
+
+        /// How much the peak RSS rose while `f` ran, with `f`'s result.
+        fn peak_growth<T>(f: impl FnOnce() -> T) -> (u64, T) {
+            let base = reset_peak();
+            let out = f();
+            (status_bytes("VmHWM").saturating_sub(base), out)
+        }
+
+        /// A zstd frame of `BOMB` zeros, with the largest window the decoder accepts
+        /// (2^23), declaring its content size or not.
+        fn bomb_frame(declare_size: bool) -> Vec<u8> {
+            let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+            encoder.window_log(23).unwrap();
+            encoder.include_contentsize(declare_size).unwrap();
+            if declare_size {
+                encoder.set_pledged_src_size(Some(BOMB)).unwrap();
+            }
+            let zeros = vec![0u8; MIB as usize];
+            for _ in 0..BOMB / MIB {
+                encoder.write_all(&zeros).unwrap();
+            }
+            encoder.finish().unwrap()
+        }
+
+        pub(super) fn run() {
+            // The probe works here: 128 MiB touched shows, and a reset forgets it.
+            let (grew, ()) = peak_growth(|| {
+                std::hint::black_box(vec![0xA5u8; 128 * MIB as usize]);
+            });
+            assert!(grew >= 120 * MIB, "128 MiB touched, VmHWM +{grew} bytes");
+            let peak = status_bytes("VmHWM");
+            assert!(reset_peak() + 100 * MIB <= peak, "VmHWM did not reset");
+
+            let codec = codec();
+            let id = codec.chunk_id(b"whatever");
+            for declare_size in [true, false] {
+                let frame = bomb_frame(declare_size);
+                assert_eq!(
+                    zstd::zstd_safe::get_frame_content_size(&frame).ok(),
+                    Some(declare_size.then_some(BOMB))
+                );
+                let blob = codec.seal(&id, FLAG_ZSTD, &frame);
+                drop(frame);
+                assert!(blob.len() < 64 * 1024, "bomb blob is {} bytes", blob.len());
+                let (grew, result) = peak_growth(|| codec.decode(&id, &blob));
+                assert!(
+                    grew < BOUND,
+                    "declared size {declare_size}: decoding a {}-byte blob raised the peak \
+                     RSS by {} MiB; the bound is {} MiB",
+                    blob.len(),
+                    grew / MIB,
+                    BOUND / MIB
+                );
+                let err = result.unwrap_err();
+                assert!(
+                    matches!(err, CodecError::TooLarge { limit } if limit == MAX_CHUNK_PLAINTEXT),
+                    "declared size {declare_size}: {err:?}"
+                );
+                eprintln!(
+                    "bomb of {} bytes, declared size {declare_size}: peak RSS +{:.1} MiB",
+                    blob.len(),
+                    grew as f64 / MIB as f64
+                );
+            }
+        }
+    }
+
     #[test]
     fn smaller_max_plaintext_is_enforced_both_ways() {
         let codec = codec().with_max_plaintext(1000);
