@@ -383,9 +383,10 @@ impl Server {
         self.metric("fsync_chunks_stored_total")
     }
 
-    /// Blob bytes sent to clients so far (`fsync_bytes_out_total`).
+    /// Blob bytes sent to clients so far (`fsync_blob_bytes_out_total`; the
+    /// `fsync_bytes_out_total` of every response also counts listings and `/metrics`).
     pub fn bytes_out(&self) -> u64 {
-        self.metric("fsync_bytes_out_total")
+        self.metric("fsync_blob_bytes_out_total")
     }
 
     /// Request body bytes received so far (`fsync_bytes_in_total`).

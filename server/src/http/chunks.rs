@@ -170,10 +170,12 @@ pub async fn fetch_batch(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response())
 }
 
+/// Blob bytes sent (`fsync_blob_bytes_out_total`; every response's bytes are counted
+/// in `fsync_bytes_out_total` by the metrics middleware).
 fn count_out(state: &AppState, n: usize) {
     state
         .metrics
-        .bytes_out
+        .blob_bytes_out
         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
 }
 

@@ -20,6 +20,9 @@ pub enum ApiError {
     Forbidden(&'static str),
     /// 404.
     NotFound(String),
+    /// 405: the endpoint exists but not with this method (the router adds `Allow`).
+    /// `common`'s error codes have none for it, so the code is `bad_request`.
+    MethodNotAllowed(String),
     /// 409.
     Conflict(String),
     /// 409 with the ids to upload first.
@@ -50,6 +53,11 @@ impl ApiError {
             ),
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden, (*m).to_owned()),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, m.clone()),
+            Self::MethodNotAllowed(m) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::BadRequest,
+                m.clone(),
+            ),
             Self::Conflict(m) => (StatusCode::CONFLICT, ErrorCode::Conflict, m.clone()),
             Self::MissingChunks(ids) => (
                 StatusCode::CONFLICT,

@@ -2,50 +2,117 @@
 
 use std::net::SocketAddr;
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
-use fsync_common::{DeviceId, NamespaceId, UserId};
+use axum::http::{header, HeaderMap, StatusCode};
+use fsync_common::{DeviceId, NamespaceId, SyncPath, UserId};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::db::Actor;
 use crate::state::{now_secs, AppState};
 
-/// JSON body with errors mapped to the API's error shape.
+/// JSON body with errors mapped to the API's error shape. A value that fails
+/// [`SyncPath`] validation is refused as `invalid_path` with the field and the reason,
+/// whatever the reason is (see [`path_error`]).
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(JsonRejection::BytesRejection(e))
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(ApiError::PayloadTooLarge(
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::BadRequest(
+                "expected a request with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge(
                     "request body is too large".into(),
                 ))
             }
-            Err(JsonRejection::JsonDataError(e)) => {
-                let msg = e.body_text();
-                if msg.contains("path")
-                    && (msg.contains("component")
-                        || msg.contains("absolute")
-                        || msg.contains("backslash")
-                        || msg.contains("NUL")
-                        || msg.contains("control")
-                        || msg.contains("drive"))
-                {
-                    Err(ApiError::InvalidPath(msg))
-                } else {
-                    Err(ApiError::BadRequest(msg))
-                }
-            }
+            Err(e) => return Err(ApiError::BadRequest(e.body_text())),
+        };
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(JsonRejection::JsonDataError(e)) => Err(path_error::<T>(&bytes).map_or_else(
+                || ApiError::BadRequest(e.body_text()),
+                ApiError::InvalidPath,
+            )),
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }
+    }
+}
+
+/// `application/json` or `application/*+json`, as axum's `Json` accepts.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json") || sub.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// When `body` (well-formed JSON that does not deserialize as `T`) fails because a
+/// value is not a valid [`SyncPath`], the message naming the field and the reason.
+///
+/// Structural, not by wording: serde's error locates the failing field, its value is
+/// validated again with [`SyncPath::new`], and it is a path error only when that
+/// validation fails with the very error serde reported. Inside an internally tagged
+/// enum (a sync event) serde locates only the enum, so the strings under it are tried.
+fn path_error<T: DeserializeOwned>(body: &[u8]) -> Option<String> {
+    let err =
+        serde_path_to_error::deserialize::<_, T>(&mut serde_json::Deserializer::from_slice(body))
+            .err()?;
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut value = &doc;
+    for segment in err.path() {
+        value = match segment {
+            serde_path_to_error::Segment::Seq { index } => value.get(*index)?,
+            serde_path_to_error::Segment::Map { key } => value.get(key)?,
+            serde_path_to_error::Segment::Enum { variant } => value.get(variant).unwrap_or(value),
+            serde_path_to_error::Segment::Unknown => return None,
+        };
+    }
+    invalid_path_under(value, &err.path().to_string(), &err.inner().to_string())
+}
+
+/// The first string at or under `value` that [`SyncPath::new`] refuses with the error
+/// `message` starts with (serde appends the position), as `"field: reason"`.
+fn invalid_path_under(value: &serde_json::Value, at: &str, message: &str) -> Option<String> {
+    let field = |name: &dyn std::fmt::Display| {
+        if at == "." {
+            name.to_string()
+        } else {
+            format!("{at}.{name}")
+        }
+    };
+    match value {
+        serde_json::Value::String(s) => {
+            let reason = SyncPath::new(s).err()?.to_string();
+            message
+                .starts_with(&reason)
+                .then(|| format!("{at}: {reason}"))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| invalid_path_under(v, &format!("{at}[{i}]"), message)),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .find_map(|(k, v)| invalid_path_under(v, &field(k), message)),
+        _ => None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! repository or blob store, and map errors in `error.rs`.
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
 use axum::routing::{get, post, put};
 use axum::Router;
 
@@ -55,6 +56,12 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     api.merge(blob_routes)
         .fallback(|| async { error::ApiError::NotFound("no such endpoint".into()) })
+        // After the merge, so that every route answers a wrong method in JSON.
+        .method_not_allowed_fallback(|method: Method| async move {
+            error::ApiError::MethodNotAllowed(format!(
+                "{method} is not allowed on this endpoint; the Allow header lists those that are"
+            ))
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::observe,

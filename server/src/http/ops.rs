@@ -1,6 +1,6 @@
 //! `/health` and `/metrics`, and the middleware that counts and logs every request.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -10,24 +10,49 @@ use axum::Json;
 use fsync_common::wire::HealthResponse;
 use tracing::Instrument;
 
+use crate::metrics::{self, Counted, Direction};
 use crate::state::AppState;
 
-/// `GET /health`: 200 when the database and the blob store answer, 503 with the reason
-/// otherwise.
+/// How long each `/health` check may take before its part counts as down (a database
+/// that does not answer must not hold the probe for the pool's whole acquire timeout).
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `GET /health`: 200 when the database and the blob store answer, 503 naming the part
+/// that does not (`"database": "unavailable"` / `"blob_store": "unavailable"`). The
+/// cause is logged, never sent.
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
-    let db = state.repo.ping().await;
-    let blobs = state.blobs.check().await;
-    if let Err(e) = &db {
-        tracing::error!(error = %e, "health: database unavailable");
-    }
-    if let Err(e) = &blobs {
-        tracing::error!(error = %e, "health: blob store unavailable");
-    }
-    let ok = db.is_ok() && blobs.is_ok();
+    let (db, blobs) = tokio::join!(
+        tokio::time::timeout(HEALTH_TIMEOUT, state.repo.ping()),
+        tokio::time::timeout(HEALTH_TIMEOUT, state.blobs.check()),
+    );
+    let db_ok = match db {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "health: database unavailable");
+            false
+        }
+        Err(_) => {
+            tracing::error!(timeout = ?HEALTH_TIMEOUT, "health: database did not answer");
+            false
+        }
+    };
+    let blobs_ok = match blobs {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "health: blob store unavailable");
+            false
+        }
+        Err(_) => {
+            tracing::error!(timeout = ?HEALTH_TIMEOUT, "health: blob store did not answer");
+            false
+        }
+    };
+    let state_of = |ok: bool| if ok { "ok" } else { "unavailable" }.to_owned();
+    let ok = db_ok && blobs_ok;
     let body = HealthResponse {
         status: if ok { "ok" } else { "degraded" }.into(),
-        database: if db.is_ok() { "ok" } else { "unavailable" }.into(),
-        blob_store: if blobs.is_ok() { "ok" } else { "unavailable" }.into(),
+        database: state_of(db_ok),
+        blob_store: state_of(blobs_ok),
         version: env!("CARGO_PKG_VERSION").into(),
     };
     let status = if ok {
@@ -46,32 +71,25 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Gives every request an id (`x-request-id`), a log span, and a line in the metrics.
-/// Query strings and headers are not logged: they can hold tokens.
+/// Gives every request an id (`x-request-id`), a log span, and its lines in the
+/// metrics: count and latency by method and route, and the body bytes actually read
+/// and sent. Query strings and headers are not logged: they can hold tokens.
 pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
+    let method = metrics::method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        state
-            .metrics
-            .bytes_in
-            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-    }
+    let req = req.map(|b| Counted::body(b, state.metrics.clone(), Direction::In));
     let id = hex::encode(rand::random::<[u8; 8]>());
     let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let resp = next.run(req).instrument(span.clone()).await;
     let secs = start.elapsed().as_secs_f64();
     let status = resp.status().as_u16();
-    state.metrics.record(&method, &route, status, secs);
+    state.metrics.record(method, &route, status, secs);
     span.in_scope(|| tracing::debug!(status, ms = secs * 1e3, "done"));
+    let mut resp = resp.map(|b| Counted::body(b, state.metrics.clone(), Direction::Out));
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }

@@ -1,0 +1,606 @@
+//! Operations and the API's error shape, against a real server on 127.0.0.1:0:
+//!
+//! - `/health` answers 503 naming the part that is down (the metadata database, the
+//!   blob store), without the cause, and 200 again once it is back;
+//! - `/metrics` moves with the traffic: requests and latency by route template, body
+//!   bytes actually read and sent (chunked uploads included), blob bytes, chunks
+//!   stored, dedup hits, open WebSockets;
+//! - a wrong method on any route and an unknown route answer the JSON error body;
+//! - every kind of path validation error comes back as `invalid_path` with the field
+//!   and the reason.
+
+#![allow(missing_docs, clippy::too_many_lines)]
+
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{backends, random_key, register, username, Backend, Server, EVENT_TIMEOUT};
+use fsync_common::wire::{RenameRequest, SyncEvent};
+use fsync_common::{
+    ChunkId, PathError, SyncPath, VersionVector, MAX_COMPONENT_BYTES, MAX_PATH_BYTES,
+};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+// ------------------------------------------------------------------ helpers
+
+/// Runs SQL on the database `url` names.
+async fn sql(url: &str, statement: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url)
+        .await
+        .expect("connect to FSYNC_TEST_DATABASE_URL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    let _ = conn.close().await;
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (main, query) = url.find('?').map_or((url, ""), |i| url.split_at(i));
+    let slash = main.rfind('/').expect("a database URL names its database");
+    format!("{}/{name}{query}", &main[..slash])
+}
+
+/// Polls `cond` until it holds; fails after [`EVENT_TIMEOUT`].
+async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Fields a health answer may have: the states, never the cause.
+fn assert_health_body(body: &Value, database: &str, blob_store: &str) {
+    let keys: Vec<&str> = body
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["blob_store", "database", "status", "version"],
+        "{body}"
+    );
+    assert_eq!(body["database"], database, "{body}");
+    assert_eq!(body["blob_store"], blob_store, "{body}");
+    let healthy = database == "ok" && blob_store == "ok";
+    assert_eq!(
+        body["status"],
+        if healthy { "ok" } else { "degraded" },
+        "{body}"
+    );
+}
+
+// ------------------------------------------------------------------ 1. /health
+
+/// PostgreSQL refuses the server's connections (the database stops accepting them and
+/// its sessions are terminated): 503 naming the database; 200 once it accepts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_the_database_when_postgres_is_down() {
+    let Some(Backend::Postgres(base)) = backends().pop() else {
+        eprintln!("FSYNC_TEST_DATABASE_URL is not set: PostgreSQL health test skipped");
+        return;
+    };
+    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
+    sql(&base, &format!("CREATE DATABASE {name}")).await;
+    let repo = fsync_server::open_postgres(&with_database(&base, &name))
+        .await
+        .expect("open the fresh database");
+    let srv = Server::start_with(&Backend::Sqlite, move |s| s.repo = repo).await;
+    let r = srv.get("/health", None).await.expect(200);
+    assert_health_body(&r.value(), "ok", "ok");
+
+    sql(
+        &base,
+        &format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ),
+    )
+    .await;
+    let r = srv.get("/health", None).await.expect(503);
+    assert_health_body(&r.value(), "unavailable", "ok");
+    let text = String::from_utf8_lossy(&r.body).to_lowercase();
+    for leak in [
+        "accept",
+        "terminat",
+        "connection",
+        &name,
+        "sqlx",
+        "postgres",
+    ] {
+        assert!(!text.contains(leak), "the cause leaked ({leak}): {text}");
+    }
+
+    sql(
+        &base,
+        &format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"),
+    )
+    .await;
+    let r = srv.get("/health", None).await.expect(200);
+    assert_health_body(&r.value(), "ok", "ok");
+
+    drop(srv);
+    sql(
+        &base,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await;
+}
+
+/// The blob directory is replaced by a file (tests run as root: permissions would not
+/// stop it): 503 naming the blob store; 200 once the directory is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_the_blob_store_when_its_directory_is_gone() {
+    for backend in backends() {
+        eprintln!("--- on {backend}");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blobs");
+        let store = Arc::new(fsync_store::LocalStore::open(&root).unwrap());
+        let srv = Server::start_with(&backend, move |s| s.blobs = store).await;
+        let r = srv.get("/health", None).await.expect(200);
+        assert_health_body(&r.value(), "ok", "ok");
+
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::write(&root, b"not a directory").unwrap();
+        let r = srv.get("/health", None).await.expect(503);
+        assert_health_body(&r.value(), "ok", "unavailable");
+        let text = String::from_utf8_lossy(&r.body).to_lowercase();
+        for leak in [
+            "directory",
+            "store root",
+            "error",
+            &dir.path().display().to_string(),
+        ] {
+            assert!(!text.contains(leak), "the cause leaked ({leak}): {text}");
+        }
+
+        std::fs::remove_file(&root).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        let r = srv.get("/health", None).await.expect(200);
+        assert_health_body(&r.value(), "ok", "ok");
+    }
+}
+
+// ------------------------------------------------------------------ 2. /metrics
+
+/// `/metrics` parsed: series (name with labels) → value.
+struct Scrape {
+    text: String,
+    series: BTreeMap<String, String>,
+}
+
+impl Scrape {
+    async fn take(srv: &Server) -> Self {
+        let r = srv.get("/metrics", None).await.expect(200);
+        let text = String::from_utf8(r.body).expect("UTF-8 metrics");
+        let series = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').expect("`series value`");
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        Self { text, series }
+    }
+
+    /// A counter's or gauge's value; 0 when absent.
+    fn get(&self, series: &str) -> u64 {
+        self.series.get(series).map_or(0, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{series} is not a count: {v}"))
+        })
+    }
+
+    /// The body size of this scrape, as sent.
+    fn len(&self) -> u64 {
+        self.text.len() as u64
+    }
+
+    /// Checks every latency histogram: buckets cumulative, `+Inf` = count, sum ≥ 0.
+    fn assert_histograms_consistent(&self) {
+        let mut by_labels: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        for k in self.series.keys() {
+            if let Some(rest) = k.strip_prefix("fsync_http_request_duration_seconds_bucket{") {
+                let (labels, le) = rest.rsplit_once(",le=").expect("an le label");
+                by_labels.entry(labels.to_owned()).or_default().push((
+                    le.trim_end_matches('}').trim_matches('"').to_owned(),
+                    self.get(k),
+                ));
+            }
+        }
+        assert!(
+            !by_labels.is_empty(),
+            "no latency histogram:\n{}",
+            self.text
+        );
+        for (labels, mut buckets) in by_labels {
+            let bound = |le: &str| {
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                }
+            };
+            buckets.sort_by(|a, b| bound(&a.0).total_cmp(&bound(&b.0)));
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "buckets not cumulative for {{{labels}}}: {buckets:?}"
+            );
+            let count = self.get(&format!(
+                "fsync_http_request_duration_seconds_count{{{labels}}}"
+            ));
+            assert_eq!(buckets.last().unwrap().1, count, "{{{labels}}}");
+            let sum = &self.series[&format!("fsync_http_request_duration_seconds_sum{{{labels}}}")];
+            assert!(
+                sum.parse::<f64>().unwrap() >= 0.0,
+                "sum {sum} of {{{labels}}}"
+            );
+        }
+    }
+}
+
+fn latency_count(method: &str, route: &str) -> String {
+    format!("fsync_http_request_duration_seconds_count{{method=\"{method}\",route=\"{route}\"}}")
+}
+
+/// `PUT` of one blob with a chunked body (no `Content-Length`), over a raw socket.
+async fn put_chunked(srv: &Server, token: &str, path: &str, blob: &[u8]) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let mut req = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n",
+        srv.addr
+    )
+    .into_bytes();
+    for piece in blob.chunks(1000) {
+        req.extend(format!("{:x}\r\n", piece.len()).as_bytes());
+        req.extend(piece);
+        req.extend(b"\r\n");
+    }
+    req.extend(b"0\r\n\r\n");
+    tcp.write_all(&req).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(EVENT_TIMEOUT, tcp.read_to_end(&mut resp))
+        .await
+        .expect("an answer within the timeout")
+        .unwrap();
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+/// Traffic moves every series as it should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_follow_the_traffic() {
+    for backend in backends() {
+        eprintln!("--- on {backend}");
+        let srv = Server::start(&backend).await;
+        let user = register(&srv, &username("metrics")).await;
+        let dev = user.login(&srv, "laptop").await;
+        let ns = user.namespace;
+
+        // A chunked upload: bytes in are the body's bytes, not a Content-Length.
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (id, blob) = user.blob(&data);
+        let chunk_path = format!("/api/v1/chunks/{id}?namespace={ns}");
+        let before = Scrape::take(&srv).await;
+        let resp = put_chunked(&srv, &dev.token, &chunk_path, &blob).await;
+        assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+        let after = Scrape::take(&srv).await;
+        assert_eq!(
+            after.get("fsync_bytes_in_total") - before.get("fsync_bytes_in_total"),
+            blob.len() as u64,
+            "bytes in of a chunked upload"
+        );
+        assert_eq!(
+            after.get("fsync_chunks_stored_total") - before.get("fsync_chunks_stored_total"),
+            1
+        );
+        assert_eq!(
+            after.get(&latency_count("PUT", "/api/v1/chunks/{id}"))
+                - before.get(&latency_count("PUT", "/api/v1/chunks/{id}")),
+            1,
+            "{}",
+            after.text
+        );
+
+        // Dedup: one id present, one not.
+        let unknown = ChunkId::from_bytes(rand::random());
+        let before = Scrape::take(&srv).await;
+        let r = srv
+            .post(
+                "/api/v1/chunks/missing",
+                Some(&dev.token),
+                &json!({"namespace": ns, "ids": [id, unknown]}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(r.value()["missing"], json!([unknown]));
+        let after = Scrape::take(&srv).await;
+        assert_eq!(
+            after.get("fsync_dedup_hits_total") - before.get("fsync_dedup_hits_total"),
+            1
+        );
+
+        // Bytes out: every response body (the scrape itself, a listing), and the blob
+        // bytes of a download apart.
+        let before = Scrape::take(&srv).await;
+        let listing = srv
+            .get("/api/v1/files/list", Some(&dev.token))
+            .await
+            .expect(200);
+        let download = srv.get(&chunk_path, Some(&dev.token)).await.expect(200);
+        assert_eq!(download.body, blob);
+        let after = Scrape::take(&srv).await;
+        assert_eq!(
+            after.get("fsync_bytes_out_total") - before.get("fsync_bytes_out_total"),
+            before.len() + listing.body.len() as u64 + blob.len() as u64,
+            "bytes out: the scrape, the listing and the blob"
+        );
+        assert_eq!(
+            after.get("fsync_blob_bytes_out_total") - before.get("fsync_blob_bytes_out_total"),
+            blob.len() as u64
+        );
+        for (method, route) in [
+            ("GET", "/api/v1/files/list"),
+            ("GET", "/api/v1/chunks/{id}"),
+            ("GET", "/metrics"),
+        ] {
+            assert_eq!(
+                after.get(&latency_count(method, route))
+                    - before.get(&latency_count(method, route)),
+                1,
+                "latency count of {method} {route}:\n{}",
+                after.text
+            );
+        }
+
+        // Unknown paths share one label; no raw path or id is ever a label.
+        let raw = format!("/api/v1/nope/{}", hex::encode(rand::random::<[u8; 8]>()));
+        srv.get(&raw, None).await.expect_error(404, "not_found");
+        let now = Scrape::take(&srv).await;
+        assert_eq!(now.get(&latency_count("GET", "unmatched")), 1);
+        assert!(
+            now.get(r#"fsync_http_requests_total{method="GET",route="unmatched",status="404"}"#)
+                >= 1
+        );
+        for needle in [id.to_string(), ns.to_string(), raw] {
+            assert!(
+                !now.text.contains(&needle),
+                "{needle} in /metrics:\n{}",
+                now.text
+            );
+        }
+        now.assert_histograms_consistent();
+
+        // WebSocket connections: up while a socket is open, down once it closes.
+        assert_eq!(now.get("fsync_websocket_connections"), 0);
+        let mut req = format!("ws://{}/api/v1/ws", srv.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", dev.token).parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        // The first push comes after the socket is counted.
+        let first = tokio::time::timeout(EVENT_TIMEOUT, ws.next())
+            .await
+            .expect("a first push")
+            .expect("socket open")
+            .expect("socket healthy");
+        assert!(matches!(first, Message::Text(_)), "{first:?}");
+        assert_eq!(
+            Scrape::take(&srv).await.get("fsync_websocket_connections"),
+            1
+        );
+        ws.close(None).await.unwrap();
+        wait_for("the WebSocket gauge to drop to 0", || async {
+            Scrape::take(&srv).await.get("fsync_websocket_connections") == 0
+        })
+        .await;
+        let last = Scrape::take(&srv).await;
+        assert!(
+            last.get(r#"fsync_http_requests_total{method="GET",route="/api/v1/ws",status="101"}"#)
+                == 1,
+            "{}",
+            last.text
+        );
+    }
+}
+
+// ------------------------------------------------------------------ 3. JSON errors
+
+/// A wrong method on every route is a JSON 405 with `Allow`; unknown routes a JSON 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_methods_and_unknown_routes_answer_json_errors() {
+    let srv = Server::start(&Backend::Sqlite).await;
+    let id = ChunkId::from_bytes([7; 32]);
+    let file = "00112233445566778899aabbccddeeff";
+    // (wrong method, path, the methods the route has)
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        ("POST", "/api/v1/auth/params".into(), &["GET", "HEAD"]),
+        ("GET", "/api/v1/auth/register".into(), &["POST"]),
+        ("GET", "/api/v1/auth/login".into(), &["POST"]),
+        ("PUT", "/api/v1/auth/refresh".into(), &["POST"]),
+        ("GET", "/api/v1/auth/logout".into(), &["POST"]),
+        ("POST", "/api/v1/devices".into(), &["GET", "HEAD"]),
+        ("GET", format!("/api/v1/devices/{file}"), &["DELETE"]),
+        ("GET", "/api/v1/chunks/missing".into(), &["POST"]),
+        ("GET", "/api/v1/chunks/fetch".into(), &["POST"]),
+        ("GET", "/api/v1/chunks/batch".into(), &["POST"]),
+        (
+            "DELETE",
+            format!("/api/v1/chunks/{id}"),
+            &["GET", "HEAD", "PUT"],
+        ),
+        ("GET", "/api/v1/files/upload".into(), &["POST"]),
+        ("DELETE", "/api/v1/files/list".into(), &["GET", "HEAD"]),
+        (
+            "POST",
+            format!("/api/v1/files/download/{file}"),
+            &["GET", "HEAD"],
+        ),
+        ("GET", "/api/v1/files/manifests".into(), &["POST"]),
+        (
+            "POST",
+            format!("/api/v1/files/{file}/versions"),
+            &["GET", "HEAD"],
+        ),
+        ("GET", format!("/api/v1/files/{file}/restore"), &["POST"]),
+        ("GET", "/api/v1/files/delete".into(), &["POST"]),
+        ("GET", "/api/v1/files/rename".into(), &["POST"]),
+        ("GET", "/api/v1/sync/event".into(), &["POST"]),
+        ("POST", "/api/v1/sync/changes".into(), &["GET", "HEAD"]),
+        ("POST", "/api/v1/ws".into(), &["GET", "HEAD"]),
+        ("DELETE", "/health".into(), &["GET", "HEAD"]),
+        ("PATCH", "/metrics".into(), &["GET", "HEAD"]),
+    ];
+    for (method, path, allowed) in cases {
+        let r = srv
+            .send(srv.request(method.parse().unwrap(), &path, None))
+            .await;
+        let what = format!("{method} {path}: {r:?}");
+        let r = r.expect_error(405, "bad_request");
+        assert_eq!(r.headers["content-type"], "application/json", "{what}");
+        let message = r.value()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(method), "{what}");
+        let mut allow: Vec<&str> = r.headers["allow"]
+            .to_str()
+            .unwrap()
+            .split(',')
+            .map(str::trim)
+            .collect();
+        allow.sort_unstable();
+        assert_eq!(allow, allowed, "{what}");
+    }
+    for path in ["/", "/api/v1/nope", "/api/v1/files", "/healthz"] {
+        let r = srv.get(path, None).await.expect_error(404, "not_found");
+        assert_eq!(r.headers["content-type"], "application/json", "{path}");
+    }
+}
+
+// ------------------------------------------------------------------ 4. path errors
+
+/// Whether a path error is of the kind a case stands for.
+type IsKind = fn(&PathError) -> bool;
+
+/// One input per kind of path error, and the kind it must produce.
+fn bad_paths() -> Vec<(String, IsKind)> {
+    vec![
+        (String::new(), |e| matches!(e, PathError::Empty)),
+        ("/etc/passwd".into(), |e| matches!(e, PathError::Absolute)),
+        ("C:/x".into(), |e| matches!(e, PathError::DriveLetter(_))),
+        ("a\\b".into(), |e| matches!(e, PathError::Backslash)),
+        ("a//b".into(), |e| matches!(e, PathError::EmptyComponent)),
+        ("a/./b".into(), |e| matches!(e, PathError::Dot)),
+        ("a/../b".into(), |e| matches!(e, PathError::DotDot)),
+        ("a\0b".into(), |e| matches!(e, PathError::Nul)),
+        ("a\u{7}b".into(), |e| matches!(e, PathError::Control(7))),
+        ("x".repeat(MAX_COMPONENT_BYTES + 1), |e| {
+            matches!(e, PathError::ComponentTooLong(_))
+        }),
+        ("abc/".repeat(MAX_PATH_BYTES / 4 + 1), |e| {
+            matches!(e, PathError::TooLong(_))
+        }),
+    ]
+}
+
+/// Every `SyncPath` validation error is `invalid_path`, naming the field and the reason:
+/// in a commit, in a sync event (inside an internally tagged enum), in a rename.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_error_is_invalid_path_with_the_reason() {
+    let srv = Server::start(&Backend::Sqlite).await;
+    let user = register(&srv, &username("paths")).await;
+    let dev = user.login(&srv, "laptop").await;
+    let req = user
+        .commit_req(&srv, &dev, "ok.txt", b"content", &VersionVector::new(), 1)
+        .await;
+    let commit = serde_json::to_value(&req).unwrap();
+    let event = serde_json::to_value(SyncEvent::Create(req.clone())).unwrap();
+    let rename = serde_json::to_value(RenameRequest {
+        namespace: user.namespace,
+        from: SyncPath::new("ok.txt").unwrap(),
+        to: SyncPath::new("ok2.txt").unwrap(),
+        idempotency_key: random_key(),
+    })
+    .unwrap();
+
+    let kinds = bad_paths();
+    assert_eq!(kinds.len(), 11, "a PathError kind without a case here");
+    for (bad, kind) in kinds {
+        let err = SyncPath::new(&bad).expect_err("a bad path");
+        assert!(
+            kind(&err),
+            "{bad:?} gave {err:?}, not the kind it stands for"
+        );
+        let reason = err.to_string();
+        let shown: String = bad.chars().take(20).collect();
+
+        let mut body = commit.clone();
+        body["path"] = json!(bad);
+        let cases = [
+            ("/api/v1/files/upload", body, "path"),
+            (
+                "/api/v1/sync/event",
+                {
+                    let mut e = event.clone();
+                    e["path"] = json!(bad);
+                    json!({ "events": [e] })
+                },
+                "events[0].path",
+            ),
+            (
+                "/api/v1/files/rename",
+                {
+                    let mut r = rename.clone();
+                    r["to"] = json!(bad);
+                    r
+                },
+                "to",
+            ),
+        ];
+        for (endpoint, body, field) in cases {
+            let r = srv.post(endpoint, Some(&dev.token), &body).await;
+            let what = format!("{shown:?} at {endpoint}: {r:?}");
+            let r = r.expect_error(400, "invalid_path");
+            let message = r.value()["error"]["message"].as_str().unwrap().to_owned();
+            assert_eq!(message, format!("{field}: {reason}"), "{what}");
+        }
+    }
+
+    // A data error that is not about a path stays `bad_request`, even with a string
+    // that would also be a bad path.
+    let mut body = commit.clone();
+    body["idempotency_key"] = json!(5);
+    srv.post("/api/v1/files/upload", Some(&dev.token), &body)
+        .await
+        .expect_error(400, "bad_request");
+    let mut body = commit;
+    body["namespace"] = json!("");
+    srv.post("/api/v1/files/upload", Some(&dev.token), &body)
+        .await
+        .expect_error(400, "bad_request");
+}
+
+#[test]
+fn database_url_rename() {
+    assert_eq!(
+        with_database("postgres://u:p@h:5432/db?sslmode=disable", "x"),
+        "postgres://u:p@h:5432/x?sslmode=disable"
+    );
+}
