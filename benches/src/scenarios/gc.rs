@@ -6,10 +6,9 @@
 //!   16 per MiB) are stored and referenced and must survive the sweep;
 //! - `--rows` further chunk rows in the same namespace, uploaded long ago and never
 //!   referenced or touched since, inserted in one SQL statement (PostgreSQL
-//!   `generate_series`, an SQLite recursive query), then `ANALYZE`. Their blobs are
-//!   not written (a million blob files would measure the file system's unlink, not
-//!   the collector): each of the sweep's blob deletes is a `remove_file` that finds
-//!   nothing.
+//!   `generate_series`, an SQLite recursive query), then `ANALYZE`, and an empty blob
+//!   file for each in the server's blob store (`--no-blobs`: none, so each of the
+//!   sweep's blob deletes is a `remove_file` that finds nothing).
 //!
 //! Measured: one `Collector::run` (what `fsync-gc run` does, default grace of 24 h, no
 //! retention flags, `--batch` rows per transaction) while A writes and commits one new
@@ -22,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{ensure, Context as _};
+use fsync_common::{ChunkId, NamespaceId};
 use fsync_server::{Collector, NoProgress, RunOptions};
 use serde_json::json;
 use sqlx::{Connection as _, Row as _};
@@ -53,6 +53,10 @@ pub(crate) struct Args {
     /// Size of the file A keeps referenced, MiB.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     file_mib: u32,
+    /// Do not write a blob file per seeded row (the sweep's deletes then find nothing:
+    /// the database side alone).
+    #[arg(long)]
+    no_blobs: bool,
     /// Where the folders and server data go [default: the temp dir].
     #[arg(long)]
     work_dir: Option<std::path::PathBuf>,
@@ -97,9 +101,15 @@ impl Args {
                      small file per round; A's {} MiB file (its chunks referenced) must survive.",
                     self.rows, self.batch, self.file_mib
                 ),
-                "Swept rows have no blob files: each blob delete finds nothing, so the figure \
-                 is the database side plus per-blob call overhead, not a million unlinks."
-                    .to_owned(),
+                if self.no_blobs {
+                    "Swept rows have no blob files (--no-blobs): each blob delete finds nothing, \
+                     so the figure is the database side plus per-blob call overhead."
+                        .to_owned()
+                } else {
+                    "Each swept row has an (empty) blob file in the local blob store, unlinked \
+                     by the sweep; seed_time includes writing them."
+                        .to_owned()
+                },
                 format!(
                     "A's round: write one 1 KiB file, sync_once (scan, upload, commit); 'before' \
                      is the median of {BASELINE_ROUNDS} rounds just before the sweep."
@@ -133,7 +143,12 @@ impl Args {
             eprintln!("gc: seeding {} chunk rows", self.rows);
         }
         let seeded = Instant::now();
-        seed_rows(&server.database_url, self.rows).await?;
+        let ns = seed_rows(&server.database_url, self.rows).await?;
+        if !self.no_blobs {
+            let dir = server.blob_dir();
+            let rows = self.rows;
+            tokio::task::spawn_blocking(move || seed_blobs(&dir, ns, rows)).await??;
+        }
         let seed_secs = seeded.elapsed().as_secs_f64();
 
         let mut small = 0usize;
@@ -188,6 +203,18 @@ impl Args {
             "verify found damage after the sweep: {:?}",
             verify.damage.first()
         );
+        if !self.no_blobs {
+            use fsync_store::BlobStore as _;
+            let store = fsync_store::LocalStore::open(server.blob_dir())?;
+            let sample: Vec<ChunkId> = [1, self.rows / 2 + 1, self.rows]
+                .iter()
+                .map(|&n| seeded_id(n).parse())
+                .collect::<Result<_, _>>()?;
+            ensure!(
+                !store.contains_many(&ns, &sample).await?.contains(&true),
+                "a swept row's blob is still stored"
+            );
+        }
         let after = kept_chunk_ids(&server.database_url).await?;
         ensure!(
             kept.iter().all(|id| after.contains(id)),
@@ -261,9 +288,29 @@ async fn kept_chunk_ids(url: &str) -> anyhow::Result<std::collections::HashSet<S
         .collect()
 }
 
-/// Inserts `rows` unreferenced chunk rows (ids `0…01` upwards, 64 KiB stored, created
-/// and last touched at the epoch) into the one namespace, then `ANALYZE`.
-async fn seed_rows(url: &str, rows: u32) -> anyhow::Result<()> {
+/// The id of the `n`th seeded row: `n` as 64 hex digits.
+fn seeded_id(n: u32) -> String {
+    format!("{n:064x}")
+}
+
+/// An empty blob file for each seeded row, where the server's local store keeps it.
+fn seed_blobs(dir: &std::path::Path, ns: NamespaceId, rows: u32) -> anyhow::Result<()> {
+    use rayon::prelude::*;
+    let store = fsync_store::LocalStore::open(dir)?;
+    (1..=rows).into_par_iter().try_for_each(|n| {
+        let id: ChunkId = seeded_id(n).parse()?;
+        let path = store.blob_path(&ns, &id);
+        let parent = path.parent().context("a blob path has a parent")?;
+        std::fs::create_dir_all(parent)?;
+        std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+        anyhow::Ok(())
+    })
+}
+
+/// Inserts `rows` unreferenced chunk rows (ids [`seeded_id`] 1 upwards, 64 KiB stored,
+/// created and last touched at the epoch) into the one namespace, then `ANALYZE`.
+/// Returns the namespace.
+async fn seed_rows(url: &str, rows: u32) -> anyhow::Result<NamespaceId> {
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(url).await?;
     let ns: String = sqlx::query("SELECT id FROM namespaces")
@@ -280,14 +327,14 @@ async fn seed_rows(url: &str, rows: u32) -> anyhow::Result<()> {
          SELECT $1, printf('%064x', x), 65536, 0, 0 FROM g"
     };
     sqlx::query(sql)
-        .bind(ns)
+        .bind(ns.clone())
         .bind(i64::from(rows))
         .execute(&mut conn)
         .await
         .context("seeding chunk rows")?;
     sqlx::query("ANALYZE").execute(&mut conn).await?;
     let _ = conn.close().await;
-    Ok(())
+    Ok(ns.parse()?)
 }
 
 #[cfg(test)]
