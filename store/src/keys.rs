@@ -586,6 +586,103 @@ mod tests {
         assert_eq!((a.m_kib, a.t, a.p), (d.m_kib, d.t, d.p));
     }
 
+    // Known answers, computed outside this code base: the other tests compare our
+    // derivations with themselves, so they would all still pass if an HKDF info
+    // string or salt, the Argon2 variant, version or costs, or the salt decoding
+    // changed. These would not.
+    //
+    // Argon2id: the reference implementation's CLI (Debian package `argon2`,
+    // phc-winner-argon2 20171227). HKDF-SHA256 (empty salt, i.e. 32 zero bytes;
+    // 32-byte output, a single HMAC block): Python 3's standard library, with a
+    // one-liner checked against RFC 5869 test case 3.
+
+    const KAT_PASSWORD: &str = "correct horse battery staple";
+    /// The salt's bytes are the ASCII of "fsync-kat-salt16", which the CLI takes as is.
+    const KAT_SALT_HEX: &str = "6673796e632d6b61742d73616c743136";
+
+    fn kat_params(m_kib: u32, t: u32, p: u32) -> KdfParams {
+        KdfParams {
+            kdf: KDF_ARGON2ID.to_owned(),
+            m_kib,
+            t,
+            p,
+            salt: KAT_SALT_HEX.to_owned(),
+        }
+    }
+
+    fn hex32(s: &str) -> [u8; KEY_LEN] {
+        let mut out = [0u8; KEY_LEN];
+        hex::decode_to_slice(s, &mut out).unwrap();
+        out
+    }
+
+    /// `echo -n 'correct horse battery staple' | argon2 fsync-kat-salt16 -id -t 1 -k 8192 -p 1 -l 32 -r`
+    const KAT_MASTER_M8192_T1_P1: &str =
+        "7882ad5bec2881ac68b88d0d3d8ffd30397b6922fe82e7c8d6968f75729acd3c";
+    /// `echo -n 'correct horse battery staple' | argon2 fsync-kat-salt16 -id -t 2 -k 9216 -p 2 -l 32 -r`
+    const KAT_MASTER_M9216_T2_P2: &str =
+        "fb22ef992f82bc652dd269f358a440b460e0685759e635c30210830ead0bafa0";
+
+    #[test]
+    fn master_key_matches_reference_argon2id() {
+        let master = MasterKey::derive(KAT_PASSWORD, &kat_params(8192, 1, 1)).unwrap();
+        assert_eq!(hex::encode(master.0), KAT_MASTER_M8192_T1_P1);
+        // Each of m, t and p differs: all three reach Argon2.
+        let master = MasterKey::derive(KAT_PASSWORD, &kat_params(9216, 2, 2)).unwrap();
+        assert_eq!(hex::encode(master.0), KAT_MASTER_M9216_T2_P2);
+    }
+
+    /// ```text
+    /// python3 -c "import hmac,hashlib;h=lambda k,m:hmac.new(k,m,hashlib.sha256).digest();prk=h(bytes(32),bytes.fromhex('7882ad5bec2881ac68b88d0d3d8ffd30397b6922fe82e7c8d6968f75729acd3c'));[print(i.decode(),h(prk,i+b'\x01').hex()) for i in (b'fsync/auth',b'fsync/kek')]"
+    /// ```
+    const KAT_AUTH: &str = "aeb6354cafa83a7eac8bcb135e5ae95ab937a101bff073abad8c827026d95c9e";
+    const KAT_KEK: &str = "c80eb2b59bd4b690678efc577b1a745c47c3d505842965cfa9dc3a3eb1f19116";
+
+    #[test]
+    fn master_subkeys_match_reference_hkdf() {
+        let master = MasterKey(hex32(KAT_MASTER_M8192_T1_P1));
+        assert_eq!(master.auth_key().to_hex(), KAT_AUTH);
+        assert_eq!(hex::encode(master.kek().0), KAT_KEK);
+        // End to end, from the password.
+        let derived = MasterKey::derive(KAT_PASSWORD, &kat_params(8192, 1, 1)).unwrap();
+        assert_eq!(derived.auth_key().to_hex(), KAT_AUTH);
+    }
+
+    /// Namespace key = bytes 0, 1, …, 31:
+    /// ```text
+    /// python3 -c "import hmac,hashlib;h=lambda k,m:hmac.new(k,m,hashlib.sha256).digest();prk=h(bytes(32),bytes(range(32)));[print(i.decode(),h(prk,i+b'\x01').hex()) for i in (b'fsync/id',b'fsync/enc')]"
+    /// ```
+    const KAT_ID_KEY: &str = "a1ba6843e635831a2b5f64bd00e734568b803346abe1b7c9d5aa9c8f5a15b402";
+    const KAT_ENC_KEY: &str = "6b3976d49e134914aa5fc060d9b154f28faf6182939e710605816919f927f1c4";
+
+    #[test]
+    fn namespace_subkeys_match_reference_hkdf() {
+        let mut bytes = [0u8; KEY_LEN];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let keys = NamespaceKey(bytes).derive();
+        assert_eq!(hex::encode(keys.id_key.as_bytes()), KAT_ID_KEY);
+        assert_eq!(hex::encode(keys.enc_key.0), KAT_ENC_KEY);
+    }
+
+    /// The server's auth-key hashes: a PHC string from the reference implementation
+    /// verifies, and new hashes keep the costs stored hashes were made with.
+    ///
+    /// `echo -n aeb6354cafa83a7eac8bcb135e5ae95ab937a101bff073abad8c827026d95c9e | argon2 fsync-kat-phc-salt -id -t 2 -k 19456 -p 1 -l 32 -e`
+    #[test]
+    fn auth_key_hashes_match_reference_argon2id() {
+        const PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$ZnN5bmMta2F0LXBoYy1zYWx0\
+                           $I+mflEkisaISgVU/hHL9BolmAylTY2xzLzTykry6kLY";
+        assert!(verify_auth_key(KAT_AUTH, PHC));
+        assert!(!verify_auth_key(KAT_KEK, PHC));
+        let fresh = hash_auth_key(KAT_AUTH).unwrap();
+        assert!(
+            fresh.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{fresh}"
+        );
+    }
+
     #[test]
     fn debug_output_is_redacted() {
         let keys = NamespaceKey::generate().derive();
