@@ -42,8 +42,9 @@ pub struct Config {
     /// Directory for the default database, blobs and secret.
     #[arg(long, env = "FSYNC_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// Log level: error, warn, info, debug, trace (or a tracing filter).
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    /// Log level: off, error, warn, info, debug, trace, or a tracing filter whose every
+    /// directive names one (`info,fsync_server=debug`). Anything else is refused.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
@@ -54,6 +55,31 @@ pub struct Config {
     /// PEM private key of `--tls-cert`.
     #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// The levels a `--log-level` directive may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Validates a `--log-level`. A tracing filter takes a bare word for a target name (all
+/// of its events), so a misspelt level (`verbose`, `infoo`) would silently log nothing
+/// useful: every comma-separated directive must end in one of [`LOG_LEVELS`].
+fn parse_log_level(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    for directive in s.split(',') {
+        let directive = directive.trim();
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
+        if !LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "{directive:?} names no log level; use one of {} or a filter such as \
+                 \"info,fsync_server=debug\"",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| format!("not a log filter: {e}"))?;
+    Ok(s.to_owned())
 }
 
 /// Why the configuration is unusable.
@@ -200,6 +226,51 @@ mod tests {
                 std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
                 0o600
             );
+        }
+    }
+
+    /// The defaults, parsed with the environment ignored (so that a developer's
+    /// `SERVER_PORT` cannot change what this checks): no configuration at all serves
+    /// HTTP on 127.0.0.1:8000 with SQLite, blobs and the secret under `./data`.
+    #[test]
+    fn with_no_configuration_the_server_serves_on_localhost_8000() {
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Config::command().mut_args(|a| a.env(None));
+        let c = Config::from_arg_matches(&cmd.get_matches_from(["fsync-server"])).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8000));
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(c.database_url, None);
+        assert_eq!(
+            c.storage().files_directory(),
+            PathBuf::from("data").join("blobs")
+        );
+        assert_eq!(c.secret_key, None);
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!((c.tls_cert, c.tls_key), (None, None));
+    }
+
+    #[test]
+    fn log_levels_and_filters_are_accepted_and_anything_else_refused() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "off",
+            "info,fsync_server=debug",
+            "warn,sqlx=error",
+        ] {
+            assert!(parse_log_level(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "verbose",
+            "infoo",
+            "",
+            "info,fsync_server",
+            "fsync_server=loud",
+            "=",
+        ] {
+            let err = parse_log_level(bad).expect_err(bad);
+            assert!(err.contains("names no log level"), "{bad}: {err}");
         }
     }
 

@@ -1,18 +1,33 @@
 //! `fsync-server`: parses options, opens storage, serves until Ctrl-C or SIGTERM.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use fsync_server::{build_state, load_server_config, run, run_tls, Config, LogFormat};
 
-fn init_logging(config: &Config) {
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    // Validated when parsed; a failure here would be a bug, not a silent fallback.
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .with_context(|| format!("--log-level {:?}", config.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        // Colour codes only on a terminal, never in a log file or a pipe.
+        .with_ansi(std::io::stdout().is_terminal());
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+/// Loads `.env` from the working directory (only there, not from a parent directory);
+/// a file that does not parse is an error, not silently skipped.
+fn load_dotenv() -> anyhow::Result<()> {
+    match dotenvy::from_path(".env") {
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.context("reading .env in the working directory"),
     }
 }
 
@@ -38,9 +53,9 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = dotenvy::dotenv();
+    load_dotenv()?;
     let config = Config::parse();
-    init_logging(&config);
+    init_logging(&config)?;
     if fsync_common::failpoint::init() {
         tracing::warn!("fault injection is armed (FSYNC_FAILPOINTS): test use only");
     }
