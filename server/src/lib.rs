@@ -33,7 +33,7 @@ pub use auth::tokens::{hash_refresh_token, Claims, TokenError, TokenService};
 pub use config::{Config, ConfigError, LogFormat, StorageConfig};
 pub use db::{
     open as open_repo, open_postgres, open_sqlite, Actor, BatchAnswer, BatchOp, BlobConfirm,
-    DbError, MetaRepo, NewUser,
+    DbError, MetaRepo, NewUser, TokenOwner,
 };
 pub use gc::{
     put_blobs, record_stored, store_chunks, Collector, Damage, GcError, GcEvent, GcHook, GcLock,

@@ -1350,12 +1350,16 @@ impl MetaRepo for SqlRepo {
         Ok(Some(owner))
     }
 
-    async fn delete_refresh(&self, token_hash: &str) -> Result<bool, DbError> {
+    async fn delete_refresh(&self, token_hash: &str, owner: TokenOwner) -> Result<bool, DbError> {
         let _guard = self.write_guard().await;
-        let r = sqlx::query("DELETE FROM refresh_tokens WHERE token_hash = $1")
-            .bind(token_hash)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "DELETE FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2 AND device_id = $3",
+        )
+        .bind(token_hash)
+        .bind(owner.user.to_hex())
+        .bind(owner.device.to_hex())
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected() > 0)
     }
 

@@ -224,8 +224,25 @@ async fn users_devices_and_tokens() {
         repo.insert_refresh("h5", owner, NOW + 100, NOW)
             .await
             .unwrap();
-        assert!(repo.delete_refresh("h5").await.unwrap());
-        assert!(!repo.delete_refresh("h5").await.unwrap());
+        // Logout deletes only the caller's own token: not another device's of the same
+        // user, nor another user's.
+        let other_device = TokenOwner {
+            device: w.b.device,
+            ..owner
+        };
+        let other_user = TokenOwner {
+            user: UserId::from_bytes([0x42; 16]),
+            ..owner
+        };
+        for stranger in [other_device, other_user] {
+            assert!(
+                !repo.delete_refresh("h5", stranger).await.unwrap(),
+                "{}: {stranger:?} deleted another's token",
+                be.name
+            );
+        }
+        assert!(repo.delete_refresh("h5", owner).await.unwrap());
+        assert!(!repo.delete_refresh("h5", owner).await.unwrap());
         // Revocation stops the device and its tokens.
         repo.insert_refresh("h6", owner, NOW + 100, NOW)
             .await

@@ -225,15 +225,24 @@ pub async fn refresh(
     }))
 }
 
-/// `POST /api/v1/auth/logout`: forgets the refresh token.
+/// `POST /api/v1/auth/logout`: forgets the caller's refresh token. Only a token of the
+/// caller's own user and device is deleted; any other token (unknown, already used, or
+/// another user's or device's) is left alone and answered the same way, 204, so that
+/// logout neither revokes nor tells anything about someone else's session.
 pub async fn logout(
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
     state
         .repo
-        .delete_refresh(&hash_refresh_token(&req.refresh_token))
+        .delete_refresh(
+            &hash_refresh_token(&req.refresh_token),
+            TokenOwner {
+                user: auth.user,
+                device: auth.device,
+            },
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
