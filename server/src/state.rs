@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fsync_common::{NamespaceId, Seq};
+use fsync_common::{DeviceId, NamespaceId, Seq};
 use fsync_store::BlobStore;
 use tokio::sync::broadcast;
 
@@ -57,6 +57,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Journal pushes to WebSockets: (namespace, latest seq).
     pub push: broadcast::Sender<(NamespaceId, Seq)>,
+    /// Devices just revoked: their open WebSockets close at once.
+    pub revoked: broadcast::Sender<DeviceId>,
     /// Prometheus counters.
     pub metrics: Arc<Metrics>,
     /// Server secret (derives fake KDF params for unknown users).
@@ -79,6 +81,7 @@ impl AppState {
     /// Builds the state from its parts.
     pub fn new(repo: Arc<dyn MetaRepo>, blobs: Arc<dyn BlobStore>, secret: Vec<u8>) -> Self {
         let (push, _) = broadcast::channel(1024);
+        let (revoked, _) = broadcast::channel(64);
         let dummy_hash =
             fsync_store::hash_auth_key(&"00".repeat(32)).expect("hashing a constant works");
         Self {
@@ -88,6 +91,7 @@ impl AppState {
             limiter: Arc::new(RateLimiter::new()),
             limits: Limits::default(),
             push,
+            revoked,
             metrics: Arc::new(Metrics::default()),
             secret: Arc::new(secret),
             dummy_hash: Arc::new(dummy_hash),
@@ -98,6 +102,13 @@ impl AppState {
     pub fn notify(&self, ns: NamespaceId, seq: Seq) {
         // No subscribers is fine.
         let _ = self.push.send((ns, seq));
+    }
+
+    /// Tells WebSocket tasks that `device` was revoked, so that its sockets close now
+    /// rather than when their token expires.
+    pub fn device_revoked(&self, device: DeviceId) {
+        // No open socket is fine.
+        let _ = self.revoked.send(device);
     }
 }
 

@@ -255,7 +255,8 @@ pub async fn list_devices(
     Ok(Json(state.repo.list_devices(auth.user).await?))
 }
 
-/// `DELETE /api/v1/devices/{id}`: revokes a device; its tokens stop working at once.
+/// `DELETE /api/v1/devices/{id}`: revokes a device; its tokens stop working at once and
+/// its open WebSockets are closed.
 pub async fn revoke_device(
     State(state): State<AppState>,
     auth: Auth,
@@ -263,6 +264,7 @@ pub async fn revoke_device(
 ) -> Result<StatusCode, ApiError> {
     let device = DeviceId::from_hex(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if state.repo.revoke_device(auth.user, device).await? {
+        state.device_revoked(device);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("device not found".into()))

@@ -1,10 +1,17 @@
 //! `GET /api/v1/ws`: pushes `{type:"changed", namespace, seq}` after every commit in the
 //! user's namespaces. Authenticated by bearer header or by a first `{type:"auth"}`
-//! message; closed when the token expires.
+//! message; closed (1008) when the token expires or the device is revoked.
+//!
+//! Refusals before the upgrade are JSON error bodies like every other endpoint's: a bad
+//! bearer token is 401 `unauthorized` (checked first), and a request that is not a
+//! WebSocket upgrade (no `Connection: upgrade`, `Upgrade: websocket`,
+//! `Sec-WebSocket-Version: 13` or `Sec-WebSocket-Key`) is 400 `bad_request` naming what
+//! is missing.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::request::Parts;
@@ -14,7 +21,7 @@ use fsync_common::NamespaceId;
 
 use super::error::ApiError;
 use super::extract::{authenticate, bearer, Auth};
-use crate::state::AppState;
+use crate::state::{now_secs, AppState};
 
 const HEARTBEAT: Duration = Duration::from_secs(20);
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,14 +30,32 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn upgrade(
     State(state): State<AppState>,
     parts: Parts,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     // A bad header token is refused before upgrading; no header means "auth message".
     let pre = match bearer(&parts) {
         Some(t) => Some((authenticate(&state, t).await?, expiry(&state, t))),
         None => None,
     };
+    let ws = ws.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "not a WebSocket upgrade request: {}",
+            e.body_text()
+        ))
+    })?;
     Ok(ws.on_upgrade(move |socket| serve(state, socket, pre)))
+}
+
+/// False only when the database says the device is revoked (a failed look-up keeps the
+/// socket: the next one decides).
+async fn still_active(state: &AppState, auth: &Auth) -> bool {
+    !matches!(
+        state
+            .repo
+            .device_active(auth.user, auth.device, now_secs())
+            .await,
+        Ok(false)
+    )
 }
 
 fn expiry(state: &AppState, token: &str) -> u64 {
@@ -60,6 +85,9 @@ async fn close(mut socket: WebSocket, reason: &'static str) {
 }
 
 async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>) {
+    // Subscribed before the device is checked: a revocation after the check below is
+    // received here, one before it is seen by the check.
+    let mut revoked = state.revoked.subscribe();
     let pre = match pre {
         Some(p) => Some(p),
         None => first_message_auth(&state, &mut socket).await,
@@ -67,6 +95,9 @@ async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>)
     let Some((auth, exp)) = pre else {
         return close(socket, "authentication required").await;
     };
+    if !still_active(&state, &auth).await {
+        return close(socket, "device revoked").await;
+    }
     let Ok(grants) = state.repo.namespaces_of(auth.user).await else {
         return close(socket, "server error").await;
     };
@@ -93,7 +124,7 @@ async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>)
             }
         }
     }
-    let now = crate::state::now_secs() as u64;
+    let now = now_secs() as u64;
     let until_expiry = tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now)));
     tokio::pin!(until_expiry);
     let mut beat = tokio::time::interval(HEARTBEAT);
@@ -103,6 +134,21 @@ async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>)
                 close(socket, "token expired").await;
                 break;
             }
+            gone = revoked.recv() => match gone {
+                Ok(device) if device == auth.device => {
+                    close(socket, "device revoked").await;
+                    break;
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed revocations: ask the database.
+                    if !still_active(&state, &auth).await {
+                        close(socket, "device revoked").await;
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
             _ = beat.tick() => {
                 if send(&mut socket, &PushMessage::Heartbeat).await.is_err() { break; }
             }
