@@ -3,7 +3,9 @@
 //!
 //! - The server's storage (SQLite file and WAL, blobs, its log; on PostgreSQL every
 //!   row) never holds a canary plaintext, the file contents, the password, the auth
-//!   key, or an unkeyed hash of a file. Paths are visible to the server by design
+//!   key, an unkeyed hash of a file, or an access or refresh token (after they went
+//!   through headers, a query string, refresh, logout and refused reuse, with the
+//!   server logging at debug). Paths are visible to the server by design
 //!   (§3), so they are not checked (the scan does find them: proof that it reads the
 //!   database at all).
 //! - The same file in two accounts gets different chunk ids and content hashes.
@@ -31,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fsync_common::limits::{MAX_BLOB_SIZE, MAX_CHUNK_PLAINTEXT};
-use fsync_common::wire::{KdfParams, LoginResponse};
+use fsync_common::wire::{KdfParams, LoginResponse, TokenResponse};
 use fsync_common::ChunkId;
 use fsync_store::{BlobCodec, MasterKey, BLOB_OVERHEAD};
 use fsync_tests::{assert_same_tree, random_bytes, temp_files, Backend, Client, Server, PASSWORD};
@@ -194,10 +196,23 @@ impl Http {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> (Response, Duration) {
+        self.send_with(from, method, path, None, body)
+    }
+
+    /// [`Http::send`], with `Authorization: Bearer <bearer>` when given.
+    fn send_with(
+        &self,
+        from: Ipv4Addr,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> (Response, Duration) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let body = body.map(ToString::to_string).unwrap_or_default();
+        let auth = bearer.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
@@ -221,6 +236,18 @@ impl Http {
 
     fn post(&self, path: &str, body: &serde_json::Value) -> Response {
         self.send(self.fresh_ip(), "POST", path, Some(body)).0
+    }
+
+    /// A request with a bearer token.
+    fn authed(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Response {
+        self.send_with(self.fresh_ip(), method, path, Some(token), body)
+            .0
     }
 
     fn login(&self, from: Ipv4Addr, username: &str, key_hex: &str) -> (Response, Duration) {
@@ -642,23 +669,88 @@ fn canary(backend: Backend) {
         .expect("derive")
         .auth_key()
         .to_hex();
-    let secrets = Secrets {
+    let mut secrets = Secrets {
         canary: &canary,
         auth_key: &auth_key,
         contents: [small.as_slice(), letter.as_slice()],
+        tokens: Vec::new(),
     };
-    // After the upload, and again after another device downloaded everything.
+    // After the upload, and again after another device downloaded everything and
+    // tokens went through every path a token takes.
     scan_server(&server, backend, &db_url, &secrets, "after the upload");
     b.sync();
     assert_same_tree(&a, &b);
+    secrets.tokens = use_tokens(&http, "alice", &auth_key);
     scan_server(&server, backend, &db_url, &secrets, "after the download");
 }
 
-/// What must never reach the server.
+/// Logs in and sends the tokens everywhere they go: bearer headers, a query string,
+/// a refresh (rotation), a logout, and a reuse of a rotated and a logged-out refresh
+/// token (refused: the refusal is logged at debug). Returns the tokens by name.
+fn use_tokens(http: &Http, username: &str, auth_key: &str) -> Vec<(String, String)> {
+    let r = http.post(
+        "/api/v1/auth/login",
+        &json!({"username": username, "password": auth_key, "device_name": "token scan"}),
+    );
+    assert_eq!(r.status, 200, "login: {}", r.text());
+    let login: LoginResponse = serde_json::from_value(r.json()).expect("login answer");
+    let (access, refresh) = (login.access_token, login.refresh_token);
+    let r = http.authed("GET", "/api/v1/files/list", &access, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Whatever the answer, a token in a query string must not reach the log either.
+    http.authed(
+        "GET",
+        &format!("/api/v1/files/list?access_token={access}&refresh_token={refresh}"),
+        &access,
+        None,
+    );
+    let r = http.post("/api/v1/auth/refresh", &json!({ "refresh_token": refresh }));
+    assert_eq!(r.status, 200, "refresh: {}", r.text());
+    let rotated: TokenResponse = serde_json::from_value(r.json()).expect("refresh answer");
+    let r = http.authed("GET", "/api/v1/devices", &rotated.access_token, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http.authed(
+        "POST",
+        "/api/v1/auth/logout",
+        &rotated.access_token,
+        Some(&json!({ "refresh_token": rotated.refresh_token })),
+    );
+    assert!(r.status < 300, "logout: {} {}", r.status, r.text());
+    for stale in [&refresh, &rotated.refresh_token] {
+        let r = http.post("/api/v1/auth/refresh", &json!({ "refresh_token": stale }));
+        assert_eq!(r.status, 401, "a stale refresh token: {}", r.text());
+    }
+    let mut tokens = vec![
+        ("the access token".to_owned(), access),
+        ("the refresh token".to_owned(), refresh),
+        ("the rotated access token".to_owned(), rotated.access_token),
+        (
+            "the rotated refresh token".to_owned(),
+            rotated.refresh_token,
+        ),
+    ];
+    // A JWT's signature alone is what makes it a credential.
+    let signatures: Vec<(String, String)> = tokens
+        .iter()
+        .filter(|(name, _)| name.contains("access"))
+        .map(|(name, t)| {
+            let sig = t.rsplit('.').next().expect("a JWT").to_owned();
+            assert!(sig.len() >= 40, "not a signed JWT: {t}");
+            (format!("{name}'s signature"), sig)
+        })
+        .collect();
+    tokens.extend(signatures);
+    tokens
+}
+
+/// What must never reach the server (its storage and its log).
 struct Secrets<'a> {
     canary: &'a str,
     auth_key: &'a str,
     contents: [&'a [u8]; 2],
+    /// Access and refresh tokens, by name: the server keeps refresh tokens hashed and
+    /// logs neither.
+    tokens: Vec<(String, String)>,
 }
 
 /// Scans everything the server keeps for the secrets.
@@ -702,6 +794,9 @@ fn scan_server(server: &Server, backend: Backend, db_url: &str, s: &Secrets, whe
             hex::decode(s.auth_key).expect("hex"),
         ),
     ];
+    for (name, token) in &s.tokens {
+        needles.push((name.clone(), token.as_bytes().to_vec()));
+    }
     for (name, data) in ["small.bin", "letter.txt"].into_iter().zip(s.contents) {
         let b3 = blake3::hash(data);
         let sha = sha2::Sha256::digest(data);
