@@ -60,10 +60,20 @@ pub struct Config {
 /// The levels a `--log-level` directive may name.
 const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
+/// Loads `.env` from the working directory (only there, not from a parent directory);
+/// a file that does not parse is an error, not silently skipped. Both binaries
+/// (`fsync-server`, `fsync-gc`) call it before parsing their options.
+pub fn load_dotenv() -> Result<(), dotenvy::Error> {
+    match dotenvy::from_path(".env") {
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// Validates a `--log-level`. A tracing filter takes a bare word for a target name (all
 /// of its events), so a misspelt level (`verbose`, `infoo`) would silently log nothing
 /// useful: every comma-separated directive must end in one of [`LOG_LEVELS`].
-fn parse_log_level(s: &str) -> Result<String, String> {
+pub fn parse_log_level(s: &str) -> Result<String, String> {
     let s = s.trim();
     for directive in s.split(',') {
         let directive = directive.trim();

@@ -22,15 +22,6 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads `.env` from the working directory (only there, not from a parent directory);
-/// a file that does not parse is an error, not silently skipped.
-fn load_dotenv() -> anyhow::Result<()> {
-    match dotenvy::from_path(".env") {
-        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other.context("reading .env in the working directory"),
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -53,7 +44,7 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    load_dotenv()?;
+    fsync_server::load_dotenv().context("reading .env in the working directory")?;
     let config = Config::parse();
     init_logging(&config)?;
     if fsync_common::failpoint::init() {

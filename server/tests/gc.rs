@@ -1066,6 +1066,61 @@ fn fsync_gc(env: &Env, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `fsync-gc` reads its options like the server: a log level naming no level and a
+/// `.env` that does not parse are refused (exit 2), not silently replaced; `.env` is
+/// read from the working directory.
+#[test]
+fn options_are_validated_like_the_servers() {
+    let gc = env!("CARGO_BIN_EXE_fsync-gc");
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        std::process::Command::new(gc)
+            .args(args)
+            .current_dir(cwd.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("POSTGRES_URL")
+            .env_remove("LOG_LEVEL")
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let data = cwd.path().join("data");
+    let data = data.to_str().unwrap();
+    let out = run(
+        &["--data-dir", data, "--log-level", "verbose", "stats"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("verbose"),
+        "{out:?}"
+    );
+    let out = run(&["--data-dir", data, "stats"], &[("LOG_LEVEL", "loud")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = run(&["--data-dir", data, "stats", "--json"], &[]);
+    assert!(out.status.success(), "{out:?}");
+
+    // .env in the working directory supplies the data dir; a broken one is refused.
+    std::fs::write(
+        cwd.path().join(".env"),
+        format!("FSYNC_DATA_DIR={}\n", cwd.path().join("from-env").display()),
+    )
+    .unwrap();
+    let out = run(&["stats", "--json"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        cwd.path().join("from-env").join("fsync.db").exists(),
+        "the .env data dir was not used"
+    );
+    std::fs::write(cwd.path().join(".env"), "NOT A VALID LINE\n").unwrap();
+    let out = run(&["stats"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(".env"),
+        "{out:?}"
+    );
+}
+
 /// `fsync-gc run` under a pseudo-terminal (util-linux `script`): the progress bar
 /// draws its stages on the terminal; with stderr a pipe, no terminal codes at all.
 #[tokio::test]

@@ -158,7 +158,7 @@ impl Args {
         }
 
         if progress {
-            eprintln!("gc: sweeping ({:.1} s to seed)", seed_secs);
+            eprintln!("gc: sweeping ({seed_secs:.1} s to seed)");
         }
         let blobs = fsync_store::LocalStore::open(server.blob_dir())
             .context("opening the server's blob store")?;

@@ -36,8 +36,9 @@ struct Cli {
     /// Print one JSON object on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Log level (a tracing filter).
-    #[arg(long, env = "LOG_LEVEL", default_value = "warn", global = true)]
+    /// Log level: off, error, warn, info, debug, trace, or a tracing filter whose every
+    /// directive names one. Anything else is refused.
+    #[arg(long, env = "LOG_LEVEL", default_value = "warn", global = true, value_parser = fsync_server::parse_log_level)]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -325,13 +326,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _ = dotenvy::dotenv();
+    if let Err(e) = fsync_server::load_dotenv() {
+        eprintln!("fsync-gc: reading .env in the working directory: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("fsync-gc: --log-level {:?}: {e}", cli.log_level);
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     match run(cli).await {
