@@ -67,8 +67,8 @@ run() {
 }
 
 if [ "$QUICK" = 1 ]; then
-  run pipeline pipeline --size-mib 16 --repeat 1
-  run pipeline-blake3 pipeline --size-mib 16 --repeat 1 --stage blake3 --stage blake3-64k
+  run pipeline pipeline --size-mib 16 --repeat 1 --rounds 1
+  run pipeline-blake3 pipeline --size-mib 16 --repeat 1 --rounds 1 --stage blake3 --stage blake3-64k
   run server server "${db_args[@]}" --ids 1000 --repeat 2 --files 1000 --repeat-commits 1
   small=(--files 300 --total-mib 20 --large-mib 32 --repeat 2 --edit-repeat 1 --edits 10)
   run initial-sync sync --only initial-sync --only noop-rescan --compare "${db_args[@]}" "${small[@]}"

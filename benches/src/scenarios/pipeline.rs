@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 
 use crate::data::{self, DataKind};
 use crate::report::{Record, Report};
-use crate::timing::median_secs;
+use crate::timing::{median, median_secs};
 
 /// The `scenario` of this module's records.
 const SCENARIO: &str = "pipeline";
@@ -65,6 +65,11 @@ pub(crate) struct Args {
     /// Runs of each measurement; the median is reported.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     repeat: u32,
+    /// Rounds over every stage and thread count (interleaved, so a burst of other work
+    /// on the machine hits different figures in different rounds); each figure is the
+    /// median of its rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Threads of the multi-threaded runs [default: all cores]. Single-threaded
     /// figures are always measured too.
     #[arg(long)]
@@ -84,6 +89,8 @@ pub(crate) struct Options {
     size: usize,
     /// Runs per measurement.
     repeat: usize,
+    /// Interleaved rounds; the median of the rounds is reported.
+    rounds: usize,
     /// Thread counts to measure, ascending, without duplicates.
     thread_counts: Vec<usize>,
     /// Stages to measure, in report order.
@@ -108,6 +115,7 @@ impl Args {
         Ok(Options {
             size: self.size_mib as usize * (1 << 20),
             repeat: self.repeat as usize,
+            rounds: self.rounds as usize,
             thread_counts,
             stages: if self.stages.is_empty() {
                 Stage::ALL.to_vec()
@@ -210,8 +218,9 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut records = Vec::new();
     let mut notes = vec![
         format!(
-            "MB/s = plaintext bytes / median wall time of {} run(s); 1 MB = 10^6 bytes.",
-            opts.repeat
+            "MB/s = plaintext bytes / wall time: the median of {} interleaved round(s), each \
+             the median of {} run(s); 1 MB = 10^6 bytes.",
+            opts.rounds, opts.repeat
         ),
         format!(
             "Input: {} MiB per data kind, generated in memory; chunks: FastCDC v2020 {}/{}/{} KiB.",
@@ -228,18 +237,30 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<Report> {
         let input = widest
             .install(|| bench.prepare(kind, opts.size, opts.stages.contains(&Stage::Decode)))?;
         let mut ratios = Vec::new();
-        for pool in &pools {
-            let threads = pool.current_num_threads();
-            for &stage in &opts.stages {
-                let measured = pool.install(|| bench.measure(stage, &input, opts.repeat))?;
-                if let (1, Some(compressed)) = (threads, measured.compressed) {
-                    ratios.push(format!(
-                        "{} {:.2}x",
-                        stage.label(),
-                        input.data.len() as f64 / compressed as f64
-                    ));
+        // secs[pool][stage]: one median per round.
+        let mut secs = vec![vec![Vec::with_capacity(opts.rounds); opts.stages.len()]; pools.len()];
+        for _ in 0..opts.rounds {
+            for (p, pool) in pools.iter().enumerate() {
+                for (s, &stage) in opts.stages.iter().enumerate() {
+                    let measured = pool.install(|| bench.measure(stage, &input, opts.repeat))?;
+                    let first = secs[p][s].is_empty();
+                    if let (true, 1, Some(compressed)) =
+                        (first, pool.current_num_threads(), measured.compressed)
+                    {
+                        ratios.push(format!(
+                            "{} {:.2}x",
+                            stage.label(),
+                            input.data.len() as f64 / compressed as f64
+                        ));
+                    }
+                    secs[p][s].push(measured.secs);
                 }
-                let mb_per_sec = input.data.len() as f64 / measured.secs / MB;
+            }
+        }
+        for (p, pool) in pools.iter().enumerate() {
+            let threads = pool.current_num_threads();
+            for (s, &stage) in opts.stages.iter().enumerate() {
+                let mb_per_sec = input.data.len() as f64 / median(&mut secs[p][s]) / MB;
                 let record = throughput(stage, threads, kind, mb_per_sec);
                 if opts.progress {
                     eprintln!(
