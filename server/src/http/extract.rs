@@ -64,6 +64,9 @@ fn json_content_type(headers: &HeaderMap) -> bool {
         && (sub.eq_ignore_ascii_case("json") || sub.to_ascii_lowercase().ends_with("+json"))
 }
 
+/// Largest body [`path_error`] re-parses to name the failing field exactly.
+const PATH_WALK_MAX_BODY: usize = 256 << 10;
+
 /// When `body` (well-formed JSON that does not deserialize as `T`) fails because a
 /// value is not a valid [`SyncPath`], the message naming the field and the reason.
 ///
@@ -71,10 +74,24 @@ fn json_content_type(headers: &HeaderMap) -> bool {
 /// validated again with [`SyncPath::new`], and it is a path error only when that
 /// validation fails with the very error serde reported. Inside an internally tagged
 /// enum (a sync event) serde locates only the enum, so the strings under it are tried.
+///
+/// Only errors worded like a [`PathError`](fsync_common::PathError) (all start with
+/// `path `) are looked into, and only in bodies up to [`PATH_WALK_MAX_BODY`]: the walk
+/// parses the body into a `serde_json::Value`, many times its size for a long array,
+/// and anyone may send a malformed body to the login routes. Larger bodies get serde's
+/// location and message as they are.
 fn path_error<T: DeserializeOwned>(body: &[u8]) -> Option<String> {
     let err =
         serde_path_to_error::deserialize::<_, T>(&mut serde_json::Deserializer::from_slice(body))
             .err()?;
+    let message = err.inner().to_string();
+    if !message.starts_with("path ") {
+        return None;
+    }
+    if body.len() > PATH_WALK_MAX_BODY {
+        let reason = message.split(" at line ").next().unwrap_or(&message);
+        return Some(format!("{}: {reason}", err.path()));
+    }
     let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
     let mut value = &doc;
     for segment in err.path() {
@@ -85,7 +102,7 @@ fn path_error<T: DeserializeOwned>(body: &[u8]) -> Option<String> {
             serde_path_to_error::Segment::Unknown => return None,
         };
     }
-    invalid_path_under(value, &err.path().to_string(), &err.inner().to_string())
+    invalid_path_under(value, &err.path().to_string(), &message)
 }
 
 /// The first string at or under `value` that [`SyncPath::new`] refuses with the error
@@ -249,5 +266,44 @@ impl FromRequestParts<AppState> for Auth {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized("missing bearer token"))?;
         authenticate(state, token).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        path: SyncPath,
+        other: Vec<u64>,
+    }
+
+    #[test]
+    fn path_errors_are_named_and_others_are_not() {
+        let bad = br#"{"path": "../x", "other": [1, 2]}"#;
+        let msg = path_error::<Body>(bad).unwrap();
+        assert!(msg.starts_with("path: path has a '..' component"), "{msg}");
+        assert_eq!(
+            path_error::<Body>(br#"{"path": "ok", "other": ["x"]}"#),
+            None
+        );
+        assert_eq!(path_error::<Body>(br#"{"other": []}"#), None);
+    }
+
+    /// A body far larger than the walk's cap, a bad path first and a long array
+    /// after it, is classified from serde's own error without parsing it into a
+    /// `Value` (which would take hundreds of MiB for 4 MiB of zeros).
+    #[test]
+    fn a_large_body_still_names_the_path_error() {
+        let mut body = br#"{"path": "/etc/passwd", "other": ["#.to_vec();
+        while body.len() < 4 << 20 {
+            body.extend_from_slice(b"0,");
+        }
+        body.extend_from_slice(b"0]}");
+        let msg = path_error::<Body>(&body).unwrap();
+        assert!(msg.starts_with("path: path is absolute"), "{msg}");
+        assert!(!msg.contains(" at line "), "{msg}");
     }
 }
