@@ -24,6 +24,10 @@ use super::extract::{authenticate, bearer, Auth};
 use crate::state::{now_secs, AppState};
 
 const HEARTBEAT: Duration = Duration::from_secs(20);
+/// A send that takes longer (the client stopped reading and the buffers are full) ends
+/// the connection: a stuck send would keep the revocation and expiry checks from
+/// running.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Upgrades the connection.
@@ -76,12 +80,12 @@ async fn first_message_auth(state: &AppState, socket: &mut WebSocket) -> Option<
 }
 
 async fn close(mut socket: WebSocket, reason: &'static str) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: 1008,
-            reason: reason.into(),
-        })))
-        .await;
+    let frame = Message::Close(Some(CloseFrame {
+        code: 1008,
+        reason: reason.into(),
+    }));
+    // Dropping the socket after a timeout closes the connection anyway.
+    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)).await;
 }
 
 async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>) {
@@ -181,5 +185,7 @@ async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>)
 
 async fn send(socket: &mut WebSocket, m: &PushMessage) -> Result<(), axum::Error> {
     let text = serde_json::to_string(m).expect("push messages serialize");
-    socket.send(Message::Text(text.into())).await
+    tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into())))
+        .await
+        .map_err(|_| axum::Error::new("the client did not read a push in time"))?
 }
