@@ -156,19 +156,25 @@ fn stale_temps_in(
         Err(e) => return Err(io_err("list", dir)(e)),
     };
     let (mut count, mut bytes) = (0u64, 0u64);
+    // A file that cannot be examined or removed does not stop the others; the first
+    // such error is returned at the end.
+    let mut first_error = None;
     for entry in entries {
         let entry = entry.map_err(io_err("list", dir))?;
         if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
             continue;
         }
         let path = entry.path();
-        let meta = match entry.metadata() {
+        let meta = match entry.metadata().and_then(|m| Ok((m.modified()?, m))) {
             Ok(m) => m,
             // Its put finished (linked and cleaned up) meanwhile.
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err("stat temp file", &path)(e)),
+            Err(e) => {
+                first_error.get_or_insert_with(|| io_err("stat temp file", &path)(e));
+                continue;
+            }
         };
-        let modified = meta.modified().map_err(io_err("stat temp file", &path))?;
+        let (modified, meta) = meta;
         if !meta.is_file() || modified >= older_than {
             continue;
         }
@@ -176,7 +182,10 @@ fn stale_temps_in(
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("delete temp file", &path)(e)),
+                Err(e) => {
+                    first_error.get_or_insert_with(|| io_err("delete temp file", &path)(e));
+                    continue;
+                }
             }
         }
         count += 1;
@@ -185,7 +194,10 @@ fn stale_temps_in(
     if count > 0 && !dry_run {
         sync_dir(dir)?;
     }
-    Ok((count, bytes))
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok((count, bytes)),
+    }
 }
 
 /// Blobs in one leaf directory whose ids are greater than `after`, sorted.
