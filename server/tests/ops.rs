@@ -87,7 +87,8 @@ fn assert_health_body(body: &Value, database: &str, blob_store: &str) {
 // ------------------------------------------------------------------ 1. /health
 
 /// PostgreSQL refuses the server's connections (the database stops accepting them and
-/// its sessions are terminated): 503 naming the database; 200 once it accepts again.
+/// its sessions are terminated, waiting up to 10 s for each to end): 503 naming the
+/// database; 200 once it accepts again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_names_the_database_when_postgres_is_down() {
     let Some(Backend::Postgres(base)) = backends().pop() else {
@@ -107,7 +108,7 @@ async fn health_names_the_database_when_postgres_is_down() {
         &base,
         &format!(
             "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+             SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = '{name}'"
         ),
     )
     .await;
