@@ -18,6 +18,7 @@
 //! must find nothing damaged and every one of A's chunks must still be stored.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Context as _};
@@ -162,31 +163,39 @@ impl Args {
         }
         let blobs = fsync_store::LocalStore::open(server.blob_dir())
             .context("opening the server's blob store")?;
-        let collector = Collector::open(&server.database_url, std::sync::Arc::new(blobs))
+        let collector = Collector::open(&server.database_url, Arc::new(blobs))
             .await
             .context("opening the collector")?;
         let opts = RunOptions {
             batch: self.batch as usize,
             ..RunOptions::default()
         };
-        let done = AtomicBool::new(false);
-        let sweep = async {
-            let started = Instant::now();
-            let r = collector.run(&opts, &NoProgress).await;
-            let secs = started.elapsed().as_secs_f64();
-            done.store(true, Ordering::SeqCst);
-            r.map(|r| (r, secs))
-        };
-        let load = async {
-            let mut times = Vec::new();
-            while !done.load(Ordering::SeqCst) {
-                times.push(small_file_round(&mut a, &mut small).await?);
+        // The sweep runs as its own task (on another runtime thread than A's rounds,
+        // so neither's CPU work stretches the other's timings).
+        let collector = Arc::new(collector);
+        let done = Arc::new(AtomicBool::new(false));
+        let sweep = tokio::spawn({
+            let (collector, done) = (Arc::clone(&collector), Arc::clone(&done));
+            async move {
+                let started = Instant::now();
+                let r = collector.run(&opts, &NoProgress).await;
+                let secs = started.elapsed().as_secs_f64();
+                done.store(true, Ordering::SeqCst);
+                r.map(|r| (r, secs))
             }
-            anyhow::Ok(times)
-        };
-        let (swept, rounds_during) = tokio::join!(sweep, load);
-        let (report, sweep_secs) = swept.context("the sweep failed")?;
-        let rounds_during = rounds_during?;
+        });
+        // At least one round (a tiny sweep may end before the first one does).
+        let mut rounds_during = Vec::new();
+        loop {
+            rounds_during.push(small_file_round(&mut a, &mut small).await?);
+            if done.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        let (report, sweep_secs) = sweep
+            .await
+            .context("the sweep task")?
+            .context("the sweep failed")?;
 
         ensure!(
             report.chunks_deleted == u64::from(self.rows),
