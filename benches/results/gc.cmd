@@ -1,3 +1,3 @@
 fsync-bench gc --db sqlite --db postgres
-# 2026-11-30 21:35 UTC, commit 1c07528 (plus uncommitted changes), 477 s;
-# load average (1, 5, 15 min) before: 1.66 2.57 3.14, after: 3.43 2.88 3.05
+# 2026-11-30 22:17 UTC, commit 2f7a058 (plus uncommitted changes), 454 s;
+# load average (1, 5, 15 min) before: 1.96 2.38 2.41, after: 8.10 3.97 3.00
