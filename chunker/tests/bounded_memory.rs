@@ -8,7 +8,7 @@
 use std::io::{self, Read};
 
 use fsync_chunker::{Chunker, ChunkerConfig, HashOptions};
-use fsync_common::IdKey;
+use fsync_common::{memory, IdKey};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
@@ -51,32 +51,9 @@ impl Read for Generated {
     }
 }
 
-/// A `/proc/self/status` field, in bytes.
-fn status_bytes(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
-    let kib: u64 = line
-        .trim()
-        .strip_suffix("kB")
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("unreadable {field}: {line:?}"));
-    kib * 1024
-}
-
-/// Resets the peak RSS (`VmHWM`) to the current RSS and returns it.
-fn reset_peak() -> u64 {
-    std::fs::write("/proc/self/clear_refs", "5").expect("write 5 to /proc/self/clear_refs");
-    status_bytes("VmHWM")
-}
-
-/// How much the peak RSS rose above `base` while `f` ran, in bytes, with `f`'s result.
+/// [`memory::peak_growth`], failing the test where `/proc/self` cannot tell.
 fn peak_growth<T>(f: impl FnOnce() -> T) -> (u64, T) {
-    let base = reset_peak();
-    let out = f();
-    (status_bytes("VmHWM").saturating_sub(base), out)
+    memory::peak_growth(f).expect("measure the peak RSS in /proc/self")
 }
 
 /// The probe itself works here: touching 128 MiB shows in the peak, and a reset
@@ -90,8 +67,8 @@ fn check_the_probe() {
         grew >= 120 * MIB,
         "touching 128 MiB raised VmHWM by {grew} bytes only"
     );
-    let peak = status_bytes("VmHWM");
-    let after_reset = reset_peak();
+    let peak = memory::status_bytes("VmHWM").expect("read VmHWM");
+    let after_reset = memory::reset_peak().expect("reset VmHWM");
     assert!(
         after_reset + 100 * MIB <= peak,
         "the peak did not reset: {after_reset} bytes after, {peak} before"

@@ -25,6 +25,7 @@ mod vv;
 pub mod batch;
 pub mod failpoint;
 pub mod limits;
+pub mod memory;
 pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -736,6 +736,8 @@ mod tests {
     mod bomb_memory {
         use std::io::Write as _;
 
+        use fsync_common::memory;
+
         use super::*;
 
         const MIB: u64 = 1024 * 1024;
@@ -744,32 +746,9 @@ mod tests {
         /// Most the peak RSS may grow while one bomb is decoded.
         const BOUND: u64 = 32 * MIB;
 
-        /// A `/proc/self/status` field, in bytes.
-        fn status_bytes(field: &str) -> u64 {
-            let status = std::fs::read_to_string("/proc/self/status").unwrap();
-            let line = status
-                .lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
-            let kib: u64 = line
-                .trim()
-                .strip_suffix("kB")
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("unreadable {field}: {line:?}"));
-            kib * 1024
-        }
-
-        /// Resets the peak RSS (`VmHWM`) to the current RSS and returns it.
-        fn reset_peak() -> u64 {
-            std::fs::write("/proc/self/clear_refs", "5").unwrap();
-            status_bytes("VmHWM")
-        }
-
-        /// How much the peak RSS rose while `f` ran, with `f`'s result.
+        /// [`memory::peak_growth`], failing the test where `/proc/self` cannot tell.
         fn peak_growth<T>(f: impl FnOnce() -> T) -> (u64, T) {
-            let base = reset_peak();
-            let out = f();
-            (status_bytes("VmHWM").saturating_sub(base), out)
+            memory::peak_growth(f).expect("measure the peak RSS in /proc/self")
         }
 
         /// A zstd frame of `BOMB` zeros, with the largest window the decoder accepts
@@ -794,8 +773,11 @@ mod tests {
                 std::hint::black_box(vec![0xA5u8; 128 * MIB as usize]);
             });
             assert!(grew >= 120 * MIB, "128 MiB touched, VmHWM +{grew} bytes");
-            let peak = status_bytes("VmHWM");
-            assert!(reset_peak() + 100 * MIB <= peak, "VmHWM did not reset");
+            let peak = memory::status_bytes("VmHWM").unwrap();
+            assert!(
+                memory::reset_peak().unwrap() + 100 * MIB <= peak,
+                "VmHWM did not reset"
+            );
 
             let codec = codec();
             let id = codec.chunk_id(b"whatever");

@@ -34,7 +34,7 @@ use fsync_client::api::ApiStats;
 use fsync_client::daemon::{self, DaemonOptions};
 use fsync_client::session;
 use fsync_common::wire::PushMessage;
-use fsync_common::ChunkId;
+use fsync_common::{memory, ChunkId};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use rayon::prelude::*;
@@ -847,21 +847,6 @@ fn own_cpu_secs() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-/// Resets this process's peak RSS (`VmHWM`) to its current RSS (Linux `clear_refs` 5).
-fn reset_own_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// A field of `/proc/self/status` in KiB: `VmHWM` (peak RSS since start or the last
-/// reset), `VmRSS` (now).
-fn own_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// `fsync-client --once` on `root` as a process, against `server` as `account`, with
 /// the server's share measured alongside: the bench process hosts the server and is
 /// otherwise idle meanwhile, so its CPU time during the run is the server's, and its
@@ -888,8 +873,8 @@ async fn client_process(
         .env("FSYNC_PASSWORD", &account.password)
         .env("FSYNC_ROOTS_FILE", roots_file)
         .env("RUST_LOG", "warn");
-    let peak_reset = reset_own_peak_rss();
-    let rss_before = own_status_kib("VmRSS");
+    let peak_reset = memory::reset_peak().is_ok();
+    let rss_before = memory::status_bytes("VmRSS").ok();
     let cpu_before = own_cpu_secs();
     let run = tokio::task::spawn_blocking(move || timed_process(cmd, "fsync-client --once"))
         .await
@@ -897,7 +882,8 @@ async fn client_process(
     let server_cpu = own_cpu_secs()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
-    let server_growth = own_status_kib("VmHWM")
+    let server_growth = memory::status_bytes("VmHWM")
+        .ok()
         .filter(|_| peak_reset)
         .zip(rss_before)
         .map(|(peak, before)| peak.saturating_sub(before));
@@ -913,13 +899,13 @@ async fn client_process(
     if let Some(cpu) = server_cpu {
         ctx.push(p, "CPU time", "s", &server_case, cpu);
     }
-    if let Some(kib) = server_growth {
+    if let Some(bytes) = server_growth {
         ctx.push(
             p,
             "peak RSS",
             "MiB",
             &format!("{server_case} (growth above the bench's RSS)"),
-            kib as f64 / 1024.0,
+            bytes as f64 / (1024.0 * 1024.0),
         );
     }
     Ok(run)
