@@ -17,6 +17,24 @@ use crate::state::AppState;
 /// that does not answer must not hold the probe for the pool's whole acquire timeout).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Whether one health check answered in time and well; the cause is logged otherwise.
+fn answered<E: std::fmt::Display>(
+    part: &str,
+    check: Result<Result<(), E>, tokio::time::error::Elapsed>,
+) -> bool {
+    match check {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "health: {part} unavailable");
+            false
+        }
+        Err(_) => {
+            tracing::error!(timeout = ?HEALTH_TIMEOUT, "health: {part} did not answer");
+            false
+        }
+    }
+}
+
 /// `GET /health`: 200 when the database and the blob store answer, 503 naming the part
 /// that does not (`"database": "unavailable"` / `"blob_store": "unavailable"`). The
 /// cause is logged, never sent.
@@ -25,28 +43,8 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
         tokio::time::timeout(HEALTH_TIMEOUT, state.repo.ping()),
         tokio::time::timeout(HEALTH_TIMEOUT, state.blobs.check()),
     );
-    let db_ok = match db {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "health: database unavailable");
-            false
-        }
-        Err(_) => {
-            tracing::error!(timeout = ?HEALTH_TIMEOUT, "health: database did not answer");
-            false
-        }
-    };
-    let blobs_ok = match blobs {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "health: blob store unavailable");
-            false
-        }
-        Err(_) => {
-            tracing::error!(timeout = ?HEALTH_TIMEOUT, "health: blob store did not answer");
-            false
-        }
-    };
+    let db_ok = answered("database", db);
+    let blobs_ok = answered("blob store", blobs);
     let state_of = |ok: bool| if ok { "ok" } else { "unavailable" }.to_owned();
     let ok = db_ok && blobs_ok;
     let body = HealthResponse {
