@@ -18,7 +18,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{backends, random_key, register, username, Backend, Server, EVENT_TIMEOUT};
+use common::{
+    admin_sql, backends, fresh_postgres, random_key, register, username, Backend, Server,
+    EVENT_TIMEOUT,
+};
 use fsync_common::wire::{RenameRequest, SyncEvent};
 use fsync_common::{
     ChunkId, PathError, SyncPath, VersionVector, MAX_COMPONENT_BYTES, MAX_PATH_BYTES,
@@ -30,27 +33,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 // ------------------------------------------------------------------ helpers
-
-/// Runs SQL on the database `url` names.
-async fn sql(url: &str, statement: &str) {
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url)
-        .await
-        .expect("connect to FSYNC_TEST_DATABASE_URL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
-        .execute(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    let _ = conn.close().await;
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (main, query) = url.find('?').map_or((url, ""), |i| url.split_at(i));
-    let slash = main.rfind('/').expect("a database URL names its database");
-    format!("{}/{name}{query}", &main[..slash])
-}
 
 /// Polls `cond` until it holds; fails after [`EVENT_TIMEOUT`].
 async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
@@ -95,18 +77,17 @@ async fn health_names_the_database_when_postgres_is_down() {
         eprintln!("FSYNC_TEST_DATABASE_URL is not set: PostgreSQL health test skipped");
         return;
     };
-    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-    sql(&base, &format!("CREATE DATABASE {name}")).await;
-    let repo = fsync_server::open_postgres(&with_database(&base, &name))
+    let (url, name) = fresh_postgres(&base).await;
+    let repo = fsync_server::open_postgres(&url)
         .await
         .expect("open the fresh database");
     let srv = Server::start_with(&Backend::Sqlite, move |s| s.repo = repo).await;
     let r = srv.get("/health", None).await.expect(200);
     assert_health_body(&r.value(), "ok", "ok");
 
-    sql(
+    admin_sql(
         &base,
-        &format!(
+        format!(
             "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
              SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = '{name}'"
         ),
@@ -126,18 +107,18 @@ async fn health_names_the_database_when_postgres_is_down() {
         assert!(!text.contains(leak), "the cause leaked ({leak}): {text}");
     }
 
-    sql(
+    admin_sql(
         &base,
-        &format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"),
+        format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"),
     )
     .await;
     let r = srv.get("/health", None).await.expect(200);
     assert_health_body(&r.value(), "ok", "ok");
 
     drop(srv);
-    sql(
+    admin_sql(
         &base,
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
     )
     .await;
 }
@@ -596,12 +577,4 @@ async fn every_path_error_is_invalid_path_with_the_reason() {
     srv.post("/api/v1/files/upload", Some(&dev.token), &body)
         .await
         .expect_error(400, "bad_request");
-}
-
-#[test]
-fn database_url_rename() {
-    assert_eq!(
-        with_database("postgres://u:p@h:5432/db?sslmode=disable", "x"),
-        "postgres://u:p@h:5432/x?sslmode=disable"
-    );
 }

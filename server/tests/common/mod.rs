@@ -70,7 +70,9 @@ fn split_db_url(url: &str) -> (&str, &str, &str) {
     }
 }
 
-async fn admin_sql(base_url: &str, sql: String) {
+/// Runs `sql` on the database `base_url` names (creating and dropping test databases,
+/// refusing connections to one).
+pub async fn admin_sql(base_url: &str, sql: String) {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(base_url)
@@ -84,7 +86,7 @@ async fn admin_sql(base_url: &str, sql: String) {
 }
 
 /// Creates a fresh database next to the one `base_url` names; returns its URL and name.
-async fn fresh_postgres(base_url: &str) -> (String, String) {
+pub async fn fresh_postgres(base_url: &str) -> (String, String) {
     let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
     admin_sql(base_url, format!("CREATE DATABASE {name}")).await;
     let (head, _, query) = split_db_url(base_url);
