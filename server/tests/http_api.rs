@@ -9,13 +9,14 @@
     clippy::many_single_char_names
 )]
 
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use common::{
-    b64url, backends, now_secs, random_key, register, username, Device, Resp, Server, User,
-    EVENT_TIMEOUT, SECRET,
+    b64url, backends, empty, hs, next_frame, next_push, now_secs, random_key, register, username,
+    ws_request, Claims, Device, Resp, Server, User, Ws, SECRET, T0,
 };
 use fsync_common::batch;
 use fsync_common::limits::{MAX_BLOB_SIZE, MAX_CHUNK_PLAINTEXT};
@@ -25,34 +26,13 @@ use fsync_common::wire::{
     PushMessage, StoredResponse, SyncEvent, SyncEventResponse, SyncEventResult, TokenResponse,
     VersionInfo,
 };
-use fsync_common::{ChunkId, ContentHash, DeviceId, FileId, UserId, VersionNo, VersionVector};
-use futures_util::{SinkExt, StreamExt};
+use fsync_common::{ChunkId, ContentHash, DeviceId, FileId, UserId, VersionNo};
+use futures_util::SinkExt;
 use reqwest::Method;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Runs `$scenario(&Server)` on a fresh server for every configured backend.
-macro_rules! on_every_backend {
-    ($name:ident => $scenario:path) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            for backend in backends() {
-                eprintln!("--- {} on {backend}", stringify!($name));
-                let srv = Server::start(&backend).await;
-                $scenario(&srv).await;
-            }
-        }
-    };
-}
-
-/// 2026-11-25 15:34:47 UTC, in nanoseconds.
-const T0: i64 = 1_795_620_887 * 1_000_000_000;
 const SEC: i64 = 1_000_000_000;
-
-fn empty() -> VersionVector {
-    VersionVector::new()
-}
 
 fn params_path(name: &str) -> String {
     format!("/api/v1/auth/params?username={name}")
@@ -391,24 +371,7 @@ on_every_backend!(auth_register_login_refresh_logout_devices => auth_scenario);
 
 // ================================================================= 2. JWT
 
-#[derive(serde::Serialize)]
-struct Claims {
-    sub: String,
-    device: String,
-    iat: u64,
-    exp: u64,
-}
-
 use jsonwebtoken::Algorithm::{HS256, HS512};
-
-fn hs(alg: jsonwebtoken::Algorithm, claims: &Claims, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(alg),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 async fn jwt_scenario(srv: &Server) {
     let user = register(srv, &username("jwt")).await;
@@ -1606,70 +1569,13 @@ async fn api_requests_are_rate_limited_per_user() {
 
 // ================================================================= 10. WebSocket
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn ws_request(
-    srv: &Server,
-    token: Option<&str>,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut req = format!("ws://{}/api/v1/ws", srv.addr)
-        .into_client_request()
-        .unwrap();
-    if let Some(t) = token {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    req
-}
-
-/// The next push other than a heartbeat; fails after [`EVENT_TIMEOUT`].
-async fn next_push(ws: &mut Ws) -> PushMessage {
-    tokio::time::timeout(EVENT_TIMEOUT, async {
-        loop {
-            let msg = ws
-                .next()
-                .await
-                .expect("socket open")
-                .expect("socket healthy");
-            match msg {
-                Message::Text(t) => {
-                    match serde_json::from_str::<PushMessage>(t.as_str()).expect("a push message") {
-                        PushMessage::Heartbeat => {}
-                        m @ PushMessage::Changed { .. } => return m,
-                    }
-                }
-                Message::Ping(_) | Message::Pong(_) => {}
-                other => panic!("unexpected frame {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a push within the timeout")
-}
-
 /// Waits for the server to end the socket: a close frame (1008) or the stream ending.
 async fn expect_closed(ws: &mut Ws) {
-    tokio::time::timeout(EVENT_TIMEOUT, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(Message::Close(frame))) => {
-                    if let Some(f) = frame {
-                        assert_eq!(u16::from(f.code), 1008, "{f:?}");
-                    }
-                    return;
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Text(t)))
-                    if serde_json::from_str::<PushMessage>(t.as_str()).ok()
-                        == Some(PushMessage::Heartbeat) => {}
-                Some(Ok(other)) => panic!("expected the socket to close, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("socket closed within the timeout");
+    match next_frame(ws).await {
+        None | Some(Message::Close(None)) => {}
+        Some(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1008, "{f:?}"),
+        Some(other) => panic!("expected the socket to close, got {other:?}"),
+    }
 }
 
 async fn ws_scenario(srv: &Server) {

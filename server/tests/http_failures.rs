@@ -14,6 +14,7 @@
 
 // The shared harness; this file uses part of it.
 #[allow(dead_code)]
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -21,62 +22,23 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
 use common::{
-    b64url, backends, now_secs, random_key, register, username, Device, Resp, Server, User,
-    EVENT_TIMEOUT, SECRET,
+    b64url, backends, empty, hs, next_frame, next_push, now_secs, random_key, register, username,
+    ws_request, Claims, Device, Resp, Server, User, Ws, SECRET, T0,
 };
 use fsync_common::batch;
 use fsync_common::limits::{MAX_BATCH_BODY, MAX_EVENTS_PER_BATCH, MAX_IDS_PER_REQUEST};
 use fsync_common::wire::{
     CommitResponse, ListResponse, PushMessage, SyncEventResponse, SyncEventResult, TokenResponse,
 };
-use fsync_common::{ChunkId, DeviceId, FileId, VersionNo, VersionVector};
+use fsync_common::{ChunkId, DeviceId, FileId, VersionNo};
 use fsync_server::{hash_refresh_token, MetaRepo, TokenOwner};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use jsonwebtoken::Algorithm::{HS256, HS512};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Runs `$scenario(&Server)` on a fresh server for every configured backend.
-macro_rules! on_every_backend {
-    ($name:ident => $scenario:path) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            for backend in backends() {
-                eprintln!("--- {} on {backend}", stringify!($name));
-                let srv = Server::start(&backend).await;
-                $scenario(&srv).await;
-            }
-        }
-    };
-}
-
-/// 2026-11-25 15:34:47 UTC, in nanoseconds.
-const T0: i64 = 1_795_620_887 * 1_000_000_000;
-
-fn empty() -> VersionVector {
-    VersionVector::new()
-}
-
 // ================================================================= tokens
-
-#[derive(serde::Serialize)]
-struct Claims {
-    sub: String,
-    device: String,
-    iat: u64,
-    exp: u64,
-}
-
-fn hs(alg: jsonwebtoken::Algorithm, claims: &Claims, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(alg),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 /// Bad tokens, by name: none, and tokens that are expired, signed with another key,
 /// unsigned (`alg: none`), signed with another algorithm, of a device that never
@@ -374,20 +336,10 @@ async fn auth_table(srv: &Server, f: &Fixture) -> Vec<Route> {
     ]
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// Opens `/api/v1/ws`, with a bearer header when given; a refused handshake is
 /// returned as the HTTP response it was.
 async fn ws_connect(srv: &Server, token: Option<&str>) -> Result<Ws, Resp> {
-    let mut req = format!("ws://{}/api/v1/ws", srv.addr)
-        .into_client_request()
-        .unwrap();
-    if let Some(t) = token {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
+    match tokio_tungstenite::connect_async(ws_request(srv, token)).await {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(Resp {
             status: reqwest::StatusCode::from_u16(resp.status().as_u16()).unwrap(),
@@ -395,33 +347,6 @@ async fn ws_connect(srv: &Server, token: Option<&str>) -> Result<Ws, Resp> {
             body: resp.body().clone().unwrap_or_default(),
         }),
         Err(e) => panic!("WebSocket handshake failed below HTTP: {e}"),
-    }
-}
-
-/// The next frame that is not a heartbeat (or ping/pong), within [`EVENT_TIMEOUT`];
-/// `None` when the stream ends.
-async fn next_frame(ws: &mut Ws) -> Option<Message> {
-    tokio::time::timeout(EVENT_TIMEOUT, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => return None,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Text(t)))
-                    if serde_json::from_str::<PushMessage>(t.as_str()).ok()
-                        == Some(PushMessage::Heartbeat) => {}
-                Some(Ok(m)) => return Some(m),
-            }
-        }
-    })
-    .await
-    .expect("a frame within the timeout")
-}
-
-/// The next push of the namespace journal.
-async fn next_push(ws: &mut Ws) -> PushMessage {
-    match next_frame(ws).await {
-        Some(Message::Text(t)) => serde_json::from_str(t.as_str()).expect("a push message"),
-        other => panic!("expected a push, got {other:?}"),
     }
 }
 

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::{
-    admin_sql, backends, fresh_postgres, random_key, register, username, Backend, Server,
-    EVENT_TIMEOUT,
+    admin_sql, backends, fresh_postgres, random_key, register, username, ws_request, Backend,
+    Server, EVENT_TIMEOUT,
 };
 use fsync_common::wire::{RenameRequest, SyncEvent};
 use fsync_common::{
@@ -29,7 +29,6 @@ use fsync_common::{
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 // ------------------------------------------------------------------ helpers
@@ -371,14 +370,9 @@ async fn metrics_follow_the_traffic() {
 
         // WebSocket connections: up while a socket is open, down once it closes.
         assert_eq!(now.get("fsync_websocket_connections"), 0);
-        let mut req = format!("ws://{}/api/v1/ws", srv.addr)
-            .into_client_request()
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(&srv, Some(&dev.token)))
+            .await
             .unwrap();
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", dev.token).parse().unwrap(),
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         // The first push comes after the socket is counted.
         let first = tokio::time::timeout(EVENT_TIMEOUT, ws.next())
             .await

@@ -7,17 +7,109 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use fsync_common::wire::PushMessage;
 use fsync_common::wire::{
     ChunkRef, CommitRequest, CommitResponse, KdfParams, LoginResponse, RegisterResponse,
 };
 use fsync_common::{ChunkId, ContentHash, DeviceId, NamespaceId, UserId, VersionVector};
 use fsync_server::{build_state, AppState, Config};
 use fsync_store::{AccountKey, BlobCodec, MasterKey, NamespaceKey};
+use futures_util::StreamExt as _;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Runs `$scenario(&Server)` on a fresh server for every configured backend.
+#[allow(unused_macros)]
+macro_rules! on_every_backend {
+    ($name:ident => $scenario:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            for backend in backends() {
+                eprintln!("--- {} on {backend}", stringify!($name));
+                let srv = Server::start(&backend).await;
+                $scenario(&srv).await;
+            }
+        }
+    };
+}
+
+/// 2026-11-25 15:34:47 UTC, in nanoseconds: the mtime of the tests' commits.
+pub const T0: i64 = 1_795_620_887 * 1_000_000_000;
+
+/// The empty version vector: the base of a file's first commit.
+pub fn empty() -> VersionVector {
+    VersionVector::new()
+}
+
+/// The claims of an access token, for tests that forge tokens.
+#[derive(serde::Serialize)]
+pub struct Claims {
+    pub sub: String,
+    pub device: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// A token with `claims`, signed with `alg` and `secret`.
+pub fn hs(alg: jsonwebtoken::Algorithm, claims: &Claims, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A client WebSocket.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The handshake request of `/api/v1/ws`, with a bearer header when given.
+pub fn ws_request(
+    srv: &Server,
+    token: Option<&str>,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = format!("ws://{}/api/v1/ws", srv.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    req
+}
+
+/// The next frame that is not a heartbeat (or ping/pong), within [`EVENT_TIMEOUT`];
+/// `None` when the stream ends.
+pub async fn next_frame(ws: &mut Ws) -> Option<Message> {
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return None,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Text(t)))
+                    if serde_json::from_str::<PushMessage>(t.as_str()).ok()
+                        == Some(PushMessage::Heartbeat) => {}
+                Some(Ok(m)) => return Some(m),
+            }
+        }
+    })
+    .await
+    .expect("a frame within the timeout")
+}
+
+/// The next push of the namespace journal.
+pub async fn next_push(ws: &mut Ws) -> PushMessage {
+    match next_frame(ws).await {
+        Some(Message::Text(t)) => serde_json::from_str(t.as_str()).expect("a push message"),
+        other => panic!("expected a push, got {other:?}"),
+    }
+}
 
 /// The secret every test server signs its tokens with (tests forge tokens with it).
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
