@@ -348,21 +348,14 @@ async fn seed_rows(url: &str, rows: u32) -> anyhow::Result<NamespaceId> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
+    use crate::scenarios::parse_args;
 
     /// A small run on SQLite: every seeded row is swept, A's file survives (checked
     /// inside the run, with `verify`), and the records are complete.
     #[test]
     fn gc_scenario_sweeps_every_seeded_row_and_keeps_the_referenced_ones() {
-        let cli = Cli::try_parse_from([
+        let args: Args = parse_args([
             "gc",
             "--db",
             "sqlite",
@@ -374,7 +367,7 @@ mod tests {
             "1",
         ])
         .unwrap();
-        let report = cli.args.run(false).unwrap();
+        let report = args.run(false).unwrap();
         let get = |metric: &str| {
             report
                 .records

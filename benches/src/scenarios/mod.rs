@@ -20,6 +20,15 @@ pub(crate) mod sweep;
 pub(crate) mod sync;
 pub(crate) mod versions;
 
+/// A scenario's arguments parsed from `argv` (`argv[0]` is the command name), as the
+/// `fsync-bench` subcommand would parse them.
+pub(crate) fn parse_args<A: clap::Args>(
+    argv: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+) -> Result<A, clap::Error> {
+    let matches = A::augment_args(clap::Command::new("fsync-bench")).try_get_matches_from(argv)?;
+    A::from_arg_matches(&matches)
+}
+
 /// Row counts and sizes read from the bench server's metadata database (the tables of
 /// `server/migrations`), over all namespaces: scenarios take differences between two
 /// reads around a workload, which runs alone on its server.

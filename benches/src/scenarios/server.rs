@@ -289,19 +289,12 @@ fn labels(db: Db, what: &str) -> serde_json::Map<String, Value> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
+    use crate::scenarios::parse_args;
 
     #[test]
     fn server_scenario_runs_on_a_small_input() {
-        let cli = Cli::try_parse_from([
+        let args: Args = parse_args([
             "server",
             "--ids",
             "200",
@@ -315,7 +308,7 @@ mod tests {
             "1",
         ])
         .unwrap();
-        let report = cli.args.run(false).unwrap();
+        let report = args.run(false).unwrap();
         let metrics: Vec<(&str, &str)> = report
             .records
             .iter()

@@ -158,20 +158,13 @@ impl Args {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
+    use crate::scenarios::parse_args;
 
     #[test]
     fn a_small_burst_syncs() {
-        let cli = Cli::try_parse_from(["small-files", "--files", "30"]).unwrap();
-        let report = cli.args.run(false).unwrap();
+        let args: Args = parse_args(["small-files", "--files", "30"]).unwrap();
+        let report = args.run(false).unwrap();
         assert_eq!(report.records.len(), 2 * 7);
         for r in &report.records {
             assert!(r.value.is_finite() && r.value > 0.0, "{r:?}");

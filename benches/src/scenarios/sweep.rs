@@ -19,7 +19,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context as _};
-use clap::Parser as _;
 use fsync_client::session;
 use serde_json::{json, Value};
 
@@ -58,13 +57,6 @@ pub(crate) struct Args {
     work_dir: Option<PathBuf>,
 }
 
-/// `sync`'s arguments, to drive its small-edit part.
-#[derive(clap::Parser)]
-struct SyncCli {
-    #[command(flatten)]
-    args: sync::Args,
-}
-
 /// The small-edit metrics of `sync` that are summed over the six edits, with the
 /// sweep's name for each.
 const EDIT_SUMS: [(&str, &str, &str); 4] = [
@@ -97,14 +89,14 @@ impl Args {
         }
         let rt = harness::runtime()?;
         let work = harness::work_dir(self.work_dir.as_deref(), "fsync-bench-sweep-")?;
-        let sync_args = SyncCli::try_parse_from([
+        // `sync`'s arguments, to drive its small-edit part.
+        let sync_args: sync::Args = super::parse_args([
             "sync".to_owned(),
             "--large-mib".to_owned(),
             self.large_mib.to_string(),
             "--edit-repeat".to_owned(),
             self.edit_repeat.to_string(),
-        ])?
-        .args;
+        ])?;
         let mut records = Vec::new();
         let mut configs = Vec::new();
         for db in harness::dbs(&self.db) {
@@ -321,19 +313,12 @@ impl Args {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
+    use crate::scenarios::parse_args;
 
     #[test]
     fn a_small_sweep_has_one_row_per_average() {
-        let cli = Cli::try_parse_from([
+        let args: Args = parse_args([
             "chunk-sweep",
             "--avg-kib",
             "16",
@@ -347,7 +332,7 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let report = cli.args.run(false).unwrap();
+        let report = args.run(false).unwrap();
         let entries = |avg: u64| {
             report
                 .records
@@ -372,7 +357,7 @@ mod tests {
 
     #[test]
     fn averages_beyond_1_mib_are_refused() {
-        assert!(Cli::try_parse_from(["chunk-sweep", "--avg-kib", "2048"]).is_err());
-        assert!(Cli::try_parse_from(["chunk-sweep", "--avg-kib", "0"]).is_err());
+        assert!(parse_args::<Args>(["chunk-sweep", "--avg-kib", "2048"]).is_err());
+        assert!(parse_args::<Args>(["chunk-sweep", "--avg-kib", "0"]).is_err());
     }
 }

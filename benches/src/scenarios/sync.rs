@@ -1277,15 +1277,8 @@ async fn latency(ctx: &mut Ctx<'_>, server: &Server, dir: &Path) -> anyhow::Resu
 mod tests {
     use std::collections::BTreeSet;
 
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
+    use crate::scenarios::parse_args;
 
     #[test]
     fn file_sizes_are_bounded_and_add_up() {
@@ -1303,7 +1296,7 @@ mod tests {
 
     #[test]
     fn every_sync_part_runs_on_a_small_input() {
-        let cli = Cli::try_parse_from([
+        let args: Args = parse_args([
             "sync",
             "--files",
             "12",
@@ -1319,7 +1312,7 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let report = cli.args.run(false).unwrap();
+        let report = args.run(false).unwrap();
         let scenarios: BTreeSet<&str> =
             report.records.iter().map(|r| r.scenario.as_str()).collect();
         assert_eq!(

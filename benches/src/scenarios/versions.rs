@@ -369,15 +369,8 @@ fn version_records(o: &Outcome, db: Db, records: &mut Vec<Record>) {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
+    use crate::scenarios::parse_args;
 
     #[test]
     fn page_rewrites_are_deterministic_and_touch_one_percent() {
@@ -401,8 +394,8 @@ mod tests {
 
     #[test]
     fn versions_run_on_a_small_file() {
-        let cli = Cli::try_parse_from(["versions", "--size-mib", "4", "--versions", "2"]).unwrap();
-        let report = cli.args.run(false).unwrap();
+        let args: Args = parse_args(["versions", "--size-mib", "4", "--versions", "2"]).unwrap();
+        let report = args.run(false).unwrap();
         let get = |case: &str, metric: &str| {
             report
                 .records
