@@ -13,23 +13,21 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
-use rustls::pki_types::pem::PemObject;
 
 /// How long any awaited event may take before the test fails.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 const SECRET: &str = "config-test-secret-0123456789abcdef0123";
 
+#[path = "common/tls.rs"]
+mod tls_fixtures;
+
+/// A TLS fixture's path, as a command-line argument.
 fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
+    tls_fixtures::fixture(name).display().to_string()
 }
 
 // ------------------------------------------------------------------ the process
@@ -448,19 +446,8 @@ fn tls_flags_serve_health_over_https() {
     );
     let addr = server.listening();
 
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(fixture("ca-cert.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let conn = rustls::ClientConnection::new(
-        Arc::new(client),
+        tls_fixtures::client_config(),
         rustls::pki_types::ServerName::try_from("localhost").unwrap(),
     )
     .unwrap();

@@ -2,19 +2,14 @@
 //! with a message naming the file.
 #![allow(missing_docs)]
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use clap::Parser;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+#[path = "common/tls.rs"]
+mod tls_fixtures;
+
+use tls_fixtures::{client_config, fixture};
 
 #[tokio::test]
 async fn serves_health_over_tls() {
@@ -51,18 +46,7 @@ async fn serves_health_over_tls() {
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
 
     // A client trusting the test CA gets a healthy answer.
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(fixture("ca-cert.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let connector = tokio_rustls::TlsConnector::from(client_config());
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
