@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# One-shot run: no incremental caches (they doubled target/'s size; a developer who
+# re-runs this often can export CARGO_INCREMENTAL=1). The free space is printed first
+# and what the build left last, so a full disk shows up as such in the log.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+echo "test.sh: free disk before the build: $(df -h --output=avail "$PWD" | tail -1 | tr -d ' ')"
+
 FSYNC_TEST_DATABASE_URL=$(bash scripts/postgres.sh)
 export FSYNC_TEST_DATABASE_URL
 echo "test.sh: PostgreSQL at ${FSYNC_TEST_DATABASE_URL%%@*}@…"
@@ -28,3 +35,5 @@ for src in fuzz/fuzz_targets/*.rs; do
   fi
 done
 cargo test --workspace --locked
+echo "test.sh: target dirs after the run: $(du -sh "$target_dir" | cut -f1) ($target_dir)," \
+  "$(du -sh fuzz/target | cut -f1) (fuzz/target)"
