@@ -324,12 +324,7 @@ impl Engine {
         let mut to_hash = Vec::new();
         for (path, f) in scan.files {
             match base.get(&path) {
-                Some(b)
-                    if b.size == f.size
-                        && b.mtime == f.mtime
-                        && b.inode == f.inode
-                        && b.mode == f.mode =>
-                {
+                Some(b) if b.same_stat(&f) => {
                     local.insert(
                         path,
                         LocalEntry {
@@ -459,6 +454,7 @@ impl Engine {
                         // conflict) instead of it being taken as seen.
                         moved.mtime = l.mtime;
                         moved.inode = l.inode;
+                        moved.born = l.born;
                         moved.mode = l.mode;
                         if changed {
                             // The content changed too: the base keeps the old hash so
@@ -658,7 +654,7 @@ impl Engine {
                 std::fs::rename(&from, &to).map_err(io_err("renaming", &from))?;
                 fsync_parent(&to);
                 let st = scan::stat(copy.path.clone(), &md);
-                if let Some(e) = BaseEntry::from_meta(&copy, chunks, st.mtime, st.inode) {
+                if let Some(e) = BaseEntry::from_meta(&copy, chunks, &st) {
                     self.state.put(&e)?;
                 }
             }
@@ -670,11 +666,9 @@ impl Engine {
                 report.conflicts += 1;
             }
             let mut e =
-                BaseEntry::from_meta(&r.head, chunks, file.mtime, file.inode).ok_or_else(|| {
-                    SyncError::Verify {
-                        path: path.to_string(),
-                        reason: "the server answered a commit with a tombstone".into(),
-                    }
+                BaseEntry::from_meta(&r.head, chunks, file).ok_or_else(|| SyncError::Verify {
+                    path: path.to_string(),
+                    reason: "the server answered a commit with a tombstone".into(),
                 })?;
             e.mode = file.mode;
             if e.content_hash != d.content_hash || e.path != *path {
@@ -817,7 +811,7 @@ impl Engine {
         if !md.is_file() || st.size != b.size || st.mode != b.mode {
             return false;
         }
-        if st.mtime == b.mtime && st.inode == b.inode {
+        if b.same_stat(&st) {
             return true;
         }
         let chunker = self.session.chunker.clone();
@@ -903,8 +897,7 @@ impl Engine {
                     .map(FileDigest::chunk_refs)
                     .or_else(|| base.get(&meta.path).map(|b| b.chunks.clone()))
                     .unwrap_or_default();
-                if let Some(mut e) = BaseEntry::from_meta(&meta, chunks, l.file.mtime, l.file.inode)
-                {
+                if let Some(mut e) = BaseEntry::from_meta(&meta, chunks, &l.file) {
                     e.mode = l.file.mode;
                     self.state.put(&e)?;
                 }
@@ -913,9 +906,7 @@ impl Engine {
             Op::Restat { path } => {
                 if let (Some(b), Some(l)) = (base.get(&path), local.get(&path)) {
                     let mut e = b.clone();
-                    e.mtime = l.file.mtime;
-                    e.inode = l.file.inode;
-                    e.size = l.file.size;
+                    e.restat(&l.file);
                     if e.mode == l.file.mode {
                         self.state.put(&e)?;
                     }
@@ -1156,7 +1147,7 @@ impl Engine {
         guard.disarm();
         fsync_dir(&dir);
         let st = scan::stat(meta.path.clone(), &installed);
-        if let Some(mut e) = BaseEntry::from_meta(meta, manifest.chunks, st.mtime, st.inode) {
+        if let Some(mut e) = BaseEntry::from_meta(meta, manifest.chunks, &st) {
             e.mode = st.mode;
             self.state.put(&e)?;
         }

@@ -269,7 +269,7 @@ async fn status(cli: &Cli) -> anyhow::Result<()> {
     for (p, f) in &scan.files {
         match base.get(p) {
             None => println!("upload pending (new)       {p}"),
-            Some(b) if b.size != f.size || b.mtime != f.mtime || b.inode != f.inode => {
+            Some(b) if !b.same_stat(f) => {
                 println!("upload pending (changed)   {p}");
             }
             Some(_) => continue,

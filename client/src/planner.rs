@@ -98,10 +98,6 @@ pub struct PlanInput<'a> {
     pub remote: &'a [FileMeta],
 }
 
-fn stat_matches(l: &LocalFile, b: &BaseEntry) -> bool {
-    l.size == b.size && l.mtime == b.mtime && l.inode == b.inode && l.mode == b.mode
-}
-
 /// Plans the operations for one sync round.
 pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
     let PlanInput {
@@ -226,7 +222,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
                 path: path.clone(),
                 base: b.vv.clone(),
             }),
-            Some(b) if !stat_matches(&l.file, b) => ops.push(Op::Restat { path: path.clone() }),
+            Some(b) if !b.same_stat(&l.file) => ops.push(Op::Restat { path: path.clone() }),
             Some(_) => {}
         }
     }
@@ -234,10 +230,9 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
         if handled.contains(path) || local.contains_key(path) {
             continue;
         }
-        // Gone locally: a rename if a new file has its inode or its content.
-        let by_inode = fresh
-            .iter()
-            .position(|(_, l)| b.inode != 0 && l.file.inode == b.inode);
+        // Gone locally: a rename if a new file is the same file (inode and birth
+        // time) or has its content.
+        let by_inode = fresh.iter().position(|(_, l)| b.same_file(&l.file));
         let by_content = || fresh.iter().position(|(_, l)| l.hash == b.content_hash);
         if let Some(i) = by_inode.or_else(by_content) {
             let (to, l) = fresh.swap_remove(i);
@@ -340,6 +335,7 @@ mod tests {
             mtime: 1,
             mode: 0o644,
             inode,
+            born: 5,
             chunks: vec![],
         }
     }
@@ -350,6 +346,7 @@ mod tests {
                 size: 1,
                 mtime: 1,
                 inode,
+                born: 5,
                 mode: 0o644,
             },
             hash: h(hash),
@@ -453,6 +450,47 @@ mod tests {
                 changed: true
             }]
         );
+    }
+
+    #[test]
+    fn a_new_file_on_a_reused_inode_is_no_rename() {
+        // The file system gave the deleted file's inode to a new, unrelated file: the
+        // birth time tells them apart, so the old one is deleted (restorable from the
+        // trash at its path) and the new one uploaded.
+        let b = base_entry("old", 1, 1, 10);
+        let mut reused = local_entry("new", 5, 10);
+        reused.file.born = 6;
+        assert_eq!(
+            run(&[b.clone()], &[reused], &[]),
+            vec![
+                Op::DeleteRemote {
+                    path: p("old"),
+                    base: b.vv.clone()
+                },
+                Op::Upload {
+                    path: p("new"),
+                    base: VersionVector::new()
+                }
+            ]
+        );
+        // Where no birth time is recorded, only an untouched mtime vouches for the
+        // inode: a pure move is still a rename, an inode with new content and a new
+        // mtime is not.
+        let mut b0 = b.clone();
+        b0.born = 0;
+        let mut moved = local_entry("new", 1, 10);
+        moved.file.born = 0;
+        assert!(matches!(
+            run(&[b0.clone()], &[moved.clone()], &[])[..],
+            [Op::RenameRemote { .. }]
+        ));
+        let mut other = local_entry("new", 5, 10);
+        other.file.born = 0;
+        other.file.mtime = 2;
+        assert!(matches!(
+            run(&[b0], &[other], &[])[..],
+            [Op::DeleteRemote { .. }, Op::Upload { .. }]
+        ));
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct LocalFile {
     pub mtime: i64,
     /// Inode (0 where the platform has none).
     pub inode: u64,
+    /// Birth time, ns since the epoch (0 where the file system does not record it).
+    /// With the inode it names one file: a file system hands a freed inode to the
+    /// next file created, and only the birth time tells the two apart.
+    pub born: i64,
     /// Permission bits.
     pub mode: u32,
 }
@@ -64,14 +68,18 @@ pub fn stat(path: SyncPath, md: &std::fs::Metadata) -> LocalFile {
         size: md.len(),
         mtime: mtime_ns(md),
         inode,
+        born: epoch_ns(md.created()),
         mode,
     }
 }
 
 /// mtime in ns since the epoch (0 if unavailable).
 pub fn mtime_ns(md: &std::fs::Metadata) -> i64 {
-    md.modified()
-        .ok()
+    epoch_ns(md.modified())
+}
+
+fn epoch_ns(t: std::io::Result<std::time::SystemTime>) -> i64 {
+    t.ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
@@ -174,5 +182,13 @@ mod tests {
         let f = &s.files[&SyncPath::new("top.txt").unwrap()];
         assert_eq!(f.size, 1);
         assert!(f.mtime > 0);
+        // The birth time is recorded wherever the file system keeps one (ext4 here).
+        if std::fs::metadata(r.join("top.txt"))
+            .unwrap()
+            .created()
+            .is_ok()
+        {
+            assert!(f.born > 0, "{f:?}");
+        }
     }
 }

@@ -10,6 +10,8 @@ use fsync_common::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::scan::LocalFile;
+
 /// Errors of the local state database.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,18 +45,15 @@ pub struct BaseEntry {
     pub mode: u32,
     /// Inode of the local file when it was last synced (0 when unknown).
     pub inode: u64,
+    /// Birth time (ns) of the local file when it was last synced (0 when unknown).
+    pub born: i64,
     /// The chunks (for reuse when downloading other files).
     pub chunks: Vec<ChunkRef>,
 }
 
 impl BaseEntry {
-    /// A base from server metadata and the local file's stat after writing it.
-    pub fn from_meta(
-        meta: &FileMeta,
-        chunks: Vec<ChunkRef>,
-        mtime: i64,
-        inode: u64,
-    ) -> Option<Self> {
+    /// A base from server metadata and the stat of the local file as written.
+    pub fn from_meta(meta: &FileMeta, chunks: Vec<ChunkRef>, stat: &LocalFile) -> Option<Self> {
         Some(Self {
             path: meta.path.clone(),
             file_id: meta.file_id,
@@ -62,11 +61,47 @@ impl BaseEntry {
             vv: meta.vv.clone(),
             content_hash: meta.content_hash?,
             size: meta.size,
-            mtime,
+            mtime: stat.mtime,
             mode: meta.mode,
-            inode,
+            inode: stat.inode,
+            born: stat.born,
             chunks,
         })
+    }
+
+    /// Takes the local file's stat as the synced one (the content is unchanged).
+    pub fn restat(&mut self, stat: &LocalFile) {
+        self.size = stat.size;
+        self.mtime = stat.mtime;
+        self.inode = stat.inode;
+        self.born = stat.born;
+    }
+
+    /// True when the local file's stat is the one recorded at the last sync, so its
+    /// content can be taken as unchanged without reading it.
+    pub fn same_stat(&self, f: &LocalFile) -> bool {
+        self.size == f.size
+            && self.mtime == f.mtime
+            && self.inode == f.inode
+            && self.born == f.born
+            && self.mode == f.mode
+    }
+
+    /// True when `f` is the very file last synced here, maybe moved and edited since:
+    /// the same inode, and the same birth time where the file system records one.
+    /// Where it does not, only an untouched mtime vouches for it: a freed inode goes
+    /// to the next file created, and taking that file for a move of the deleted one
+    /// would turn a delete and a create into a rename (and lose the deleted file's
+    /// place in the trash).
+    pub fn same_file(&self, f: &LocalFile) -> bool {
+        if self.inode == 0 || self.inode != f.inode {
+            return false;
+        }
+        if self.born != 0 && f.born != 0 {
+            self.born == f.born
+        } else {
+            self.mtime == f.mtime
+        }
     }
 }
 
@@ -102,7 +137,8 @@ CREATE TABLE IF NOT EXISTS base (
     mtime INTEGER NOT NULL,
     mode INTEGER NOT NULL,
     inode INTEGER NOT NULL,
-    chunks TEXT NOT NULL
+    chunks TEXT NOT NULL,
+    born INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS base_file ON base(file_id);
 ";
@@ -119,6 +155,14 @@ impl State {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        // Databases written before birth times were recorded: their rows read as
+        // "unknown" (0), so the first scan re-reads those files once and records it.
+        let has_born = conn
+            .prepare("SELECT 1 FROM pragma_table_info('base') WHERE name = 'born'")?
+            .exists([])?;
+        if !has_born {
+            conn.execute_batch("ALTER TABLE base ADD COLUMN born INTEGER NOT NULL DEFAULT 0")?;
+        }
         Ok(Self { conn })
     }
 
@@ -221,7 +265,7 @@ impl State {
         params: P,
     ) -> Result<BTreeMap<SyncPath, BaseEntry>, StateError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT path, file_id, version, vv, content_hash, size, mtime, mode, inode, chunks FROM base {filter}"
+            "SELECT path, file_id, version, vv, content_hash, size, mtime, mode, inode, chunks, born FROM base {filter}"
         ))?;
         let rows = stmt.query_map(params, |r| {
             Ok((
@@ -235,11 +279,12 @@ impl State {
                 r.get::<_, i64>(7)?,
                 r.get::<_, i64>(8)?,
                 r.get::<_, String>(9)?,
+                r.get::<_, i64>(10)?,
             ))
         })?;
         let mut out = BTreeMap::new();
         for row in rows {
-            let (path, file_id, version, vv, hash, size, mtime, mode, inode, chunks) = row?;
+            let (path, file_id, version, vv, hash, size, mtime, mode, inode, chunks, born) = row?;
             let e = BaseEntry {
                 path: SyncPath::new(&path).map_err(|e| corrupt("path", e))?,
                 file_id: FileId::from_hex(&file_id).map_err(|e| corrupt("file id", e))?,
@@ -250,6 +295,7 @@ impl State {
                 mtime,
                 mode: mode as u32,
                 inode: inode as u64,
+                born,
                 chunks: serde_json::from_str(&chunks).map_err(|e| corrupt("chunks", e))?,
             };
             out.insert(e.path.clone(), e);
@@ -260,11 +306,12 @@ impl State {
     /// Stores (replaces) the base of a path.
     pub fn put(&self, e: &BaseEntry) -> Result<(), StateError> {
         self.conn.execute(
-            "INSERT INTO base (path, file_id, version, vv, content_hash, size, mtime, mode, inode, chunks)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO base (path, file_id, version, vv, content_hash, size, mtime, mode, inode, chunks, born)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT(path) DO UPDATE SET file_id = excluded.file_id, version = excluded.version,
                vv = excluded.vv, content_hash = excluded.content_hash, size = excluded.size,
-               mtime = excluded.mtime, mode = excluded.mode, inode = excluded.inode, chunks = excluded.chunks",
+               mtime = excluded.mtime, mode = excluded.mode, inode = excluded.inode, chunks = excluded.chunks,
+               born = excluded.born",
             params![
                 e.path.as_str(),
                 e.file_id.to_hex(),
@@ -276,6 +323,7 @@ impl State {
                 i64::from(e.mode),
                 e.inode as i64,
                 serde_json::to_string(&e.chunks).expect("chunks serialize"),
+                e.born,
             ],
         )?;
         Ok(())
@@ -331,6 +379,7 @@ mod tests {
             mtime: 123,
             mode: 0o644,
             inode: 77,
+            born: 1_700_000_000_123_456_789,
             chunks: vec![ChunkRef(fsync_common::ChunkId::from_bytes([5; 32]), 10)],
         };
         st.batch(|s| s.put(&e)).unwrap();
@@ -341,5 +390,39 @@ mod tests {
         drop(st);
         let st = State::open(&dir.path().join("s.db")).unwrap();
         assert_eq!(st.cursor().unwrap(), Seq(42), "state survives a restart");
+    }
+
+    #[test]
+    fn a_database_from_before_birth_times_opens_with_them_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE base (path TEXT PRIMARY KEY, file_id TEXT NOT NULL,
+               version INTEGER NOT NULL, vv TEXT NOT NULL, content_hash TEXT NOT NULL,
+               size INTEGER NOT NULL, mtime INTEGER NOT NULL, mode INTEGER NOT NULL,
+               inode INTEGER NOT NULL, chunks TEXT NOT NULL);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO base VALUES ('a.txt', ?1, 1, '{}', ?2, 3, 4, 420, 77, '[]')",
+            params![
+                FileId::from_bytes([1; 16]).to_hex(),
+                ContentHash::from_bytes([9; 32]).to_hex()
+            ],
+        )
+        .unwrap();
+        drop(conn);
+        let st = State::open(&db).unwrap();
+        let all = st.all().unwrap();
+        let e = &all[&SyncPath::new("a.txt").unwrap()];
+        assert_eq!((e.inode, e.born, e.size), (77, 0, 3));
+        // And it writes birth times from then on, also after another open.
+        let mut e = e.clone();
+        e.born = 12;
+        st.put(&e).unwrap();
+        drop(st);
+        let st = State::open(&db).unwrap();
+        assert_eq!(st.all().unwrap()[&e.path].born, 12);
     }
 }

@@ -287,6 +287,7 @@ struct File {
     mode: u32,
     mtime: i64,
     inode: u64,
+    born: i64,
 }
 
 impl File {
@@ -296,6 +297,7 @@ impl File {
             size: size_of(self.content),
             mtime: self.mtime,
             inode: self.inode,
+            born: self.born,
             mode: self.mode,
         }
     }
@@ -305,7 +307,7 @@ impl File {
     fn still_as_synced(&self, b: &BaseEntry) -> bool {
         size_of(self.content) == b.size
             && self.mode == b.mode
-            && ((self.mtime == b.mtime && self.inode == b.inode)
+            && ((self.mtime == b.mtime && self.inode == b.inode && self.born == b.born)
                 || hash_of(self.content) == b.content_hash)
     }
 }
@@ -381,7 +383,6 @@ struct World<'a> {
     ns: NamespaceId,
     devs: [Device; 2],
     clock: i64,
-    next_inode: u64,
     next_fresh: u32,
     next_instance: u64,
     next_key: u64,
@@ -443,9 +444,15 @@ impl World<'_> {
         self.clock
     }
 
-    fn inode(&mut self) -> u64 {
-        self.next_inode += 1;
-        self.next_inode
+    /// A new file's inode and birth time on device `d`: the lowest inode number not in
+    /// use there, as file systems hand a freed inode to the next file created (a
+    /// deleted file and a new one often share it; only the birth time differs).
+    fn inode(&mut self, d: usize) -> (u64, i64) {
+        let used: BTreeSet<u64> = self.devs[d].files.values().map(|f| f.inode).collect();
+        let inode = (1..=used.len() as u64 + 1)
+            .find(|i| !used.contains(i))
+            .expect("n files leave one of 1..=n+1 free");
+        (inode, self.now())
     }
 
     fn instance(&mut self) -> u64 {
@@ -520,7 +527,7 @@ impl World<'_> {
                     }
                 };
                 let mtime = self.now();
-                let fresh_inode = self.inode();
+                let fresh_inode = self.inode(d);
                 let instance = self.instance();
                 self.user_drop(d, &path);
                 let old = self.devs[d].files.get(&path).copied();
@@ -531,7 +538,11 @@ impl World<'_> {
                     mtime,
                     inode: match old {
                         Some(o) if in_place => o.inode,
-                        _ => fresh_inode,
+                        _ => fresh_inode.0,
+                    },
+                    born: match old {
+                        Some(o) if in_place => o.born,
+                        _ => fresh_inode.1,
                     },
                 };
                 self.devs[d].files.insert(path.clone(), f);
@@ -841,19 +852,21 @@ impl World<'_> {
         }
         let c = token_of(expect);
         let instance = self.ledger.instance(meta);
+        let (inode, born) = self.inode(d);
         let f = File {
             content: c,
             instance,
             mode: meta.mode & 0o777,
             mtime: meta.mtime,
-            inode: self.inode(),
+            inode,
+            born,
         };
         if let Some(old) = self.devs[d].files.insert(meta.path.clone(), f) {
             self.local_drop(d, &meta.path, old.content, Some(c), "download");
         }
         self.ledger.held[d].insert(instance);
-        let mut e =
-            BaseEntry::from_meta(meta, manifest.chunks, f.mtime, f.inode).expect("a live version");
+        let mut e = BaseEntry::from_meta(meta, manifest.chunks, &f.stat(&meta.path))
+            .expect("a live version");
         e.mode = f.mode;
         self.devs[d].base.insert(e.path.clone(), e);
         self.log(format!("   dev{d}: wrote {}={}", meta.path, short(c)));
@@ -880,14 +893,14 @@ impl World<'_> {
                 };
                 self.devs[d].files.insert(copy.path.clone(), f);
                 self.log(format!("   dev{d}: mv {path} {}", copy.path));
-                if let Some(e) = BaseEntry::from_meta(&copy, chunks, f.mtime, f.inode) {
+                if let Some(e) = BaseEntry::from_meta(&copy, chunks, &f.stat(&copy.path)) {
                     self.devs[d].base.insert(e.path.clone(), e);
                 }
             }
             self.devs[d].base.remove(path);
             self.download(d, &r.head).await?;
         } else {
-            let mut e = BaseEntry::from_meta(&r.head, chunks, file.mtime, file.inode)
+            let mut e = BaseEntry::from_meta(&r.head, chunks, file)
                 .ok_or("the server answered a commit with a tombstone")?;
             e.mode = file.mode;
             if e.content_hash != hash_of(c) || e.path != *path {
@@ -958,8 +971,7 @@ impl World<'_> {
                     .content_hash
                     .map(|h| vec![chunk_of(token_of(h))])
                     .unwrap_or_default();
-                if let Some(mut e) = BaseEntry::from_meta(&meta, chunks, l.file.mtime, l.file.inode)
-                {
+                if let Some(mut e) = BaseEntry::from_meta(&meta, chunks, &l.file) {
                     e.mode = l.file.mode;
                     self.devs[d].base.insert(e.path.clone(), e);
                 }
@@ -968,9 +980,7 @@ impl World<'_> {
             Op::Restat { path } => {
                 if let (Some(b), Some(l)) = (base.get(&path), local.get(&path)) {
                     let mut e = b.clone();
-                    e.mtime = l.file.mtime;
-                    e.inode = l.file.inode;
-                    e.size = l.file.size;
+                    e.restat(&l.file);
                     if e.mode == l.file.mode {
                         self.devs[d].base.insert(e.path.clone(), e);
                     }
@@ -1010,14 +1020,7 @@ impl World<'_> {
             self.ledger.require(f.content);
             let st = f.stat(&path);
             let hash = match base.get(&path) {
-                Some(b)
-                    if b.size == st.size
-                        && b.mtime == st.mtime
-                        && b.inode == st.inode
-                        && b.mode == st.mode =>
-                {
-                    b.content_hash
-                }
+                Some(b) if b.same_stat(&st) => b.content_hash,
                 _ => {
                     digests.insert(path.clone(), (f.content, f.instance));
                     hash_of(f.content)
@@ -1109,6 +1112,7 @@ impl World<'_> {
                         moved.path = to.clone();
                         moved.mtime = l.mtime;
                         moved.inode = l.inode;
+                        moved.born = l.born;
                         moved.mode = l.mode;
                         if changed {
                             uploads.push(Op::Upload {
@@ -1281,7 +1285,6 @@ async fn run_case(repo: &dyn MetaRepo, n: u64, case: &Case) -> Result<Outcome, S
         ns,
         devs: [d0, d1],
         clock: 1_700_000_000_000_000_000,
-        next_inode: 0,
         next_fresh: FRESH_BASE - 1,
         next_instance: 0,
         next_key: 0,
