@@ -222,7 +222,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
                 path: path.clone(),
                 base: b.vv.clone(),
             }),
-            Some(b) if !b.same_stat(&l.file) => ops.push(Op::Restat { path: path.clone() }),
+            Some(b) if !b.records_stat(&l.file) => ops.push(Op::Restat { path: path.clone() }),
             Some(_) => {}
         }
     }
@@ -488,9 +488,15 @@ mod tests {
         other.file.born = 0;
         other.file.mtime = 2;
         assert!(matches!(
-            run(&[b0], &[other], &[])[..],
+            run(&[b0.clone()], &[other], &[])[..],
             [Op::DeleteRemote { .. }, Op::Upload { .. }]
         ));
+        // A base from before birth times were recorded takes the file's on the next
+        // sync, without an upload.
+        assert_eq!(
+            run(&[b0], &[local_entry("old", 1, 10)], &[]),
+            vec![Op::Restat { path: p("old") }]
+        );
     }
 
     #[test]

@@ -78,13 +78,20 @@ impl BaseEntry {
     }
 
     /// True when the local file's stat is the one recorded at the last sync, so its
-    /// content can be taken as unchanged without reading it.
+    /// content can be taken as unchanged without reading it. A base without a birth
+    /// time (written before they were recorded) matches on the rest: an upgrade must
+    /// not re-read every file of the folder.
     pub fn same_stat(&self, f: &LocalFile) -> bool {
         self.size == f.size
             && self.mtime == f.mtime
             && self.inode == f.inode
-            && self.born == f.born
+            && (self.born == f.born || self.born == 0)
             && self.mode == f.mode
+    }
+
+    /// True when the base records exactly this stat (else a restat stores it).
+    pub fn records_stat(&self, f: &LocalFile) -> bool {
+        self.same_stat(f) && self.born == f.born
     }
 
     /// True when `f` is the very file last synced here, maybe moved and edited since:
@@ -156,7 +163,7 @@ impl State {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
         // Databases written before birth times were recorded: their rows read as
-        // "unknown" (0), so the first scan re-reads those files once and records it.
+        // "unknown" (0) until the next sync records them (see `same_stat`).
         let has_born = conn
             .prepare("SELECT 1 FROM pragma_table_info('base') WHERE name = 'born'")?
             .exists([])?;
@@ -417,6 +424,17 @@ mod tests {
         let all = st.all().unwrap();
         let e = &all[&SyncPath::new("a.txt").unwrap()];
         assert_eq!((e.inode, e.born, e.size), (77, 0, 3));
+        // Its stat still vouches for the content (an upgrade re-reads no file), but
+        // is not taken as recorded until the birth time is stored.
+        let stat = LocalFile {
+            path: e.path.clone(),
+            size: 3,
+            mtime: 4,
+            inode: 77,
+            born: 12,
+            mode: 0o644,
+        };
+        assert!(e.same_stat(&stat) && !e.records_stat(&stat));
         // And it writes birth times from then on, also after another open.
         let mut e = e.clone();
         e.born = 12;
