@@ -17,6 +17,7 @@ mod auth;
 mod config;
 mod db;
 mod domain;
+mod fanout;
 mod gc;
 mod http;
 mod metrics;
@@ -51,10 +52,17 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
     })?;
     let secret = config.secret()?;
-    let repo = db::open(&config.database_url()).await?;
+    let url = config.database_url();
+    let repo = db::open(&url).await?;
     let blobs: Arc<dyn fsync_store::BlobStore> =
         Arc::new(fsync_store::LocalStore::open(config.files_directory())?);
-    Ok(AppState::new(repo, blobs, secret))
+    let mut state = AppState::new(repo, blobs, secret);
+    if let db::DbUrl::Postgres(url) = db::parse_url(&url)? {
+        fanout::start(url, &mut state)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for other nodes' events: {e}"))?;
+    }
+    Ok(state)
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; in-flight requests finish.

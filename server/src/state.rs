@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 use crate::auth::limit::{Limit, RateLimiter};
 use crate::auth::tokens::TokenService;
 use crate::db::MetaRepo;
+use crate::fanout::{Event, Publisher};
 use crate::metrics::Metrics;
 
 /// Rate limits of the API.
@@ -59,6 +60,8 @@ pub struct AppState {
     pub push: broadcast::Sender<(NamespaceId, Seq)>,
     /// Devices just revoked: their open WebSockets close at once.
     pub revoked: broadcast::Sender<DeviceId>,
+    /// Publishes `push` and `revoked` events to the other server nodes (PostgreSQL).
+    pub fanout: Option<Publisher>,
     /// Prometheus counters.
     pub metrics: Arc<Metrics>,
     /// Server secret (derives fake KDF params for unknown users).
@@ -92,23 +95,31 @@ impl AppState {
             limits: Limits::default(),
             push,
             revoked,
+            fanout: None,
             metrics: Arc::new(Metrics::default()),
             secret: Arc::new(secret),
             dummy_hash: Arc::new(dummy_hash),
         }
     }
 
-    /// Tells WebSocket subscribers that `ns` reached `seq`.
+    /// Tells WebSocket subscribers, on this node and the others, that `ns` reached
+    /// `seq`.
     pub fn notify(&self, ns: NamespaceId, seq: Seq) {
         // No subscribers is fine.
         let _ = self.push.send((ns, seq));
+        if let Some(f) = &self.fanout {
+            f.publish(Event::Changed(ns, seq));
+        }
     }
 
-    /// Tells WebSocket tasks that `device` was revoked, so that its sockets close now
-    /// rather than when their token expires.
+    /// Tells WebSocket tasks, on this node and the others, that `device` was revoked,
+    /// so that its sockets close now rather than when their token expires.
     pub fn device_revoked(&self, device: DeviceId) {
         // No open socket is fine.
         let _ = self.revoked.send(device);
+        if let Some(f) = &self.fanout {
+            f.publish(Event::Revoked(device));
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use common::{
     b64url, backends, empty, hs, next_frame, next_push, now_secs, random_key, register, username,
-    ws_request, Claims, Device, Resp, Server, User, Ws, SECRET, T0,
+    ws_request, Backend, Claims, Device, Resp, Server, User, Ws, SECRET, T0,
 };
 use fsync_common::batch;
 use fsync_common::limits::{MAX_BLOB_SIZE, MAX_CHUNK_PLAINTEXT};
@@ -1701,6 +1701,64 @@ async fn ws_scenario(srv: &Server) {
 }
 
 on_every_backend!(websocket_pushes_changes => ws_scenario);
+
+/// Two server nodes on one PostgreSQL database, each with its own in-process
+/// broadcast: a commit and a device revocation handled by one node reach the
+/// WebSocket held by the other (LISTEN/NOTIFY, ARCHITECTURE §4). SQLite serves one
+/// process, so there is no second node to reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_pushes_and_revocations_cross_server_nodes() {
+    let nodes = backends()
+        .into_iter()
+        .filter(|b| matches!(b, Backend::Postgres(_)));
+    for backend in nodes {
+        let node_a = Server::start(&backend).await;
+        let node_b = node_a.start_node().await;
+        let user = register(&node_a, &username("nodes")).await;
+        let writer = user.login(&node_a, "writer").await;
+        let reader = user.login(&node_b, "reader").await;
+        let ns = user.namespace;
+        let first = user
+            .commit(&node_a, &writer, "n/first.txt", b"first", &empty(), T0)
+            .await;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(ws_request(&node_b, Some(&reader.token)))
+                .await
+                .expect("upgrade on node B");
+        assert_eq!(
+            next_push(&mut ws).await,
+            PushMessage::Changed {
+                namespace: ns,
+                seq: first.head.seq
+            }
+        );
+        // Node A commits twice; node B's socket hears both, in order.
+        for name in ["n/second.txt", "n/third.txt"] {
+            let c = user
+                .commit(&node_a, &writer, name, name.as_bytes(), &empty(), T0)
+                .await;
+            assert_eq!(
+                next_push(&mut ws).await,
+                PushMessage::Changed {
+                    namespace: ns,
+                    seq: c.head.seq
+                },
+                "node B's socket missed node A's commit of {name}"
+            );
+        }
+        // Node A revokes the reader: its socket on node B closes at once, long before
+        // its token would expire.
+        node_a
+            .send(node_a.request(
+                Method::DELETE,
+                &format!("/api/v1/devices/{}", reader.id),
+                Some(&writer.token),
+            ))
+            .await
+            .expect(204);
+        expect_closed(&mut ws).await;
+    }
+}
 
 /// The server closes a socket when its access token expires (here: a token forged
 /// with the server's secret that expires in two seconds).

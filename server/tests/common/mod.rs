@@ -195,7 +195,10 @@ pub struct Server {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     pg_database: Option<(String, String)>,
-    _dir: tempfile::TempDir,
+    db_url: String,
+    data_dir: std::path::PathBuf,
+    /// `None` for a second node, whose first node owns the directory.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -217,11 +220,29 @@ impl Server {
                 (url, Some((base.clone(), name)))
             }
         };
-        let data_dir = dir.path().display().to_string();
+        let data_dir = dir.path().to_owned();
+        let mut srv = Self::launch(db_url, data_dir, tweak).await;
+        srv.pg_database = pg_database;
+        srv.dir = Some(dir);
+        srv
+    }
+
+    /// Another node of the same deployment: a second server process's state on the
+    /// same database and blob directory, with its own in-process broadcasts (so only
+    /// the cross-node fan-out links their WebSockets).
+    pub async fn start_node(&self) -> Self {
+        Self::launch(self.db_url.clone(), self.data_dir.clone(), |_| {}).await
+    }
+
+    async fn launch(
+        db_url: String,
+        data_dir: std::path::PathBuf,
+        tweak: impl FnOnce(&mut AppState),
+    ) -> Self {
         let config = Config::parse_from([
             "fsync-server",
             "--data-dir",
-            &data_dir,
+            &data_dir.display().to_string(),
             "--secret-key",
             SECRET,
             "--database-url",
@@ -246,8 +267,10 @@ impl Server {
                 .expect("HTTP client"),
             shutdown: Some(tx),
             task,
-            pg_database,
-            _dir: dir,
+            pg_database: None,
+            db_url,
+            data_dir,
+            dir: None,
         }
     }
 
