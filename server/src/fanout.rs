@@ -24,6 +24,8 @@ pub const CHANNEL: &str = "fsync_events";
 const QUEUE: usize = 4096;
 /// Wait before listening again after the database refused.
 const RETRY: Duration = Duration::from_secs(1);
+/// Longest wait for the publishing connection.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One event for the other nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,12 +82,17 @@ impl Publisher {
 /// the state is gone.
 pub async fn start(url: &str, state: &mut AppState) -> Result<(), sqlx::Error> {
     let node: u64 = rand::random();
-    let mut listener = PgListener::connect(url).await?;
-    listener.listen(CHANNEL).await?;
+    let listener = listen(url).await?;
     let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
     state.fanout = Some(Publisher { tx });
 
-    let publish_pool = PgPoolOptions::new().max_connections(1).connect_lazy(url)?;
+    // One connection keeps the events in order; a short acquire timeout keeps a dead
+    // database from holding each queued event for the default 30 s.
+    let publish_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(PUBLISH_TIMEOUT)
+        .connect(url)
+        .await?;
     // Dropped when the publisher ends, which tells the listener to end too.
     let (alive, mut gone) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -105,8 +112,34 @@ pub async fn start(url: &str, state: &mut AppState) -> Result<(), sqlx::Error> {
     // The broadcast senders, not the state: a state clone here would hold the
     // publisher, and the tasks would never end.
     let (push, revoked) = (state.push.clone(), state.revoked.clone());
+    let url = url.to_owned();
     tokio::spawn(async move {
+        let mut listening = Some(listener);
         loop {
+            let Some(listener) = listening.as_mut() else {
+                // The connection failed in a way the listener does not recover from by
+                // itself (a reset, say): open a new one.
+                let fresh = tokio::select! {
+                    _ = &mut gone => break,
+                    l = listen(&url) => l,
+                };
+                match fresh {
+                    Ok(l) => {
+                        tracing::warn!(
+                            "cross-node events: listening again; events sent meanwhile were missed"
+                        );
+                        listening = Some(l);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cross-node events: cannot listen, retrying");
+                        tokio::select! {
+                            _ = &mut gone => break,
+                            () = tokio::time::sleep(RETRY) => {}
+                        }
+                    }
+                }
+                continue;
+            };
             let received = tokio::select! {
                 _ = &mut gone => break,
                 r = listener.try_recv() => r,
@@ -128,7 +161,8 @@ pub async fn start(url: &str, state: &mut AppState) -> Result<(), sqlx::Error> {
                      events sent meanwhile were missed"
                 ),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cross-node events: cannot listen, retrying");
+                    tracing::warn!(error = %e, "cross-node events: the listening connection failed");
+                    listening = None;
                     tokio::select! {
                         _ = &mut gone => break,
                         () = tokio::time::sleep(RETRY) => {}
@@ -138,6 +172,13 @@ pub async fn start(url: &str, state: &mut AppState) -> Result<(), sqlx::Error> {
         }
     });
     Ok(())
+}
+
+/// A connection listening on [`CHANNEL`].
+async fn listen(url: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
 }
 
 #[cfg(test)]

@@ -13,10 +13,12 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
 use common::{
-    b64url, backends, empty, hs, next_frame, next_push, now_secs, random_key, register, username,
-    ws_request, Backend, Claims, Device, Resp, Server, User, Ws, SECRET, T0,
+    admin_sql, b64url, backends, empty, hs, next_frame, next_push, now_secs, random_key, register,
+    username, ws_request, Backend, Claims, Device, Resp, Server, User, Ws, EVENT_TIMEOUT, SECRET,
+    T0,
 };
 use fsync_common::batch;
 use fsync_common::limits::{MAX_BLOB_SIZE, MAX_CHUNK_PLAINTEXT};
@@ -26,7 +28,7 @@ use fsync_common::wire::{
     PushMessage, StoredResponse, SyncEvent, SyncEventResponse, SyncEventResult, TokenResponse,
     VersionInfo,
 };
-use fsync_common::{ChunkId, ContentHash, DeviceId, FileId, UserId, VersionNo};
+use fsync_common::{ChunkId, ContentHash, DeviceId, FileId, NamespaceId, Seq, UserId, VersionNo};
 use futures_util::SinkExt;
 use reqwest::Method;
 use serde_json::json;
@@ -1704,8 +1706,9 @@ on_every_backend!(websocket_pushes_changes => ws_scenario);
 
 /// Two server nodes on one PostgreSQL database, each with its own in-process
 /// broadcast: a commit and a device revocation handled by one node reach the
-/// WebSocket held by the other (LISTEN/NOTIFY, ARCHITECTURE §4). SQLite serves one
-/// process, so there is no second node to reach.
+/// WebSocket held by the other (LISTEN/NOTIFY, ARCHITECTURE §4), also after the
+/// listening connections were cut. SQLite serves one process, so there is no second
+/// node to reach.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn websocket_pushes_and_revocations_cross_server_nodes() {
     let nodes = backends()
@@ -1718,34 +1721,45 @@ async fn websocket_pushes_and_revocations_cross_server_nodes() {
         let writer = user.login(&node_a, "writer").await;
         let reader = user.login(&node_b, "reader").await;
         let ns = user.namespace;
-        let first = user
-            .commit(&node_a, &writer, "n/first.txt", b"first", &empty(), T0)
-            .await;
         let (mut ws, _) =
             tokio_tungstenite::connect_async(ws_request(&node_b, Some(&reader.token)))
                 .await
                 .expect("upgrade on node B");
-        assert_eq!(
-            next_push(&mut ws).await,
-            PushMessage::Changed {
-                namespace: ns,
-                seq: first.head.seq
-            }
-        );
-        // Node A commits twice; node B's socket hears both, in order.
-        for name in ["n/second.txt", "n/third.txt"] {
+        // Node A commits; node B's socket hears each commit, in order.
+        for name in ["n/first.txt", "n/second.txt"] {
             let c = user
                 .commit(&node_a, &writer, name, name.as_bytes(), &empty(), T0)
                 .await;
-            assert_eq!(
-                next_push(&mut ws).await,
-                PushMessage::Changed {
-                    namespace: ns,
-                    seq: c.head.seq
-                },
-                "node B's socket missed node A's commit of {name}"
-            );
+            push_reaches(&mut ws, ns, c.head.seq, name).await;
         }
+        // The database cuts both nodes' listening connections; they listen again, and
+        // the next commit reaches node B's socket.
+        let cut = listening_sessions(node_a.database_url()).await;
+        assert_eq!(cut.len(), 2, "one listening connection per node: {cut:?}");
+        admin_sql(
+            node_a.database_url(),
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN ({})",
+                cut.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+            ),
+        )
+        .await;
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let now = listening_sessions(node_a.database_url()).await;
+            if now.len() == 2 && now.iter().all(|p| !cut.contains(p)) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the nodes did not listen again: {now:?} (cut: {cut:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let c = user
+            .commit(&node_a, &writer, "n/third.txt", b"3", &empty(), T0)
+            .await;
+        push_reaches(&mut ws, ns, c.head.seq, "n/third.txt").await;
         // Node A revokes the reader: its socket on node B closes at once, long before
         // its token would expire.
         node_a
@@ -1758,6 +1772,33 @@ async fn websocket_pushes_and_revocations_cross_server_nodes() {
             .expect(204);
         expect_closed(&mut ws).await;
     }
+}
+
+/// Waits for the push of `seq`: earlier positions may come first (the socket's
+/// greeting races with the fan-out of a commit), a later one means it was skipped.
+async fn push_reaches(ws: &mut Ws, ns: NamespaceId, seq: Seq, what: &str) {
+    loop {
+        match next_push(ws).await {
+            PushMessage::Changed { namespace, seq: s } if namespace == ns && s < seq => {}
+            PushMessage::Changed { namespace, seq: s } if namespace == ns && s == seq => return,
+            other => panic!("node B's socket missed {what} (seq {seq:?}): got {other:?}"),
+        }
+    }
+}
+
+/// The PostgreSQL sessions of the database at `url` listening for cross-node events.
+async fn listening_sessions(url: &str) -> Vec<i32> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("connect");
+    let pids: Vec<(i32,)> = sqlx::query_as(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%' ORDER BY pid",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("pg_stat_activity");
+    pids.into_iter().map(|(p,)| p).collect()
 }
 
 /// The server closes a socket when its access token expires (here: a token forged

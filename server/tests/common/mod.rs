@@ -227,6 +227,11 @@ impl Server {
         srv
     }
 
+    /// The metadata database's URL.
+    pub fn database_url(&self) -> &str {
+        &self.db_url
+    }
+
     /// Another node of the same deployment: a second server process's state on the
     /// same database and blob directory, with its own in-process broadcasts (so only
     /// the cross-node fan-out links their WebSockets).
