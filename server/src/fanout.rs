@@ -83,9 +83,6 @@ impl Publisher {
 pub async fn start(url: &str, state: &mut AppState) -> Result<(), sqlx::Error> {
     let node: u64 = rand::random();
     let listener = listen(url).await?;
-    let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
-    state.fanout = Some(Publisher { tx });
-
     // One connection keeps the events in order; a short acquire timeout keeps a dead
     // database from holding each queued event for the default 30 s.
     let publish_pool = PgPoolOptions::new()
@@ -93,6 +90,8 @@ pub async fn start(url: &str, state: &mut AppState) -> Result<(), sqlx::Error> {
         .acquire_timeout(PUBLISH_TIMEOUT)
         .connect(url)
         .await?;
+    let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
+    state.fanout = Some(Publisher { tx });
     // Dropped when the publisher ends, which tells the listener to end too.
     let (alive, mut gone) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -118,10 +117,13 @@ pub async fn start(url: &str, state: &mut AppState) -> Result<(), sqlx::Error> {
         loop {
             let Some(listener) = listening.as_mut() else {
                 // The connection failed in a way the listener does not recover from by
-                // itself (a reset, say): open a new one.
+                // itself (a reset, say): wait a moment, then open a new one.
                 let fresh = tokio::select! {
                     _ = &mut gone => break,
-                    l = listen(&url) => l,
+                    l = async {
+                        tokio::time::sleep(RETRY).await;
+                        listen(&url).await
+                    } => l,
                 };
                 match fresh {
                     Ok(l) => {
@@ -132,10 +134,6 @@ pub async fn start(url: &str, state: &mut AppState) -> Result<(), sqlx::Error> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cross-node events: cannot listen, retrying");
-                        tokio::select! {
-                            _ = &mut gone => break,
-                            () = tokio::time::sleep(RETRY) => {}
-                        }
                     }
                 }
                 continue;
@@ -163,10 +161,6 @@ pub async fn start(url: &str, state: &mut AppState) -> Result<(), sqlx::Error> {
                 Err(e) => {
                     tracing::warn!(error = %e, "cross-node events: the listening connection failed");
                     listening = None;
-                    tokio::select! {
-                        _ = &mut gone => break,
-                        () = tokio::time::sleep(RETRY) => {}
-                    }
                 }
             }
         }
