@@ -23,6 +23,7 @@ mod path;
 mod vv;
 
 pub mod batch;
+pub mod durable;
 pub mod failpoint;
 pub mod limits;
 pub mod memory;

@@ -198,21 +198,8 @@ fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
         std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     }
     let secret = hex::encode(rand::random::<[u8; 32]>());
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        #[cfg(unix)]
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        opts.mode(0o600);
-        let mut f = opts.open(&tmp).map_err(io_err("creating", &tmp))?;
-        f.write_all(secret.as_bytes())
-            .map_err(io_err("writing", &tmp))?;
-        f.sync_all().map_err(io_err("syncing", &tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err("renaming", path))?;
+    fsync_common::durable::write_atomic(path, secret.as_bytes(), Some(0o600))
+        .map_err(io_err("writing", path))?;
     tracing::warn!(path = %path.display(), "SECRET_KEY not set: generated one and stored it (mode 0600); set SECRET_KEY to share it between server nodes");
     Ok(secret.into_bytes())
 }

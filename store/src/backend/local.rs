@@ -6,16 +6,15 @@
 //! so no temp file outlives a put, failed or not. `list` ignores anything that is not
 //! a blob.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use fsync_common::durable::{self, TempFile};
 use fsync_common::{ChunkId, NamespaceId};
-use rand::rngs::OsRng;
-use rand::RngCore;
 
 use super::{BlobInfo, BlobStore, PutOutcome, StoreError};
 
@@ -54,15 +53,7 @@ fn is_file(path: &Path, op: &'static str) -> Result<bool, StoreError> {
 
 /// Makes a directory's entries (creations, renames, removals) durable.
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("sync directory", dir))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    durable::sync_dir(dir).map_err(io_err("sync directory", dir))
 }
 
 /// Creates `dir` (below `base`, which exists) level by level, syncing each parent that
@@ -87,36 +78,16 @@ fn ensure_dir(base: &Path, dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A temp file that is removed when dropped unless it was renamed away.
-struct TempFile {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempFile {
-    /// Creates a uniquely named file in `dir` with `data`, synced to disk.
-    fn write_synced(dir: &Path, data: &[u8]) -> Result<Self, StoreError> {
-        let path = dir.join(format!("{TEMP_PREFIX}{:016x}", OsRng.next_u64()));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err("create temp file", &path))?;
-        let temp = Self { path, armed: true };
-        file.write_all(data)
-            .and_then(|()| file.sync_all())
-            .map_err(io_err("write temp file", &temp.path))?;
-        Ok(temp)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            // Best effort: the error that got us here is the one worth reporting.
-            let _ = fs::remove_file(&self.path);
-        }
-    }
+/// A uniquely named file in `dir` holding `data`, synced to disk; removed when
+/// dropped unless installed.
+fn write_synced(dir: &Path, data: &[u8]) -> Result<TempFile, StoreError> {
+    let mut temp =
+        TempFile::create_in(dir, TEMP_PREFIX, None).map_err(io_err("create temp file", dir))?;
+    temp.file()
+        .write_all(data)
+        .and_then(|()| temp.sync())
+        .map_err(|e| io_err("write temp file", temp.path())(e))?;
+    Ok(temp)
 }
 
 fn is_hex_pair(name: &str) -> bool {
@@ -284,34 +255,25 @@ fn put_blocking(root: &Path, path: &Path, blob: &[u8]) -> Result<PutOutcome, Sto
     }
     let dir = path.parent().expect("a blob path has a parent");
     ensure_dir(root, dir)?;
-    let mut temp = TempFile::write_synced(dir, blob)?;
+    let temp = write_synced(dir, blob)?;
     // A failed write (injected by the fault tests) must leave no temp file.
     fsync_common::failpoint::hit("store.local.put")
-        .map_err(io_err("write temp file", &temp.path))?;
-    // A hard link never replaces an existing file, so exactly one of several
-    // concurrent puts stores; the others see AlreadyPresent.
-    let outcome = match fs::hard_link(&temp.path, path) {
-        Ok(()) => PutOutcome::Stored,
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            if is_file(path, "stat blob")? {
-                PutOutcome::AlreadyPresent
-            } else {
-                return Err(io_err("store blob", path)(io::Error::new(
-                    ErrorKind::AlreadyExists,
-                    "something other than a blob is in the way",
-                )));
-            }
-        }
-        // Filesystems without hard links: an atomic rename, which may replace a blob
-        // a concurrent put just stored (with equally valid bytes for the same id).
-        Err(_) => {
-            fs::rename(&temp.path, path).map_err(io_err("store blob", path))?;
-            temp.armed = false;
-            PutOutcome::Stored
-        }
+        .map_err(io_err("write temp file", temp.path()))?;
+    // A no-clobber install: exactly one of several concurrent puts stores; the others
+    // see AlreadyPresent.
+    let stored = temp
+        .persist_noclobber(path)
+        .map_err(io_err("store blob", path))?;
+    let outcome = if stored {
+        PutOutcome::Stored
+    } else if is_file(path, "stat blob")? {
+        PutOutcome::AlreadyPresent
+    } else {
+        return Err(io_err("store blob", path)(io::Error::new(
+            ErrorKind::AlreadyExists,
+            "something other than a blob is in the way",
+        )));
     };
-    drop(temp);
-    sync_dir(dir)?;
     Ok(outcome)
 }
 
@@ -432,7 +394,7 @@ impl BlobStore for LocalStore {
                 )));
             }
             // Written, synced, and removed by the guard.
-            TempFile::write_synced(&root, b"fsync health check").map(drop)
+            write_synced(&root, b"fsync health check").map(drop)
         })
         .await
     }
@@ -570,7 +532,7 @@ mod tests {
         fs::write(&stale, b"partial write").unwrap();
         fs::write(&fresh, b"in flight").unwrap();
         let day_ago = SystemTime::now() - std::time::Duration::from_secs(86_400);
-        File::options()
+        fs::File::options()
             .write(true)
             .open(&stale)
             .unwrap()
