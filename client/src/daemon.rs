@@ -7,6 +7,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::api::ApiClient;
 use crate::engine::{Engine, RoundReport, SyncError};
 use crate::scan::is_internal_name;
 
@@ -45,9 +46,12 @@ fn relevant(event: &notify::Event, root: &Path) -> bool {
     })
 }
 
-/// Runs until `shutdown` resolves. A round in progress finishes first.
+/// Runs until `shutdown` resolves: a round on every local change, push from the server
+/// (`push`: the API client whose WebSocket wakes the loop) and periodic rescan. A round
+/// in progress finishes first.
 pub async fn run(
     mut engine: Engine,
+    push: ApiClient,
     root: &Path,
     opts: DaemonOptions,
     shutdown: impl std::future::Future<Output = ()>,
@@ -75,7 +79,7 @@ pub async fn run(
             None
         }
     };
-    let pusher = tokio::spawn(push_loop(engine.session().api.clone(), tx.clone()));
+    let pusher = tokio::spawn(push_loop(push, tx.clone()));
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -9,8 +9,9 @@ use clap::{Parser, Subcommand};
 use fsync_client::api::ApiClient;
 use fsync_client::daemon::{self, DaemonOptions};
 use fsync_client::engine::Engine;
-use fsync_client::scan::{self, STATE_DIR};
-use fsync_client::session;
+use fsync_client::root::KnownRoots;
+use fsync_client::scan;
+use fsync_client::session::{self, Session};
 use fsync_common::{SyncPath, VersionNo};
 
 /// fsync client: keeps a folder in sync through an fsync server, end-to-end encrypted.
@@ -140,27 +141,10 @@ fn api(cli: &Cli, state_dir: Option<&Path>) -> anyhow::Result<ApiClient> {
     })
 }
 
-async fn start(cli: &Cli) -> anyhow::Result<(PathBuf, PathBuf, Engine)> {
+async fn start(cli: &Cli) -> anyhow::Result<(PathBuf, Session, Engine)> {
     let root = watch_dir(cli)?;
-    let marker = root.join(STATE_DIR);
+    let marker = KnownRoots::from_env().prepare(&root, cli.reset)?;
     let state_dir = cli.state_dir.clone().unwrap_or_else(|| marker.clone());
-    let known = known_roots()?;
-    if !marker.exists() {
-        // Only a root that was never synced may lack the marker; a synced root that
-        // lost it is probably an unmounted disk, and nothing may be sent from it.
-        if known.contains(&root) && !cli.reset {
-            bail!(
-                "{} was synced before but its .fsync marker is gone (an unmounted disk?); \
-                 not syncing, nothing deleted. If the folder really is the right one, run again with --reset",
-                root.display()
-            );
-        }
-        std::fs::create_dir_all(&marker)
-            .with_context(|| format!("creating {}", marker.display()))?;
-    }
-    if !known.contains(&root) {
-        remember_root(&root)?;
-    }
     let state = session::open_state(&state_dir)?;
     let api = api(cli, Some(&state_dir))?;
     let name = cli
@@ -178,53 +162,8 @@ async fn start(cli: &Cli) -> anyhow::Result<(PathBuf, PathBuf, Engine)> {
     .await
     .context("logging in")?;
     tracing::info!(device = %session.device, namespace = %session.ns, root = %root.display(), "logged in");
-    Ok((
-        root.clone(),
-        state_dir,
-        Engine::new(root, marker, state, session),
-    ))
-}
-
-/// Where the list of synced roots lives: `$FSYNC_ROOTS_FILE`, else
-/// `$XDG_STATE_HOME/fsync/roots`, else `~/.local/state/fsync/roots`.
-fn roots_file() -> Option<PathBuf> {
-    if let Some(f) = std::env::var_os("FSYNC_ROOTS_FILE") {
-        return Some(PathBuf::from(f));
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
-    Some(base.join("fsync").join("roots"))
-}
-
-fn known_roots() -> anyhow::Result<Vec<PathBuf>> {
-    let Some(f) = roots_file() else {
-        return Ok(Vec::new());
-    };
-    match std::fs::read_to_string(&f) {
-        Ok(s) => Ok(s
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(PathBuf::from)
-            .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", f.display())),
-    }
-}
-
-fn remember_root(root: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    let Some(f) = roots_file() else { return Ok(()) };
-    if let Some(dir) = f.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&f)
-        .with_context(|| format!("opening {}", f.display()))?;
-    writeln!(file, "{}", root.display()).with_context(|| format!("writing {}", f.display()))?;
-    Ok(())
+    let engine = Engine::new(root.clone(), marker, state, session.clone());
+    Ok((root, session, engine))
 }
 
 async fn shutdown_signal() {
@@ -247,12 +186,15 @@ async fn shutdown_signal() {
     tracing::info!("stopping: finishing the current round");
 }
 
-async fn lookup_file(engine: &Engine, path: &str) -> anyhow::Result<fsync_common::FileId> {
+async fn lookup_file(
+    engine: &Engine,
+    s: &Session,
+    path: &str,
+) -> anyhow::Result<fsync_common::FileId> {
     let p = SyncPath::new(path).with_context(|| format!("{path:?} is not a valid path"))?;
     if let Some(b) = engine.state().all()?.get(&p) {
         return Ok(b.file_id);
     }
-    let s = engine.session();
     let files = s.api.list_all(s.ns, Some(p.as_str()), true).await?;
     files
         .into_iter()
@@ -262,7 +204,7 @@ async fn lookup_file(engine: &Engine, path: &str) -> anyhow::Result<fsync_common
 }
 
 async fn status(cli: &Cli) -> anyhow::Result<()> {
-    let (root, _, mut engine) = start(cli).await?;
+    let (root, s, engine) = start(cli).await?;
     let base = engine.state().all()?;
     let scan = scan::scan(&root)?;
     let mut pending = 0;
@@ -280,7 +222,6 @@ async fn status(cli: &Cli) -> anyhow::Result<()> {
         println!("delete pending             {p}");
         pending += 1;
     }
-    let s = engine.session().clone();
     let changes = s.api.changes(s.ns, engine.state().cursor()?, 1000).await?;
     // The latest change of each file, minus what this folder already holds: the
     // device's own commits come back in the journal until the cursor passes them.
@@ -318,7 +259,6 @@ async fn status(cli: &Cli) -> anyhow::Result<()> {
         None => println!("last sync: never"),
     }
     println!("pending: {} local, {} remote", pending, remote.len());
-    let _ = &mut engine;
     Ok(())
 }
 
@@ -342,9 +282,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Cmd::Status) => status(&cli).await?,
         Some(Cmd::Versions { path }) => {
-            let (_, _, engine) = start(&cli).await?;
-            let id = lookup_file(&engine, path).await?;
-            for v in engine.session().api.versions(id).await? {
+            let (_, s, engine) = start(&cli).await?;
+            let id = lookup_file(&engine, &s, path).await?;
+            for v in s.api.versions(id).await? {
                 println!(
                     "v{:<4} {:>12} bytes  device {}  {}{}",
                     v.version,
@@ -356,13 +296,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Some(Cmd::Restore { path, version }) => {
-            let (_, _, mut engine) = start(&cli).await?;
-            let id = lookup_file(&engine, path).await?;
-            let r = engine
-                .session()
-                .api
-                .restore(id, VersionNo(*version))
-                .await?;
+            let (_, s, mut engine) = start(&cli).await?;
+            let id = lookup_file(&engine, &s, path).await?;
+            let r = s.api.restore(id, VersionNo(*version)).await?;
             println!(
                 "restored {path} to version {version} as version {}",
                 r.head.version
@@ -380,7 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         None => {
-            let (root, _, mut engine) = start(&cli).await?;
+            let (root, s, mut engine) = start(&cli).await?;
             if cli.once {
                 let r = engine.sync_once().await?;
                 println!(
@@ -394,7 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let opts = DaemonOptions {
                     interval: Duration::from_secs(cli.sync_interval.max(1)),
                 };
-                daemon::run(engine, &root, opts, shutdown_signal()).await;
+                daemon::run(engine, s.api, &root, opts, shutdown_signal()).await;
             }
         }
     }

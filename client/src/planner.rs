@@ -26,25 +26,27 @@ pub struct LocalEntry {
     pub hash: ContentHash,
 }
 
-/// One reconciling operation.
+/// A commit of the local file at `path` on top of `base` (empty for a new file).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// Commit the local file at `path` on top of `base` (empty for a new file).
-    Upload {
-        /// Path.
-        path: SyncPath,
-        /// Version vector the edit was based on.
-        base: VersionVector,
-    },
-    /// Tell the server the file at `path` was deleted, as of `base`.
-    DeleteRemote {
+pub struct Upload {
+    /// Path.
+    pub path: SyncPath,
+    /// Version vector the edit was based on.
+    pub base: VersionVector,
+}
+
+/// A change the server is told about (sent as one batch of events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteOp {
+    /// The file at `path` was deleted here, as of `base`.
+    Delete {
         /// Path.
         path: SyncPath,
         /// What this device saw.
         base: VersionVector,
     },
-    /// Tell the server a file moved; `changed`: its content changed too (upload after).
-    RenameRemote {
+    /// A file moved here; `changed`: its content or mode changed too (uploaded after).
+    Rename {
         /// Old path.
         from: SyncPath,
         /// New path.
@@ -52,21 +54,21 @@ pub enum Op {
         /// The content changed as well.
         changed: bool,
     },
-    /// Write the remote version to `meta.path` (if the local file is still as in base).
-    Download {
-        /// Remote head.
-        meta: FileMeta,
-    },
+}
+
+/// A local change other than a download, applied after the downloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalOp {
     /// Move the local file (unchanged since base) to the remote file's new path; then
     /// download if the content differs.
-    MoveLocal {
+    Move {
         /// Old local path.
         from: SyncPath,
         /// Remote head (its path is the destination).
         meta: FileMeta,
     },
     /// Delete the local file at `path` (only if still as in base).
-    DeleteLocal {
+    Delete {
         /// Path.
         path: SyncPath,
     },
@@ -80,11 +82,46 @@ pub enum Op {
         /// Path.
         path: SyncPath,
     },
-    /// Drop the base of `path` (gone on both sides).
-    Forget {
-        /// Path.
-        path: SyncPath,
-    },
+}
+
+/// What one sync round does, phase by phase, in the order the executor runs them.
+/// Operations inside a phase are independent of each other's order (the property test
+/// shuffles them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Bases to drop (the file is gone on both sides).
+    pub forget: Vec<SyncPath>,
+    /// Deletes and renames for the server.
+    pub remote: Vec<RemoteOp>,
+    /// Local files to commit.
+    pub uploads: Vec<Upload>,
+    /// Remote heads to write locally (if the local file is still as in base).
+    pub downloads: Vec<FileMeta>,
+    /// The other local operations.
+    pub local: Vec<LocalOp>,
+}
+
+impl Plan {
+    /// Number of operations in all phases.
+    pub fn len(&self) -> usize {
+        self.forget.len()
+            + self.remote.len()
+            + self.uploads.len()
+            + self.downloads.len()
+            + self.local.len()
+    }
+
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn upload(&mut self, path: &SyncPath, base: VersionVector) {
+        self.uploads.push(Upload {
+            path: path.clone(),
+            base,
+        });
+    }
 }
 
 /// What the planner looks at.
@@ -99,7 +136,7 @@ pub struct PlanInput<'a> {
 }
 
 /// Plans the operations for one sync round.
-pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
+pub fn plan(input: PlanInput<'_>) -> Plan {
     let PlanInput {
         base,
         local,
@@ -116,7 +153,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
         by_id.entry(b.file_id).or_default().push(b);
     }
     let mut handled: BTreeSet<&SyncPath> = BTreeSet::new();
-    let mut ops = Vec::new();
+    let mut ops = Plan::default();
     // The file the server now has at each path, as far as these changes tell.
     let live: HashMap<&SyncPath, FileId> = remote
         .iter()
@@ -148,10 +185,8 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
                 continue;
             }
             match local.get(&b.path) {
-                None => ops.push(Op::Forget {
-                    path: b.path.clone(),
-                }),
-                Some(l) if !changed(b, l) => ops.push(Op::DeleteLocal {
+                None => ops.forget.push(b.path.clone()),
+                Some(l) if !changed(b, l) => ops.local.push(LocalOp::Delete {
                     path: b.path.clone(),
                 }),
                 // Modified here, deleted there: the modification wins.
@@ -174,7 +209,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
             let dest_free = !local.contains_key(&r.path);
             match local.get(&b.path) {
                 Some(l) if !changed(b, l) && dest_free => {
-                    ops.push(Op::MoveLocal {
+                    ops.local.push(LocalOp::Move {
                         from: b.path.clone(),
                         meta: r.clone(),
                     });
@@ -184,7 +219,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
                     // one deleted remotely in the same batch): the old copy goes — it
                     // moved away — and the destination is reconciled like any remote
                     // file. Re-uploading the old copy as new would resurrect content.
-                    ops.push(Op::DeleteLocal {
+                    ops.local.push(LocalOp::Delete {
                         path: b.path.clone(),
                     });
                     push_remote_at_path(&mut ops, base, local, &live, r);
@@ -192,16 +227,12 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
                 Some(_) => {
                     // Changed here: keep the local file as a new file at its path, and
                     // fetch the moved one.
-                    ops.push(Op::Forget {
-                        path: b.path.clone(),
-                    });
+                    ops.forget.push(b.path.clone());
                     push_upload(&mut ops, &live, &b.path, None);
                     push_remote_at_path(&mut ops, base, local, &live, r);
                 }
                 None => {
-                    ops.push(Op::Forget {
-                        path: b.path.clone(),
-                    });
+                    ops.forget.push(b.path.clone());
                     push_remote_at_path(&mut ops, base, local, &live, r);
                 }
             }
@@ -218,11 +249,10 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
         }
         match base.get(path) {
             None => fresh.push((path, l)),
-            Some(b) if changed(b, l) => ops.push(Op::Upload {
-                path: path.clone(),
-                base: b.vv.clone(),
-            }),
-            Some(b) if !b.records_stat(&l.file) => ops.push(Op::Restat { path: path.clone() }),
+            Some(b) if changed(b, l) => ops.upload(path, b.vv.clone()),
+            Some(b) if !b.records_stat(&l.file) => {
+                ops.local.push(LocalOp::Restat { path: path.clone() });
+            }
             Some(_) => {}
         }
     }
@@ -236,14 +266,14 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
         let by_content = || fresh.iter().position(|(_, l)| l.hash == b.content_hash);
         if let Some(i) = by_inode.or_else(by_content) {
             let (to, l) = fresh.swap_remove(i);
-            ops.push(Op::RenameRemote {
+            ops.remote.push(RemoteOp::Rename {
                 from: path.clone(),
                 to: to.clone(),
                 // The mode is part of a version: a chmod must be committed too.
                 changed: changed(b, l),
             });
         } else {
-            ops.push(Op::DeleteRemote {
+            ops.remote.push(RemoteOp::Delete {
                 path: path.clone(),
                 base: b.vv.clone(),
             });
@@ -252,16 +282,10 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
     // One upload per path: a path is reached twice when a file moved away from it and
     // another one arrived.
     let mut uploading = HashSet::new();
-    ops.retain(|op| match op {
-        Op::Upload { path, .. } => uploading.insert(path.clone()),
-        _ => true,
-    });
+    ops.uploads.retain(|u| uploading.insert(u.path.clone()));
     fresh.sort_by(|a, b| a.0.cmp(b.0));
     for (path, _) in fresh {
-        ops.push(Op::Upload {
-            path: path.clone(),
-            base: VersionVector::new(),
-        });
+        ops.upload(path, VersionVector::new());
     }
     ops
 }
@@ -272,7 +296,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<Op> {
 /// vector of another file can pass for a newer version and overwrite content this
 /// device never saw.)
 fn push_upload(
-    ops: &mut Vec<Op>,
+    ops: &mut Plan,
     live: &HashMap<&SyncPath, FileId>,
     path: &SyncPath,
     b: Option<&BaseEntry>,
@@ -281,15 +305,12 @@ fn push_upload(
         Some(b) if live.get(path).is_none_or(|id| *id == b.file_id) => b.vv.clone(),
         _ => VersionVector::new(),
     };
-    ops.push(Op::Upload {
-        path: path.clone(),
-        base,
-    });
+    ops.upload(path, base);
 }
 
 /// A live remote file at `r.path`, against whatever is local there.
 fn push_remote_at_path(
-    ops: &mut Vec<Op>,
+    ops: &mut Plan,
     base: &BTreeMap<SyncPath, BaseEntry>,
     local: &BTreeMap<SyncPath, LocalEntry>,
     live: &HashMap<&SyncPath, FileId>,
@@ -297,12 +318,12 @@ fn push_remote_at_path(
 ) {
     let lb = base.get(&r.path);
     match (local.get(&r.path), lb) {
-        (None, _) => ops.push(Op::Download { meta: r.clone() }),
+        (None, _) => ops.downloads.push(r.clone()),
         (Some(l), _) if Some(l.hash) == r.content_hash && l.file.mode == r.mode => {
-            ops.push(Op::Adopt { meta: r.clone() });
+            ops.local.push(LocalOp::Adopt { meta: r.clone() });
         }
         (Some(l), Some(lb)) if l.hash == lb.content_hash && l.file.mode == lb.mode => {
-            ops.push(Op::Download { meta: r.clone() });
+            ops.downloads.push(r.clone());
         }
         // Changed on both sides: upload with what we saw; the server keeps both.
         (Some(_), lb) => push_upload(ops, live, &r.path, lb),
@@ -373,7 +394,7 @@ mod tests {
             .incremented(dev())
             .incremented(DeviceId::from_bytes([2; 8]))
     }
-    fn run(base: &[BaseEntry], local: &[LocalEntry], remote: &[FileMeta]) -> Vec<Op> {
+    fn run(base: &[BaseEntry], local: &[LocalEntry], remote: &[FileMeta]) -> Plan {
         let base = base.iter().map(|b| (b.path.clone(), b.clone())).collect();
         let local = local
             .iter()
@@ -384,6 +405,37 @@ mod tests {
             local: &local,
             remote,
         })
+    }
+    fn upload(path: &str, base: VersionVector) -> Upload {
+        Upload {
+            path: p(path),
+            base,
+        }
+    }
+    fn uploads(items: Vec<Upload>) -> Plan {
+        Plan {
+            uploads: items,
+            ..Plan::default()
+        }
+    }
+    fn remote_ops(items: Vec<RemoteOp>) -> Plan {
+        Plan {
+            remote: items,
+            ..Plan::default()
+        }
+    }
+    fn local_ops(items: Vec<LocalOp>) -> Plan {
+        Plan {
+            local: items,
+            ..Plan::default()
+        }
+    }
+    fn rename(from: &str, to: &str, changed: bool) -> RemoteOp {
+        RemoteOp::Rename {
+            from: p(from),
+            to: p(to),
+            changed,
+        }
     }
 
     #[test]
@@ -403,23 +455,17 @@ mod tests {
         );
         assert_eq!(
             ops,
-            vec![
-                Op::Upload {
-                    path: p("a"),
-                    base: b.vv.clone()
-                },
-                Op::Upload {
-                    path: p("new"),
-                    base: VersionVector::new()
-                },
-            ]
+            uploads(vec![
+                upload("a", b.vv.clone()),
+                upload("new", VersionVector::new())
+            ])
         );
         assert_eq!(
             run(&[b.clone()], &[], &[]),
-            vec![Op::DeleteRemote {
+            remote_ops(vec![RemoteOp::Delete {
                 path: p("a"),
                 base: b.vv
-            }]
+            }])
         );
     }
 
@@ -428,27 +474,15 @@ mod tests {
         let b = base_entry("old", 1, 1, 10);
         assert_eq!(
             run(&[b.clone()], &[local_entry("new", 1, 10)], &[]),
-            vec![Op::RenameRemote {
-                from: p("old"),
-                to: p("new"),
-                changed: false
-            }]
+            remote_ops(vec![rename("old", "new", false)])
         );
         assert_eq!(
             run(&[b.clone()], &[local_entry("new", 1, 99)], &[]),
-            vec![Op::RenameRemote {
-                from: p("old"),
-                to: p("new"),
-                changed: false
-            }]
+            remote_ops(vec![rename("old", "new", false)])
         );
         assert_eq!(
             run(&[b], &[local_entry("new", 5, 10)], &[]),
-            vec![Op::RenameRemote {
-                from: p("old"),
-                to: p("new"),
-                changed: true
-            }]
+            remote_ops(vec![rename("old", "new", true)])
         );
     }
 
@@ -460,19 +494,15 @@ mod tests {
         let b = base_entry("old", 1, 1, 10);
         let mut reused = local_entry("new", 5, 10);
         reused.file.born = 6;
-        assert_eq!(
-            run(&[b.clone()], &[reused], &[]),
-            vec![
-                Op::DeleteRemote {
-                    path: p("old"),
-                    base: b.vv.clone()
-                },
-                Op::Upload {
-                    path: p("new"),
-                    base: VersionVector::new()
-                }
-            ]
-        );
+        let delete_and_upload = |vv: &VersionVector| Plan {
+            remote: vec![RemoteOp::Delete {
+                path: p("old"),
+                base: vv.clone(),
+            }],
+            uploads: vec![upload("new", VersionVector::new())],
+            ..Plan::default()
+        };
+        assert_eq!(run(&[b.clone()], &[reused], &[]), delete_and_upload(&b.vv));
         // Where no birth time is recorded, only an untouched mtime vouches for the
         // inode: a pure move is still a rename, an inode with new content and a new
         // mtime is not.
@@ -480,22 +510,19 @@ mod tests {
         b0.born = 0;
         let mut moved = local_entry("new", 1, 10);
         moved.file.born = 0;
-        assert!(matches!(
-            run(&[b0.clone()], &[moved.clone()], &[])[..],
-            [Op::RenameRemote { .. }]
-        ));
+        assert_eq!(
+            run(&[b0.clone()], &[moved.clone()], &[]),
+            remote_ops(vec![rename("old", "new", false)])
+        );
         let mut other = local_entry("new", 5, 10);
         other.file.born = 0;
         other.file.mtime = 2;
-        assert!(matches!(
-            run(&[b0.clone()], &[other], &[])[..],
-            [Op::DeleteRemote { .. }, Op::Upload { .. }]
-        ));
+        assert_eq!(run(&[b0.clone()], &[other], &[]), delete_and_upload(&b0.vv));
         // A base from before birth times were recorded takes the file's on the next
         // sync, without an upload.
         assert_eq!(
             run(&[b0], &[local_entry("old", 1, 10)], &[]),
-            vec![Op::Restat { path: p("old") }]
+            local_ops(vec![LocalOp::Restat { path: p("old") }])
         );
     }
 
@@ -503,25 +530,26 @@ mod tests {
     fn remote_changes_apply_only_over_unchanged_local_files() {
         let b = base_entry("a", 1, 1, 10);
         let r = remote("a", 1, Some(2), newer());
+        let download = |m: &FileMeta| Plan {
+            downloads: vec![m.clone()],
+            ..Plan::default()
+        };
         assert_eq!(
             run(&[b.clone()], &[local_entry("a", 1, 10)], &[r.clone()]),
-            vec![Op::Download { meta: r.clone() }]
+            download(&r)
         );
         // Edited here too: upload with the old base, never overwrite.
         assert_eq!(
             run(&[b.clone()], &[local_entry("a", 3, 10)], &[r.clone()]),
-            vec![Op::Upload {
-                path: p("a"),
-                base: b.vv.clone()
-            }]
+            uploads(vec![upload("a", b.vv.clone())])
         );
         // Same content reached on both sides.
         assert_eq!(
             run(&[b.clone()], &[local_entry("a", 2, 10)], &[r.clone()]),
-            vec![Op::Adopt { meta: r.clone() }]
+            local_ops(vec![LocalOp::Adopt { meta: r.clone() }])
         );
         // Deleted here, edited there: the edit comes back.
-        assert_eq!(run(&[b], &[], &[r.clone()]), vec![Op::Download { meta: r }]);
+        assert_eq!(run(&[b], &[], &[r.clone()]), download(&r));
     }
 
     #[test]
@@ -530,18 +558,18 @@ mod tests {
         let gone = remote("a", 1, None, newer());
         assert_eq!(
             run(&[b.clone()], &[local_entry("a", 1, 10)], &[gone.clone()]),
-            vec![Op::DeleteLocal { path: p("a") }]
+            local_ops(vec![LocalOp::Delete { path: p("a") }])
         );
         assert_eq!(
             run(&[b.clone()], &[local_entry("a", 4, 10)], &[gone.clone()]),
-            vec![Op::Upload {
-                path: p("a"),
-                base: b.vv
-            }]
+            uploads(vec![upload("a", b.vv)])
         );
         assert_eq!(
             run(&[base_entry("a", 1, 1, 10)], &[], &[gone]),
-            vec![Op::Forget { path: p("a") }]
+            Plan {
+                forget: vec![p("a")],
+                ..Plan::default()
+            }
         );
     }
 
@@ -555,17 +583,21 @@ mod tests {
                 &[local_entry("dir/a", 1, 10)],
                 &[moved.clone()]
             ),
-            vec![Op::MoveLocal {
+            local_ops(vec![LocalOp::Move {
                 from: p("dir/a"),
                 meta: moved.clone()
-            }]
+            }])
         );
-        let ops = run(&[b], &[local_entry("dir/a", 7, 10)], &[moved.clone()]);
-        assert!(ops.contains(&Op::Upload {
-            path: p("dir/a"),
-            base: VersionVector::new()
-        }));
-        assert!(ops.contains(&Op::Download { meta: moved }));
+        // Changed here: kept as a new file at its path, and the moved one fetched.
+        assert_eq!(
+            run(&[b], &[local_entry("dir/a", 7, 10)], &[moved.clone()]),
+            Plan {
+                forget: vec![p("dir/a")],
+                uploads: vec![upload("dir/a", VersionVector::new())],
+                downloads: vec![moved],
+                ..Plan::default()
+            }
+        );
     }
 
     #[test]
@@ -573,14 +605,11 @@ mod tests {
         let r = remote("a", 1, Some(2), newer());
         assert_eq!(
             run(&[], &[local_entry("a", 3, 10)], &[r.clone()]),
-            vec![Op::Upload {
-                path: p("a"),
-                base: VersionVector::new()
-            }]
+            uploads(vec![upload("a", VersionVector::new())])
         );
         assert_eq!(
             run(&[], &[local_entry("a", 2, 10)], &[r.clone()]),
-            vec![Op::Adopt { meta: r }]
+            local_ops(vec![LocalOp::Adopt { meta: r }])
         );
     }
 }

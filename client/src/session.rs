@@ -10,8 +10,47 @@ use fsync_common::{DeviceId, NamespaceId};
 use fsync_store::{AccountKey, BlobCodec, MasterKey, NamespaceKey};
 
 use crate::api::{ApiClient, ClientError};
-use crate::engine::Session;
+use crate::engine::SyncKeys;
 use crate::state::{LoginRecord, State, StateError};
+
+/// A logged-in session: the API client, and the keys and identity it syncs with.
+#[derive(Clone)]
+pub struct Session {
+    /// API client.
+    pub api: ApiClient,
+    /// Namespace synced.
+    pub ns: NamespaceId,
+    /// This device.
+    pub device: DeviceId,
+    /// Blob codec (namespace keys).
+    pub codec: Arc<BlobCodec>,
+    /// Chunker (namespace id key).
+    pub chunker: Arc<Chunker>,
+    /// The namespace's id key (to check chunks read back from local files).
+    pub id_key: fsync_common::IdKey,
+}
+
+impl Session {
+    /// What the engine needs of the session besides the server.
+    pub fn keys(&self) -> SyncKeys {
+        SyncKeys {
+            ns: self.ns,
+            device: self.device,
+            codec: self.codec.clone(),
+            chunker: self.chunker.clone(),
+            id_key: self.id_key.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("ns", &self.ns)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Why a login or registration failed.
 #[derive(Debug, thiserror::Error)]

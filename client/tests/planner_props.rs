@@ -1,22 +1,23 @@
-//! Planner property test (issue #7 item 1).
+//! Planner and executor property test (issue #7 item 1, issue #12).
 //!
 //! Two devices and a server. Each case is a random schedule of user edits on either
 //! device (write, delete, rename, chmod, touch over a small path alphabet, so that
 //! collisions, renames and same-name creates are common; contents from a small shared
 //! alphabet or fresh) and sync rounds, followed by alternating sync rounds until neither
-//! device has anything left to do. A sync round feeds the real planner
-//! (`fsync_client::planner::plan`) with the device's base, its scanned tree and the
-//! remote changes since its cursor, then applies the operations as the engine
-//! (`client/src/engine.rs`) does, phase by phase — forgets; remote deletes and renames
-//! as one batch; uploads as one batch of commits, then each answer; downloads; the other
-//! local operations — shuffling the operations inside each phase with a
+//! device has anything left to do. A sync round is the real engine's
+//! (`fsync_client::Engine::prepare`, then `execute`): the real planner, the real
+//! executor with its real state database, chunker and blob codec. Before a plan is
+//! executed, the operations inside each of its phases are shuffled with a
 //! proptest-chosen seed (seed 0 keeps the planner's order).
 //!
-//! The server is the real one: `fsync_server`'s metadata repository on SQLite, called
-//! directly rather than through HTTP. (The pure rules in `server/src/domain/resolve.rs`
-//! are crate-private; the repository is the narrowest public door to them, and it also
-//! brings the real journal, conflict-copy names and path rules.) A content is a token
-//! naming one chunk, a size and a content hash: nothing is chunked or encrypted.
+//! The engine's two seams are filled by this test: its [`Remote`] is `fsync_server`'s
+//! metadata repository on SQLite, called directly rather than through HTTP (the pure
+//! rules in `server/src/domain/resolve.rs` are crate-private; the repository is the
+//! narrowest public door to them, and it brings the real journal, conflict-copy names
+//! and path rules), with blobs in a map; its [`LocalFs`] is an in-memory folder. Both
+//! keep the ledger the invariants are checked against; neither decides anything the
+//! engine would. A content is a token whose bytes are the token's digits and a few
+//! dots: one chunk per file.
 //!
 //! Checked, besides "nothing panics" and "the planner is a pure function":
 //! - I1: once the edits stop, both folders equal the server's live tree (paths,
@@ -37,33 +38,38 @@
 //! also lets a device execute a plan made before the other device's round, like two
 //! daemons syncing at once; it reaches the server's race paths (kept-modified deletes,
 //! merges, refused renames, stale downloads); it found two races in the engine's
-//! handling of renames (`engine_rename_race_*`, fixed in `engine.rs`).
+//! handling of renames (`engine_rename_race_*`).
 //! `PROPTEST_CASES` overrides the number of cases (default [`DEFAULT_CASES`]); the last
 //! line on stderr (`--nocapture`) counts what the cases exercised.
 //!
-//! Differences from the engine: no user edit lands in the middle of a round and no
+//! What the test does not reach: no user edit lands in the middle of a round and no
 //! request fails in transit, so the "changed while hashing / uploading" deferrals and
-//! network errors never happen; the model hashes exactly (like the engine, it does not
-//! re-read a file whose stat matches its base); the engine sorts downloads by size
-//! where the model shuffles them like every other phase.
+//! network errors never happen (the fault-point and simulation suites in `tests/`
+//! cover those on real folders and a real server).
+
 #![allow(missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use fsync_client::planner::{plan, LocalEntry, Op, PlanInput};
-use fsync_client::scan::LocalFile;
-use fsync_client::state::BaseEntry;
+use fsync_chunker::{Chunker, ChunkerConfig};
+use fsync_client::engine::{Found, LocalReader, Round, TempWriter};
+use fsync_client::planner::{plan, LocalOp, PlanInput, RemoteOp};
+use fsync_client::scan::{LocalFile, Scan};
+use fsync_client::{ClientError, Engine, LocalFs, Remote, State, SyncError, SyncKeys};
 use fsync_common::wire::{
-    ChunkRef, CommitOutcome, CommitRequest, CommitResponse, DeleteOutcome, DeleteRequest, FileMeta,
-    KdfParams, OpResponse, RenameRequest,
+    ChangesResponse, CommitOutcome, CommitRequest, CommitResponse, DeleteOutcome, DeleteRequest,
+    FileMeta, KdfParams, Manifest, OpResponse, RenameRequest, SyncEvent, SyncEventResult,
 };
 use fsync_common::{
-    ChunkId, ContentHash, DeviceId, FileId, NamespaceId, Seq, SyncPath, UserId, VersionNo,
-    VersionVector,
+    ChunkId, ContentHash, DeviceId, ErrorBody, ErrorCode, FileId, IdKey, NamespaceId, Seq,
+    SyncPath, UserId, VersionNo,
 };
 use fsync_server::{Actor, DbError, MetaRepo, NewUser};
+use fsync_store::{BlobCodec, NamespaceKey, NamespaceKeys};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -219,25 +225,47 @@ fn case(overlap: bool) -> impl Strategy<Value = Case> {
 
 // ------------------------------------------------------------------ contents
 
+/// The namespace keys of every case (one per process, so a token always has the same
+/// hash).
+fn ns_keys() -> &'static NamespaceKeys {
+    static KEYS: OnceLock<NamespaceKeys> = OnceLock::new();
+    KEYS.get_or_init(|| NamespaceKey::generate().derive())
+}
+
+fn id_key() -> &'static IdKey {
+    &ns_keys().id_key
+}
+
+/// Content hash → token, for every token whose bytes were made.
+fn tokens() -> MutexGuard<'static, HashMap<ContentHash, u32>> {
+    static TOKENS: OnceLock<Mutex<HashMap<ContentHash, u32>>> = OnceLock::new();
+    TOKENS
+        .get_or_init(Mutex::default)
+        .lock()
+        .expect("not poisoned")
+}
+
+/// The bytes of a token: its digits, then 0–4 dots (distinct for distinct tokens).
+fn bytes_of(token: u32) -> Vec<u8> {
+    let mut b = token.to_string().into_bytes();
+    b.resize(b.len() + (token % 5) as usize, b'.');
+    b
+}
+
 fn hash_of(token: u32) -> ContentHash {
-    let mut b = [0x5a; 32];
-    b[..4].copy_from_slice(&token.to_le_bytes());
-    ContentHash::from_bytes(b)
+    let h = fsync_chunker::content_hash(id_key(), &bytes_of(token));
+    tokens().insert(h, token);
+    h
 }
 
 fn token_of(hash: ContentHash) -> u32 {
-    let b = hash.as_bytes();
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    *tokens()
+        .get(&hash)
+        .expect("every content in play was made by this test")
 }
 
-fn size_of(token: u32) -> u64 {
-    1 + u64::from(token % 5)
-}
-
-fn chunk_of(token: u32) -> ChunkRef {
-    let mut b = [0xc3; 32];
-    b[..4].copy_from_slice(&token.to_le_bytes());
-    ChunkRef(ChunkId::from_bytes(b), size_of(token) as u32)
+fn token_of_bytes(bytes: &[u8]) -> u32 {
+    token_of(fsync_chunker::content_hash(id_key(), bytes))
 }
 
 fn p(s: &str) -> SyncPath {
@@ -294,30 +322,13 @@ impl File {
     fn stat(&self, path: &SyncPath) -> LocalFile {
         LocalFile {
             path: path.clone(),
-            size: size_of(self.content),
+            size: bytes_of(self.content).len() as u64,
             mtime: self.mtime,
             inode: self.inode,
             born: self.born,
             mode: self.mode,
         }
     }
-
-    /// The engine's `still_as_synced`: same size and mode, and the same stat or else
-    /// the same content.
-    fn still_as_synced(&self, b: &BaseEntry) -> bool {
-        size_of(self.content) == b.size
-            && self.mode == b.mode
-            && ((self.mtime == b.mtime && self.inode == b.inode && self.born == b.born)
-                || hash_of(self.content) == b.content_hash)
-    }
-}
-
-#[derive(Debug)]
-struct Device {
-    actor: Actor,
-    files: BTreeMap<SyncPath, File>,
-    base: BTreeMap<SyncPath, BaseEntry>,
-    cursor: Seq,
 }
 
 /// What the invariants need to remember.
@@ -365,60 +376,71 @@ impl RoundEnd {
     }
 }
 
-/// A round between planning and executing.
-struct Planned {
-    since: Seq,
-    cursor: Seq,
-    base: BTreeMap<SyncPath, BaseEntry>,
-    local: BTreeMap<SyncPath, LocalEntry>,
-    digests: HashMap<SyncPath, (u32, u64)>,
-    ops: Vec<Op>,
-}
-
-/// Why a round ended early (the engine's `?` on an error it does not defer).
-type Abort = String;
-
-struct World<'a> {
-    repo: &'a dyn MetaRepo,
-    ns: NamespaceId,
-    devs: [Device; 2],
+/// The two folders, the server's blobs and the ledger, shared by the test and the
+/// engines' seams.
+#[derive(Default)]
+struct World {
+    files: [BTreeMap<SyncPath, File>; 2],
+    /// The instance of the version each device fetched a manifest of, by path: what
+    /// the download installed there brings.
+    fetched: [HashMap<SyncPath, u64>; 2],
+    blobs: HashMap<ChunkId, Vec<u8>>,
     clock: i64,
     next_fresh: u32,
     next_instance: u64,
-    next_key: u64,
     ledger: Ledger,
     log: Vec<String>,
     seen: BTreeMap<&'static str, u64>,
 }
 
-fn op_kind(op: &Op) -> &'static str {
+fn op_kind_remote(op: &RemoteOp) -> &'static str {
     match op {
-        Op::Upload { .. } => "op Upload",
-        Op::DeleteRemote { .. } => "op DeleteRemote",
-        Op::RenameRemote { .. } => "op RenameRemote",
-        Op::Download { .. } => "op Download",
-        Op::MoveLocal { .. } => "op MoveLocal",
-        Op::DeleteLocal { .. } => "op DeleteLocal",
-        Op::Adopt { .. } => "op Adopt",
-        Op::Restat { .. } => "op Restat",
-        Op::Forget { .. } => "op Forget",
+        RemoteOp::Delete { .. } => "op DeleteRemote",
+        RemoteOp::Rename { .. } => "op RenameRemote",
     }
 }
 
-fn describe(op: &Op) -> String {
+fn op_kind_local(op: &LocalOp) -> &'static str {
     match op {
-        Op::Upload { path, base } => format!("Upload {path} base={base:?}"),
-        Op::DeleteRemote { path, base } => format!("DeleteRemote {path} base={base:?}"),
-        Op::RenameRemote { from, to, changed } => {
-            format!("RenameRemote {from} -> {to} changed={changed}")
-        }
-        Op::Download { meta } => format!("Download {}", describe_meta(meta)),
-        Op::MoveLocal { from, meta } => format!("MoveLocal {from} -> {}", describe_meta(meta)),
-        Op::DeleteLocal { path } => format!("DeleteLocal {path}"),
-        Op::Adopt { meta } => format!("Adopt {}", describe_meta(meta)),
-        Op::Restat { path } => format!("Restat {path}"),
-        Op::Forget { path } => format!("Forget {path}"),
+        LocalOp::Move { .. } => "op MoveLocal",
+        LocalOp::Delete { .. } => "op DeleteLocal",
+        LocalOp::Adopt { .. } => "op Adopt",
+        LocalOp::Restat { .. } => "op Restat",
     }
+}
+
+/// The plan, one line per operation, with the kind of each.
+fn describe_plan(round: &Round) -> Vec<(&'static str, String)> {
+    let plan = &round.plan;
+    let mut out = Vec::new();
+    for path in &plan.forget {
+        out.push(("op Forget", format!("Forget {path}")));
+    }
+    for op in &plan.remote {
+        let line = match op {
+            RemoteOp::Delete { path, base } => format!("DeleteRemote {path} base={base:?}"),
+            RemoteOp::Rename { from, to, changed } => {
+                format!("RenameRemote {from} -> {to} changed={changed}")
+            }
+        };
+        out.push((op_kind_remote(op), line));
+    }
+    for u in &plan.uploads {
+        out.push(("op Upload", format!("Upload {} base={:?}", u.path, u.base)));
+    }
+    for m in &plan.downloads {
+        out.push(("op Download", format!("Download {}", describe_meta(m))));
+    }
+    for op in &plan.local {
+        let line = match op {
+            LocalOp::Move { from, meta } => format!("MoveLocal {from} -> {}", describe_meta(meta)),
+            LocalOp::Delete { path } => format!("DeleteLocal {path}"),
+            LocalOp::Adopt { meta } => format!("Adopt {}", describe_meta(meta)),
+            LocalOp::Restat { path } => format!("Restat {path}"),
+        };
+        out.push((op_kind_local(op), line));
+    }
+    out
 }
 
 fn describe_meta(m: &FileMeta) -> String {
@@ -438,7 +460,7 @@ fn describe_meta(m: &FileMeta) -> String {
     )
 }
 
-impl World<'_> {
+impl World {
     fn now(&mut self) -> i64 {
         self.clock += TICK;
         self.clock
@@ -448,7 +470,7 @@ impl World<'_> {
     /// use there, as file systems hand a freed inode to the next file created (a
     /// deleted file and a new one often share it; only the birth time differs).
     fn inode(&mut self, d: usize) -> (u64, i64) {
-        let used: BTreeSet<u64> = self.devs[d].files.values().map(|f| f.inode).collect();
+        let used: BTreeSet<u64> = self.files[d].values().map(|f| f.inode).collect();
         let inode = (1..=used.len() as u64 + 1)
             .find(|i| !used.contains(i))
             .expect("n files leave one of 1..=n+1 free");
@@ -458,11 +480,6 @@ impl World<'_> {
     fn instance(&mut self) -> u64 {
         self.next_instance += 1;
         self.next_instance
-    }
-
-    fn key(&mut self) -> String {
-        self.next_key += 1;
-        format!("k{}", self.next_key)
     }
 
     fn log(&mut self, line: String) {
@@ -485,7 +502,7 @@ impl World<'_> {
             Sel::Named(s) => p(s),
             Sel::Any(n) => {
                 let mut all: BTreeSet<SyncPath> = ALPHABET.iter().map(|s| p(s)).collect();
-                all.extend(self.devs[d].files.keys().cloned());
+                all.extend(self.files[d].keys().cloned());
                 let i = usize::from(n) % all.len();
                 all.into_iter().nth(i).expect("in range")
             }
@@ -494,10 +511,15 @@ impl World<'_> {
 
     /// A user overwrites or deletes whatever is at `path`.
     fn user_drop(&mut self, d: usize, path: &SyncPath) {
-        if let Some(old) = self.devs[d].files.get(path) {
+        if let Some(old) = self.files[d].get(path) {
             let c = old.content;
             self.ledger.drop_content(c);
         }
+    }
+
+    fn fresh(&mut self) -> u32 {
+        self.next_fresh += 1;
+        self.next_fresh
     }
 
     fn edit(&mut self, d: usize, e: Edit) {
@@ -509,28 +531,25 @@ impl World<'_> {
             } => {
                 let path = self.pick(d, path);
                 let c = match content {
-                    Content::Fresh => {
-                        self.next_fresh += 1;
-                        self.next_fresh
-                    }
+                    Content::Fresh => self.fresh(),
                     Content::Small(k) => 1 + u32::from(k),
                     Content::CopyOf(sel) => {
                         let src = self.pick(d, sel);
-                        if let Some(f) = self.devs[d].files.get(&src) {
+                        if let Some(f) = self.files[d].get(&src) {
                             let c = f.content;
                             self.ledger.user_kept.insert(c);
                             c
                         } else {
-                            self.next_fresh += 1;
-                            self.next_fresh
+                            self.fresh()
                         }
                     }
                 };
+                hash_of(c); // makes the token known by its hash
                 let mtime = self.now();
                 let fresh_inode = self.inode(d);
                 let instance = self.instance();
                 self.user_drop(d, &path);
-                let old = self.devs[d].files.get(&path).copied();
+                let old = self.files[d].get(&path).copied();
                 let f = File {
                     content: c,
                     instance,
@@ -545,32 +564,32 @@ impl World<'_> {
                         _ => fresh_inode.1,
                     },
                 };
-                self.devs[d].files.insert(path.clone(), f);
+                self.files[d].insert(path.clone(), f);
                 self.ledger.held[d].insert(instance);
                 self.log(format!("dev{d}: write {path} = {}", short(c)));
             }
             Edit::Delete { path } => {
                 let path = self.pick(d, path);
-                if self.devs[d].files.contains_key(&path) {
+                if self.files[d].contains_key(&path) {
                     self.user_drop(d, &path);
-                    self.devs[d].files.remove(&path);
+                    self.files[d].remove(&path);
                     self.log(format!("dev{d}: rm {path}"));
                 }
             }
             Edit::Rename { from, to } => {
                 let from = self.pick(d, from);
                 let to = self.pick(d, to);
-                if from != to && self.devs[d].files.contains_key(&from) {
+                if from != to && self.files[d].contains_key(&from) {
                     self.user_drop(d, &to);
-                    let f = self.devs[d].files.remove(&from).expect("checked");
+                    let f = self.files[d].remove(&from).expect("checked");
                     self.ledger.user_kept.insert(f.content);
-                    self.devs[d].files.insert(to.clone(), f);
+                    self.files[d].insert(to.clone(), f);
                     self.log(format!("dev{d}: mv {from} {to}"));
                 }
             }
             Edit::Chmod { path } => {
                 let path = self.pick(d, path);
-                if let Some(f) = self.devs[d].files.get_mut(&path) {
+                if let Some(f) = self.files[d].get_mut(&path) {
                     f.mode = if f.mode == 0o644 { 0o755 } else { 0o644 };
                     let c = f.content;
                     self.ledger.user_kept.insert(c);
@@ -580,7 +599,7 @@ impl World<'_> {
             Edit::Touch { path } => {
                 let path = self.pick(d, path);
                 let mtime = self.now();
-                if let Some(f) = self.devs[d].files.get_mut(&path) {
+                if let Some(f) = self.files[d].get_mut(&path) {
                     f.mtime = mtime;
                     self.log(format!("dev{d}: touch {path}"));
                 }
@@ -588,7 +607,7 @@ impl World<'_> {
         }
     }
 
-    // ---------------------------------------------------------- server calls
+    // ---------------------------------------------------------- ledger
 
     /// The server replaced or tombstoned version `prev` on behalf of `d` (I3).
     fn server_removed(&mut self, d: usize, prev: &FileMeta, how: &str) {
@@ -611,203 +630,6 @@ impl World<'_> {
         }
     }
 
-    /// The version before `m` of the same file.
-    async fn previous(&self, m: &FileMeta) -> Option<FileMeta> {
-        if m.version.0 <= 1 {
-            return None;
-        }
-        let prev = self
-            .repo
-            .manifest(m.file_id, Some(VersionNo(m.version.0 - 1)))
-            .await
-            .expect("the previous version exists");
-        Some(prev.meta)
-    }
-
-    async fn commit(
-        &mut self,
-        d: usize,
-        path: &SyncPath,
-        base: &VersionVector,
-        file: &LocalFile,
-        (c, inst): (u32, u64),
-    ) -> Result<CommitResponse, DbError> {
-        let chunk = chunk_of(c);
-        self.repo
-            .record_chunks(self.ns, &[(chunk.id(), u64::from(chunk.len()))], 0)
-            .await
-            .expect("record chunks");
-        let req = CommitRequest {
-            namespace: self.ns,
-            path: path.clone(),
-            base: base.clone(),
-            chunks: vec![chunk],
-            size: size_of(c),
-            mtime: file.mtime,
-            mode: file.mode,
-            content_hash: hash_of(c),
-            idempotency_key: self.key(),
-        };
-        let result = self.repo.commit(self.devs[d].actor, &req, 0).await;
-        let r = match &result {
-            Ok(r) => r.clone(),
-            Err(e) => {
-                self.log(format!("   server: commit {path} refused: {e}"));
-                return result;
-            }
-        };
-        let head_key = (r.head.file_id, r.head.version.0);
-        let merged =
-            r.outcome == CommitOutcome::Unchanged && !self.ledger.versions.contains_key(&head_key);
-        self.log(format!(
-            "   server: commit {path}={} base={base:?} -> {}{:?} head {}{}",
-            short(c),
-            if merged { "merge " } else { "" },
-            r.outcome,
-            describe_meta(&r.head),
-            r.conflict_copy
-                .as_ref()
-                .map_or(String::new(), |m| format!(" copy {}", describe_meta(m)))
-        ));
-        self.count(match r.outcome {
-            _ if merged => "commit Merge",
-            CommitOutcome::FastForward => "commit FastForward",
-            CommitOutcome::Unchanged => "commit Unchanged",
-            CommitOutcome::AlreadyApplied => "commit AlreadyApplied",
-            CommitOutcome::ConflictWon => "commit ConflictWon",
-            CommitOutcome::ConflictLost => "commit ConflictLost",
-        });
-        for m in std::iter::once(&r.head).chain(r.conflict_copy.as_ref()) {
-            if let Some(h) = m.content_hash {
-                self.ledger.on_server.insert(token_of(h));
-                self.ledger.require(token_of(h));
-            }
-        }
-        let prev = self.previous(&r.head).await;
-        match r.outcome {
-            CommitOutcome::FastForward => {
-                self.ledger.versions.insert(head_key, inst);
-                if let Some(prev) = prev.filter(|p| p.content_hash != r.head.content_hash) {
-                    self.server_removed(d, &prev, "commit");
-                }
-            }
-            CommitOutcome::Unchanged | CommitOutcome::AlreadyApplied => {
-                if merged {
-                    let prev = prev.expect("a merge follows a version");
-                    let old = self.ledger.instance(&prev);
-                    self.ledger.versions.insert(head_key, old);
-                }
-                // Same bytes as the head: this device holds that version now.
-                let held = self.ledger.instance(&r.head);
-                self.ledger.held[d].insert(held);
-            }
-            CommitOutcome::ConflictWon => {
-                self.ledger.versions.insert(head_key, inst);
-                let prev = prev.expect("a conflict follows a version");
-                let old = self.ledger.instance(&prev);
-                let copy = r.conflict_copy.as_ref().expect("a copy");
-                self.ledger
-                    .versions
-                    .insert((copy.file_id, copy.version.0), old);
-            }
-            CommitOutcome::ConflictLost => {
-                let copy = r.conflict_copy.as_ref().expect("a copy");
-                self.ledger
-                    .versions
-                    .insert((copy.file_id, copy.version.0), inst);
-            }
-        }
-        result
-    }
-
-    async fn delete(
-        &mut self,
-        d: usize,
-        path: &SyncPath,
-        base: &VersionVector,
-    ) -> Result<OpResponse, DbError> {
-        let req = DeleteRequest {
-            namespace: self.ns,
-            path: path.clone(),
-            base: base.clone(),
-            idempotency_key: self.key(),
-        };
-        let r = self.repo.delete(self.devs[d].actor, &req, 0).await;
-        match &r {
-            Ok(r) => {
-                self.log(format!(
-                    "   server: delete {path} base={base:?} -> {:?}",
-                    r.outcome
-                ));
-                self.count(match r.outcome {
-                    Some(DeleteOutcome::Deleted) => "delete Deleted",
-                    Some(DeleteOutcome::KeptModified) => "delete KeptModified",
-                    _ => "delete AlreadyDeleted",
-                });
-                if r.outcome == Some(DeleteOutcome::Deleted) {
-                    let prev = self.previous(&r.files[0]).await.expect("a tombstone");
-                    self.server_removed(d, &prev, "delete");
-                }
-            }
-            Err(e) => {
-                self.count("delete refused");
-                self.log(format!("   server: delete {path} refused: {e}"));
-            }
-        }
-        r
-    }
-
-    async fn rename(
-        &mut self,
-        d: usize,
-        from: &SyncPath,
-        to: &SyncPath,
-    ) -> Result<OpResponse, DbError> {
-        let req = RenameRequest {
-            namespace: self.ns,
-            from: from.clone(),
-            to: to.clone(),
-            idempotency_key: self.key(),
-        };
-        let r = self.repo.rename(self.devs[d].actor, &req, 0).await;
-        match &r {
-            Ok(_) => {
-                self.count("rename ok");
-                self.log(format!("   server: rename {from} -> {to} ok"));
-            }
-            Err(e) => {
-                self.count("rename refused");
-                self.log(format!("   server: rename {from} -> {to} refused: {e}"));
-            }
-        }
-        r
-    }
-
-    /// The engine's `pull`: the latest state of every file changed since `since`.
-    async fn pull(&self, since: Seq) -> (Vec<FileMeta>, Seq) {
-        let mut latest = BTreeMap::new();
-        let mut cursor = since;
-        loop {
-            let page = self
-                .repo
-                .changes(self.ns, cursor, 1000)
-                .await
-                .expect("changes");
-            for c in page.changes {
-                latest.insert(c.file.file_id, c.file);
-            }
-            cursor = page.cursor.max(cursor);
-            if !page.has_more {
-                break;
-            }
-        }
-        let mut remote: Vec<FileMeta> = latest.into_values().collect();
-        remote.sort_by_key(|m| m.seq);
-        (remote, cursor)
-    }
-
-    // ---------------------------------------------------------- local effects
-
     /// The sync removes or overwrites a local file: the server must have its content.
     fn local_drop(&mut self, d: usize, path: &SyncPath, old: u32, new: Option<u32>, why: &str) {
         if Some(old) == new {
@@ -822,388 +644,599 @@ impl World<'_> {
             ));
         }
     }
+}
 
-    /// The engine's `download`: `Ok(false)` when the local file changed since the base,
-    /// `Err` for what the engine reports as a verify or API error.
-    async fn download(&mut self, d: usize, meta: &FileMeta) -> Result<bool, String> {
-        let manifest = self
-            .repo
-            .manifest(meta.file_id, Some(meta.version))
-            .await
-            .map_err(|e| format!("manifest: {e}"))?;
-        if manifest.meta.content_hash != meta.content_hash
-            || manifest.meta.path != meta.path
-            || manifest.meta.deleted
-        {
-            self.count("download refused (stale change)");
-            return Err("the manifest does not match the change".into());
-        }
-        let expect = meta.content_hash.ok_or("no content hash")?;
-        let dev = &self.devs[d];
-        let safe = match (dev.base.get(&meta.path), dev.files.get(&meta.path)) {
-            (_, None) => true,
-            (Some(b), Some(f)) => f.still_as_synced(b),
-            (None, Some(_)) => false,
-        };
-        if !safe {
-            self.count("download refused (local file changed)");
-            self.log(format!("   dev{d}: download of {} refused", meta.path));
-            return Ok(false);
-        }
-        let c = token_of(expect);
-        let instance = self.ledger.instance(meta);
-        let (inode, born) = self.inode(d);
-        let f = File {
-            content: c,
-            instance,
-            mode: meta.mode & 0o777,
-            mtime: meta.mtime,
-            inode,
-            born,
-        };
-        if let Some(old) = self.devs[d].files.insert(meta.path.clone(), f) {
-            self.local_drop(d, &meta.path, old.content, Some(c), "download");
-        }
-        self.ledger.held[d].insert(instance);
-        let mut e = BaseEntry::from_meta(meta, manifest.chunks, &f.stat(&meta.path))
-            .expect("a live version");
-        e.mode = f.mode;
-        self.devs[d].base.insert(e.path.clone(), e);
-        self.log(format!("   dev{d}: wrote {}={}", meta.path, short(c)));
-        Ok(true)
+type Shared = Arc<Mutex<World>>;
+
+fn lock(w: &Shared) -> MutexGuard<'_, World> {
+    w.lock().expect("not poisoned")
+}
+
+// ------------------------------------------------------------------ the folder
+
+/// Device `d`'s folder, in memory.
+struct MemFs {
+    w: Shared,
+    d: usize,
+}
+
+fn not_found(path: &SyncPath) -> SyncError {
+    SyncError::Io {
+        what: "opening",
+        path: path.to_local(Path::new("/mem")),
+        source: std::io::ErrorKind::NotFound.into(),
     }
+}
 
-    /// The engine's `after_commit`.
-    async fn after_commit(
-        &mut self,
-        d: usize,
-        path: &SyncPath,
-        file: &LocalFile,
-        c: u32,
-        r: CommitResponse,
-    ) -> Result<(), Abort> {
-        let chunks = vec![chunk_of(c)];
-        if r.outcome == CommitOutcome::ConflictLost {
-            let Some(copy) = r.conflict_copy else {
-                return Ok(());
-            };
-            if !self.devs[d].files.contains_key(&copy.path) {
-                let Some(f) = self.devs[d].files.remove(path) else {
-                    return Err(format!("reading {path}: not found"));
-                };
-                self.devs[d].files.insert(copy.path.clone(), f);
-                self.log(format!("   dev{d}: mv {path} {}", copy.path));
-                if let Some(e) = BaseEntry::from_meta(&copy, chunks, &f.stat(&copy.path)) {
-                    self.devs[d].base.insert(e.path.clone(), e);
-                }
-            }
-            self.devs[d].base.remove(path);
-            self.download(d, &r.head).await?;
-        } else {
-            let mut e = BaseEntry::from_meta(&r.head, chunks, file)
-                .ok_or("the server answered a commit with a tombstone")?;
-            e.mode = file.mode;
-            if e.content_hash != hash_of(c) || e.path != *path {
-                e.mtime = 0;
-            }
-            self.devs[d].base.insert(e.path.clone(), e);
-        }
+/// An open file: its bytes at the time of opening.
+struct MemReader(std::io::Cursor<Vec<u8>>);
+
+impl Read for MemReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl LocalReader for MemReader {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let data = self.0.get_ref();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = data
+            .get(start..start.saturating_add(buf.len()))
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// A download being written.
+struct MemTemp {
+    w: Shared,
+    d: usize,
+    dst: SyncPath,
+    data: Vec<u8>,
+    stat: Option<File>,
+}
+
+impl TempWriter for MemTemp {
+    fn write_all(&mut self, data: &[u8]) -> Result<(), SyncError> {
+        self.data.extend_from_slice(data);
         Ok(())
     }
 
-    /// The engine's `apply_local`. `Ok(false)`: not applied (the cursor stays).
-    async fn apply_local(
-        &mut self,
-        d: usize,
-        op: Op,
-        base: &BTreeMap<SyncPath, BaseEntry>,
-        local: &BTreeMap<SyncPath, LocalEntry>,
-    ) -> Result<bool, String> {
-        match op {
-            Op::Download { meta } => self.download(d, &meta).await,
-            Op::DeleteLocal { path } => {
-                let Some(b) = base.get(&path) else {
-                    return Ok(true);
-                };
-                match self.devs[d].files.get(&path) {
-                    Some(f) if f.still_as_synced(b) => {}
-                    _ => return Ok(false),
-                }
-                let f = self.devs[d].files.remove(&path).expect("checked");
-                self.local_drop(d, &path, f.content, None, "local delete");
-                self.devs[d].base.remove(&path);
-                self.log(format!("   dev{d}: rm {path}"));
-                Ok(true)
+    fn finish(&mut self, mode: u32, mtime: i64) -> Result<LocalFile, SyncError> {
+        let mut w = lock(&self.w);
+        let (inode, born) = w.inode(self.d);
+        let f = File {
+            content: token_of_bytes(&self.data),
+            instance: 0,
+            mode: mode & 0o777,
+            mtime,
+            inode,
+            born,
+        };
+        self.stat = Some(f);
+        Ok(f.stat(&self.dst))
+    }
+
+    fn install(self: Box<Self>) -> Result<(), SyncError> {
+        let mut w = lock(&self.w);
+        let d = self.d;
+        let mut f = self.stat.expect("finished before installed");
+        f.instance = w.fetched[d]
+            .remove(&self.dst)
+            .expect("a download follows its manifest");
+        if let Some(old) = w.files[d].insert(self.dst.clone(), f) {
+            w.local_drop(d, &self.dst, old.content, Some(f.content), "download");
+        }
+        w.ledger.held[d].insert(f.instance);
+        w.log(format!(
+            "   dev{d}: wrote {}={}",
+            self.dst,
+            short(f.content)
+        ));
+        Ok(())
+    }
+}
+
+impl LocalFs for MemFs {
+    fn root(&self) -> &Path {
+        Path::new("/mem")
+    }
+
+    fn is_present(&self) -> bool {
+        true
+    }
+
+    fn remove_stale_temp_files(&self) {}
+
+    fn scan(&self) -> Result<Scan, SyncError> {
+        let w = lock(&self.w);
+        let files = w.files[self.d]
+            .iter()
+            .map(|(p, f)| (p.clone(), f.stat(p)))
+            .collect();
+        Ok(Scan {
+            files,
+            skipped: Vec::new(),
+        })
+    }
+
+    fn stat(&self, path: &SyncPath) -> Result<Found, SyncError> {
+        let w = lock(&self.w);
+        Ok(match w.files[self.d].get(path) {
+            Some(f) => Found::File(f.stat(path)),
+            // `d` is a folder whenever a file lies below it.
+            None if w.files[self.d]
+                .keys()
+                .any(|k| k.as_str().starts_with(&format!("{path}/"))) =>
+            {
+                Found::Other
             }
-            Op::MoveLocal { from, meta } => {
-                let Some(b) = base.get(&from) else {
-                    return Ok(true);
-                };
-                let dev = &self.devs[d];
-                if dev.files.contains_key(&meta.path)
-                    || !dev.files.get(&from).is_some_and(|f| f.still_as_synced(b))
-                {
-                    return Ok(false);
-                }
-                let f = self.devs[d].files.remove(&from).expect("checked");
-                self.devs[d].files.insert(meta.path.clone(), f);
-                let mut moved = b.clone();
-                moved.path = meta.path.clone();
-                self.devs[d].base.remove(&from);
-                self.devs[d].base.insert(moved.path.clone(), moved);
-                self.log(format!("   dev{d}: mv {from} {}", meta.path));
-                if meta.content_hash != Some(b.content_hash) || meta.vv != b.vv {
-                    return self.download(d, &meta).await;
-                }
-                Ok(true)
+            None => Found::Nothing,
+        })
+    }
+
+    fn open(&self, path: &SyncPath) -> Result<Box<dyn LocalReader>, SyncError> {
+        let w = lock(&self.w);
+        let f = w.files[self.d].get(path).ok_or_else(|| not_found(path))?;
+        Ok(Box::new(MemReader(std::io::Cursor::new(bytes_of(
+            f.content,
+        )))))
+    }
+
+    fn create_temp(&self, dst: &SyncPath) -> Result<Box<dyn TempWriter>, SyncError> {
+        Ok(Box::new(MemTemp {
+            w: self.w.clone(),
+            d: self.d,
+            dst: dst.clone(),
+            data: Vec::new(),
+            stat: None,
+        }))
+    }
+
+    fn remove(&self, path: &SyncPath) -> Result<(), SyncError> {
+        let mut w = lock(&self.w);
+        let d = self.d;
+        let f = w.files[d].remove(path).ok_or_else(|| not_found(path))?;
+        w.local_drop(d, path, f.content, None, "local delete");
+        w.log(format!("   dev{d}: rm {path}"));
+        Ok(())
+    }
+
+    fn rename(&self, from: &SyncPath, to: &SyncPath) -> Result<(), SyncError> {
+        let mut w = lock(&self.w);
+        let d = self.d;
+        let f = w.files[d].remove(from).ok_or_else(|| not_found(from))?;
+        if let Some(old) = w.files[d].insert(to.clone(), f) {
+            w.local_drop(d, to, old.content, Some(f.content), "move");
+        }
+        w.log(format!("   dev{d}: mv {from} {to}"));
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ the server
+
+/// Device `d`'s server: the repository, with the ledger kept on every answer.
+struct RepoRemote {
+    repo: Arc<dyn MetaRepo>,
+    w: Shared,
+    d: usize,
+    actor: Actor,
+}
+
+/// What the HTTP layer would answer for a repository error (the engine acts on the
+/// codes `not_found` and `missing_chunks` only).
+fn refusal(e: &DbError) -> ErrorBody {
+    let code = match e {
+        DbError::NotFound(_) => ErrorCode::NotFound,
+        DbError::MissingChunks(_) => ErrorCode::MissingChunks,
+        _ => ErrorCode::Conflict,
+    };
+    let mut body = ErrorBody::new(code, e.to_string());
+    if let DbError::MissingChunks(ids) = e {
+        body.error.missing.clone_from(ids);
+    }
+    body
+}
+
+fn api_error(e: &DbError) -> ClientError {
+    ClientError::Api {
+        status: 409,
+        body: refusal(e),
+    }
+}
+
+impl RepoRemote {
+    fn w(&self) -> MutexGuard<'_, World> {
+        lock(&self.w)
+    }
+
+    /// The version before `m` of the same file.
+    async fn previous(&self, m: &FileMeta) -> Option<FileMeta> {
+        if m.version.0 <= 1 {
+            return None;
+        }
+        let prev = self
+            .repo
+            .manifest(m.file_id, Some(VersionNo(m.version.0 - 1)))
+            .await
+            .expect("the previous version exists");
+        Some(prev.meta)
+    }
+
+    async fn commit_file(&self, req: &CommitRequest) -> Result<CommitResponse, DbError> {
+        let d = self.d;
+        let c = token_of(req.content_hash);
+        let inst = {
+            let w = self.w();
+            let f = w.files[d]
+                .get(&req.path)
+                .expect("a committed file is in the folder");
+            assert_eq!(f.content, c, "the engine commits what it hashed");
+            f.instance
+        };
+        let result = self.repo.commit(self.actor, req, 0).await;
+        let r = match &result {
+            Ok(r) => r.clone(),
+            Err(e) => {
+                self.w()
+                    .log(format!("   server: commit {} refused: {e}", req.path));
+                return result;
             }
-            Op::Adopt { meta } => {
-                let Some(l) = local.get(&meta.path) else {
-                    return Ok(true);
-                };
-                // The folder holds this version only if the bytes are still there.
-                let here = self.devs[d].files.get(&meta.path).map(|f| f.content);
-                if here.is_some() && here == meta.content_hash.map(token_of) {
-                    let held = self.ledger.instance(&meta);
-                    self.ledger.held[d].insert(held);
-                }
-                let chunks = meta
-                    .content_hash
-                    .map(|h| vec![chunk_of(token_of(h))])
-                    .unwrap_or_default();
-                if let Some(mut e) = BaseEntry::from_meta(&meta, chunks, &l.file) {
-                    e.mode = l.file.mode;
-                    self.devs[d].base.insert(e.path.clone(), e);
-                }
-                Ok(true)
+        };
+        let prev = self.previous(&r.head).await;
+        let mut w = self.w();
+        let head_key = (r.head.file_id, r.head.version.0);
+        let merged =
+            r.outcome == CommitOutcome::Unchanged && !w.ledger.versions.contains_key(&head_key);
+        let line = format!(
+            "   server: commit {}={} base={:?} -> {}{:?} head {}{}",
+            req.path,
+            short(c),
+            req.base,
+            if merged { "merge " } else { "" },
+            r.outcome,
+            describe_meta(&r.head),
+            r.conflict_copy
+                .as_ref()
+                .map_or(String::new(), |m| format!(" copy {}", describe_meta(m)))
+        );
+        w.log(line);
+        w.count(match r.outcome {
+            _ if merged => "commit Merge",
+            CommitOutcome::FastForward => "commit FastForward",
+            CommitOutcome::Unchanged => "commit Unchanged",
+            CommitOutcome::AlreadyApplied => "commit AlreadyApplied",
+            CommitOutcome::ConflictWon => "commit ConflictWon",
+            CommitOutcome::ConflictLost => "commit ConflictLost",
+        });
+        for m in std::iter::once(&r.head).chain(r.conflict_copy.as_ref()) {
+            if let Some(h) = m.content_hash {
+                w.ledger.on_server.insert(token_of(h));
+                w.ledger.require(token_of(h));
             }
-            Op::Restat { path } => {
-                if let (Some(b), Some(l)) = (base.get(&path), local.get(&path)) {
-                    let mut e = b.clone();
-                    e.restat(&l.file);
-                    if e.mode == l.file.mode {
-                        self.devs[d].base.insert(e.path.clone(), e);
+        }
+        match r.outcome {
+            CommitOutcome::FastForward => {
+                w.ledger.versions.insert(head_key, inst);
+                if let Some(prev) = prev.filter(|p| p.content_hash != r.head.content_hash) {
+                    w.server_removed(d, &prev, "commit");
+                }
+            }
+            CommitOutcome::Unchanged | CommitOutcome::AlreadyApplied => {
+                if merged {
+                    let prev = prev.expect("a merge follows a version");
+                    let old = w.ledger.instance(&prev);
+                    w.ledger.versions.insert(head_key, old);
+                }
+                // Same bytes as the head: this device holds that version now.
+                let held = w.ledger.instance(&r.head);
+                w.ledger.held[d].insert(held);
+            }
+            CommitOutcome::ConflictWon => {
+                w.ledger.versions.insert(head_key, inst);
+                let prev = prev.expect("a conflict follows a version");
+                let old = w.ledger.instance(&prev);
+                let copy = r.conflict_copy.as_ref().expect("a copy");
+                w.ledger
+                    .versions
+                    .insert((copy.file_id, copy.version.0), old);
+            }
+            CommitOutcome::ConflictLost => {
+                let copy = r.conflict_copy.as_ref().expect("a copy");
+                w.ledger
+                    .versions
+                    .insert((copy.file_id, copy.version.0), inst);
+            }
+        }
+        drop(w);
+        result
+    }
+
+    async fn delete_file(&self, req: &DeleteRequest) -> Result<OpResponse, DbError> {
+        let r = self.repo.delete(self.actor, req, 0).await;
+        let (path, base) = (&req.path, &req.base);
+        match &r {
+            Ok(r) => {
+                let prev = match r.outcome {
+                    Some(DeleteOutcome::Deleted) => {
+                        Some(self.previous(&r.files[0]).await.expect("a tombstone"))
+                    }
+                    _ => None,
+                };
+                let mut w = self.w();
+                w.log(format!(
+                    "   server: delete {path} base={base:?} -> {:?}",
+                    r.outcome
+                ));
+                w.count(match r.outcome {
+                    Some(DeleteOutcome::Deleted) => "delete Deleted",
+                    Some(DeleteOutcome::KeptModified) => "delete KeptModified",
+                    _ => "delete AlreadyDeleted",
+                });
+                if let Some(prev) = prev {
+                    w.server_removed(self.d, &prev, "delete");
+                }
+            }
+            Err(e) => {
+                let mut w = self.w();
+                w.count("delete refused");
+                w.log(format!("   server: delete {path} refused: {e}"));
+            }
+        }
+        r
+    }
+
+    async fn rename_file(&self, req: &RenameRequest) -> Result<OpResponse, DbError> {
+        let r = self.repo.rename(self.actor, req, 0).await;
+        let (from, to) = (&req.from, &req.to);
+        let mut w = self.w();
+        match &r {
+            Ok(_) => {
+                w.count("rename ok");
+                w.log(format!("   server: rename {from} -> {to} ok"));
+            }
+            Err(e) => {
+                w.count("rename refused");
+                w.log(format!("   server: rename {from} -> {to} refused: {e}"));
+            }
+        }
+        drop(w);
+        r
+    }
+
+    /// A manifest, remembered as what a download at its path brings.
+    async fn fetch_manifest(
+        &self,
+        file: FileId,
+        version: Option<VersionNo>,
+    ) -> Result<Manifest, ClientError> {
+        let m = self
+            .repo
+            .manifest(file, version)
+            .await
+            .map_err(|e| api_error(&e))?;
+        if !m.meta.deleted {
+            let mut w = self.w();
+            let instance = w.ledger.instance(&m.meta);
+            w.fetched[self.d].insert(m.meta.path.clone(), instance);
+        }
+        Ok(m)
+    }
+}
+
+#[async_trait::async_trait]
+impl Remote for RepoRemote {
+    async fn changes(
+        &self,
+        ns: NamespaceId,
+        since: Seq,
+        limit: u32,
+    ) -> Result<ChangesResponse, ClientError> {
+        self.repo
+            .changes(ns, since, limit)
+            .await
+            .map_err(|e| api_error(&e))
+    }
+
+    async fn missing(
+        &self,
+        _ns: NamespaceId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, ClientError> {
+        let w = self.w();
+        Ok(ids
+            .iter()
+            .filter(|id| !w.blobs.contains_key(id))
+            .copied()
+            .collect())
+    }
+
+    async fn put_batch(
+        &self,
+        ns: NamespaceId,
+        blobs: &[(ChunkId, Vec<u8>)],
+    ) -> Result<(), ClientError> {
+        let sizes: Vec<(ChunkId, u64)> =
+            blobs.iter().map(|(id, b)| (*id, b.len() as u64)).collect();
+        self.w().blobs.extend(blobs.iter().cloned());
+        self.repo
+            .record_chunks(ns, &sizes, 0)
+            .await
+            .map_err(|e| api_error(&e))
+    }
+
+    async fn fetch_batch(
+        &self,
+        _ns: NamespaceId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(ChunkId, Vec<u8>)>, ClientError> {
+        let w = self.w();
+        Ok(ids
+            .iter()
+            .filter_map(|id| w.blobs.get(id).map(|b| (*id, b.clone())))
+            .collect())
+    }
+
+    async fn events(&self, events: Vec<SyncEvent>) -> Result<Vec<SyncEventResult>, ClientError> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            out.push(match e {
+                SyncEvent::Create(req) | SyncEvent::Modify(req) => {
+                    match self.commit_file(&req).await {
+                        Ok(r) => SyncEventResult::Committed(Box::new(r)),
+                        Err(e) => SyncEventResult::Failed(refusal(&e)),
                     }
                 }
-                Ok(true)
-            }
-            Op::Forget { .. }
-            | Op::Upload { .. }
-            | Op::DeleteRemote { .. }
-            | Op::RenameRemote { .. } => Ok(true),
+                SyncEvent::Delete(req) => match self.delete_file(&req).await {
+                    Ok(r) => SyncEventResult::Applied(r),
+                    Err(e) => SyncEventResult::Failed(refusal(&e)),
+                },
+                SyncEvent::Rename(req) => match self.rename_file(&req).await {
+                    Ok(r) => SyncEventResult::Applied(r),
+                    Err(e) => SyncEventResult::Failed(refusal(&e)),
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, req: &CommitRequest) -> Result<CommitResponse, ClientError> {
+        self.commit_file(req).await.map_err(|e| api_error(&e))
+    }
+
+    async fn delete(&self, req: &DeleteRequest) -> Result<OpResponse, ClientError> {
+        self.delete_file(req).await.map_err(|e| api_error(&e))
+    }
+
+    async fn manifest(
+        &self,
+        file: FileId,
+        version: Option<VersionNo>,
+    ) -> Result<Manifest, ClientError> {
+        self.fetch_manifest(file, version).await
+    }
+
+    async fn manifests(
+        &self,
+        _ns: NamespaceId,
+        files: &[(FileId, VersionNo)],
+    ) -> Result<Vec<Manifest>, ClientError> {
+        let mut out = Vec::with_capacity(files.len());
+        for &(file, version) in files {
+            out.push(self.fetch_manifest(file, Some(version)).await?);
+        }
+        Ok(out)
+    }
+}
+
+// ------------------------------------------------------------------ the rounds
+
+/// A case's two devices, their engines and the shared world.
+struct Sim {
+    w: Shared,
+    engines: [Engine; 2],
+}
+
+impl Sim {
+    fn w(&self) -> MutexGuard<'_, World> {
+        lock(&self.w)
+    }
+
+    fn edit(&self, d: usize, e: Edit) {
+        self.w().edit(d, e);
+    }
+
+    fn abort(&self, d: usize, e: &SyncError) -> RoundEnd {
+        let mut w = self.w();
+        w.count("round aborted");
+        w.log(format!("   dev{d}: round aborted: {e}"));
+        RoundEnd {
+            ops: 0,
+            aborted: true,
         }
     }
 
-    // ---------------------------------------------------------- one round
-
-    /// One sync round of device `d`, as `Engine::sync_once` runs it.
+    /// One sync round of device `d`.
     async fn round(&mut self, d: usize, seed: u64) -> RoundEnd {
-        let planned = self.plan_round(d, seed).await;
-        self.execute(d, planned, seed).await
+        match self.prepare(d, seed).await {
+            Ok(round) => self.execute(d, round, seed).await,
+            Err(e) => self.abort(d, &e),
+        }
     }
 
     /// Pulls, scans and plans.
-    async fn plan_round(&mut self, d: usize, seed: u64) -> Planned {
-        // 1. Remote changes since the cursor.
-        let since = self.devs[d].cursor;
-        let (remote, cursor) = self.pull(since).await;
-        // 2. Scan; hash only the files whose stat differs from the base.
-        let base = self.devs[d].base.clone();
-        let mut local = BTreeMap::new();
-        let mut digests: HashMap<SyncPath, (u32, u64)> = HashMap::new();
-        let files: Vec<(SyncPath, File)> = self.devs[d]
-            .files
-            .iter()
-            .map(|(p, f)| (p.clone(), *f))
-            .collect();
-        for (path, f) in files {
-            self.ledger.require(f.content);
-            let st = f.stat(&path);
-            let hash = match base.get(&path) {
-                Some(b) if b.same_stat(&st) => b.content_hash,
-                _ => {
-                    digests.insert(path.clone(), (f.content, f.instance));
-                    hash_of(f.content)
-                }
-            };
-            local.insert(path, LocalEntry { file: st, hash });
+    async fn prepare(&mut self, d: usize, seed: u64) -> Result<Round, SyncError> {
+        {
+            let mut w = self.w();
+            let scanned: Vec<u32> = w.files[d].values().map(|f| f.content).collect();
+            for c in scanned {
+                w.ledger.require(c);
+            }
         }
-        // 3. Plan.
+        let round = self.engines[d].prepare().await?;
         let input = PlanInput {
-            base: &base,
-            local: &local,
-            remote: &remote,
+            base: round.base(),
+            local: round.local(),
+            remote: round.remote(),
         };
-        let ops = plan(input);
-        assert_eq!(ops, plan(input), "the planner is not a pure function");
-        let remote_desc: Vec<String> = remote.iter().map(describe_meta).collect();
-        self.log(format!(
+        assert_eq!(
+            plan(input),
+            round.plan,
+            "the planner is not a pure function"
+        );
+        let remote_desc: Vec<String> = round.remote().iter().map(describe_meta).collect();
+        let mut w = self.w();
+        w.log(format!(
             "dev{d}: round (seed {seed}), remote [{}]",
             remote_desc.join(", ")
         ));
-        for op in &ops {
-            self.count(op_kind(op));
-            let line = format!("   plan: {}", describe(op));
-            self.log(line);
+        for (kind, line) in describe_plan(&round) {
+            w.count(kind);
+            w.log(format!("   plan: {line}"));
         }
-        Planned {
-            since,
-            cursor,
-            base,
-            local,
-            digests,
-            ops,
-        }
+        Ok(round)
     }
 
-    /// Executes a plan.
-    async fn execute(&mut self, d: usize, planned: Planned, seed: u64) -> RoundEnd {
-        let Planned {
-            since,
-            cursor,
-            base,
-            local,
-            digests,
-            ops,
-        } = planned;
+    /// Executes a plan, in a shuffled order inside each phase.
+    async fn execute(&mut self, d: usize, mut round: Round, seed: u64) -> RoundEnd {
         let mut rng = Rng(seed);
-        let mut end = RoundEnd {
-            ops: ops.len(),
-            ..RoundEnd::default()
-        };
-        // 4. Execute, phase by phase, in a shuffled order inside each phase.
-        let mut uploads = Vec::new();
-        let mut remote_ops = Vec::new();
-        let mut local_ops = Vec::new();
-        for op in ops {
-            match op {
-                Op::Upload { .. } => uploads.push(op),
-                Op::DeleteRemote { .. } | Op::RenameRemote { .. } => remote_ops.push(op),
-                _ => local_ops.push(op),
-            }
-        }
-        rng.shuffle(&mut uploads, seed);
-        rng.shuffle(&mut remote_ops, seed);
-        rng.shuffle(&mut local_ops, seed);
-        for op in &local_ops {
-            if let Op::Forget { path } = op {
-                self.devs[d].base.remove(path);
-            }
-        }
-        let mut remote_ok = true;
-        // Remote deletes and renames: one batch, then the answers in order.
-        let mut answers = Vec::new();
-        for op in &remote_ops {
-            answers.push(match op {
-                Op::DeleteRemote { path, base } => self.delete(d, path, base).await,
-                Op::RenameRemote { from, to, .. } => self.rename(d, from, to).await,
-                _ => unreachable!("only remote operations here"),
-            });
-        }
-        for (op, answer) in remote_ops.into_iter().zip(answers) {
-            match (op, answer) {
-                (Op::DeleteRemote { path, .. }, Ok(_) | Err(DbError::NotFound(_))) => {
-                    self.devs[d].base.remove(&path);
-                }
-                (Op::RenameRemote { from, to, changed }, Ok(r)) => {
-                    if let (Some(b), Some(_)) = (base.get(&from), r.files.first()) {
-                        let l = &local[&to].file;
-                        let mut moved = b.clone();
-                        moved.path = to.clone();
-                        moved.mtime = l.mtime;
-                        moved.inode = l.inode;
-                        moved.born = l.born;
-                        moved.mode = l.mode;
-                        if changed {
-                            uploads.push(Op::Upload {
-                                path: to.clone(),
-                                base: b.vv.clone(),
-                            });
-                        }
-                        self.devs[d].base.remove(&from);
-                        self.devs[d].base.insert(to, moved);
+        let plan = &mut round.plan;
+        rng.shuffle(&mut plan.forget, seed);
+        rng.shuffle(&mut plan.remote, seed);
+        rng.shuffle(&mut plan.uploads, seed);
+        rng.shuffle(&mut plan.downloads, seed);
+        rng.shuffle(&mut plan.local, seed);
+        let ops = plan.len();
+        {
+            // The folder holds an adopted version only if the bytes are still there.
+            let mut w = self.w();
+            for op in &plan.local {
+                if let LocalOp::Adopt { meta } = op {
+                    let here = w.files[d].get(&meta.path).map(|f| f.content);
+                    if here.is_some() && here == meta.content_hash.map(token_of) {
+                        let held = w.ledger.instance(meta);
+                        w.ledger.held[d].insert(held);
                     }
                 }
-                (Op::RenameRemote { from, to, .. }, Err(_)) => {
-                    // Sent as a new file and a delete instead.
-                    if let Some(b) = base.get(&from) {
-                        uploads.push(Op::Upload {
-                            path: to,
-                            base: VersionVector::new(),
-                        });
-                        if let Err(e) = self.delete(d, &from, &b.vv).await {
-                            self.count("round aborted");
-                            self.log(format!("   dev{d}: round aborted: {e}"));
-                            end.aborted = true;
-                            return end;
-                        }
-                        self.devs[d].base.remove(&from);
-                    }
-                }
-                _ => {}
             }
         }
-        // Uploads: one batch of commits, then each answer recorded in order. Only files
-        // hashed this round have a digest to upload.
-        let items: Vec<(SyncPath, VersionVector, LocalFile, (u32, u64))> = uploads
-            .into_iter()
-            .filter_map(|op| match op {
-                Op::Upload { path, base } => {
-                    let l = local.get(&path)?;
-                    let digest = *digests.get(&path)?;
-                    Some((path, base, l.file.clone(), digest))
+        match self.engines[d].execute(round).await {
+            Ok(report) => {
+                let mut w = self.w();
+                for (path, why) in report.deferred {
+                    w.count("local op deferred");
+                    w.log(format!("   dev{d}: deferred {path}: {why}"));
                 }
-                _ => None,
-            })
-            .collect();
-        let mut answers = Vec::new();
-        for (path, vb, file, digest) in &items {
-            answers.push(self.commit(d, path, vb, file, *digest).await);
-        }
-        for ((path, _, file, (c, _)), answer) in items.into_iter().zip(answers) {
-            if let Ok(r) = answer {
-                if let Err(e) = self.after_commit(d, &path, &file, c, r).await {
-                    self.count("round aborted");
-                    self.log(format!("   dev{d}: round aborted: {e}"));
-                    end.aborted = true;
-                    return end;
+                RoundEnd {
+                    ops,
+                    aborted: false,
                 }
             }
+            Err(e) => self.abort(d, &e),
         }
-        // Downloads (one request for all manifests), then the other local operations.
-        let (downloads, others): (Vec<Op>, Vec<Op>) = local_ops
-            .into_iter()
-            .partition(|op| matches!(op, Op::Download { .. }));
-        for op in &downloads {
-            if let Op::Download { meta } = op {
-                if let Err(e) = self.repo.manifest(meta.file_id, Some(meta.version)).await {
-                    self.count("round aborted");
-                    self.log(format!("   dev{d}: round aborted: manifests: {e}"));
-                    end.aborted = true;
-                    return end;
-                }
-            }
-        }
-        for op in downloads.into_iter().chain(others) {
-            let what = describe(&op);
-            match self.apply_local(d, op, &base, &local).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.count("local op deferred");
-                    self.log(format!("   dev{d}: deferred {what}"));
-                    remote_ok = false;
-                }
-                Err(e) => {
-                    self.count("local op deferred");
-                    self.log(format!("   dev{d}: deferred {what}: {e}"));
-                    remote_ok = false;
-                }
-            }
-        }
-        if remote_ok && cursor > since {
-            self.devs[d].cursor = cursor;
-        }
-        end
     }
 }
 
@@ -1234,7 +1267,12 @@ struct Outcome {
 }
 
 /// Runs one case in a fresh account (`n` makes its ids unique in the repository).
-async fn run_case(repo: &dyn MetaRepo, n: u64, case: &Case) -> Result<Outcome, String> {
+async fn run_case(
+    repo: &Arc<dyn MetaRepo>,
+    dir: &Path,
+    n: u64,
+    case: &Case,
+) -> Result<Outcome, String> {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&n.to_le_bytes());
     let user = UserId::from_bytes(id);
@@ -1258,7 +1296,12 @@ async fn run_case(repo: &dyn MetaRepo, n: u64, case: &Case) -> Result<Outcome, S
     repo.create_user(account, 0)
         .await
         .map_err(|e| e.to_string())?;
-    let mut devs = Vec::new();
+    let w: Shared = Arc::new(Mutex::new(World {
+        clock: 1_700_000_000_000_000_000,
+        next_fresh: FRESH_BASE - 1,
+        ..World::default()
+    }));
+    let mut engines = Vec::new();
     for d in 0..2 {
         // The first byte tells the devices apart in conflict-copy names.
         let tag = if (d == 0) == case.swap_ids {
@@ -1272,29 +1315,36 @@ async fn run_case(repo: &dyn MetaRepo, n: u64, case: &Case) -> Result<Outcome, S
             .register_device(user, None, DeviceId::from_bytes(b), "dev", 0)
             .await
             .map_err(|e| e.to_string())?;
-        devs.push(Device {
+        let state =
+            State::open(&dir.join(format!("state-{n}-{d}.db"))).map_err(|e| e.to_string())?;
+        let keys = SyncKeys {
+            ns,
+            device,
+            codec: Arc::new(BlobCodec::new(ns_keys())),
+            chunker: Arc::new(
+                Chunker::new(id_key(), ChunkerConfig::DEFAULT).map_err(|e| e.to_string())?,
+            ),
+            id_key: id_key().clone(),
+        };
+        let fs = MemFs { w: w.clone(), d };
+        let remote = RepoRemote {
+            repo: repo.clone(),
+            w: w.clone(),
+            d,
             actor: Actor { user, device },
-            files: BTreeMap::new(),
-            base: BTreeMap::new(),
-            cursor: Seq(0),
-        });
+        };
+        engines.push(Engine::with_parts(
+            Arc::new(fs),
+            Arc::new(remote),
+            state,
+            keys,
+        ));
     }
-    let [d0, d1]: [Device; 2] = devs.try_into().expect("two devices");
-    let mut w = World {
-        repo,
-        ns,
-        devs: [d0, d1],
-        clock: 1_700_000_000_000_000_000,
-        next_fresh: FRESH_BASE - 1,
-        next_instance: 0,
-        next_key: 0,
-        ledger: Ledger::default(),
-        log: Vec::new(),
-        seen: BTreeMap::new(),
-    };
-    let fail = |w: &World<'_>, what: &str| -> String {
+    let engines: [Engine; 2] = engines.try_into().expect("two devices");
+    let mut w = Sim { w, engines };
+    let fail = |log: &[String], what: &str| -> String {
         let mut out = format!("{what}\n--- trace ---\n");
-        for line in &w.log {
+        for line in log {
             let _ = writeln!(out, "{line}");
         }
         out
@@ -1318,19 +1368,24 @@ async fn run_case(repo: &dyn MetaRepo, n: u64, case: &Case) -> Result<Outcome, S
             Step::Sync(d, seed) => {
                 w.round(d, seed).await;
             }
-            Step::Overlap(d, seed) => {
-                let planned = w.plan_round(d, seed).await;
-                w.round(1 - d, seed.rotate_left(17)).await;
-                w.log(format!("dev{d}: executes the plan above"));
-                w.execute(d, planned, seed).await;
-            }
+            Step::Overlap(d, seed) => match w.prepare(d, seed).await {
+                Ok(planned) => {
+                    w.round(1 - d, seed.rotate_left(17)).await;
+                    w.w().log(format!("dev{d}: executes the plan above"));
+                    w.execute(d, planned, seed).await;
+                }
+                Err(e) => {
+                    w.abort(d, &e);
+                }
+            },
         }
-        if let Some(v) = w.ledger.violations.first() {
-            return Err(fail(&w, v));
+        let violation = w.w().ledger.violations.first().cloned();
+        if let Some(v) = violation {
+            return Err(fail(&w.w().log, &v));
         }
     }
     // The edits stop: alternate rounds until both devices have nothing to do.
-    w.log("--- edits stop ---".into());
+    w.w().log("--- edits stop ---".into());
     let mut rng = Rng(case.final_seed);
     let mut rounds = [0usize; 2];
     let mut busy = [0usize; 2];
@@ -1340,7 +1395,7 @@ async fn run_case(repo: &dyn MetaRepo, n: u64, case: &Case) -> Result<Outcome, S
         let d = i % 2;
         if rounds[d] >= HARD_LIMIT {
             let what = format!("I1: still busy after {HARD_LIMIT} rounds per device");
-            return Err(fail(&w, &what));
+            return Err(fail(&w.w().log, &what));
         }
         let seed = if case.final_seed == 0 {
             0
@@ -1356,8 +1411,9 @@ async fn run_case(repo: &dyn MetaRepo, n: u64, case: &Case) -> Result<Outcome, S
             busy[d] = rounds[d];
         }
         i += 1;
-        if let Some(v) = w.ledger.violations.first() {
-            return Err(fail(&w, v));
+        let violation = w.w().ledger.violations.first().cloned();
+        if let Some(v) = violation {
+            return Err(fail(&w.w().log, &v));
         }
     }
     // I1: both folders hold the server's live tree.
@@ -1373,41 +1429,43 @@ async fn run_case(repo: &dyn MetaRepo, n: u64, case: &Case) -> Result<Outcome, S
             (m.path.clone(), (c, m.mode & 0o777))
         })
         .collect();
-    for (d, dev) in w.devs.iter().enumerate() {
-        let t = tree(&dev.files);
+    for d in 0..2 {
+        let t = tree(&w.w().files[d]);
         if t != server {
             let what = format!(
                 "I1: dev{d} holds {} but the server {}",
                 show(&t),
                 show(&server)
             );
-            return Err(fail(&w, &what));
+            return Err(fail(&w.w().log, &what));
         }
     }
     let needed = busy[0].max(busy[1]);
     if needed > ROUND_LIMIT {
         let what = format!("I1: converged only after {busy:?} busy rounds (limit {ROUND_LIMIT})");
-        return Err(fail(&w, &what));
+        return Err(fail(&w.w().log, &what));
     }
     // I2: every content still required is in the tree.
     let present: HashSet<u32> = server.values().map(|&(c, _)| c).collect();
-    for (&c, &required) in &w.ledger.required {
+    let world = w.w();
+    for (&c, &required) in &world.ledger.required {
         if required && !present.contains(&c) {
             let what = format!("I2: content {} was lost", short(c));
-            return Err(fail(&w, &what));
+            return Err(fail(&world.log, &what));
         }
     }
     // I4: a deleted file does not come back at its path unless a user kept it.
-    for (path, c) in &w.ledger.deleted {
+    for (path, c) in &world.ledger.deleted {
         let back = server.get(path).is_some_and(|&(now, _)| now == *c);
-        if *c >= FRESH_BASE && back && !w.ledger.user_kept.contains(c) {
+        if *c >= FRESH_BASE && back && !world.ledger.user_kept.contains(c) {
             let what = format!("I4: {path}={} came back after its delete", short(*c));
-            return Err(fail(&w, &what));
+            return Err(fail(&world.log, &what));
         }
     }
+    let seen = world.seen.clone();
     Ok(Outcome {
         rounds: needed,
-        seen: w.seen,
+        seen,
     })
 }
 
@@ -1418,7 +1476,7 @@ struct Env {
     next: std::sync::atomic::AtomicU64,
     rounds: std::sync::Mutex<BTreeMap<usize, u64>>,
     seen: std::sync::Mutex<BTreeMap<&'static str, u64>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Env {
@@ -1440,13 +1498,15 @@ impl Env {
             next: std::sync::atomic::AtomicU64::new(1),
             rounds: std::sync::Mutex::default(),
             seen: std::sync::Mutex::default(),
-            _dir: dir,
+            dir,
         }
     }
 
     fn run(&self, case: &Case) -> Result<(), String> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let outcome = self.rt.block_on(run_case(&*self.repo, n, case))?;
+        let outcome = self
+            .rt
+            .block_on(run_case(&self.repo, self.dir.path(), n, case))?;
         *self
             .rounds
             .lock()

@@ -43,6 +43,8 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
 pub struct TempFile {
     path: PathBuf,
     file: Option<File>,
+    /// Synced since the last access to the file (a second fsync is skipped).
+    synced: bool,
 }
 
 impl TempFile {
@@ -75,6 +77,7 @@ impl TempFile {
                     return Ok(Self {
                         path,
                         file: Some(file),
+                        synced: false,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -90,19 +93,24 @@ impl TempFile {
 
     /// The open file, for writing and setting metadata.
     pub fn file(&mut self) -> &mut File {
+        self.synced = false;
         self.file.as_mut().expect("open until persisted")
     }
 
     /// Syncs the content to disk (call before checks that decide whether to persist).
     pub fn sync(&mut self) -> io::Result<()> {
-        self.file().sync_all()
+        self.file().sync_all()?;
+        self.synced = true;
+        Ok(())
     }
 
     /// Syncs the file, renames it to `dst` (replacing what was there) and syncs the
     /// directory of `dst`. On error the temp file is removed.
     pub fn persist(mut self, dst: &Path) -> io::Result<()> {
         let file = self.file.take().expect("open until persisted");
-        file.sync_all()?;
+        if !self.synced {
+            file.sync_all()?;
+        }
         drop(file);
         std::fs::rename(&self.path, dst)?;
         self.path = PathBuf::new();

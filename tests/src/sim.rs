@@ -34,7 +34,7 @@ use std::sync::Arc;
 use clap::Parser as _;
 use fsync_client::api::ApiClient;
 use fsync_client::engine::Engine;
-use fsync_client::session;
+use fsync_client::session::{self, Session};
 use fsync_common::{ContentHash, IdKey};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -193,6 +193,8 @@ struct Device {
     name: String,
     root: PathBuf,
     engine: Option<Engine>,
+    /// The session the engine was started with (for direct API calls).
+    session: Option<Session>,
     /// Steps until which the device is offline (no rounds).
     offline_until: usize,
 }
@@ -211,6 +213,7 @@ impl Device {
             session::chunk_config(Some(4096))?,
         )
         .await?;
+        self.session = Some(s.clone());
         self.engine = Some(Engine::new(self.root.clone(), state_dir, state, s));
         Ok(())
     }
@@ -349,6 +352,7 @@ async fn drive(
             name: format!("dev{i}"),
             root,
             engine: None,
+            session: None,
             offline_until: 0,
         };
         d.start(&server.url, username).await?;
@@ -358,7 +362,7 @@ async fn drive(
         .engine
         .as_ref()
         .expect("started")
-        .session()
+        .keys()
         .id_key
         .clone();
     let mut model = Model::default();
@@ -699,8 +703,7 @@ async fn check(
         }
     }
     // ... and it is the server's list of heads.
-    let engine = devices[0].engine.as_ref().expect("started");
-    let s = engine.session();
+    let s = devices[0].session.as_ref().expect("started");
     let heads = s.api.list_all(s.ns, None, false).await?;
     let server: BTreeMap<String, Option<ContentHash>> = heads
         .iter()
@@ -833,7 +836,7 @@ async fn explain(
     id_key: &IdKey,
 ) -> String {
     let mut out = String::new();
-    let s = devices[0].engine.as_ref().expect("started").session();
+    let s = devices[0].session.as_ref().expect("started");
     let Ok(all) = s.api.list_all(s.ns, None, true).await else {
         return out;
     };
@@ -894,7 +897,7 @@ async fn explain(
 /// For a failure message: every server version that holds `data`, and what followed it.
 async fn whereabouts(devices: &[Device], data: &[u8], id_key: &IdKey) -> String {
     let mut out = String::new();
-    let s = devices[0].engine.as_ref().expect("started").session();
+    let s = devices[0].session.as_ref().expect("started");
     let h = fsync_chunker::content_hash(id_key, data);
     let Ok(all) = s.api.list_all(s.ns, None, true).await else {
         return out;
@@ -922,7 +925,7 @@ async fn whereabouts(devices: &[Device], data: &[u8], id_key: &IdKey) -> String 
     }
     for d in devices {
         let e = d.engine.as_ref().expect("started");
-        let _ = writeln!(out, "  {} device id {}", d.name, e.session().device);
+        let _ = writeln!(out, "  {} device id {}", d.name, e.keys().device);
     }
     out
 }

@@ -623,7 +623,7 @@ pub(crate) async fn small_edits(
         ctx.notes
             .push("rsync is not installed: the small-edit comparison was skipped.".into());
     }
-    let chunker = a.engine.session().chunker.clone();
+    let chunker = a.engine.keys().chunker.clone();
     let digest = |p: &Path| -> anyhow::Result<Vec<(ChunkId, u32)>> {
         let d = chunker.digest_reader(std::fs::File::open(p)?, HashOptions::default())?;
         Ok(d.chunks.iter().map(|c| (c.id, c.len)).collect())
@@ -1090,7 +1090,7 @@ impl DaemonThread {
                     let opts = DaemonOptions {
                         interval: Duration::from_secs(30),
                     };
-                    daemon::run(dev.engine, &root, opts, async {
+                    daemon::run(dev.engine, dev.api.clone(), &root, opts, async {
                         let _ = stopped.await;
                     })
                     .await;

@@ -185,7 +185,7 @@ pub(crate) async fn run_versions(
             .expect("image task")?;
     }
     say(&format!("image of {size_mib} MiB written"));
-    let chunker = a.engine.session().chunker.clone();
+    let chunker = a.engine.keys().chunker.clone();
     let mut known: HashSet<ChunkId> = HashSet::new();
     let mut steps = Vec::new();
     let mut pages_per_version = 0;

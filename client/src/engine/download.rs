@@ -1,0 +1,268 @@
+//! Downloads: manifests in one request, chunks read back from unchanged local files
+//! where possible, else fetched (one request per group of small files, or window by
+//! window), every chunk and the whole content verified before an atomic install that
+//! never overwrites a local edit.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fsync_common::wire::{ChunkRef, FileMeta, Manifest};
+use fsync_common::{ChunkId, FileId, IdKey, SyncPath, VersionNo};
+
+use super::{
+    deferrable, Engine, Found, LocalFs, RoundReport, SyncError, CHANGED_MEANWHILE, DOWNLOAD_WINDOW,
+    PREFETCH_GROUP_BYTES,
+};
+use crate::planner::LocalEntry;
+use crate::state::BaseEntry;
+
+/// Where chunks can be read locally instead of downloaded: file, offset, length.
+pub(super) type ReuseMap = HashMap<ChunkId, (SyncPath, u64, u32)>;
+
+/// The chunks of local files still as synced.
+pub(super) fn reuse_map(
+    base: &BTreeMap<SyncPath, BaseEntry>,
+    local: &BTreeMap<SyncPath, LocalEntry>,
+) -> ReuseMap {
+    let mut map = HashMap::new();
+    for (path, b) in base {
+        let Some(l) = local.get(path) else { continue };
+        if l.hash != b.content_hash {
+            continue;
+        }
+        add_to_reuse(&mut map, path, &b.chunks);
+    }
+    map
+}
+
+/// Adds the chunks of the file at `path` (first come, first kept).
+pub(super) fn add_to_reuse(map: &mut ReuseMap, path: &SyncPath, chunks: &[ChunkRef]) {
+    let mut offset = 0u64;
+    for c in chunks {
+        map.entry(c.id())
+            .or_insert_with(|| (path.clone(), offset, c.len()));
+        offset += u64::from(c.len());
+    }
+}
+
+impl Engine {
+    /// Downloads a remote head to its path: temp file → fsync → the local file is
+    /// still as last synced → rename → fsync the directory.
+    pub(super) async fn download(
+        &mut self,
+        meta: &FileMeta,
+        reuse: &ReuseMap,
+        report: &mut RoundReport,
+    ) -> Result<bool, SyncError> {
+        let manifest: Manifest = self
+            .remote
+            .manifest(meta.file_id, Some(meta.version))
+            .await?;
+        self.write_download(meta, manifest, reuse, &HashMap::new(), report)
+            .await
+    }
+
+    /// Downloads many files with few requests: one for all manifests, then one chunk
+    /// fetch per group of small files. Returns the files not applied, with the reason.
+    pub(super) async fn download_many(
+        &mut self,
+        metas: Vec<FileMeta>,
+        reuse: &ReuseMap,
+        report: &mut RoundReport,
+    ) -> Result<Vec<(String, Option<String>)>, SyncError> {
+        let mut failed = Vec::new();
+        if metas.is_empty() {
+            return Ok(failed);
+        }
+        let wanted: Vec<(FileId, VersionNo)> =
+            metas.iter().map(|m| (m.file_id, m.version)).collect();
+        let manifests = self.remote.manifests(self.keys.ns, &wanted).await?;
+        let mut pending: Vec<(FileMeta, Manifest)> = metas.into_iter().zip(manifests).collect();
+        // Small files first, grouped so one fetch carries the chunks of many.
+        pending.sort_by_key(|(m, _)| m.size);
+        let mut i = 0;
+        while i < pending.len() {
+            let mut group_bytes = 0u64;
+            let mut j = i;
+            while j < pending.len()
+                && (j == i || group_bytes + pending[j].0.size <= PREFETCH_GROUP_BYTES)
+            {
+                group_bytes += pending[j].0.size;
+                j += 1;
+            }
+            let mut prefetched: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+            if group_bytes <= PREFETCH_GROUP_BYTES {
+                let mut ids: Vec<ChunkId> = pending[i..j]
+                    .iter()
+                    .flat_map(|(_, m)| m.chunks.iter().map(ChunkRef::id))
+                    .filter(|id| !reuse.contains_key(id))
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                if !ids.is_empty() {
+                    for (id, blob) in self.remote.fetch_batch(self.keys.ns, &ids).await? {
+                        match self.keys.codec.decode(&id, &blob) {
+                            Ok(data) => {
+                                prefetched.insert(id, data);
+                            }
+                            Err(e) => {
+                                tracing::warn!(chunk = %id, error = %e, "refused a chunk from the server");
+                            }
+                        }
+                    }
+                }
+            }
+            for (meta, manifest) in pending[i..j].iter().cloned() {
+                let path = meta.path.to_string();
+                match self
+                    .write_download(&meta, manifest, reuse, &prefetched, report)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => failed.push((path, Some(CHANGED_MEANWHILE.into()))),
+                    Err(e) => failed.push((path, Some(deferrable(e)?))),
+                }
+            }
+            i = j;
+        }
+        Ok(failed)
+    }
+
+    /// Writes one downloaded file: chunks from `prefetched`, else from local files,
+    /// else fetched window by window.
+    async fn write_download(
+        &mut self,
+        meta: &FileMeta,
+        manifest: Manifest,
+        reuse: &ReuseMap,
+        prefetched: &HashMap<ChunkId, Vec<u8>>,
+        report: &mut RoundReport,
+    ) -> Result<bool, SyncError> {
+        let verify = |reason: String| SyncError::Verify {
+            path: meta.path.to_string(),
+            reason,
+        };
+        if manifest.meta.content_hash != meta.content_hash
+            || manifest.meta.path != meta.path
+            || manifest.meta.deleted
+        {
+            return Err(verify("the manifest does not match the change".into()));
+        }
+        let expect_hash = meta
+            .content_hash
+            .ok_or_else(|| verify("no content hash".into()))?;
+        let total: u64 = manifest.chunks.iter().map(|c| u64::from(c.len())).sum();
+        if total != meta.size {
+            return Err(verify(format!(
+                "chunks add up to {total} bytes, not {}",
+                meta.size
+            )));
+        }
+        let mut out = self.fs.create_temp(&meta.path)?;
+        let bar = crate::progress::bytes(&format!("downloading {}", meta.path), meta.size);
+        // Every chunk below is checked against its id before it is written, so hashing
+        // what is written, in order, gives the file's content hash without reading the
+        // temp file back.
+        let mut hasher = fsync_chunker::ContentHasher::new(&self.keys.id_key);
+        let write_failed = |e: std::io::Error| SyncError::Io {
+            what: "writing",
+            path: meta.path.to_local(self.fs.root()),
+            source: e,
+        };
+        for window in manifest.chunks.chunks(DOWNLOAD_WINDOW) {
+            let mut have: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+            let mut fetch = Vec::new();
+            for c in window {
+                if have.contains_key(&c.id()) {
+                    continue;
+                }
+                if let Some(data) = prefetched.get(&c.id()) {
+                    have.insert(c.id(), data.clone());
+                    continue;
+                }
+                match reuse
+                    .get(&c.id())
+                    .and_then(|src| read_local_chunk(&*self.fs, src, c, &self.keys.id_key))
+                {
+                    Some(data) => {
+                        have.insert(c.id(), data);
+                    }
+                    None => fetch.push(c.id()),
+                }
+            }
+            fetch.sort();
+            fetch.dedup();
+            if !fetch.is_empty() {
+                let blobs = self.remote.fetch_batch(self.keys.ns, &fetch).await?;
+                for (id, blob) in blobs {
+                    let data = self
+                        .keys
+                        .codec
+                        .decode(&id, &blob)
+                        .map_err(|e| verify(format!("chunk {id}: {e}")))?;
+                    have.insert(id, data);
+                }
+            }
+            for c in window {
+                let data = have
+                    .get(&c.id())
+                    .ok_or_else(|| verify(format!("chunk {} is missing on the server", c.id())))?;
+                if data.len() != c.len() as usize {
+                    return Err(verify(format!("chunk {} has the wrong length", c.id())));
+                }
+                out.write_all(data)?;
+                hasher.update(data);
+                fsync_common::failpoint::hit("client.download.chunk_written")
+                    .map_err(write_failed)?;
+                bar.inc(u64::from(c.len()));
+            }
+        }
+        bar.finish_and_clear();
+        let installed = out.finish(meta.mode, meta.mtime)?;
+        // Verify the whole content before it becomes visible.
+        if hasher.finalize() != expect_hash {
+            return Err(verify("the content hash does not match".into()));
+        }
+        // The local file must still be what we last synced (or absent): never
+        // overwrite an edit made meanwhile.
+        let base = self.state.get(&meta.path)?;
+        let safe = match (&base, self.fs.stat(&meta.path)?) {
+            (_, Found::Nothing) => true,
+            (Some(b), Found::File(_)) => self.still_as_synced(b).await,
+            (_, Found::File(_) | Found::Other) => false,
+        };
+        if !safe {
+            return Ok(false);
+        }
+        fsync_common::failpoint::hit("client.download.before_rename").map_err(|e| {
+            SyncError::Io {
+                what: "renaming into place",
+                path: meta.path.to_local(self.fs.root()),
+                source: e,
+            }
+        })?;
+        out.install()?;
+        if let Some(mut e) = BaseEntry::from_meta(meta, manifest.chunks, &installed) {
+            e.mode = installed.mode;
+            self.state.put(&e)?;
+        }
+        report.downloaded += 1;
+        Ok(true)
+    }
+}
+
+/// Reads a chunk from a local file and checks its id.
+fn read_local_chunk(
+    fs: &dyn LocalFs,
+    src: &(SyncPath, u64, u32),
+    c: &ChunkRef,
+    id_key: &IdKey,
+) -> Option<Vec<u8>> {
+    let (path, offset, len) = src;
+    if *len != c.len() {
+        return None;
+    }
+    let f = fs.open(path).ok()?;
+    let mut buf = vec![0u8; *len as usize];
+    f.read_exact_at(&mut buf, *offset).ok()?;
+    (fsync_chunker::chunk_id(id_key, &buf) == c.id()).then_some(buf)
+}

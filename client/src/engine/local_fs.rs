@@ -1,0 +1,290 @@
+//! The sync root as the engine sees it: the [`LocalFs`] trait and [`DiskFs`], its
+//! implementation on a real folder. Every write is durable (temp file → fsync → rename
+//! → fsync the directory, via [`fsync_common::durable`]); no path outside the root is
+//! touched and nothing is written through a symlink.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use fsync_common::durable::{self, TempFile};
+use fsync_common::SyncPath;
+
+use super::SyncError;
+use crate::scan::{self, LocalFile, Scan, STATE_DIR, TEMP_PREFIX};
+
+/// What is at a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing.
+    Nothing,
+    /// A regular file, with its stat.
+    File(LocalFile),
+    /// Something else (a folder, a symlink, a device).
+    Other,
+}
+
+/// An open local file.
+pub trait LocalReader: Read + Send {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+/// A file being written next to its destination, invisible until installed; dropped
+/// without [`TempWriter::install`], it is removed.
+pub trait TempWriter: Send {
+    /// Appends bytes.
+    fn write_all(&mut self, data: &[u8]) -> Result<(), SyncError>;
+    /// Sets the permission bits and mtime (ns since the epoch), makes the content
+    /// durable and returns the stat the file keeps once installed.
+    fn finish(&mut self, mode: u32, mtime: i64) -> Result<LocalFile, SyncError>;
+    /// Renames the file into place (replacing what is there) durably.
+    fn install(self: Box<Self>) -> Result<(), SyncError>;
+}
+
+/// The folder a round syncs. Paths are relative to its root; an implementation
+/// refuses paths that would leave the root.
+pub trait LocalFs: Send + Sync + 'static {
+    /// The root (for messages).
+    fn root(&self) -> &Path;
+    /// True when the root and its marker are there (else an unmounted disk, perhaps).
+    fn is_present(&self) -> bool;
+    /// Removes temp files an interrupted run left behind.
+    fn remove_stale_temp_files(&self);
+    /// Lists the files to sync.
+    fn scan(&self) -> Result<Scan, SyncError>;
+    /// What is at `path` now.
+    fn stat(&self, path: &SyncPath) -> Result<Found, SyncError>;
+    /// Opens a file for reading.
+    fn open(&self, path: &SyncPath) -> Result<Box<dyn LocalReader>, SyncError>;
+    /// A temp file in the folder of `dst` (created if needed).
+    fn create_temp(&self, dst: &SyncPath) -> Result<Box<dyn TempWriter>, SyncError>;
+    /// Deletes a file durably, and the folders it leaves empty.
+    fn remove(&self, path: &SyncPath) -> Result<(), SyncError>;
+    /// Moves a file durably (creating the destination's folder), removing the folders
+    /// it leaves empty.
+    fn rename(&self, from: &SyncPath, to: &SyncPath) -> Result<(), SyncError>;
+}
+
+pub(super) fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> SyncError + 'a {
+    move |source| SyncError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A sync root on disk.
+#[derive(Debug, Clone)]
+pub struct DiskFs {
+    root: PathBuf,
+    marker: PathBuf,
+}
+
+impl DiskFs {
+    /// The folder `root`; `marker` is the directory whose presence proves it is the
+    /// folder that was synced (normally `<root>/.fsync`).
+    pub fn new(root: PathBuf, marker: PathBuf) -> Self {
+        Self { root, marker }
+    }
+
+    /// The full path of `path`, refused unless it lies inside the root.
+    fn inside(&self, path: &SyncPath) -> Result<PathBuf, SyncError> {
+        let full = path.to_local(&self.root);
+        check_inside_root(&self.root, path, &full)?;
+        Ok(full)
+    }
+}
+
+impl LocalFs for DiskFs {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn is_present(&self) -> bool {
+        self.root.is_dir() && self.marker.is_dir()
+    }
+
+    fn remove_stale_temp_files(&self) {
+        remove_stale_temp_files(&self.root);
+    }
+
+    fn scan(&self) -> Result<Scan, SyncError> {
+        scan::scan(&self.root).map_err(io_err("scanning", &self.root))
+    }
+
+    fn stat(&self, path: &SyncPath) -> Result<Found, SyncError> {
+        let full = path.to_local(&self.root);
+        match std::fs::symlink_metadata(&full) {
+            Ok(md) if md.is_file() => Ok(Found::File(scan::stat(path.clone(), &md))),
+            Ok(_) => Ok(Found::Other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Found::Nothing),
+            Err(e) => Err(io_err("reading", &full)(e)),
+        }
+    }
+
+    fn open(&self, path: &SyncPath) -> Result<Box<dyn LocalReader>, SyncError> {
+        let full = path.to_local(&self.root);
+        let f = std::fs::File::open(&full).map_err(io_err("opening", &full))?;
+        Ok(Box::new(f))
+    }
+
+    fn create_temp(&self, dst: &SyncPath) -> Result<Box<dyn TempWriter>, SyncError> {
+        let full = self.inside(dst)?;
+        let dir = full.parent().expect("a file has a parent").to_owned();
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let tmp = TempFile::create_in(&dir, TEMP_PREFIX, None).map_err(io_err("creating", &dir))?;
+        Ok(Box::new(DiskTemp {
+            tmp,
+            dst: full,
+            rel: dst.clone(),
+        }))
+    }
+
+    fn remove(&self, path: &SyncPath) -> Result<(), SyncError> {
+        let full = self.inside(path)?;
+        std::fs::remove_file(&full).map_err(io_err("deleting", &full))?;
+        let _ = durable::sync_parent(&full);
+        remove_empty_parents(&self.root, &full);
+        Ok(())
+    }
+
+    fn rename(&self, from: &SyncPath, to: &SyncPath) -> Result<(), SyncError> {
+        let src = self.inside(from)?;
+        let dst = self.inside(to)?;
+        if let Some(dir) = dst.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        }
+        std::fs::rename(&src, &dst).map_err(io_err("moving", &src))?;
+        let _ = durable::sync_parent(&dst);
+        let _ = durable::sync_parent(&src);
+        remove_empty_parents(&self.root, &src);
+        Ok(())
+    }
+}
+
+impl LocalReader for std::fs::File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+/// A download on its way to `dst`.
+struct DiskTemp {
+    tmp: TempFile,
+    dst: PathBuf,
+    rel: SyncPath,
+}
+
+impl TempWriter for DiskTemp {
+    fn write_all(&mut self, data: &[u8]) -> Result<(), SyncError> {
+        use std::io::Write as _;
+        let path = self.tmp.path().to_owned();
+        self.tmp
+            .file()
+            .write_all(data)
+            .map_err(io_err("writing", &path))
+    }
+
+    fn finish(&mut self, mode: u32, mtime: i64) -> Result<LocalFile, SyncError> {
+        let path = self.tmp.path().to_owned();
+        let out = self.tmp.file();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = out.set_permissions(std::fs::Permissions::from_mode(mode & 0o777));
+        }
+        let mtime =
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(mtime).unwrap_or(0));
+        out.set_modified(mtime)
+            .map_err(io_err("setting the mtime of", &path))?;
+        self.tmp.sync().map_err(io_err("syncing", &path))?;
+        // Stat the temp file now: a rename keeps inode and mtime, and the user may
+        // move or delete the file the moment it becomes visible.
+        let md = self
+            .tmp
+            .file()
+            .metadata()
+            .map_err(io_err("reading", &path))?;
+        Ok(scan::stat(self.rel.clone(), &md))
+    }
+
+    fn install(self: Box<Self>) -> Result<(), SyncError> {
+        let Self { tmp, dst, .. } = *self;
+        tmp.persist(&dst)
+            .map_err(io_err("renaming into place", &dst))
+    }
+}
+
+/// Refuses a local path named by the server (a download, a move or delete, a
+/// conflict copy) unless it lies inside the root, below it by plain components only
+/// (defence in depth: the path type already excludes `..` and absolute paths), with
+/// no symlink on the way: the client never writes through a symlink, which may point
+/// anywhere.
+fn check_inside_root(root: &Path, path: &SyncPath, full: &Path) -> Result<(), SyncError> {
+    let plain = full.strip_prefix(root).is_ok_and(|rel| {
+        rel.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    });
+    if plain && !has_symlink_component(root, full) {
+        Ok(())
+    } else {
+        Err(SyncError::Verify {
+            path: path.to_string(),
+            reason: "the path leaves the sync root".into(),
+        })
+    }
+}
+
+fn has_symlink_component(root: &Path, dst: &Path) -> bool {
+    let Ok(rel) = dst.strip_prefix(root) else {
+        return true;
+    };
+    let mut cur = root.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    for c in &comps[..comps.len().saturating_sub(1)] {
+        cur.push(c);
+        if std::fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink()) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Removes temp files a killed client left behind (only this client writes them).
+fn remove_stale_temp_files(root: &Path) {
+    let walker = ignore::WalkBuilder::new(root)
+        .standard_filters(false)
+        .follow_links(false)
+        .filter_entry(|e| e.file_name() != STATE_DIR)
+        .build();
+    for entry in walker.flatten() {
+        let is_temp = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(TEMP_PREFIX));
+        if is_temp && entry.file_type().is_some_and(|t| t.is_file()) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed an interrupted download");
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale temp file");
+                }
+            }
+        }
+    }
+}
+
+fn remove_empty_parents(root: &Path, path: &Path) {
+    let mut cur = path.parent();
+    while let Some(dir) = cur {
+        if dir == root || !dir.starts_with(root) || std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+        cur = dir.parent();
+    }
+}

@@ -1,0 +1,158 @@
+//! The first half of a round: the remote changes since the cursor, the local tree
+//! (hashing only what changed since the base), and the plan.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fsync_chunker::{FileDigest, HashOptions};
+use fsync_common::wire::FileMeta;
+use fsync_common::{FileId, Seq, SyncPath};
+
+use super::{Engine, Found, Round, RoundReport, SyncError, PARALLEL_HASH_BYTES};
+use crate::planner::{plan, LocalEntry, PlanInput};
+use crate::state::BaseEntry;
+
+impl Engine {
+    /// Pulls, scans and plans.
+    pub(super) async fn survey(&mut self) -> Result<Round, SyncError> {
+        let mut report = RoundReport::default();
+        // 1. Remote changes since the cursor, latest state per file.
+        let since = self.state.cursor()?;
+        let (remote, cursor) = self.pull(since).await?;
+        // 2. Local tree, hashing only what changed since the base.
+        let base = self.state.all()?;
+        let (local, digests) = self.scan_local(&base, &mut report).await?;
+        // 3. Plan.
+        let plan = plan(PlanInput {
+            base: &base,
+            local: &local,
+            remote: &remote,
+        });
+        if !plan.is_empty() {
+            tracing::debug!(ops = plan.len(), "planned");
+        }
+        Ok(Round {
+            plan,
+            since,
+            cursor,
+            base,
+            local,
+            remote,
+            digests,
+            report,
+        })
+    }
+
+    /// Reads the journal from `since` to its end.
+    async fn pull(&self, since: Seq) -> Result<(Vec<FileMeta>, Seq), SyncError> {
+        let mut latest: BTreeMap<FileId, FileMeta> = BTreeMap::new();
+        let mut cursor = since;
+        loop {
+            let page = self.remote.changes(self.keys.ns, cursor, 1000).await?;
+            for c in page.changes {
+                latest.insert(c.file.file_id, c.file);
+            }
+            cursor = page.cursor.max(cursor);
+            if !page.has_more {
+                break;
+            }
+        }
+        let mut remote: Vec<FileMeta> = latest.into_values().collect();
+        remote.sort_by_key(|m| m.seq);
+        Ok((remote, cursor))
+    }
+
+    /// Scans the root; hashes (in parallel) files whose stat differs from their base.
+    /// A file that changes while being hashed is left for the next round.
+    async fn scan_local(
+        &self,
+        base: &BTreeMap<SyncPath, BaseEntry>,
+        report: &mut RoundReport,
+    ) -> Result<
+        (
+            BTreeMap<SyncPath, LocalEntry>,
+            HashMap<SyncPath, FileDigest>,
+        ),
+        SyncError,
+    > {
+        let fs = self.fs.clone();
+        let scan = tokio::task::spawn_blocking(move || fs.scan())
+            .await
+            .expect("scan task")?;
+        for (p, why) in &scan.skipped {
+            tracing::debug!(path = %p.display(), reason = %why, "not synced");
+        }
+        let mut local = BTreeMap::new();
+        let mut to_hash = Vec::new();
+        for (path, f) in scan.files {
+            match base.get(&path) {
+                Some(b) if b.same_stat(&f) => {
+                    local.insert(
+                        path,
+                        LocalEntry {
+                            file: f,
+                            hash: b.content_hash,
+                        },
+                    );
+                }
+                _ => to_hash.push(f),
+            }
+        }
+        let chunker = self.keys.chunker.clone();
+        let fs = self.fs.clone();
+        let bar = crate::progress::bytes(
+            "hashing changed files",
+            to_hash.iter().map(|f| f.size).sum(),
+        );
+        let hashed = tokio::task::spawn_blocking(move || {
+            use rayon::prelude::*;
+            let out = to_hash
+                .into_par_iter()
+                .map(|f| {
+                    bar.inc(f.size);
+                    let digest = fs
+                        .open(&f.path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|file| {
+                            // A large file alone would leave the other cores idle.
+                            if f.size >= PARALLEL_HASH_BYTES {
+                                chunker.digest_reader_parallel(file, HashOptions::default())
+                            } else {
+                                chunker.digest_reader(file, HashOptions::default())
+                            }
+                            .map_err(|e| e.to_string())
+                        });
+                    // Stable only if the stat did not move while we read it.
+                    let after = fs.stat(&f.path);
+                    (f, digest, after)
+                })
+                .collect::<Vec<_>>();
+            bar.finish_and_clear();
+            out
+        })
+        .await
+        .expect("hash task");
+        let mut digests = HashMap::new();
+        for (f, digest, after) in hashed {
+            match (digest, after) {
+                (Ok(d), Ok(Found::File(after))) if after == f && d.size == f.size => {
+                    local.insert(
+                        f.path.clone(),
+                        LocalEntry {
+                            file: f.clone(),
+                            hash: d.content_hash,
+                        },
+                    );
+                    digests.insert(f.path, d);
+                }
+                (Ok(_), Ok(Found::File(_) | Found::Other)) => report
+                    .deferred
+                    .push((f.path.to_string(), "still being written".into())),
+                (Err(e), _) => report
+                    .deferred
+                    .push((f.path.to_string(), format!("cannot read: {e}"))),
+                (_, Ok(Found::Nothing) | Err(_)) => {} // vanished while hashing: the next round sees it gone
+            }
+        }
+        Ok((local, digests))
+    }
+}

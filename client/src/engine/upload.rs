@@ -1,0 +1,352 @@
+//! Uploads: the chunks the server lacks (read at the offsets the digest recorded,
+//! checked, encoded in parallel, sent in batches), then one batch of commits and each
+//! answer recorded.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use fsync_chunker::FileDigest;
+use fsync_common::wire::{
+    ChunkRef, CommitOutcome, CommitRequest, CommitResponse, SyncEvent, SyncEventResult,
+};
+use fsync_common::{ChunkId, ErrorCode, IdKey, SyncPath};
+use fsync_store::BlobCodec;
+
+use super::local_fs::io_err;
+use super::{
+    idem, Context, Engine, Found, LocalFs, RoundReport, SyncError, ENCODE_GROUP,
+    UPLOAD_BATCH_BYTES, UPLOAD_IN_FLIGHT,
+};
+use crate::api::ClientError;
+use crate::planner::{LocalEntry, Upload};
+use crate::scan::LocalFile;
+use crate::state::BaseEntry;
+
+/// A chunk of a local file: offset, length, id.
+type ChunkSpan = (u64, u32, ChunkId);
+
+/// Why an upload left a file for the next round.
+const UPLOAD_CHANGED: &str = "the file changed while it was being uploaded";
+/// The receiving side went away (an API error ended the upload).
+const UPLOAD_STOPPED: &str = "upload stopped";
+
+impl Engine {
+    /// Uploads the chunks the server lacks, then commits every file in one batch.
+    pub(super) async fn upload(
+        &mut self,
+        items: Vec<Upload>,
+        cx: Context<'_>,
+        report: &mut RoundReport,
+    ) -> Result<(), SyncError> {
+        let items: Vec<(Upload, &LocalEntry, FileDigest)> = items
+            .into_iter()
+            .filter_map(|u| {
+                let l = cx.local.get(&u.path)?;
+                let d = cx.digests.get(&u.path).cloned()?;
+                Some((u, l, d))
+            })
+            .collect();
+        if items.is_empty() {
+            return Ok(());
+        }
+        // Chunks of synced versions are on the server already: ask only about the
+        // others, so a small edit of a large file asks about its new chunks, not about
+        // every chunk. (If GC removed an old version's chunk since, the commit is
+        // answered with the missing ids, sent below.)
+        let known: HashSet<ChunkId> = cx
+            .base
+            .values()
+            .flat_map(|b| b.chunks.iter().map(ChunkRef::id))
+            .collect();
+        let mut ask: Vec<ChunkId> = items
+            .iter()
+            .flat_map(|(_, _, d)| d.chunks.iter().map(|c| c.id))
+            .filter(|id| !known.contains(id))
+            .collect();
+        ask.sort_unstable();
+        ask.dedup();
+        let missing: HashSet<ChunkId> = if ask.is_empty() {
+            HashSet::new()
+        } else {
+            self.remote
+                .missing(self.keys.ns, &ask)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let mut failed: HashSet<SyncPath> = HashSet::new();
+        if !missing.is_empty() {
+            let files = items
+                .iter()
+                .map(|(u, l, d)| (u.path.clone(), l.file.clone(), d.clone()))
+                .collect();
+            for (path, why) in self.send_chunks(files, &missing).await? {
+                tracing::warn!(path = %path, reason = %why, "upload deferred");
+                report.deferred.push((path.to_string(), why));
+                failed.insert(path);
+            }
+        }
+        let mut requests = Vec::new();
+        for (u, l, d) in &items {
+            if failed.contains(&u.path) {
+                continue;
+            }
+            requests.push((
+                (*l).clone(),
+                d.clone(),
+                CommitRequest {
+                    namespace: self.keys.ns,
+                    path: u.path.clone(),
+                    base: u.base.clone(),
+                    chunks: d.chunk_refs(),
+                    size: d.size,
+                    mtime: l.file.mtime,
+                    mode: l.file.mode,
+                    content_hash: d.content_hash,
+                    idempotency_key: idem(),
+                },
+            ));
+        }
+        let events = requests
+            .iter()
+            .map(|(_, _, c)| {
+                if c.base.is_empty() {
+                    SyncEvent::Create(c.clone())
+                } else {
+                    SyncEvent::Modify(c.clone())
+                }
+            })
+            .collect();
+        // Chunks are stored; nothing is committed yet.
+        fsync_common::failpoint::hit("client.upload.before_commit")
+            .map_err(io_err("committing", self.fs.root()))?;
+        let results = self.remote.events(events).await?;
+        for ((l, d, req), result) in requests.into_iter().zip(results) {
+            let path = req.path.clone();
+            let response = match result {
+                SyncEventResult::Committed(r) => *r,
+                SyncEventResult::Failed(e) if e.error.code == ErrorCode::MissingChunks => {
+                    // Collected since we asked (GC), or chunks of a synced version we
+                    // did not ask about that are gone: send them and retry once.
+                    let again: HashSet<ChunkId> = e.error.missing.iter().copied().collect();
+                    let files = vec![(path.clone(), l.file.clone(), d.clone())];
+                    if let Some((_, why)) = self.send_chunks(files, &again).await?.pop() {
+                        report.deferred.push((path.to_string(), why));
+                        continue;
+                    }
+                    match self.remote.commit(&req).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            report.deferred.push((path.to_string(), e.to_string()));
+                            continue;
+                        }
+                    }
+                }
+                SyncEventResult::Failed(e) => {
+                    tracing::warn!(path = %path, code = ?e.error.code, message = %e.error.message, "commit refused");
+                    report.deferred.push((path.to_string(), e.error.message));
+                    continue;
+                }
+                SyncEventResult::Applied(_) => continue,
+            };
+            report.uploaded += 1;
+            self.after_commit(&path, &l.file, &d, response, report)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records a commit's outcome locally.
+    async fn after_commit(
+        &mut self,
+        path: &SyncPath,
+        file: &LocalFile,
+        d: &FileDigest,
+        r: CommitResponse,
+        report: &mut RoundReport,
+    ) -> Result<(), SyncError> {
+        let chunks = d.chunk_refs();
+        if r.outcome == CommitOutcome::ConflictLost {
+            report.conflicts += 1;
+            // Our content lives on as the conflict copy: move the local file there
+            // (same bytes), then fetch the winner to the original path.
+            let Some(copy) = r.conflict_copy else {
+                return Ok(());
+            };
+            if self.fs.stat(&copy.path)? == Found::Nothing {
+                // Stat before the rename (which keeps inode and mtime): once moved,
+                // the copy is the user's and may vanish at any moment.
+                let Found::File(st) = self.fs.stat(path)? else {
+                    return Err(SyncError::Io {
+                        what: "reading",
+                        path: path.to_local(self.fs.root()),
+                        source: std::io::ErrorKind::NotFound.into(),
+                    });
+                };
+                self.fs.rename(path, &copy.path)?;
+                let st = LocalFile {
+                    path: copy.path.clone(),
+                    ..st
+                };
+                if let Some(e) = BaseEntry::from_meta(&copy, chunks, &st) {
+                    self.state.put(&e)?;
+                }
+            }
+            self.state.remove(path)?;
+            self.download(&r.head, &HashMap::new(), report).await?;
+        } else {
+            if r.outcome == CommitOutcome::ConflictWon {
+                report.conflicts += 1;
+            }
+            let mut e =
+                BaseEntry::from_meta(&r.head, chunks, file).ok_or_else(|| SyncError::Verify {
+                    path: path.to_string(),
+                    reason: "the server answered a commit with a tombstone".into(),
+                })?;
+            e.mode = file.mode;
+            if e.content_hash != d.content_hash || e.path != *path {
+                // The head is not what we sent (e.g. unchanged after a merge):
+                // keep our stat only if the content matches.
+                e.mtime = 0;
+            }
+            self.state.put(&e)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes and sends the chunks in `wanted` of many files. Only those chunks are
+    /// read, at the offsets the digest recorded; each must still have its id (else the
+    /// file changed since it was hashed) and the file its stat. Chunks are encoded on
+    /// the rayon pool, and up to `UPLOAD_IN_FLIGHT` batch requests run while the next
+    /// batch is encoded; blobs of all files share batches (many small files cost few
+    /// requests). Returns the files that changed or could not be read, with the
+    /// reason; an API error stops everything.
+    async fn send_chunks(
+        &self,
+        files: Vec<(SyncPath, LocalFile, FileDigest)>,
+        wanted: &HashSet<ChunkId>,
+    ) -> Result<Vec<(SyncPath, String)>, SyncError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(ENCODE_GROUP * 2);
+        let fs = self.fs.clone();
+        let id_key = self.keys.id_key.clone();
+        let codec = self.keys.codec.clone();
+        let mut todo: Vec<(SyncPath, LocalFile, Vec<ChunkSpan>)> = Vec::new();
+        let mut chosen: HashSet<ChunkId> = HashSet::new();
+        for (path, stat, d) in files {
+            let mut offset = 0u64;
+            let mut chunks = Vec::new();
+            for c in &d.chunks {
+                if wanted.contains(&c.id) && chosen.insert(c.id) {
+                    chunks.push((offset, c.len, c.id));
+                }
+                offset += u64::from(c.len);
+            }
+            if !chunks.is_empty() {
+                todo.push((path, stat, chunks));
+            }
+        }
+        let total: u64 = todo
+            .iter()
+            .flat_map(|(_, _, c)| c.iter().map(|(_, len, _)| u64::from(*len)))
+            .sum();
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
+            for (path, expect_stat, chunks) in todo {
+                let result = encode_file_chunks(&*fs, &path, &chunks, &id_key, &codec, &tx)
+                    .and_then(|()| match fs.stat(&path).map_err(|e| e.to_string())? {
+                        Found::File(st) if st == expect_stat => Ok(()),
+                        _ => Err(UPLOAD_CHANGED.to_owned()),
+                    });
+                match result {
+                    Ok(()) => {}
+                    Err(why) if why == UPLOAD_STOPPED => break,
+                    Err(why) => failed.push((path, why)),
+                }
+            }
+            failed
+        });
+        let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        let mut in_flight = tokio::task::JoinSet::new();
+        let bar = crate::progress::bytes("uploading", total);
+        let ns = self.keys.ns;
+        loop {
+            let next = rx.recv().await;
+            let flush = match &next {
+                Some(_) => bytes >= UPLOAD_BATCH_BYTES,
+                None => !batch.is_empty(),
+            };
+            if flush {
+                while in_flight.len() >= UPLOAD_IN_FLIGHT {
+                    if let Some(done) = in_flight.join_next().await {
+                        done.expect("upload task")?;
+                    }
+                }
+                let remote = Arc::clone(&self.remote);
+                let part = std::mem::take(&mut batch);
+                bytes = 0;
+                let bar = bar.clone();
+                in_flight.spawn(async move {
+                    let sent: u64 = part.iter().map(|(_, b)| b.len() as u64).sum();
+                    remote.put_batch(ns, &part).await?;
+                    bar.inc(sent);
+                    Ok::<(), ClientError>(())
+                });
+            }
+            let Some((id, blob)) = next else { break };
+            bytes += blob.len();
+            batch.push((id, blob));
+        }
+        while let Some(done) = in_flight.join_next().await {
+            done.expect("upload task")?;
+        }
+        bar.finish_and_clear();
+        Ok(producer.await.expect("chunk task"))
+    }
+}
+
+/// Reads the given chunks of one file (offset, length, id), checks each against its
+/// id, encodes them on the rayon pool `ENCODE_GROUP` at a time and hands the blobs to
+/// `tx` in order.
+fn encode_file_chunks(
+    fs: &dyn LocalFs,
+    path: &SyncPath,
+    chunks: &[ChunkSpan],
+    id_key: &IdKey,
+    codec: &BlobCodec,
+    tx: &tokio::sync::mpsc::Sender<(ChunkId, Vec<u8>)>,
+) -> Result<(), String> {
+    use rayon::prelude::*;
+    let file = fs.open(path).map_err(|e| e.to_string())?;
+    for group in chunks.chunks(ENCODE_GROUP) {
+        let mut read = Vec::with_capacity(group.len());
+        for &(offset, len, id) in group {
+            let mut data = vec![0u8; len as usize];
+            file.read_exact_at(&mut data, offset).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    UPLOAD_CHANGED.to_owned()
+                } else {
+                    e.to_string()
+                }
+            })?;
+            read.push((id, data));
+        }
+        let blobs: Vec<(ChunkId, Vec<u8>)> = read
+            .into_par_iter()
+            .map(|(id, data)| {
+                if fsync_chunker::chunk_id(id_key, &data) != id {
+                    return Err(UPLOAD_CHANGED.to_owned());
+                }
+                codec
+                    .encode(&id, &data)
+                    .map(|blob| (id, blob))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        for blob in blobs {
+            tx.blocking_send(blob)
+                .map_err(|_| UPLOAD_STOPPED.to_owned())?;
+        }
+    }
+    Ok(())
+}
