@@ -9,7 +9,10 @@ use fsync_common::wire::{
     ChangesResponse, CommitRequest, CommitResponse, DeleteRequest, DeviceInfo, KdfParams,
     ListResponse, Manifest, NamespaceGrant, OpResponse, RenameRequest, VersionInfo,
 };
-use fsync_common::{ChunkId, DeviceId, FileId, NamespaceId, Seq, UserId, VersionNo};
+use fsync_common::{ChunkId, DeviceId, FileId, NamespaceId, Seq, SyncPath, UserId, VersionNo};
+
+use crate::domain::manifest::RequestError;
+use crate::domain::roles::Role;
 
 pub(crate) mod gc;
 mod postgres;
@@ -23,22 +26,34 @@ pub(crate) use sql::TOUCH_SLACK_SECS;
 pub use sqlite::open_sqlite;
 
 /// Errors of the metadata repository. No SQL text reaches a client: the API layer
-/// maps these to status codes and logs the details of [`DbError::Backend`].
+/// maps these to status codes (in `http/error.rs`, the one place) and logs the details
+/// of [`DbError::Backend`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DbError {
-    /// A uniqueness rule was violated (username taken, …).
-    #[error("{0}")]
-    Conflict(String),
+    /// Registration: the username is taken (409 `conflict`).
+    #[error("username is already taken")]
+    UsernameTaken,
+    /// A rename's target already holds a live file or folder (409 `conflict`).
+    #[error("{0} already exists")]
+    PathExists(SyncPath),
+    /// A restore of a deleted file whose path another live file now holds (409
+    /// `conflict`).
+    #[error("{0} is now used by another file; move it away before restoring")]
+    PathInUse(SyncPath),
     /// The row does not exist or is not visible to the caller.
     #[error("{0} not found")]
     NotFound(&'static str),
     /// The commit references chunks the server does not hold.
     #[error("{} chunks are missing", .0.len())]
     MissingChunks(Vec<ChunkId>),
-    /// The request is inconsistent (sizes do not add up, rename onto an existing file…).
+    /// The request breaks a rule (sizes do not add up, a rename into itself…); nothing
+    /// was written (400 `bad_request`).
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+    /// The database URL names no supported database.
     #[error("{0}")]
-    Invalid(String),
+    UnsupportedUrl(String),
     /// The database failed.
     #[error("database error: {0}")]
     Backend(#[from] sqlx::Error),
@@ -151,7 +166,8 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<(), DbError>;
 
     // ---- users, devices, tokens
-    /// Creates a user with its first namespace. `Conflict` when the username is taken.
+    /// Creates a user with its first namespace. [`DbError::UsernameTaken`] when the
+    /// username is taken.
     async fn create_user(&self, user: NewUser, now: i64) -> Result<(), DbError>;
     /// Finds a user by username.
     async fn find_user(&self, username: &str) -> Result<Option<UserRecord>, DbError>;
@@ -199,8 +215,9 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
     async fn delete_refresh(&self, token_hash: &str, owner: TokenOwner) -> Result<bool, DbError>;
     /// The namespaces the user can access.
     async fn namespaces_of(&self, user: UserId) -> Result<Vec<NamespaceGrant>, DbError>;
-    /// The user's role in a namespace, if any.
-    async fn role_in(&self, user: UserId, ns: NamespaceId) -> Result<Option<String>, DbError>;
+    /// The user's role in a namespace: `None` when not a member, or when the stored
+    /// role is unknown (logged; such a member gets no access).
+    async fn role_in(&self, user: UserId, ns: NamespaceId) -> Result<Option<Role>, DbError>;
 
     // ---- chunks
     /// The subset of `ids` not stored in `ns`; the present ones are marked touched.
@@ -346,7 +363,7 @@ pub(crate) fn parse_url(url: &str) -> Result<DbUrl<'_>, DbError> {
         let path = path.split('?').next().unwrap_or(path);
         Ok(DbUrl::Sqlite(std::path::Path::new(path)))
     } else {
-        Err(DbError::Invalid(format!(
+        Err(DbError::UnsupportedUrl(format!(
             "unsupported database URL scheme in {:?}: use postgres://… or sqlite://PATH",
             url.split(':').next().unwrap_or("")
         )))

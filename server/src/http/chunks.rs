@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
+use crate::domain::roles::Role;
 use crate::state::{now_secs, AppState};
 
 /// `?namespace=` of chunk routes (the user's first namespace when absent).
@@ -44,7 +45,8 @@ pub async fn missing(
     ApiJson(req): ApiJson<ChunkIdsRequest>,
 ) -> Result<Json<MissingResponse>, ApiError> {
     check_ids(&req.ids)?;
-    auth.authorize(&state, req.namespace, true).await?;
+    auth.authorize(&state, req.namespace, Role::can_write)
+        .await?;
     let missing = state
         .repo
         .missing_chunks(req.namespace, &req.ids, now_secs())
@@ -90,7 +92,7 @@ pub async fn put(
     body: Body,
 ) -> Result<(StatusCode, Json<StoredResponse>), ApiError> {
     let id = chunk_id(&id)?;
-    let ns = auth.namespace(&state, q.namespace, true).await?;
+    let ns = auth.namespace(&state, q.namespace, Role::can_write).await?;
     let blob = read_body(body, MAX_BLOB_SIZE).await?;
     let r = store_blobs(&state, ns, vec![(id, blob.to_vec())]).await?;
     let status = if r.stored > 0 {
@@ -108,7 +110,7 @@ pub async fn put_batch(
     ApiQuery(q): ApiQuery<NsQuery>,
     body: Body,
 ) -> Result<Json<StoredResponse>, ApiError> {
-    let ns = auth.namespace(&state, q.namespace, true).await?;
+    let ns = auth.namespace(&state, q.namespace, Role::can_write).await?;
     let body = read_body(body, fsync_common::limits::MAX_BATCH_BODY).await?;
     let entries =
         batch::decode(&body, MAX_BLOB_SIZE).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -132,7 +134,7 @@ pub async fn get(
     ApiQuery(q): ApiQuery<NsQuery>,
 ) -> Result<Response, ApiError> {
     let id = chunk_id(&id)?;
-    let ns = auth.namespace(&state, q.namespace, false).await?;
+    let ns = auth.namespace(&state, q.namespace, Role::can_read).await?;
     if !state.repo.has_chunk(ns, id).await? {
         return Err(ApiError::NotFound(format!("chunk {id} not found")));
     }
@@ -151,7 +153,8 @@ pub async fn fetch_batch(
     ApiJson(req): ApiJson<ChunkIdsRequest>,
 ) -> Result<Response, ApiError> {
     check_ids(&req.ids)?;
-    auth.authorize(&state, req.namespace, false).await?;
+    auth.authorize(&state, req.namespace, Role::can_read)
+        .await?;
     let absent = state
         .repo
         .missing_chunks(req.namespace, &req.ids, now_secs())

@@ -129,10 +129,13 @@ impl IntoResponse for ApiError {
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Conflict(m) => Self::Conflict(m),
+            DbError::UsernameTaken | DbError::PathExists(_) | DbError::PathInUse(_) => {
+                Self::Conflict(e.to_string())
+            }
             DbError::NotFound(what) => Self::NotFound(format!("{what} not found")),
             DbError::MissingChunks(ids) => Self::MissingChunks(ids),
-            DbError::Invalid(m) => Self::BadRequest(m),
+            DbError::Invalid(r) => Self::BadRequest(r.to_string()),
+            DbError::UnsupportedUrl(m) => Self::BadRequest(m),
             DbError::Backend(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
             ) => Self::Unavailable(e.to_string()),

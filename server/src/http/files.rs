@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
+use crate::domain::roles::Role;
 use crate::state::{now_secs, AppState};
 
 /// Commits and pushes the change to the namespace's sockets.
@@ -21,7 +22,8 @@ pub(crate) async fn do_commit(
     auth: &Auth,
     req: &CommitRequest,
 ) -> Result<CommitResponse, ApiError> {
-    auth.authorize(state, req.namespace, true).await?;
+    auth.authorize(state, req.namespace, Role::can_write)
+        .await?;
     let r = state.repo.commit(auth.actor(), req, now_secs()).await?;
     // Committed, not yet pushed: a crash here must not hide the change from others.
     fsync_common::failpoint::hit("server.commit.before_push")
@@ -39,7 +41,8 @@ pub(crate) async fn do_delete(
     auth: &Auth,
     req: &DeleteRequest,
 ) -> Result<OpResponse, ApiError> {
-    auth.authorize(state, req.namespace, true).await?;
+    auth.authorize(state, req.namespace, Role::can_write)
+        .await?;
     let r = state.repo.delete(auth.actor(), req, now_secs()).await?;
     notify_op(state, req.namespace, &r);
     Ok(r)
@@ -50,7 +53,8 @@ pub(crate) async fn do_rename(
     auth: &Auth,
     req: &RenameRequest,
 ) -> Result<OpResponse, ApiError> {
-    auth.authorize(state, req.namespace, true).await?;
+    auth.authorize(state, req.namespace, Role::can_write)
+        .await?;
     let r = state.repo.rename(auth.actor(), req, now_secs()).await?;
     notify_op(state, req.namespace, &r);
     Ok(r)
@@ -77,7 +81,7 @@ pub async fn list(
     auth: Auth,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListResponse>, ApiError> {
-    let ns = auth.namespace(&state, q.namespace, false).await?;
+    let ns = auth.namespace(&state, q.namespace, Role::can_read).await?;
     let prefix = match q.prefix.as_deref().filter(|p| !p.is_empty()) {
         Some(p) => Some(SyncPath::new(p).map_err(|e| ApiError::InvalidPath(e.to_string()))?),
         None => None,
@@ -101,7 +105,7 @@ async fn file_of(
     state: &AppState,
     auth: &Auth,
     raw: &str,
-    write: bool,
+    allowed: fn(Role) -> bool,
 ) -> Result<FileId, ApiError> {
     let id = FileId::from_hex(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let ns = state
@@ -109,7 +113,7 @@ async fn file_of(
         .file_namespace(id)
         .await?
         .ok_or_else(|| ApiError::NotFound("file not found".into()))?;
-    auth.authorize(state, ns, write)
+    auth.authorize(state, ns, allowed)
         .await
         .map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::NotFound("file not found".into()),
@@ -133,7 +137,7 @@ pub async fn download(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<VersionQuery>,
 ) -> Result<Json<Manifest>, ApiError> {
-    let id = file_of(&state, &auth, &id, false).await?;
+    let id = file_of(&state, &auth, &id, Role::can_read).await?;
     Ok(Json(
         state.repo.manifest(id, q.version.map(VersionNo)).await?,
     ))
@@ -152,7 +156,8 @@ pub async fn manifests(
             fsync_common::limits::MAX_EVENTS_PER_BATCH
         )));
     }
-    auth.authorize(&state, req.namespace, false).await?;
+    auth.authorize(&state, req.namespace, Role::can_read)
+        .await?;
     let mut out = Vec::with_capacity(req.files.len());
     for (file, version) in req.files {
         let m = state.repo.manifest(file, Some(version)).await?;
@@ -171,7 +176,7 @@ pub async fn versions(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<VersionInfo>>, ApiError> {
-    let id = file_of(&state, &auth, &id, false).await?;
+    let id = file_of(&state, &auth, &id, Role::can_read).await?;
     Ok(Json(state.repo.versions(id).await?))
 }
 
@@ -182,7 +187,7 @@ pub async fn restore(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> Result<Json<CommitResponse>, ApiError> {
-    let id = file_of(&state, &auth, &id, true).await?;
+    let id = file_of(&state, &auth, &id, Role::can_write).await?;
     let r = state
         .repo
         .restore(auth.actor(), id, req.version, now_secs())

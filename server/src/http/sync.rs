@@ -13,6 +13,7 @@ use fsync_common::{ErrorBody, NamespaceId, Seq};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
 use crate::db::{BatchAnswer, BatchOp};
+use crate::domain::roles::Role;
 use crate::state::{now_secs, AppState};
 
 /// `POST /api/v1/sync/event`: applies events in order; one result per event, a failed
@@ -45,7 +46,7 @@ pub async fn event(
             r.clone()
         } else {
             let r = auth
-                .authorize(&state, ns, true)
+                .authorize(&state, ns, Role::can_write)
                 .await
                 .err()
                 .map(|e| failed(&e));
@@ -114,7 +115,7 @@ pub async fn changes(
     auth: Auth,
     ApiQuery(q): ApiQuery<ChangesQuery>,
 ) -> Result<Json<ChangesResponse>, ApiError> {
-    let ns = auth.namespace(&state, q.namespace, false).await?;
+    let ns = auth.namespace(&state, q.namespace, Role::can_read).await?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     Ok(Json(
         state
