@@ -744,7 +744,7 @@ async fn saturating_version_counters_are_refused() {
         let c2 = commit_req(repo, w.ns, "s.txt", &base, &[2], NOW + 1).await;
         match repo.commit(w.b, &c2, NOW).await {
             Err(DbError::Invalid(RequestError::BaseCounterTooLarge { counter, .. })) => {
-                assert_eq!(counter, u64::MAX, "{name}")
+                assert_eq!(counter, u64::MAX, "{name}");
             }
             other => panic!("{name}: a saturating base was accepted: {other:?}"),
         }

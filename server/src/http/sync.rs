@@ -18,7 +18,7 @@ use crate::state::{now_secs, AppState};
 
 /// `POST /api/v1/sync/event`: applies events in order; one result per event, a failed
 /// event does not stop the others. Consecutive events on one namespace are applied in
-/// one database transaction ([`crate::MetaRepo::apply_batch`]); the WebSocket push
+/// one database transaction ([`crate::WriteRepo::apply_batch`]); the WebSocket push
 /// follows its commit.
 pub async fn event(
     State(state): State<AppState>,

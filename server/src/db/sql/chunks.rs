@@ -1,5 +1,6 @@
 //! Chunk rows: which chunks a namespace holds, recording uploads, touching.
 
+use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 
 use fsync_common::{ChunkId, NamespaceId};
@@ -7,7 +8,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::rows::{i64_of, multi_row_values, placeholders};
 use super::{SqlRepo, IN_BATCH, TOUCH_SLACK_SECS};
-use crate::db::{BlobConfirm, DbError};
+use crate::db::{BlobConfirm, ChunkRepo, DbError};
 
 /// `ids` deduplicated, in first-seen order.
 pub(super) fn unique_ids(ids: &[ChunkId]) -> Vec<ChunkId> {
@@ -85,58 +86,76 @@ pub(super) async fn record(
     Ok(())
 }
 
-/// [`MetaRepo::missing_chunks`](crate::MetaRepo::missing_chunks).
-pub(super) async fn missing_chunks(
-    repo: &SqlRepo,
-    ns: NamespaceId,
-    ids: &[ChunkId],
-    now: i64,
-) -> Result<Vec<ChunkId>, DbError> {
-    let unique = unique_ids(ids);
-    let present = present_chunks(&mut *repo.pool.acquire().await?, ns, &unique).await?;
-    // Mark present chunks touched so that a concurrent GC keeps them for the grace
-    // period: the client is about to commit a manifest that uses them. A row touched
-    // within the last TOUCH_SLACK_SECS is left as it is, so repeated lookups are
-    // read-only (see TOUCH_SLACK_SECS for why GC stays safe).
-    let cutoff = now.saturating_sub(TOUCH_SLACK_SECS);
-    let stale: Vec<&String> = present
-        .iter()
-        .filter(|(_, touched)| **touched < cutoff)
-        .map(|(id, _)| id)
-        .collect();
-    if !stale.is_empty() {
-        let _guard = repo.write_guard().await;
-        for batch in stale.chunks(IN_BATCH) {
-            let sql = format!(
-                "UPDATE chunks SET last_touched = $2 WHERE namespace_id = $1 AND last_touched < $3 \
-                 AND id IN ({})",
-                placeholders(4, batch.len())
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql))
-                .bind(ns.to_hex())
-                .bind(now)
-                .bind(cutoff);
-            for id in batch {
-                q = q.bind(id.as_str());
-            }
-            q.execute(&repo.pool).await?;
-        }
+#[async_trait]
+impl ChunkRepo for SqlRepo {
+    async fn record_chunks(
+        &self,
+        ns: NamespaceId,
+        chunks: &[(ChunkId, u64)],
+        now: i64,
+    ) -> Result<(), DbError> {
+        record(self, ns, chunks, now, None).await
     }
-    Ok(unique
-        .into_iter()
-        .filter(|id| !present.contains_key(&id.to_hex()))
-        .collect())
-}
 
-pub(super) async fn has_chunk(
-    repo: &SqlRepo,
-    ns: NamespaceId,
-    id: ChunkId,
-) -> Result<bool, DbError> {
-    let row = sqlx::query("SELECT 1 FROM chunks WHERE namespace_id = $1 AND id = $2")
-        .bind(ns.to_hex())
-        .bind(id.to_hex())
-        .fetch_optional(&repo.pool)
-        .await?;
-    Ok(row.is_some())
+    async fn record_chunks_confirmed(
+        &self,
+        ns: NamespaceId,
+        chunks: &[(ChunkId, u64)],
+        now: i64,
+        confirm: &dyn BlobConfirm,
+    ) -> Result<(), DbError> {
+        record(self, ns, chunks, now, Some(confirm)).await
+    }
+
+    /// [`ChunkRepo::missing_chunks`].
+    async fn missing_chunks(
+        &self,
+        ns: NamespaceId,
+        ids: &[ChunkId],
+        now: i64,
+    ) -> Result<Vec<ChunkId>, DbError> {
+        let unique = unique_ids(ids);
+        let present = present_chunks(&mut *self.pool.acquire().await?, ns, &unique).await?;
+        // Mark present chunks touched so that a concurrent GC keeps them for the grace
+        // period: the client is about to commit a manifest that uses them. A row touched
+        // within the last TOUCH_SLACK_SECS is left as it is, so repeated lookups are
+        // read-only (see TOUCH_SLACK_SECS for why GC stays safe).
+        let cutoff = now.saturating_sub(TOUCH_SLACK_SECS);
+        let stale: Vec<&String> = present
+            .iter()
+            .filter(|(_, touched)| **touched < cutoff)
+            .map(|(id, _)| id)
+            .collect();
+        if !stale.is_empty() {
+            let _guard = self.write_guard().await;
+            for batch in stale.chunks(IN_BATCH) {
+                let sql = format!(
+                    "UPDATE chunks SET last_touched = $2 WHERE namespace_id = $1 AND last_touched < $3 \
+                     AND id IN ({})",
+                    placeholders(4, batch.len())
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(ns.to_hex())
+                    .bind(now)
+                    .bind(cutoff);
+                for id in batch {
+                    q = q.bind(id.as_str());
+                }
+                q.execute(&self.pool).await?;
+            }
+        }
+        Ok(unique
+            .into_iter()
+            .filter(|id| !present.contains_key(&id.to_hex()))
+            .collect())
+    }
+
+    async fn has_chunk(&self, ns: NamespaceId, id: ChunkId) -> Result<bool, DbError> {
+        let row = sqlx::query("SELECT 1 FROM chunks WHERE namespace_id = $1 AND id = $2")
+            .bind(ns.to_hex())
+            .bind(id.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
 }

@@ -1,6 +1,7 @@
 //! Files and their versions: writing a version, conflict copies, listing, manifests,
 //! history and restore.
 
+use async_trait::async_trait;
 use std::fmt::Write as _;
 
 use fsync_common::wire::{
@@ -15,7 +16,7 @@ use super::chunks::unique_ids;
 use super::rows::{file_meta, i64_of, json, parse, prefix_range, to_json, FILE_COLS};
 use super::tx::NsTx;
 use super::{SqlRepo, Tx};
-use crate::db::{Actor, DbError};
+use crate::db::{Actor, DbError, FileRepo};
 use crate::domain::resolve::conflict_path;
 
 /// True when a live file is at `path`.
@@ -220,188 +221,189 @@ pub(super) async fn conflict_copy(
 /// The largest version-vector counter a client may send. Far above any real history
 /// (one version per nanosecond for a century stays below it), and low enough that the
 
-pub(super) async fn list_files(
-    repo: &SqlRepo,
-    ns: NamespaceId,
-    prefix: Option<&str>,
-    include_deleted: bool,
-    after: Option<&str>,
-    limit: u32,
-) -> Result<ListResponse, DbError> {
-    let mut sql = format!("SELECT {FILE_COLS} FROM files WHERE namespace_id = $1");
-    let mut binds: Vec<String> = vec![ns.to_hex()];
-    if let Some(p) = prefix.filter(|p| !p.is_empty()) {
-        let (lo, hi) = prefix_range(p);
-        let _ = write!(
-            sql,
-            " AND (path = ${} OR (path >= ${} AND path < ${}))",
-            binds.len() + 1,
-            binds.len() + 2,
-            binds.len() + 3
-        );
-        binds.extend([p.to_owned(), lo, hi]);
+#[async_trait]
+impl FileRepo for SqlRepo {
+    async fn list_files(
+        &self,
+        ns: NamespaceId,
+        prefix: Option<&str>,
+        include_deleted: bool,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<ListResponse, DbError> {
+        let mut sql = format!("SELECT {FILE_COLS} FROM files WHERE namespace_id = $1");
+        let mut binds: Vec<String> = vec![ns.to_hex()];
+        if let Some(p) = prefix.filter(|p| !p.is_empty()) {
+            let (lo, hi) = prefix_range(p);
+            let _ = write!(
+                sql,
+                " AND (path = ${} OR (path >= ${} AND path < ${}))",
+                binds.len() + 1,
+                binds.len() + 2,
+                binds.len() + 3
+            );
+            binds.extend([p.to_owned(), lo, hi]);
+        }
+        if !include_deleted {
+            sql.push_str(" AND is_deleted = 0");
+        }
+        if let Some(a) = after {
+            // The cursor is `path` or `path U+0001 file id` (paths cannot hold controls).
+            let (path, id) = a.split_once('\u{1}').unwrap_or((a, ""));
+            let _ = write!(
+                sql,
+                " AND (path > ${} OR (path = ${} AND id > ${}))",
+                binds.len() + 1,
+                binds.len() + 1,
+                binds.len() + 2
+            );
+            binds.extend([
+                path.to_owned(),
+                if id.is_empty() {
+                    "~".repeat(33)
+                } else {
+                    id.to_owned()
+                },
+            ]);
+        }
+        let _ = write!(sql, " ORDER BY path, id LIMIT {}", u64::from(limit) + 1);
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut files = rows.iter().map(file_meta).collect::<Result<Vec<_>, _>>()?;
+        let next = if files.len() > limit as usize {
+            files.truncate(limit as usize);
+            files
+                .last()
+                .map(|f| format!("{}\u{1}{}", f.path, f.file_id))
+        } else {
+            None
+        };
+        Ok(ListResponse { files, next })
     }
-    if !include_deleted {
-        sql.push_str(" AND is_deleted = 0");
-    }
-    if let Some(a) = after {
-        // The cursor is `path` or `path U+0001 file id` (paths cannot hold controls).
-        let (path, id) = a.split_once('\u{1}').unwrap_or((a, ""));
-        let _ = write!(
-            sql,
-            " AND (path > ${} OR (path = ${} AND id > ${}))",
-            binds.len() + 1,
-            binds.len() + 1,
-            binds.len() + 2
-        );
-        binds.extend([
-            path.to_owned(),
-            if id.is_empty() {
-                "~".repeat(33)
-            } else {
-                id.to_owned()
-            },
-        ]);
-    }
-    let _ = write!(sql, " ORDER BY path, id LIMIT {}", u64::from(limit) + 1);
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for b in &binds {
-        q = q.bind(b.as_str());
-    }
-    let rows = q.fetch_all(&repo.pool).await?;
-    let mut files = rows.iter().map(file_meta).collect::<Result<Vec<_>, _>>()?;
-    let next = if files.len() > limit as usize {
-        files.truncate(limit as usize);
-        files
-            .last()
-            .map(|f| format!("{}\u{1}{}", f.path, f.file_id))
-    } else {
-        None
-    };
-    Ok(ListResponse { files, next })
-}
 
-pub(super) async fn file_namespace(
-    repo: &SqlRepo,
-    file: FileId,
-) -> Result<Option<NamespaceId>, DbError> {
-    let row = sqlx::query("SELECT namespace_id FROM files WHERE id = $1")
+    async fn file_namespace(&self, file: FileId) -> Result<Option<NamespaceId>, DbError> {
+        let row = sqlx::query("SELECT namespace_id FROM files WHERE id = $1")
+            .bind(file.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| parse(&r.try_get::<String, _>(0)?, "namespace id"))
+            .transpose()
+    }
+
+    async fn manifest(
+        &self,
+        file: FileId,
+        version: Option<VersionNo>,
+    ) -> Result<Manifest, DbError> {
+        let sql = format!("SELECT {FILE_COLS} FROM files WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(file.to_hex())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(DbError::NotFound("file"))?;
+        let head = file_meta(&row)?;
+        let v = version.unwrap_or(head.version);
+        let row = sqlx::query(
+            "SELECT vv, size, mtime, mode, checksum, is_deleted, device_id, manifest FROM file_versions \
+             WHERE file_id = $1 AND version = $2",
+        )
         .bind(file.to_hex())
-        .fetch_optional(&repo.pool)
+        .bind(i64_of(v.0))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(DbError::NotFound("version"))?;
+        let checksum: Option<String> = row.try_get(4)?;
+        let meta = FileMeta {
+            version: v,
+            vv: json(&row.try_get::<String, _>(0)?, "version vector")?,
+            size: row.try_get::<i64, _>(1)? as u64,
+            mtime: row.try_get(2)?,
+            mode: row.try_get::<i64, _>(3)? as u32,
+            content_hash: checksum
+                .map(|c| parse::<ContentHash>(&c, "checksum"))
+                .transpose()?,
+            deleted: row.try_get::<i64, _>(5)? != 0,
+            device: parse(&row.try_get::<String, _>(6)?, "device id")?,
+            ..head
+        };
+        let chunks = json(&row.try_get::<String, _>(7)?, "manifest")?;
+        Ok(Manifest { meta, chunks })
+    }
+
+    async fn versions(&self, file: FileId) -> Result<Vec<VersionInfo>, DbError> {
+        let rows = sqlx::query(
+            "SELECT version, vv, path, size, mtime, device_id, created_at, is_deleted, checksum FROM file_versions \
+             WHERE file_id = $1 ORDER BY version DESC",
+        )
+        .bind(file.to_hex())
+        .fetch_all(&self.pool)
         .await?;
-    row.map(|r| parse(&r.try_get::<String, _>(0)?, "namespace id"))
-        .transpose()
-}
-
-pub(super) async fn manifest(
-    repo: &SqlRepo,
-    file: FileId,
-    version: Option<VersionNo>,
-) -> Result<Manifest, DbError> {
-    let sql = format!("SELECT {FILE_COLS} FROM files WHERE id = $1");
-    let row = sqlx::query(AssertSqlSafe(sql))
-        .bind(file.to_hex())
-        .fetch_optional(&repo.pool)
-        .await?
-        .ok_or(DbError::NotFound("file"))?;
-    let head = file_meta(&row)?;
-    let v = version.unwrap_or(head.version);
-    let row = sqlx::query(
-        "SELECT vv, size, mtime, mode, checksum, is_deleted, device_id, manifest FROM file_versions \
-         WHERE file_id = $1 AND version = $2",
-    )
-    .bind(file.to_hex())
-    .bind(i64_of(v.0))
-    .fetch_optional(&repo.pool)
-    .await?
-    .ok_or(DbError::NotFound("version"))?;
-    let checksum: Option<String> = row.try_get(4)?;
-    let meta = FileMeta {
-        version: v,
-        vv: json(&row.try_get::<String, _>(0)?, "version vector")?,
-        size: row.try_get::<i64, _>(1)? as u64,
-        mtime: row.try_get(2)?,
-        mode: row.try_get::<i64, _>(3)? as u32,
-        content_hash: checksum
-            .map(|c| parse::<ContentHash>(&c, "checksum"))
-            .transpose()?,
-        deleted: row.try_get::<i64, _>(5)? != 0,
-        device: parse(&row.try_get::<String, _>(6)?, "device id")?,
-        ..head
-    };
-    let chunks = json(&row.try_get::<String, _>(7)?, "manifest")?;
-    Ok(Manifest { meta, chunks })
-}
-
-pub(super) async fn versions(repo: &SqlRepo, file: FileId) -> Result<Vec<VersionInfo>, DbError> {
-    let rows = sqlx::query(
-        "SELECT version, vv, path, size, mtime, device_id, created_at, is_deleted, checksum FROM file_versions \
-         WHERE file_id = $1 ORDER BY version DESC",
-    )
-    .bind(file.to_hex())
-    .fetch_all(&repo.pool)
-    .await?;
-    if rows.is_empty() {
-        return Err(DbError::NotFound("file"));
-    }
-    rows.iter()
-        .map(|r| {
-            let checksum: Option<String> = r.try_get(8)?;
-            Ok(VersionInfo {
-                version: VersionNo(r.try_get::<i64, _>(0)? as u64),
-                vv: json(&r.try_get::<String, _>(1)?, "version vector")?,
-                path: parse(&r.try_get::<String, _>(2)?, "path")?,
-                size: r.try_get::<i64, _>(3)? as u64,
-                mtime: r.try_get(4)?,
-                device: parse(&r.try_get::<String, _>(5)?, "device id")?,
-                created_at: r.try_get(6)?,
-                deleted: r.try_get::<i64, _>(7)? != 0,
-                content_hash: checksum
-                    .map(|c| parse::<ContentHash>(&c, "checksum"))
-                    .transpose()?,
+        if rows.is_empty() {
+            return Err(DbError::NotFound("file"));
+        }
+        rows.iter()
+            .map(|r| {
+                let checksum: Option<String> = r.try_get(8)?;
+                Ok(VersionInfo {
+                    version: VersionNo(r.try_get::<i64, _>(0)? as u64),
+                    vv: json(&r.try_get::<String, _>(1)?, "version vector")?,
+                    path: parse(&r.try_get::<String, _>(2)?, "path")?,
+                    size: r.try_get::<i64, _>(3)? as u64,
+                    mtime: r.try_get(4)?,
+                    device: parse(&r.try_get::<String, _>(5)?, "device id")?,
+                    created_at: r.try_get(6)?,
+                    deleted: r.try_get::<i64, _>(7)? != 0,
+                    content_hash: checksum
+                        .map(|c| parse::<ContentHash>(&c, "checksum"))
+                        .transpose()?,
+                })
             })
-        })
-        .collect()
-}
-
-pub(super) async fn restore(
-    repo: &SqlRepo,
-    actor: Actor,
-    file: FileId,
-    version: VersionNo,
-    now: i64,
-) -> Result<CommitResponse, DbError> {
-    let ns = file_namespace(repo, file)
-        .await?
-        .ok_or(DbError::NotFound("file"))?;
-    let old = manifest(repo, file, Some(version)).await?;
-    let mut w = NsTx::begin(repo, ns, actor.device, now).await?;
-    let head = file_by_id(&mut w.tx, file)
-        .await?
-        .ok_or(DbError::NotFound("file"))?;
-    // Read the chunk list again under the lock: garbage collection may have pruned
-    // the version (and swept its chunks) since `old` was read.
-    let chunks = manifest_of(&mut w.tx, file, version).await?;
-    if head.deleted && live_at(&mut w.tx, ns, head.path.as_str()).await? {
-        return Err(DbError::PathInUse(head.path));
+            .collect()
     }
-    let vv = head.vv.incremented(actor.device);
-    let v = VersionData {
-        path: &head.path,
-        vv: &vv,
-        size: old.meta.size,
-        mtime: old.meta.mtime,
-        mode: old.meta.mode,
-        checksum: old.meta.content_hash,
-        deleted: old.meta.deleted,
-        device: actor.device,
-        chunks: &chunks,
-    };
-    let new = write_version(&mut w, file, Some(&head), &v).await?;
-    w.finish().await?;
-    Ok(CommitResponse {
-        outcome: CommitOutcome::FastForward,
-        head: new,
-        conflict_copy: None,
-    })
+
+    async fn restore(
+        &self,
+        actor: Actor,
+        file: FileId,
+        version: VersionNo,
+        now: i64,
+    ) -> Result<CommitResponse, DbError> {
+        let ns = self
+            .file_namespace(file)
+            .await?
+            .ok_or(DbError::NotFound("file"))?;
+        let old = self.manifest(file, Some(version)).await?;
+        let mut w = NsTx::begin(self, ns, actor.device, now).await?;
+        let head = file_by_id(&mut w.tx, file)
+            .await?
+            .ok_or(DbError::NotFound("file"))?;
+        // Read the chunk list again under the lock: garbage collection may have pruned
+        // the version (and swept its chunks) since `old` was read.
+        let chunks = manifest_of(&mut w.tx, file, version).await?;
+        if head.deleted && live_at(&mut w.tx, ns, head.path.as_str()).await? {
+            return Err(DbError::PathInUse(head.path));
+        }
+        let vv = head.vv.incremented(actor.device);
+        let v = VersionData {
+            path: &head.path,
+            vv: &vv,
+            size: old.meta.size,
+            mtime: old.meta.mtime,
+            mode: old.meta.mode,
+            checksum: old.meta.content_hash,
+            deleted: old.meta.deleted,
+            device: actor.device,
+            chunks: &chunks,
+        };
+        let new = write_version(&mut w, file, Some(&head), &v).await?;
+        w.finish().await?;
+        Ok(CommitResponse {
+            outcome: CommitOutcome::FastForward,
+            head: new,
+            conflict_copy: None,
+        })
+    }
 }

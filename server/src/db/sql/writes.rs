@@ -1,6 +1,7 @@
 //! Commits, deletes and renames: one op or a `sync/event` batch, each namespace's ops
 //! in one transaction under its lock.
 
+use async_trait::async_trait;
 use std::collections::HashSet;
 
 use fsync_common::wire::{
@@ -15,7 +16,7 @@ use super::files::{conflict_copy, live_at, live_below, manifest_of, write_versio
 use super::rows::{file_meta, head_state, i64_of, prefix_range, FILE_COLS};
 use super::tx::NsTx;
 use super::SqlRepo;
-use crate::db::{Actor, BatchAnswer, BatchOp, DbError};
+use crate::db::{Actor, BatchAnswer, BatchOp, DbError, WriteRepo};
 use crate::domain::manifest::{self, RequestError};
 use crate::domain::resolve::{plan_commit, plan_delete, CommitPlan, DeletePlan, Incoming};
 
@@ -273,7 +274,7 @@ async fn rename_in(w: &mut NsTx, req: &RenameRequest) -> Result<OpResponse, DbEr
 
 impl SqlRepo {
     /// Applies ops of one namespace in one transaction under its lock (see
-    /// [`MetaRepo::apply_batch`]). The chunks, idempotency answers and heads of all the
+    /// [`WriteRepo::apply_batch`]). The chunks, idempotency answers and heads of all the
     /// ops are read with a few queries first. An op refused by a check gets its error
     /// and the others go on: every check runs before the op's first write. `Err` when
     /// the transaction failed (nothing of it is applied).
@@ -355,69 +356,72 @@ impl SqlRepo {
     }
 }
 
-/// [`MetaRepo::commit`](crate::MetaRepo::commit).
-pub(super) async fn commit(
-    repo: &SqlRepo,
-    actor: Actor,
-    req: &CommitRequest,
-    now: i64,
-) -> Result<CommitResponse, DbError> {
-    match repo.apply_one(actor, BatchOp::Commit(req), now).await? {
-        BatchAnswer::Committed(r) => Ok(*r),
-        BatchAnswer::Applied(_) => unreachable!("a commit is answered as one"),
+#[async_trait]
+impl WriteRepo for SqlRepo {
+    /// [`WriteRepo::commit`].
+    async fn commit(
+        &self,
+        actor: Actor,
+        req: &CommitRequest,
+        now: i64,
+    ) -> Result<CommitResponse, DbError> {
+        match self.apply_one(actor, BatchOp::Commit(req), now).await? {
+            BatchAnswer::Committed(r) => Ok(*r),
+            BatchAnswer::Applied(_) => unreachable!("a commit is answered as one"),
+        }
     }
-}
 
-/// [`MetaRepo::delete`](crate::MetaRepo::delete).
-pub(super) async fn delete(
-    repo: &SqlRepo,
-    actor: Actor,
-    req: &DeleteRequest,
-    now: i64,
-) -> Result<OpResponse, DbError> {
-    match repo.apply_one(actor, BatchOp::Delete(req), now).await? {
-        BatchAnswer::Applied(r) => Ok(r),
-        BatchAnswer::Committed(_) => unreachable!("a delete is answered as an op"),
+    /// [`WriteRepo::delete`].
+    async fn delete(
+        &self,
+        actor: Actor,
+        req: &DeleteRequest,
+        now: i64,
+    ) -> Result<OpResponse, DbError> {
+        match self.apply_one(actor, BatchOp::Delete(req), now).await? {
+            BatchAnswer::Applied(r) => Ok(r),
+            BatchAnswer::Committed(_) => unreachable!("a delete is answered as an op"),
+        }
     }
-}
 
-/// [`MetaRepo::rename`](crate::MetaRepo::rename).
-pub(super) async fn rename(
-    repo: &SqlRepo,
-    actor: Actor,
-    req: &RenameRequest,
-    now: i64,
-) -> Result<OpResponse, DbError> {
-    match repo.apply_one(actor, BatchOp::Rename(req), now).await? {
-        BatchAnswer::Applied(r) => Ok(r),
-        BatchAnswer::Committed(_) => unreachable!("a rename is answered as an op"),
+    /// [`WriteRepo::rename`].
+    async fn rename(
+        &self,
+        actor: Actor,
+        req: &RenameRequest,
+        now: i64,
+    ) -> Result<OpResponse, DbError> {
+        match self.apply_one(actor, BatchOp::Rename(req), now).await? {
+            BatchAnswer::Applied(r) => Ok(r),
+            BatchAnswer::Committed(_) => unreachable!("a rename is answered as an op"),
+        }
     }
-}
 
-/// [`MetaRepo::apply_batch`]: consecutive ops of one namespace go in one transaction.
-pub(super) async fn apply_batch(
-    repo: &SqlRepo,
-    actor: Actor,
-    ops: &[BatchOp<'_>],
-    now: i64,
-) -> Vec<Result<BatchAnswer, DbError>> {
-    let mut out = Vec::with_capacity(ops.len());
-    for group in ops.chunk_by(|a, b| a.namespace() == b.namespace()) {
-        match repo
-            .apply_group(actor, group[0].namespace(), group, now)
-            .await
-        {
-            Ok(answers) => out.extend(answers),
-            Err(e) if group.len() == 1 => out.push(Err(e)),
-            Err(e) => {
-                // Nothing of the group was applied: apply its ops one by one, each in
-                // its own transaction, so that the failure stays with its op.
-                tracing::warn!(error = %e, ops = group.len(), "batch transaction failed; applying its events one by one");
-                for op in group {
-                    out.push(repo.apply_one(actor, *op, now).await);
+    /// [`WriteRepo::apply_batch`]: consecutive ops of one namespace go in one transaction.
+    async fn apply_batch(
+        &self,
+        actor: Actor,
+        ops: &[BatchOp<'_>],
+        now: i64,
+    ) -> Vec<Result<BatchAnswer, DbError>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for group in ops.chunk_by(|a, b| a.namespace() == b.namespace()) {
+            match self
+                .apply_group(actor, group[0].namespace(), group, now)
+                .await
+            {
+                Ok(answers) => out.extend(answers),
+                Err(e) if group.len() == 1 => out.push(Err(e)),
+                Err(e) => {
+                    // Nothing of the group was applied: apply its ops one by one, each in
+                    // its own transaction, so that the failure stays with its op.
+                    tracing::warn!(error = %e, ops = group.len(), "batch transaction failed; applying its events one by one");
+                    for op in group {
+                        out.push(self.apply_one(actor, *op, now).await);
+                    }
                 }
             }
         }
+        out
     }
-    out
 }
