@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
 use crate::domain::roles::Role;
+use crate::domain::uploads;
 use crate::state::{now_secs, AppState};
 
 /// `?namespace=` of chunk routes (the user's first namespace when absent).
@@ -58,31 +59,6 @@ pub async fn missing(
     Ok(Json(MissingResponse { missing }))
 }
 
-async fn store_blobs(
-    state: &AppState,
-    ns: NamespaceId,
-    blobs: Vec<(ChunkId, Vec<u8>)>,
-) -> Result<StoredResponse, ApiError> {
-    for (id, blob) in &blobs {
-        fsync_store::check_blob_header(blob)
-            .map_err(|e| ApiError::InvalidBlob(format!("chunk {id}: {e}")))?;
-    }
-    // Put, then record under the namespace lock, safely against a running fsync-gc.
-    let r = crate::gc::store_chunks(
-        state.repo.as_ref(),
-        state.blobs.as_ref(),
-        ns,
-        blobs,
-        now_secs(),
-    )
-    .await?;
-    state
-        .metrics
-        .chunks_stored
-        .fetch_add(u64::from(r.stored), std::sync::atomic::Ordering::Relaxed);
-    Ok(r)
-}
-
 /// `PUT /api/v1/chunks/{id}?namespace=`: one blob, idempotent.
 pub async fn put(
     State(state): State<AppState>,
@@ -94,7 +70,7 @@ pub async fn put(
     let id = chunk_id(&id)?;
     let ns = auth.namespace(&state, q.namespace, Role::can_write).await?;
     let blob = read_body(body, MAX_BLOB_SIZE).await?;
-    let r = store_blobs(&state, ns, vec![(id, blob.to_vec())]).await?;
+    let r = uploads::accept(&state, ns, vec![(id, blob.to_vec())]).await?;
     let status = if r.stored > 0 {
         StatusCode::CREATED
     } else {
@@ -123,7 +99,7 @@ pub async fn put_batch(
         .into_iter()
         .map(|(id, b)| (id, b.to_vec()))
         .collect();
-    Ok(Json(store_blobs(&state, ns, blobs).await?))
+    Ok(Json(uploads::accept(&state, ns, blobs).await?))
 }
 
 /// `GET /api/v1/chunks/{id}?namespace=`.

@@ -8,63 +8,14 @@ use fsync_common::wire::{
     CommitRequest, CommitResponse, DeleteRequest, ListQuery, ListResponse, Manifest,
     ManifestsRequest, OpResponse, RenameRequest, RestoreRequest, VersionInfo,
 };
-use fsync_common::{FileId, Seq, SyncPath, VersionNo};
+use fsync_common::{FileId, SyncPath, VersionNo};
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
+use crate::domain::files;
 use crate::domain::roles::Role;
-use crate::state::{now_secs, AppState};
-
-/// Commits and pushes the change to the namespace's sockets.
-pub(crate) async fn do_commit(
-    state: &AppState,
-    auth: &Auth,
-    req: &CommitRequest,
-) -> Result<CommitResponse, ApiError> {
-    auth.authorize(state, req.namespace, Role::can_write)
-        .await?;
-    let r = state.repo.commit(auth.actor(), req, now_secs()).await?;
-    // Committed, not yet pushed: a crash here must not hide the change from others.
-    fsync_common::failpoint::hit("server.commit.before_push")
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let seq = r
-        .head
-        .seq
-        .max(r.conflict_copy.as_ref().map_or(Seq(0), |c| c.seq));
-    state.notify(req.namespace, seq);
-    Ok(r)
-}
-
-pub(crate) async fn do_delete(
-    state: &AppState,
-    auth: &Auth,
-    req: &DeleteRequest,
-) -> Result<OpResponse, ApiError> {
-    auth.authorize(state, req.namespace, Role::can_write)
-        .await?;
-    let r = state.repo.delete(auth.actor(), req, now_secs()).await?;
-    notify_op(state, req.namespace, &r);
-    Ok(r)
-}
-
-pub(crate) async fn do_rename(
-    state: &AppState,
-    auth: &Auth,
-    req: &RenameRequest,
-) -> Result<OpResponse, ApiError> {
-    auth.authorize(state, req.namespace, Role::can_write)
-        .await?;
-    let r = state.repo.rename(auth.actor(), req, now_secs()).await?;
-    notify_op(state, req.namespace, &r);
-    Ok(r)
-}
-
-fn notify_op(state: &AppState, ns: fsync_common::NamespaceId, r: &OpResponse) {
-    if let Some(seq) = r.files.iter().map(|f| f.seq).max() {
-        state.notify(ns, seq);
-    }
-}
+use crate::state::AppState;
 
 /// `POST /api/v1/files/upload`: commit a manifest whose chunks are stored.
 pub async fn upload(
@@ -72,7 +23,9 @@ pub async fn upload(
     auth: Auth,
     ApiJson(req): ApiJson<CommitRequest>,
 ) -> Result<Json<CommitResponse>, ApiError> {
-    Ok(Json(do_commit(&state, &auth, &req).await?))
+    auth.authorize(&state, req.namespace, Role::can_write)
+        .await?;
+    Ok(Json(files::commit(&state, auth.actor(), &req).await?))
 }
 
 /// `GET /api/v1/files/list`.
@@ -188,12 +141,9 @@ pub async fn restore(
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> Result<Json<CommitResponse>, ApiError> {
     let id = file_of(&state, &auth, &id, Role::can_write).await?;
-    let r = state
-        .repo
-        .restore(auth.actor(), id, req.version, now_secs())
-        .await?;
-    state.notify(r.head.namespace, r.head.seq);
-    Ok(Json(r))
+    Ok(Json(
+        files::restore(&state, auth.actor(), id, req.version).await?,
+    ))
 }
 
 /// `POST /api/v1/files/delete`.
@@ -202,7 +152,9 @@ pub async fn delete(
     auth: Auth,
     ApiJson(req): ApiJson<DeleteRequest>,
 ) -> Result<Json<OpResponse>, ApiError> {
-    Ok(Json(do_delete(&state, &auth, &req).await?))
+    auth.authorize(&state, req.namespace, Role::can_write)
+        .await?;
+    Ok(Json(files::delete(&state, auth.actor(), &req).await?))
 }
 
 /// `POST /api/v1/files/rename`.
@@ -211,5 +163,7 @@ pub async fn rename(
     auth: Auth,
     ApiJson(req): ApiJson<RenameRequest>,
 ) -> Result<Json<OpResponse>, ApiError> {
-    Ok(Json(do_rename(&state, &auth, &req).await?))
+    auth.authorize(&state, req.namespace, Role::can_write)
+        .await?;
+    Ok(Json(files::rename(&state, auth.actor(), &req).await?))
 }
