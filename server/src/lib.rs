@@ -33,13 +33,14 @@ use std::sync::Arc;
 pub use auth::tokens::{hash_refresh_token, Claims, TokenError, TokenService};
 pub use config::{load_dotenv, parse_log_level, Config, ConfigError, LogFormat, StorageConfig};
 pub use db::{
-    open as open_repo, open_postgres, open_sqlite, Actor, BatchAnswer, BatchOp, BlobConfirm,
-    DbError, MetaRepo, NewUser, TokenOwner,
+    open as open_repo, open_postgres, open_sqlite, AccountRepo, Actor, BatchAnswer, BatchOp,
+    BlobConfirm, ChunkRepo, DbError, FileRepo, JournalRepo, MetaRepo, NewUser, TokenOwner,
+    WriteRepo,
 };
+pub use domain::uploads::{put_blobs, record_stored, store_chunks, PutBlobs, UploadError};
 pub use gc::{
-    put_blobs, record_stored, store_chunks, Collector, Damage, GcError, GcEvent, GcHook, GcLock,
-    GcStage, NoProgress, Progress, PutBlobs, Retention, RunOptions, RunReport, Stats, UploadError,
-    VerifyReport, DEFAULT_BATCH as GC_BATCH,
+    Collector, Damage, GcError, GcEvent, GcHook, GcLock, GcStage, NoProgress, Progress, Retention,
+    RunOptions, RunReport, Stats, VerifyReport, DEFAULT_BATCH as GC_BATCH,
 };
 pub use http::app;
 pub use http::error::ApiError;

@@ -9,7 +9,10 @@ use fsync_common::wire::{
     ChangesResponse, CommitRequest, CommitResponse, DeleteRequest, DeviceInfo, KdfParams,
     ListResponse, Manifest, NamespaceGrant, OpResponse, RenameRequest, VersionInfo,
 };
-use fsync_common::{ChunkId, DeviceId, FileId, NamespaceId, Seq, UserId, VersionNo};
+use fsync_common::{ChunkId, DeviceId, FileId, NamespaceId, Seq, SyncPath, UserId, VersionNo};
+
+use crate::domain::manifest::RequestError;
+use crate::domain::roles::Role;
 
 pub(crate) mod gc;
 mod postgres;
@@ -23,22 +26,34 @@ pub(crate) use sql::TOUCH_SLACK_SECS;
 pub use sqlite::open_sqlite;
 
 /// Errors of the metadata repository. No SQL text reaches a client: the API layer
-/// maps these to status codes and logs the details of [`DbError::Backend`].
+/// maps these to status codes (in `http/error.rs`, the one place) and logs the details
+/// of [`DbError::Backend`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DbError {
-    /// A uniqueness rule was violated (username taken, …).
-    #[error("{0}")]
-    Conflict(String),
+    /// Registration: the username is taken (409 `conflict`).
+    #[error("username is already taken")]
+    UsernameTaken,
+    /// A rename's target already holds a live file or folder (409 `conflict`).
+    #[error("{0} already exists")]
+    PathExists(SyncPath),
+    /// A restore of a deleted file whose path another live file now holds (409
+    /// `conflict`).
+    #[error("{0} is now used by another file; move it away before restoring")]
+    PathInUse(SyncPath),
     /// The row does not exist or is not visible to the caller.
     #[error("{0} not found")]
     NotFound(&'static str),
     /// The commit references chunks the server does not hold.
     #[error("{} chunks are missing", .0.len())]
     MissingChunks(Vec<ChunkId>),
-    /// The request is inconsistent (sizes do not add up, rename onto an existing file…).
+    /// The request breaks a rule (sizes do not add up, a rename into itself…); nothing
+    /// was written (400 `bad_request`).
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+    /// The database URL names no supported database.
     #[error("{0}")]
-    Invalid(String),
+    UnsupportedUrl(String),
     /// The database failed.
     #[error("database error: {0}")]
     Backend(#[from] sqlx::Error),
@@ -46,12 +61,12 @@ pub enum DbError {
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// The blob store failed while the repository waited on it
-    /// ([`MetaRepo::record_chunks_confirmed`]).
+    /// ([`ChunkRepo::record_chunks_confirmed`]).
     #[error("blob store: {0}")]
     Blob(#[source] fsync_store::StoreError),
 }
 
-/// Makes sure blobs are stored, called by [`MetaRepo::record_chunks_confirmed`] while it
+/// Makes sure blobs are stored, called by [`ChunkRepo::record_chunks_confirmed`] while it
 /// holds the namespace lock (see the `gc` module for why).
 #[async_trait]
 pub trait BlobConfirm: Send + Sync {
@@ -113,7 +128,7 @@ pub struct Actor {
     pub device: DeviceId,
 }
 
-/// One write of a `sync/event` batch ([`MetaRepo::apply_batch`]).
+/// One write of a `sync/event` batch ([`WriteRepo::apply_batch`]).
 #[derive(Debug, Clone, Copy)]
 pub enum BatchOp<'a> {
     /// A create or modify: [`MetaRepo::commit`].
@@ -144,14 +159,20 @@ pub enum BatchAnswer {
     Applied(OpResponse),
 }
 
-/// The metadata repository.
+/// The metadata repository: one trait per entity ([`AccountRepo`], [`ChunkRepo`],
+/// [`WriteRepo`], [`FileRepo`], [`JournalRepo`]), so that a caller names the part it
+/// uses; `dyn MetaRepo` is all of them.
 #[async_trait]
-pub trait MetaRepo: Send + Sync + std::fmt::Debug {
+pub trait MetaRepo: AccountRepo + ChunkRepo + WriteRepo + FileRepo + JournalRepo {
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), DbError>;
+}
 
-    // ---- users, devices, tokens
-    /// Creates a user with its first namespace. `Conflict` when the username is taken.
+/// Users, devices, refresh tokens and namespace membership.
+#[async_trait]
+pub trait AccountRepo: Send + Sync + std::fmt::Debug {
+    /// Creates a user with its first namespace. [`DbError::UsernameTaken`] when the
+    /// username is taken.
     async fn create_user(&self, user: NewUser, now: i64) -> Result<(), DbError>;
     /// Finds a user by username.
     async fn find_user(&self, username: &str) -> Result<Option<UserRecord>, DbError>;
@@ -199,10 +220,14 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
     async fn delete_refresh(&self, token_hash: &str, owner: TokenOwner) -> Result<bool, DbError>;
     /// The namespaces the user can access.
     async fn namespaces_of(&self, user: UserId) -> Result<Vec<NamespaceGrant>, DbError>;
-    /// The user's role in a namespace, if any.
-    async fn role_in(&self, user: UserId, ns: NamespaceId) -> Result<Option<String>, DbError>;
+    /// The user's role in a namespace: `None` when not a member, or when the stored
+    /// role is unknown (logged; such a member gets no access).
+    async fn role_in(&self, user: UserId, ns: NamespaceId) -> Result<Option<Role>, DbError>;
+}
 
-    // ---- chunks
+/// Which chunks a namespace holds.
+#[async_trait]
+pub trait ChunkRepo: Send + Sync + std::fmt::Debug {
     /// The subset of `ids` not stored in `ns`; the present ones are marked touched.
     async fn missing_chunks(
         &self,
@@ -217,7 +242,7 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
         chunks: &[(ChunkId, u64)],
         now: i64,
     ) -> Result<(), DbError>;
-    /// Records stored chunks like [`MetaRepo::record_chunks`], but calls `confirm` under
+    /// Records stored chunks like [`ChunkRepo::record_chunks`], but calls `confirm` under
     /// the namespace lock first, so that the rows become visible only with their blobs
     /// in place: garbage collection deletes a blob only under the same lock and only
     /// when no row names it. The upload path uses this.
@@ -230,8 +255,11 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
     ) -> Result<(), DbError>;
     /// True when the chunk is recorded in `ns`.
     async fn has_chunk(&self, ns: NamespaceId, id: ChunkId) -> Result<bool, DbError>;
+}
 
-    // ---- files
+/// Writes to a namespace's files: commits, deletes, renames, and batches of them.
+#[async_trait]
+pub trait WriteRepo: Send + Sync + std::fmt::Debug {
     /// Commits a manifest (ARCHITECTURE §5).
     async fn commit(
         &self,
@@ -254,7 +282,7 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
         now: i64,
     ) -> Result<OpResponse, DbError>;
     /// Applies writes in order, with exactly the outcome (and idempotency answers) that
-    /// calling [`MetaRepo::commit`], [`MetaRepo::delete`] and [`MetaRepo::rename`] one
+    /// calling [`WriteRepo::commit`], [`WriteRepo::delete`] and [`WriteRepo::rename`] one
     /// after the other would give: one result per op, in order; a failed op changes
     /// nothing and does not stop the others. Consecutive ops on one namespace are
     /// applied in one transaction under its lock.
@@ -264,6 +292,11 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
         ops: &[BatchOp<'_>],
         now: i64,
     ) -> Vec<Result<BatchAnswer, DbError>>;
+}
+
+/// Reading files and their history, and restoring an old version.
+#[async_trait]
+pub trait FileRepo: Send + Sync + std::fmt::Debug {
     /// Lists heads in path order.
     async fn list_files(
         &self,
@@ -288,8 +321,11 @@ pub trait MetaRepo: Send + Sync + std::fmt::Debug {
         version: VersionNo,
         now: i64,
     ) -> Result<CommitResponse, DbError>;
+}
 
-    // ---- journal
+/// The change journal of a namespace.
+#[async_trait]
+pub trait JournalRepo: Send + Sync + std::fmt::Debug {
     /// Changes after `since`, in journal order.
     async fn changes(
         &self,
@@ -346,7 +382,7 @@ pub(crate) fn parse_url(url: &str) -> Result<DbUrl<'_>, DbError> {
         let path = path.split('?').next().unwrap_or(path);
         Ok(DbUrl::Sqlite(std::path::Path::new(path)))
     } else {
-        Err(DbError::Invalid(format!(
+        Err(DbError::UnsupportedUrl(format!(
             "unsupported database URL scheme in {:?}: use postgres://… or sqlite://PATH",
             url.split(':').next().unwrap_or("")
         )))

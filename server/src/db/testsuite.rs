@@ -14,6 +14,8 @@ use fsync_common::{
 };
 
 use super::{Actor, BatchAnswer, BatchOp, DbError, MetaRepo, NewUser, TokenOwner};
+use crate::domain::manifest::RequestError;
+use crate::domain::roles::Role;
 
 /// A repository under test, with what keeps it alive.
 pub(crate) struct Backend {
@@ -170,7 +172,7 @@ async fn users_devices_and_tokens() {
         let w = world(repo, "alice").await;
         let dup = world_dup(repo).await;
         assert!(
-            matches!(dup, Err(DbError::Conflict(_))),
+            matches!(dup, Err(DbError::UsernameTaken)),
             "{}: duplicate username",
             be.name
         );
@@ -275,8 +277,8 @@ async fn users_devices_and_tokens() {
         assert_eq!(grants.len(), 1);
         assert_eq!(grants[0].id, w.ns);
         assert_eq!(
-            repo.role_in(w.a.user, w.ns).await.unwrap().as_deref(),
-            Some("owner")
+            repo.role_in(w.a.user, w.ns).await.unwrap(),
+            Some(Role::Owner)
         );
         assert_eq!(
             repo.role_in(UserId::from_bytes([9; 16]), w.ns)
@@ -578,11 +580,11 @@ async fn renames_move_files_and_folders_without_data() {
         );
         assert!(matches!(
             repo.rename(w.a, &mv("new", "dirx/d", "r3"), NOW).await,
-            Err(DbError::Conflict(_))
+            Err(DbError::PathExists(_))
         ));
         assert!(matches!(
             repo.rename(w.a, &mv("new", "new/inner", "r4"), NOW).await,
-            Err(DbError::Invalid(_))
+            Err(DbError::Invalid(RequestError::MoveIntoItself))
         ));
         assert!(matches!(
             repo.rename(w.a, &mv("absent", "x", "r5"), NOW).await,
@@ -741,7 +743,9 @@ async fn saturating_version_counters_are_refused() {
         base.set(w.b.device, u64::MAX);
         let c2 = commit_req(repo, w.ns, "s.txt", &base, &[2], NOW + 1).await;
         match repo.commit(w.b, &c2, NOW).await {
-            Err(DbError::Invalid(msg)) => assert!(msg.contains("past the limit"), "{name}: {msg}"),
+            Err(DbError::Invalid(RequestError::BaseCounterTooLarge { counter, .. })) => {
+                assert_eq!(counter, u64::MAX, "{name}");
+            }
             other => panic!("{name}: a saturating base was accepted: {other:?}"),
         }
         let del = DeleteRequest {

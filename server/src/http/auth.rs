@@ -7,18 +7,14 @@ use fsync_common::wire::{
     DeviceInfo, KdfParams, LoginRequest, LoginResponse, RefreshRequest, RegisterRequest,
     RegisterResponse, TokenResponse,
 };
-use fsync_common::{DeviceId, NamespaceId, UserId};
+use fsync_common::DeviceId;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth, ClientIp};
-use crate::auth::tokens::{
-    hash_refresh_token, new_refresh_token, ACCESS_TTL_SECS, REFRESH_TTL_SECS,
-};
-use crate::db::{NewUser, TokenOwner};
-use crate::state::{now_secs, AppState};
-
-const BAD_LOGIN: &str = "invalid username or password";
+use crate::db::TokenOwner;
+use crate::domain::accounts;
+use crate::state::AppState;
 
 /// Query of `GET /api/v1/auth/params`.
 #[derive(Debug, Deserialize)]
@@ -44,33 +40,6 @@ fn limit_auth(state: &AppState, ip: &str, username: Option<&str>) -> Result<(), 
     Ok(())
 }
 
-fn check_hex_key(what: &str, v: &str, min: usize, max: usize) -> Result<(), ApiError> {
-    let ok = v.len() >= min * 2
-        && v.len() <= max * 2
-        && v.len().is_multiple_of(2)
-        && v.bytes().all(|b| b.is_ascii_hexdigit());
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "{what} must be {min} to {max} bytes of hex"
-        )))
-    }
-}
-
-fn check_username(u: &str) -> Result<(), ApiError> {
-    let ok = (3..=64).contains(&u.len())
-        && u.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(
-            "username must be 3 to 64 characters of A-Z, a-z, 0-9, '_', '.', '-'".into(),
-        ))
-    }
-}
-
 /// `GET /api/v1/auth/params?username=`: KDF parameters; stable fake ones for unknown
 /// users, so that usernames cannot be enumerated.
 pub async fn params(
@@ -79,14 +48,7 @@ pub async fn params(
     ApiQuery(q): ApiQuery<ParamsQuery>,
 ) -> Result<Json<KdfParams>, ApiError> {
     limit_auth(&state, &ip, None)?;
-    let found = state.repo.find_user(&q.username).await?;
-    Ok(Json(match found {
-        Some(u) => u.kdf,
-        // Usernames are case-sensitive but `fake_kdf_params` folds case: feed it an
-        // injective, case-free form, or "bob" and "BOB" would share a fake salt only
-        // while "bob" does not exist, which tells whether it does.
-        None => fsync_store::fake_kdf_params(&state.secret, &hex::encode(&q.username)),
-    }))
+    Ok(Json(accounts::kdf_params(&state, &q.username).await?))
 }
 
 /// `POST /api/v1/auth/register`.
@@ -96,47 +58,8 @@ pub async fn register(
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     limit_auth(&state, &ip, None)?;
-    check_username(&req.username)?;
-    if req.email.len() > 254 || !req.email.contains('@') {
-        return Err(ApiError::BadRequest(
-            "email must be an address like name@example.org".into(),
-        ));
-    }
-    check_hex_key("password (the derived auth key)", &req.password, 32, 32)?;
-    check_hex_key("wrapped_account_key", &req.wrapped_account_key, 40, 256)?;
-    check_hex_key("wrapped_namespace_key", &req.wrapped_namespace_key, 40, 256)?;
-    fsync_store::validate_kdf_params(&req.kdf).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let password = req.password.clone();
-    let auth_hash = tokio::task::spawn_blocking(move || fsync_store::hash_auth_key(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let user = NewUser {
-        id: UserId::from_bytes(rand::random()),
-        username: req.username,
-        email: req.email,
-        auth_hash,
-        kdf: req.kdf,
-        wrapped_account_key: req.wrapped_account_key,
-        namespace: NamespaceId::from_bytes(rand::random()),
-        wrapped_namespace_key: req.wrapped_namespace_key,
-    };
-    let (user_id, namespace_id) = (user.id, user.namespace);
-    state.repo.create_user(user, now_secs()).await?;
-    tracing::info!(user = %user_id, "registered");
-    Ok((
-        StatusCode::CREATED,
-        Json(RegisterResponse {
-            user_id,
-            namespace_id,
-        }),
-    ))
-}
-
-async fn verify_password(key: String, hash: String) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || fsync_store::verify_auth_key(&key, &hash))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
+    let r = accounts::register(&state, req).await?;
+    Ok((StatusCode::CREATED, Json(r)))
 }
 
 /// `POST /api/v1/auth/login`: unknown user and wrong password get the same answer,
@@ -147,53 +70,7 @@ pub async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     limit_auth(&state, &ip, Some(&req.username))?;
-    let user = state.repo.find_user(&req.username).await?;
-    let hash = user.as_ref().map_or_else(
-        || state.dummy_hash.as_str().to_owned(),
-        |u| u.auth_hash.clone(),
-    );
-    let ok = verify_password(req.password.clone(), hash).await?;
-    let Some(user) = user.filter(|_| ok) else {
-        return Err(ApiError::Unauthorized(BAD_LOGIN));
-    };
-    let now = now_secs();
-    let name = req.device_name.as_deref().unwrap_or("device");
-    let name: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
-    let device = state
-        .repo
-        .register_device(
-            user.id,
-            req.device_id,
-            DeviceId::from_bytes(rand::random()),
-            &name,
-            now,
-        )
-        .await?;
-    let (refresh, refresh_hash) = new_refresh_token();
-    state
-        .repo
-        .insert_refresh(
-            &refresh_hash,
-            TokenOwner {
-                user: user.id,
-                device,
-            },
-            now + REFRESH_TTL_SECS as i64,
-            now,
-        )
-        .await?;
-    let namespaces = state.repo.namespaces_of(user.id).await?;
-    tracing::info!(user = %user.id, device = %device, "login");
-    Ok(Json(LoginResponse {
-        access_token: state.tokens.issue(user.id, device, now as u64),
-        token_type: "bearer".into(),
-        expires_in: ACCESS_TTL_SECS,
-        refresh_token: refresh,
-        device_id: device,
-        user_id: user.id,
-        wrapped_account_key: user.wrapped_account_key,
-        namespaces,
-    }))
+    Ok(Json(accounts::login(&state, req).await?))
 }
 
 /// `POST /api/v1/auth/refresh`: rotates the refresh token.
@@ -203,26 +80,7 @@ pub async fn refresh(
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     limit_auth(&state, &ip, None)?;
-    let now = now_secs();
-    let (new, new_hash) = new_refresh_token();
-    let owner = state
-        .repo
-        .rotate_refresh(
-            &hash_refresh_token(&req.refresh_token),
-            &new_hash,
-            now + REFRESH_TTL_SECS as i64,
-            now,
-        )
-        .await?
-        .ok_or(ApiError::Unauthorized(
-            "invalid, expired or revoked refresh token",
-        ))?;
-    Ok(Json(TokenResponse {
-        access_token: state.tokens.issue(owner.user, owner.device, now as u64),
-        token_type: "bearer".into(),
-        expires_in: ACCESS_TTL_SECS,
-        refresh_token: new,
-    }))
+    Ok(Json(accounts::refresh(&state, &req.refresh_token).await?))
 }
 
 /// `POST /api/v1/auth/logout`: forgets the caller's refresh token. Only a token of the
@@ -234,16 +92,11 @@ pub async fn logout(
     auth: Auth,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .repo
-        .delete_refresh(
-            &hash_refresh_token(&req.refresh_token),
-            TokenOwner {
-                user: auth.user,
-                device: auth.device,
-            },
-        )
-        .await?;
+    let owner = TokenOwner {
+        user: auth.user,
+        device: auth.device,
+    };
+    accounts::logout(&state, owner, &req.refresh_token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -252,7 +105,7 @@ pub async fn list_devices(
     State(state): State<AppState>,
     auth: Auth,
 ) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
-    Ok(Json(state.repo.list_devices(auth.user).await?))
+    Ok(Json(accounts::devices(&state, auth.user).await?))
 }
 
 /// `DELETE /api/v1/devices/{id}`: revokes a device; its tokens stop working at once and
@@ -263,10 +116,6 @@ pub async fn revoke_device(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let device = DeviceId::from_hex(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if state.repo.revoke_device(auth.user, device).await? {
-        state.device_revoked(device);
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("device not found".into()))
-    }
+    accounts::revoke_device(&state, auth.user, device).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

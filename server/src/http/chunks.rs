@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
+use crate::domain::roles::Role;
+use crate::domain::uploads;
 use crate::state::{now_secs, AppState};
 
 /// `?namespace=` of chunk routes (the user's first namespace when absent).
@@ -44,7 +46,8 @@ pub async fn missing(
     ApiJson(req): ApiJson<ChunkIdsRequest>,
 ) -> Result<Json<MissingResponse>, ApiError> {
     check_ids(&req.ids)?;
-    auth.authorize(&state, req.namespace, true).await?;
+    auth.authorize(&state, req.namespace, Role::can_write)
+        .await?;
     let missing = state
         .repo
         .missing_chunks(req.namespace, &req.ids, now_secs())
@@ -56,31 +59,6 @@ pub async fn missing(
     Ok(Json(MissingResponse { missing }))
 }
 
-async fn store_blobs(
-    state: &AppState,
-    ns: NamespaceId,
-    blobs: Vec<(ChunkId, Vec<u8>)>,
-) -> Result<StoredResponse, ApiError> {
-    for (id, blob) in &blobs {
-        fsync_store::check_blob_header(blob)
-            .map_err(|e| ApiError::InvalidBlob(format!("chunk {id}: {e}")))?;
-    }
-    // Put, then record under the namespace lock, safely against a running fsync-gc.
-    let r = crate::gc::store_chunks(
-        state.repo.as_ref(),
-        state.blobs.as_ref(),
-        ns,
-        blobs,
-        now_secs(),
-    )
-    .await?;
-    state
-        .metrics
-        .chunks_stored
-        .fetch_add(u64::from(r.stored), std::sync::atomic::Ordering::Relaxed);
-    Ok(r)
-}
-
 /// `PUT /api/v1/chunks/{id}?namespace=`: one blob, idempotent.
 pub async fn put(
     State(state): State<AppState>,
@@ -90,9 +68,9 @@ pub async fn put(
     body: Body,
 ) -> Result<(StatusCode, Json<StoredResponse>), ApiError> {
     let id = chunk_id(&id)?;
-    let ns = auth.namespace(&state, q.namespace, true).await?;
+    let ns = auth.namespace(&state, q.namespace, Role::can_write).await?;
     let blob = read_body(body, MAX_BLOB_SIZE).await?;
-    let r = store_blobs(&state, ns, vec![(id, blob.to_vec())]).await?;
+    let r = uploads::accept(&state, ns, vec![(id, blob.to_vec())]).await?;
     let status = if r.stored > 0 {
         StatusCode::CREATED
     } else {
@@ -108,7 +86,7 @@ pub async fn put_batch(
     ApiQuery(q): ApiQuery<NsQuery>,
     body: Body,
 ) -> Result<Json<StoredResponse>, ApiError> {
-    let ns = auth.namespace(&state, q.namespace, true).await?;
+    let ns = auth.namespace(&state, q.namespace, Role::can_write).await?;
     let body = read_body(body, fsync_common::limits::MAX_BATCH_BODY).await?;
     let entries =
         batch::decode(&body, MAX_BLOB_SIZE).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -121,7 +99,7 @@ pub async fn put_batch(
         .into_iter()
         .map(|(id, b)| (id, b.to_vec()))
         .collect();
-    Ok(Json(store_blobs(&state, ns, blobs).await?))
+    Ok(Json(uploads::accept(&state, ns, blobs).await?))
 }
 
 /// `GET /api/v1/chunks/{id}?namespace=`.
@@ -132,7 +110,7 @@ pub async fn get(
     ApiQuery(q): ApiQuery<NsQuery>,
 ) -> Result<Response, ApiError> {
     let id = chunk_id(&id)?;
-    let ns = auth.namespace(&state, q.namespace, false).await?;
+    let ns = auth.namespace(&state, q.namespace, Role::can_read).await?;
     if !state.repo.has_chunk(ns, id).await? {
         return Err(ApiError::NotFound(format!("chunk {id} not found")));
     }
@@ -151,7 +129,8 @@ pub async fn fetch_batch(
     ApiJson(req): ApiJson<ChunkIdsRequest>,
 ) -> Result<Response, ApiError> {
     check_ids(&req.ids)?;
-    auth.authorize(&state, req.namespace, false).await?;
+    auth.authorize(&state, req.namespace, Role::can_read)
+        .await?;
     let absent = state
         .repo
         .missing_chunks(req.namespace, &req.ids, now_secs())

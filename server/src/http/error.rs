@@ -6,6 +6,9 @@ use axum::Json;
 use fsync_common::{ChunkId, ErrorBody, ErrorCode};
 
 use crate::db::DbError;
+use crate::domain::accounts::AccountError;
+use crate::domain::uploads::UploadError;
+use crate::domain::WriteError;
 
 /// An API error. 5xx details are logged here and never sent.
 #[derive(Debug)]
@@ -129,10 +132,13 @@ impl IntoResponse for ApiError {
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Conflict(m) => Self::Conflict(m),
+            DbError::UsernameTaken | DbError::PathExists(_) | DbError::PathInUse(_) => {
+                Self::Conflict(e.to_string())
+            }
             DbError::NotFound(what) => Self::NotFound(format!("{what} not found")),
             DbError::MissingChunks(ids) => Self::MissingChunks(ids),
-            DbError::Invalid(m) => Self::BadRequest(m),
+            DbError::Invalid(r) => Self::BadRequest(r.to_string()),
+            DbError::UnsupportedUrl(m) => Self::BadRequest(m),
             DbError::Backend(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
             ) => Self::Unavailable(e.to_string()),
@@ -150,6 +156,43 @@ impl From<fsync_store::StoreError> for ApiError {
                 Self::StorageFull(format!("blob store: {e}"))
             }
             _ => Self::Unavailable(format!("blob store: {e}")),
+        }
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::Username
+            | AccountError::Email
+            | AccountError::HexKey { .. }
+            | AccountError::Kdf(_) => Self::BadRequest(e.to_string()),
+            AccountError::BadLogin => Self::Unauthorized("invalid username or password"),
+            AccountError::BadRefresh => {
+                Self::Unauthorized("invalid, expired or revoked refresh token")
+            }
+            AccountError::NoSuchDevice => Self::NotFound(e.to_string()),
+            AccountError::Db(e) => e.into(),
+            AccountError::Internal(d) => Self::Internal(d),
+        }
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::InvalidBlob { .. } => Self::InvalidBlob(e.to_string()),
+            UploadError::Db(DbError::Blob(e)) | UploadError::Store(e) => e.into(),
+            UploadError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Db(e) => e.into(),
+            WriteError::Fault(d) => Self::Internal(d),
         }
     }
 }

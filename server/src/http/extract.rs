@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::db::Actor;
+use crate::domain::roles::Role;
 use crate::state::{now_secs, AppState};
 
 /// JSON body with errors mapped to the API's error shape. A value that fails
@@ -189,20 +190,22 @@ impl Auth {
         }
     }
 
-    /// Checks the user may access `ns` (`write`: as owner or editor). Namespaces of
-    /// other users are reported as not found, so their existence does not leak.
+    /// Checks the user's role in `ns` allows what the endpoint does (`allowed`, e.g.
+    /// [`Role::can_write`]) and returns the role. Namespaces of other users, and
+    /// memberships with a role this server does not know, are reported as not found,
+    /// so their existence does not leak.
     pub async fn authorize(
         &self,
         state: &AppState,
         ns: NamespaceId,
-        write: bool,
-    ) -> Result<(), ApiError> {
-        match state.repo.role_in(self.user, ns).await?.as_deref() {
+        allowed: fn(Role) -> bool,
+    ) -> Result<Role, ApiError> {
+        match state.repo.role_in(self.user, ns).await? {
             None => Err(ApiError::NotFound("namespace not found".into())),
-            Some("viewer") if write => {
+            Some(role) if !allowed(role) => {
                 Err(ApiError::Forbidden("read-only access to this namespace"))
             }
-            Some(_) => Ok(()),
+            Some(role) => Ok(role),
         }
     }
 
@@ -211,7 +214,7 @@ impl Auth {
         &self,
         state: &AppState,
         ns: Option<NamespaceId>,
-        write: bool,
+        allowed: fn(Role) -> bool,
     ) -> Result<NamespaceId, ApiError> {
         let ns = match ns {
             Some(ns) => ns,
@@ -223,7 +226,7 @@ impl Auth {
                 .map(|g| g.id)
                 .ok_or_else(|| ApiError::NotFound("the account has no namespace".into()))?,
         };
-        self.authorize(state, ns, write).await?;
+        self.authorize(state, ns, allowed).await?;
         Ok(ns)
     }
 }

@@ -8,59 +8,14 @@ use fsync_common::wire::{
     CommitRequest, CommitResponse, DeleteRequest, ListQuery, ListResponse, Manifest,
     ManifestsRequest, OpResponse, RenameRequest, RestoreRequest, VersionInfo,
 };
-use fsync_common::{FileId, Seq, SyncPath, VersionNo};
+use fsync_common::{FileId, SyncPath, VersionNo};
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
-use crate::state::{now_secs, AppState};
-
-/// Commits and pushes the change to the namespace's sockets.
-pub(crate) async fn do_commit(
-    state: &AppState,
-    auth: &Auth,
-    req: &CommitRequest,
-) -> Result<CommitResponse, ApiError> {
-    auth.authorize(state, req.namespace, true).await?;
-    let r = state.repo.commit(auth.actor(), req, now_secs()).await?;
-    // Committed, not yet pushed: a crash here must not hide the change from others.
-    fsync_common::failpoint::hit("server.commit.before_push")
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let seq = r
-        .head
-        .seq
-        .max(r.conflict_copy.as_ref().map_or(Seq(0), |c| c.seq));
-    state.notify(req.namespace, seq);
-    Ok(r)
-}
-
-pub(crate) async fn do_delete(
-    state: &AppState,
-    auth: &Auth,
-    req: &DeleteRequest,
-) -> Result<OpResponse, ApiError> {
-    auth.authorize(state, req.namespace, true).await?;
-    let r = state.repo.delete(auth.actor(), req, now_secs()).await?;
-    notify_op(state, req.namespace, &r);
-    Ok(r)
-}
-
-pub(crate) async fn do_rename(
-    state: &AppState,
-    auth: &Auth,
-    req: &RenameRequest,
-) -> Result<OpResponse, ApiError> {
-    auth.authorize(state, req.namespace, true).await?;
-    let r = state.repo.rename(auth.actor(), req, now_secs()).await?;
-    notify_op(state, req.namespace, &r);
-    Ok(r)
-}
-
-fn notify_op(state: &AppState, ns: fsync_common::NamespaceId, r: &OpResponse) {
-    if let Some(seq) = r.files.iter().map(|f| f.seq).max() {
-        state.notify(ns, seq);
-    }
-}
+use crate::domain::files;
+use crate::domain::roles::Role;
+use crate::state::AppState;
 
 /// `POST /api/v1/files/upload`: commit a manifest whose chunks are stored.
 pub async fn upload(
@@ -68,7 +23,9 @@ pub async fn upload(
     auth: Auth,
     ApiJson(req): ApiJson<CommitRequest>,
 ) -> Result<Json<CommitResponse>, ApiError> {
-    Ok(Json(do_commit(&state, &auth, &req).await?))
+    auth.authorize(&state, req.namespace, Role::can_write)
+        .await?;
+    Ok(Json(files::commit(&state, auth.actor(), &req).await?))
 }
 
 /// `GET /api/v1/files/list`.
@@ -77,7 +34,7 @@ pub async fn list(
     auth: Auth,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListResponse>, ApiError> {
-    let ns = auth.namespace(&state, q.namespace, false).await?;
+    let ns = auth.namespace(&state, q.namespace, Role::can_read).await?;
     let prefix = match q.prefix.as_deref().filter(|p| !p.is_empty()) {
         Some(p) => Some(SyncPath::new(p).map_err(|e| ApiError::InvalidPath(e.to_string()))?),
         None => None,
@@ -101,7 +58,7 @@ async fn file_of(
     state: &AppState,
     auth: &Auth,
     raw: &str,
-    write: bool,
+    allowed: fn(Role) -> bool,
 ) -> Result<FileId, ApiError> {
     let id = FileId::from_hex(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let ns = state
@@ -109,7 +66,7 @@ async fn file_of(
         .file_namespace(id)
         .await?
         .ok_or_else(|| ApiError::NotFound("file not found".into()))?;
-    auth.authorize(state, ns, write)
+    auth.authorize(state, ns, allowed)
         .await
         .map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::NotFound("file not found".into()),
@@ -133,7 +90,7 @@ pub async fn download(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<VersionQuery>,
 ) -> Result<Json<Manifest>, ApiError> {
-    let id = file_of(&state, &auth, &id, false).await?;
+    let id = file_of(&state, &auth, &id, Role::can_read).await?;
     Ok(Json(
         state.repo.manifest(id, q.version.map(VersionNo)).await?,
     ))
@@ -152,7 +109,8 @@ pub async fn manifests(
             fsync_common::limits::MAX_EVENTS_PER_BATCH
         )));
     }
-    auth.authorize(&state, req.namespace, false).await?;
+    auth.authorize(&state, req.namespace, Role::can_read)
+        .await?;
     let mut out = Vec::with_capacity(req.files.len());
     for (file, version) in req.files {
         let m = state.repo.manifest(file, Some(version)).await?;
@@ -171,7 +129,7 @@ pub async fn versions(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<VersionInfo>>, ApiError> {
-    let id = file_of(&state, &auth, &id, false).await?;
+    let id = file_of(&state, &auth, &id, Role::can_read).await?;
     Ok(Json(state.repo.versions(id).await?))
 }
 
@@ -182,13 +140,10 @@ pub async fn restore(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> Result<Json<CommitResponse>, ApiError> {
-    let id = file_of(&state, &auth, &id, true).await?;
-    let r = state
-        .repo
-        .restore(auth.actor(), id, req.version, now_secs())
-        .await?;
-    state.notify(r.head.namespace, r.head.seq);
-    Ok(Json(r))
+    let id = file_of(&state, &auth, &id, Role::can_write).await?;
+    Ok(Json(
+        files::restore(&state, auth.actor(), id, req.version).await?,
+    ))
 }
 
 /// `POST /api/v1/files/delete`.
@@ -197,7 +152,9 @@ pub async fn delete(
     auth: Auth,
     ApiJson(req): ApiJson<DeleteRequest>,
 ) -> Result<Json<OpResponse>, ApiError> {
-    Ok(Json(do_delete(&state, &auth, &req).await?))
+    auth.authorize(&state, req.namespace, Role::can_write)
+        .await?;
+    Ok(Json(files::delete(&state, auth.actor(), &req).await?))
 }
 
 /// `POST /api/v1/files/rename`.
@@ -206,5 +163,7 @@ pub async fn rename(
     auth: Auth,
     ApiJson(req): ApiJson<RenameRequest>,
 ) -> Result<Json<OpResponse>, ApiError> {
-    Ok(Json(do_rename(&state, &auth, &req).await?))
+    auth.authorize(&state, req.namespace, Role::can_write)
+        .await?;
+    Ok(Json(files::rename(&state, auth.actor(), &req).await?))
 }

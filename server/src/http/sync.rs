@@ -13,12 +13,14 @@ use fsync_common::{ErrorBody, NamespaceId, Seq};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
 use crate::db::{BatchAnswer, BatchOp};
-use crate::state::{now_secs, AppState};
+use crate::domain::files;
+use crate::domain::roles::Role;
+use crate::state::AppState;
 
 /// `POST /api/v1/sync/event`: applies events in order; one result per event, a failed
 /// event does not stop the others. Consecutive events on one namespace are applied in
-/// one database transaction ([`crate::MetaRepo::apply_batch`]); the WebSocket push
-/// follows its commit.
+/// one database transaction ([`files::apply_batch`]); the WebSocket push follows its
+/// commit.
 pub async fn event(
     State(state): State<AppState>,
     auth: Auth,
@@ -45,7 +47,7 @@ pub async fn event(
             r.clone()
         } else {
             let r = auth
-                .authorize(&state, ns, true)
+                .authorize(&state, ns, Role::can_write)
                 .await
                 .err()
                 .map(|e| failed(&e));
@@ -59,41 +61,16 @@ pub async fn event(
             ops.push(op);
         }
     }
-    let answers = state.repo.apply_batch(auth.actor(), &ops, now_secs()).await;
-    let mut pushed: HashMap<NamespaceId, Seq> = HashMap::new();
-    let mut answers = ops.iter().zip(answers);
+    let mut answers = files::apply_batch(&state, auth.actor(), &ops)
+        .await
+        .into_iter();
     for slot in results.iter_mut().filter(|r| r.is_none()) {
-        let (op, answer) = answers.next().expect("one answer per op");
-        let r = answer.map_err(ApiError::from).and_then(|a| match a {
-            BatchAnswer::Committed(r) => {
-                // Committed, not yet pushed: a crash here must not hide the change.
-                fsync_common::failpoint::hit("server.commit.before_push")
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                let seq = r
-                    .head
-                    .seq
-                    .max(r.conflict_copy.as_ref().map_or(Seq(0), |c| c.seq));
-                Ok((SyncEventResult::Committed(r), Some(seq)))
-            }
-            BatchAnswer::Applied(r) => {
-                let seq = r.files.iter().map(|f| f.seq).max();
-                Ok((SyncEventResult::Applied(r), seq))
-            }
+        let answer = answers.next().expect("one answer per op");
+        *slot = Some(match answer {
+            Ok(BatchAnswer::Committed(r)) => SyncEventResult::Committed(r),
+            Ok(BatchAnswer::Applied(r)) => SyncEventResult::Applied(r),
+            Err(e) => SyncEventResult::Failed(failed(&e.into())),
         });
-        *slot = Some(match r {
-            Ok((result, seq)) => {
-                if let Some(seq) = seq {
-                    let top = pushed.entry(op.namespace()).or_insert(seq);
-                    *top = (*top).max(seq);
-                }
-                result
-            }
-            Err(e) => SyncEventResult::Failed(failed(&e)),
-        });
-    }
-    // One push per namespace, with its latest position, once everything is committed.
-    for (ns, seq) in pushed {
-        state.notify(ns, seq);
     }
     Ok(Json(SyncEventResponse {
         results: results.into_iter().flatten().collect(),
@@ -114,7 +91,7 @@ pub async fn changes(
     auth: Auth,
     ApiQuery(q): ApiQuery<ChangesQuery>,
 ) -> Result<Json<ChangesResponse>, ApiError> {
-    let ns = auth.namespace(&state, q.namespace, false).await?;
+    let ns = auth.namespace(&state, q.namespace, Role::can_read).await?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     Ok(Json(
         state

@@ -1,18 +1,26 @@
-//! The upload half of the collection protocol (see the module documentation of
-//! `gc`): put the blobs, then record their rows under the namespace lock while
-//! confirming, inside that lock, that every blob is still stored.
+//! Uploads: check each blob's header, put the blobs, then record their rows under the
+//! namespace lock while confirming, inside that lock, that every blob is still stored
+//! (the upload half of the collection protocol, see the module documentation of `gc`).
 
 use fsync_common::wire::StoredResponse;
 use fsync_common::{ChunkId, NamespaceId};
 use fsync_store::{BlobStore, PutOutcome, StoreError};
 
 use crate::db::{BlobConfirm, DbError, MetaRepo};
-use crate::http::error::ApiError;
+use crate::state::{now_secs, AppState};
 
 /// Why [`store_chunks`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UploadError {
+    /// A blob is not one (bad header or size; 422).
+    #[error("chunk {id}: {reason}")]
+    InvalidBlob {
+        /// The chunk the blob was sent as.
+        id: ChunkId,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -21,13 +29,32 @@ pub enum UploadError {
     Store(#[from] StoreError),
 }
 
-impl From<UploadError> for ApiError {
-    fn from(e: UploadError) -> Self {
-        match e {
-            UploadError::Db(DbError::Blob(e)) | UploadError::Store(e) => e.into(),
-            UploadError::Db(e) => e.into(),
-        }
+/// Accepts uploaded blobs into `ns`: every header is checked before anything is put
+/// (blobs are opaque; the server never sees the content), then [`store_chunks`].
+pub(crate) async fn accept(
+    state: &AppState,
+    ns: NamespaceId,
+    items: Vec<(ChunkId, Vec<u8>)>,
+) -> Result<StoredResponse, UploadError> {
+    for (id, blob) in &items {
+        fsync_store::check_blob_header(blob).map_err(|e| UploadError::InvalidBlob {
+            id: *id,
+            reason: e.to_string(),
+        })?;
     }
+    let r = store_chunks(
+        state.repo.as_ref(),
+        state.blobs.as_ref(),
+        ns,
+        items,
+        now_secs(),
+    )
+    .await?;
+    state
+        .metrics
+        .chunks_stored
+        .fetch_add(u64::from(r.stored), std::sync::atomic::Ordering::Relaxed);
+    Ok(r)
 }
 
 /// Blob puts in flight at once within one upload.

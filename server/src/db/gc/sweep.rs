@@ -1,0 +1,194 @@
+//! The sweep: unreferenced chunk rows past the grace period go under the namespace
+//! lock, then their blobs; blobs with no row are found page by page.
+
+use fsync_common::{ChunkId, NamespaceId};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{chunk_row, hex_ids, ChunkRow, GcRepo, NsLock, RetentionSql, UNREFERENCED};
+use crate::db::sql::{parse, placeholders, Tx, IN_BATCH};
+use crate::db::DbError;
+
+impl GcRepo {
+    /// Up to `limit` chunks of `ns` after `after` (id order) that no version references
+    /// and that were neither uploaded nor touched since `cutoff`. With `ignoring`, also
+    /// chunks referenced only by versions that policy would remove (a dry run's view).
+    /// Read without the lock: [`GcRepo::delete_chunk_rows`] checks again under it.
+    pub(crate) async fn sweep_candidates(
+        &self,
+        ns: NamespaceId,
+        after: Option<ChunkId>,
+        cutoff: i64,
+        limit: usize,
+        ignoring: Option<RetentionSql>,
+    ) -> Result<Vec<ChunkRow>, DbError> {
+        let unreferenced = match ignoring.and_then(RetentionSql::removed_version) {
+            Some(removed) => format!(
+                "NOT EXISTS (SELECT 1 FROM version_chunks vc \
+                 JOIN file_versions v ON v.id = vc.version_id JOIN files f ON f.id = v.file_id \
+                 WHERE vc.namespace_id = c.namespace_id AND vc.chunk_id = c.id AND NOT {removed})"
+            ),
+            None => UNREFERENCED.to_owned(),
+        };
+        let sql = format!(
+            "SELECT c.id, c.stored_size FROM chunks c WHERE c.namespace_id = $1 AND c.id > $2 \
+             AND c.last_touched < $3 AND {unreferenced} ORDER BY c.id LIMIT {}",
+            limit.max(1)
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ns.to_hex())
+            .bind(after.map_or_else(String::new, |a| a.to_hex()))
+            .bind(cutoff)
+            .fetch_all(self.sql.pool())
+            .await?;
+        rows.iter().map(chunk_row).collect()
+    }
+
+    /// Deletes the rows of `ids` that are, checked again under the namespace lock, still
+    /// referenced by no version and untouched since `cutoff`. Returns the deleted rows.
+    pub(crate) async fn delete_chunk_rows(
+        &self,
+        ns: NamespaceId,
+        ids: &[ChunkId],
+        cutoff: i64,
+    ) -> Result<Vec<ChunkRow>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut tx, guard) = self.sql.begin_ns(ns).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(IN_BATCH) {
+            let sql = format!(
+                "DELETE FROM chunks WHERE namespace_id = $1 AND last_touched < $2 AND id IN ({}) \
+                 AND NOT EXISTS (SELECT 1 FROM version_chunks vc \
+                 WHERE vc.namespace_id = chunks.namespace_id AND vc.chunk_id = chunks.id) \
+                 RETURNING id, stored_size",
+                placeholders(3, batch.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(ns.to_hex())
+                .bind(cutoff);
+            for id in hex_ids(batch) {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                out.push(chunk_row(&row)?);
+            }
+        }
+        tx.commit().await?;
+        drop(guard);
+        Ok(out)
+    }
+
+    /// Takes the namespace lock and returns it with those of `ids` that have no chunk
+    /// row. While the lock is held no row for them can appear, so their blobs may be
+    /// deleted; release the lock after.
+    pub(crate) async fn lock_unrecorded(
+        &self,
+        ns: NamespaceId,
+        ids: &[ChunkId],
+    ) -> Result<(NsLock, Vec<ChunkId>), DbError> {
+        let (mut tx, guard) = self.sql.begin_ns(ns).await?;
+        let present = present_in(&mut tx, ns, ids).await?;
+        let absent = ids
+            .iter()
+            .copied()
+            .filter(|id| !present.contains(id))
+            .collect();
+        Ok((NsLock { tx, _guard: guard }, absent))
+    }
+
+    /// Those of `ids` that have a chunk row in `ns`, with their stored sizes.
+    pub(crate) async fn rows_of(
+        &self,
+        ns: NamespaceId,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkRow>, DbError> {
+        let mut out = Vec::new();
+        for batch in ids.chunks(IN_BATCH) {
+            let sql = format!(
+                "SELECT id, stored_size FROM chunks WHERE namespace_id = $1 AND id IN ({})",
+                placeholders(2, batch.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
+            for id in hex_ids(batch) {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(self.sql.pool()).await? {
+                out.push(chunk_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- verify and stats
+
+    /// Up to `limit` chunk rows of `ns` after `after`, each with whether a version
+    /// references it.
+    pub(crate) async fn chunk_page(
+        &self,
+        ns: NamespaceId,
+        after: Option<ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<(ChunkId, u64, bool)>, DbError> {
+        let sql = format!(
+            "SELECT c.id, c.stored_size, CAST(CASE WHEN {UNREFERENCED} THEN 0 ELSE 1 END AS BIGINT) \
+             FROM chunks c WHERE c.namespace_id = $1 AND c.id > $2 ORDER BY c.id LIMIT {}",
+            limit.max(1)
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ns.to_hex())
+            .bind(after.map_or_else(String::new, |a| a.to_hex()))
+            .fetch_all(self.sql.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let (id, size) = chunk_row(r)?;
+                Ok((id, size, r.try_get::<i64, _>(2)? != 0))
+            })
+            .collect()
+    }
+
+    /// Chunks that versions of `ns` reference but that have no row (up to `limit`).
+    pub(crate) async fn unrecorded_references(
+        &self,
+        ns: NamespaceId,
+        limit: usize,
+    ) -> Result<Vec<ChunkId>, DbError> {
+        let sql = format!(
+            "SELECT DISTINCT vc.chunk_id FROM version_chunks vc WHERE vc.namespace_id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.namespace_id = vc.namespace_id \
+             AND c.id = vc.chunk_id) ORDER BY vc.chunk_id LIMIT {}",
+            limit.max(1)
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ns.to_hex())
+            .fetch_all(self.sql.pool())
+            .await?;
+        rows.iter()
+            .map(|r| parse(&r.try_get::<String, _>(0)?, "chunk id"))
+            .collect()
+    }
+}
+
+/// Those of `ids` recorded in `ns`, read inside `tx`.
+async fn present_in(
+    tx: &mut Tx,
+    ns: NamespaceId,
+    ids: &[ChunkId],
+) -> Result<std::collections::HashSet<ChunkId>, DbError> {
+    let mut present = std::collections::HashSet::new();
+    for batch in ids.chunks(IN_BATCH) {
+        let sql = format!(
+            "SELECT id FROM chunks WHERE namespace_id = $1 AND id IN ({})",
+            placeholders(2, batch.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
+        for id in hex_ids(batch) {
+            q = q.bind(id);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            present.insert(parse::<ChunkId>(&row.try_get::<String, _>(0)?, "chunk id")?);
+        }
+    }
+    Ok(present)
+}

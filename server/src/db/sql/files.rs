@@ -1,0 +1,409 @@
+//! Files and their versions: writing a version, conflict copies, listing, manifests,
+//! history and restore.
+
+use async_trait::async_trait;
+use std::fmt::Write as _;
+
+use fsync_common::wire::{
+    ChunkRef, CommitOutcome, CommitResponse, FileMeta, ListResponse, Manifest, VersionInfo,
+};
+use fsync_common::{
+    ChunkId, ContentHash, DeviceId, FileId, NamespaceId, SyncPath, VersionNo, VersionVector,
+};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::chunks::unique_ids;
+use super::rows::{file_meta, i64_of, json, parse, prefix_range, to_json, FILE_COLS};
+use super::tx::NsTx;
+use super::{SqlRepo, Tx};
+use crate::db::{Actor, DbError, FileRepo};
+use crate::domain::resolve::conflict_path;
+
+/// True when a live file is at `path`.
+pub(super) async fn live_at(tx: &mut Tx, ns: NamespaceId, path: &str) -> Result<bool, DbError> {
+    let row = sqlx::query(
+        "SELECT 1 FROM files WHERE namespace_id = $1 AND path = $2 AND is_deleted = 0 LIMIT 1",
+    )
+    .bind(ns.to_hex())
+    .bind(path)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// True when a live file is below the folder `dir`.
+pub(super) async fn live_below(tx: &mut Tx, ns: NamespaceId, dir: &str) -> Result<bool, DbError> {
+    let (lo, hi) = prefix_range(dir);
+    let row = sqlx::query(
+        "SELECT 1 FROM files WHERE namespace_id = $1 AND path >= $2 AND path < $3 AND is_deleted = 0 LIMIT 1",
+    )
+    .bind(ns.to_hex())
+    .bind(lo)
+    .bind(hi)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// A file's head row by id.
+pub(super) async fn file_by_id(tx: &mut Tx, file: FileId) -> Result<Option<FileMeta>, DbError> {
+    let sql = format!("SELECT {FILE_COLS} FROM files WHERE id = $1");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(file.to_hex())
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(file_meta).transpose()
+}
+
+/// What a new version records.
+pub(super) struct VersionData<'a> {
+    pub(super) path: &'a SyncPath,
+    pub(super) vv: &'a VersionVector,
+    pub(super) size: u64,
+    pub(super) mtime: i64,
+    pub(super) mode: u32,
+    pub(super) checksum: Option<ContentHash>,
+    pub(super) deleted: bool,
+    pub(super) device: DeviceId,
+    pub(super) chunks: &'a [ChunkRef],
+}
+
+/// Writes a new version of `file` (creating the file row when `prev` is `None`), its
+/// chunk references and a journal entry. Returns the new head.
+pub(super) async fn write_version(
+    w: &mut NsTx,
+    file: FileId,
+    prev: Option<&FileMeta>,
+    v: &VersionData<'_>,
+) -> Result<FileMeta, DbError> {
+    let ns = w.ns;
+    let version = VersionNo(prev.map_or(0, |p| p.version.0) + 1);
+    let seq = w.next_seq();
+    w.writes += 1;
+    let vv_json = to_json(v.vv);
+    let checksum = v.checksum.map(|c| c.to_hex());
+    let deleted = i64::from(v.deleted);
+    if prev.is_some() {
+        sqlx::query(
+            "UPDATE files SET path = $2, head_version = $3, vv = $4, size = $5, mtime = $6, mode = $7, \
+             checksum = $8, is_deleted = $9, device_id = $10, seq = $11 WHERE id = $1",
+        )
+        .bind(file.to_hex())
+        .bind(v.path.as_str())
+        .bind(i64_of(version.0))
+        .bind(&vv_json)
+        .bind(i64_of(v.size))
+        .bind(v.mtime)
+        .bind(i64::from(v.mode))
+        .bind(checksum.clone())
+        .bind(deleted)
+        .bind(v.device.to_hex())
+        .bind(i64_of(seq.0))
+        .execute(&mut *w.tx)
+        .await?;
+    } else {
+        sqlx::query(
+            "INSERT INTO files (id, namespace_id, path, head_version, vv, size, mtime, mode, checksum, \
+             is_deleted, device_id, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(file.to_hex())
+        .bind(ns.to_hex())
+        .bind(v.path.as_str())
+        .bind(i64_of(version.0))
+        .bind(&vv_json)
+        .bind(i64_of(v.size))
+        .bind(v.mtime)
+        .bind(i64::from(v.mode))
+        .bind(checksum.clone())
+        .bind(deleted)
+        .bind(v.device.to_hex())
+        .bind(i64_of(seq.0))
+        .execute(&mut *w.tx)
+        .await?;
+    }
+    let row = sqlx::query(
+        "INSERT INTO file_versions (file_id, version, path, vv, size, mtime, mode, checksum, is_deleted, \
+         device_id, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+    )
+    .bind(file.to_hex())
+    .bind(i64_of(version.0))
+    .bind(v.path.as_str())
+    .bind(&vv_json)
+    .bind(i64_of(v.size))
+    .bind(v.mtime)
+    .bind(i64::from(v.mode))
+    .bind(checksum)
+    .bind(deleted)
+    .bind(v.device.to_hex())
+    .bind(to_json(&v.chunks))
+    .bind(w.now)
+    .fetch_one(&mut *w.tx)
+    .await?;
+    let version_id: i64 = row.try_get(0)?;
+    let ids: Vec<ChunkId> = v.chunks.iter().map(ChunkRef::id).collect();
+    w.refs
+        .extend(unique_ids(&ids).into_iter().map(|id| (version_id, id)));
+    w.journal(seq, file, version, None);
+    let head = FileMeta {
+        file_id: file,
+        namespace: ns,
+        path: v.path.clone(),
+        version,
+        vv: v.vv.clone(),
+        size: v.size,
+        mtime: v.mtime,
+        mode: v.mode,
+        content_hash: v.checksum,
+        deleted: v.deleted,
+        device: v.device,
+        seq,
+    };
+    // The path's head is now this version: a live file is the only live one at its path
+    // (the repository keeps it so), and a tombstone replaced the live head, if any.
+    w.heads
+        .insert(v.path.as_str().to_owned(), Some(head.clone()));
+    Ok(head)
+}
+
+/// The chunk list of one version.
+pub(super) async fn manifest_of(
+    tx: &mut Tx,
+    file: FileId,
+    version: VersionNo,
+) -> Result<Vec<ChunkRef>, DbError> {
+    let row = sqlx::query("SELECT manifest FROM file_versions WHERE file_id = $1 AND version = $2")
+        .bind(file.to_hex())
+        .bind(i64_of(version.0))
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(DbError::NotFound("version"))?;
+    json(&row.try_get::<String, _>(0)?, "manifest")
+}
+
+/// Creates a conflict copy: a new file holding an existing manifest (no re-upload).
+pub(super) async fn conflict_copy(
+    w: &mut NsTx,
+    original: &SyncPath,
+    mtime: i64,
+    device: DeviceId,
+    data: (u64, u32, Option<ContentHash>),
+    chunks: &[ChunkRef],
+) -> Result<FileMeta, DbError> {
+    let mut attempt = 0;
+    let path = loop {
+        let candidate = conflict_path(original, mtime, device, attempt);
+        if w.head(candidate.as_str()).await?.is_none() {
+            break candidate;
+        }
+        attempt += 1;
+    };
+    let vv = VersionVector::new().incremented(device);
+    let (size, mode, checksum) = data;
+    write_version(
+        w,
+        FileId::from_bytes(rand::random()),
+        None,
+        &VersionData {
+            path: &path,
+            vv: &vv,
+            size,
+            mtime,
+            mode,
+            checksum,
+            deleted: false,
+            device,
+            chunks,
+        },
+    )
+    .await
+}
+
+/// The largest version-vector counter a client may send. Far above any real history
+/// (one version per nanosecond for a century stays below it), and low enough that the
+
+#[async_trait]
+impl FileRepo for SqlRepo {
+    async fn list_files(
+        &self,
+        ns: NamespaceId,
+        prefix: Option<&str>,
+        include_deleted: bool,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<ListResponse, DbError> {
+        let mut sql = format!("SELECT {FILE_COLS} FROM files WHERE namespace_id = $1");
+        let mut binds: Vec<String> = vec![ns.to_hex()];
+        if let Some(p) = prefix.filter(|p| !p.is_empty()) {
+            let (lo, hi) = prefix_range(p);
+            let _ = write!(
+                sql,
+                " AND (path = ${} OR (path >= ${} AND path < ${}))",
+                binds.len() + 1,
+                binds.len() + 2,
+                binds.len() + 3
+            );
+            binds.extend([p.to_owned(), lo, hi]);
+        }
+        if !include_deleted {
+            sql.push_str(" AND is_deleted = 0");
+        }
+        if let Some(a) = after {
+            // The cursor is `path` or `path U+0001 file id` (paths cannot hold controls).
+            let (path, id) = a.split_once('\u{1}').unwrap_or((a, ""));
+            let _ = write!(
+                sql,
+                " AND (path > ${} OR (path = ${} AND id > ${}))",
+                binds.len() + 1,
+                binds.len() + 1,
+                binds.len() + 2
+            );
+            binds.extend([
+                path.to_owned(),
+                if id.is_empty() {
+                    "~".repeat(33)
+                } else {
+                    id.to_owned()
+                },
+            ]);
+        }
+        let _ = write!(sql, " ORDER BY path, id LIMIT {}", u64::from(limit) + 1);
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut files = rows.iter().map(file_meta).collect::<Result<Vec<_>, _>>()?;
+        let next = if files.len() > limit as usize {
+            files.truncate(limit as usize);
+            files
+                .last()
+                .map(|f| format!("{}\u{1}{}", f.path, f.file_id))
+        } else {
+            None
+        };
+        Ok(ListResponse { files, next })
+    }
+
+    async fn file_namespace(&self, file: FileId) -> Result<Option<NamespaceId>, DbError> {
+        let row = sqlx::query("SELECT namespace_id FROM files WHERE id = $1")
+            .bind(file.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| parse(&r.try_get::<String, _>(0)?, "namespace id"))
+            .transpose()
+    }
+
+    async fn manifest(
+        &self,
+        file: FileId,
+        version: Option<VersionNo>,
+    ) -> Result<Manifest, DbError> {
+        let sql = format!("SELECT {FILE_COLS} FROM files WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(file.to_hex())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(DbError::NotFound("file"))?;
+        let head = file_meta(&row)?;
+        let v = version.unwrap_or(head.version);
+        let row = sqlx::query(
+            "SELECT vv, size, mtime, mode, checksum, is_deleted, device_id, manifest FROM file_versions \
+             WHERE file_id = $1 AND version = $2",
+        )
+        .bind(file.to_hex())
+        .bind(i64_of(v.0))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(DbError::NotFound("version"))?;
+        let checksum: Option<String> = row.try_get(4)?;
+        let meta = FileMeta {
+            version: v,
+            vv: json(&row.try_get::<String, _>(0)?, "version vector")?,
+            size: row.try_get::<i64, _>(1)? as u64,
+            mtime: row.try_get(2)?,
+            mode: row.try_get::<i64, _>(3)? as u32,
+            content_hash: checksum
+                .map(|c| parse::<ContentHash>(&c, "checksum"))
+                .transpose()?,
+            deleted: row.try_get::<i64, _>(5)? != 0,
+            device: parse(&row.try_get::<String, _>(6)?, "device id")?,
+            ..head
+        };
+        let chunks = json(&row.try_get::<String, _>(7)?, "manifest")?;
+        Ok(Manifest { meta, chunks })
+    }
+
+    async fn versions(&self, file: FileId) -> Result<Vec<VersionInfo>, DbError> {
+        let rows = sqlx::query(
+            "SELECT version, vv, path, size, mtime, device_id, created_at, is_deleted, checksum FROM file_versions \
+             WHERE file_id = $1 ORDER BY version DESC",
+        )
+        .bind(file.to_hex())
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Err(DbError::NotFound("file"));
+        }
+        rows.iter()
+            .map(|r| {
+                let checksum: Option<String> = r.try_get(8)?;
+                Ok(VersionInfo {
+                    version: VersionNo(r.try_get::<i64, _>(0)? as u64),
+                    vv: json(&r.try_get::<String, _>(1)?, "version vector")?,
+                    path: parse(&r.try_get::<String, _>(2)?, "path")?,
+                    size: r.try_get::<i64, _>(3)? as u64,
+                    mtime: r.try_get(4)?,
+                    device: parse(&r.try_get::<String, _>(5)?, "device id")?,
+                    created_at: r.try_get(6)?,
+                    deleted: r.try_get::<i64, _>(7)? != 0,
+                    content_hash: checksum
+                        .map(|c| parse::<ContentHash>(&c, "checksum"))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn restore(
+        &self,
+        actor: Actor,
+        file: FileId,
+        version: VersionNo,
+        now: i64,
+    ) -> Result<CommitResponse, DbError> {
+        let ns = self
+            .file_namespace(file)
+            .await?
+            .ok_or(DbError::NotFound("file"))?;
+        let old = self.manifest(file, Some(version)).await?;
+        let mut w = NsTx::begin(self, ns, actor.device, now).await?;
+        let head = file_by_id(&mut w.tx, file)
+            .await?
+            .ok_or(DbError::NotFound("file"))?;
+        // Read the chunk list again under the lock: garbage collection may have pruned
+        // the version (and swept its chunks) since `old` was read.
+        let chunks = manifest_of(&mut w.tx, file, version).await?;
+        if head.deleted && live_at(&mut w.tx, ns, head.path.as_str()).await? {
+            return Err(DbError::PathInUse(head.path));
+        }
+        let vv = head.vv.incremented(actor.device);
+        let v = VersionData {
+            path: &head.path,
+            vv: &vv,
+            size: old.meta.size,
+            mtime: old.meta.mtime,
+            mode: old.meta.mode,
+            checksum: old.meta.content_hash,
+            deleted: old.meta.deleted,
+            device: actor.device,
+            chunks: &chunks,
+        };
+        let new = write_version(&mut w, file, Some(&head), &v).await?;
+        w.finish().await?;
+        Ok(CommitResponse {
+            outcome: CommitOutcome::FastForward,
+            head: new,
+            conflict_copy: None,
+        })
+    }
+}

@@ -1,0 +1,118 @@
+//! The checks a write request must pass before the repository opens a transaction:
+//! a commit's manifest, a base version vector, a rename's two paths. Pure functions;
+//! the repository runs them on every op (one by one or in a batch).
+
+use fsync_common::limits::MAX_CHUNK_PLAINTEXT;
+use fsync_common::wire::CommitRequest;
+use fsync_common::{ChunkId, DeviceId, SyncPath, VersionVector};
+
+use crate::db::BatchOp;
+
+/// Most chunks a single manifest may list (a 64 GiB file at the 4 MiB maximum).
+pub(crate) const MAX_MANIFEST_CHUNKS: usize = 1 << 20;
+
+/// The largest version-vector counter a client may send. Far above any real history
+/// (one version per nanosecond for a century stays below it), and low enough that the
+/// server's increments never saturate: a counter stuck at `u64::MAX` would make an
+/// increment change nothing, and a later concurrent edit would fast-forward over it.
+pub(crate) const MAX_VV_COUNTER: u64 = 1 << 62;
+
+/// A write request that breaks a rule; nothing was written. Sent as 400
+/// `bad_request` with this text as the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// A counter of the base version vector is past [`MAX_VV_COUNTER`].
+    #[error("base counter {counter} of device {device} is past the limit {MAX_VV_COUNTER}")]
+    BaseCounterTooLarge {
+        /// The device whose counter it is.
+        device: DeviceId,
+        /// The counter sent.
+        counter: u64,
+    },
+    /// The idempotency key is empty or longer than 128 characters.
+    #[error("idempotency_key must be 1 to 128 characters")]
+    IdempotencyKey,
+    /// The manifest lists more than [`MAX_MANIFEST_CHUNKS`] chunks.
+    #[error("manifest lists {0} chunks; the limit is {MAX_MANIFEST_CHUNKS}")]
+    TooManyChunks(usize),
+    /// A chunk's length is 0 or past the largest chunk.
+    #[error("chunk {id} has length {len}; lengths must be 1 to {MAX_CHUNK_PLAINTEXT}")]
+    ChunkLength {
+        /// The chunk.
+        id: ChunkId,
+        /// Its length in the manifest.
+        len: u32,
+    },
+    /// The manifest's size is not the sum of its chunks' lengths.
+    #[error("size is {size} but the chunks add up to {total}")]
+    SizeMismatch {
+        /// The size sent.
+        size: u64,
+        /// The sum of the chunk lengths.
+        total: u64,
+    },
+    /// The mode has bits beyond the permission bits (`0o7777`).
+    #[error("mode {0:o} is not a permission mode")]
+    Mode(u32),
+    /// A rename's target lies below its source.
+    #[error("cannot move a path into itself")]
+    MoveIntoItself,
+    /// A file below a renamed folder has no path under the target.
+    #[error("{path} cannot move under {to}")]
+    MoveOutside {
+        /// The file's path.
+        path: SyncPath,
+        /// The rename's target.
+        to: SyncPath,
+    },
+}
+
+/// Refuses a base version vector with a counter past [`MAX_VV_COUNTER`].
+pub(crate) fn check_base(base: &VersionVector) -> Result<(), RequestError> {
+    match base.iter().find(|(_, n)| *n > MAX_VV_COUNTER) {
+        Some((device, counter)) => Err(RequestError::BaseCounterTooLarge { device, counter }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a commit: its base, idempotency key, chunk count and lengths, size and mode.
+pub(crate) fn check_manifest(req: &CommitRequest) -> Result<(), RequestError> {
+    check_base(&req.base)?;
+    if req.idempotency_key.is_empty() || req.idempotency_key.len() > 128 {
+        return Err(RequestError::IdempotencyKey);
+    }
+    if req.chunks.len() > MAX_MANIFEST_CHUNKS {
+        return Err(RequestError::TooManyChunks(req.chunks.len()));
+    }
+    let mut total: u64 = 0;
+    for c in &req.chunks {
+        if c.is_empty() || c.len() as usize > MAX_CHUNK_PLAINTEXT {
+            return Err(RequestError::ChunkLength {
+                id: c.id(),
+                len: c.len(),
+            });
+        }
+        total += u64::from(c.len());
+    }
+    if total != req.size {
+        return Err(RequestError::SizeMismatch {
+            size: req.size,
+            total,
+        });
+    }
+    if req.mode > 0o7777 {
+        return Err(RequestError::Mode(req.mode));
+    }
+    Ok(())
+}
+
+/// The checks of an op that need no database.
+pub(crate) fn check_op(op: &BatchOp<'_>) -> Result<(), RequestError> {
+    match op {
+        BatchOp::Commit(req) => check_manifest(req),
+        BatchOp::Delete(req) => check_base(&req.base),
+        BatchOp::Rename(req) if req.to.starts_with(&req.from) => Err(RequestError::MoveIntoItself),
+        BatchOp::Rename(_) => Ok(()),
+    }
+}
