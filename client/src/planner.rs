@@ -142,12 +142,11 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         local,
         remote,
     } = input;
-    // A file can have two base entries for a round or two: its new path's and the old
-    // path's, when the local side of a move was refused (e.g. the old copy was touched).
-    // The old one is what a remote change still has to act on.
-    // A file can have base entries at two paths: its new one's and the old one's, when
-    // the local side of a move has not happened (e.g. an upload at the new path met the
-    // moved file there and won). The old one is what a remote change still acts on.
+    // A file can have base entries at two paths for a round or two: its new one's and
+    // an old one's, when the local side of a move has not happened (the old copy was
+    // touched, an upload at the new path met the moved file there and won, a download
+    // was refused because the file had moved). A remote change acts on an old one,
+    // preferably one whose file is here; the others are retired with it.
     let mut by_id: HashMap<FileId, Vec<&BaseEntry>> = HashMap::new();
     for b in base.values() {
         by_id.entry(b.file_id).or_default().push(b);
@@ -164,9 +163,12 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     let changed = |b: &BaseEntry, l: &LocalEntry| l.hash != b.content_hash || l.file.mode != b.mode;
 
     for r in remote {
-        let b = by_id
-            .get(&r.file_id)
-            .and_then(|bs| bs.iter().find(|b| b.path != r.path).or(bs.first()))
+        let bases = by_id.get(&r.file_id).map_or(&[][..], Vec::as_slice);
+        let b = bases
+            .iter()
+            .filter(|b| b.path != r.path)
+            .min_by_key(|b| !local.contains_key(&b.path))
+            .or(bases.first())
             .copied();
         if let Some(b) = b {
             if b.vv == r.vv && b.path == r.path && !r.deleted {
@@ -174,23 +176,24 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             }
         }
         if r.deleted {
-            let Some(b) = b else { continue };
-            handled.insert(&b.path);
-            if live.get(&b.path).is_some_and(|id| *id != b.file_id) {
-                // Another remote file lives at the path now: that file decides what
-                // happens to the local one (adopt, download or conflict), and its
-                // operation replaces this base. Deleting the local file here as well
-                // would delete the other file's content; forgetting the base would
-                // leave the download nothing to check the local file against.
-                continue;
-            }
-            match local.get(&b.path) {
-                None => ops.forget.push(b.path.clone()),
-                Some(l) if !changed(b, l) => ops.local.push(LocalOp::Delete {
-                    path: b.path.clone(),
-                }),
-                // Modified here, deleted there: the modification wins.
-                Some(_) => push_upload(&mut ops, &live, &b.path, Some(b)),
+            for b in bases {
+                handled.insert(&b.path);
+                if live.get(&b.path).is_some_and(|id| *id != b.file_id) {
+                    // Another remote file lives at the path now: that file decides what
+                    // happens to the local one (adopt, download or conflict), and its
+                    // operation replaces this base. Deleting the local file here as well
+                    // would delete the other file's content; forgetting the base would
+                    // leave the download nothing to check the local file against.
+                    continue;
+                }
+                match local.get(&b.path) {
+                    None => ops.forget.push(b.path.clone()),
+                    Some(l) if !changed(b, l) => ops.local.push(LocalOp::Delete {
+                        path: b.path.clone(),
+                    }),
+                    // Modified here, deleted there: the modification wins.
+                    Some(_) => push_upload(&mut ops, &live, &b.path, Some(b)),
+                }
             }
             continue;
         }
@@ -198,6 +201,27 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         if let Some(b) = b.filter(|b| b.path != r.path) {
             // Moved remotely.
             handled.insert(&b.path);
+            for stale in bases
+                .iter()
+                .filter(|o| o.path != r.path && o.path != b.path)
+            {
+                handled.insert(&stale.path);
+                if live.get(&stale.path).is_some_and(|id| *id != stale.file_id) {
+                    continue; // reconciled against the file that lives there now
+                }
+                match local.get(&stale.path) {
+                    None => ops.forget.push(stale.path.clone()),
+                    // An old copy of the moved file: it moved away.
+                    Some(l) if !changed(stale, l) => ops.local.push(LocalOp::Delete {
+                        path: stale.path.clone(),
+                    }),
+                    // Changed here: it stays, as a new file.
+                    Some(_) => {
+                        ops.forget.push(stale.path.clone());
+                        push_upload(&mut ops, &live, &stale.path, None);
+                    }
+                }
+            }
             // Another file now lives at the old path: the local file there is reconciled
             // against that one (when its change comes) and the moved file is fetched at
             // its new path. Moving or deleting the local file as well would act on it

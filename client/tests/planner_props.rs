@@ -1693,6 +1693,55 @@ fn a_file_with_two_base_entries_still_moves() {
     });
 }
 
+/// Device 1 moves `a` to `d/b` while device 0 edits `a` and moves it to `d/b` too, in
+/// overlapping rounds: device 1's upload of `d/b` lost to the moved file, which it
+/// fetched to `d/b`, while its download of the edited `a` was refused (the file had
+/// moved). Device 1 then held base entries for one file at `a` and at `d/b`; when
+/// device 0 moved it on to `b`, the planner acted on the stale `a` (forget it, fetch
+/// `b`) and left the local `d/b` for ever (I1). Found at 10,000 cases.
+#[test]
+fn a_remote_move_acts_on_the_base_whose_file_is_here() {
+    Env::new().check(&Case {
+        swap_ids: false,
+        initial: vec![(at("a"), Content::Fresh)],
+        steps: vec![
+            Step::Edit(
+                0,
+                Edit::Write {
+                    path: at("a"),
+                    content: Content::Fresh,
+                    in_place: false,
+                },
+            ),
+            Step::Sync(0, 0),
+            Step::Edit(
+                1,
+                Edit::Rename {
+                    from: at("a"),
+                    to: at("d/b"),
+                },
+            ),
+            Step::Edit(
+                0,
+                Edit::Rename {
+                    from: at("a"),
+                    to: at("d/b"),
+                },
+            ),
+            Step::Overlap(1, 0),
+            Step::Sync(0, 0),
+            Step::Edit(
+                0,
+                Edit::Rename {
+                    from: at("d/b"),
+                    to: at("b"),
+                },
+            ),
+        ],
+        final_seed: 0,
+    });
+}
+
 // ------------------------------------------------------------------ engine races
 // Found with overlapping rounds; the cause was in `engine.rs` (`run_remote_ops`: an
 // applied rename recorded the rename answer's version vector as the base, and uploaded
