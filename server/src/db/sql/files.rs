@@ -83,44 +83,30 @@ pub(super) async fn write_version(
     let vv_json = to_json(v.vv);
     let checksum = v.checksum.map(|c| c.to_hex());
     let deleted = i64::from(v.deleted);
-    if prev.is_some() {
-        sqlx::query(
-            "UPDATE files SET path = $2, head_version = $3, vv = $4, size = $5, mtime = $6, mode = $7, \
-             checksum = $8, is_deleted = $9, device_id = $10, seq = $11 WHERE id = $1",
-        )
-        .bind(file.to_hex())
-        .bind(v.path.as_str())
-        .bind(i64_of(version.0))
-        .bind(&vv_json)
-        .bind(i64_of(v.size))
-        .bind(v.mtime)
-        .bind(i64::from(v.mode))
-        .bind(checksum.clone())
-        .bind(deleted)
-        .bind(v.device.to_hex())
-        .bind(i64_of(seq.0))
-        .execute(&mut *w.tx)
-        .await?;
-    } else {
-        sqlx::query(
-            "INSERT INTO files (id, namespace_id, path, head_version, vv, size, mtime, mode, checksum, \
-             is_deleted, device_id, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(file.to_hex())
-        .bind(ns.to_hex())
-        .bind(v.path.as_str())
-        .bind(i64_of(version.0))
-        .bind(&vv_json)
-        .bind(i64_of(v.size))
-        .bind(v.mtime)
-        .bind(i64::from(v.mode))
-        .bind(checksum.clone())
-        .bind(deleted)
-        .bind(v.device.to_hex())
-        .bind(i64_of(seq.0))
-        .execute(&mut *w.tx)
-        .await?;
-    }
+    // One statement for a new file and a new head of an existing one (its namespace
+    // never changes).
+    sqlx::query(
+        "INSERT INTO files (id, namespace_id, path, head_version, vv, size, mtime, mode, checksum, \
+         is_deleted, device_id, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (id) DO UPDATE SET path = excluded.path, head_version = excluded.head_version, \
+         vv = excluded.vv, size = excluded.size, mtime = excluded.mtime, mode = excluded.mode, \
+         checksum = excluded.checksum, is_deleted = excluded.is_deleted, \
+         device_id = excluded.device_id, seq = excluded.seq",
+    )
+    .bind(file.to_hex())
+    .bind(ns.to_hex())
+    .bind(v.path.as_str())
+    .bind(i64_of(version.0))
+    .bind(&vv_json)
+    .bind(i64_of(v.size))
+    .bind(v.mtime)
+    .bind(i64::from(v.mode))
+    .bind(checksum.clone())
+    .bind(deleted)
+    .bind(v.device.to_hex())
+    .bind(i64_of(seq.0))
+    .execute(&mut *w.tx)
+    .await?;
     let row = sqlx::query(
         "INSERT INTO file_versions (file_id, version, path, vv, size, mtime, mode, checksum, is_deleted, \
          device_id, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
