@@ -17,9 +17,8 @@ use crate::postgres::ScratchDatabase;
 pub enum Database {
     /// An SQLite file, `fsync.db` in the server's data directory.
     Sqlite,
-    /// A [`ScratchDatabase`] made next to the one this base URL names; dropped with
-    /// the server.
-    Postgres(String),
+    /// A [`ScratchDatabase`], which the server takes: dropped with it.
+    Scratch(ScratchDatabase),
     /// This URL, as it is, and left as it is (e.g. a second node of a deployment on
     /// the first one's database).
     Url(String),
@@ -56,10 +55,7 @@ impl TestServer {
                 format!("sqlite://{}", data_dir.join("fsync.db").display()),
                 None,
             ),
-            Database::Postgres(base) => {
-                let db = ScratchDatabase::create(&base).await?;
-                (db.url().to_owned(), Some(db))
-            }
+            Database::Scratch(db) => (db.url().to_owned(), Some(db)),
             Database::Url(url) => (url, None),
         };
         let mut flags: Vec<OsString> = vec!["fsync-server".into(), "--data-dir".into()];

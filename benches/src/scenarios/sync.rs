@@ -239,7 +239,7 @@ pub(crate) async fn pair_with_chunks(
     prefix: &str,
     chunks: fsync_chunker::ChunkerConfig,
 ) -> anyhow::Result<(Device, Device)> {
-    let account = Account::register(server, &harness::username(prefix)).await?;
+    let account = harness::register(server, &harness::username(prefix)).await?;
     let a = Device::with_chunks(&server.url, &account, dir, &format!("{prefix}-a"), chunks).await?;
     let b = Device::with_chunks(&server.url, &account, dir, &format!("{prefix}-b"), chunks).await?;
     Ok((a, b))
@@ -933,7 +933,7 @@ async fn compare_large(
     let client_bin = std::env::current_exe()?.with_file_name("fsync-client");
     let mut client_rss = None;
     if client_bin.exists() {
-        let account = Account::register(server, &harness::username("proc")).await?;
+        let account = harness::register(server, &harness::username("proc")).await?;
         let roots_file = dir.join("fsync-roots");
         let up_root = dir.join("proc-root");
         std::fs::create_dir_all(&up_root)?;
@@ -1143,28 +1143,25 @@ async fn visible(path: &Path, want: &[u8], since: Instant) -> anyhow::Result<Dur
     let stat = |md: &std::fs::Metadata| (md.ino(), md.size(), md.mtime_nsec(), md.mtime());
     let mut last = None;
     let mut buf = Vec::with_capacity(want.len());
-    loop {
-        if let Ok(md) = std::fs::symlink_metadata(path) {
-            let now = Some(stat(&md));
-            if now != last {
-                last = now;
-                buf.clear();
-                if let Ok(mut f) = std::fs::File::open(path) {
-                    if f.read_to_end(&mut buf).is_ok() && buf == want {
-                        return Ok(since.elapsed());
-                    }
-                }
-            }
+    let mut check = || {
+        let md = std::fs::symlink_metadata(path).ok()?;
+        let now = Some(stat(&md));
+        if now == last {
+            return None;
         }
-        if since.elapsed() > VISIBLE_DEADLINE {
-            bail!("an edit was not visible on B within {VISIBLE_DEADLINE:?}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+        last = now;
+        buf.clear();
+        let mut f = std::fs::File::open(path).ok()?;
+        (f.read_to_end(&mut buf).is_ok() && buf == want).then(|| since.elapsed())
+    };
+    let left = VISIBLE_DEADLINE.saturating_sub(since.elapsed());
+    fsync_testkit::poll_async(left, POLL, "an edit on B", || std::future::ready(check()))
+        .await
+        .map_err(|_| anyhow::anyhow!("an edit was not visible on B within {VISIBLE_DEADLINE:?}"))
 }
 
 async fn latency(ctx: &mut Ctx<'_>, server: &Server, dir: &Path) -> anyhow::Result<()> {
-    let account = Account::register(server, &harness::username("latency")).await?;
+    let account = harness::register(server, &harness::username("latency")).await?;
     let a = DaemonThread::start(&server.url, &account, dir, "latency-a")?;
     let b = DaemonThread::start(&server.url, &account, dir, "latency-b")?;
     // A third device that only listens to the push socket, to time the commit.
