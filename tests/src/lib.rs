@@ -21,8 +21,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use fsync_testkit::postgres::ScratchDatabase;
+use fsync_testkit::{poll, POLL};
 use rand::{RngCore, SeedableRng};
 
 pub mod sim;
@@ -35,8 +37,6 @@ pub const PASSWORD: &str = "correct horse battery staple";
 const SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
 /// How long a server may take to answer `/health` after it was spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause between two polls of a condition.
-const POLL: Duration = Duration::from_millis(25);
 
 /// Environment variables the binaries read: cleared so the caller's environment
 /// cannot change what a test runs against.
@@ -147,20 +147,8 @@ fn build_binaries() -> Binaries {
 
 // ------------------------------------------------------------------ waiting
 
-/// Polls `cond` until it holds; panics naming `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(POLL);
-    }
-}
+/// Polls a condition until it holds; panics naming what it awaited after the timeout.
+pub use fsync_testkit::wait_until;
 
 // ------------------------------------------------------------------ server
 
@@ -198,43 +186,14 @@ impl std::fmt::Debug for Server {
 
 /// The PostgreSQL URL of `FSYNC_TEST_DATABASE_URL`; `None` when unset, which is an
 /// error when `CI` is set (CI must never skip the PostgreSQL tests silently).
-pub fn postgres_url() -> Option<String> {
-    match std::env::var("FSYNC_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but FSYNC_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI"
-            );
-            None
-        }
-    }
-}
+pub use fsync_testkit::postgres::test_database_url as postgres_url;
 
 /// Creates an empty database next to the one `base` names; returns its URL.
 fn fresh_postgres_url(base: &str) -> String {
-    use sqlx::Connection;
-    let (main, query) = base.find('?').map_or((base, ""), |i| base.split_at(i));
-    let (head, _) = main
-        .rsplit_once('/')
-        .expect("FSYNC_TEST_DATABASE_URL has a database path");
-    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(base)
-            .await
-            .expect("connect to FSYNC_TEST_DATABASE_URL");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create a test database (the role needs CREATEDB)");
-        let _ = conn.close().await;
-    });
-    format!("{head}/{name}{query}")
+    ScratchDatabase::create_blocking(base)
+        .unwrap_or_else(|e| panic!("a test database on FSYNC_TEST_DATABASE_URL: {e:#}"))
+        .url()
+        .to_owned()
 }
 
 fn free_port() -> u16 {
@@ -271,19 +230,12 @@ fn tail(path: &Path, max_lines: usize) -> String {
 
 /// Waits until the server answers `/health` with 200, or exited, or took too long.
 fn wait_healthy(child: &mut Child, port: u16) -> Result<(), String> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!("it exited with {status}"));
-        }
-        if let Ok((200, _)) = http_get(port, "/health") {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no healthy /health within {START_TIMEOUT:?}"));
-        }
-        std::thread::sleep(POLL);
-    }
+    let healthy = || match child.try_wait() {
+        Err(e) => Some(Err(e.to_string())),
+        Ok(Some(status)) => Some(Err(format!("it exited with {status}"))),
+        Ok(None) => matches!(http_get(port, "/health"), Ok((200, _))).then_some(Ok(())),
+    };
+    poll(START_TIMEOUT, POLL, "a healthy /health", healthy).map_err(|e| e.to_string())?
 }
 
 impl Server {
@@ -306,57 +258,10 @@ impl Server {
     }
 
     fn spawn(database_url: Option<&str>) -> Self {
-        let bins = binaries();
-        let data = tempfile::tempdir().expect("temp dir");
-        let backend = if database_url.is_some() {
-            Backend::Postgres
-        } else {
-            Backend::Sqlite
-        };
-        // The port is free when we look and taken by the server a moment later; in
-        // between another process may grab it, so a start that fails is retried.
-        for attempt in 0..5 {
-            let port = free_port();
-            let log = data.path().join(format!("server-{attempt}.log"));
-            let log_file = std::fs::File::create(&log).expect("server log");
-            let mut cmd = Command::new(&bins.server);
-            clean_env(&mut cmd);
-            cmd.arg("--data-dir")
-                .arg(data.path().join("data"))
-                .args(["--port", &port.to_string(), "--secret-key", SECRET])
-                .args(["--log-level", "info,fsync_server=debug"]);
-            if let Some(url) = database_url {
-                cmd.args(["--database-url", url]);
-            }
-            let mut child = cmd
-                .current_dir(data.path())
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().expect("server log"))
-                .stderr(log_file)
-                .spawn()
-                .expect("spawn fsync-server");
-            match wait_healthy(&mut child, port) {
-                Ok(()) => {
-                    return Self {
-                        child,
-                        port,
-                        log,
-                        data,
-                        backend,
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = tail(&log, 40);
-                    assert!(
-                        log.contains("cannot listen") && attempt < 4,
-                        "fsync-server did not start: {e}\n--- server log ---\n{log}"
-                    );
-                }
-            }
-        }
-        unreachable!("the loop either returns or panics")
+        Self::start_with(&ServerOptions {
+            database_url: database_url.map(str::to_owned),
+            ..ServerOptions::default()
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -575,36 +480,12 @@ impl Client {
 
     /// Starts a `--once` round without waiting for it (to kill it mid-way).
     pub fn spawn_once(&self) -> Run {
-        let log = self.dir.path().join(format!(
-            "once-{}.log",
-            hex::encode(rand::random::<[u8; 4]>())
-        ));
-        let file = std::fs::File::create(&log).expect("client log");
-        let child = self
-            .command()
-            .arg("--once")
-            .stdout(file.try_clone().expect("client log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn fsync-client --once");
-        Run { child, log }
+        self.spawn_once_with_env(&[])
     }
 
     /// Starts the daemon (`SYNC_INTERVAL=1`); it is killed when the handle drops.
     pub fn spawn_daemon(&self) -> Daemon {
-        let log = self.dir.path().join(format!(
-            "daemon-{}.log",
-            hex::encode(rand::random::<[u8; 4]>())
-        ));
-        let file = std::fs::File::create(&log).expect("daemon log");
-        let child = self
-            .command()
-            .arg("--verbose")
-            .stdout(file.try_clone().expect("daemon log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn the fsync-client daemon");
-        Daemon { child, log }
+        self.spawn_daemon_with_env(&[])
     }
 }
 
@@ -914,7 +795,8 @@ impl Server {
         } else {
             Backend::Sqlite
         };
-        // As in `spawn`: another process may take the port between look and bind.
+        // The port is free when we look and taken by the server a moment later; in
+        // between another process may grab it, so a start that fails is retried.
         for attempt in 0..5 {
             let port = free_port();
             match spawn_server_process(data.path(), port, &log, opts) {
