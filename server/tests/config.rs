@@ -205,32 +205,19 @@ fn sql(url: &str, statement: &str) -> Vec<String> {
         })
 }
 
-fn with_database(url: &str, name: &str) -> String {
-    let (main, query) = url.find('?').map_or((url, ""), |i| url.split_at(i));
-    let slash = main.rfind('/').expect("a database URL names its database");
-    format!("{}/{name}{query}", &main[..slash])
-}
-
 // ------------------------------------------------------------------ the tests
 
 /// With only `POSTGRES_URL` set, the server runs its migrations on PostgreSQL and
 /// serves from it: no SQLite file appears.
 #[test]
 fn postgres_url_alone_selects_postgresql() {
-    let Some(base) = std::env::var("FSYNC_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but FSYNC_TEST_DATABASE_URL is not"
-        );
+    let Some(base) = fsync_testkit::postgres::test_database_url() else {
         eprintln!("FSYNC_TEST_DATABASE_URL is not set: skipped");
         return;
     };
-    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-    sql(&base, &format!("CREATE DATABASE {name}"));
-    let url = with_database(&base, &name);
+    let db = fsync_testkit::postgres::ScratchDatabase::create_blocking(&base)
+        .expect("a test database on FSYNC_TEST_DATABASE_URL");
+    let url = db.url().to_owned();
     let cwd = tempfile::tempdir().unwrap();
     let mut server = Proc::spawn(
         cwd.path(),
@@ -254,10 +241,7 @@ fn postgres_url_alone_selects_postgresql() {
         log.contains("postgres://fsync:***@"),
         "the start line does not name PostgreSQL (password hidden):\n{log}"
     );
-    sql(
-        &base,
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    );
+    db.drop_database_blocking().expect("drop the test database");
 }
 
 /// `.env` in the working directory is read: its data dir and log format are used.

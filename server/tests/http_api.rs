@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::time::Duration;
 
 use common::{
     admin_sql, b64url, backends, empty, hs, next_frame, next_push, now_secs, random_key, register,
@@ -1744,18 +1743,12 @@ async fn websocket_pushes_and_revocations_cross_server_nodes() {
             ),
         )
         .await;
-        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-        loop {
+        let again = format!("both nodes to listen again (cut: {cut:?})");
+        fsync_testkit::wait_until_async(EVENT_TIMEOUT, &again, || async {
             let now = listening_sessions(node_a.database_url()).await;
-            if now.len() == 2 && now.iter().all(|p| !cut.contains(p)) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the nodes did not listen again: {now:?} (cut: {cut:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            now.len() == 2 && now.iter().all(|p| !cut.contains(p))
+        })
+        .await;
         let c = user
             .commit(&node_a, &writer, "n/third.txt", b"3", &empty(), T0)
             .await;
