@@ -17,6 +17,7 @@ use fsync_common::{
 };
 use fsync_server::AppState;
 use fsync_store::{test_kdf_params, AccountKey, BlobCodec, MasterKey, NamespaceKey};
+use fsync_testkit::server::{Database, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -26,9 +27,9 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------- harness
 
+/// The kit's in-process server, on SQLite in a temp dir.
 struct Server {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    inner: TestServer,
     _dir: tempfile::TempDir,
 }
 
@@ -39,38 +40,14 @@ impl Server {
 
     async fn start_with(tweak: impl FnOnce(&mut AppState)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = fsync_server::Config::parse_from([
-            "fsync-server",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--secret-key",
-            SECRET,
-        ]);
-        let mut state = fsync_server::build_state(&config).await.unwrap();
-        tweak(&mut state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(fsync_server::run(listener, state, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            url: format!("http://{addr}"),
-            stop: Some(stop),
-            _dir: dir,
-        }
+        let inner = TestServer::start(dir.path(), SECRET, Database::Sqlite, &[], tweak)
+            .await
+            .unwrap();
+        Self { inner, _dir: dir }
     }
 
     fn client(&self) -> ApiClient {
-        ApiClient::new(&self.url, None).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        ApiClient::new(&self.inner.url, None).unwrap()
     }
 }
 
