@@ -85,41 +85,51 @@ struct Binaries {
 /// when they are up to date) and returns where cargo put them.
 fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
-    BINS.get_or_init(build_binaries)
+    BINS.get_or_init(|| {
+        let args = ["-p", "fsync-server", "-p", "fsync-client", "--bins"];
+        let [server, client] = built(&args, ["fsync-server", "fsync-client"]);
+        Binaries { server, client }
+    })
 }
 
-fn build_binaries() -> Binaries {
+/// The `fsync-gc` binary, built once per test process (or from `FSYNC_E2E_BIN_DIR`).
+pub fn gc_binary() -> &'static Path {
+    static GC: OnceLock<PathBuf> = OnceLock::new();
+    GC.get_or_init(|| {
+        let [gc] = built(&["-p", "fsync-server", "--bin", "fsync-gc"], ["fsync-gc"]);
+        gc
+    })
+}
+
+/// The executables `names`: those in `FSYNC_E2E_BIN_DIR` when it is set, else where
+/// `cargo build ARGS` put them.
+fn built<const N: usize>(args: &[&str], names: [&str; N]) -> [PathBuf; N] {
     if let Some(dir) = std::env::var_os("FSYNC_E2E_BIN_DIR") {
-        let dir = PathBuf::from(dir);
-        let bins = Binaries {
-            server: dir.join("fsync-server"),
-            client: dir.join("fsync-client"),
-        };
-        for b in [&bins.server, &bins.client] {
-            assert!(b.is_file(), "FSYNC_E2E_BIN_DIR: {} is missing", b.display());
-        }
-        return bins;
+        return names.map(|name| {
+            let exe = Path::new(&dir).join(name);
+            assert!(
+                exe.is_file(),
+                "FSYNC_E2E_BIN_DIR: {} is missing",
+                exe.display()
+            );
+            exe
+        });
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ lives in the workspace");
     let out = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "fsync-server",
-            "-p",
-            "fsync-client",
-            "--bins",
-            "--message-format=json-render-diagnostics",
-        ])
+        .arg("build")
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
         .current_dir(root)
         .stdin(Stdio::null())
         .output()
         .expect("cannot run cargo");
     assert!(
         out.status.success(),
-        "cargo build of fsync-server and fsync-client failed:\n{}",
+        "cargo build {} failed:\n{}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
     // Cargo's JSON messages name every executable it built (wherever the target dir
@@ -135,14 +145,10 @@ fn build_binaries() -> Binaries {
             exes.insert(name.to_owned(), PathBuf::from(exe));
         }
     }
-    let mut take = |name: &str| {
+    names.map(|name| {
         exes.remove(name)
             .unwrap_or_else(|| panic!("cargo build did not report the {name} binary"))
-    };
-    Binaries {
-        server: take("fsync-server"),
-        client: take("fsync-client"),
-    }
+    })
 }
 
 // ------------------------------------------------------------------ waiting
@@ -834,12 +840,7 @@ impl Server {
 
     /// Waits until the server process exits (e.g. at an `abort` failpoint).
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let mut status = None;
-        wait_until(timeout, "fsync-server to exit", || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        status.expect("exited")
+        exit_within(&mut self.child, timeout, "fsync-server to exit")
     }
 
     /// The server's log so far (every start of it).
@@ -883,46 +884,6 @@ impl Server {
         let out = self.gc(opts, &["verify"]);
         check(&out, "fsync-gc verify");
     }
-}
-
-/// The `fsync-gc` binary, built once per test process (or from `FSYNC_E2E_BIN_DIR`).
-pub fn gc_binary() -> &'static Path {
-    static GC: OnceLock<PathBuf> = OnceLock::new();
-    GC.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("FSYNC_E2E_BIN_DIR") {
-            let exe = PathBuf::from(dir).join("fsync-gc");
-            assert!(
-                exe.is_file(),
-                "FSYNC_E2E_BIN_DIR: {} is missing",
-                exe.display()
-            );
-            return exe;
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ lives in the workspace");
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "-p", "fsync-server", "--bin", "fsync-gc"])
-            .arg("--message-format=json-render-diagnostics")
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run cargo");
-        assert!(
-            out.status.success(),
-            "cargo build of fsync-gc failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find_map(|m| {
-                (m["target"]["name"] == "fsync-gc")
-                    .then(|| m["executable"].as_str().map(PathBuf::from))
-                    .flatten()
-            })
-            .expect("cargo build did not report the fsync-gc binary")
-    })
 }
 
 impl Client {
@@ -976,13 +937,14 @@ impl Client {
 impl Run {
     /// Waits until the process exits; its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let mut status = None;
-        wait_until(timeout, "fsync-client to exit", || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        status.expect("exited")
+        exit_within(&mut self.child, timeout, "fsync-client to exit")
     }
+}
+
+/// Waits until `child` exits; its status. Panics naming `what` after `timeout`.
+fn exit_within(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
+    poll(timeout, POLL, what, || child.try_wait().expect("try_wait"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// True when `status` is a death by `abort()` (SIGABRT), i.e. an `abort` failpoint.
