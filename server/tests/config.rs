@@ -184,25 +184,13 @@ fn parse_response(raw: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Runs `sql` on the database `url` names.
+/// Runs `sql` on the database `url` names; the first column of its rows.
 fn sql(url: &str, statement: &str) -> Vec<String> {
-    use sqlx::{Connection, Row};
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            sqlx::any::install_default_drivers();
-            let mut conn = sqlx::AnyConnection::connect(url).await.expect("connect");
-            let rows = sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
-                .fetch_all(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("{statement}: {e}"));
-            let _ = conn.close().await;
-            rows.iter()
-                .map(|r| r.try_get::<String, _>(0).unwrap_or_default())
-                .collect()
-        })
+    let rows = fsync_testkit::postgres::rows_blocking(url, statement);
+    let rows = rows.unwrap_or_else(|e| panic!("{statement}: {e:#}"));
+    rows.into_iter()
+        .map(|r| r.into_iter().next().unwrap_or_default())
+        .collect()
 }
 
 // ------------------------------------------------------------------ the tests

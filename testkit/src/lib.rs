@@ -7,7 +7,8 @@
 //! - [`memory`]: this process's resident memory (`/proc/self`);
 //! - `server` (feature `server`): a real fsync server in this process on 127.0.0.1;
 //! - `client` (feature `client`): accounts and client engines, registered and logged
-//!   in the way the client does it.
+//!   in the way the client does it;
+//! - `keys` (feature `keys`): a new account's keys, for tests that speak the API.
 //!
 //! Dev-only (`publish = false`): no release build links it.
 
@@ -17,6 +18,8 @@ pub mod wait;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "keys")]
+pub mod keys;
 #[cfg(feature = "server")]
 pub mod server;
 

@@ -2,7 +2,8 @@
 //! run), created next to the one a base URL names, whose role needs `CREATEDB`. The
 //! base URL of the tests is `FSYNC_TEST_DATABASE_URL` ([`test_database_url`]);
 //! `scripts/postgres.sh` prints one and drops the scratch databases (`fsync_t_…`) that
-//! earlier runs left.
+//! earlier runs left. Also SQL run on a test's database, PostgreSQL or SQLite
+//! ([`execute`], [`rows`]).
 
 use std::future::Future;
 
@@ -76,12 +77,6 @@ impl ScratchDatabase {
         &self.name
     }
 
-    /// The base URL it was made next to (to run SQL on it from outside, e.g. refuse
-    /// connections to it).
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// Drops the database, cutting the connections that are still open to it.
     pub async fn drop_database(self) -> anyhow::Result<()> {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
@@ -109,6 +104,32 @@ pub async fn execute(url: &str, sql: &str) -> anyhow::Result<()> {
     let _ = conn.close().await;
     result.with_context(|| format!("running {sql}"))?;
     Ok(())
+}
+
+/// Runs the query `sql` on the database `url` names (PostgreSQL or SQLite): its rows,
+/// every column as text (empty where a column is not text: cast it in the query).
+pub async fn rows(url: &str, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    use sqlx::Row as _;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url)
+        .await
+        .context("connecting to the database")?;
+    let found = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_all(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    let text = |r: &sqlx::any::AnyRow, i| r.try_get::<String, _>(i).unwrap_or_default();
+    Ok(found
+        .with_context(|| format!("running {sql}"))?
+        .iter()
+        .map(|r| (0..r.len()).map(|i| text(r, i)).collect())
+        .collect())
+}
+
+/// [`rows`] from code that is not async.
+pub fn rows_blocking(url: &str, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    blocking(async move { rows(&url, &sql).await })
 }
 
 /// `url` naming the database `name` instead of its own (its query string kept).
@@ -162,9 +183,9 @@ mod tests {
         assert!(db.name().starts_with(SCRATCH_PREFIX));
         assert!(db.url().ends_with(db.name()));
         let url = db.url().to_owned();
-        blocking(async move { execute(&url, "SELECT 1").await }).unwrap();
-        let url = db.url().to_owned();
+        let one = rows_blocking(&url, "SELECT CAST(1 AS TEXT), 2").unwrap();
+        assert_eq!(one, [["1", ""]]);
         db.drop_database_blocking().unwrap();
-        assert!(blocking(async move { execute(&url, "SELECT 1").await }).is_err());
+        assert!(rows_blocking(&url, "SELECT 1").is_err());
     }
 }

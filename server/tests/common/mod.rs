@@ -12,7 +12,8 @@ use fsync_common::wire::{
 };
 use fsync_common::{ChunkId, ContentHash, DeviceId, NamespaceId, UserId, VersionVector};
 use fsync_server::AppState;
-use fsync_store::{AccountKey, BlobCodec, MasterKey, NamespaceKey};
+use fsync_store::BlobCodec;
+use fsync_testkit::keys::NewAccount;
 use fsync_testkit::postgres::{test_database_url, ScratchDatabase};
 use fsync_testkit::server::{Database, TestServer};
 use futures_util::StreamExt as _;
@@ -162,8 +163,6 @@ pub async fn fresh_postgres(base: &str) -> ScratchDatabase {
 /// A running server (the kit's [`TestServer`], with an HTTP client); stopped, and its
 /// PostgreSQL database dropped, on drop.
 pub struct Server {
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
     /// The listening address.
     pub addr: SocketAddr,
     http: reqwest::Client,
@@ -213,7 +212,6 @@ impl Server {
             .await
             .expect("start the server");
         Self {
-            base: inner.url.clone(),
             addr: inner.addr,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -227,7 +225,7 @@ impl Server {
 
     /// The full URL of `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.inner.url)
     }
 
     /// A request, with a bearer token when given.
@@ -275,22 +273,19 @@ impl Server {
 
     /// `POST path` with raw bytes.
     pub async fn post_bytes(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
-        self.send(
-            self.request(Method::POST, path, token)
-                .header("content-type", "application/octet-stream")
-                .body(body),
-        )
-        .await
+        self.send_bytes(Method::POST, path, token, body).await
     }
 
     /// `PUT path` with raw bytes.
     pub async fn put_bytes(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
-        self.send(
-            self.request(Method::PUT, path, token)
-                .header("content-type", "application/octet-stream")
-                .body(body),
-        )
-        .await
+        self.send_bytes(Method::PUT, path, token, body).await
+    }
+
+    async fn send_bytes(&self, m: Method, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
+        let octets = "application/octet-stream";
+        let rb = self.request(m, path, token);
+        self.send(rb.header("content-type", octets).body(body))
+            .await
     }
 }
 
@@ -393,16 +388,6 @@ pub struct Device {
     pub login: LoginResponse,
 }
 
-/// Derives `(auth_key hex, master key)` off the async reactor.
-pub async fn derive(password: &str, kdf: &KdfParams) -> MasterKey {
-    let (password, kdf) = (password.to_owned(), kdf.clone());
-    tokio::task::spawn_blocking(move || {
-        MasterKey::derive(&password, &kdf).expect("derive master key")
-    })
-    .await
-    .expect("derive task")
-}
-
 /// Registers `username` the way a client does and returns the account.
 pub async fn register(srv: &Server, username: &str) -> User {
     // A client asks first; for a new account it then picks its own parameters.
@@ -410,39 +395,24 @@ pub async fn register(srv: &Server, username: &str) -> User {
         .await
         .expect(200);
     let password = format!("pw of {username}");
-    let kdf = fsync_store::test_kdf_params();
-    let master = derive(&password, &kdf).await;
-    let account_key = AccountKey::generate();
-    let namespace_key = NamespaceKey::generate();
-    let wrapped_account_key = hex::encode(master.kek().wrap(&account_key));
-    let wrapped_namespace_key = hex::encode(account_key.wrap_namespace_key(&namespace_key));
-    let auth_key = master.auth_key().to_hex();
+    let new = NewAccount::new(username, &password).await;
     let r = srv
-        .post(
-            "/api/v1/auth/register",
-            None,
-            &serde_json::json!({
-                "username": username,
-                "email": format!("{username}@example.org"),
-                "password": auth_key,
-                "kdf": kdf,
-                "wrapped_account_key": wrapped_account_key,
-                "wrapped_namespace_key": wrapped_namespace_key,
-            }),
-        )
+        .post("/api/v1/auth/register", None, &new.request)
         .await
         .expect(201);
     let reg: RegisterResponse = r.json();
+    let codec = new.codec();
+    let req = new.request;
     User {
         username: username.to_owned(),
         password,
-        kdf,
-        auth_key,
-        wrapped_account_key,
-        wrapped_namespace_key,
+        kdf: req.kdf,
+        auth_key: req.password,
+        wrapped_account_key: req.wrapped_account_key,
+        wrapped_namespace_key: req.wrapped_namespace_key,
         id: reg.user_id,
         namespace: reg.namespace_id,
-        codec: BlobCodec::new(&namespace_key.derive()),
+        codec,
     }
 }
 
