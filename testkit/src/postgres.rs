@@ -94,15 +94,12 @@ impl ScratchDatabase {
 
 /// Runs `sql` (one statement or several) on the database `url` names.
 pub async fn execute(url: &str, sql: &str) -> anyhow::Result<()> {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url)
-        .await
-        .context("connecting to PostgreSQL")?;
-    let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+    let mut conn = connect(url).await?;
+    let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
         .execute(&mut conn)
         .await;
     let _ = conn.close().await;
-    result.with_context(|| format!("running {sql}"))?;
+    done.with_context(|| format!("running {sql}"))?;
     Ok(())
 }
 
@@ -110,10 +107,7 @@ pub async fn execute(url: &str, sql: &str) -> anyhow::Result<()> {
 /// every column as text (empty where a column is not text: cast it in the query).
 pub async fn rows(url: &str, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
     use sqlx::Row as _;
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url)
-        .await
-        .context("connecting to the database")?;
+    let mut conn = connect(url).await?;
     let found = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_all(&mut conn)
         .await;
@@ -124,6 +118,13 @@ pub async fn rows(url: &str, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
         .iter()
         .map(|r| (0..r.len()).map(|i| text(r, i)).collect())
         .collect())
+}
+
+async fn connect(url: &str) -> anyhow::Result<sqlx::AnyConnection> {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(url)
+        .await
+        .context("connecting to the database")
 }
 
 /// [`rows`] from code that is not async.
