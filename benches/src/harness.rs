@@ -7,11 +7,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context as _};
-use clap::Parser as _;
 use fsync_client::api::{ApiClient, ApiStats};
 use fsync_client::engine::{Engine, RoundReport};
-use fsync_client::scan::STATE_DIR;
 use fsync_client::session;
+pub(crate) use fsync_testkit::client::Account;
+use fsync_testkit::postgres::ScratchDatabase;
+use fsync_testkit::server::{lift_rate_limits, Database, TestServer};
 
 /// Secret of the benchmark servers (tokens only live as long as the run).
 const SECRET: &str = "fsync-bench-server-secret-0123456789abcdef";
@@ -52,19 +53,20 @@ pub(crate) fn dbs(chosen: &[Db]) -> Vec<Db> {
     out
 }
 
-/// An fsync server running in this process on `127.0.0.1:<ephemeral>`.
+/// An fsync server running in this process on `127.0.0.1:<ephemeral>` (the kit's
+/// [`TestServer`]: `url`, `database_url`, … through `Deref`), with its data directory.
 pub(crate) struct Server {
-    /// `http://127.0.0.1:<port>`.
-    pub url: String,
-    /// The server's metadata database (to read its tables; the SQLite file is in WAL
-    /// mode, so a reader does not block the server).
-    pub database_url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    /// The PostgreSQL server URL and the database made for this run, dropped at the end.
-    postgres: Option<(String, String)>,
+    inner: TestServer,
     /// The server's data directory (database file, blobs).
     dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Server {
+    type Target = TestServer;
+
+    fn deref(&self) -> &TestServer {
+        &self.inner
+    }
 }
 
 impl Server {
@@ -76,46 +78,18 @@ impl Server {
             .prefix("server-")
             .tempdir_in(work)
             .context("creating the server's data dir")?;
-        let (database_url, postgres) = match db {
-            Db::Sqlite => (
-                format!("sqlite://{}", dir.path().join("fsync.db").display()),
-                None,
+        let database = match db {
+            Db::Sqlite => Database::Sqlite,
+            Db::Postgres => Database::Scratch(
+                ScratchDatabase::create_with_prefix(&postgres_base_url()?, "fsync_bench_")
+                    .await
+                    .with_context(|| format!("a benchmark database ({DATABASE_URL_ENV})"))?,
             ),
-            Db::Postgres => {
-                let base = postgres_base_url()?;
-                let (url, name) = fresh_postgres_database(&base).await?;
-                (url, Some((base, name)))
-            }
         };
-        let config = fsync_server::Config::parse_from([
-            "fsync-server",
-            "--data-dir",
-            dir.path().to_str().context("non-UTF-8 temp dir")?,
-            "--secret-key",
-            SECRET,
-            "--database-url",
-            &database_url,
-        ]);
-        let mut state = fsync_server::build_state(&config)
+        let inner = TestServer::start(dir.path(), SECRET, database, &[], lift_rate_limits)
             .await
             .with_context(|| format!("starting a server on {}", db.label()))?;
-        state.limits.api_per_user.max = u32::MAX;
-        state.limits.auth_per_user.max = u32::MAX;
-        state.limits.auth_per_ip.max = u32::MAX;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(fsync_server::run(listener, state, async {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            url: format!("http://{addr}"),
-            database_url,
-            stop: Some(stop),
-            task: Some(task),
-            postgres,
-            dir,
-        })
+        Ok(Self { inner, dir })
     }
 
     /// The server's blob directory (the default `FILES_DIRECTORY`, under its data dir).
@@ -135,19 +109,12 @@ impl Server {
 
     /// Stops the server (open connections, such as push sockets, are cut after a
     /// moment) and drops its PostgreSQL database.
-    pub(crate) async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    pub(crate) async fn stop(self) {
+        let Self { inner, dir } = self;
+        if let Err(e) = inner.stop().await {
+            eprintln!("note: could not drop the benchmark database: {e:#}");
         }
-        if let Some(task) = self.task.take() {
-            // Graceful shutdown waits for idle keep-alive connections; do not wait long.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
-        }
-        if let Some((base, name)) = self.postgres.take() {
-            if let Err(e) = drop_postgres_database(&base, &name).await {
-                eprintln!("note: could not drop the benchmark database {name}: {e:#}");
-            }
-        }
+        drop(dir);
     }
 }
 
@@ -181,65 +148,12 @@ fn postgres_base_url() -> anyhow::Result<String> {
     }
 }
 
-/// Creates an empty database next to the one of `base` (as the server's test suite
-/// does) and returns its URL and name.
-async fn fresh_postgres_database(base: &str) -> anyhow::Result<(String, String)> {
-    use sqlx::Connection as _;
-    sqlx::any::install_default_drivers();
-    let name = format!("fsync_bench_{}", hex::encode(rand::random::<[u8; 6]>()));
-    let mut conn = sqlx::AnyConnection::connect(base)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL ({DATABASE_URL_ENV})"))?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .context("creating the benchmark database (the role needs CREATEDB)")?;
-    let _ = conn.close().await;
-    let (head, _) = base
-        .rsplit_once('/')
-        .context("the PostgreSQL URL has no database path")?;
-    Ok((format!("{head}/{name}"), name))
-}
-
-async fn drop_postgres_database(base: &str, name: &str) -> anyhow::Result<()> {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::AnyConnection::connect(base).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await?;
-    let _ = conn.close().await;
-    Ok(())
-}
-
 /// An account, registered with [`fsync_store::test_kdf_params`] (cheap Argon2, so
-/// logins do not dominate the figures).
-#[derive(Debug, Clone)]
-pub(crate) struct Account {
-    pub username: String,
-    pub password: String,
-}
-
-impl Account {
-    /// Registers `username` the way `fsync-client register` does.
-    pub(crate) async fn register(server: &Server, username: &str) -> anyhow::Result<Self> {
-        let api = server.client()?;
-        let password = format!("bench password of {username}");
-        session::register(
-            &api,
-            username,
-            &format!("{username}@bench.invalid"),
-            &password,
-            fsync_store::test_kdf_params(),
-        )
-        .await
-        .with_context(|| format!("registering {username}"))?;
-        Ok(Self {
-            username: username.to_owned(),
-            password,
-        })
-    }
+/// logins do not dominate the figures) the way `fsync-client register` does.
+pub(crate) async fn register(server: &Server, username: &str) -> anyhow::Result<Account> {
+    let password = format!("bench password of {username}");
+    let email = format!("{username}@bench.invalid");
+    Account::register(&server.url, username, &email, &password).await
 }
 
 /// A client device: a sync root (with its `.fsync` marker and state) and its engine,
@@ -274,25 +188,13 @@ impl Device {
         chunks: fsync_chunker::ChunkerConfig,
     ) -> anyhow::Result<Self> {
         let root = dir.join(name);
-        let marker = root.join(STATE_DIR);
-        std::fs::create_dir_all(&marker)
-            .with_context(|| format!("creating {}", marker.display()))?;
-        let state = session::open_state(&marker)?;
-        let api = ApiClient::new(server_url, None)?;
-        let session = session::login(
-            &api,
-            &state,
-            &account.username,
-            &account.password,
-            name,
-            chunks,
-        )
-        .await
-        .with_context(|| format!("logging in {name}"))?;
+        let dev = account
+            .login_device(server_url, &root, name, chunks, false)
+            .await?;
         Ok(Self {
-            engine: Engine::new(root.clone(), marker, state, session),
+            engine: dev.engine,
             root,
-            api,
+            api: dev.api,
         })
     }
 

@@ -8,7 +8,8 @@
 use std::io::{self, Read};
 
 use fsync_chunker::{Chunker, ChunkerConfig, HashOptions};
-use fsync_common::{memory, IdKey};
+use fsync_common::IdKey;
+use fsync_testkit::memory;
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;

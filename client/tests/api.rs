@@ -9,14 +9,16 @@ use clap::Parser;
 use fsync_client::api::{ApiClient, ClientError};
 use fsync_common::limits::{MAX_EVENTS_PER_BATCH, MAX_IDS_PER_REQUEST};
 use fsync_common::wire::{
-    ChunkRef, CommitOutcome, CommitRequest, DeleteRequest, KdfParams, PushMessage, RegisterRequest,
-    RenameRequest, SyncEvent, SyncEventResult,
+    ChunkRef, CommitOutcome, CommitRequest, DeleteRequest, PushMessage, RenameRequest, SyncEvent,
+    SyncEventResult,
 };
 use fsync_common::{
     batch, ChunkId, ContentHash, ErrorCode, NamespaceId, Seq, SyncPath, VersionNo, VersionVector,
 };
 use fsync_server::AppState;
-use fsync_store::{test_kdf_params, AccountKey, BlobCodec, MasterKey, NamespaceKey};
+use fsync_store::BlobCodec;
+use fsync_testkit::keys::{derive, NewAccount};
+use fsync_testkit::server::{Database, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -26,9 +28,9 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------- harness
 
+/// The kit's in-process server, on SQLite in a temp dir.
 struct Server {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    inner: TestServer,
     _dir: tempfile::TempDir,
 }
 
@@ -39,38 +41,14 @@ impl Server {
 
     async fn start_with(tweak: impl FnOnce(&mut AppState)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = fsync_server::Config::parse_from([
-            "fsync-server",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--secret-key",
-            SECRET,
-        ]);
-        let mut state = fsync_server::build_state(&config).await.unwrap();
-        tweak(&mut state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(fsync_server::run(listener, state, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            url: format!("http://{addr}"),
-            stop: Some(stop),
-            _dir: dir,
-        }
+        let inner = TestServer::start(dir.path(), SECRET, Database::Sqlite, &[], tweak)
+            .await
+            .unwrap();
+        Self { inner, _dir: dir }
     }
 
     fn client(&self) -> ApiClient {
-        ApiClient::new(&self.url, None).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        ApiClient::new(&self.inner.url, None).unwrap()
     }
 }
 
@@ -82,40 +60,19 @@ struct Account {
     codec: BlobCodec,
 }
 
-async fn derive(password: &str, params: &KdfParams) -> MasterKey {
-    let (password, params) = (password.to_owned(), params.clone());
-    tokio::task::spawn_blocking(move || MasterKey::derive(&password, &params).unwrap())
-        .await
-        .unwrap()
-}
-
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", hex::encode(rand::random::<[u8; 4]>()))
 }
 
 async fn register(client: &ApiClient, username: &str) -> Account {
-    let password = format!("pw of {username}");
     // A new account: the client picks the parameters (a fresh salt).
-    let kdf = test_kdf_params();
-    let master = derive(&password, &kdf).await;
-    let account_key = AccountKey::generate();
-    let namespace_key = NamespaceKey::generate();
-    let r = client
-        .register(&RegisterRequest {
-            username: username.to_owned(),
-            email: format!("{username}@example.org"),
-            password: master.auth_key().to_hex(),
-            kdf,
-            wrapped_account_key: hex::encode(master.kek().wrap(&account_key)),
-            wrapped_namespace_key: hex::encode(account_key.wrap_namespace_key(&namespace_key)),
-        })
-        .await
-        .unwrap();
+    let new = NewAccount::new(username, &format!("pw of {username}")).await;
+    let r = client.register(&new.request).await.unwrap();
     Account {
         username: username.to_owned(),
-        auth_key: master.auth_key().to_hex(),
+        auth_key: new.request.password.clone(),
         namespace: r.namespace_id,
-        codec: BlobCodec::new(&namespace_key.derive()),
+        codec: new.codec(),
     }
 }
 

@@ -26,7 +26,6 @@ pub mod batch;
 pub mod durable;
 pub mod failpoint;
 pub mod limits;
-pub mod memory;
 pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

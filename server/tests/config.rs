@@ -184,31 +184,13 @@ fn parse_response(raw: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Runs `sql` on the database `url` names.
+/// Runs `sql` on the database `url` names; the first column of its rows.
 fn sql(url: &str, statement: &str) -> Vec<String> {
-    use sqlx::{Connection, Row};
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            sqlx::any::install_default_drivers();
-            let mut conn = sqlx::AnyConnection::connect(url).await.expect("connect");
-            let rows = sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
-                .fetch_all(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("{statement}: {e}"));
-            let _ = conn.close().await;
-            rows.iter()
-                .map(|r| r.try_get::<String, _>(0).unwrap_or_default())
-                .collect()
-        })
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (main, query) = url.find('?').map_or((url, ""), |i| url.split_at(i));
-    let slash = main.rfind('/').expect("a database URL names its database");
-    format!("{}/{name}{query}", &main[..slash])
+    let rows = fsync_testkit::postgres::rows_blocking(url, statement);
+    let rows = rows.unwrap_or_else(|e| panic!("{statement}: {e:#}"));
+    rows.into_iter()
+        .map(|r| r.into_iter().next().unwrap_or_default())
+        .collect()
 }
 
 // ------------------------------------------------------------------ the tests
@@ -217,20 +199,13 @@ fn with_database(url: &str, name: &str) -> String {
 /// serves from it: no SQLite file appears.
 #[test]
 fn postgres_url_alone_selects_postgresql() {
-    let Some(base) = std::env::var("FSYNC_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but FSYNC_TEST_DATABASE_URL is not"
-        );
+    let Some(base) = fsync_testkit::postgres::test_database_url() else {
         eprintln!("FSYNC_TEST_DATABASE_URL is not set: skipped");
         return;
     };
-    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-    sql(&base, &format!("CREATE DATABASE {name}"));
-    let url = with_database(&base, &name);
+    let db = fsync_testkit::postgres::ScratchDatabase::create_blocking(&base)
+        .expect("a test database on FSYNC_TEST_DATABASE_URL");
+    let url = db.url().to_owned();
     let cwd = tempfile::tempdir().unwrap();
     let mut server = Proc::spawn(
         cwd.path(),
@@ -254,10 +229,7 @@ fn postgres_url_alone_selects_postgresql() {
         log.contains("postgres://fsync:***@"),
         "the start line does not name PostgreSQL (password hidden):\n{log}"
     );
-    sql(
-        &base,
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    );
+    db.drop_database_blocking().expect("drop the test database");
 }
 
 /// `.env` in the working directory is read: its data dir and log format are used.

@@ -17,6 +17,7 @@ use fsync_server::{
     GcEvent, GcHook, GcStage, MetaRepo, NewUser, NoProgress, Retention, RunOptions, RunReport,
 };
 use fsync_store::{BlobInfo, BlobStore, LocalStore, PutOutcome, StoreError};
+use fsync_testkit::postgres::{test_database_url, ScratchDatabase};
 use futures_util::FutureExt as _;
 
 const DAY: i64 = 86_400;
@@ -175,20 +176,6 @@ fn commit_req(ns: NamespaceId, path: &str, base: &VersionVector, ids: &[ChunkId]
     }
 }
 
-async fn fresh_postgres(base: &str) -> String {
-    use sqlx::Connection as _;
-    sqlx::any::install_default_drivers();
-    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-    let mut conn = sqlx::AnyConnection::connect(base).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create a test database (the role needs CREATEDB)");
-    let _ = conn.close().await;
-    let (head, _) = base.rsplit_once('/').unwrap();
-    format!("{head}/{name}")
-}
-
 /// SQLite always; PostgreSQL when `FSYNC_TEST_DATABASE_URL` is set.
 async fn envs() -> Vec<Env> {
     let mut urls = Vec::new();
@@ -198,18 +185,15 @@ async fn envs() -> Vec<Env> {
         format!("sqlite://{}", dir.path().join("fsync.db").display()),
         dir,
     ));
-    match std::env::var("FSYNC_TEST_DATABASE_URL") {
-        Ok(base) if !base.is_empty() => {
-            urls.push((
-                "postgres",
-                fresh_postgres(&base).await,
-                tempfile::tempdir().unwrap(),
-            ));
-        }
-        _ => assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but FSYNC_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI"
-        ),
+    if let Some(base) = test_database_url() {
+        let db = ScratchDatabase::create(&base)
+            .await
+            .expect("a test database on FSYNC_TEST_DATABASE_URL");
+        urls.push((
+            "postgres",
+            db.url().to_owned(),
+            tempfile::tempdir().unwrap(),
+        ));
     }
     let mut out = Vec::new();
     for (name, url, dir) in urls {

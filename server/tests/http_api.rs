@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::time::Duration;
 
 use common::{
     admin_sql, b64url, backends, empty, hs, next_frame, next_push, now_secs, random_key, register,
@@ -209,7 +208,7 @@ async fn auth_scenario(srv: &Server) {
     assert_eq!(l.namespaces[0].wrapped_key, alice.wrapped_namespace_key);
 
     // A new device recovers the namespace keys from password + what login returned.
-    let master = common::derive(&alice.password, &known).await;
+    let master = fsync_testkit::keys::derive(&alice.password, &known).await;
     let account_key = master
         .kek()
         .unwrap(&hex::decode(&l.wrapped_account_key).unwrap())
@@ -1744,18 +1743,12 @@ async fn websocket_pushes_and_revocations_cross_server_nodes() {
             ),
         )
         .await;
-        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-        loop {
+        let again = format!("both nodes to listen again (cut: {cut:?})");
+        fsync_testkit::wait_until_async(EVENT_TIMEOUT, &again, || async {
             let now = listening_sessions(node_a.database_url()).await;
-            if now.len() == 2 && now.iter().all(|p| !cut.contains(p)) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the nodes did not listen again: {now:?} (cut: {cut:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            now.len() == 2 && now.iter().all(|p| !cut.contains(p))
+        })
+        .await;
         let c = user
             .commit(&node_a, &writer, "n/third.txt", b"3", &empty(), T0)
             .await;
@@ -1788,17 +1781,12 @@ async fn push_reaches(ws: &mut Ws, ns: NamespaceId, seq: Seq, what: &str) {
 
 /// The PostgreSQL sessions of the database at `url` listening for cross-node events.
 async fn listening_sessions(url: &str) -> Vec<i32> {
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.expect("connect");
-    let pids: Vec<(i32,)> = sqlx::query_as(
-        "SELECT pid FROM pg_stat_activity \
-         WHERE datname = current_database() AND query LIKE 'LISTEN%' ORDER BY pid",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .expect("pg_stat_activity");
-    pids.into_iter().map(|(p,)| p).collect()
+    let sql = "SELECT CAST(pid AS TEXT) FROM pg_stat_activity \
+               WHERE datname = current_database() AND query LIKE 'LISTEN%' ORDER BY pid";
+    let rows = fsync_testkit::postgres::rows(url, sql)
+        .await
+        .expect("pg_stat_activity");
+    rows.iter().map(|r| r[0].parse().expect("a pid")).collect()
 }
 
 /// The server closes a socket when its access token expires (here: a token forged

@@ -16,7 +16,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use common::{
     admin_sql, backends, fresh_postgres, random_key, register, username, ws_request, Backend,
@@ -34,12 +33,8 @@ use tokio_tungstenite::tungstenite::Message;
 // ------------------------------------------------------------------ helpers
 
 /// Polls `cond` until it holds; fails after [`EVENT_TIMEOUT`].
-async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, cond: impl FnMut() -> F) {
+    fsync_testkit::wait_until_async(EVENT_TIMEOUT, what, cond).await;
 }
 
 /// Fields a health answer may have: the states, never the cause.
@@ -76,8 +71,9 @@ async fn health_names_the_database_when_postgres_is_down() {
         eprintln!("FSYNC_TEST_DATABASE_URL is not set: PostgreSQL health test skipped");
         return;
     };
-    let (url, name) = fresh_postgres(&base).await;
-    let repo = fsync_server::open_postgres(&url)
+    let db = fresh_postgres(&base).await;
+    let name = db.name().to_owned();
+    let repo = fsync_server::open_postgres(db.url())
         .await
         .expect("open the fresh database");
     let srv = Server::start_with(&Backend::Sqlite, move |s| s.repo = repo).await;
@@ -115,11 +111,7 @@ async fn health_names_the_database_when_postgres_is_down() {
     assert_health_body(&r.value(), "ok", "ok");
 
     drop(srv);
-    admin_sql(
-        &base,
-        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    )
-    .await;
+    db.drop_database().await.expect("drop the test database");
 }
 
 /// The blob directory is replaced by a file (tests run as root: permissions would not

@@ -736,7 +736,7 @@ mod tests {
     mod bomb_memory {
         use std::io::Write as _;
 
-        use fsync_common::memory;
+        use fsync_testkit::memory;
 
         use super::*;
 

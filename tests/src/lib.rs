@@ -21,8 +21,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use fsync_testkit::postgres::ScratchDatabase;
+use fsync_testkit::{poll, POLL};
 use rand::{RngCore, SeedableRng};
 
 pub mod sim;
@@ -35,8 +37,6 @@ pub const PASSWORD: &str = "correct horse battery staple";
 const SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
 /// How long a server may take to answer `/health` after it was spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause between two polls of a condition.
-const POLL: Duration = Duration::from_millis(25);
 
 /// Environment variables the binaries read: cleared so the caller's environment
 /// cannot change what a test runs against.
@@ -85,41 +85,51 @@ struct Binaries {
 /// when they are up to date) and returns where cargo put them.
 fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
-    BINS.get_or_init(build_binaries)
+    BINS.get_or_init(|| {
+        let args = ["-p", "fsync-server", "-p", "fsync-client", "--bins"];
+        let [server, client] = built(&args, ["fsync-server", "fsync-client"]);
+        Binaries { server, client }
+    })
 }
 
-fn build_binaries() -> Binaries {
+/// The `fsync-gc` binary, built once per test process (or from `FSYNC_E2E_BIN_DIR`).
+pub fn gc_binary() -> &'static Path {
+    static GC: OnceLock<PathBuf> = OnceLock::new();
+    GC.get_or_init(|| {
+        let [gc] = built(&["-p", "fsync-server", "--bin", "fsync-gc"], ["fsync-gc"]);
+        gc
+    })
+}
+
+/// The executables `names`: those in `FSYNC_E2E_BIN_DIR` when it is set, else where
+/// `cargo build ARGS` put them.
+fn built<const N: usize>(args: &[&str], names: [&str; N]) -> [PathBuf; N] {
     if let Some(dir) = std::env::var_os("FSYNC_E2E_BIN_DIR") {
-        let dir = PathBuf::from(dir);
-        let bins = Binaries {
-            server: dir.join("fsync-server"),
-            client: dir.join("fsync-client"),
-        };
-        for b in [&bins.server, &bins.client] {
-            assert!(b.is_file(), "FSYNC_E2E_BIN_DIR: {} is missing", b.display());
-        }
-        return bins;
+        return names.map(|name| {
+            let exe = Path::new(&dir).join(name);
+            assert!(
+                exe.is_file(),
+                "FSYNC_E2E_BIN_DIR: {} is missing",
+                exe.display()
+            );
+            exe
+        });
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ lives in the workspace");
     let out = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "fsync-server",
-            "-p",
-            "fsync-client",
-            "--bins",
-            "--message-format=json-render-diagnostics",
-        ])
+        .arg("build")
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
         .current_dir(root)
         .stdin(Stdio::null())
         .output()
         .expect("cannot run cargo");
     assert!(
         out.status.success(),
-        "cargo build of fsync-server and fsync-client failed:\n{}",
+        "cargo build {} failed:\n{}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
     // Cargo's JSON messages name every executable it built (wherever the target dir
@@ -135,32 +145,16 @@ fn build_binaries() -> Binaries {
             exes.insert(name.to_owned(), PathBuf::from(exe));
         }
     }
-    let mut take = |name: &str| {
+    names.map(|name| {
         exes.remove(name)
             .unwrap_or_else(|| panic!("cargo build did not report the {name} binary"))
-    };
-    Binaries {
-        server: take("fsync-server"),
-        client: take("fsync-client"),
-    }
+    })
 }
 
 // ------------------------------------------------------------------ waiting
 
-/// Polls `cond` until it holds; panics naming `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(POLL);
-    }
-}
+/// Polls a condition until it holds; panics naming what it awaited after the timeout.
+pub use fsync_testkit::wait_until;
 
 // ------------------------------------------------------------------ server
 
@@ -198,43 +192,14 @@ impl std::fmt::Debug for Server {
 
 /// The PostgreSQL URL of `FSYNC_TEST_DATABASE_URL`; `None` when unset, which is an
 /// error when `CI` is set (CI must never skip the PostgreSQL tests silently).
-pub fn postgres_url() -> Option<String> {
-    match std::env::var("FSYNC_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but FSYNC_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI"
-            );
-            None
-        }
-    }
-}
+pub use fsync_testkit::postgres::test_database_url as postgres_url;
 
 /// Creates an empty database next to the one `base` names; returns its URL.
 fn fresh_postgres_url(base: &str) -> String {
-    use sqlx::Connection;
-    let (main, query) = base.find('?').map_or((base, ""), |i| base.split_at(i));
-    let (head, _) = main
-        .rsplit_once('/')
-        .expect("FSYNC_TEST_DATABASE_URL has a database path");
-    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(base)
-            .await
-            .expect("connect to FSYNC_TEST_DATABASE_URL");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create a test database (the role needs CREATEDB)");
-        let _ = conn.close().await;
-    });
-    format!("{head}/{name}{query}")
+    ScratchDatabase::create_blocking(base)
+        .unwrap_or_else(|e| panic!("a test database on FSYNC_TEST_DATABASE_URL: {e:#}"))
+        .url()
+        .to_owned()
 }
 
 fn free_port() -> u16 {
@@ -271,19 +236,12 @@ fn tail(path: &Path, max_lines: usize) -> String {
 
 /// Waits until the server answers `/health` with 200, or exited, or took too long.
 fn wait_healthy(child: &mut Child, port: u16) -> Result<(), String> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!("it exited with {status}"));
-        }
-        if let Ok((200, _)) = http_get(port, "/health") {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no healthy /health within {START_TIMEOUT:?}"));
-        }
-        std::thread::sleep(POLL);
-    }
+    let healthy = || match child.try_wait() {
+        Err(e) => Some(Err(e.to_string())),
+        Ok(Some(status)) => Some(Err(format!("it exited with {status}"))),
+        Ok(None) => matches!(http_get(port, "/health"), Ok((200, _))).then_some(Ok(())),
+    };
+    poll(START_TIMEOUT, POLL, "a healthy /health", healthy).map_err(|e| e.to_string())?
 }
 
 impl Server {
@@ -306,57 +264,10 @@ impl Server {
     }
 
     fn spawn(database_url: Option<&str>) -> Self {
-        let bins = binaries();
-        let data = tempfile::tempdir().expect("temp dir");
-        let backend = if database_url.is_some() {
-            Backend::Postgres
-        } else {
-            Backend::Sqlite
-        };
-        // The port is free when we look and taken by the server a moment later; in
-        // between another process may grab it, so a start that fails is retried.
-        for attempt in 0..5 {
-            let port = free_port();
-            let log = data.path().join(format!("server-{attempt}.log"));
-            let log_file = std::fs::File::create(&log).expect("server log");
-            let mut cmd = Command::new(&bins.server);
-            clean_env(&mut cmd);
-            cmd.arg("--data-dir")
-                .arg(data.path().join("data"))
-                .args(["--port", &port.to_string(), "--secret-key", SECRET])
-                .args(["--log-level", "info,fsync_server=debug"]);
-            if let Some(url) = database_url {
-                cmd.args(["--database-url", url]);
-            }
-            let mut child = cmd
-                .current_dir(data.path())
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().expect("server log"))
-                .stderr(log_file)
-                .spawn()
-                .expect("spawn fsync-server");
-            match wait_healthy(&mut child, port) {
-                Ok(()) => {
-                    return Self {
-                        child,
-                        port,
-                        log,
-                        data,
-                        backend,
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = tail(&log, 40);
-                    assert!(
-                        log.contains("cannot listen") && attempt < 4,
-                        "fsync-server did not start: {e}\n--- server log ---\n{log}"
-                    );
-                }
-            }
-        }
-        unreachable!("the loop either returns or panics")
+        Self::start_with(&ServerOptions {
+            database_url: database_url.map(str::to_owned),
+            ..ServerOptions::default()
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -575,36 +486,12 @@ impl Client {
 
     /// Starts a `--once` round without waiting for it (to kill it mid-way).
     pub fn spawn_once(&self) -> Run {
-        let log = self.dir.path().join(format!(
-            "once-{}.log",
-            hex::encode(rand::random::<[u8; 4]>())
-        ));
-        let file = std::fs::File::create(&log).expect("client log");
-        let child = self
-            .command()
-            .arg("--once")
-            .stdout(file.try_clone().expect("client log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn fsync-client --once");
-        Run { child, log }
+        self.spawn_once_with_env(&[])
     }
 
     /// Starts the daemon (`SYNC_INTERVAL=1`); it is killed when the handle drops.
     pub fn spawn_daemon(&self) -> Daemon {
-        let log = self.dir.path().join(format!(
-            "daemon-{}.log",
-            hex::encode(rand::random::<[u8; 4]>())
-        ));
-        let file = std::fs::File::create(&log).expect("daemon log");
-        let child = self
-            .command()
-            .arg("--verbose")
-            .stdout(file.try_clone().expect("daemon log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn the fsync-client daemon");
-        Daemon { child, log }
+        self.spawn_daemon_with_env(&[])
     }
 }
 
@@ -914,7 +801,8 @@ impl Server {
         } else {
             Backend::Sqlite
         };
-        // As in `spawn`: another process may take the port between look and bind.
+        // The port is free when we look and taken by the server a moment later; in
+        // between another process may grab it, so a start that fails is retried.
         for attempt in 0..5 {
             let port = free_port();
             match spawn_server_process(data.path(), port, &log, opts) {
@@ -952,12 +840,7 @@ impl Server {
 
     /// Waits until the server process exits (e.g. at an `abort` failpoint).
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let mut status = None;
-        wait_until(timeout, "fsync-server to exit", || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        status.expect("exited")
+        exit_within(&mut self.child, timeout, "fsync-server to exit")
     }
 
     /// The server's log so far (every start of it).
@@ -1001,46 +884,6 @@ impl Server {
         let out = self.gc(opts, &["verify"]);
         check(&out, "fsync-gc verify");
     }
-}
-
-/// The `fsync-gc` binary, built once per test process (or from `FSYNC_E2E_BIN_DIR`).
-pub fn gc_binary() -> &'static Path {
-    static GC: OnceLock<PathBuf> = OnceLock::new();
-    GC.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("FSYNC_E2E_BIN_DIR") {
-            let exe = PathBuf::from(dir).join("fsync-gc");
-            assert!(
-                exe.is_file(),
-                "FSYNC_E2E_BIN_DIR: {} is missing",
-                exe.display()
-            );
-            return exe;
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ lives in the workspace");
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "-p", "fsync-server", "--bin", "fsync-gc"])
-            .arg("--message-format=json-render-diagnostics")
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run cargo");
-        assert!(
-            out.status.success(),
-            "cargo build of fsync-gc failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find_map(|m| {
-                (m["target"]["name"] == "fsync-gc")
-                    .then(|| m["executable"].as_str().map(PathBuf::from))
-                    .flatten()
-            })
-            .expect("cargo build did not report the fsync-gc binary")
-    })
 }
 
 impl Client {
@@ -1094,13 +937,14 @@ impl Client {
 impl Run {
     /// Waits until the process exits; its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let mut status = None;
-        wait_until(timeout, "fsync-client to exit", || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        status.expect("exited")
+        exit_within(&mut self.child, timeout, "fsync-client to exit")
     }
+}
+
+/// Waits until `child` exits; its status. Panics naming `what` after `timeout`.
+fn exit_within(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
+    poll(timeout, POLL, what, || child.try_wait().expect("try_wait"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// True when `status` is a death by `abort()` (SIGABRT), i.e. an `abort` failpoint.

@@ -31,11 +31,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::Parser as _;
-use fsync_client::api::ApiClient;
 use fsync_client::engine::Engine;
 use fsync_client::session::{self, Session};
 use fsync_common::{ContentHash, IdKey};
+use fsync_testkit::client::Account;
+use fsync_testkit::postgres::ScratchDatabase;
+use fsync_testkit::server::{lift_rate_limits, Database, TestServer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -119,62 +120,30 @@ impl std::fmt::Display for SimFailure {
 
 impl std::error::Error for SimFailure {}
 
-/// A server in this process on a real socket.
+/// A server in this process on a real socket (the kit's), with its blob directory.
 struct SimServer {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    database_url: String,
+    inner: TestServer,
     files: PathBuf,
 }
 
 impl SimServer {
-    async fn start(dir: &Path, database_url: String) -> anyhow::Result<Self> {
+    async fn start(dir: &Path, database: Database) -> anyhow::Result<Self> {
         let files = dir.join("blobs");
-        let config = fsync_server::Config::parse_from([
-            "fsync-server",
-            "--data-dir",
-            &dir.to_string_lossy(),
-            "--secret-key",
-            SECRET,
-            "--database-url",
-            &database_url,
-            "--files-directory",
-            &files.to_string_lossy(),
-        ]);
-        let mut state = fsync_server::build_state(&config).await?;
-        state.limits.api_per_user.max = u32::MAX;
-        state.limits.auth_per_user.max = u32::MAX;
-        state.limits.auth_per_ip.max = u32::MAX;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(fsync_server::run(listener, state, async {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            url: format!("http://{addr}"),
-            stop: Some(stop),
-            task: Some(task),
-            database_url,
-            files,
-        })
+        let args = ["--files-directory", &files.to_string_lossy()];
+        let inner = TestServer::start(dir, SECRET, database, &args, lift_rate_limits).await?;
+        Ok(Self { inner, files })
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
-        }
+    /// Stops the server and drops its PostgreSQL database.
+    async fn stop(self) {
+        let _ = self.inner.stop().await;
     }
 
     /// `fsync-gc verify`: every referenced chunk has its blob.
     async fn verify(&self) -> anyhow::Result<()> {
         let blobs: Arc<dyn fsync_store::BlobStore> =
             Arc::new(fsync_store::LocalStore::open(self.files.clone())?);
-        let gc = fsync_server::Collector::open(&self.database_url, blobs).await?;
+        let gc = fsync_server::Collector::open(&self.inner.database_url, blobs).await?;
         let report = gc
             .verify(None, fsync_server::GC_BATCH, &fsync_server::NoProgress)
             .await?;
@@ -200,21 +169,13 @@ struct Device {
 }
 
 impl Device {
-    async fn start(&mut self, url: &str, username: &str) -> anyhow::Result<()> {
-        let state_dir = self.root.join(fsync_client::scan::STATE_DIR);
-        let state = session::open_state(&state_dir)?;
-        let api = ApiClient::new(url, None)?.with_token_file(state_dir.join("refresh_token"));
-        let s = session::login(
-            &api,
-            &state,
-            username,
-            PASSWORD,
-            &self.name,
-            session::chunk_config(Some(4096))?,
-        )
-        .await?;
-        self.session = Some(s.clone());
-        self.engine = Some(Engine::new(self.root.clone(), state_dir, state, s));
+    async fn start(&mut self, url: &str, account: &Account) -> anyhow::Result<()> {
+        let chunks = session::chunk_config(Some(4096))?;
+        let dev = account
+            .login_device(url, &self.root, &self.name, chunks, true)
+            .await?;
+        self.session = Some(dev.session);
+        self.engine = Some(dev.engine);
         Ok(())
     }
 
@@ -294,24 +255,20 @@ async fn run_inner(cfg: &SimConfig, log: &mut Vec<String>) -> anyhow::Result<Sim
     } else {
         tempfile::tempdir()?
     };
-    let (database_url, pg) = match cfg.backend {
-        Backend::Sqlite => (
-            format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("fsync.db").display()
-            ),
-            None,
-        ),
+    let database = match cfg.backend {
+        Backend::Sqlite => Database::Url(format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("fsync.db").display()
+        )),
         Backend::Postgres => {
             let base = cfg
                 .postgres
-                .clone()
+                .as_deref()
                 .ok_or_else(|| anyhow::anyhow!("no PostgreSQL URL for a PostgreSQL run"))?;
-            let (url, name) = create_postgres_database(&base).await?;
-            (url, Some((base, name)))
+            Database::Scratch(ScratchDatabase::create(base).await?)
         }
     };
-    let server = SimServer::start(&dir.path().join("server"), database_url).await?;
+    let server = SimServer::start(&dir.path().join("server"), database).await?;
     let result = drive(cfg, &server, dir.path(), log).await;
     let verified = if result.is_ok() {
         server.verify().await
@@ -319,9 +276,6 @@ async fn run_inner(cfg: &SimConfig, log: &mut Vec<String>) -> anyhow::Result<Sim
         Ok(())
     };
     server.stop().await;
-    if let Some((base, name)) = pg {
-        let _ = drop_postgres_database(&base, &name).await;
-    }
     let report = result?;
     verified?;
     Ok(report)
@@ -334,16 +288,8 @@ async fn drive(
     log: &mut Vec<String>,
 ) -> anyhow::Result<SimReport> {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let username = "sim";
-    let api = ApiClient::new(&server.url, None)?;
-    session::register(
-        &api,
-        username,
-        "sim@example.com",
-        PASSWORD,
-        fsync_store::test_kdf_params(),
-    )
-    .await?;
+    let url = &server.inner.url;
+    let account = Account::register(url, "sim", "sim@example.com", PASSWORD).await?;
     let mut devices = Vec::new();
     for i in 0..DEVICES {
         let root = dir.join(format!("dev{i}"));
@@ -355,7 +301,7 @@ async fn drive(
             session: None,
             offline_until: 0,
         };
-        d.start(&server.url, username).await?;
+        d.start(url, &account).await?;
         devices.push(d);
     }
     let id_key = devices[0]
@@ -381,7 +327,7 @@ async fn drive(
         } else if roll < 31 {
             let d = &mut devices[dev];
             d.engine = None;
-            d.start(&server.url, username).await?;
+            d.start(url, &account).await?;
             format!("dev{dev}: restart")
         } else if roll < 34 {
             let until = step + rng.gen_range(5..40);
@@ -796,35 +742,6 @@ fn diff(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>) -> String 
         }
     }
     out
-}
-
-/// Creates an empty database next to the one `base` names; returns its URL and name.
-async fn create_postgres_database(base: &str) -> anyhow::Result<(String, String)> {
-    use sqlx::Connection as _;
-    sqlx::any::install_default_drivers();
-    let (main, query) = base.find('?').map_or((base, ""), |i| base.split_at(i));
-    let (head, _) = main
-        .rsplit_once('/')
-        .ok_or_else(|| anyhow::anyhow!("the PostgreSQL URL has no database path"))?;
-    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-    let mut conn = sqlx::AnyConnection::connect(base).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await?;
-    let _ = conn.close().await;
-    Ok((format!("{head}/{name}{query}"), name))
-}
-
-async fn drop_postgres_database(base: &str, name: &str) -> anyhow::Result<()> {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::AnyConnection::connect(base).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await?;
-    let _ = conn.close().await;
-    Ok(())
 }
 
 /// For a failure message: the server's history and every device's base of the paths

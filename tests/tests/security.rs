@@ -422,36 +422,12 @@ fn relay(conn: TcpStream, upstream: u16, rewrite: &Rewrite) -> std::io::Result<(
 
 /// Runs `sql` on the server's database (read-only for SQLite); every column as text.
 fn rows(db_url: &str, sql: &str) -> Vec<Vec<String>> {
-    use sqlx::{Connection, Row};
     let url = if db_url.starts_with("sqlite:") {
         format!("{db_url}?mode=ro")
     } else {
         db_url.to_owned()
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&url)
-            .await
-            .expect("connect to the server's database");
-        let found = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-            .fetch_all(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let out = found
-            .iter()
-            .map(|r| {
-                (0..r.len())
-                    .map(|i| r.try_get::<String, _>(i).unwrap_or_default())
-                    .collect()
-            })
-            .collect();
-        let _ = conn.close().await;
-        out
-    })
+    fsync_testkit::postgres::rows_blocking(&url, sql).unwrap_or_else(|e| panic!("{sql}: {e:#}"))
 }
 
 /// Every row of every table of a PostgreSQL database, as text (`pg_dump`'s content).

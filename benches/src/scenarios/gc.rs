@@ -29,7 +29,7 @@ use sqlx::{Connection as _, Row as _};
 
 use super::sync::DATA_SEED;
 use crate::data::{self, DataKind};
-use crate::harness::{self, Account, Db, Device, Server};
+use crate::harness::{self, Db, Device, Server};
 use crate::report::{Record, Report};
 use crate::timing::median;
 
@@ -126,7 +126,7 @@ impl Args {
         work: &std::path::Path,
         progress: bool,
     ) -> anyhow::Result<Outcome> {
-        let account = Account::register(server, &harness::username("gc")).await?;
+        let account = harness::register(server, &harness::username("gc")).await?;
         let dir = tempfile::Builder::new().prefix("gc-").tempdir_in(work)?;
         let mut a = Device::new(&server.url, &account, dir.path(), "a").await?;
         let file = data::generate(

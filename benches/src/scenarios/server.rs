@@ -23,7 +23,7 @@ use rand::seq::SliceRandom as _;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{json, Value};
 
-use crate::harness::{self, Account, Db, Server};
+use crate::harness::{self, Db, Server};
 use crate::report::{Record, Report};
 use crate::timing::median;
 
@@ -100,7 +100,7 @@ impl Args {
         db: Db,
         progress: bool,
     ) -> anyhow::Result<Vec<Record>> {
-        let account = Account::register(server, &harness::username("server")).await?;
+        let account = harness::register(server, &harness::username("server")).await?;
         let api = server.client()?;
         let state_dir = tempfile::tempdir()?;
         let state = session::open_state(state_dir.path())?;

@@ -26,23 +26,6 @@ pub(crate) struct Backend {
     _dir: Option<tempfile::TempDir>,
 }
 
-/// Creates a fresh, empty PostgreSQL database next to the one `base` names and returns
-/// its URL (the test role needs `CREATEDB`).
-pub(crate) async fn fresh_postgres_url(base: &str) -> String {
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-    let mut conn = sqlx::AnyConnection::connect(base)
-        .await
-        .expect("connect to FSYNC_TEST_DATABASE_URL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database (the role needs CREATEDB)");
-    let (head, _) = base.rsplit_once('/').expect("URL has a database path");
-    format!("{head}/{name}")
-}
-
 /// Every configured backend, each on a fresh database.
 pub(crate) async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
@@ -55,21 +38,19 @@ pub(crate) async fn backends() -> Vec<Backend> {
         repo: Arc::new(sqlite),
         _dir: Some(dir),
     }];
-    match std::env::var("FSYNC_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => {
-            let fresh = fresh_postgres_url(&url).await;
-            let pg = super::postgres::open_postgres_repo(&fresh).await.unwrap();
-            out.push(Backend {
-                name: "postgres",
-                pool: pg.pool().clone(),
-                repo: Arc::new(pg),
-                _dir: None,
-            });
-        }
-        _ => assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but FSYNC_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI"
-        ),
+    if let Some(url) = fsync_testkit::postgres::test_database_url() {
+        let fresh = fsync_testkit::postgres::ScratchDatabase::create(&url)
+            .await
+            .expect("a test database on FSYNC_TEST_DATABASE_URL");
+        let pg = super::postgres::open_postgres_repo(fresh.url())
+            .await
+            .unwrap();
+        out.push(Backend {
+            name: "postgres",
+            pool: pg.pool().clone(),
+            repo: Arc::new(pg),
+            _dir: None,
+        });
     }
     out
 }

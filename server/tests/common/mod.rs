@@ -6,14 +6,16 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
 use fsync_common::wire::PushMessage;
 use fsync_common::wire::{
     ChunkRef, CommitRequest, CommitResponse, KdfParams, LoginResponse, RegisterResponse,
 };
 use fsync_common::{ChunkId, ContentHash, DeviceId, NamespaceId, UserId, VersionVector};
-use fsync_server::{build_state, AppState, Config};
-use fsync_store::{AccountKey, BlobCodec, MasterKey, NamespaceKey};
+use fsync_server::AppState;
+use fsync_store::BlobCodec;
+use fsync_testkit::keys::NewAccount;
+use fsync_testkit::postgres::{test_database_url, ScratchDatabase};
+use fsync_testkit::server::{Database, TestServer};
 use futures_util::StreamExt as _;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
@@ -139,63 +141,32 @@ impl fmt::Display for Backend {
 /// `CI` is set, so CI never skips it silently).
 pub fn backends() -> Vec<Backend> {
     let mut out = vec![Backend::Sqlite];
-    match std::env::var("FSYNC_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => out.push(Backend::Postgres(url)),
-        _ => assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but FSYNC_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI"
-        ),
-    }
+    out.extend(test_database_url().map(Backend::Postgres));
     out
 }
 
-/// Splits a database URL into (everything before the database name, name, `?query`).
-fn split_db_url(url: &str) -> (&str, &str, &str) {
-    let (main, query) = url.find('?').map_or((url, ""), |i| url.split_at(i));
-    let scheme_end = main.find("://").map_or(0, |i| i + 3);
-    match main[scheme_end..].find('/') {
-        Some(i) => {
-            let slash = scheme_end + i;
-            (&main[..slash], &main[slash + 1..], query)
-        }
-        None => (main, "", query),
-    }
-}
-
-/// Runs `sql` on the database `base_url` names (creating and dropping test databases,
-/// refusing connections to one).
-pub async fn admin_sql(base_url: &str, sql: String) {
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(base_url)
+/// Runs `sql` on the database `url` names (e.g. refusing connections to a test
+/// database); panics naming the statement when it fails.
+pub async fn admin_sql(url: &str, sql: String) {
+    fsync_testkit::postgres::execute(url, &sql)
         .await
-        .expect("connect to FSYNC_TEST_DATABASE_URL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
-        .execute(&mut conn)
+        .unwrap_or_else(|e| panic!("{sql}: {e:#}"));
+}
+
+/// A fresh database next to the one `base` names.
+pub async fn fresh_postgres(base: &str) -> ScratchDatabase {
+    ScratchDatabase::create(base)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e} (the role needs CREATEDB)"));
-    let _ = conn.close().await;
+        .unwrap_or_else(|e| panic!("a test database on FSYNC_TEST_DATABASE_URL: {e:#}"))
 }
 
-/// Creates a fresh database next to the one `base_url` names; returns its URL and name.
-pub async fn fresh_postgres(base_url: &str) -> (String, String) {
-    let name = format!("fsync_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-    admin_sql(base_url, format!("CREATE DATABASE {name}")).await;
-    let (head, _, query) = split_db_url(base_url);
-    (format!("{head}/{name}{query}"), name)
-}
-
-/// A running server; stopped (and its PostgreSQL database dropped) on drop.
+/// A running server (the kit's [`TestServer`], with an HTTP client); stopped, and its
+/// PostgreSQL database dropped, on drop.
 pub struct Server {
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
     /// The listening address.
     pub addr: SocketAddr,
     http: reqwest::Client,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    pg_database: Option<(String, String)>,
-    db_url: String,
+    inner: TestServer,
     data_dir: std::path::PathBuf,
     /// `None` for a second node, whose first node owns the directory.
     dir: Option<tempfile::TempDir>,
@@ -210,70 +181,43 @@ impl Server {
     /// Starts a server after letting `tweak` adjust its state (e.g. lower the limits).
     pub async fn start_with(backend: &Backend, tweak: impl FnOnce(&mut AppState)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (db_url, pg_database) = match backend {
-            Backend::Sqlite => (
-                format!("sqlite://{}", dir.path().join("fsync.db").display()),
-                None,
-            ),
-            Backend::Postgres(base) => {
-                let (url, name) = fresh_postgres(base).await;
-                (url, Some((base.clone(), name)))
-            }
+        let database = match backend {
+            Backend::Sqlite => Database::Sqlite,
+            Backend::Postgres(base) => Database::Scratch(fresh_postgres(base).await),
         };
-        let data_dir = dir.path().to_owned();
-        let mut srv = Self::launch(db_url, data_dir, tweak).await;
-        srv.pg_database = pg_database;
+        let mut srv = Self::launch(database, dir.path().to_owned(), tweak).await;
         srv.dir = Some(dir);
         srv
     }
 
     /// The metadata database's URL.
     pub fn database_url(&self) -> &str {
-        &self.db_url
+        &self.inner.database_url
     }
 
     /// Another node of the same deployment: a second server process's state on the
     /// same database and blob directory, with its own in-process broadcasts (so only
     /// the cross-node fan-out links their WebSockets).
     pub async fn start_node(&self) -> Self {
-        Self::launch(self.db_url.clone(), self.data_dir.clone(), |_| {}).await
+        let database = Database::Url(self.database_url().to_owned());
+        Self::launch(database, self.data_dir.clone(), |_| {}).await
     }
 
     async fn launch(
-        db_url: String,
+        database: Database,
         data_dir: std::path::PathBuf,
         tweak: impl FnOnce(&mut AppState),
     ) -> Self {
-        let config = Config::parse_from([
-            "fsync-server",
-            "--data-dir",
-            &data_dir.display().to_string(),
-            "--secret-key",
-            SECRET,
-            "--database-url",
-            &db_url,
-        ]);
-        let mut state = build_state(&config).await.expect("build server state");
-        tweak(&mut state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let inner = TestServer::start(&data_dir, SECRET, database, &[], tweak)
             .await
-            .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(fsync_server::run(listener, state, async move {
-            let _ = rx.await;
-        }));
+            .expect("start the server");
         Self {
-            base: format!("http://{addr}"),
-            addr,
+            addr: inner.addr,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("HTTP client"),
-            shutdown: Some(tx),
-            task,
-            pg_database: None,
-            db_url,
+            inner,
             data_dir,
             dir: None,
         }
@@ -281,7 +225,7 @@ impl Server {
 
     /// The full URL of `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.inner.url)
     }
 
     /// A request, with a bearer token when given.
@@ -329,45 +273,19 @@ impl Server {
 
     /// `POST path` with raw bytes.
     pub async fn post_bytes(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
-        self.send(
-            self.request(Method::POST, path, token)
-                .header("content-type", "application/octet-stream")
-                .body(body),
-        )
-        .await
+        self.send_bytes(Method::POST, path, token, body).await
     }
 
     /// `PUT path` with raw bytes.
     pub async fn put_bytes(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
-        self.send(
-            self.request(Method::PUT, path, token)
-                .header("content-type", "application/octet-stream")
-                .body(body),
-        )
-        .await
+        self.send_bytes(Method::PUT, path, token, body).await
     }
-}
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.abort();
-        if let Some((base, name)) = self.pg_database.take() {
-            // Drop runs inside the test's runtime: use a thread with its own runtime.
-            let _ = std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(admin_sql(
-                        &base,
-                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                    ));
-            })
-            .join();
-        }
+    async fn send_bytes(&self, m: Method, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
+        let octets = "application/octet-stream";
+        let rb = self.request(m, path, token);
+        self.send(rb.header("content-type", octets).body(body))
+            .await
     }
 }
 
@@ -470,16 +388,6 @@ pub struct Device {
     pub login: LoginResponse,
 }
 
-/// Derives `(auth_key hex, master key)` off the async reactor.
-pub async fn derive(password: &str, kdf: &KdfParams) -> MasterKey {
-    let (password, kdf) = (password.to_owned(), kdf.clone());
-    tokio::task::spawn_blocking(move || {
-        MasterKey::derive(&password, &kdf).expect("derive master key")
-    })
-    .await
-    .expect("derive task")
-}
-
 /// Registers `username` the way a client does and returns the account.
 pub async fn register(srv: &Server, username: &str) -> User {
     // A client asks first; for a new account it then picks its own parameters.
@@ -487,39 +395,24 @@ pub async fn register(srv: &Server, username: &str) -> User {
         .await
         .expect(200);
     let password = format!("pw of {username}");
-    let kdf = fsync_store::test_kdf_params();
-    let master = derive(&password, &kdf).await;
-    let account_key = AccountKey::generate();
-    let namespace_key = NamespaceKey::generate();
-    let wrapped_account_key = hex::encode(master.kek().wrap(&account_key));
-    let wrapped_namespace_key = hex::encode(account_key.wrap_namespace_key(&namespace_key));
-    let auth_key = master.auth_key().to_hex();
+    let new = NewAccount::new(username, &password).await;
     let r = srv
-        .post(
-            "/api/v1/auth/register",
-            None,
-            &serde_json::json!({
-                "username": username,
-                "email": format!("{username}@example.org"),
-                "password": auth_key,
-                "kdf": kdf,
-                "wrapped_account_key": wrapped_account_key,
-                "wrapped_namespace_key": wrapped_namespace_key,
-            }),
-        )
+        .post("/api/v1/auth/register", None, &new.request)
         .await
         .expect(201);
     let reg: RegisterResponse = r.json();
+    let codec = new.codec();
+    let req = new.request;
     User {
         username: username.to_owned(),
         password,
-        kdf,
-        auth_key,
-        wrapped_account_key,
-        wrapped_namespace_key,
+        kdf: req.kdf,
+        auth_key: req.password,
+        wrapped_account_key: req.wrapped_account_key,
+        wrapped_namespace_key: req.wrapped_namespace_key,
         id: reg.user_id,
         namespace: reg.namespace_id,
-        codec: BlobCodec::new(&namespace_key.derive()),
+        codec,
     }
 }
 
@@ -653,12 +546,7 @@ pub fn now_secs() -> u64 {
 }
 
 #[test]
-fn db_url_split() {
-    assert_eq!(
-        split_db_url("postgres://u:p@h:5432/db?sslmode=disable"),
-        ("postgres://u:p@h:5432", "db", "?sslmode=disable")
-    );
-    assert_eq!(split_db_url("postgres://h/db"), ("postgres://h", "db", ""));
+fn b64url_is_unpadded() {
     assert_eq!(b64url(b"{\"alg\":\"none\"}"), "eyJhbGciOiJub25lIn0");
     assert_eq!(b64url(b"ab"), "YWI");
 }
