@@ -1574,6 +1574,54 @@ fn planner_converges_and_loses_nothing_with_overlapping_rounds() {
 // ------------------------------------------------------------------ regressions
 // Shrunk cases the property found, as plain tests.
 
+/// Runs a case with the default device order and the planner's order in the final
+/// rounds.
+fn regression(initial: Vec<(Sel, Content)>, steps: Vec<Step>) {
+    Env::new().check(&Case {
+        swap_ids: false,
+        initial,
+        steps,
+        final_seed: 0,
+    });
+}
+
+fn mv(dev: usize, from: &'static str, to: &'static str) -> Step {
+    Step::Edit(
+        dev,
+        Edit::Rename {
+            from: at(from),
+            to: at(to),
+        },
+    )
+}
+
+fn write(dev: usize, path: &'static str, content: Content) -> Step {
+    Step::Edit(
+        dev,
+        Edit::Write {
+            path: at(path),
+            content,
+            in_place: false,
+        },
+    )
+}
+
+/// Overwrites in place (the inode stays) with a fresh content.
+fn edit_in_place(dev: usize, path: &'static str) -> Step {
+    Step::Edit(
+        dev,
+        Edit::Write {
+            path: at(path),
+            content: Content::Fresh,
+            in_place: true,
+        },
+    )
+}
+
+fn chmod(dev: usize, path: &'static str) -> Step {
+    Step::Edit(dev, Edit::Chmod { path: at(path) })
+}
+
 use Sel::Named as at;
 
 /// A chmod then a rename on one device: the rename was sent as unchanged, the base
@@ -1581,21 +1629,10 @@ use Sel::Named as at;
 /// ever).
 #[test]
 fn a_chmod_travels_with_a_rename() {
-    Env::new().check(&Case {
-        swap_ids: false,
-        initial: vec![(at("a"), Content::Fresh)],
-        steps: vec![
-            Step::Edit(0, Edit::Chmod { path: at("a") }),
-            Step::Edit(
-                0,
-                Edit::Rename {
-                    from: at("a"),
-                    to: at("b"),
-                },
-            ),
-        ],
-        final_seed: 0,
-    });
+    regression(
+        vec![(at("a"), Content::Fresh)],
+        vec![chmod(0, "a"), mv(0, "a", "b")],
+    );
 }
 
 /// Device 0 moves `a` to `b` and creates a new `a`; device 1 had changed its `a`. Its
@@ -1604,30 +1641,15 @@ fn a_chmod_travels_with_a_rename() {
 /// over device 0's new `a`, which device 1 never saw (I3).
 #[test]
 fn an_upload_never_builds_on_another_files_version() {
-    Env::new().check(&Case {
-        swap_ids: false,
-        initial: vec![(at("a"), Content::Fresh)],
-        steps: vec![
-            Step::Edit(
-                0,
-                Edit::Rename {
-                    from: at("a"),
-                    to: at("b"),
-                },
-            ),
+    regression(
+        vec![(at("a"), Content::Fresh)],
+        vec![
+            mv(0, "a", "b"),
             Step::Sync(0, 0),
-            Step::Edit(
-                0,
-                Edit::Write {
-                    path: at("a"),
-                    content: Content::Fresh,
-                    in_place: false,
-                },
-            ),
-            Step::Edit(1, Edit::Chmod { path: at("a") }),
+            write(0, "a", Content::Fresh),
+            chmod(1, "a"),
         ],
-        final_seed: 0,
-    });
+    );
 }
 
 /// Device 0 moves `d/a` to `a` and puts a copy of it at `d/a`. Device 1 planned both
@@ -1637,29 +1659,14 @@ fn an_upload_never_builds_on_another_files_version() {
 /// move was refused and the moved file never arrived (I1).
 #[test]
 fn a_file_moved_away_and_replaced_is_reconciled_once() {
-    Env::new().check(&Case {
-        swap_ids: false,
-        initial: vec![(at("d/a"), Content::Fresh)],
-        steps: vec![
-            Step::Edit(
-                0,
-                Edit::Rename {
-                    from: at("d/a"),
-                    to: at("a"),
-                },
-            ),
+    regression(
+        vec![(at("d/a"), Content::Fresh)],
+        vec![
+            mv(0, "d/a", "a"),
             Step::Sync(0, 0),
-            Step::Edit(
-                0,
-                Edit::Write {
-                    path: at("d/a"),
-                    content: Content::CopyOf(at("a")),
-                    in_place: false,
-                },
-            ),
+            write(0, "d/a", Content::CopyOf(at("a"))),
         ],
-        final_seed: 0,
-    });
+    );
 }
 
 /// Device 0 moves `b` to `d/a` while device 1 creates its own `d/a`, and the two
@@ -1668,29 +1675,14 @@ fn a_file_moved_away_and_replaced_is_reconciled_once() {
 /// `d/a` one only (an echo) and kept the stale `b` for ever (I1).
 #[test]
 fn a_file_with_two_base_entries_still_moves() {
-    Env::new().check(&Case {
-        swap_ids: false,
-        initial: vec![(at("b"), Content::Fresh)],
-        steps: vec![
-            Step::Edit(
-                0,
-                Edit::Rename {
-                    from: at("b"),
-                    to: at("d/a"),
-                },
-            ),
-            Step::Edit(
-                1,
-                Edit::Write {
-                    path: at("d/a"),
-                    content: Content::Fresh,
-                    in_place: false,
-                },
-            ),
+    regression(
+        vec![(at("b"), Content::Fresh)],
+        vec![
+            mv(0, "b", "d/a"),
+            write(1, "d/a", Content::Fresh),
             Step::Overlap(1, 0),
         ],
-        final_seed: 0,
-    });
+    );
 }
 
 /// Device 1 moves `a` to `d/b` while device 0 edits `a` and moves it to `d/b` too, in
@@ -1701,45 +1693,18 @@ fn a_file_with_two_base_entries_still_moves() {
 /// `b`) and left the local `d/b` for ever (I1). Found at 10,000 cases.
 #[test]
 fn a_remote_move_acts_on_the_base_whose_file_is_here() {
-    Env::new().check(&Case {
-        swap_ids: false,
-        initial: vec![(at("a"), Content::Fresh)],
-        steps: vec![
-            Step::Edit(
-                0,
-                Edit::Write {
-                    path: at("a"),
-                    content: Content::Fresh,
-                    in_place: false,
-                },
-            ),
+    regression(
+        vec![(at("a"), Content::Fresh)],
+        vec![
+            write(0, "a", Content::Fresh),
             Step::Sync(0, 0),
-            Step::Edit(
-                1,
-                Edit::Rename {
-                    from: at("a"),
-                    to: at("d/b"),
-                },
-            ),
-            Step::Edit(
-                0,
-                Edit::Rename {
-                    from: at("a"),
-                    to: at("d/b"),
-                },
-            ),
+            mv(1, "a", "d/b"),
+            mv(0, "a", "d/b"),
             Step::Overlap(1, 0),
             Step::Sync(0, 0),
-            Step::Edit(
-                0,
-                Edit::Rename {
-                    from: at("d/b"),
-                    to: at("b"),
-                },
-            ),
+            mv(0, "d/b", "b"),
         ],
-        final_seed: 0,
-    });
+    );
 }
 
 // ------------------------------------------------------------------ engine races
@@ -1747,44 +1712,22 @@ fn a_remote_move_acts_on_the_base_whose_file_is_here() {
 // applied rename recorded the rename answer's version vector as the base, and uploaded
 // a changed file on top of it), not in the planner. When a remote edit lands between
 // the pull and the rename, that vector includes an edit this device never saw. The
-// engine now keeps the vector it saw; `World::execute` mirrors it.
+// engine now keeps the vector it saw.
 
 /// Device 0 moves and edits `a` while device 1 edits `a`; device 0's rename executes
 /// after device 1's commit. Its upload then fast-forwards over device 1's edit, which
 /// it never saw (I3): the edit survives only in history, without a conflict copy.
 #[test]
 fn engine_rename_race_overwrites_an_unseen_edit() {
-    Env::new().check(&Case {
-        swap_ids: false,
-        initial: vec![(at("a"), Content::Fresh)],
-        steps: vec![
-            Step::Edit(
-                0,
-                Edit::Rename {
-                    from: at("a"),
-                    to: at("b"),
-                },
-            ),
-            Step::Edit(
-                0,
-                Edit::Write {
-                    path: at("b"),
-                    content: Content::Fresh,
-                    in_place: true,
-                },
-            ),
-            Step::Edit(
-                1,
-                Edit::Write {
-                    path: at("a"),
-                    content: Content::Fresh,
-                    in_place: true,
-                },
-            ),
+    regression(
+        vec![(at("a"), Content::Fresh)],
+        vec![
+            mv(0, "a", "b"),
+            edit_in_place(0, "b"),
+            edit_in_place(1, "a"),
             Step::Overlap(0, 0),
         ],
-        final_seed: 0,
-    });
+    );
 }
 
 /// The same without device 0's edit: its base takes the new vector with the old
@@ -1792,27 +1735,8 @@ fn engine_rename_race_overwrites_an_unseen_edit() {
 /// device 1's edit (I1).
 #[test]
 fn engine_rename_race_never_downloads_the_edit() {
-    Env::new().check(&Case {
-        swap_ids: false,
-        initial: vec![(at("a"), Content::Fresh)],
-        steps: vec![
-            Step::Edit(
-                0,
-                Edit::Rename {
-                    from: at("a"),
-                    to: at("b"),
-                },
-            ),
-            Step::Edit(
-                1,
-                Edit::Write {
-                    path: at("a"),
-                    content: Content::Fresh,
-                    in_place: true,
-                },
-            ),
-            Step::Overlap(0, 0),
-        ],
-        final_seed: 0,
-    });
+    regression(
+        vec![(at("a"), Content::Fresh)],
+        vec![mv(0, "a", "b"), edit_in_place(1, "a"), Step::Overlap(0, 0)],
+    );
 }

@@ -15,6 +15,7 @@ use crate::domain::manifest::RequestError;
 use crate::domain::roles::Role;
 
 pub(crate) mod gc;
+mod migrations;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -337,26 +338,10 @@ pub trait JournalRepo: Send + Sync + std::fmt::Debug {
     async fn last_seq(&self, ns: NamespaceId) -> Result<Seq, DbError>;
 }
 
-/// Applies embedded migrations (version, description, SQL) with sqlx's migrator, which
-/// records them in `_sqlx_migrations` and refuses a changed, already-applied script.
-async fn migrate(
-    pool: &sqlx::AnyPool,
-    migrations: &[(i64, &'static str, &'static str)],
-) -> Result<(), DbError> {
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let list = migrations
-        .iter()
-        .map(|(v, d, sql)| {
-            Migration::new(
-                *v,
-                std::borrow::Cow::Borrowed(*d),
-                MigrationType::Simple,
-                sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(*sql)),
-                false,
-            )
-        })
-        .collect();
-    Migrator::with_migrations(list)
+/// Applies the embedded migrations with sqlx's migrator, which records them in
+/// `_sqlx_migrations` and refuses a changed, already-applied script.
+async fn migrate(pool: &sqlx::AnyPool, dialect: sql::Dialect) -> Result<(), DbError> {
+    sqlx::migrate::Migrator::with_migrations(migrations::for_dialect(dialect))
         .run(pool)
         .await
         .map_err(|e| DbError::Backend(e.into()))

@@ -8,13 +8,6 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use super::sql::{Dialect, SqlRepo};
 use super::{migrate, DbError, MetaRepo};
 
-/// The PostgreSQL migrations, embedded in the binary.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
-
 /// Connects to PostgreSQL at `url` and applies migrations.
 pub async fn open_postgres(url: &str) -> Result<Arc<dyn MetaRepo>, DbError> {
     Ok(Arc::new(open_postgres_repo(url).await?))
@@ -28,6 +21,6 @@ pub(crate) async fn open_postgres_repo(url: &str) -> Result<SqlRepo, DbError> {
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_with(options)
         .await?;
-    migrate(&pool, MIGRATIONS).await?;
+    migrate(&pool, Dialect::Postgres).await?;
     Ok(SqlRepo::new(pool, Dialect::Postgres))
 }

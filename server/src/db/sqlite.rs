@@ -10,13 +10,6 @@ use sqlx::Executor;
 use super::sql::{Dialect, SqlRepo};
 use super::{migrate, DbError, MetaRepo};
 
-/// The SQLite migrations, embedded in the binary.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
-
 /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
 pub async fn open_sqlite(path: &Path) -> Result<Arc<dyn MetaRepo>, DbError> {
     let repo = open_sqlite_repo(path).await?;
@@ -41,6 +34,6 @@ pub(crate) async fn open_sqlite_repo(path: &Path) -> Result<SqlRepo, DbError> {
         })
         .connect_with(options)
         .await?;
-    migrate(&pool, MIGRATIONS).await?;
+    migrate(&pool, Dialect::Sqlite).await?;
     Ok(SqlRepo::new(pool, Dialect::Sqlite))
 }

@@ -1,4 +1,8 @@
--- fsync metadata schema (PostgreSQL). Keep in step with ../sqlite/0001_init.sql.
+--! One schema for both databases: server/src/db/migrations.rs renders it per dialect,
+--! dropping these `--!` lines and filling in the {{…}} slots. The rendered text of an
+--! applied migration must never change (sqlx refuses a modified script; a test pins
+--! each dialect's checksum): change the schema in a new migration file.
+{{header}}
 -- Identifiers are lowercase hex TEXT; times are BIGINT (seconds, or ns for mtime);
 -- booleans are BIGINT 0/1 so one set of queries serves both databases.
 
@@ -50,7 +54,7 @@ CREATE INDEX namespace_members_user ON namespace_members(user_id);
 CREATE TABLE files (
     id           TEXT PRIMARY KEY,
     namespace_id TEXT NOT NULL REFERENCES namespaces(id),
-    path         TEXT COLLATE "C" NOT NULL,
+    path         {{path_type}} NOT NULL,
     head_version BIGINT NOT NULL,
     vv           TEXT NOT NULL,
     size         BIGINT NOT NULL,
@@ -66,7 +70,7 @@ CREATE TABLE files (
 CREATE INDEX files_path ON files(namespace_id, path);
 
 CREATE TABLE file_versions (
-    id         BIGSERIAL PRIMARY KEY,
+    id         {{serial_key}},
     file_id    TEXT NOT NULL REFERENCES files(id),
     version    BIGINT NOT NULL,
     path       TEXT NOT NULL,
