@@ -13,6 +13,11 @@ use crate::auth::tokens::{
 use crate::db::{DbError, NewUser, TokenOwner};
 use crate::state::{now_secs, AppState};
 
+/// What a refused login is told (the same for an unknown user and a wrong password).
+pub(crate) const BAD_LOGIN: &str = "invalid username or password";
+/// What a refused token renewal is told.
+pub(crate) const BAD_REFRESH: &str = "invalid, expired or revoked refresh token";
+
 /// Why an account operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -37,10 +42,10 @@ pub enum AccountError {
     #[error("{0}")]
     Kdf(String),
     /// Login: unknown user or wrong password, told apart for nobody (401).
-    #[error("invalid username or password")]
+    #[error("{BAD_LOGIN}")]
     BadLogin,
     /// Renewal: the refresh token is unknown, used, expired or its device revoked (401).
-    #[error("invalid, expired or revoked refresh token")]
+    #[error("{BAD_REFRESH}")]
     BadRefresh,
     /// The device is not one of the user's (404).
     #[error("device not found")]
@@ -77,7 +82,7 @@ fn check_username(u: &str) -> Result<(), AccountError> {
 }
 
 /// Checks a registration before any work is spent on it.
-pub(crate) fn check_registration(req: &RegisterRequest) -> Result<(), AccountError> {
+fn check_registration(req: &RegisterRequest) -> Result<(), AccountError> {
     check_username(&req.username)?;
     if req.email.len() > 254 || !req.email.contains('@') {
         return Err(AccountError::Email);

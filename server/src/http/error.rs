@@ -6,7 +6,7 @@ use axum::Json;
 use fsync_common::{ChunkId, ErrorBody, ErrorCode};
 
 use crate::db::DbError;
-use crate::domain::accounts::AccountError;
+use crate::domain::accounts::{AccountError, BAD_LOGIN, BAD_REFRESH};
 use crate::domain::uploads::UploadError;
 use crate::domain::WriteError;
 
@@ -167,10 +167,8 @@ impl From<AccountError> for ApiError {
             | AccountError::Email
             | AccountError::HexKey { .. }
             | AccountError::Kdf(_) => Self::BadRequest(e.to_string()),
-            AccountError::BadLogin => Self::Unauthorized("invalid username or password"),
-            AccountError::BadRefresh => {
-                Self::Unauthorized("invalid, expired or revoked refresh token")
-            }
+            AccountError::BadLogin => Self::Unauthorized(BAD_LOGIN),
+            AccountError::BadRefresh => Self::Unauthorized(BAD_REFRESH),
             AccountError::NoSuchDevice => Self::NotFound(e.to_string()),
             AccountError::Db(e) => e.into(),
             AccountError::Internal(d) => Self::Internal(d),
