@@ -161,6 +161,30 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         .collect();
     // The permission bits are part of a version (the executable bit travels).
     let changed = |b: &BaseEntry, l: &LocalEntry| l.hash != b.content_hash || l.file.mode != b.mode;
+    // Retires a base whose file the server no longer has at that path (deleted, or
+    // moved on): the base is forgotten, the unchanged local copy deleted, and a changed
+    // one uploaded — on top of the base when `edit_wins` (an edit beats a delete), else
+    // as a new file. When another remote file lives at the path now, that file decides
+    // what happens to the local one (adopt, download or conflict) and its operation
+    // replaces this base: deleting the local file here as well would delete the other
+    // file's content, and forgetting the base would leave the download nothing to
+    // check the local file against.
+    let retire = |ops: &mut Plan, b: &BaseEntry, edit_wins: bool| {
+        if live.get(&b.path).is_some_and(|id| *id != b.file_id) {
+            return;
+        }
+        match local.get(&b.path) {
+            None => ops.forget.push(b.path.clone()),
+            Some(l) if !changed(b, l) => ops.local.push(LocalOp::Delete {
+                path: b.path.clone(),
+            }),
+            Some(_) if edit_wins => push_upload(ops, &live, &b.path, Some(b)),
+            Some(_) => {
+                ops.forget.push(b.path.clone());
+                push_upload(ops, &live, &b.path, None);
+            }
+        }
+    };
 
     for r in remote {
         let bases = by_id.get(&r.file_id).map_or(&[][..], Vec::as_slice);
@@ -178,22 +202,8 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         if r.deleted {
             for b in bases {
                 handled.insert(&b.path);
-                if live.get(&b.path).is_some_and(|id| *id != b.file_id) {
-                    // Another remote file lives at the path now: that file decides what
-                    // happens to the local one (adopt, download or conflict), and its
-                    // operation replaces this base. Deleting the local file here as well
-                    // would delete the other file's content; forgetting the base would
-                    // leave the download nothing to check the local file against.
-                    continue;
-                }
-                match local.get(&b.path) {
-                    None => ops.forget.push(b.path.clone()),
-                    Some(l) if !changed(b, l) => ops.local.push(LocalOp::Delete {
-                        path: b.path.clone(),
-                    }),
-                    // Modified here, deleted there: the modification wins.
-                    Some(_) => push_upload(&mut ops, &live, &b.path, Some(b)),
-                }
+                // Modified here, deleted there: the modification wins.
+                retire(&mut ops, b, true);
             }
             continue;
         }
@@ -206,21 +216,8 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                 .filter(|o| o.path != r.path && o.path != b.path)
             {
                 handled.insert(&stale.path);
-                if live.get(&stale.path).is_some_and(|id| *id != stale.file_id) {
-                    continue; // reconciled against the file that lives there now
-                }
-                match local.get(&stale.path) {
-                    None => ops.forget.push(stale.path.clone()),
-                    // An old copy of the moved file: it moved away.
-                    Some(l) if !changed(stale, l) => ops.local.push(LocalOp::Delete {
-                        path: stale.path.clone(),
-                    }),
-                    // Changed here: it stays, as a new file.
-                    Some(_) => {
-                        ops.forget.push(stale.path.clone());
-                        push_upload(&mut ops, &live, &stale.path, None);
-                    }
-                }
+                // An old copy of the moved file: changed here, it stays as a new file.
+                retire(&mut ops, stale, false);
             }
             // Another file now lives at the old path: the local file there is reconciled
             // against that one (when its change comes) and the moved file is fetched at
