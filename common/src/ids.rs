@@ -139,6 +139,13 @@ hex_id!(
     "namespace id"
 );
 hex_id!(
+    /// A pack file of the server's blob store: random, so that a pack name is never
+    /// reused after a collection removed it.
+    PackId,
+    16,
+    "pack id"
+);
+hex_id!(
     /// A user account.
     UserId,
     16,

@@ -30,7 +30,8 @@ pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{
-    ChunkId, ContentHash, DeviceId, FileId, IdParseError, NamespaceId, Seq, UserId, VersionNo,
+    ChunkId, ContentHash, DeviceId, FileId, IdParseError, NamespaceId, PackId, Seq, UserId,
+    VersionNo,
 };
 pub use keys::IdKey;
 pub use path::{PathError, PortabilityIssue, SyncPath, MAX_COMPONENT_BYTES, MAX_PATH_BYTES};

@@ -33,6 +33,7 @@
 mod backend;
 mod codec;
 mod keys;
+pub mod pack;
 
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
