@@ -14,6 +14,8 @@ use rand::RngCore;
 
 use crate::backend::{BlobStore, PutOutcome};
 
+pub mod packs;
+
 /// Runs every check of the suite.
 pub async fn run_all(store: &dyn BlobStore) {
     put_get_round_trip(store).await;

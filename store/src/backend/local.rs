@@ -18,7 +18,7 @@ use fsync_common::{ChunkId, NamespaceId};
 
 use super::{BlobInfo, BlobStore, PutOutcome, StoreError};
 
-const TEMP_PREFIX: &str = ".tmp-";
+pub(super) const TEMP_PREFIX: &str = ".tmp-";
 
 /// A [`BlobStore`] on a local directory.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ pub struct LocalStore {
     root: Arc<PathBuf>,
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+pub(super) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
         op,
         path: path.to_owned(),
@@ -34,7 +34,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
     }
 }
 
-async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+pub(super) async fn blocking<T, F>(f: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -43,7 +43,7 @@ where
 }
 
 /// Whether `path` is a regular file; `false` if it does not exist.
-fn is_file(path: &Path, op: &'static str) -> Result<bool, StoreError> {
+pub(super) fn is_file(path: &Path, op: &'static str) -> Result<bool, StoreError> {
     match fs::symlink_metadata(path) {
         Ok(meta) => Ok(meta.is_file()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
@@ -52,13 +52,13 @@ fn is_file(path: &Path, op: &'static str) -> Result<bool, StoreError> {
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     durable::sync_dir(dir).map_err(io_err("sync directory", dir))
 }
 
 /// Creates `dir` (below `base`, which exists) level by level, syncing each parent that
 /// gained an entry.
-fn ensure_dir(base: &Path, dir: &Path) -> Result<(), StoreError> {
+pub(super) fn ensure_dir(base: &Path, dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -80,7 +80,7 @@ fn ensure_dir(base: &Path, dir: &Path) -> Result<(), StoreError> {
 
 /// A uniquely named file in `dir` holding `data`, synced to disk; removed when
 /// dropped unless installed.
-fn write_synced(dir: &Path, data: &[u8]) -> Result<TempFile, StoreError> {
+pub(super) fn write_synced(dir: &Path, data: &[u8]) -> Result<TempFile, StoreError> {
     let mut temp =
         TempFile::create_in(dir, TEMP_PREFIX, None).map_err(io_err("create temp file", dir))?;
     temp.file()
@@ -95,7 +95,7 @@ fn is_hex_pair(name: &str) -> bool {
 }
 
 /// Sorted names of the fan-out subdirectories of `dir` (two lowercase hex digits).
-fn fanout_dirs(dir: &Path) -> Result<Vec<String>, StoreError> {
+pub(super) fn fanout_dirs(dir: &Path) -> Result<Vec<String>, StoreError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -116,7 +116,7 @@ fn fanout_dirs(dir: &Path) -> Result<Vec<String>, StoreError> {
 
 /// Temp files in one leaf directory last written before `older_than`: removed (and the
 /// directory synced) unless `dry_run`. A put in flight keeps its temp file fresh.
-fn stale_temps_in(
+pub(super) fn stale_temps_in(
     dir: &Path,
     older_than: SystemTime,
     dry_run: bool,

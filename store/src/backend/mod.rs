@@ -9,6 +9,8 @@ use fsync_common::{ChunkId, NamespaceId};
 
 pub(crate) mod encrypted;
 pub(crate) mod local;
+pub(crate) mod local_packs;
+pub(crate) mod packs;
 
 /// Error of a blob store. Never carries blob content.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,22 @@ pub enum StoreError {
         ns: NamespaceId,
         /// Blob missing.
         id: ChunkId,
+    },
+    /// The pack does not exist (for operations that require it to).
+    #[error("pack {id} not found in namespace {ns}")]
+    PackNotFound {
+        /// Namespace searched.
+        ns: NamespaceId,
+        /// Pack missing.
+        id: fsync_common::PackId,
+    },
+    /// A stored object ended before the range asked for: truncated.
+    #[error("short read: wanted bytes {wanted:?}, the object ended after {got}")]
+    ShortRead {
+        /// The range asked for.
+        wanted: std::ops::Range<u64>,
+        /// Bytes there were from its start.
+        got: u64,
     },
     /// A stored blob failed to decode (see [`crate::EncryptedStore`]).
     #[error("blob {id} is corrupt or not readable with this key: {source}")]
