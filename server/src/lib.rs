@@ -55,9 +55,10 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let secret = config.secret()?;
     let url = config.database_url();
     let repo = db::open(&url).await?;
-    let blobs: Arc<dyn fsync_store::BlobStore> =
-        Arc::new(fsync_store::LocalStore::open(config.files_directory())?);
-    let mut state = AppState::new(repo, blobs, secret);
+    let files = config.files_directory();
+    let blobs: Arc<dyn fsync_store::BlobStore> = Arc::new(fsync_store::LocalStore::open(&files)?);
+    let packs: Arc<dyn fsync_store::PackStore> = Arc::new(fsync_store::LocalPacks::open(&files)?);
+    let mut state = AppState::new(repo, blobs, packs, secret);
     if let db::DbUrl::Postgres(url) = db::parse_url(&url)? {
         fanout::start(url, &mut state)
             .await

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fsync_common::{DeviceId, NamespaceId, Seq};
-use fsync_store::BlobStore;
+use fsync_store::{BlobStore, PackStore};
 use tokio::sync::broadcast;
 
 use crate::auth::limit::{Limit, RateLimiter};
@@ -48,8 +48,10 @@ impl Default for Limits {
 pub struct AppState {
     /// Metadata.
     pub repo: Arc<dyn MetaRepo>,
-    /// Blobs.
+    /// Loose blobs of a store written before packs (read, never written).
     pub blobs: Arc<dyn BlobStore>,
+    /// Pack files: where uploads go.
+    pub packs: Arc<dyn PackStore>,
     /// Access tokens.
     pub tokens: Arc<TokenService>,
     /// Rate limiter.
@@ -76,13 +78,19 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("repo", &self.repo)
             .field("blobs", &self.blobs)
+            .field("packs", &self.packs)
             .finish_non_exhaustive()
     }
 }
 
 impl AppState {
     /// Builds the state from its parts.
-    pub fn new(repo: Arc<dyn MetaRepo>, blobs: Arc<dyn BlobStore>, secret: Vec<u8>) -> Self {
+    pub fn new(
+        repo: Arc<dyn MetaRepo>,
+        blobs: Arc<dyn BlobStore>,
+        packs: Arc<dyn PackStore>,
+        secret: Vec<u8>,
+    ) -> Self {
         let (push, _) = broadcast::channel(1024);
         let (revoked, _) = broadcast::channel(64);
         let dummy_hash =
@@ -90,6 +98,7 @@ impl AppState {
         Self {
             repo,
             blobs,
+            packs,
             tokens: Arc::new(TokenService::new(&secret)),
             limiter: Arc::new(RateLimiter::new()),
             limits: Limits::default(),

@@ -227,8 +227,7 @@ pub fn parse_tail(tail: &[u8], pack_len: u64) -> Result<Vec<PackEntry>, PackErro
         let offset = u64::from_le_bytes(raw[32..40].try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(raw[40..44].try_into().expect("4 bytes"));
         let end = offset.checked_add(u64::from(len));
-        if offset < next || end.is_none_or(|end| end > blobs_end) || len as usize > MAX_BLOB_SIZE
-        {
+        if offset < next || end.is_none_or(|end| end > blobs_end) || len as usize > MAX_BLOB_SIZE {
             return Err(bad(format!(
                 "blob {id} at {offset}+{len} is out of order, overlaps or lies outside the blobs"
             )));
@@ -332,7 +331,10 @@ mod tests {
     #[test]
     fn a_blob_that_is_not_one_is_named() {
         let mut b = PackBuilder::default();
-        b.push(ChunkId::from_bytes([9; 32]), b"not a blob at all, no header");
+        b.push(
+            ChunkId::from_bytes([9; 32]),
+            b"not a blob at all, no header",
+        );
         let (pack, _) = b.finish();
         let err = verify(&pack).unwrap_err();
         assert!(

@@ -29,7 +29,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use fsync_client::engine::Engine;
 use fsync_client::session::{self, Session};
@@ -141,9 +140,7 @@ impl SimServer {
 
     /// `fsync-gc verify`: every referenced chunk has its blob.
     async fn verify(&self) -> anyhow::Result<()> {
-        let blobs: Arc<dyn fsync_store::BlobStore> =
-            Arc::new(fsync_store::LocalStore::open(self.files.clone())?);
-        let gc = fsync_server::Collector::open(&self.inner.database_url, blobs).await?;
+        let gc = fsync_server::Collector::open_local(&self.inner.database_url, &self.files).await?;
         let report = gc
             .verify(None, fsync_server::GC_BATCH, &fsync_server::NoProgress)
             .await?;

@@ -161,9 +161,7 @@ impl Args {
         if progress {
             eprintln!("gc: sweeping ({seed_secs:.1} s to seed)");
         }
-        let blobs = fsync_store::LocalStore::open(server.blob_dir())
-            .context("opening the server's blob store")?;
-        let collector = Collector::open(&server.database_url, Arc::new(blobs))
+        let collector = Collector::open_local(&server.database_url, &server.blob_dir())
             .await
             .context("opening the collector")?;
         let opts = RunOptions {

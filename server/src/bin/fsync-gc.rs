@@ -265,11 +265,10 @@ fn print_stats(s: &Stats) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let blobs = fsync_store::LocalStore::open(cli.storage.files_directory())
-        .context("opening the blob store")?;
-    let collector = Collector::open(&cli.storage.database_url(), Arc::new(blobs))
-        .await
-        .context("opening the database")?;
+    let collector =
+        Collector::open_local(&cli.storage.database_url(), &cli.storage.files_directory())
+            .await
+            .context("opening the database")?;
     let bar;
     let progress: &dyn Progress = if std::io::stderr().is_terminal() {
         bar = Bar::new();

@@ -6,8 +6,10 @@ use sqlx::migrate::{Migration, MigrationType};
 use super::sql::Dialect;
 
 /// The migrations, oldest first: version, description, template.
-const TEMPLATES: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const TEMPLATES: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (2, "packs", include_str!("../../migrations/0002_packs.sql")),
+];
 
 /// A template for `dialect`: its `--!` lines (notes on the template) dropped and its
 /// `{{…}}` slots filled in.

@@ -2,6 +2,7 @@
 //! databases (`sqlite.rs`, `postgres.rs` open and configure their pools), one test
 //! suite (`testsuite.rs`) run against both.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -9,7 +10,9 @@ use fsync_common::wire::{
     ChangesResponse, CommitRequest, CommitResponse, DeleteRequest, DeviceInfo, KdfParams,
     ListResponse, Manifest, NamespaceGrant, OpResponse, RenameRequest, VersionInfo,
 };
-use fsync_common::{ChunkId, DeviceId, FileId, NamespaceId, Seq, SyncPath, UserId, VersionNo};
+use fsync_common::{
+    ChunkId, DeviceId, FileId, NamespaceId, PackId, Seq, SyncPath, UserId, VersionNo,
+};
 
 use crate::domain::manifest::RequestError;
 use crate::domain::roles::Role;
@@ -256,6 +259,55 @@ pub trait ChunkRepo: Send + Sync + std::fmt::Debug {
     ) -> Result<(), DbError>;
     /// True when the chunk is recorded in `ns`.
     async fn has_chunk(&self, ns: NamespaceId, id: ChunkId) -> Result<bool, DbError>;
+    /// Records the blobs of a pack that is durable in the pack store, in one
+    /// transaction under the namespace lock: the pack's row, a row pointing into it for
+    /// each chunk not yet recorded, a touch for each that is (its blob stays where it
+    /// was; the copy in this pack is dead bytes for a repack to drop). `confirm` runs
+    /// under the lock first (it makes sure the pack is still there). Returns how many
+    /// chunks were new and how many were already recorded.
+    async fn record_pack(
+        &self,
+        ns: NamespaceId,
+        pack: &NewPack,
+        now: i64,
+        confirm: &dyn BlobConfirm,
+    ) -> Result<(u32, u32), DbError>;
+    /// Where the blobs of the recorded chunks among `ids` lie; absent ids are left out.
+    async fn locate_chunks(
+        &self,
+        ns: NamespaceId,
+        ids: &[ChunkId],
+    ) -> Result<HashMap<ChunkId, BlobLocation>, DbError>;
+}
+
+/// A pack written to the pack store, to be recorded by [`ChunkRepo::record_pack`].
+#[derive(Debug, Clone)]
+pub struct NewPack {
+    /// The pack.
+    pub id: PackId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its blobs, each id once.
+    pub entries: Vec<fsync_store::pack::PackEntry>,
+}
+
+/// Where a recorded chunk's blob lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobLocation {
+    /// In a pack.
+    Packed {
+        /// The pack.
+        pack: PackId,
+        /// Byte offset in the pack.
+        offset: u64,
+        /// Length in bytes.
+        len: u32,
+    },
+    /// A loose blob (one file per chunk) of a store written before packs.
+    Loose {
+        /// Its recorded size.
+        size: u64,
+    },
 }
 
 /// Writes to a namespace's files: commits, deletes, renames, and batches of them.

@@ -4,6 +4,7 @@
 //! `http/error.rs` only.
 
 pub(crate) mod accounts;
+pub(crate) mod downloads;
 pub(crate) mod files;
 pub(crate) mod manifest;
 pub(crate) mod resolve;

@@ -1,12 +1,16 @@
-//! Uploads: check each blob's header, put the blobs, then record their rows under the
-//! namespace lock while confirming, inside that lock, that every blob is still stored
-//! (the upload half of the collection protocol, see the module documentation of `gc`).
+//! Uploads: check each blob's header, write the blobs of one request as one pack, then
+//! record the pack and its chunk rows in one transaction under the namespace lock,
+//! confirming inside that lock that the pack is still stored (the upload half of the
+//! collection protocol, see the module documentation of `gc`).
 
 use fsync_common::wire::StoredResponse;
-use fsync_common::{ChunkId, NamespaceId};
-use fsync_store::{BlobStore, PutOutcome, StoreError};
+use std::collections::HashSet;
 
-use crate::db::{BlobConfirm, DbError, MetaRepo};
+use fsync_common::{ChunkId, NamespaceId, PackId};
+use fsync_store::pack::{PackBuilder, PACK_HEADER_LEN};
+use fsync_store::{PackStore, StoreError};
+
+use crate::db::{BlobConfirm, DbError, MetaRepo, NewPack};
 use crate::state::{now_secs, AppState};
 
 /// Why [`store_chunks`] failed.
@@ -44,7 +48,7 @@ pub(crate) async fn accept(
     }
     let r = store_chunks(
         state.repo.as_ref(),
-        state.blobs.as_ref(),
+        state.packs.as_ref(),
         ns,
         items,
         now_secs(),
@@ -57,77 +61,62 @@ pub(crate) async fn accept(
     Ok(r)
 }
 
-/// Blob puts in flight at once within one upload.
-const PUT_CONCURRENCY: usize = 16;
-
-/// Blobs that are put but not yet recorded; [`record_stored`] records them.
+/// Blobs written as one pack but not yet recorded; [`record_stored`] records them.
 #[derive(Debug)]
 pub struct PutBlobs {
     ns: NamespaceId,
-    items: Vec<(ChunkId, Vec<u8>)>,
-    stored: u32,
-    existing: u32,
+    pack: NewPack,
+    /// The pack's bytes, kept until recorded in case they must be put again.
+    bytes: Vec<u8>,
 }
 
-/// Puts each blob (the first half of [`store_chunks`]). A blob reported "already
-/// present" may be deleted by a collection before it is recorded: [`record_stored`]
-/// puts such blobs back.
+/// Writes the blobs as one pack, durably (the first half of [`store_chunks`]): one
+/// write and one fsync of the file and its directory, or one PUT. Ids repeated within
+/// `items` are stored once.
 pub async fn put_blobs(
-    blobs: &dyn BlobStore,
+    packs: &dyn PackStore,
     ns: NamespaceId,
     items: Vec<(ChunkId, Vec<u8>)>,
 ) -> Result<PutBlobs, UploadError> {
-    let mut out = PutBlobs {
-        ns,
-        items: Vec::new(),
-        stored: 0,
-        existing: 0,
-    };
-    // Puts run concurrently: each one waits on its own fsyncs, so a batch of many
-    // small blobs would otherwise pay their latency one after another.
-    let mut outcomes = Vec::with_capacity(items.len());
-    for group in items.chunks(PUT_CONCURRENCY) {
-        // The bytes are kept until recorded, in case they must be put again.
-        let puts: Vec<_> = group
-            .iter()
-            .map(|(id, blob)| blobs.put(&ns, id, blob.clone()))
-            .collect();
-        outcomes.extend(futures_util::future::try_join_all(puts).await?);
-    }
-    for o in outcomes {
-        match o {
-            PutOutcome::Stored => out.stored += 1,
-            PutOutcome::AlreadyPresent => out.existing += 1,
+    let mut seen = HashSet::with_capacity(items.len());
+    let total = items.iter().map(|(_, b)| b.len()).sum();
+    let mut builder = PackBuilder::with_capacity(total);
+    for (id, blob) in &items {
+        if seen.insert(*id) {
+            builder.push(*id, blob);
         }
     }
-    out.items = items;
-    Ok(out)
+    drop(items);
+    let (bytes, entries) = builder.finish();
+    let pack = NewPack {
+        id: PackId::from_bytes(rand::random()),
+        size: bytes.len() as u64,
+        entries,
+    };
+    if !pack.entries.is_empty() {
+        packs.put(&ns, &pack.id, bytes.clone()).await?;
+    }
+    Ok(PutBlobs { ns, pack, bytes })
 }
 
-/// Records put blobs (the second half of [`store_chunks`]): their rows become visible
-/// only once every blob is confirmed stored under the namespace lock.
+/// Records a written pack (the second half of [`store_chunks`]): its rows become
+/// visible in one transaction, under the namespace lock, once the pack is confirmed
+/// still stored.
 pub async fn record_stored(
     repo: &dyn MetaRepo,
-    blobs: &dyn BlobStore,
+    packs: &dyn PackStore,
     put: PutBlobs,
     now: i64,
 ) -> Result<StoredResponse, UploadError> {
-    let rows: Vec<(ChunkId, u64)> = put
-        .items
-        .iter()
-        .map(|(id, b)| (*id, b.len() as u64))
-        .collect();
-    let confirm = Confirm {
-        blobs,
-        ns: put.ns,
-        items: &put.items,
-    };
-    repo.record_chunks_confirmed(put.ns, &rows, now, &confirm)
-        .await?;
-    Ok(StoredResponse {
-        stored: put.stored,
-        existing: put.existing,
-    })
+    if put.pack.entries.is_empty() {
+        return Ok(StoredResponse {
+            stored: 0,
+            existing: 0,
+        });
+    }
+    let confirm = Confirm { packs, put: &put };
+    let (stored, existing) = repo.record_pack(put.ns, &put.pack, now, &confirm).await?;
+    Ok(StoredResponse { stored, existing })
 }
 
 /// Stores uploaded blobs and records them, safely against a concurrent collection:
@@ -135,35 +124,37 @@ pub async fn record_stored(
 /// period or while a version references it.
 pub async fn store_chunks(
     repo: &dyn MetaRepo,
-    blobs: &dyn BlobStore,
+    packs: &dyn PackStore,
     ns: NamespaceId,
     items: Vec<(ChunkId, Vec<u8>)>,
     now: i64,
 ) -> Result<StoredResponse, UploadError> {
-    let put = put_blobs(blobs, ns, items).await?;
-    // Blobs written, rows not yet: a crash here leaves orphan blobs, nothing else.
+    let put = put_blobs(packs, ns, items).await?;
+    // The pack written, its rows not yet: a crash here leaves an unrecorded pack, which
+    // the collector removes after the grace period; nothing else.
     fsync_common::failpoint::hit("server.chunks.before_record")
         .map_err(|e| StoreError::Backend(e.to_string()))?;
-    record_stored(repo, blobs, put, now).await
+    record_stored(repo, packs, put, now).await
 }
 
-/// Re-puts, under the namespace lock, any blob a collection deleted after it was put.
+/// Puts the pack back, under the namespace lock, if a collection removed it as
+/// unrecorded after it was written (an upload stalled past the grace period).
 struct Confirm<'a> {
-    blobs: &'a dyn BlobStore,
-    ns: NamespaceId,
-    items: &'a [(ChunkId, Vec<u8>)],
+    packs: &'a dyn PackStore,
+    put: &'a PutBlobs,
 }
 
 #[async_trait::async_trait]
 impl BlobConfirm for Confirm<'_> {
-    async fn confirm(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
-        let present = self.blobs.contains_many(&self.ns, ids).await?;
-        for (id, _) in ids.iter().zip(present).filter(|(_, p)| !p) {
-            if let Some((_, blob)) = self.items.iter().find(|(i, _)| i == id) {
-                tracing::info!(namespace = %self.ns, chunk = %id, "blob deleted by a collection before it was recorded; storing it again");
-                self.blobs.put(&self.ns, id, blob.clone()).await?;
+    async fn confirm(&self, _ids: &[ChunkId]) -> Result<(), StoreError> {
+        let (ns, id) = (&self.put.ns, &self.put.pack.id);
+        match self.packs.read(ns, id, 0..PACK_HEADER_LEN as u64).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::PackNotFound { .. }) => {
+                tracing::info!(namespace = %ns, pack = %id, "pack removed by a collection before it was recorded; storing it again");
+                self.packs.put(ns, id, self.put.bytes.clone()).await
             }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 }

@@ -53,13 +53,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fsync_common::{ChunkId, NamespaceId};
-use fsync_store::{BlobStore, StoreError};
+use fsync_store::{BlobStore, PackStore, StoreError};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use crate::db::gc::{GcLockHandle, GcRepo, LockFailure};
 use crate::db::DbError;
 
+mod packs;
 mod sweep;
 mod verify;
 
@@ -205,7 +206,14 @@ pub struct RunReport {
     pub temp_files_deleted: u64,
     /// Their bytes.
     pub temp_bytes_reclaimed: u64,
-    /// Blob deletions that failed; the orphan pass of a later run retries them.
+    /// Packs deleted because no chunk row pointed into them any more.
+    pub packs_deleted: u64,
+    /// Their bytes.
+    pub pack_bytes_reclaimed: u64,
+    /// Pack files with no row (uploads that crashed before recording them) removed;
+    /// their bytes count in `orphan_bytes_reclaimed`.
+    pub orphan_packs_deleted: u64,
+    /// Blob and pack deletions that failed; the orphan pass of a later run retries.
     pub blob_delete_failures: u64,
     /// Wall time, in milliseconds.
     pub elapsed_ms: u64,
@@ -249,7 +257,9 @@ impl GcLock {
 #[derive(Debug, Clone)]
 pub struct Collector {
     repo: GcRepo,
+    /// Loose blobs of a store written before packs.
     blobs: Arc<dyn BlobStore>,
+    packs: Arc<dyn PackStore>,
 }
 
 fn now_secs() -> i64 {
@@ -269,12 +279,25 @@ fn add(counter: &mut u64, n: u64) {
 
 impl Collector {
     /// Opens the database named by `database_url` (migrating it if needed) and
-    /// collects over `blobs`.
-    pub async fn open(database_url: &str, blobs: Arc<dyn BlobStore>) -> Result<Self, GcError> {
+    /// collects over `packs` and the loose `blobs` of an older store.
+    pub async fn open(
+        database_url: &str,
+        blobs: Arc<dyn BlobStore>,
+        packs: Arc<dyn PackStore>,
+    ) -> Result<Self, GcError> {
         Ok(Self {
             repo: GcRepo::open(database_url).await?,
             blobs,
+            packs,
         })
+    }
+
+    /// [`Collector::open`] over the local stores below `files` (the server's
+    /// `FILES_DIRECTORY`): its packs and the loose blobs of an older store.
+    pub async fn open_local(database_url: &str, files: &std::path::Path) -> Result<Self, GcError> {
+        let blobs = Arc::new(fsync_store::LocalStore::open(files)?);
+        let packs = Arc::new(fsync_store::LocalPacks::open(files)?);
+        Self::open(database_url, blobs, packs).await
     }
 
     /// Takes the one-GC-at-a-time lock, or fails with [`GcError::Busy`].

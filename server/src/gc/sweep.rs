@@ -105,6 +105,8 @@ impl Collector {
         for &ns in &namespaces {
             self.sweep(ns, cutoff, policy, batch, opts, progress, &mut report)
                 .await?;
+            self.drop_packs(ns, cutoff, opts.dry_run, &mut report)
+                .await?;
         }
         progress.finish();
 
@@ -123,6 +125,16 @@ impl Collector {
             let cutoffs = (old_before, temps_before);
             self.orphans(ns, cutoffs, batch, opts.dry_run, progress, &mut report)
                 .await?;
+            // An unrecorded pack is judged by the real clock, like a partial write: it
+            // may be an upload in flight (its recording puts it back if need be).
+            self.orphan_packs(
+                ns,
+                (temps_before, temps_before),
+                batch,
+                opts.dry_run,
+                &mut report,
+            )
+            .await?;
         }
         progress.finish();
         Ok(report)
@@ -175,11 +187,13 @@ impl Collector {
             add(&mut report.chunks_deleted, deleted.len() as u64);
             add(
                 &mut report.bytes_reclaimed,
-                deleted.iter().map(|c| c.1).sum(),
+                deleted.iter().map(|(c, _)| c.1).sum(),
             );
-            let gone: Vec<ChunkId> = deleted.iter().map(|c| c.0).collect();
+            let gone: Vec<ChunkId> = deleted.iter().map(|(c, _)| c.0).collect();
             hook(GcStage::AfterRowDelete, gone.clone()).await;
-            let (_, failed) = self.delete_unrecorded_blobs(ns, &gone).await?;
+            // Packed blobs go with their packs (see `drop_packs`); loose ones now.
+            let loose: Vec<ChunkId> = deleted.iter().filter(|d| d.1).map(|(c, _)| c.0).collect();
+            let (_, failed) = self.delete_unrecorded_blobs(ns, &loose).await?;
             add(&mut report.blob_delete_failures, failed);
             hook(GcStage::AfterBlobDelete, gone).await;
             progress.advance(candidates.len() as u64);

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use fsync_common::{ChunkId, NamespaceId};
+use fsync_common::{ChunkId, NamespaceId, PackId};
 use serde::Serialize;
 
 use super::{add, grace_secs, now_secs, Collector, GcError, Progress};
@@ -56,6 +56,35 @@ pub enum Damage {
         /// Chunk.
         chunk: ChunkId,
     },
+    /// A pack that chunk rows point into is not in the pack store.
+    MissingPack {
+        /// Namespace.
+        namespace: NamespaceId,
+        /// The pack.
+        pack: PackId,
+        /// Chunk rows pointing into it.
+        chunks: u64,
+    },
+    /// A pack is not intact: torn, corrupted, or not the size recorded.
+    CorruptPack {
+        /// Namespace.
+        namespace: NamespaceId,
+        /// The pack.
+        pack: PackId,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A chunk row points into a pack whose trailer does not list it there.
+    NotInPack {
+        /// Namespace.
+        namespace: NamespaceId,
+        /// Chunk.
+        chunk: ChunkId,
+        /// The pack its row names.
+        pack: PackId,
+        /// Whether a version references it.
+        referenced: bool,
+    },
     /// A chunk row has no blob.
     MissingBlob {
         /// Namespace.
@@ -92,6 +121,10 @@ pub struct VerifyReport {
     pub damage_count: u64,
     /// Blobs no row names (harmless; the next run removes them after the grace period).
     pub orphan_blobs: u64,
+    /// Packs read whole and checked.
+    pub packs_checked: u64,
+    /// Pack files no row names (harmless, like orphan blobs).
+    pub orphan_packs: u64,
 }
 
 impl VerifyReport {
@@ -100,7 +133,7 @@ impl VerifyReport {
         self.damage_count == 0
     }
 
-    fn push(&mut self, d: Damage) {
+    pub(super) fn push(&mut self, d: Damage) {
         self.damage_count += 1;
         if self.damage.len() < MAX_LISTED_DAMAGE {
             self.damage.push(d);
@@ -131,7 +164,8 @@ impl Collector {
                     chunk,
                 });
             }
-            // Every row has its blob.
+            self.verify_packs(ns, batch, &mut report).await?;
+            // Every loose chunk's row has its blob.
             let mut after = None;
             loop {
                 let rows = self.repo.chunk_page(ns, after, batch).await?;

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
 use crate::domain::roles::Role;
-use crate::domain::uploads;
+use crate::domain::{downloads, uploads};
 use crate::state::{now_secs, AppState};
 
 /// `?namespace=` of chunk routes (the user's first namespace when absent).
@@ -111,12 +111,9 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let id = chunk_id(&id)?;
     let ns = auth.namespace(&state, q.namespace, Role::can_read).await?;
-    if !state.repo.has_chunk(ns, id).await? {
-        return Err(ApiError::NotFound(format!("chunk {id} not found")));
-    }
-    let blob = state.blobs.get(&ns, &id).await?.ok_or_else(|| {
-        ApiError::Internal(format!("chunk {id} is recorded but its blob is missing"))
-    })?;
+    let blob = downloads::read_one(&state, ns, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("chunk {id} not found")))?;
     count_out(&state, blob.len());
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], blob).into_response())
 }
@@ -131,19 +128,21 @@ pub async fn fetch_batch(
     check_ids(&req.ids)?;
     auth.authorize(&state, req.namespace, Role::can_read)
         .await?;
-    let absent = state
-        .repo
-        .missing_chunks(req.namespace, &req.ids, now_secs())
-        .await?;
-    let mut out = Vec::new();
+    // Each entry costs its id and length besides the blob (fsync_common::batch).
+    let framing = ChunkId::LEN + 4;
+    let blobs = downloads::read_many(
+        &state,
+        req.namespace,
+        &req.ids,
+        fsync_common::limits::MAX_BATCH_BODY - 5,
+        framing,
+    )
+    .await?;
+    let mut out =
+        Vec::with_capacity(blobs.iter().map(|(_, b)| b.len() + framing).sum::<usize>() + 5);
     batch::encode_header(&mut out);
-    for id in req.ids.iter().filter(|id| !absent.contains(id)) {
-        if let Some(blob) = state.blobs.get(&req.namespace, id).await? {
-            if out.len() + blob.len() > fsync_common::limits::MAX_BATCH_BODY && out.len() > 5 {
-                break;
-            }
-            batch::encode_entry(&mut out, id, &blob);
-        }
+    for (id, blob) in &blobs {
+        batch::encode_entry(&mut out, id, blob);
     }
     count_out(&state, out.len());
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response())

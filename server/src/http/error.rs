@@ -7,6 +7,7 @@ use fsync_common::{ChunkId, ErrorBody, ErrorCode};
 
 use crate::db::DbError;
 use crate::domain::accounts::{AccountError, BAD_LOGIN, BAD_REFRESH};
+use crate::domain::downloads::DownloadError;
 use crate::domain::uploads::UploadError;
 use crate::domain::WriteError;
 
@@ -182,6 +183,16 @@ impl From<UploadError> for ApiError {
             UploadError::InvalidBlob { .. } => Self::InvalidBlob(e.to_string()),
             UploadError::Db(DbError::Blob(e)) | UploadError::Store(e) => e.into(),
             UploadError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<DownloadError> for ApiError {
+    fn from(e: DownloadError) -> Self {
+        match e {
+            DownloadError::Db(e) => e.into(),
+            DownloadError::Store(e) => e.into(),
+            DownloadError::BlobMissing(_) => Self::Internal(e.to_string()),
         }
     }
 }

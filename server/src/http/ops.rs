@@ -39,12 +39,15 @@ fn answered<E: std::fmt::Display>(
 /// that does not (`"database": "unavailable"` / `"blob_store": "unavailable"`). The
 /// cause is logged, never sent.
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
-    let (db, blobs) = tokio::join!(
+    let (db, packs, blobs) = tokio::join!(
         tokio::time::timeout(HEALTH_TIMEOUT, state.repo.ping()),
+        tokio::time::timeout(HEALTH_TIMEOUT, state.packs.check()),
         tokio::time::timeout(HEALTH_TIMEOUT, state.blobs.check()),
     );
     let db_ok = answered("database", db);
-    let blobs_ok = answered("blob store", blobs);
+    // Both halves of the blob store: the packs uploads go to, the loose blobs of an
+    // older store that downloads may still read.
+    let blobs_ok = answered("pack store", packs) & answered("blob store", blobs);
     let state_of = |ok: bool| if ok { "ok" } else { "unavailable" }.to_owned();
     let ok = db_ok && blobs_ok;
     let body = HealthResponse {

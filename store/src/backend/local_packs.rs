@@ -108,7 +108,9 @@ fn leaf_packs(dir: &Path, after: Option<&PackId>) -> Result<Vec<PackInfo>, Store
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) => return Err(io_err("stat pack", &entry.path())(e)),
         };
-        let modified = meta.modified().map_err(io_err("stat pack", &entry.path()))?;
+        let modified = meta
+            .modified()
+            .map_err(io_err("stat pack", &entry.path()))?;
         out.push(PackInfo {
             id,
             size: meta.len(),
@@ -247,9 +249,14 @@ mod tests {
         assert_eq!(names.len(), 1, "{names:?}");
         // A loose blob store in the same root is invisible to the pack listing.
         let loose = crate::LocalStore::open(dir.path()).unwrap();
-        crate::BlobStore::put(&loose, &ns, &fsync_common::ChunkId::from_bytes([3; 32]), vec![1])
-            .await
-            .unwrap();
+        crate::BlobStore::put(
+            &loose,
+            &ns,
+            &fsync_common::ChunkId::from_bytes([3; 32]),
+            vec![1],
+        )
+        .await
+        .unwrap();
         assert_eq!(store.list(&ns, None, 10).await.unwrap().len(), 1);
     }
 }

@@ -34,7 +34,11 @@ async fn put_and_ranged_reads(store: &dyn PackStore) {
     assert_eq!(store.read_all(&ns, &id).await.unwrap(), data);
     for range in [0..1, 10..5000, 199_990..200_000, 7..7] {
         let got = store.read(&ns, &id, range.clone()).await.unwrap();
-        assert_eq!(got, data[range.start as usize..range.end as usize], "{range:?}");
+        assert_eq!(
+            got,
+            data[range.start as usize..range.end as usize],
+            "{range:?}"
+        );
     }
     // Reading past the end is an error, never a short answer taken for whole.
     let err = store.read(&ns, &id, 199_000..200_001).await.unwrap_err();
@@ -85,7 +89,10 @@ async fn list_pagination_and_isolation(store: &dyn PackStore) {
         after = page.last().map(|p| p.id);
         seen.extend(page.into_iter().map(|p| p.id));
     }
-    assert_eq!(seen, ids, "every pack once, sorted, none of another namespace");
+    assert_eq!(
+        seen, ids,
+        "every pack once, sorted, none of another namespace"
+    );
     assert!(store.list(&ns, Some(ids[22]), 5).await.unwrap().is_empty());
     assert_eq!(store.list(&other, None, 5).await.unwrap().len(), 1);
 }

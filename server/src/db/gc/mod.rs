@@ -11,6 +11,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 use super::sql::{parse, Dialect, SqlRepo, Tx};
 use super::{parse_url, DbError, DbUrl};
 
+mod packs;
 mod retention;
 mod sweep;
 

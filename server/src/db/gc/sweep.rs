@@ -44,13 +44,14 @@ impl GcRepo {
     }
 
     /// Deletes the rows of `ids` that are, checked again under the namespace lock, still
-    /// referenced by no version and untouched since `cutoff`. Returns the deleted rows.
+    /// referenced by no version and untouched since `cutoff`. Returns the deleted rows,
+    /// each with whether its blob was loose (a packed blob goes with its pack).
     pub(crate) async fn delete_chunk_rows(
         &self,
         ns: NamespaceId,
         ids: &[ChunkId],
         cutoff: i64,
-    ) -> Result<Vec<ChunkRow>, DbError> {
+    ) -> Result<Vec<(ChunkRow, bool)>, DbError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -61,7 +62,7 @@ impl GcRepo {
                 "DELETE FROM chunks WHERE namespace_id = $1 AND last_touched < $2 AND id IN ({}) \
                  AND NOT EXISTS (SELECT 1 FROM version_chunks vc \
                  WHERE vc.namespace_id = chunks.namespace_id AND vc.chunk_id = chunks.id) \
-                 RETURNING id, stored_size",
+                 RETURNING id, stored_size, pack_id",
                 placeholders(3, batch.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql))
@@ -71,7 +72,8 @@ impl GcRepo {
                 q = q.bind(id);
             }
             for row in q.fetch_all(&mut *tx).await? {
-                out.push(chunk_row(&row)?);
+                let loose = row.try_get::<Option<String>, _>(2)?.is_none();
+                out.push((chunk_row(&row)?, loose));
             }
         }
         tx.commit().await?;
@@ -122,8 +124,8 @@ impl GcRepo {
 
     // ---------------------------------------------------------------- verify and stats
 
-    /// Up to `limit` chunk rows of `ns` after `after`, each with whether a version
-    /// references it.
+    /// Up to `limit` rows of loose chunks (no pack) of `ns` after `after`, each with
+    /// whether a version references it.
     pub(crate) async fn chunk_page(
         &self,
         ns: NamespaceId,
@@ -132,7 +134,8 @@ impl GcRepo {
     ) -> Result<Vec<(ChunkId, u64, bool)>, DbError> {
         let sql = format!(
             "SELECT c.id, c.stored_size, CAST(CASE WHEN {UNREFERENCED} THEN 0 ELSE 1 END AS BIGINT) \
-             FROM chunks c WHERE c.namespace_id = $1 AND c.id > $2 ORDER BY c.id LIMIT {}",
+             FROM chunks c WHERE c.namespace_id = $1 AND c.id > $2 AND c.pack_id IS NULL \
+             ORDER BY c.id LIMIT {}",
             limit.max(1)
         );
         let rows = sqlx::query(AssertSqlSafe(sql))

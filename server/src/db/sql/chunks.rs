@@ -6,9 +6,11 @@ use std::collections::{HashMap, HashSet};
 use fsync_common::{ChunkId, NamespaceId};
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::rows::{i64_of, multi_row_values, placeholders};
+use super::rows::{i64_of, multi_row_values, parse, placeholders};
 use super::{SqlRepo, IN_BATCH, TOUCH_SLACK_SECS};
-use crate::db::{BlobConfirm, ChunkRepo, DbError};
+use crate::db::{BlobConfirm, BlobLocation, ChunkRepo, DbError, NewPack};
+use fsync_common::PackId;
+use fsync_store::pack::PackEntry;
 
 /// `ids` deduplicated, in first-seen order.
 pub(super) fn unique_ids(ids: &[ChunkId]) -> Vec<ChunkId> {
@@ -148,6 +150,106 @@ impl ChunkRepo for SqlRepo {
             .into_iter()
             .filter(|id| !present.contains_key(&id.to_hex()))
             .collect())
+    }
+
+    async fn record_pack(
+        &self,
+        ns: NamespaceId,
+        pack: &NewPack,
+        now: i64,
+        confirm: &dyn BlobConfirm,
+    ) -> Result<(u32, u32), DbError> {
+        let (mut tx, _guard) = self.begin_ns(ns).await?;
+        let ids: Vec<ChunkId> = pack.entries.iter().map(|e| e.id).collect();
+        confirm.confirm(&ids).await.map_err(DbError::Blob)?;
+        let present = present_chunks(&mut tx, ns, &ids).await?;
+        let (old, new): (Vec<&PackEntry>, Vec<&PackEntry>) = pack
+            .entries
+            .iter()
+            .partition(|e| present.contains_key(&e.id.to_hex()));
+        let live: u64 = new.iter().map(|e| u64::from(e.len)).sum();
+        sqlx::query(
+            "INSERT INTO packs (namespace_id, id, size, blobs, live_bytes, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'live', $6)",
+        )
+        .bind(ns.to_hex())
+        .bind(pack.id.to_hex())
+        .bind(i64_of(pack.size))
+        .bind(pack.entries.len() as i64)
+        .bind(i64_of(live))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for batch in new.chunks(IN_BATCH / 3) {
+            let values = multi_row_values("($1, ?, ?, $2, $2, $3, ?)", 3, batch.len());
+            let sql = format!(
+                "INSERT INTO chunks (namespace_id, id, stored_size, created_at, last_touched, \
+                 pack_id, pack_offset) VALUES {values}"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(ns.to_hex())
+                .bind(now)
+                .bind(pack.id.to_hex());
+            for e in batch {
+                q = q
+                    .bind(e.id.to_hex())
+                    .bind(i64::from(e.len))
+                    .bind(i64_of(e.offset));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for batch in old.chunks(IN_BATCH) {
+            let sql = format!(
+                "UPDATE chunks SET last_touched = $2 WHERE namespace_id = $1 AND id IN ({})",
+                placeholders(3, batch.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex()).bind(now);
+            for e in batch {
+                q = q.bind(e.id.to_hex());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok((new.len() as u32, old.len() as u32))
+    }
+
+    async fn locate_chunks(
+        &self,
+        ns: NamespaceId,
+        ids: &[ChunkId],
+    ) -> Result<HashMap<ChunkId, BlobLocation>, DbError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        let mut conn = self.pool.acquire().await?;
+        for batch in unique_ids(ids).chunks(IN_BATCH) {
+            let sql = format!(
+                "SELECT id, stored_size, pack_id, pack_offset FROM chunks \
+                 WHERE namespace_id = $1 AND id IN ({})",
+                placeholders(2, batch.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
+            for id in batch {
+                q = q.bind(id.to_hex());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let id: ChunkId = parse(&row.try_get::<String, _>(0)?, "chunk id")?;
+                let size = row.try_get::<i64, _>(1)?.max(0) as u64;
+                let pack: Option<String> = row.try_get(2)?;
+                let location = match pack {
+                    None => BlobLocation::Loose { size },
+                    Some(pack) => BlobLocation::Packed {
+                        pack: parse::<PackId>(&pack, "pack id")?,
+                        offset: row
+                            .try_get::<Option<i64>, _>(3)?
+                            .and_then(|o| u64::try_from(o).ok())
+                            .ok_or_else(|| DbError::Corrupt(format!("chunk {id}: no offset")))?,
+                        len: u32::try_from(size)
+                            .map_err(|_| DbError::Corrupt(format!("chunk {id}: size {size}")))?,
+                    },
+                };
+                out.insert(id, location);
+            }
+        }
+        Ok(out)
     }
 
     async fn has_chunk(&self, ns: NamespaceId, id: ChunkId) -> Result<bool, DbError> {
