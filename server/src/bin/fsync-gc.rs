@@ -11,7 +11,6 @@
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -188,6 +187,17 @@ fn print_run(r: &RunReport) {
         r.blob_delete_failures,
         r.elapsed_ms as f64 / 1000.0,
     );
+    let verb = if r.dry_run { "would" } else { "did" };
+    println!(
+        "packs: {verb} delete {} empty ({}) and {} orphan, repack {} ({} copied in {:.1} s), pack {} loose blobs",
+        r.packs_deleted,
+        bytes(r.pack_bytes_reclaimed),
+        r.orphan_packs_deleted,
+        r.packs_repacked,
+        bytes(r.repacked_bytes),
+        r.repack_ms as f64 / 1000.0,
+        r.loose_blobs_packed,
+    );
 }
 
 fn print_verify(r: &VerifyReport) {
@@ -216,12 +226,29 @@ fn print_verify(r: &VerifyReport) {
             } => println!(
                 "SIZE        {namespace} {chunk}: recorded {recorded} bytes, stored {stored}"
             ),
+            Damage::MissingPack {
+                namespace,
+                pack,
+                chunks,
+            } => println!("MISSING     {namespace} pack {pack}: {chunks} chunk rows point into it, no file"),
+            Damage::CorruptPack {
+                namespace,
+                pack,
+                reason,
+            } => println!("CORRUPT     {namespace} pack {pack}: {reason}"),
+            Damage::NotInPack {
+                namespace,
+                chunk,
+                pack,
+                ..
+            } => println!("NOT IN PACK {namespace} {chunk}: its row names pack {pack}, whose trailer does not list it there"),
             other => println!("DAMAGE      {other:?}"),
         }
     }
     println!(
-        "fsync-gc verify: {} chunks and {} blobs checked, {} damaged{}, {} orphan blobs",
+        "fsync-gc verify: {} chunks, {} packs and {} loose blobs checked, {} damaged{}, {} orphan blobs, {} orphan packs",
         r.chunks_checked,
+        r.packs_checked,
         r.blobs_checked,
         r.damage_count,
         if r.damage_count > r.damage.len() as u64 {
@@ -230,6 +257,7 @@ fn print_verify(r: &VerifyReport) {
             String::new()
         },
         r.orphan_blobs,
+        r.orphan_packs,
     );
 }
 

@@ -81,27 +81,31 @@ pub(crate) async fn read_many(
                 out = blobs;
                 break;
             }
-            // Moved by a repack after the lookup: look up again, once.
-            Err(DownloadError::Store(StoreError::PackNotFound { .. })) if attempt == 0 => {}
-            Err(DownloadError::Store(StoreError::PackNotFound { .. })) => {
-                let id = wanted
-                    .first()
-                    .map(|w| w.0)
-                    .unwrap_or(ChunkId::from_bytes([0; 32]));
-                return Err(DownloadError::BlobMissing(id));
-            }
-            Err(e) => return Err(e),
+            // Moved by a repack or the packing of loose blobs after the lookup: look
+            // up again, once; a second miss is damage.
+            Err(Moved(_)) if attempt == 0 => {}
+            Err(Moved(id)) => return Err(DownloadError::BlobMissing(id)),
+            Err(Failed(e)) => return Err(e),
         }
     }
     Ok(out)
 }
+
+/// Why [`read_located`] gave no answer.
+enum ReadFailure {
+    /// A blob is not where its row said (it may have moved meanwhile).
+    Moved(ChunkId),
+    /// Anything else.
+    Failed(DownloadError),
+}
+use ReadFailure::{Failed, Moved};
 
 /// Reads `wanted` (in its order), coalescing neighbouring blobs of one pack.
 async fn read_located(
     state: &AppState,
     ns: NamespaceId,
     wanted: &[(ChunkId, BlobLocation)],
-) -> Result<Vec<(ChunkId, Vec<u8>)>, DownloadError> {
+) -> Result<Vec<(ChunkId, Vec<u8>)>, ReadFailure> {
     let mut by_pack: HashMap<PackId, Vec<(u64, u32)>> = HashMap::new();
     for (_, loc) in wanted {
         if let BlobLocation::Packed { pack, offset, len } = *loc {
@@ -111,7 +115,7 @@ async fn read_located(
     // (pack, offset) → blob bytes.
     let mut got: HashMap<(PackId, u64), Vec<u8>> = HashMap::new();
     for (pack, mut spans) in by_pack {
-        spans.sort_unstable();
+        spans.sort_unstable_by_key(|s| s.0);
         for run in runs(&spans) {
             let start = run[0].0;
             let end = run
@@ -119,7 +123,16 @@ async fn read_located(
                 .map(|(o, l)| o + u64::from(*l))
                 .max()
                 .unwrap_or(start);
-            let bytes = state.packs.read(&ns, &pack, start..end).await?;
+            let bytes = match state.packs.read(&ns, &pack, start..end).await {
+                Ok(b) => b,
+                Err(StoreError::PackNotFound { .. }) => {
+                    let first = wanted.iter().find(
+                        |(_, l)| matches!(l, BlobLocation::Packed { pack: p, .. } if *p == pack),
+                    );
+                    return Err(Moved(first.map_or(ChunkId::from_bytes([0; 32]), |w| w.0)));
+                }
+                Err(e) => return Err(Failed(e.into())),
+            };
             for (offset, len) in run {
                 let at = (offset - start) as usize;
                 got.insert((pack, *offset), bytes[at..at + *len as usize].to_vec());
@@ -130,9 +143,13 @@ async fn read_located(
     for (id, loc) in wanted {
         let blob = match *loc {
             BlobLocation::Packed { pack, offset, .. } => got.remove(&(pack, offset)),
-            BlobLocation::Loose { .. } => state.blobs.get(&ns, id).await?,
+            BlobLocation::Loose { .. } => state
+                .blobs
+                .get(&ns, id)
+                .await
+                .map_err(|e| Failed(e.into()))?,
         };
-        out.push((*id, blob.ok_or(DownloadError::BlobMissing(*id))?));
+        out.push((*id, blob.ok_or(Moved(*id))?));
     }
     Ok(out)
 }

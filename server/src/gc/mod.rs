@@ -61,9 +61,11 @@ use crate::db::gc::{GcLockHandle, GcRepo, LockFailure};
 use crate::db::DbError;
 
 mod packs;
+mod repack;
 mod sweep;
 mod verify;
 
+pub use repack::Repack;
 pub use verify::{Damage, Stats, VerifyReport};
 
 /// Rows handled per transaction, and blobs per store listing page.
@@ -152,6 +154,8 @@ pub struct RunOptions {
     pub now: Option<i64>,
     /// Rows per transaction.
     pub batch: usize,
+    /// Repacking after the sweep (`None`: no repack).
+    pub repack: Option<Repack>,
     /// Test hook.
     pub hook: Option<GcHook>,
 }
@@ -165,6 +169,7 @@ impl Default for RunOptions {
             namespace: None,
             now: None,
             batch: DEFAULT_BATCH,
+            repack: Some(Repack::default()),
             hook: None,
         }
     }
@@ -179,6 +184,7 @@ impl std::fmt::Debug for RunOptions {
             .field("namespace", &self.namespace)
             .field("now", &self.now)
             .field("batch", &self.batch)
+            .field("repack", &self.repack)
             .field("hook", &self.hook.is_some())
             .finish()
     }
@@ -213,6 +219,15 @@ pub struct RunReport {
     /// Pack files with no row (uploads that crashed before recording them) removed;
     /// their bytes count in `orphan_bytes_reclaimed`.
     pub orphan_packs_deleted: u64,
+    /// Packs whose live blobs were copied into new packs (retired; deleted after the
+    /// grace period). Their dead bytes count in `pack_bytes_reclaimed`.
+    pub packs_repacked: u64,
+    /// Live bytes copied by the repack.
+    pub repacked_bytes: u64,
+    /// Loose blobs of an older store moved into packs.
+    pub loose_blobs_packed: u64,
+    /// Wall time of the repack, in milliseconds.
+    pub repack_ms: u64,
     /// Blob and pack deletions that failed; the orphan pass of a later run retries.
     pub blob_delete_failures: u64,
     /// Wall time, in milliseconds.

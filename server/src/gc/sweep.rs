@@ -107,6 +107,10 @@ impl Collector {
                 .await?;
             self.drop_packs(ns, cutoff, opts.dry_run, &mut report)
                 .await?;
+            if let Some(repack) = &opts.repack {
+                self.repack(ns, repack, opts.dry_run, batch, &mut report)
+                    .await?;
+            }
         }
         progress.finish();
 

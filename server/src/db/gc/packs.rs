@@ -8,8 +8,8 @@ use fsync_common::{ChunkId, NamespaceId, PackId};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{count, GcRepo, NsLock};
-use crate::db::sql::{parse, placeholders, IN_BATCH};
-use crate::db::DbError;
+use crate::db::sql::{i64_of, parse, placeholders, IN_BATCH};
+use crate::db::{DbError, NewPack};
 
 /// A pack row: id, size, and whether a repack retired it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +133,102 @@ impl GcRepo {
             }
         }
         Ok(out)
+    }
+
+    /// In one transaction under the namespace lock: records `pack` (written and durable)
+    /// and points each of its entries' chunks into it, where the chunk's row still
+    /// points where its blob was read from (`from[i]` for `pack.entries[i]`; `None`: a
+    /// loose blob); then retires the packs `retire`, which stay for the grace period
+    /// for readers that looked them up before. Returns how many rows moved.
+    pub(crate) async fn switch_to_pack(
+        &self,
+        ns: NamespaceId,
+        pack: &NewPack,
+        from: &[Option<PackId>],
+        retire: &[PackId],
+        now: i64,
+    ) -> Result<u64, DbError> {
+        let (mut tx, guard) = self.sql.begin_ns(ns).await?;
+        let mut moved = 0;
+        let mut live = 0;
+        for (e, from) in pack.entries.iter().zip(from) {
+            let source = if from.is_some() {
+                "pack_id = $5"
+            } else {
+                "pack_id IS NULL"
+            };
+            let sql = format!(
+                "UPDATE chunks SET pack_id = $3, pack_offset = $4 \
+                 WHERE namespace_id = $1 AND id = $2 AND {source}"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(ns.to_hex())
+                .bind(e.id.to_hex())
+                .bind(pack.id.to_hex())
+                .bind(i64_of(e.offset));
+            if let Some(from) = from {
+                q = q.bind(from.to_hex());
+            }
+            if q.execute(&mut *tx).await?.rows_affected() == 1 {
+                moved += 1;
+                live += u64::from(e.len);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO packs (namespace_id, id, size, blobs, live_bytes, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'live', $6)",
+        )
+        .bind(ns.to_hex())
+        .bind(pack.id.to_hex())
+        .bind(i64_of(pack.size))
+        .bind(pack.entries.len() as i64)
+        .bind(i64_of(live))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for batch in retire.chunks(IN_BATCH) {
+            let sql = format!(
+                "UPDATE packs SET state = 'retired', retired_at = $2, live_bytes = 0 \
+                 WHERE namespace_id = $1 AND id IN ({})",
+                placeholders(3, batch.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex()).bind(now);
+            for id in batch {
+                q = q.bind(id.to_hex());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        drop(guard);
+        Ok(moved)
+    }
+
+    /// Live packs of `ns` worth repacking: those whose live bytes are under
+    /// `min_live` of their size, and those smaller than `small` bytes (combined into
+    /// fuller packs), with their sizes and live bytes, in id order.
+    pub(crate) async fn repack_candidates(
+        &self,
+        ns: NamespaceId,
+        min_live: f64,
+        small: u64,
+    ) -> Result<Vec<(PackId, u64, u64)>, DbError> {
+        // live_bytes * 1000 < size * permille: integer arithmetic on both databases.
+        let permille = (min_live.clamp(0.0, 1.0) * 1000.0).round() as i64;
+        let rows = sqlx::query(
+            "SELECT id, size, live_bytes FROM packs WHERE namespace_id = $1 AND state = 'live' \
+             AND (live_bytes * 1000 < size * $2 OR size < $3) ORDER BY id",
+        )
+        .bind(ns.to_hex())
+        .bind(permille)
+        .bind(i64_of(small))
+        .fetch_all(self.sql.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let (id, size) = pack_size(r)?;
+                Ok((id, size, count(r, 2)?))
+            })
+            .collect()
     }
 
     /// Up to `limit` pack rows of `ns` after `after`, in id order.

@@ -28,7 +28,7 @@ pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("wire types serialize")
 }
 
-pub(super) fn i64_of(v: u64) -> i64 {
+pub(in crate::db) fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
