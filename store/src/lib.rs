@@ -42,6 +42,7 @@ pub use backend::encrypted::EncryptedStore;
 pub use backend::local::LocalStore;
 pub use backend::local_packs::LocalPacks;
 pub use backend::packs::{PackInfo, PackStore};
+pub use backend::s3::{S3Config, S3Packs};
 pub use backend::{BlobInfo, BlobStore, PutOutcome, StoreError};
 pub use codec::{
     check_blob_header, BlobCodec, CodecError, BLOB_HEADER_LEN, BLOB_OVERHEAD, DEFAULT_ZSTD_LEVEL,

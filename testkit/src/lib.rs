@@ -5,6 +5,7 @@
 //! - [`wait`]: polling with a deadline ([`wait_until`]), whose failure says what was
 //!   awaited and for how long;
 //! - [`memory`]: this process's resident memory (`/proc/self`);
+//! - [`s3`]: the tests' S3 server (`FSYNC_TEST_S3_ENDPOINT`) and scratch buckets;
 //! - `server` (feature `server`): a real fsync server in this process on 127.0.0.1;
 //! - `client` (feature `client`): accounts and client engines, registered and logged
 //!   in the way the client does it;
@@ -14,6 +15,7 @@
 
 pub mod memory;
 pub mod postgres;
+pub mod s3;
 pub mod wait;
 
 #[cfg(feature = "client")]

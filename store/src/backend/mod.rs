@@ -11,6 +11,7 @@ pub(crate) mod encrypted;
 pub(crate) mod local;
 pub(crate) mod local_packs;
 pub(crate) mod packs;
+pub(crate) mod s3;
 
 /// Error of a blob store. Never carries blob content.
 #[derive(Debug, thiserror::Error)]
