@@ -155,6 +155,23 @@ pub use fsync_testkit::wait_until;
 
 // ------------------------------------------------------------------ server
 
+/// Two tests that run `body(Backend)`: `sqlite` on SQLite, `postgres` on PostgreSQL
+/// (`body` returns early where PostgreSQL is not configured).
+#[macro_export]
+macro_rules! backend_tests {
+    ($body:ident: $sqlite:ident, $postgres:ident) => {
+        #[test]
+        fn $sqlite() {
+            $body($crate::Backend::Sqlite);
+        }
+
+        #[test]
+        fn $postgres() {
+            $body($crate::Backend::Postgres);
+        }
+    };
+}
+
 /// Where the server keeps its metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -376,17 +393,14 @@ impl Server {
         format!("sqlite://{}", self.data_dir().join("fsync.db").display())
     }
 
-    /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The port the server listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Which database the server runs on.
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -464,7 +478,6 @@ impl Server {
             .unwrap_or_else(|e| panic!("fsync-server did not restart: {e}"));
     }
 
-    /// SIGKILL, then reap (no-op when it already exited).
     pub fn kill(&mut self) {
         reap(&mut self.child);
     }
@@ -543,7 +556,6 @@ pub fn check(out: &Output, what: &str) {
     );
 }
 
-/// A process's stderr, as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -559,12 +571,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// The watch dir.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// `rel` (with `/`) inside the watch dir.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
@@ -576,24 +586,20 @@ impl Client {
         std::fs::write(&p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
     }
 
-    /// Reads a file.
     pub fn read(&self, rel: &str) -> Vec<u8> {
         let p = self.path(rel);
         std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
     }
 
-    /// Reads a file, `None` when it does not exist.
     pub fn try_read(&self, rel: &str) -> Option<Vec<u8>> {
         std::fs::read(self.path(rel)).ok()
     }
 
-    /// Deletes a file.
     pub fn remove(&self, rel: &str) {
         let p = self.path(rel);
         std::fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
     }
 
-    /// Renames a file or folder.
     pub fn rename(&self, from: &str, to: &str) {
         let (f, t) = (self.path(from), self.path(to));
         if let Some(parent) = t.parent() {
@@ -603,7 +609,6 @@ impl Client {
             .unwrap_or_else(|e| panic!("rename {} → {}: {e}", f.display(), t.display()));
     }
 
-    /// Sets a file's modification time.
     pub fn set_mtime(&self, rel: &str, mtime: std::time::SystemTime) {
         std::fs::File::options()
             .write(true)
@@ -612,7 +617,6 @@ impl Client {
             .unwrap_or_else(|e| panic!("set the mtime of {rel}: {e}"));
     }
 
-    /// Writes a file and gives it the modification time `mtime`.
     pub fn write_at(&self, rel: &str, data: impl AsRef<[u8]>, mtime: std::time::SystemTime) {
         self.write(rel, data);
         self.set_mtime(rel, mtime);
@@ -623,7 +627,6 @@ impl Client {
         tree(&self.root)
     }
 
-    /// The paths of the folder's files, sorted.
     pub fn paths(&self) -> Vec<String> {
         self.tree().into_keys().collect()
     }
@@ -739,12 +742,10 @@ pub struct Run {
 }
 
 impl Run {
-    /// Its output so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// True once the process exited.
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_some()
     }
@@ -754,7 +755,6 @@ impl Run {
         reap(&mut self.child);
     }
 
-    /// Waits until the process exits; its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         exit_within(&mut self.child, timeout, "fsync-client to exit")
     }

@@ -67,10 +67,8 @@ fn versions_lists_history_and_restore_brings_back_an_old_version() {
     }
 
     let out = a.run_ok(&["restore", "doc.txt", "--version", "1"]);
-    assert!(
-        out.contains("restored doc.txt to version 1 as version 4"),
-        "{out}"
-    );
+    let restored = "restored doc.txt to version 1 as version 4";
+    assert!(out.contains(restored), "{out}");
     assert_eq!(a.read("doc.txt"), b"version one\n");
     b.sync();
     assert_eq!(b.read("doc.txt"), b"version one\n");
@@ -93,10 +91,8 @@ fn a_deleted_file_can_be_restored() {
     a.remove("doc.txt");
     a.sync();
     let history = a.run_ok(&["versions", "doc.txt"]);
-    assert!(
-        history.lines().next().unwrap().contains("(deleted)"),
-        "{history}"
-    );
+    let newest = history.lines().next().unwrap();
+    assert!(newest.contains("(deleted)"), "{history}");
     a.run_ok(&["restore", "doc.txt", "--version", "1"]);
     assert_eq!(a.read("doc.txt"), b"version one\n");
     b.sync();

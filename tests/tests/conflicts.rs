@@ -57,14 +57,9 @@ fn concurrent_edits(backend: Backend) {
     assert!(b.sync() == Summary::default());
 }
 
-#[test]
-fn concurrent_edits_keep_both_versions() {
-    concurrent_edits(Backend::Sqlite);
-}
-
-#[test]
-fn concurrent_edits_keep_both_versions_on_postgres() {
-    concurrent_edits(Backend::Postgres);
+fsync_tests::backend_tests! {
+    concurrent_edits: concurrent_edits_keep_both_versions,
+    concurrent_edits_keep_both_versions_on_postgres
 }
 
 #[test]

@@ -35,12 +35,7 @@ fn daemons(backend: Backend) {
     assert_same_tree(&a, &b);
 }
 
-#[test]
-fn daemons_sync_in_real_time() {
-    daemons(Backend::Sqlite);
-}
-
-#[test]
-fn daemons_sync_in_real_time_on_postgres() {
-    daemons(Backend::Postgres);
+fsync_tests::backend_tests! {
+    daemons: daemons_sync_in_real_time,
+    daemons_sync_in_real_time_on_postgres
 }

@@ -79,11 +79,8 @@ fn wait_no_temp_blob(blobs: &Path) {
 fn assert_converged(a: &Client, b: &Client) {
     assert_same_tree(a, b);
     for c in [a, b] {
-        assert_eq!(
-            temp_files(c.root()),
-            Vec::<String>::new(),
-            "temp files left"
-        );
+        let temps = temp_files(c.root());
+        assert_eq!(temps, Vec::<String>::new(), "temp files left");
         assert_eq!(conflict_copies(&c.tree()), Vec::<String>::new());
     }
 }
@@ -112,10 +109,8 @@ fn client_killed_before_renaming_a_download_keeps_the_old_version_whole() {
     // The crash came after the temp file was complete and synced, before the rename:
     // the old version is whole, the new file absent, the temp file is left over.
     assert!(b.read("doc.bin") == v1, "doc.bin is not the old version");
-    assert!(
-        !b.path("new.txt").exists(),
-        "new.txt visible before its rename"
-    );
+    let new = b.path("new.txt");
+    assert!(!new.exists(), "new.txt visible before its rename");
     assert_eq!(temp_files(b.root()).len(), 1, "{:?}", b.tree());
 
     let s = b.sync();
@@ -194,16 +189,12 @@ fn server_killed_between_blob_write_and_metadata_commit_loses_nothing() {
 
     let err = a.run_fails(&["--once"], "the round succeeded");
     assert!(err.contains("network error"), "unclear error: {err}");
-    assert!(
-        aborted(server.wait_exit(EVENT_TIMEOUT)),
-        "the server did not crash"
-    );
+    let status = server.wait_exit(EVENT_TIMEOUT);
+    assert!(aborted(status), "the server did not crash");
     // The blobs were written; their rows were not.
     let blobs = server.data_dir().join("blobs");
-    assert!(
-        !files_named(&blobs, "").is_empty(),
-        "no blob written before the crash"
-    );
+    let written = files_named(&blobs, "");
+    assert!(!written.is_empty(), "no blob written before the crash");
 
     server.restart(&opts.plain());
     let s = a.sync();
@@ -227,10 +218,8 @@ fn server_killed_between_commit_and_push_still_delivers_the_change() {
     a.write("shared/plan.bin", &data);
 
     a.run_fails(&["--once"], "the round succeeded");
-    assert!(
-        aborted(server.wait_exit(EVENT_TIMEOUT)),
-        "the server did not crash"
-    );
+    let status = server.wait_exit(EVENT_TIMEOUT);
+    assert!(aborted(status), "the server did not crash");
     server.restart(&opts.plain());
 
     wait_until(EVENT_TIMEOUT, "B to catch up after the restart", || {
@@ -408,10 +397,8 @@ fn gc_between_missing_and_commit_makes_the_client_upload_again() {
     assert_eq!(s.uploaded, files.len() as u64, "{s:?}\n{}", run.log());
     // Every commit got a 409 with its missing chunks, which were uploaded again and
     // committed one by one.
-    assert_eq!(
-        server.requests("POST", "/api/v1/files/upload"),
-        files.len() as u64
-    );
+    let commits = server.requests("POST", "/api/v1/files/upload");
+    assert_eq!(commits, files.len() as u64);
     assert_eq!(server.chunks_stored(), 2 * stored);
 
     assert_eq!(b.sync().downloaded, files.len() as u64);

@@ -60,14 +60,9 @@ fn basic_operations(backend: Backend) {
     );
 }
 
-#[test]
-fn create_modify_delete_rename_and_move_converge() {
-    basic_operations(Backend::Sqlite);
-}
-
-#[test]
-fn create_modify_delete_rename_and_move_converge_on_postgres() {
-    basic_operations(Backend::Postgres);
+fsync_tests::backend_tests! {
+    basic_operations: create_modify_delete_rename_and_move_converge,
+    create_modify_delete_rename_and_move_converge_on_postgres
 }
 
 #[test]
