@@ -47,6 +47,10 @@ fn lens(chunks: &[ChunkInfo]) -> Vec<u32> {
     chunks.iter().map(|c| c.len).collect()
 }
 
+fn digest(chunker: &Chunker, data: &[u8], opts: HashOptions) -> FileDigest {
+    chunker.digest_reader(data, opts).unwrap()
+}
+
 /// A reader that hands out 1..=7 bytes per call and sometimes fails with
 /// `Interrupted` (which must be retried, not reported).
 struct Stingy<'a> {
@@ -59,11 +63,8 @@ impl Read for Stingy<'_> {
         if self.rng.gen_ratio(1, 5) {
             return Err(io::ErrorKind::Interrupted.into());
         }
-        let n = self
-            .rng
-            .gen_range(1..=7)
-            .min(buf.len())
-            .min(self.data.len());
+        let n = self.rng.gen_range(1..=7).min(buf.len());
+        let n = n.min(self.data.len());
         buf[..n].copy_from_slice(&self.data[..n]);
         self.data = &self.data[n..];
         Ok(n)
@@ -155,10 +156,8 @@ proptest! {
 
 #[test]
 fn eight_mib_with_default_config_streams_like_in_memory() {
-    check_stream_invariants(
-        &chunker(ChunkerConfig::default()),
-        &random_bytes(8, 8 << 20),
-    );
+    let data = random_bytes(8, 8 << 20);
+    check_stream_invariants(&chunker(ChunkerConfig::default()), &data);
 }
 
 #[test]
@@ -182,9 +181,7 @@ fn golden_vector_is_stable() {
     let chunks = chunker.chunk_slice(&data);
     assert_eq!(lens(&chunks), GOLDEN_LENS);
     assert_eq!(chunks[0].id.to_hex(), GOLDEN_FIRST_ID);
-    let digest = chunker
-        .digest_reader(&data[..], HashOptions::default())
-        .unwrap();
+    let digest = digest(&chunker, &data, HashOptions::default());
     assert_eq!(digest.content_hash.to_hex(), GOLDEN_CONTENT_HASH);
 }
 
@@ -205,28 +202,21 @@ fn derivations_follow_the_documentation() {
     let k = key(7);
     let derived = blake3::derive_key("fsync 2026-01 chunker fastcdc gear seed v1", k.as_bytes());
     let seed = u64::from_le_bytes(derived[..8].try_into().unwrap());
-    let expected: Vec<ChunkInfo> = FastCDC::with_level_and_seed(
-        &data,
-        SMALL.min,
-        SMALL.avg,
-        SMALL.max,
-        Normalization::Level1,
-        seed,
-    )
-    .map(|c| ChunkInfo {
-        offset: c.offset as u64,
-        len: c.length as u32,
-        id: fsync_common::ChunkId::from_bytes(
-            *blake3::keyed_hash(k.as_bytes(), &data[c.offset..][..c.length]).as_bytes(),
-        ),
-    })
-    .collect();
+    let (min, avg, max) = (SMALL.min, SMALL.avg, SMALL.max);
+    let cdc = FastCDC::with_level_and_seed(&data, min, avg, max, Normalization::Level1, seed);
+    let expected: Vec<ChunkInfo> = cdc
+        .map(|c| ChunkInfo {
+            offset: c.offset as u64,
+            len: c.length as u32,
+            id: fsync_common::ChunkId::from_bytes(
+                *blake3::keyed_hash(k.as_bytes(), &data[c.offset..][..c.length]).as_bytes(),
+            ),
+        })
+        .collect();
     assert_eq!(chunker(SMALL).chunk_slice(&data), expected);
 
-    let content_key = blake3::derive_key(
-        "fsync 2026-01 chunker file content hash key v1",
-        k.as_bytes(),
-    );
+    let context = "fsync 2026-01 chunker file content hash key v1";
+    let content_key = blake3::derive_key(context, k.as_bytes());
     assert_eq!(
         content_hash(&k, &data).as_bytes(),
         blake3::keyed_hash(&content_key, &data).as_bytes()
@@ -236,18 +226,16 @@ fn derivations_follow_the_documentation() {
 #[test]
 fn another_namespace_gets_other_ids_and_other_boundaries() {
     let data = random_bytes(4, 1 << 20);
-    let a = Chunker::new(&key(1), SMALL).unwrap().chunk_slice(&data);
-    let b = Chunker::new(&key(2), SMALL).unwrap().chunk_slice(&data);
+    let one = Chunker::new(&key(1), SMALL).unwrap();
+    let two = Chunker::new(&key(2), SMALL).unwrap();
+    let (a, b) = (one.chunk_slice(&data), two.chunk_slice(&data));
     assert_ne!(lens(&a), lens(&b), "gear table must be seeded by the key");
     let ids_a: HashSet<_> = a.iter().map(|c| c.id).collect();
     assert!(b.iter().all(|c| !ids_a.contains(&c.id)));
 
     // Same boundaries would still give other ids: check on a one-chunk input.
     let small = &data[..1000];
-    assert_ne!(
-        Chunker::new(&key(1), SMALL).unwrap().chunk_slice(small)[0].id,
-        Chunker::new(&key(2), SMALL).unwrap().chunk_slice(small)[0].id
-    );
+    assert_ne!(one.chunk_slice(small)[0].id, two.chunk_slice(small)[0].id);
 }
 
 #[test]
@@ -257,18 +245,12 @@ fn a_one_byte_insert_changes_at_most_three_chunks() {
     let mut edited = original.clone();
     edited.insert(original.len() / 2, 0x5a);
 
-    let before: HashSet<_> = chunker
-        .chunk_slice_parallel(&original)
-        .iter()
-        .map(|c| c.id)
-        .collect();
+    let before = chunker.chunk_slice_parallel(&original);
+    let before: HashSet<_> = before.iter().map(|c| c.id).collect();
     let after = chunker.chunk_slice_parallel(&edited);
     let new = after.iter().filter(|c| !before.contains(&c.id)).count();
-    assert!(
-        before.len() > 500,
-        "expected many chunks, got {}",
-        before.len()
-    );
+    let n = before.len();
+    assert!(n > 500, "expected many chunks, got {n}");
     assert!((1..=3).contains(&new), "{new} chunks changed");
 }
 
@@ -277,9 +259,8 @@ fn empty_input_has_no_chunks_and_the_keyed_empty_hash() {
     let chunker = chunker(SMALL);
     assert_eq!(chunker.chunks(io::empty()).count(), 0);
     assert!(chunker.chunk_slice(&[]).is_empty());
-    let digest = chunker
-        .digest_reader(io::empty(), HashOptions::with_sha256())
-        .unwrap();
+    let sha = HashOptions::with_sha256();
+    let digest = chunker.digest_reader(io::empty(), sha).unwrap();
     assert_eq!(digest.size, 0);
     assert!(digest.chunks.is_empty());
     assert_eq!(digest.content_hash, content_hash(&key(7), b""));
@@ -288,12 +269,8 @@ fn empty_input_has_no_chunks_and_the_keyed_empty_hash() {
         chunk_id(&key(7), b"").as_bytes()
     );
     assert_eq!(digest.sha256, Some(Sha256::digest(b"").into()));
-    assert_eq!(
-        chunker
-            .digest_reader_parallel(io::empty(), HashOptions::with_sha256())
-            .unwrap(),
-        digest
-    );
+    let par = chunker.digest_reader_parallel(io::empty(), sha).unwrap();
+    assert_eq!(par, digest);
 }
 
 #[test]
@@ -311,15 +288,11 @@ fn input_shorter_than_min_is_one_whole_chunk() {
 #[test]
 fn one_chunk_file_content_hash_differs_from_its_chunk_id() {
     let data = b"hello, world";
-    let digest = chunker(SMALL)
-        .digest_reader(&data[..], HashOptions::default())
-        .unwrap();
+    let digest = digest(&chunker(SMALL), data, HashOptions::default());
     assert_eq!(digest.chunks.len(), 1);
     assert_eq!(digest.chunks[0].id, chunk_id(&key(7), data));
-    assert_ne!(
-        digest.content_hash.as_bytes(),
-        digest.chunks[0].id.as_bytes()
-    );
+    let (hash, id) = (digest.content_hash, digest.chunks[0].id);
+    assert_ne!(hash.as_bytes(), id.as_bytes());
 }
 
 #[test]
@@ -328,10 +301,8 @@ fn ids_are_keyed_blake3_of_the_plaintext() {
     let k = key(7);
     for c in chunker(SMALL).chunk_slice(&data) {
         let bytes = &data[c.offset as usize..][..c.len as usize];
-        assert_eq!(
-            c.id.as_bytes(),
-            blake3::keyed_hash(k.as_bytes(), bytes).as_bytes()
-        );
+        let keyed = blake3::keyed_hash(k.as_bytes(), bytes);
+        assert_eq!(c.id.as_bytes(), keyed.as_bytes());
         assert_ne!(c.id.as_bytes(), blake3::hash(bytes).as_bytes());
     }
 }
@@ -349,10 +320,8 @@ fn pathological_input_gets_max_sized_chunks() {
 fn content_hash_does_not_depend_on_chunk_sizes() {
     let data = random_bytes(6, 1 << 20);
     let opts = HashOptions::with_sha256();
-    let small = chunker(SMALL).digest_reader(&data[..], opts).unwrap();
-    let default = chunker(ChunkerConfig::default())
-        .digest_reader(&data[..], opts)
-        .unwrap();
+    let small = digest(&chunker(SMALL), &data, opts);
+    let default = digest(&chunker(ChunkerConfig::default()), &data, opts);
     assert_ne!(small.chunks, default.chunks);
     assert_eq!(small.content_hash, default.content_hash);
     assert_eq!(small.sha256, default.sha256);
@@ -362,9 +331,7 @@ fn content_hash_does_not_depend_on_chunk_sizes() {
 fn content_hasher_over_the_chunks_matches_the_digest() {
     let data = random_bytes(8, 1 << 20);
     let chunker = chunker(SMALL);
-    let digest = chunker
-        .digest_reader(&data[..], HashOptions::default())
-        .unwrap();
+    let digest = digest(&chunker, &data, HashOptions::default());
     let mut hasher = ContentHasher::new(&key(7));
     let mut offset = 0usize;
     for c in &digest.chunks {
@@ -382,18 +349,13 @@ fn content_hasher_over_the_chunks_matches_the_digest() {
 fn sha256_is_plain_sha256_when_enabled_and_absent_otherwise() {
     let data = random_bytes(7, 300_000);
     let chunker = chunker(SMALL);
-    let on = chunker
-        .digest_reader(&data[..], HashOptions::with_sha256())
-        .unwrap();
+    let sha = HashOptions::with_sha256();
+    let on = digest(&chunker, &data, sha);
     assert_eq!(on.sha256, Some(Sha256::digest(&data).into()));
-    let off = chunker
-        .digest_reader(&data[..], HashOptions::default())
-        .unwrap();
+    let off = digest(&chunker, &data, HashOptions::default());
     assert_eq!(off.sha256, None);
     assert_eq!(off.content_hash, on.content_hash);
-    let par_on = chunker
-        .digest_reader_parallel(&data[..], HashOptions::with_sha256())
-        .unwrap();
+    let par_on = chunker.digest_reader_parallel(&data[..], sha).unwrap();
     assert_eq!(par_on, on);
 }
 
@@ -415,17 +377,8 @@ fn chunk_file_hands_every_chunk_in_order_to_the_callback() {
         .unwrap();
         assert!(seen.len() > 64, "more than one parallel batch");
         assert_eq!(infos(&seen), digest.chunks);
-        assert_eq!(seen.concat_data(), data);
-    }
-}
-
-trait ConcatData {
-    fn concat_data(&self) -> Vec<u8>;
-}
-
-impl ConcatData for Vec<Chunk> {
-    fn concat_data(&self) -> Vec<u8> {
-        self.iter().flat_map(|c| c.data.iter().copied()).collect()
+        let joined: Vec<u8> = seen.iter().flat_map(|c| c.data.iter().copied()).collect();
+        assert_eq!(joined, data);
     }
 }
 
@@ -445,35 +398,28 @@ impl From<ChunkerError> for UploadError {
 fn a_callback_error_stops_chunking() {
     let data = random_bytes(9, 1 << 20);
     let chunker = chunker(SMALL);
-    let mut calls = 0;
-    let result = chunker.chunk_file(&data[..], HashOptions::default(), |_| {
-        calls += 1;
-        if calls == 2 {
-            Err(UploadError::Full)
+    let opts = HashOptions::default();
+    for parallel in [false, true] {
+        let mut calls = 0;
+        let fail_the_second = |_: Chunk| {
+            calls += 1;
+            (calls != 2).then_some(()).ok_or(UploadError::Full)
+        };
+        let result = if parallel {
+            chunker.chunk_file_parallel(&data[..], opts, fail_the_second)
         } else {
-            Ok(())
-        }
-    });
-    assert!(matches!(result, Err(UploadError::Full)));
-    assert_eq!(calls, 2);
-
-    let mut calls = 0;
-    let result = chunker.chunk_file_parallel(&data[..], HashOptions::default(), |_| {
-        calls += 1;
-        if calls == 2 {
-            Err(UploadError::Full)
-        } else {
-            Ok(())
-        }
-    });
-    assert!(matches!(result, Err(UploadError::Full)));
-    assert_eq!(calls, 2);
+            chunker.chunk_file(&data[..], opts, fail_the_second)
+        };
+        assert!(matches!(result, Err(UploadError::Full)), "{parallel}");
+        assert_eq!(calls, 2, "{parallel}");
+    }
 }
 
 #[test]
 fn a_read_error_is_reported_once_then_the_stream_ends() {
     let chunker = chunker(SMALL);
-    let mut chunks = chunker.chunks(FailsAfter { ok_bytes: 100_000 });
+    let (opts, fails) = (HashOptions::default(), || FailsAfter { ok_bytes: 100_000 });
+    let mut chunks = chunker.chunks(fails());
     let mut ok = 0;
     let err = loop {
         match chunks.next().expect("an error before the end") {
@@ -485,21 +431,16 @@ fn a_read_error_is_reported_once_then_the_stream_ends() {
     assert!(ok >= 1);
     assert!(chunks.next().is_none());
 
-    let seq = chunker.digest_reader(FailsAfter { ok_bytes: 100_000 }, HashOptions::default());
+    let seq = chunker.digest_reader(fails(), opts);
     assert!(matches!(seq, Err(ChunkerError::Io(_))));
-    let par = chunker.chunk_file_parallel(
-        FailsAfter { ok_bytes: 100_000 },
-        HashOptions::default(),
-        |_| Err(UploadError::Full),
-    );
+    let par = chunker.chunk_file_parallel(fails(), opts, |_| Err(UploadError::Full));
     // 100 kB of zeros is three max-size chunks and a failing read, all in the first
     // batch: the error comes before any chunk reaches the callback.
     assert!(matches!(
         par,
         Err(UploadError::Chunker(ChunkerError::Io(_)))
     ));
-    let par =
-        chunker.digest_reader_parallel(FailsAfter { ok_bytes: 100_000 }, HashOptions::default());
+    let par = chunker.digest_reader_parallel(fails(), opts);
     assert!(matches!(par, Err(ChunkerError::Io(_))));
 }
 
@@ -521,9 +462,7 @@ fn digest_files_matches_digest_reader_per_file_and_reports_missing_files() {
     let results = chunker.digest_files(&paths, HashOptions::with_sha256());
     assert_eq!(results.len(), paths.len());
     for (result, data) in results.iter().zip(&contents) {
-        let expected: FileDigest = chunker
-            .digest_reader(&data[..], HashOptions::with_sha256())
-            .unwrap();
+        let expected = digest(&chunker, data, HashOptions::with_sha256());
         assert_eq!(result.as_ref().unwrap(), &expected);
     }
     assert!(matches!(
@@ -580,8 +519,6 @@ fn debug_output_hides_key_material_and_plaintext() {
     );
     let chunk = streamed(&chunker, b"secret plaintext").remove(0);
     let shown = format!("{chunk:?}");
-    assert!(
-        shown.contains("len: 16") && !shown.contains("data"),
-        "{shown}"
-    );
+    let hidden = shown.contains("len: 16") && !shown.contains("data");
+    assert!(hidden, "{shown}");
 }

@@ -389,18 +389,13 @@ fn an_invalid_log_level_is_refused() {
 #[test]
 fn tls_cert_without_key_is_refused() {
     let cwd = tempfile::tempdir().unwrap();
-    for (given, missing) in [("--tls-cert", "--tls-key"), ("--tls-key", "--tls-cert")] {
-        let file = fixture(if given == "--tls-cert" {
-            "test-cert.pem"
-        } else {
-            "test-key.pem"
-        });
-        let (status, out) = Proc::spawn(
-            cwd.path(),
-            &[given, &file, "--port", "0"],
-            &[("SECRET_KEY", SECRET)],
-        )
-        .exit();
+    for (given, file, missing) in [
+        ("--tls-cert", "test-cert.pem", "--tls-key"),
+        ("--tls-key", "test-key.pem", "--tls-cert"),
+    ] {
+        let file = fixture(file);
+        let args = [given, &file, "--port", "0"];
+        let (status, out) = Proc::spawn(cwd.path(), &args, &[("SECRET_KEY", SECRET)]).exit();
         assert!(!status.success(), "{given} alone was accepted:\n{out}");
         assert!(out.contains(missing), "{out}");
     }

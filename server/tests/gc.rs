@@ -5,6 +5,8 @@
 //! PostgreSQL runs when `FSYNC_TEST_DATABASE_URL` is set (and must when `CI` is set).
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +17,7 @@ use fsync_common::{
 use fsync_server::{
     open_repo, put_blobs, record_stored, store_chunks, Actor, Collector, Damage, DbError, GcError,
     GcEvent, GcHook, GcStage, MetaRepo, NewUser, NoProgress, Retention, RunOptions, RunReport,
+    Stats, VerifyReport,
 };
 use fsync_store::{BlobInfo, BlobStore, LocalStore, PutOutcome, StoreError};
 use fsync_testkit::postgres::{test_database_url, ScratchDatabase};
@@ -30,6 +33,11 @@ fn wall_now() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// `f`'s output, failing the test when it takes longer than [`TIMEOUT`].
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TIMEOUT, f).await.expect("timed out")
 }
 
 // ------------------------------------------------------------------ harness
@@ -61,6 +69,13 @@ impl Env {
             .unwrap();
     }
 
+    /// Puts the blobs of `ids` without recording them: orphans.
+    async fn put_orphans(&self, ids: &[ChunkId]) {
+        for id in ids {
+            self.blobs.put(&self.ns, id, blob_of(*id)).await.unwrap();
+        }
+    }
+
     /// Commits `ids` as the content of `path` (a new version on top of `base`).
     async fn commit(
         &self,
@@ -86,6 +101,11 @@ impl Env {
         (r.head.file_id, r.head.vv)
     }
 
+    /// [`Env::write`] of a new file.
+    async fn create(&self, path: &str, ids: &[ChunkId], now: i64) -> (FileId, VersionVector) {
+        self.write(path, &VersionVector::new(), ids, now).await
+    }
+
     async fn delete(&self, path: &str, base: &VersionVector, now: i64) {
         let req = DeleteRequest {
             namespace: self.ns,
@@ -104,11 +124,23 @@ impl Env {
         self.blobs.contains_many(&self.ns, &[id]).await.unwrap()[0]
     }
 
-    /// Row and blob both present (`Some(true)`), both absent (`Some(false)`), or not
-    /// in step (`None`).
-    async fn stored(&self, id: ChunkId) -> Option<bool> {
-        let (row, blob) = (self.has_row(id).await, self.has_blob(id).await);
+    /// Row and blob of `id` in `ns` both present (`Some(true)`), both absent
+    /// (`Some(false)`), or not in step (`None`).
+    async fn stored_in(&self, ns: NamespaceId, id: ChunkId) -> Option<bool> {
+        let row = self.repo.has_chunk(ns, id).await.unwrap();
+        let blob = self.blobs.contains_many(&ns, &[id]).await.unwrap()[0];
         (row == blob).then_some(row)
+    }
+
+    async fn stored(&self, id: ChunkId) -> Option<bool> {
+        self.stored_in(self.ns, id).await
+    }
+
+    /// Asserts that the rows and blobs of `ids` are all present (`true`) or all gone.
+    async fn assert_stored(&self, ids: &[ChunkId], present: bool) {
+        for id in ids {
+            assert_eq!(self.stored(*id).await, Some(present), "{}: {id}", self.name);
+        }
     }
 
     async fn versions(&self, file: FileId) -> Vec<u64> {
@@ -120,20 +152,22 @@ impl Env {
     }
 
     async fn run(&self, opts: RunOptions) -> RunReport {
-        self.collector()
-            .await
-            .run(&opts, &NoProgress)
-            .await
-            .unwrap()
+        let gc = self.collector().await;
+        gc.run(&opts, &NoProgress).await.unwrap()
+    }
+
+    async fn stats(&self, ns: Option<NamespaceId>, now: Option<i64>) -> Stats {
+        let gc = self.collector().await;
+        gc.stats(ns, GRACE, now).await.unwrap()
+    }
+
+    async fn verify(&self, batch: usize) -> VerifyReport {
+        let gc = self.collector().await;
+        gc.verify(None, batch, &NoProgress).await.unwrap()
     }
 
     async fn assert_verify_clean(&self) {
-        let r = self
-            .collector()
-            .await
-            .verify(None, 7, &NoProgress)
-            .await
-            .unwrap();
+        let r = self.verify(7).await;
         assert!(r.is_clean(), "{}: verify found {:?}", self.name, r.damage);
     }
 }
@@ -180,11 +214,8 @@ fn commit_req(ns: NamespaceId, path: &str, base: &VersionVector, ids: &[ChunkId]
 async fn envs() -> Vec<Env> {
     let mut urls = Vec::new();
     let dir = tempfile::tempdir().unwrap();
-    urls.push((
-        "sqlite",
-        format!("sqlite://{}", dir.path().join("fsync.db").display()),
-        dir,
-    ));
+    let sqlite = format!("sqlite://{}", dir.path().join("fsync.db").display());
+    urls.push(("sqlite", sqlite, dir));
     if let Some(base) = test_database_url() {
         let db = ScratchDatabase::create(&base)
             .await
@@ -198,15 +229,9 @@ async fn envs() -> Vec<Env> {
     let mut out = Vec::new();
     for (name, url, dir) in urls {
         let repo = open_repo(&url).await.unwrap();
-        let user = UserId::from_bytes(rand::random());
         let ns = NamespaceId::from_bytes(rand::random());
-        repo.create_user(new_user(user, ns), wall_now() - 400 * DAY)
-            .await
-            .unwrap();
-        let device = repo
-            .register_device(user, None, DeviceId::from_bytes(rand::random()), "d", 0)
-            .await
-            .unwrap();
+        let user = create_user(&*repo, ns).await;
+        let actor = new_device(&*repo, user, "d", 0).await;
         let blobs = Arc::new(LocalStore::open(dir.path().join("blobs")).unwrap());
         out.push(Env {
             name,
@@ -214,11 +239,27 @@ async fn envs() -> Vec<Env> {
             repo,
             blobs,
             ns,
-            actor: Actor { user, device },
+            actor,
             _dir: dir,
         });
     }
     out
+}
+
+/// A user with namespace `ns`, created long ago.
+async fn create_user(repo: &dyn MetaRepo, ns: NamespaceId) -> UserId {
+    let user = UserId::from_bytes(rand::random());
+    let at = wall_now() - 400 * DAY;
+    repo.create_user(new_user(user, ns), at).await.unwrap();
+    user
+}
+
+/// A new device of `user`, registered at `now`.
+async fn new_device(repo: &dyn MetaRepo, user: UserId, name: &str, now: i64) -> Actor {
+    let id = DeviceId::from_bytes(rand::random());
+    let device = repo.register_device(user, None, id, name, now).await;
+    let device = device.unwrap();
+    Actor { user, device }
 }
 
 fn new_user(id: UserId, ns: NamespaceId) -> NewUser {
@@ -247,6 +288,12 @@ fn opts(now: i64) -> RunOptions {
         batch: 5,
         ..RunOptions::default()
     }
+}
+
+/// `o` as a dry run.
+fn dry(mut o: RunOptions) -> RunOptions {
+    o.dry_run = true;
+    o
 }
 
 // ------------------------------------------------------------------ retention
@@ -288,7 +335,7 @@ async fn retention_prunes_old_versions_never_heads() {
         assert_eq!(r.versions_pruned, 1, "{}", env.name);
         assert_eq!(env.versions(file).await, [5, 4, 3, 2], "{}", env.name);
         assert_eq!(r.chunks_deleted, 1, "{}: v1's own chunk", env.name);
-        assert_eq!(env.stored(own[0]).await, Some(false), "{}", env.name);
+        env.assert_stored(&own[..1], false).await;
 
         // Keep only the newest: the head stays whatever its age.
         let mut o = opts(now + 1000 * DAY);
@@ -297,16 +344,9 @@ async fn retention_prunes_old_versions_never_heads() {
         assert_eq!(r.versions_pruned, 3, "{}", env.name);
         assert_eq!(env.versions(file).await, [5], "{}", env.name);
         assert_eq!(r.chunks_deleted, 3, "{}", env.name);
-        for c in &own[..4] {
-            assert_eq!(env.stored(*c).await, Some(false), "{}", env.name);
-        }
-        assert_eq!(
-            env.stored(own[4]).await,
-            Some(true),
-            "{}: the head's",
-            env.name
-        );
-        assert_eq!(env.stored(shared).await, Some(true), "{}: shared", env.name);
+        env.assert_stored(&own[..4], false).await;
+        // The head's own chunk and the shared one stay.
+        env.assert_stored(&[own[4], shared], true).await;
         // --keep-days alone: the head stays even when older than the policy.
         let mut o = opts(now + 1000 * DAY);
         o.retention.keep_days = Some(0);
@@ -323,32 +363,13 @@ async fn old_tombstones_go_with_their_versions_recent_ones_stay() {
     for env in envs().await {
         let t0 = wall_now() - 100 * DAY;
         let (old_ids, new_ids) = (chunks(2), chunks(2));
-        let (old_file, vv) = env
-            .write("old.txt", &VersionVector::new(), &old_ids, t0)
-            .await;
+        let (old_file, vv) = env.create("old.txt", &old_ids, t0).await;
         env.delete("old.txt", &vv, t0 + DAY).await;
-        let (new_file, vv) = env
-            .write("new.txt", &VersionVector::new(), &new_ids, t0)
-            .await;
+        let (new_file, vv) = env.create("new.txt", &new_ids, t0).await;
         env.delete("new.txt", &vv, t0 + 50 * DAY).await;
         // A conflict copy is an ordinary file: its head is kept like any other.
-        let (live, vv1) = env
-            .write("c.txt", &VersionVector::new(), &chunks(1), t0)
-            .await;
-        let other = Actor {
-            user: env.actor.user,
-            device: env
-                .repo
-                .register_device(
-                    env.actor.user,
-                    None,
-                    DeviceId::from_bytes(rand::random()),
-                    "e",
-                    t0,
-                )
-                .await
-                .unwrap(),
-        };
+        let (live, _) = env.create("c.txt", &chunks(1), t0).await;
+        let other = new_device(&*env.repo, env.actor.user, "e", t0).await;
         let theirs = chunks(1);
         env.upload(&theirs, t0).await;
         let mut req = commit_req(env.ns, "c.txt", &VersionVector::new(), &theirs);
@@ -356,42 +377,24 @@ async fn old_tombstones_go_with_their_versions_recent_ones_stay() {
         let r = env.repo.commit(other, &req, t0 + DAY).await.unwrap();
         let copy = r.conflict_copy.expect("concurrent edit → conflict copy");
         assert_ne!(copy.file_id, live);
-        let _ = vv1;
 
         let mut o = opts(t0 + 60 * DAY);
         o.retention.keep_days = Some(30);
         let r = env.run(o).await;
         assert_eq!(r.files_removed, 1, "{}", env.name);
-        assert_eq!(
-            r.versions_pruned, 2,
-            "{}: the old file's version and tombstone",
-            env.name
-        );
+        let why = "the old file's version and tombstone";
+        assert_eq!(r.versions_pruned, 2, "{}: {why}", env.name);
         assert!(env.versions(old_file).await.is_empty(), "{}", env.name);
-        assert_eq!(
-            env.repo.file_namespace(old_file).await.unwrap(),
-            None,
-            "{}: the file row is gone",
-            env.name
-        );
-        for c in &old_ids {
-            assert_eq!(env.stored(*c).await, Some(false), "{}", env.name);
-        }
+        let row = env.repo.file_namespace(old_file).await.unwrap();
+        assert_eq!(row, None, "{}: the file row is gone", env.name);
+        env.assert_stored(&old_ids, false).await;
         // The recent tombstone keeps its history: its content was replaced (by the
         // delete) 10 days ago, within the 30 days, although written 60 days ago.
         assert_eq!(env.versions(new_file).await, [2, 1], "{}", env.name);
-        for c in &new_ids {
-            assert_eq!(env.stored(*c).await, Some(true), "{}", env.name);
-        }
-        env.repo
-            .restore(
-                env.actor,
-                new_file,
-                fsync_common::VersionNo(1),
-                t0 + 61 * DAY,
-            )
-            .await
-            .unwrap();
+        env.assert_stored(&new_ids, true).await;
+        let v1 = fsync_common::VersionNo(1);
+        let restored = env.repo.restore(env.actor, new_file, v1, t0 + 61 * DAY);
+        restored.await.unwrap();
         // Conflict copy and original both kept (heads).
         assert_eq!(env.versions(copy.file_id).await, [1], "{}", env.name);
         assert!(!env.versions(live).await.is_empty());
@@ -406,19 +409,15 @@ async fn a_chunk_shared_by_two_files_survives_deleting_one() {
     for env in envs().await {
         let t0 = wall_now() - 100 * DAY;
         let (shared, only_a, only_b) = (chunk(1), chunk(2), chunk(3));
-        let (_, vv_a) = env
-            .write("a", &VersionVector::new(), &[shared, only_a], t0)
-            .await;
-        env.write("b", &VersionVector::new(), &[only_b, shared], t0)
-            .await;
+        let (_, vv_a) = env.create("a", &[shared, only_a], t0).await;
+        env.create("b", &[only_b, shared], t0).await;
         env.delete("a", &vv_a, t0 + DAY).await;
         let mut o = opts(t0 + 10 * DAY);
         o.retention.keep_days = Some(1);
         let r = env.run(o).await;
         assert_eq!((r.files_removed, r.chunks_deleted), (1, 1), "{}", env.name);
-        assert_eq!(env.stored(only_a).await, Some(false), "{}", env.name);
-        assert_eq!(env.stored(shared).await, Some(true), "{}", env.name);
-        assert_eq!(env.stored(only_b).await, Some(true), "{}", env.name);
+        env.assert_stored(&[only_a], false).await;
+        env.assert_stored(&[shared, only_b], true).await;
         env.assert_verify_clean().await;
     }
 }
@@ -433,21 +432,13 @@ async fn the_grace_period_keeps_new_and_touched_chunks() {
         let r = env.run(opts(t0 + DAY - 1)).await;
         assert_eq!(r.chunks_deleted, 0, "{}", env.name);
         // `chunks/missing` answers `b` present: touched, so kept a grace period more.
-        assert!(env
-            .repo
-            .missing_chunks(env.ns, &[b], t0 + 2 * DAY)
-            .await
-            .unwrap()
-            .is_empty());
+        let missing = env.repo.missing_chunks(env.ns, &[b], t0 + 2 * DAY).await;
+        assert!(missing.unwrap().is_empty());
         let r = env.run(opts(t0 + 2 * DAY + 10)).await;
-        assert_eq!(
-            (r.chunks_deleted, r.bytes_reclaimed),
-            (1, blob_of(a).len() as u64),
-            "{}",
-            env.name
-        );
-        assert_eq!(env.stored(a).await, Some(false), "{}", env.name);
-        assert_eq!(env.stored(b).await, Some(true), "{}", env.name);
+        let reclaimed = (r.chunks_deleted, r.bytes_reclaimed);
+        assert_eq!(reclaimed, (1, blob_of(a).len() as u64), "{}", env.name);
+        env.assert_stored(&[a], false).await;
+        env.assert_stored(&[b], true).await;
         env.assert_verify_clean().await;
     }
 }
@@ -462,57 +453,23 @@ async fn a_dry_run_deletes_nothing_and_predicts_the_run() {
         }
         env.upload(&chunks(7), t0).await; // never committed
         let orphans = chunks(2);
-        for id in &orphans {
-            env.blobs.put(&env.ns, id, blob_of(*id)).await.unwrap();
-        }
-        let before = env
-            .collector()
-            .await
-            .stats(None, GRACE, Some(t0))
-            .await
-            .unwrap();
+        env.put_orphans(&orphans).await;
+        let before = env.stats(None, Some(t0)).await;
         let mut o = opts(wall_now() + 10 * DAY);
         o.retention.keep_versions = Some(1);
-        let dry = env
-            .run(RunOptions {
-                dry_run: true,
-                ..o.clone()
-            })
-            .await;
-        let after = env
-            .collector()
-            .await
-            .stats(None, GRACE, Some(t0))
-            .await
-            .unwrap();
+        let dry = env.run(dry(o.clone())).await;
+        let after = env.stats(None, Some(t0)).await;
         assert_eq!(before, after, "{}: a dry run changes nothing", env.name);
         for id in &orphans {
             assert!(env.has_blob(*id).await);
         }
-        assert_eq!(
-            (
-                dry.versions_pruned,
-                dry.chunks_deleted,
-                dry.orphan_blobs_deleted
-            ),
-            (3, 9 + 7, 2),
-            "{}",
-            env.name
-        );
-        let real = env.run(o).await;
-        assert_eq!(
-            RunReport {
-                elapsed_ms: 0,
-                dry_run: true,
-                ..real.clone()
-            },
-            RunReport {
-                elapsed_ms: 0,
-                ..dry
-            },
-            "{}: the dry run predicted the run",
-            env.name
-        );
+        assert_eq!(dry.versions_pruned, 3, "{}", env.name);
+        assert_eq!(dry.chunks_deleted, 9 + 7, "{}", env.name);
+        assert_eq!(dry.orphan_blobs_deleted, 2, "{}", env.name);
+        // Equal to the run but for the time taken and the dry-run flag.
+        let mut real = env.run(o).await;
+        (real.elapsed_ms, real.dry_run) = (dry.elapsed_ms, true);
+        assert_eq!(real, dry, "{}: the dry run predicted the run", env.name);
         env.assert_verify_clean().await;
     }
 }
@@ -521,12 +478,9 @@ async fn a_dry_run_deletes_nothing_and_predicts_the_run() {
 async fn orphan_blobs_are_removed_after_the_grace_period() {
     for env in envs().await {
         let ids = chunks(12);
-        for id in &ids {
-            env.blobs.put(&env.ns, id, blob_of(*id)).await.unwrap();
-        }
+        env.put_orphans(&ids).await;
         let recorded = chunks(1);
-        env.write("kept", &VersionVector::new(), &recorded, wall_now())
-            .await;
+        env.create("kept", &recorded, wall_now()).await;
         // A put that crashed between writing its temp file and linking it left a
         // partial write next to the blobs.
         let leaf = env.blobs.blob_path(&env.ns, &ids[0]);
@@ -537,12 +491,7 @@ async fn orphan_blobs_are_removed_after_the_grace_period() {
         assert_eq!(r.orphan_blobs_deleted, 0, "{}", env.name);
         assert_eq!(r.temp_files_deleted, 0, "{}", env.name);
         assert!(partial.exists(), "{}", env.name);
-        let v = env
-            .collector()
-            .await
-            .verify(None, 5, &NoProgress)
-            .await
-            .unwrap();
+        let v = env.verify(5).await;
         assert_eq!((v.orphan_blobs, v.damage_count), (12, 0), "{}", env.name);
         // Older than the grace period: removed; the recorded blob stays.
         // Partial writes are judged by the real clock (a put in flight must keep its
@@ -553,34 +502,20 @@ async fn orphan_blobs_are_removed_after_the_grace_period() {
             .unwrap()
             .set_modified(SystemTime::now() - Duration::from_secs(3 * DAY as u64))
             .unwrap();
-        let dry = env
-            .run(RunOptions {
-                dry_run: true,
-                ..opts(wall_now() + 2 * DAY)
-            })
-            .await;
-        assert_eq!(
-            (dry.temp_files_deleted, dry.temp_bytes_reclaimed),
-            (1, 11),
-            "{}",
-            env.name
-        );
+        let temp = |r: &RunReport| (r.temp_files_deleted, r.temp_bytes_reclaimed);
+        let dry = env.run(dry(opts(wall_now() + 2 * DAY))).await;
+        assert_eq!(temp(&dry), (1, 11), "{}", env.name);
         assert!(partial.exists(), "a dry run removes nothing: {}", env.name);
         let r = env.run(opts(wall_now() + 2 * DAY)).await;
         assert_eq!(r.orphan_blobs_deleted, 12, "{}", env.name);
-        assert_eq!(
-            (r.temp_files_deleted, r.temp_bytes_reclaimed),
-            (1, 11),
-            "{}",
-            env.name
-        );
+        assert_eq!(temp(&r), (1, 11), "{}", env.name);
         assert!(!partial.exists(), "{}", env.name);
         let total: u64 = ids.iter().map(|i| blob_of(*i).len() as u64).sum();
         assert_eq!(r.orphan_bytes_reclaimed, total);
         for id in &ids {
             assert!(!env.has_blob(*id).await, "{}", env.name);
         }
-        assert_eq!(env.stored(recorded[0]).await, Some(true), "{}", env.name);
+        env.assert_stored(&recorded, true).await;
     }
 }
 
@@ -588,7 +523,16 @@ async fn orphan_blobs_are_removed_after_the_grace_period() {
 #[derive(Debug)]
 struct FlakyStore {
     inner: Arc<LocalStore>,
-    fail: std::sync::atomic::AtomicBool,
+    fail: AtomicBool,
+}
+
+impl FlakyStore {
+    fn injected(&self) -> Result<(), StoreError> {
+        if self.fail.load(SeqCst) {
+            return Err(StoreError::Backend("injected failure".into()));
+        }
+        Ok(())
+    }
 }
 
 #[fsync_store::async_trait]
@@ -612,9 +556,7 @@ impl BlobStore for FlakyStore {
         self.inner.contains_many(ns, ids).await
     }
     async fn delete(&self, ns: &NamespaceId, id: &ChunkId) -> Result<bool, StoreError> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Backend("injected failure".into()));
-        }
+        self.injected()?;
         self.inner.delete(ns, id).await
     }
     async fn list(
@@ -634,12 +576,9 @@ impl BlobStore for FlakyStore {
         older_than: SystemTime,
         dry_run: bool,
     ) -> Result<(u64, u64), StoreError> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Backend("injected failure".into()));
-        }
-        self.inner
-            .remove_stale_temp_files(ns, older_than, dry_run)
-            .await
+        self.injected()?;
+        let inner = &self.inner;
+        inner.remove_stale_temp_files(ns, older_than, dry_run).await
     }
 }
 
@@ -664,25 +603,16 @@ async fn a_failed_blob_delete_is_retried_by_the_next_run() {
             env.name
         );
         for id in &ids {
-            assert!(
-                !env.has_row(*id).await && env.has_blob(*id).await,
-                "{}",
-                env.name
-            );
+            let orphaned = !env.has_row(*id).await && env.has_blob(*id).await;
+            assert!(orphaned, "{}", env.name);
         }
         // The rows are gone first, so nothing is damaged: the blobs are orphans.
         env.assert_verify_clean().await;
-        flaky.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        flaky.fail.store(false, SeqCst);
         let r = gc.run(&opts(later), &NoProgress).await.unwrap();
-        assert_eq!(
-            (r.orphan_blobs_deleted, r.blob_delete_failures),
-            (3, 0),
-            "{}",
-            env.name
-        );
-        for id in &ids {
-            assert_eq!(env.stored(*id).await, Some(false), "{}", env.name);
-        }
+        let deleted = (r.orphan_blobs_deleted, r.blob_delete_failures);
+        assert_eq!(deleted, (3, 0), "{}", env.name);
+        env.assert_stored(&ids, false).await;
     }
 }
 
@@ -692,28 +622,17 @@ async fn a_failed_blob_delete_is_retried_by_the_next_run() {
 async fn verify_lists_missing_blobs_wrong_sizes_and_unrecorded_chunks() {
     for env in envs().await {
         let ids = chunks(4);
-        env.write("f", &VersionVector::new(), &ids, wall_now())
-            .await;
+        env.create("f", &ids, wall_now()).await;
         env.assert_verify_clean().await;
         // Damage three referenced chunks three ways.
         env.blobs.delete(&env.ns, &ids[0]).await.unwrap();
         std::fs::write(env.blobs.blob_path(&env.ns, &ids[1]), b"x").unwrap();
-        {
-            sqlx::any::install_default_drivers();
-            let pool = sqlx::AnyPool::connect(&env.url).await.unwrap();
-            sqlx::query("DELETE FROM chunks WHERE id = $1")
-                .bind(ids[2].to_hex())
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-        }
-        let r = env
-            .collector()
-            .await
-            .verify(None, 2, &NoProgress)
-            .await
-            .unwrap();
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&env.url).await.unwrap();
+        let unrecord = sqlx::query("DELETE FROM chunks WHERE id = $1").bind(ids[2].to_hex());
+        unrecord.execute(&pool).await.unwrap();
+        pool.close().await;
+        let r = env.verify(2).await;
         assert!(!r.is_clean());
         let mut found = r.damage.clone();
         found.sort_by_key(|d| format!("{d:?}"));
@@ -737,11 +656,8 @@ async fn verify_lists_missing_blobs_wrong_sizes_and_unrecorded_chunks() {
         want.sort_by_key(|d| format!("{d:?}"));
         assert_eq!(found, want, "{}", env.name);
         assert_eq!(r.damage_count, 3);
-        assert_eq!(
-            r.orphan_blobs, 1,
-            "{}: the unrecorded chunk's blob",
-            env.name
-        );
+        let why = "the unrecorded chunk's blob";
+        assert_eq!(r.orphan_blobs, 1, "{}: {why}", env.name);
     }
 }
 
@@ -755,11 +671,7 @@ async fn only_one_collection_runs_at_a_time() {
         assert!(matches!(err, GcError::Busy(_)), "{}: {err}", env.name);
         assert!(err.to_string().contains("another fsync-gc is running"));
         // A dry run removes nothing and needs no lock.
-        let dry = RunOptions {
-            dry_run: true,
-            ..opts(wall_now())
-        };
-        b.run(&dry, &NoProgress).await.unwrap();
+        b.run(&dry(opts(wall_now())), &NoProgress).await.unwrap();
         lock.release().await;
         b.run(&opts(wall_now()), &NoProgress).await.unwrap();
     }
@@ -770,41 +682,24 @@ async fn stats_count_chunks_bytes_and_dedup() {
     for env in envs().await {
         let t0 = wall_now() - 100 * DAY;
         let shared = chunks(2);
-        env.write("a", &VersionVector::new(), &shared, t0).await;
-        env.write("b", &VersionVector::new(), &shared, t0).await;
+        env.create("a", &shared, t0).await;
+        env.create("b", &shared, t0).await;
         let loose = chunks(1);
         env.upload(&loose, t0).await;
-        let s = env
-            .collector()
-            .await
-            .stats(None, GRACE, Some(t0 + 2 * DAY))
-            .await
-            .unwrap();
+        let s = env.stats(None, Some(t0 + 2 * DAY)).await;
         let stored_shared: u64 = shared.iter().map(|i| blob_of(*i).len() as u64).sum();
         let stored_loose = blob_of(loose[0]).len() as u64;
         assert_eq!((s.files, s.versions, s.chunks), (2, 2, 3), "{}", env.name);
         assert_eq!(s.stored_bytes, stored_shared + stored_loose);
-        assert_eq!(
-            (s.referenced_chunks, s.referenced_stored_bytes),
-            (2, stored_shared)
-        );
+        assert_eq!(s.referenced_chunks, 2);
+        assert_eq!(s.referenced_stored_bytes, stored_shared);
         assert_eq!(s.referenced_logical_bytes, 400);
         assert!((s.dedup_ratio - 400.0 / stored_shared as f64).abs() < 1e-9);
-        assert_eq!(
-            (s.reclaimable_chunks, s.reclaimable_bytes),
-            (1, stored_loose)
-        );
-        let s = env
-            .collector()
-            .await
-            .stats(Some(env.ns), GRACE, Some(t0))
-            .await
-            .unwrap();
-        assert_eq!(
-            s.reclaimable_chunks, 0,
-            "{}: within the grace period",
-            env.name
-        );
+        assert_eq!(s.reclaimable_chunks, 1);
+        assert_eq!(s.reclaimable_bytes, stored_loose);
+        let s = env.stats(Some(env.ns), Some(t0)).await;
+        let why = "within the grace period";
+        assert_eq!(s.reclaimable_chunks, 0, "{}: {why}", env.name);
         let missing = NamespaceId::from_bytes([7; 16]);
         assert!(matches!(
             env.collector().await.stats(Some(missing), GRACE, None).await,
@@ -817,40 +712,20 @@ async fn stats_count_chunks_bytes_and_dedup() {
 async fn a_run_limited_to_one_namespace_leaves_the_others_alone() {
     for env in envs().await {
         let other = NamespaceId::from_bytes(rand::random());
-        env.repo
-            .create_user(
-                new_user(UserId::from_bytes(rand::random()), other),
-                wall_now() - 400 * DAY,
-            )
-            .await
-            .unwrap();
+        create_user(&*env.repo, other).await;
         let (mine, theirs) = (chunks(3), chunks(4));
         let long_ago = wall_now() - 10 * DAY;
         env.upload(&mine, long_ago).await;
         store_chunks(&*env.repo, &*env.blobs, other, blobs_of(&theirs), long_ago)
             .await
             .unwrap();
-        let r = env
-            .run(RunOptions {
-                namespace: Some(env.ns),
-                ..opts(wall_now())
-            })
-            .await;
+        let mut o = opts(wall_now());
+        o.namespace = Some(env.ns);
+        let r = env.run(o).await;
         assert_eq!(r.chunks_deleted, 3, "{}", env.name);
-        for id in &mine {
-            assert_eq!(env.stored(*id).await, Some(false), "{}", env.name);
-        }
+        env.assert_stored(&mine, false).await;
         for id in &theirs {
-            assert!(
-                env.repo.has_chunk(other, *id).await.unwrap(),
-                "{}",
-                env.name
-            );
-            assert!(
-                env.blobs.contains_many(&other, &[*id]).await.unwrap()[0],
-                "{}",
-                env.name
-            );
+            assert_eq!(env.stored_in(other, *id).await, Some(true), "{}", env.name);
         }
         // The binary: only the other namespace, then an unknown one.
         let out = fsync_gc(&env, &["run", "--json", "--namespace", &other.to_hex()]);
@@ -858,11 +733,10 @@ async fn a_run_limited_to_one_namespace_leaves_the_others_alone() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["chunks_deleted"], 4, "{}", env.name);
         let missing = NamespaceId::from_bytes([7; 16]);
+        let mut o = opts(wall_now());
+        o.namespace = Some(missing);
         assert!(matches!(
-            env.collector().await.run(&RunOptions {
-                namespace: Some(missing),
-                ..opts(wall_now())
-            }, &NoProgress).await,
+            env.collector().await.run(&o, &NoProgress).await,
             Err(GcError::NoSuchNamespace(n)) if n == missing
         ));
         let out = fsync_gc(&env, &["run", "--namespace", &missing.to_hex()]);
@@ -931,16 +805,19 @@ async fn commit_until_done(
                     );
                 }
                 told.extend(&missing);
-                let again: Vec<ChunkId> = missing.clone();
-                env.upload(&again, now).await;
+                env.upload(&missing, now).await;
             }
             Err(e) => panic!("{}: {e}", env.name),
         }
     }
-    panic!(
-        "{}: commit of {path} still refused after {tries} tries",
-        env.name
-    );
+    let name = env.name;
+    panic!("{name}: commit of {path} still refused after {tries} tries");
+}
+
+/// Starts `gc.run(o)` on a task of its own.
+fn spawn_run(gc: &Collector, o: RunOptions) -> tokio::task::JoinHandle<Result<RunReport, GcError>> {
+    let gc = gc.clone();
+    tokio::spawn(async move { gc.run(&o, &NoProgress).await })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -962,25 +839,12 @@ async fn commits_racing_the_sweep_keep_their_chunks_or_are_told_to_reupload() {
                 // The commit lands while the sweep has chosen the chunks but not yet
                 // deleted them: the re-check under the lock sees the references.
                 0 | 1 => {
-                    let stage = if scenario == 0 {
-                        GcStage::BeforeRowDelete
-                    } else {
-                        GcStage::AfterRowDelete
-                    };
+                    let stage = [GcStage::BeforeRowDelete, GcStage::AfterRowDelete][scenario];
                     let (hook, pause) = pause_at(stage, &ids);
-                    let run = tokio::spawn({
-                        let gc = gc.clone();
-                        let o = RunOptions {
-                            hook: Some(hook),
-                            batch: 1000,
-                            ..opts(gc_now)
-                        };
-                        async move { gc.run(&o, &NoProgress).await }
-                    });
-                    tokio::time::timeout(TIMEOUT, pause.paused)
-                        .await
-                        .unwrap()
-                        .unwrap();
+                    let mut o = opts(gc_now);
+                    (o.hook, o.batch) = (Some(hook), 1000);
+                    let run = spawn_run(&gc, o);
+                    within(pause.paused).await.unwrap();
                     let (refused, told) = commit_until_done(&env, &path, &ids, gc_now, 3).await;
                     if scenario == 0 {
                         assert_eq!(refused, 0, "{}: committed before the rows went", env.name);
@@ -994,11 +858,7 @@ async fn commits_racing_the_sweep_keep_their_chunks_or_are_told_to_reupload() {
                     }
                     refused_total += refused;
                     let _ = pause.resume.send(());
-                    tokio::time::timeout(TIMEOUT, run)
-                        .await
-                        .unwrap()
-                        .unwrap()
-                        .unwrap();
+                    within(run).await.unwrap().unwrap();
                 }
                 // The held upload's puts found the blobs present; then a whole run
                 // deletes rows and blobs; then the upload records: it must put them back.
@@ -1008,9 +868,7 @@ async fn commits_racing_the_sweep_keep_their_chunks_or_are_told_to_reupload() {
                         .unwrap();
                     let r = gc.run(&opts(gc_now), &NoProgress).await.unwrap();
                     assert!(r.chunks_deleted >= ids.len() as u64, "{}", env.name);
-                    for id in &ids {
-                        assert_eq!(env.stored(*id).await, Some(false), "{}", env.name);
-                    }
+                    env.assert_stored(&ids, false).await;
                     record_stored(&*env.repo, &*env.blobs, put, gc_now)
                         .await
                         .unwrap();
@@ -1019,41 +877,24 @@ async fn commits_racing_the_sweep_keep_their_chunks_or_are_told_to_reupload() {
                 }
                 // Free running: the run and the commit (with re-uploads) at once.
                 _ => {
-                    let run = tokio::spawn({
-                        let gc = gc.clone();
-                        let o = opts(gc_now);
-                        async move { gc.run(&o, &NoProgress).await }
-                    });
+                    let run = spawn_run(&gc, opts(gc_now));
                     let (refused, _) = commit_until_done(&env, &path, &ids, gc_now, 3).await;
                     refused_total += refused;
-                    tokio::time::timeout(TIMEOUT, run)
-                        .await
-                        .unwrap()
-                        .unwrap()
-                        .unwrap();
+                    within(run).await.unwrap().unwrap();
                 }
             }
             committed.extend(&ids);
             // Every committed chunk is recorded and stored.
             for id in &committed {
-                assert_eq!(
-                    env.stored(*id).await,
-                    Some(true),
-                    "{}: round {round}: {id}",
-                    env.name
-                );
+                let (name, stored) = (env.name, env.stored(*id).await);
+                assert_eq!(stored, Some(true), "{name}: round {round}: {id}");
             }
         }
-        assert!(
-            refused_total >= ROUNDS / 4,
-            "{}: the 409 path was exercised",
-            env.name
-        );
+        let why = "the 409 path was exercised";
+        assert!(refused_total >= ROUNDS / 4, "{}: {why}", env.name);
         // And one more run with nothing racing removes none of it.
-        let r = gc
-            .run(&opts(gc_now + 100 * DAY), &NoProgress)
-            .await
-            .unwrap();
+        let later = opts(gc_now + 100 * DAY);
+        let r = gc.run(&later, &NoProgress).await.unwrap();
         assert_eq!(r.chunks_deleted, 0, "{}", env.name);
         env.assert_verify_clean().await;
     }
@@ -1070,6 +911,14 @@ fn fsync_gc(env: &Env, args: &[&str]) -> std::process::Output {
         .env_remove("POSTGRES_URL")
         .output()
         .unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `fsync-gc` reads its options like the server: a log level naming no level and a
@@ -1092,39 +941,27 @@ fn options_are_validated_like_the_servers() {
     };
     let data = cwd.path().join("data");
     let data = data.to_str().unwrap();
-    let out = run(
-        &["--data-dir", data, "--log-level", "verbose", "stats"],
-        &[],
-    );
+    let verbose = ["--data-dir", data, "--log-level", "verbose", "stats"];
+    let out = run(&verbose, &[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("verbose"),
-        "{out:?}"
-    );
+    assert!(stderr(&out).contains("verbose"), "{out:?}");
     let out = run(&["--data-dir", data, "stats"], &[("LOG_LEVEL", "loud")]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let out = run(&["--data-dir", data, "stats", "--json"], &[]);
     assert!(out.status.success(), "{out:?}");
 
     // .env in the working directory supplies the data dir; a broken one is refused.
-    std::fs::write(
-        cwd.path().join(".env"),
-        format!("FSYNC_DATA_DIR={}\n", cwd.path().join("from-env").display()),
-    )
-    .unwrap();
+    let from_env = cwd.path().join("from-env");
+    let dotenv = format!("FSYNC_DATA_DIR={}\n", from_env.display());
+    std::fs::write(cwd.path().join(".env"), dotenv).unwrap();
     let out = run(&["stats", "--json"], &[]);
     assert!(out.status.success(), "{out:?}");
-    assert!(
-        cwd.path().join("from-env").join("fsync.db").exists(),
-        "the .env data dir was not used"
-    );
+    let used = from_env.join("fsync.db").exists();
+    assert!(used, "the .env data dir was not used");
     std::fs::write(cwd.path().join(".env"), "NOT A VALID LINE\n").unwrap();
     let out = run(&["stats"], &[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(".env"),
-        "{out:?}"
-    );
+    assert!(stderr(&out).contains(".env"), "{out:?}");
 }
 
 /// `fsync-gc run` under a pseudo-terminal (util-linux `script`): the progress bar
@@ -1146,7 +983,7 @@ async fn the_progress_bar_shows_on_a_terminal_and_only_there() {
             .output()
             .expect("util-linux `script` runs fsync-gc under a pseudo-terminal");
         assert!(out.status.success(), "{}: {out:?}", env.name);
-        let tty = String::from_utf8_lossy(&out.stdout);
+        let tty = stdout(&out);
         for stage in [
             "pruning versions",
             "sweeping chunks",
@@ -1159,28 +996,26 @@ async fn the_progress_bar_shows_on_a_terminal_and_only_there() {
 
         let out = fsync_gc(&env, &["run", "--grace", "1d"]);
         assert!(out.status.success(), "{}: {out:?}", env.name);
-        let piped = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !piped.contains('\x1b') && !piped.contains("sweeping chunks"),
-            "{}: progress drawn into a pipe: {piped:?}",
-            env.name
-        );
+        let piped = stderr(&out);
+        let drawn = piped.contains('\x1b') || piped.contains("sweeping chunks");
+        let name = env.name;
+        assert!(!drawn, "{name}: progress drawn into a pipe: {piped:?}");
     }
 }
 
 #[tokio::test]
 async fn the_binary_reports_json_exits_on_damage_and_refuses_a_second_run() {
     for env in envs().await {
+        let name = env.name;
         let ids = chunks(3);
-        env.write("f", &VersionVector::new(), &ids, wall_now())
-            .await;
+        env.create("f", &ids, wall_now()).await;
         env.upload(&chunks(2), wall_now() - 10 * DAY).await;
 
         let out = fsync_gc(&env, &["stats", "--json"]);
-        assert!(out.status.success(), "{}: {out:?}", env.name);
+        assert!(out.status.success(), "{name}: {out:?}");
         let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(stats["chunks"], 5, "{}", env.name);
-        assert_eq!(stats["reclaimable_chunks"], 2, "{}", env.name);
+        assert_eq!(stats["chunks"], 5, "{name}");
+        assert_eq!(stats["reclaimable_chunks"], 2, "{name}");
 
         let out = fsync_gc(&env, &["run", "--dry-run", "--json"]);
         let dry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -1192,61 +1027,42 @@ async fn the_binary_reports_json_exits_on_damage_and_refuses_a_second_run() {
         let gc = env.collector().await;
         let lock = gc.lock().await.unwrap();
         let out = fsync_gc(&env, &["run"]);
-        assert_eq!(out.status.code(), Some(2), "{}: {out:?}", env.name);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("another fsync-gc is running"),
-            "{}: {err}",
-            env.name
-        );
+        assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+        let err = stderr(&out);
+        assert!(err.contains("another fsync-gc is running"), "{name}: {err}");
         lock.release().await;
 
         let out = fsync_gc(&env, &["run", "--grace", "1d"]);
-        assert!(out.status.success(), "{}: {out:?}", env.name);
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains("removed 0 versions (0 files whole), 2 chunks"),
-            "{}: {text}",
-            env.name
-        );
+        assert!(out.status.success(), "{name}: {out:?}");
+        let text = stdout(&out);
+        let want = "removed 0 versions (0 files whole), 2 chunks";
+        assert!(text.contains(want), "{name}: {text}");
 
         let out = fsync_gc(&env, &["verify"]);
-        assert_eq!(out.status.code(), Some(0), "{}: {out:?}", env.name);
+        assert_eq!(out.status.code(), Some(0), "{name}: {out:?}");
         env.blobs.delete(&env.ns, &ids[1]).await.unwrap();
         let out = fsync_gc(&env, &["verify"]);
-        assert_eq!(out.status.code(), Some(1), "{}: {out:?}", env.name);
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains(&format!("MISSING     {} {}", env.ns, ids[1])),
-            "{}: {text}",
-            env.name
-        );
+        assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
+        let text = stdout(&out);
+        let want = format!("MISSING     {} {}", env.ns, ids[1]);
+        assert!(text.contains(&want), "{name}: {text}");
         let out = fsync_gc(&env, &["verify", "--json"]);
-        assert_eq!(out.status.code(), Some(1), "{}: {out:?}", env.name);
+        assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["damage_count"], 1, "{}: {v}", env.name);
-        assert_eq!(v["chunks_checked"], 3, "{}: {v}", env.name);
+        assert_eq!(v["damage_count"], 1, "{name}: {v}");
+        assert_eq!(v["chunks_checked"], 3, "{name}: {v}");
         let damage = v["damage"].to_string();
-        assert!(
-            damage.contains(&ids[1].to_hex()) && damage.contains(&env.ns.to_hex()),
-            "{}: {damage}",
-            env.name
-        );
+        let named = damage.contains(&ids[1].to_hex()) && damage.contains(&env.ns.to_hex());
+        assert!(named, "{name}: {damage}");
 
         // A grace period shorter than the lookup slack is allowed, with a warning.
         let out = fsync_gc(&env, &["run", "--grace", "10m"]);
-        assert!(out.status.success(), "{}: {out:?}", env.name);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("grace period is shorter") && err.contains("upload them again"),
-            "{}: {err}",
-            env.name
-        );
+        assert!(out.status.success(), "{name}: {out:?}");
+        let err = stderr(&out);
+        let warned = err.contains("grace period is shorter") && err.contains("upload them again");
+        assert!(warned, "{name}: {err}");
         let out = fsync_gc(&env, &["run", "--grace", "2h"]);
-        assert!(
-            !String::from_utf8_lossy(&out.stderr).contains("grace period is shorter"),
-            "{}: {out:?}",
-            env.name
-        );
+        let warned = stderr(&out).contains("grace period is shorter");
+        assert!(!warned, "{name}: {out:?}");
     }
 }

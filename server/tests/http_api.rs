@@ -9,34 +9,47 @@
     clippy::many_single_char_names
 )]
 
+// The shared harness; this file uses most of it.
+#[allow(dead_code)]
 #[macro_use]
 mod common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use common::{
-    admin_sql, b64url, backends, empty, hs, next_frame, next_push, now_secs, random_key, register,
-    username, ws_request, Backend, Claims, Device, Resp, Server, User, Ws, EVENT_TIMEOUT, SECRET,
-    T0,
+    account, admin_sql, b64url, backends, chunk_path, empty, hs, next_frame, next_push, now_secs,
+    random_key, register, username, ws_auth, ws_connect, ws_open, Backend, Claims, Device, Resp,
+    Server, User, Ws, EVENT_TIMEOUT, SECRET, T0,
 };
 use fsync_common::batch;
 use fsync_common::limits::{MAX_BLOB_SIZE, MAX_CHUNK_PLAINTEXT};
 use fsync_common::wire::{
     ChangesResponse, ChunkRef, CommitOutcome, CommitRequest, CommitResponse, DeleteOutcome,
-    DeviceInfo, FileMeta, KdfParams, ListResponse, Manifest, MissingResponse, OpResponse,
-    PushMessage, StoredResponse, SyncEvent, SyncEventResponse, SyncEventResult, TokenResponse,
-    VersionInfo,
+    DeviceInfo, FileMeta, KdfParams, ListResponse, LoginResponse, Manifest, MissingResponse,
+    OpResponse, PushMessage, StoredResponse, SyncEvent, SyncEventResponse, SyncEventResult,
+    TokenResponse, VersionInfo,
 };
 use fsync_common::{ChunkId, ContentHash, DeviceId, FileId, NamespaceId, Seq, UserId, VersionNo};
-use futures_util::SinkExt;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 const SEC: i64 = 1_000_000_000;
 
-fn params_path(name: &str) -> String {
-    format!("/api/v1/auth/params?username={name}")
+const DEVICES: &str = "/api/v1/devices";
+const DELETE: &str = "/api/v1/files/delete";
+const UPLOAD: &str = "/api/v1/files/upload";
+const LOGIN: &str = "/api/v1/auth/login";
+const MANIFESTS: &str = "/api/v1/files/manifests";
+const EVENT: &str = "/api/v1/sync/event";
+const CHANGES_0: &str = "/api/v1/sync/changes?since=0";
+const JSON: &str = "application/json";
+/// The listing query that includes tombstones.
+const ALL: &[(&str, &str)] = &[("include_deleted", "true")];
+
+async fn params(srv: &Server, name: &str) -> KdfParams {
+    let path = format!("/api/v1/auth/params?username={name}");
+    srv.get_json(&path, None).await
 }
 
 async fn list_all(srv: &Server, dev: &Device, query: &[(&str, &str)]) -> Vec<FileMeta> {
@@ -64,17 +77,13 @@ async fn list_all(srv: &Server, dev: &Device, query: &[(&str, &str)]) -> Vec<Fil
 }
 
 async fn download(srv: &Server, dev: &Device, file: FileId) -> Manifest {
-    srv.get(&format!("/api/v1/files/download/{file}"), Some(&dev.token))
-        .await
-        .expect(200)
-        .json()
+    let path = format!("/api/v1/files/download/{file}");
+    srv.get_json(&path, Some(&dev.token)).await
 }
 
 async fn versions(srv: &Server, dev: &Device, file: FileId) -> Vec<VersionInfo> {
-    srv.get(&format!("/api/v1/files/{file}/versions"), Some(&dev.token))
-        .await
-        .expect(200)
-        .json()
+    let path = format!("/api/v1/files/{file}/versions");
+    srv.get_json(&path, Some(&dev.token)).await
 }
 
 /// Fetches and decrypts a file's content through its manifest, as a client would.
@@ -82,14 +91,8 @@ async fn read_file(srv: &Server, user: &User, dev: &Device, file: FileId) -> Vec
     let m = download(srv, dev, file).await;
     let mut out = Vec::new();
     for ChunkRef(id, len) in m.chunks {
-        let blob = srv
-            .get(
-                &format!("/api/v1/chunks/{id}?namespace={}", user.namespace),
-                Some(&dev.token),
-            )
-            .await
-            .expect(200)
-            .body;
+        let path = chunk_path(&id, user.namespace);
+        let blob = srv.get(&path, Some(&dev.token)).await.expect(200).body;
         let plain = user.codec.decode(&id, &blob).expect("blob decrypts");
         assert_eq!(plain.len(), len as usize);
         out.extend(plain);
@@ -133,14 +136,9 @@ async fn auth_scenario(srv: &Server) {
     let name = username("alice");
 
     // Unknown users get stable fake parameters, different per name, shaped like real ones.
-    let fake1: KdfParams = srv.get(&params_path(&name), None).await.expect(200).json();
-    let fake2: KdfParams = srv.get(&params_path(&name), None).await.expect(200).json();
+    let (fake1, fake2) = (params(srv, &name).await, params(srv, &name).await);
     assert_eq!(fake1, fake2, "fake params must be stable across calls");
-    let other: KdfParams = srv
-        .get(&params_path(&username("bob")), None)
-        .await
-        .expect(200)
-        .json();
+    let other = params(srv, &username("bob")).await;
     assert_ne!(
         fake1.salt, other.salt,
         "two unknown names must not share a salt"
@@ -148,7 +146,7 @@ async fn auth_scenario(srv: &Server) {
     fsync_store::validate_kdf_params(&fake1).expect("fake params look real");
 
     let alice = register(srv, &name).await;
-    let known: KdfParams = srv.get(&params_path(&name), None).await.expect(200).json();
+    let known = params(srv, &name).await;
     assert_eq!(
         known, alice.kdf,
         "params of a known user are the registered ones"
@@ -158,40 +156,20 @@ async fn auth_scenario(srv: &Server) {
     // case, so "x" and "X" got the same fake salt only while "x" did not exist: asking
     // for both spellings told whether an account existed. Whatever the account state,
     // two spellings must now answer alike: different parameters.
-    let params = |n: String| async move {
-        srv.get(&params_path(&n), None)
-            .await
-            .expect(200)
-            .json::<KdfParams>()
-    };
-    let unknown = username("dave");
-    assert_ne!(
-        params(unknown.clone()).await,
-        params(unknown.to_uppercase()).await,
-        "unknown user: other spelling, other parameters"
-    );
-    assert_ne!(
-        params(name.clone()).await,
-        params(name.to_uppercase()).await,
-        "known user: other spelling, other parameters"
-    );
+    for (n, who) in [
+        (username("dave"), "unknown user"),
+        (name.clone(), "known user"),
+    ] {
+        let (lower, upper) = (params(srv, &n).await, params(srv, &n.to_uppercase()).await);
+        assert_ne!(lower, upper, "{who}: other spelling, other parameters");
+    }
 
     // The same username again.
-    let dup = srv
-        .post(
-            "/api/v1/auth/register",
-            None,
-            &json!({
-                "username": name,
-                "email": "other@example.org",
-                "password": "11".repeat(32),
-                "kdf": alice.kdf,
-                "wrapped_account_key": alice.wrapped_account_key,
-                "wrapped_namespace_key": alice.wrapped_namespace_key,
-            }),
-        )
-        .await
-        .expect_error(409, "conflict");
+    let dup = json!({"username": name, "email": "other@example.org", "password": "11".repeat(32),
+        "kdf": alice.kdf, "wrapped_account_key": alice.wrapped_account_key,
+        "wrapped_namespace_key": alice.wrapped_namespace_key});
+    let dup = srv.post("/api/v1/auth/register", None, &dup).await;
+    let dup = dup.expect_error(409, "conflict");
     assert!(dup.value()["error"]["message"].is_string());
 
     // Login.
@@ -209,105 +187,49 @@ async fn auth_scenario(srv: &Server) {
 
     // A new device recovers the namespace keys from password + what login returned.
     let master = fsync_testkit::keys::derive(&alice.password, &known).await;
-    let account_key = master
-        .kek()
-        .unwrap(&hex::decode(&l.wrapped_account_key).unwrap())
-        .expect("account key unwraps");
-    let keys = account_key
-        .unwrap_namespace_key(&hex::decode(&l.namespaces[0].wrapped_key).unwrap())
-        .expect("namespace key unwraps")
-        .derive();
-    let recovered = fsync_store::BlobCodec::new(&keys);
+    let wrapped = hex::decode(&l.wrapped_account_key).unwrap();
+    let account_key = master.kek().unwrap(&wrapped).expect("account key unwraps");
+    let wrapped = hex::decode(&l.namespaces[0].wrapped_key).unwrap();
+    let keys = account_key.unwrap_namespace_key(&wrapped);
+    let recovered = fsync_store::BlobCodec::new(&keys.expect("namespace key unwraps").derive());
     assert_eq!(recovered.chunk_id(b"probe"), alice.codec.chunk_id(b"probe"));
 
     // Wrong password and unknown user are indistinguishable.
-    let wrong = srv
-        .post(
-            "/api/v1/auth/login",
-            None,
-            &json!({"username": name, "password": "ab".repeat(32), "device_name": "x"}),
-        )
-        .await
-        .expect_error(401, "unauthorized");
-    let unknown = srv
-        .post(
-            "/api/v1/auth/login",
-            None,
-            &json!({"username": username("nobody"), "password": "ab".repeat(32), "device_name": "x"}),
-        )
-        .await
-        .expect_error(401, "unauthorized");
+    let login = |username: String| {
+        let body = json!({"username": username, "password": "ab".repeat(32), "device_name": "x"});
+        async move { srv.post("/api/v1/auth/login", None, &body).await }
+    };
+    let wrong = login(name.clone()).await.unauthorized();
+    let unknown = login(username("nobody")).await.unauthorized();
     assert_eq!(
         wrong.body, unknown.body,
         "wrong password and unknown user must look the same"
     );
 
     // Refresh rotates: the old token is refused once used, the new one works.
-    let t1: TokenResponse = srv
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            &json!({"refresh_token": laptop.refresh}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let t1: TokenResponse = srv.refresh(&laptop.refresh).await.expect(200).json();
     assert_ne!(t1.refresh_token, laptop.refresh);
-    srv.post(
-        "/api/v1/auth/refresh",
-        None,
-        &json!({"refresh_token": laptop.refresh}),
-    )
-    .await
-    .expect_error(401, "unauthorized");
-    srv.get("/api/v1/devices", Some(&t1.access_token))
-        .await
-        .expect(200);
-    let t2: TokenResponse = srv
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            &json!({"refresh_token": t1.refresh_token}),
-        )
-        .await
-        .expect(200)
-        .json();
+    srv.refresh(&laptop.refresh).await.unauthorized();
+    srv.get(DEVICES, Some(&t1.access_token)).await.expect(200);
+    let t2: TokenResponse = srv.refresh(&t1.refresh_token).await.expect(200).json();
 
     // Logout forgets the refresh token.
-    srv.post(
-        "/api/v1/auth/logout",
-        Some(&t2.access_token),
-        &json!({"refresh_token": t2.refresh_token}),
-    )
-    .await
-    .expect(204);
-    srv.post(
-        "/api/v1/auth/refresh",
-        None,
-        &json!({"refresh_token": t2.refresh_token}),
-    )
-    .await
-    .expect_error(401, "unauthorized");
+    let body = json!({"refresh_token": t2.refresh_token});
+    let logout = srv.post("/api/v1/auth/logout", Some(&t2.access_token), &body);
+    logout.await.expect(204);
+    srv.refresh(&t2.refresh_token).await.unauthorized();
 
     // Devices: a second login is a second device; logging in with a device id keeps it.
     let phone = alice.login(srv, "phone").await;
     assert_ne!(phone.id, laptop.id);
     let mut body = alice.login_body("laptop again");
     body["device_id"] = json!(laptop.id);
-    let laptop2: fsync_common::wire::LoginResponse = srv
-        .post("/api/v1/auth/login", None, &body)
-        .await
-        .expect(200)
-        .json();
+    let laptop2: LoginResponse = srv.post_json("/api/v1/auth/login", None, &body).await;
     assert_eq!(
         laptop2.device_id, laptop.id,
         "login with a device id keeps the device"
     );
-    let devices: Vec<DeviceInfo> = srv
-        .get("/api/v1/devices", Some(&phone.token))
-        .await
-        .expect(200)
-        .json();
+    let devices: Vec<DeviceInfo> = srv.get_json(DEVICES, Some(&phone.token)).await;
     let by_id: HashMap<DeviceId, &DeviceInfo> = devices.iter().map(|d| (d.id, d)).collect();
     assert_eq!(by_id.len(), 2, "{devices:?}");
     assert_eq!(
@@ -318,31 +240,12 @@ async fn auth_scenario(srv: &Server) {
     assert!(devices.iter().all(|d| !d.revoked));
 
     // Revoking the laptop (from the phone) kills its access and refresh tokens.
-    srv.send(srv.request(
-        Method::DELETE,
-        &format!("/api/v1/devices/{}", laptop.id),
-        Some(&phone.token),
-    ))
-    .await
-    .expect(204);
-    srv.get("/api/v1/devices", Some(&laptop.token))
-        .await
-        .expect_error(401, "unauthorized");
-    srv.get("/api/v1/devices", Some(&t1.access_token))
-        .await
-        .expect_error(401, "unauthorized");
-    srv.post(
-        "/api/v1/auth/refresh",
-        None,
-        &json!({"refresh_token": laptop2.refresh_token}),
-    )
-    .await
-    .expect_error(401, "unauthorized");
-    let devices: Vec<DeviceInfo> = srv
-        .get("/api/v1/devices", Some(&phone.token))
-        .await
-        .expect(200)
-        .json();
+    srv.revoke(Some(&phone.token), laptop.id).await.expect(204);
+    for t in [&laptop.token, &t1.access_token] {
+        srv.get(DEVICES, Some(t)).await.unauthorized();
+    }
+    srv.refresh(&laptop2.refresh_token).await.unauthorized();
+    let devices: Vec<DeviceInfo> = srv.get_json(DEVICES, Some(&phone.token)).await;
     assert!(
         devices.iter().all(|d| d.id != laptop.id || d.revoked),
         "revoked device must be listed as revoked or not at all: {devices:?}"
@@ -350,22 +253,11 @@ async fn auth_scenario(srv: &Server) {
     // A revoked device id cannot be reclaimed at login; unknown devices are 404.
     let mut body = alice.login_body("laptop zombie");
     body["device_id"] = json!(laptop.id);
-    let zombie: fsync_common::wire::LoginResponse = srv
-        .post("/api/v1/auth/login", None, &body)
-        .await
-        .expect(200)
-        .json();
+    let zombie: LoginResponse = srv.post_json("/api/v1/auth/login", None, &body).await;
     assert_ne!(zombie.device_id, laptop.id);
-    srv.send(srv.request(
-        Method::DELETE,
-        &format!("/api/v1/devices/{}", DeviceId::from_bytes([9; 8])),
-        Some(&phone.token),
-    ))
-    .await
-    .expect_error(404, "not_found");
-    srv.get("/api/v1/devices", Some(&phone.token))
-        .await
-        .expect(200);
+    let unknown = DeviceId::from_bytes([9; 8]);
+    srv.revoke(Some(&phone.token), unknown).await.not_found();
+    srv.get(DEVICES, Some(&phone.token)).await.expect(200);
 }
 
 on_every_backend!(auth_register_login_refresh_logout_devices => auth_scenario);
@@ -375,90 +267,62 @@ on_every_backend!(auth_register_login_refresh_logout_devices => auth_scenario);
 use jsonwebtoken::Algorithm::{HS256, HS512};
 
 async fn jwt_scenario(srv: &Server) {
-    let user = register(srv, &username("jwt")).await;
-    let dev = user.login(srv, "d").await;
-    let path = "/api/v1/devices";
+    let (user, dev) = account(srv, "jwt", "d").await;
     let now = now_secs();
-    let claims = Claims {
-        sub: user.id.to_hex(),
-        device: dev.id.to_hex(),
-        iat: now,
-        exp: now + 600,
-    };
+    let claims = Claims::of(&user, &dev, now, now + 600);
+    let refused = |t: String| async move { srv.get(DEVICES, Some(&t)).await.unauthorized() };
 
     // Controls: the real token and one forged with the server's own secret both work,
     // so the refusals below are about what each token gets wrong.
-    srv.get(path, Some(&dev.token)).await.expect(200);
+    srv.get(DEVICES, Some(&dev.token)).await.expect(200);
     let good = hs(HS256, &claims, SECRET);
-    srv.get(path, Some(&good)).await.expect(200);
+    srv.get(DEVICES, Some(&good)).await.expect(200);
 
-    srv.get(path, None).await.expect_error(401, "unauthorized");
-    srv.send(
-        srv.request(Method::GET, path, None)
-            .header("authorization", format!("Token {good}")),
-    )
-    .await
-    .expect_error(401, "unauthorized");
+    srv.get(DEVICES, None).await.unauthorized();
+    let scheme = srv.request(Method::GET, DEVICES, None);
+    let scheme = scheme.header("authorization", format!("Token {good}"));
+    srv.send(scheme).await.unauthorized();
 
     let forged = hs(
         HS256,
         &claims,
         "another secret, just as long as the real one",
     );
-    srv.get(path, Some(&forged))
-        .await
-        .expect_error(401, "unauthorized");
+    refused(forged.clone()).await;
 
     let payload = b64url(serde_json::to_string(&claims).unwrap().as_bytes());
-    let none = format!("{}.{payload}.", b64url(br#"{"alg":"none","typ":"JWT"}"#));
-    srv.get(path, Some(&none))
-        .await
-        .expect_error(401, "unauthorized");
+    refused(format!(
+        "{}.{payload}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#)
+    ))
+    .await;
 
-    let expired = Claims {
-        iat: now - 7200,
-        exp: now - 3600,
-        ..claims
-    };
-    srv.get(path, Some(&hs(HS256, &expired, SECRET)))
-        .await
-        .expect_error(401, "unauthorized");
-    let claims = Claims {
-        exp: now + 600,
-        ..expired
-    };
+    refused(hs(
+        HS256,
+        &Claims::of(&user, &dev, now - 7200, now - 3600),
+        SECRET,
+    ))
+    .await;
+    // The claims of the expired token, expiring later.
+    let mut claims2 = Claims::of(&user, &dev, now - 7200, now + 600);
 
     // The algorithm is pinned: HS512 under the right secret is refused.
-    srv.get(path, Some(&hs(HS512, &claims, SECRET)))
-        .await
-        .expect_error(401, "unauthorized");
+    refused(hs(HS512, &claims2, SECRET)).await;
 
     // The real header and claims with a signature made by another key.
     let (signed, _) = good.rsplit_once('.').unwrap();
     let (_, foreign_sig) = forged.rsplit_once('.').unwrap();
-    srv.get(path, Some(&format!("{signed}.{foreign_sig}")))
-        .await
-        .expect_error(401, "unauthorized");
+    refused(format!("{signed}.{foreign_sig}")).await;
     // Claims swapped under a valid signature (privilege change: another user).
     let (header, rest) = good.split_once('.').unwrap();
     let (_, sig) = rest.split_once('.').unwrap();
-    let other = Claims {
-        sub: UserId::from_bytes([7; 16]).to_hex(),
-        ..claims
-    };
-    let swapped = b64url(serde_json::to_string(&other).unwrap().as_bytes());
-    srv.get(path, Some(&format!("{header}.{swapped}.{sig}")))
-        .await
-        .expect_error(401, "unauthorized");
+    claims2.sub = UserId::from_bytes([7; 16]).to_hex();
+    let swapped = b64url(serde_json::to_string(&claims2).unwrap().as_bytes());
+    refused(format!("{header}.{swapped}.{sig}")).await;
     // Correctly signed, but for a device that does not exist.
-    let ghost = Claims {
-        sub: user.id.to_hex(),
-        device: DeviceId::from_bytes([3; 8]).to_hex(),
-        ..other
-    };
-    srv.get(path, Some(&hs(HS256, &ghost, SECRET)))
-        .await
-        .expect_error(401, "unauthorized");
+    let mut ghost = Claims::of(&user, &dev, now - 7200, now + 600);
+    ghost.device = DeviceId::from_bytes([3; 8]).to_hex();
+    refused(hs(HS256, &ghost, SECRET)).await;
 }
 
 on_every_backend!(jwt_tokens_are_verified => jwt_scenario);
@@ -466,8 +330,7 @@ on_every_backend!(jwt_tokens_are_verified => jwt_scenario);
 // ================================================================= 3. chunks
 
 async fn chunks_scenario(srv: &Server) {
-    let user = register(srv, &username("chunks")).await;
-    let dev = user.login(srv, "d").await;
+    let (user, dev) = account(srv, "chunks", "d").await;
     let tok = Some(dev.token.as_str());
     let ns = user.namespace;
     let datas: Vec<Vec<u8>> = (0..4)
@@ -476,15 +339,8 @@ async fn chunks_scenario(srv: &Server) {
     let blobs: Vec<(ChunkId, Vec<u8>)> = datas.iter().map(|d| user.blob(d)).collect();
     let ids: Vec<ChunkId> = blobs.iter().map(|(id, _)| *id).collect();
     let missing = |ids: Vec<ChunkId>| async move {
-        let r: MissingResponse = srv
-            .post(
-                "/api/v1/chunks/missing",
-                tok,
-                &json!({"namespace": ns, "ids": ids}),
-            )
-            .await
-            .expect(200)
-            .json();
+        let body = json!({"namespace": ns, "ids": ids});
+        let r: MissingResponse = srv.post_json("/api/v1/chunks/missing", tok, &body).await;
         r.missing.into_iter().collect::<BTreeSet<_>>()
     };
 
@@ -492,25 +348,18 @@ async fn chunks_scenario(srv: &Server) {
 
     // Single upload: 201, then 200 (idempotent).
     let put = |id: ChunkId, body: Vec<u8>| async move {
-        srv.put_bytes(&format!("/api/v1/chunks/{id}?namespace={ns}"), tok, body)
-            .await
+        srv.put_bytes(&chunk_path(&id, ns), tok, body).await
     };
     let r: StoredResponse = put(ids[0], blobs[0].1.clone()).await.expect(201).json();
     assert_eq!((r.stored, r.existing), (1, 0));
     let r: StoredResponse = put(ids[0], blobs[0].1.clone()).await.expect(200).json();
     assert_eq!((r.stored, r.existing), (0, 1));
-    assert_eq!(
-        missing(ids.clone()).await,
-        ids[1..].iter().copied().collect()
-    );
+    let rest: BTreeSet<ChunkId> = ids[1..].iter().copied().collect();
+    assert_eq!(missing(ids.clone()).await, rest);
 
     // Not a blob.
-    put(
-        ids[1],
-        b"NOPE, this is not a blob at all, just some bytes".to_vec(),
-    )
-    .await
-    .expect_error(422, "invalid_blob");
+    let nope = b"NOPE, this is not a blob at all, just some bytes".to_vec();
+    put(ids[1], nope).await.expect_error(422, "invalid_blob");
     assert!(
         missing(vec![ids[1]]).await.contains(&ids[1]),
         "a refused blob is not recorded"
@@ -524,53 +373,32 @@ async fn chunks_scenario(srv: &Server) {
         .expect_error(413, "payload_too_large");
 
     // Batch upload.
+    let batch_path = format!("/api/v1/chunks/batch?namespace={ns}");
+    let post_batch = |body: Vec<u8>| srv.post_bytes(&batch_path, tok, body);
     let body = batch::encode(blobs[1..].iter().map(|(id, b)| (id, b.as_slice())));
-    let r: StoredResponse = srv
-        .post_bytes(&format!("/api/v1/chunks/batch?namespace={ns}"), tok, body)
-        .await
-        .expect(200)
-        .json();
+    let r: StoredResponse = post_batch(body).await.expect(200).json();
     assert_eq!((r.stored, r.existing), (3, 0));
     assert!(missing(ids.clone()).await.is_empty());
     // Malformed batches.
-    srv.post_bytes(
-        &format!("/api/v1/chunks/batch?namespace={ns}"),
-        tok,
-        b"XXXX\x01".to_vec(),
-    )
-    .await
-    .expect_error(400, "bad_request");
+    post_batch(b"XXXX\x01".to_vec()).await.bad_request();
     let bogus = batch::encode([(&ids[0], &b"not a blob, not at all"[..])]);
-    srv.post_bytes(&format!("/api/v1/chunks/batch?namespace={ns}"), tok, bogus)
-        .await
-        .expect_error(422, "invalid_blob");
+    post_batch(bogus).await.expect_error(422, "invalid_blob");
 
     // Download: the exact bytes, which decrypt to the plaintext.
     for ((id, blob), data) in blobs.iter().zip(&datas) {
-        let r = srv
-            .get(&format!("/api/v1/chunks/{id}?namespace={ns}"), tok)
-            .await
-            .expect(200);
+        let r = srv.get(&chunk_path(id, ns), tok).await.expect(200);
         assert_eq!(&r.body, blob);
         assert_eq!(&user.codec.decode(id, &r.body).unwrap(), data);
     }
     // Without ?namespace= the user's first namespace is used.
-    assert_eq!(
-        srv.get(&format!("/api/v1/chunks/{}", ids[2]), tok)
-            .await
-            .expect(200)
-            .body,
-        blobs[2].1
-    );
+    let r = srv.get(&format!("/api/v1/chunks/{}", ids[2]), tok).await;
+    assert_eq!(r.expect(200).body, blobs[2].1);
 
     // Batch download leaves out what is not there.
     let absent = ChunkId::from_bytes([0xaa; 32]);
+    let body = json!({"namespace": ns, "ids": [ids[0], absent, ids[2]]});
     let r = srv
-        .post(
-            "/api/v1/chunks/fetch",
-            tok,
-            &json!({"namespace": ns, "ids": [ids[0], absent, ids[2]]}),
-        )
+        .post("/api/v1/chunks/fetch", tok, &body)
         .await
         .expect(200);
     let got = batch::decode(&r.body, MAX_BLOB_SIZE).expect("a batch body");
@@ -578,22 +406,13 @@ async fn chunks_scenario(srv: &Server) {
     assert_eq!(got, vec![blobs[0].clone(), blobs[2].clone()]);
 
     // Bad ids.
-    srv.get("/api/v1/chunks/not-hex", tok)
-        .await
-        .expect_error(400, "bad_request");
-    srv.get(&format!("/api/v1/chunks/{}", "ab".repeat(31)), tok)
-        .await
-        .expect_error(400, "bad_request");
-    put_raw_bad_id(srv, tok, &blobs[0].1).await;
-    srv.get(&format!("/api/v1/chunks/{absent}"), tok)
-        .await
-        .expect_error(404, "not_found");
-}
-
-async fn put_raw_bad_id(srv: &Server, tok: Option<&str>, blob: &[u8]) {
-    srv.put_bytes("/api/v1/chunks/zzzz", tok, blob.to_vec())
-        .await
-        .expect_error(400, "bad_request");
+    srv.get("/api/v1/chunks/not-hex", tok).await.bad_request();
+    let short = format!("/api/v1/chunks/{}", "ab".repeat(31));
+    srv.get(&short, tok).await.bad_request();
+    let r = srv.put_bytes("/api/v1/chunks/zzzz", tok, blobs[0].1.clone());
+    r.await.bad_request();
+    let absent = format!("/api/v1/chunks/{absent}");
+    srv.get(&absent, tok).await.not_found();
 }
 
 on_every_backend!(chunks_upload_download_dedup => chunks_scenario);
@@ -601,15 +420,14 @@ on_every_backend!(chunks_upload_download_dedup => chunks_scenario);
 // ================================================================= 4. files
 
 async fn files_scenario(srv: &Server) {
-    let user = register(srv, &username("files")).await;
-    let dev = user.login(srv, "d").await;
+    let (user, dev) = account(srv, "files", "d").await;
     let tok = Some(dev.token.as_str());
-    let up = "/api/v1/files/upload";
+    let (up, a) = ("/api/v1/files/upload", "docs/a.txt");
 
     let req1 = user
-        .commit_req(srv, &dev, "docs/a.txt", b"version one", &empty(), T0)
+        .commit_req(srv, &dev, a, b"version one", &empty(), T0)
         .await;
-    let r1: CommitResponse = srv.post(up, tok, &req1).await.expect(200).json();
+    let r1: CommitResponse = srv.post_json(up, tok, &req1).await;
     assert_eq!(r1.outcome, CommitOutcome::FastForward);
     assert!(r1.conflict_copy.is_none());
     let h1 = &r1.head;
@@ -618,13 +436,11 @@ async fn files_scenario(srv: &Server) {
     assert_eq!(h1.path.as_str(), "docs/a.txt");
     assert_eq!((h1.size, h1.mtime, h1.mode), (11, T0, 0o644));
     assert_eq!(h1.content_hash, Some(req1.content_hash));
-    assert_eq!(
-        (h1.deleted, h1.device, h1.namespace),
-        (false, dev.id, user.namespace)
-    );
+    let whose = (h1.deleted, h1.device, h1.namespace);
+    assert_eq!(whose, (false, dev.id, user.namespace));
 
     // A retry with the same idempotency key gets the same answer.
-    let again: CommitResponse = srv.post(up, tok, &req1).await.expect(200).json();
+    let again: CommitResponse = srv.post_json(up, tok, &req1).await;
     assert_eq!(again.outcome, CommitOutcome::AlreadyApplied);
     assert_eq!(again.head, r1.head);
 
@@ -637,21 +453,14 @@ async fn files_scenario(srv: &Server) {
         idempotency_key: random_key(),
         ..req1.clone()
     };
-    let r = srv
-        .post(up, tok, &bad)
-        .await
-        .expect_error(409, "missing_chunks");
+    let r = srv.post(up, tok, &bad).await;
+    let r = r.expect_error(409, "missing_chunks");
     assert_eq!(r.value()["error"]["missing"], json!([ghost]));
 
     // Sizes that do not add up.
-    let wrong = CommitRequest {
-        size: req1.size + 1,
-        idempotency_key: random_key(),
-        ..req1.clone()
-    };
-    srv.post(up, tok, &wrong)
-        .await
-        .expect_error(400, "bad_request");
+    let mut wrong = req1.clone();
+    (wrong.size, wrong.idempotency_key) = (req1.size + 1, random_key());
+    srv.post(up, tok, &wrong).await.bad_request();
 
     // Bad paths (a client cannot even build a SyncPath for them: send raw JSON).
     for path in ["../../etc/passwd", "/etc/passwd", "a/./b", "a//b"] {
@@ -663,24 +472,13 @@ async fn files_scenario(srv: &Server) {
             .expect_error(400, "invalid_path");
     }
     // Malformed JSON and unknown fields.
-    let r = srv
-        .send(
-            srv.request(Method::POST, up, tok)
-                .header("content-type", "application/json")
-                .body("{\"namespace\": oops"),
-        )
-        .await
-        .expect_error(400, "bad_request");
-    assert!(r.headers["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/json"));
+    let r = srv.post_raw(up, tok, JSON, "{\"namespace\": oops").await;
+    assert!(r.bad_request().is_json());
     let mut v = serde_json::to_value(&req1).unwrap();
     v["surprise"] = json!(1);
-    srv.post(up, tok, &v).await.expect_error(400, "bad_request");
+    srv.post(up, tok, &v).await.bad_request();
     // None of the refused commits left a trace.
-    let listed = list_all(srv, &dev, &[("include_deleted", "true")]).await;
-    assert_eq!(listed, vec![r1.head.clone()]);
+    assert_eq!(list_all(srv, &dev, ALL).await, vec![r1.head.clone()]);
 
     // Download returns the manifest.
     let file = r1.head.file_id;
@@ -691,153 +489,74 @@ async fn files_scenario(srv: &Server) {
 
     // Version 2 on top of the head.
     let r2 = user
-        .commit(
-            srv,
-            &dev,
-            "docs/a.txt",
-            b"version two!",
-            &r1.head.vv,
-            T0 + SEC,
-        )
+        .commit(srv, &dev, a, b"version two!", &r1.head.vv, T0 + SEC)
         .await;
     assert_eq!(r2.outcome, CommitOutcome::FastForward);
     assert_eq!((r2.head.file_id, r2.head.version), (file, VersionNo(2)));
     assert!(r1.head.vv.le(&r2.head.vv) && r1.head.vv != r2.head.vv);
     let vs = versions(srv, &dev, file).await;
-    assert_eq!(
-        vs.iter().map(|v| v.version.0).collect::<Vec<_>>(),
-        [2, 1],
-        "newest first"
-    );
+    let numbers: Vec<_> = vs.iter().map(|v| v.version.0).collect();
+    assert_eq!(numbers, [2, 1], "newest first");
     assert_eq!(vs[1].content_hash, Some(req1.content_hash));
     assert_eq!(vs[0].content_hash, r2.head.content_hash);
 
     // Restore version 1: a new version 3 with v1's manifest.
-    let r3: CommitResponse = srv
-        .post(
-            &format!("/api/v1/files/{file}/restore"),
-            tok,
-            &json!({"version": 1}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let restore = format!("/api/v1/files/{file}/restore");
+    let r3: CommitResponse = srv.post_json(&restore, tok, &json!({"version": 1})).await;
     assert_eq!(r3.head.version, VersionNo(3));
     assert_eq!(r3.head.content_hash, Some(req1.content_hash));
     assert!(r2.head.vv.le(&r3.head.vv) && r2.head.vv != r3.head.vv);
     assert_eq!(download(srv, &dev, file).await.chunks, req1.chunks);
     assert_eq!(read_file(srv, &user, &dev, file).await, b"version one");
-    let v2: Manifest = srv
-        .get(&format!("/api/v1/files/download/{file}?version=2"), tok)
-        .await
-        .expect(200)
-        .json();
+    let dl = format!("/api/v1/files/download/{file}");
+    let v2: Manifest = srv.get_json(&format!("{dl}?version=2"), tok).await;
     assert_eq!(v2.meta.content_hash, r2.head.content_hash);
-    srv.get(&format!("/api/v1/files/download/{file}?version=99"), tok)
-        .await
-        .expect_error(404, "not_found");
-    srv.post(
-        &format!("/api/v1/files/{file}/restore"),
-        tok,
-        &json!({"version": 99}),
-    )
-    .await
-    .expect_error(404, "not_found");
+    srv.get(&format!("{dl}?version=99"), tok).await.not_found();
+    let r = srv.post(&restore, tok, &json!({"version": 99})).await;
+    r.not_found();
 
     // Delete: a tombstone, hidden unless asked for.
-    let del: OpResponse = srv
-        .post(
-            "/api/v1/files/delete",
-            tok,
-            &json!({"namespace": user.namespace, "path": "docs/a.txt", "base": r3.head.vv, "idempotency_key": random_key()}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let del = user.delete(srv, &dev, a, &r3.head.vv).await;
     assert_eq!(del.outcome, Some(DeleteOutcome::Deleted));
     assert_eq!(del.files.len(), 1);
-    assert!(del.files[0].deleted);
-    assert_eq!(
-        (del.files[0].file_id, del.files[0].version),
-        (file, VersionNo(4))
-    );
+    let d = &del.files[0];
+    assert!(d.deleted);
+    assert_eq!((d.file_id, d.version), (file, VersionNo(4)));
     assert!(list_all(srv, &dev, &[]).await.is_empty());
-    let with_deleted = list_all(srv, &dev, &[("include_deleted", "true")]).await;
-    assert_eq!(with_deleted, del.files);
+    assert_eq!(list_all(srv, &dev, ALL).await, del.files);
     let tomb = download(srv, &dev, file).await;
     assert!(tomb.meta.deleted && tomb.chunks.is_empty());
     let vs = versions(srv, &dev, file).await;
-    assert_eq!(
-        vs.iter()
-            .map(|v| (v.version.0, v.deleted))
-            .collect::<Vec<_>>(),
-        [(4, true), (3, false), (2, false), (1, false)]
-    );
+    let vs: Vec<_> = vs.iter().map(|v| (v.version.0, v.deleted)).collect();
+    assert_eq!(vs, [(4, true), (3, false), (2, false), (1, false)]);
     // Deleting again is reported, not an error; a path that never existed is 404.
-    let again: OpResponse = srv
-        .post(
-            "/api/v1/files/delete",
-            tok,
-            &json!({"namespace": user.namespace, "path": "docs/a.txt", "base": del.files[0].vv, "idempotency_key": random_key()}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let again = user.delete(srv, &dev, a, &del.files[0].vv).await;
     assert_eq!(again.outcome, Some(DeleteOutcome::AlreadyDeleted));
-    srv.post(
-        "/api/v1/files/delete",
-        tok,
-        &json!({"namespace": user.namespace, "path": "nope.txt", "base": {}, "idempotency_key": random_key()}),
-    )
-    .await
-    .expect_error(404, "not_found");
+    let body = user.delete_body("nope.txt", &empty());
+    srv.post(DELETE, tok, &body).await.not_found();
 
     // A tombstone is restorable: the file comes back with the old content.
-    let back: CommitResponse = srv
-        .post(
-            &format!("/api/v1/files/{file}/restore"),
-            tok,
-            &json!({"version": 2}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let back: CommitResponse = srv.post_json(&restore, tok, &json!({"version": 2})).await;
     assert_eq!(back.head.version, VersionNo(5));
     assert!(!back.head.deleted);
     assert_eq!(back.head.content_hash, r2.head.content_hash);
     assert_eq!(list_all(srv, &dev, &[]).await, vec![back.head.clone()]);
     assert_eq!(read_file(srv, &user, &dev, file).await, b"version two!");
     // Delete it again; a retry of that delete gets the first answer.
-    let body = json!({"namespace": user.namespace, "path": "docs/a.txt", "base": back.head.vv, "idempotency_key": random_key()});
-    let d1: OpResponse = srv
-        .post("/api/v1/files/delete", tok, &body)
-        .await
-        .expect(200)
-        .json();
-    let d2: OpResponse = srv
-        .post("/api/v1/files/delete", tok, &body)
-        .await
-        .expect(200)
-        .json();
+    let body = user.delete_body(a, &back.head.vv);
+    let d1: OpResponse = srv.post_json(DELETE, tok, &body).await;
+    let d2: OpResponse = srv.post_json(DELETE, tok, &body).await;
     assert_eq!(d1.outcome, Some(DeleteOutcome::Deleted));
     assert_eq!(d2, d1);
     assert_eq!(versions(srv, &dev, file).await.len(), 6);
 
     // Rename a file: same id, same chunks, no upload.
-    let n = user
-        .commit(srv, &dev, "notes/n.txt", b"a note", &empty(), T0)
-        .await;
+    let n = user.create(srv, &dev, "notes/n.txt", b"a note").await;
     let before_rename = download(srv, &dev, n.head.file_id).await;
     let stored_before = chunks_stored_total(srv).await;
-    let rn: OpResponse = srv
-        .post(
-            "/api/v1/files/rename",
-            tok,
-            &json!({"namespace": user.namespace, "from": "notes/n.txt", "to": "notes/renamed.txt", "idempotency_key": random_key()}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let rn = user
+        .rename(srv, &dev, "notes/n.txt", "notes/renamed.txt")
+        .await;
     assert_eq!(rn.files.len(), 1);
     assert_eq!(rn.files[0].file_id, n.head.file_id);
     assert_eq!(rn.files[0].path.as_str(), "notes/renamed.txt");
@@ -853,24 +572,12 @@ async fn files_scenario(srv: &Server) {
         ("dir/y.txt", "y"),
         ("dir/sub/z.txt", "z"),
     ] {
-        let r = user
-            .commit(srv, &dev, p, data.as_bytes(), &empty(), T0)
-            .await;
-        dir_ids.insert(
-            r.head.file_id,
-            (p.replacen("dir/", "moved/", 1), r.head.content_hash),
-        );
+        let r = user.create(srv, &dev, p, data.as_bytes()).await;
+        let moved = (p.replacen("dir/", "moved/", 1), r.head.content_hash);
+        dir_ids.insert(r.head.file_id, moved);
     }
     let stored_mid = chunks_stored_total(srv).await;
-    let rn: OpResponse = srv
-        .post(
-            "/api/v1/files/rename",
-            tok,
-            &json!({"namespace": user.namespace, "from": "dir", "to": "moved", "idempotency_key": random_key()}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let rn = user.rename(srv, &dev, "dir", "moved").await;
     assert_eq!(rn.files.len(), 3);
     let moved = list_all(srv, &dev, &[("prefix", "moved")]).await;
     assert_eq!(moved.len(), 3);
@@ -879,36 +586,22 @@ async fn files_scenario(srv: &Server) {
         assert_eq!((f.path.as_str(), &f.content_hash), (path.as_str(), hash));
     }
     assert!(list_all(srv, &dev, &[("prefix", "dir")]).await.is_empty());
-    assert_eq!(
-        chunks_stored_total(srv).await,
-        stored_mid,
-        "a folder rename stores no chunk"
-    );
+    let stored_now = chunks_stored_total(srv).await;
+    assert_eq!(stored_now, stored_mid, "a folder rename stores no chunk");
     assert_eq!(
         stored_mid,
         stored_before + 3,
         "only the three new files stored chunks"
     );
     // Onto an existing path: refused.
-    srv.post(
-        "/api/v1/files/rename",
-        tok,
-        &json!({"namespace": user.namespace, "from": "moved/x.txt", "to": "moved/y.txt", "idempotency_key": random_key()}),
-    )
-    .await
-    .expect_error(409, "conflict");
+    let body = user.rename_body("moved/x.txt", "moved/y.txt");
+    let r = srv.post("/api/v1/files/rename", tok, &body).await;
+    r.expect_error(409, "conflict");
 
     // Pagination: every live file exactly once across pages of 2.
     for i in 0..3 {
-        user.commit(
-            srv,
-            &dev,
-            &format!("page/{i}.txt"),
-            format!("p{i}").as_bytes(),
-            &empty(),
-            T0,
-        )
-        .await;
+        let (path, data) = (format!("page/{i}.txt"), format!("p{i}"));
+        user.create(srv, &dev, &path, data.as_bytes()).await;
     }
     let all = list_all(srv, &dev, &[]).await;
     assert_eq!(all.len(), 7, "{all:?}");
@@ -917,21 +610,15 @@ async fn files_scenario(srv: &Server) {
     let ids: HashSet<FileId> = paged.iter().map(|f| f.file_id).collect();
     assert_eq!(ids.len(), paged.len(), "no file twice");
     let mut paths: Vec<&str> = paged.iter().map(|f| f.path.as_str()).collect();
-    let sorted = {
-        let mut s = paths.clone();
-        s.sort_unstable();
-        s
-    };
+    let mut sorted = paths.clone();
+    sorted.sort_unstable();
     assert_eq!(paths, sorted, "path order");
     paths.dedup();
     assert_eq!(paths.len(), 7);
     // A bad prefix is a path error.
-    srv.send(
-        srv.request(Method::GET, "/api/v1/files/list", tok)
-            .query(&[("prefix", "../x")]),
-    )
-    .await
-    .expect_error(400, "invalid_path");
+    let rb = srv.request(Method::GET, "/api/v1/files/list", tok);
+    let r = srv.send(rb.query(&[("prefix", "../x")])).await;
+    r.expect_error(400, "invalid_path");
 }
 
 on_every_backend!(files_commit_history_restore_delete_rename_list => files_scenario);
@@ -939,15 +626,12 @@ on_every_backend!(files_commit_history_restore_delete_rename_list => files_scena
 // ================================================================= 5. conflicts
 
 async fn conflicts_scenario(srv: &Server) {
-    let user = register(srv, &username("conflicts")).await;
-    let a = user.login(srv, "A").await;
+    let (user, a) = account(srv, "conflicts", "A").await;
     let b = user.login(srv, "B").await;
     assert_ne!(a.id, b.id);
 
     // Both create report.txt from nothing; B's later mtime wins.
-    let ra = user
-        .commit(srv, &a, "docs/report.txt", b"from A", &empty(), T0)
-        .await;
+    let ra = user.create(srv, &a, "docs/report.txt", b"from A").await;
     assert_eq!(ra.outcome, CommitOutcome::FastForward);
     let rb = user
         .commit(srv, &b, "docs/report.txt", b"from B", &empty(), T0 + SEC)
@@ -956,12 +640,13 @@ async fn conflicts_scenario(srv: &Server) {
     let copy = rb.conflict_copy.clone().expect("a conflict copy");
     let name = copy.path.file_name();
     assert!(is_conflict_name(name, "report", ".txt"), "{name}");
+    let named = format!(
+        "docs/report.sync-conflict-20261125-153447-{}.txt",
+        a.id.short()
+    );
     assert_eq!(
         copy.path.as_str(),
-        format!(
-            "docs/report.sync-conflict-20261125-153447-{}.txt",
-            a.id.short()
-        ),
+        named,
         "named after the loser's mtime and device"
     );
     assert_eq!(copy.content_hash, Some(user.content_hash(b"from A")));
@@ -971,8 +656,7 @@ async fn conflicts_scenario(srv: &Server) {
     // Both contents are reachable.
     assert_eq!(read_file(srv, &user, &a, rb.head.file_id).await, b"from B");
     assert_eq!(read_file(srv, &user, &a, copy.file_id).await, b"from A");
-    let listed = list_all(srv, &a, &[]).await;
-    assert_eq!(listed.len(), 2);
+    assert_eq!(list_all(srv, &a, &[]).await.len(), 2);
 
     // The other way round: the later commit has the older mtime and loses.
     let ra = user
@@ -981,77 +665,42 @@ async fn conflicts_scenario(srv: &Server) {
     let req = user
         .commit_req(srv, &b, "plan.md", b"B's plan", &empty(), T0 + 5 * SEC)
         .await;
-    let rb: CommitResponse = srv
-        .post("/api/v1/files/upload", Some(&b.token), &req)
-        .await
-        .expect(200)
-        .json();
+    let rb: CommitResponse = srv.post_json(UPLOAD, Some(&b.token), &req).await;
     assert_eq!(rb.outcome, CommitOutcome::ConflictLost);
     // A retry gets the same answer and makes no second copy.
-    let retry: CommitResponse = srv
-        .post("/api/v1/files/upload", Some(&b.token), &req)
-        .await
-        .expect(200)
-        .json();
+    let retry: CommitResponse = srv.post_json(UPLOAD, Some(&b.token), &req).await;
     assert_eq!(retry.outcome, CommitOutcome::AlreadyApplied);
-    assert_eq!(
-        (&retry.head, &retry.conflict_copy),
-        (&rb.head, &rb.conflict_copy)
-    );
-    assert_eq!(
-        list_all(srv, &a, &[("prefix", "")])
-            .await
-            .iter()
-            .filter(|f| f.path.as_str().starts_with("plan"))
-            .count(),
-        2
-    );
+    let answer = (&retry.head, &retry.conflict_copy);
+    assert_eq!(answer, (&rb.head, &rb.conflict_copy));
+    let listed = list_all(srv, &a, &[("prefix", "")]).await;
+    let plans = listed
+        .iter()
+        .filter(|f| f.path.as_str().starts_with("plan"));
+    assert_eq!(plans.count(), 2);
     assert_eq!(rb.head, ra.head, "the head stays");
     let copy = rb.conflict_copy.expect("a conflict copy");
-    assert_eq!(
-        copy.path.as_str(),
-        format!("plan.sync-conflict-20261125-153452-{}.md", b.id.short())
-    );
+    let named = format!("plan.sync-conflict-20261125-153452-{}.md", b.id.short());
+    assert_eq!(copy.path.as_str(), named);
     assert_eq!(read_file(srv, &user, &b, copy.file_id).await, b"B's plan");
-    assert_eq!(
-        read_file(srv, &user, &b, ra.head.file_id).await,
-        b"A's plan"
-    );
+    let head = read_file(srv, &user, &b, ra.head.file_id).await;
+    assert_eq!(head, b"A's plan");
 
     // Same mtime: the larger device id wins, whoever commits second.
-    let first = user.commit(srv, &a, "tie", b"tie A", &empty(), T0).await;
-    let second = user.commit(srv, &b, "tie", b"tie B", &empty(), T0).await;
-    let expected = if b.id > a.id {
-        CommitOutcome::ConflictWon
-    } else {
-        CommitOutcome::ConflictLost
-    };
-    assert_eq!(second.outcome, expected);
-    let copy = second.conflict_copy.expect("a conflict copy");
-    assert!(
-        is_conflict_name(copy.path.as_str(), "tie", ""),
-        "{}",
-        copy.path
-    );
+    let first = user.create(srv, &a, "tie", b"tie A").await;
+    let second = user.create(srv, &b, "tie", b"tie B").await;
+    let (won, lost) = (CommitOutcome::ConflictWon, CommitOutcome::ConflictLost);
+    assert_eq!(second.outcome, if b.id > a.id { won } else { lost });
+    let copy = second.conflict_copy.expect("a conflict copy").path;
+    assert!(is_conflict_name(copy.as_str(), "tie", ""), "{copy}");
     assert_eq!(first.head.file_id, second.head.file_id);
 
     // Modify vs delete: A deletes the version it saw, B had modified it: B's change stays.
-    let v1 = user
-        .commit(srv, &a, "shared.txt", b"v1", &empty(), T0)
-        .await;
+    let v1 = user.create(srv, &a, "shared.txt", b"v1").await;
     let v2 = user
         .commit(srv, &b, "shared.txt", b"v2 by B", &v1.head.vv, T0 + SEC)
         .await;
     assert_eq!(v2.outcome, CommitOutcome::FastForward);
-    let del: OpResponse = srv
-        .post(
-            "/api/v1/files/delete",
-            Some(&a.token),
-            &json!({"namespace": user.namespace, "path": "shared.txt", "base": v1.head.vv, "idempotency_key": random_key()}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let del = user.delete(srv, &a, "shared.txt", &v1.head.vv).await;
     assert_eq!(del.outcome, Some(DeleteOutcome::KeptModified));
     assert_eq!(del.files, vec![v2.head.clone()]);
     let live = list_all(srv, &a, &[("prefix", "shared.txt")]).await;
@@ -1060,15 +709,7 @@ async fn conflicts_scenario(srv: &Server) {
 
     // And a modification beats a delete it did not see: A deletes the head, then B
     // commits from the older base: the file is live again with B's content.
-    let del: OpResponse = srv
-        .post(
-            "/api/v1/files/delete",
-            Some(&a.token),
-            &json!({"namespace": user.namespace, "path": "shared.txt", "base": v2.head.vv, "idempotency_key": random_key()}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let del = user.delete(srv, &a, "shared.txt", &v2.head.vv).await;
     assert_eq!(del.outcome, Some(DeleteOutcome::Deleted));
     let v4 = user
         .commit(srv, &b, "shared.txt", b"v3 by B", &v2.head.vv, T0 + 2 * SEC)
@@ -1093,35 +734,22 @@ async fn racer(
     tag: &str,
     offset: i64,
 ) -> Vec<(ContentHash, CommitOutcome)> {
+    use CommitOutcome::{ConflictLost, ConflictWon, FastForward};
     let mut base = empty();
     let mut out = Vec::new();
     for i in 0..ROUNDS {
-        let data = format!("{tag} round {i}");
+        let (data, mtime) = (format!("{tag} round {i}"), T0 + i * 2 * SEC + offset);
         let r = user
-            .commit(
-                srv,
-                dev,
-                "race/file.txt",
-                data.as_bytes(),
-                &base,
-                T0 + i * 2 * SEC + offset,
-            )
+            .commit(srv, dev, "race/file.txt", data.as_bytes(), &base, mtime)
             .await;
+        let o = r.outcome;
         assert!(
-            matches!(
-                r.outcome,
-                CommitOutcome::FastForward
-                    | CommitOutcome::ConflictWon
-                    | CommitOutcome::ConflictLost
-            ),
-            "{:?}",
-            r.outcome
+            matches!(o, FastForward | ConflictWon | ConflictLost),
+            "{o:?}"
         );
-        assert_eq!(
-            r.conflict_copy.is_some(),
-            r.outcome != CommitOutcome::FastForward,
-            "a conflict copy exactly when there was a conflict"
-        );
+        let conflict = o != FastForward;
+        let msg = "a conflict copy exactly when there was a conflict";
+        assert_eq!(r.conflict_copy.is_some(), conflict, "{msg}");
         base = r.head.vv.clone();
         out.push((user.content_hash(data.as_bytes()), r.outcome));
     }
@@ -1129,67 +757,48 @@ async fn racer(
 }
 
 async fn concurrency_scenario(srv: &Server) {
-    let user = register(srv, &username("race")).await;
-    let a = user.login(srv, "A").await;
+    let (user, a) = account(srv, "race", "A").await;
     let b = user.login(srv, "B").await;
-    let (ha, hb) = tokio::join!(
+    let (ra, rb) = (
         racer(srv, &user, &a, "A", 0),
-        racer(srv, &user, &b, "B", SEC)
+        racer(srv, &user, &b, "B", SEC),
     );
+    let (ha, hb) = tokio::join!(ra, rb);
     let committed: Vec<_> = ha.iter().chain(&hb).collect();
-    let conflicts = committed
-        .iter()
-        .filter(|(_, o)| *o != CommitOutcome::FastForward)
-        .count();
-    let won = committed
-        .iter()
-        .filter(|(_, o)| *o == CommitOutcome::ConflictWon)
-        .count();
-    eprintln!(
-        "{} commits: {conflicts} conflicts ({won} won)",
-        committed.len()
-    );
+    let count = |p: fn(&CommitOutcome) -> bool| committed.iter().filter(|(_, o)| p(o)).count();
+    let conflicts = count(|o| *o != CommitOutcome::FastForward);
+    let won = count(|o| *o == CommitOutcome::ConflictWon);
+    let n = committed.len();
+    eprintln!("{n} commits: {conflicts} conflicts ({won} won)");
 
     // Every content ever committed is a head, a conflict copy or in some history.
-    let files = list_all(srv, &a, &[("include_deleted", "true")]).await;
+    let files = list_all(srv, &a, ALL).await;
     let mut reachable = HashSet::new();
     let mut copies = 0;
     for f in &files {
-        if f.path.as_str() != "race/file.txt" {
+        let path = &f.path;
+        if path.as_str() != "race/file.txt" {
+            let name = path.file_name();
             assert!(
-                is_conflict_name(f.path.file_name(), "file", ".txt"),
-                "unexpected file {}",
-                f.path
+                is_conflict_name(name, "file", ".txt"),
+                "unexpected file {path}"
             );
             copies += 1;
         }
         reachable.extend(f.content_hash);
-        reachable.extend(
-            versions(srv, &a, f.file_id)
-                .await
-                .into_iter()
-                .filter_map(|v| v.content_hash),
-        );
+        let history = versions(srv, &a, f.file_id).await;
+        reachable.extend(history.into_iter().filter_map(|v| v.content_hash));
     }
     for (hash, outcome) in &committed {
-        assert!(
-            reachable.contains(hash),
-            "content {hash} ({outcome:?}) was lost"
-        );
+        let what = format!("content {hash} ({outcome:?}) was lost");
+        assert!(reachable.contains(hash), "{what}");
     }
     assert_eq!(copies, conflicts, "one conflict copy per conflict");
-    let main = files
-        .iter()
-        .find(|f| f.path.as_str() == "race/file.txt")
-        .expect("the head");
-    assert!(!main.deleted);
+    let main = files.iter().find(|f| f.path.as_str() == "race/file.txt");
+    assert!(!main.expect("the head").deleted);
 
     // The journal stayed strictly ordered.
-    let changes: ChangesResponse = srv
-        .get("/api/v1/sync/changes?since=0", Some(&a.token))
-        .await
-        .expect(200)
-        .json();
+    let changes: ChangesResponse = srv.get_json(CHANGES_0, Some(&a.token)).await;
     assert!(changes.changes.windows(2).all(|w| w[0].seq < w[1].seq));
     // One entry per commit, plus one per conflict copy made of an old head.
     assert_eq!(changes.changes.len(), 2 * ROUNDS as usize + won);
@@ -1200,8 +809,7 @@ on_every_backend!(concurrent_devices_lose_nothing => concurrency_scenario);
 // ================================================================= 7. sync
 
 async fn sync_scenario(srv: &Server) {
-    let user = register(srv, &username("sync")).await;
-    let dev = user.login(srv, "d").await;
+    let (user, dev) = account(srv, "sync", "d").await;
     let tok = Some(dev.token.as_str());
 
     let create = user
@@ -1220,11 +828,7 @@ async fn sync_scenario(srv: &Server) {
         serde_json::to_value(SyncEvent::Modify(bad)).unwrap(),
         {"type": "rename", "namespace": user.namespace, "from": "s/one.txt", "to": "s/uno.txt", "idempotency_key": random_key()},
     ]});
-    let resp: SyncEventResponse = srv
-        .post("/api/v1/sync/event", tok, &events)
-        .await
-        .expect(200)
-        .json();
+    let resp: SyncEventResponse = srv.post_json(EVENT, tok, &events).await;
     assert_eq!(resp.results.len(), 3);
     let SyncEventResult::Committed(c) = &resp.results[0] else {
         panic!("create should commit: {:?}", resp.results[0]);
@@ -1239,84 +843,49 @@ async fn sync_scenario(srv: &Server) {
         panic!("rename should apply: {:?}", resp.results[2]);
     };
     assert_eq!(rn.files.len(), 1);
-    assert_eq!(
-        (rn.files[0].file_id, rn.files[0].path.as_str()),
-        (c.head.file_id, "s/uno.txt")
-    );
+    let renamed = (rn.files[0].file_id, rn.files[0].path.as_str());
+    assert_eq!(renamed, (c.head.file_id, "s/uno.txt"));
     // The same batch again (a retry after a lost response): answered as before, the
     // refused event refused again, nothing new in the journal.
-    let retry: SyncEventResponse = srv
-        .post("/api/v1/sync/event", tok, &events)
-        .await
-        .expect(200)
-        .json();
+    let retry: SyncEventResponse = srv.post_json(EVENT, tok, &events).await;
+    let r = &retry.results;
     assert!(
-        matches!(&retry.results[0], SyncEventResult::Committed(r)
+        matches!(&r[0], SyncEventResult::Committed(r)
             if r.outcome == CommitOutcome::AlreadyApplied && r.head == c.head),
         "{:?}",
-        retry.results[0]
+        r[0]
     );
+    let again = matches!(&r[1], SyncEventResult::Failed(e) if e.error.missing == vec![ghost]);
+    assert!(again, "{:?}", r[1]);
     assert!(
-        matches!(&retry.results[1], SyncEventResult::Failed(e) if e.error.missing == vec![ghost]),
+        matches!(&r[2], SyncEventResult::Applied(r) if r == rn),
         "{:?}",
-        retry.results[1]
+        r[2]
     );
-    assert!(
-        matches!(&retry.results[2], SyncEventResult::Applied(r) if r == rn),
-        "{:?}",
-        retry.results[2]
-    );
-    let listed: Vec<String> = list_all(srv, &dev, &[("include_deleted", "true")])
-        .await
-        .into_iter()
-        .map(|f| f.path.to_string())
-        .collect();
+    let listed = list_all(srv, &dev, ALL).await;
+    let listed: Vec<String> = listed.into_iter().map(|f| f.path.to_string()).collect();
     assert_eq!(listed, ["s/uno.txt"]);
 
     // A few more changes.
     for i in 0..4 {
-        user.commit(
-            srv,
-            &dev,
-            &format!("s/f{i}"),
-            format!("f{i}").as_bytes(),
-            &empty(),
-            T0,
-        )
-        .await;
+        let (path, data) = (format!("s/f{i}"), format!("f{i}"));
+        user.create(srv, &dev, &path, data.as_bytes()).await;
     }
 
-    let all: ChangesResponse = srv
-        .get("/api/v1/sync/changes?since=0", tok)
-        .await
-        .expect(200)
-        .json();
-    assert_eq!(
-        all.changes.len(),
-        6,
-        "create, rename, four commits: {all:?}"
-    );
-    assert!(
-        all.changes.windows(2).all(|w| w[0].seq < w[1].seq),
-        "increasing seq"
-    );
+    let all: ChangesResponse = srv.get_json(CHANGES_0, tok).await;
+    let n = all.changes.len();
+    assert_eq!(n, 6, "create, rename, four commits: {all:?}");
+    let increasing = all.changes.windows(2).all(|w| w[0].seq < w[1].seq);
+    assert!(increasing, "increasing seq");
     assert!(!all.has_more);
     assert_eq!(all.cursor, all.changes.last().unwrap().seq);
     assert_eq!(all.changes[0].file.file_id, c.head.file_id);
-    assert_eq!(
-        all.changes[1]
-            .old_path
-            .as_ref()
-            .map(fsync_common::SyncPath::as_str),
-        Some("s/one.txt")
-    );
+    let old = all.changes[1].old_path.as_ref();
+    assert_eq!(old.map(fsync_common::SyncPath::as_str), Some("s/one.txt"));
     assert_eq!(all.changes[1].file.path.as_str(), "s/uno.txt");
 
-    let none: ChangesResponse = srv
-        .get(&format!("/api/v1/sync/changes?since={}", all.cursor.0), tok)
-        .await
-        .expect(200)
-        .json();
+    let path = format!("/api/v1/sync/changes?since={}", all.cursor.0);
+    let none: ChangesResponse = srv.get_json(&path, tok).await;
     assert!(none.changes.is_empty() && !none.has_more);
     assert_eq!(none.cursor, all.cursor, "an empty page keeps the cursor");
 
@@ -1325,11 +894,8 @@ async fn sync_scenario(srv: &Server) {
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
-        let page: ChangesResponse = srv
-            .get(&format!("/api/v1/sync/changes?since={since}&limit=4"), tok)
-            .await
-            .expect(200)
-            .json();
+        let path = format!("/api/v1/sync/changes?since={since}&limit=4");
+        let page: ChangesResponse = srv.get_json(&path, tok).await;
         pages += 1;
         assert!(page.changes.len() <= 4);
         seen.extend(page.changes.iter().map(|c| c.seq));
@@ -1343,7 +909,7 @@ async fn sync_scenario(srv: &Server) {
     assert_eq!(seen, all.changes.iter().map(|c| c.seq).collect::<Vec<_>>());
     srv.get("/api/v1/sync/changes?since=abc", tok)
         .await
-        .expect_error(400, "bad_request");
+        .bad_request();
 }
 
 on_every_backend!(sync_events_and_change_journal => sync_scenario);
@@ -1351,55 +917,37 @@ on_every_backend!(sync_events_and_change_journal => sync_scenario);
 // ================================================================= 8. authorization
 
 async fn authz_scenario(srv: &Server) {
-    let alice = register(srv, &username("alice")).await;
-    let bob = register(srv, &username("bob")).await;
-    let a = alice.login(srv, "a").await;
-    let b = bob.login(srv, "b").await;
-    let committed = alice
-        .commit(srv, &a, "secret.txt", b"alice's secret", &empty(), T0)
-        .await;
+    let (alice, a) = account(srv, "alice", "a").await;
+    let (_, b) = account(srv, "bob", "b").await;
+    let committed = alice.create(srv, &a, "secret.txt", b"alice's secret").await;
     let file = committed.head.file_id;
     let chunk = alice.blob(b"alice's secret").0;
     let ns = alice.namespace;
-    let before = (
-        list_all(srv, &a, &[("include_deleted", "true")]).await,
-        versions(srv, &a, file).await,
-    );
+    let before = (list_all(srv, &a, ALL).await, versions(srv, &a, file).await);
     let bt = Some(b.token.as_str());
 
     let not_found = |r: Resp| {
-        let r = r.expect_error(404, "not_found");
+        let r = r.not_found();
         assert!(
             !String::from_utf8_lossy(&r.body).contains("secret"),
             "{r:?}"
         );
         r
     };
-    not_found(
-        srv.get(&format!("/api/v1/files/list?namespace={ns}"), bt)
-            .await,
-    );
-    let foreign = not_found(srv.get(&format!("/api/v1/files/download/{file}"), bt).await);
-    let nonexistent = not_found(
-        srv.get(
-            &format!("/api/v1/files/download/{}", FileId::from_bytes([5; 16])),
-            bt,
-        )
-        .await,
-    );
+    let get = |path: String| async move { not_found(srv.get(&path, bt).await) };
+    let post =
+        |path: &'static str, body: Value| async move { not_found(srv.post(path, bt, &body).await) };
+    get(format!("/api/v1/files/list?namespace={ns}")).await;
+    let foreign = get(format!("/api/v1/files/download/{file}")).await;
+    let nowhere = FileId::from_bytes([5; 16]);
+    let nonexistent = get(format!("/api/v1/files/download/{nowhere}")).await;
     assert_eq!(
         foreign.body, nonexistent.body,
         "another user's file looks like no file"
     );
-    not_found(srv.get(&format!("/api/v1/files/{file}/versions"), bt).await);
-    not_found(
-        srv.post(
-            &format!("/api/v1/files/{file}/restore"),
-            bt,
-            &json!({"version": 1}),
-        )
-        .await,
-    );
+    get(format!("/api/v1/files/{file}/versions")).await;
+    let restore = format!("/api/v1/files/{file}/restore");
+    not_found(srv.post(&restore, bt, &json!({"version": 1})).await);
     let steal = CommitRequest {
         base: committed.head.vv.clone(),
         idempotency_key: random_key(),
@@ -1407,166 +955,91 @@ async fn authz_scenario(srv: &Server) {
             .commit_req(srv, &a, "secret.txt", b"alice's secret", &empty(), T0)
             .await
     };
-    not_found(srv.post("/api/v1/files/upload", bt, &steal).await);
-    not_found(
-        srv.post(
-            "/api/v1/files/delete",
-            bt,
-            &json!({"namespace": ns, "path": "secret.txt", "base": committed.head.vv, "idempotency_key": random_key()}),
-        )
-        .await,
-    );
-    not_found(
-        srv.post(
-            "/api/v1/files/rename",
-            bt,
-            &json!({"namespace": ns, "from": "secret.txt", "to": "mine.txt", "idempotency_key": random_key()}),
-        )
-        .await,
-    );
-    not_found(
-        srv.get(&format!("/api/v1/sync/changes?namespace={ns}"), bt)
-            .await,
-    );
-    let foreign_ns = not_found(
-        srv.post(
-            "/api/v1/chunks/missing",
-            bt,
-            &json!({"namespace": ns, "ids": [chunk]}),
-        )
-        .await,
-    );
-    let no_ns = not_found(
-        srv.post(
-            "/api/v1/chunks/missing",
-            bt,
-            &json!({"namespace": fsync_common::NamespaceId::from_bytes([6; 16]), "ids": [chunk]}),
-        )
-        .await,
-    );
+    not_found(srv.post(UPLOAD, bt, &steal).await);
+    post(DELETE, alice.delete_body("secret.txt", &committed.head.vv)).await;
+    post(
+        "/api/v1/files/rename",
+        alice.rename_body("secret.txt", "mine.txt"),
+    )
+    .await;
+    get(format!("/api/v1/sync/changes?namespace={ns}")).await;
+    let ids = |ns: NamespaceId| json!({"namespace": ns, "ids": [chunk]});
+    let foreign_ns = post("/api/v1/chunks/missing", ids(ns)).await;
+    let no_ns = post(
+        "/api/v1/chunks/missing",
+        ids(NamespaceId::from_bytes([6; 16])),
+    )
+    .await;
     assert_eq!(
         foreign_ns.body, no_ns.body,
         "another user's namespace looks like no namespace"
     );
-    not_found(
-        srv.post(
-            "/api/v1/chunks/fetch",
-            bt,
-            &json!({"namespace": ns, "ids": [chunk]}),
-        )
-        .await,
-    );
-    not_found(
-        srv.get(&format!("/api/v1/chunks/{chunk}?namespace={ns}"), bt)
-            .await,
-    );
+    post("/api/v1/chunks/fetch", ids(ns)).await;
+    get(chunk_path(&chunk, ns)).await;
     // Bob's own namespace does not hold Alice's chunk.
-    not_found(srv.get(&format!("/api/v1/chunks/{chunk}"), bt).await);
+    get(format!("/api/v1/chunks/{chunk}")).await;
     let (_, blob) = alice.blob(b"overwrite attempt");
     not_found(
-        srv.put_bytes(
-            &format!("/api/v1/chunks/{chunk}?namespace={ns}"),
-            bt,
-            blob.clone(),
-        )
-        .await,
+        srv.put_bytes(&chunk_path(&chunk, ns), bt, blob.clone())
+            .await,
     );
-    not_found(
-        srv.post_bytes(
-            &format!("/api/v1/chunks/batch?namespace={ns}"),
-            bt,
-            batch::encode([(&chunk, blob.as_slice())]),
-        )
-        .await,
-    );
-    let r: SyncEventResponse = srv
-        .post(
-            "/api/v1/sync/event",
-            bt,
-            &json!({"events": [serde_json::to_value(SyncEvent::Modify(steal)).unwrap()]}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let batch = batch::encode([(&chunk, blob.as_slice())]);
+    let batch_path = format!("/api/v1/chunks/batch?namespace={ns}");
+    not_found(srv.post_bytes(&batch_path, bt, batch).await);
+    let events = json!({"events": [serde_json::to_value(SyncEvent::Modify(steal)).unwrap()]});
+    let r: SyncEventResponse = srv.post_json(EVENT, bt, &events).await;
     assert!(
         matches!(&r.results[..], [SyncEventResult::Failed(e)] if e.error.code == fsync_common::ErrorCode::NotFound),
         "{r:?}"
     );
-    not_found(
-        srv.send(srv.request(Method::DELETE, &format!("/api/v1/devices/{}", a.id), bt))
-            .await,
-    );
+    not_found(srv.revoke(bt, a.id).await);
     // Bob's listing is his own (empty) namespace.
-    assert!(list_all(srv, &b, &[("include_deleted", "true")])
-        .await
-        .is_empty());
+    assert!(list_all(srv, &b, ALL).await.is_empty());
 
     // Alice's data is untouched.
-    let after = (
-        list_all(srv, &a, &[("include_deleted", "true")]).await,
-        versions(srv, &a, file).await,
-    );
+    let after = (list_all(srv, &a, ALL).await, versions(srv, &a, file).await);
     assert_eq!(after, before);
     assert_eq!(read_file(srv, &alice, &a, file).await, b"alice's secret");
-    srv.get("/api/v1/devices", Some(&a.token)).await.expect(200);
+    srv.get(DEVICES, Some(&a.token)).await.expect(200);
 }
 
 on_every_backend!(users_cannot_see_each_other => authz_scenario);
 
 // ================================================================= 9. rate limits
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn login_attempts_are_rate_limited() {
-    for backend in backends() {
-        eprintln!("--- on {backend}");
-        let srv = Server::start_with(&backend, |s| s.limits.auth_per_user.max = 3).await;
-        let user = register(&srv, &username("limited")).await;
-        let wrong = json!({"username": user.username, "password": "cd".repeat(32)});
-        for _ in 0..3 {
-            srv.post("/api/v1/auth/login", None, &wrong)
-                .await
-                .expect_error(401, "unauthorized");
-        }
-        let r = srv
-            .post("/api/v1/auth/login", None, &wrong)
-            .await
-            .expect_error(429, "rate_limited");
-        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
-        assert!((1..=60).contains(&retry), "Retry-After {retry}");
-        // The right password is refused too while the window lasts: it is per username.
-        srv.post("/api/v1/auth/login", None, &user.login_body("d"))
-            .await
-            .expect_error(429, "rate_limited");
-        // Another username is not affected.
-        let other = register(&srv, &username("other")).await;
-        other.login(&srv, "d").await;
+async fn login_limit_scenario(srv: &Server) {
+    let user = register(srv, &username("limited")).await;
+    let wrong = json!({"username": user.username, "password": "cd".repeat(32)});
+    for _ in 0..3 {
+        srv.post(LOGIN, None, &wrong).await.unauthorized();
     }
+    let r = srv.post(LOGIN, None, &wrong).await.rate_limited();
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // The right password is refused too while the window lasts: it is per username.
+    srv.post(LOGIN, None, &user.login_body("d"))
+        .await
+        .rate_limited();
+    // Another username is not affected.
+    account(srv, "other", "d").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_requests_are_rate_limited_per_user() {
-    for backend in backends() {
-        eprintln!("--- on {backend}");
-        let srv = Server::start_with(&backend, |s| s.limits.api_per_user.max = 5).await;
-        let user = register(&srv, &username("busy")).await;
-        let dev = user.login(&srv, "d").await;
-        for _ in 0..5 {
-            srv.get("/api/v1/devices", Some(&dev.token))
-                .await
-                .expect(200);
-        }
-        let r = srv
-            .get("/api/v1/files/list", Some(&dev.token))
-            .await
-            .expect_error(429, "rate_limited");
-        assert!(r.headers.contains_key("retry-after"));
-        let other = register(&srv, &username("idle")).await;
-        let od = other.login(&srv, "d").await;
-        srv.get("/api/v1/devices", Some(&od.token))
-            .await
-            .expect(200);
+on_every_backend!(login_attempts_are_rate_limited,
+    |s| s.limits.auth_per_user.max = 3 => login_limit_scenario);
+
+async fn api_limit_scenario(srv: &Server) {
+    let (_, dev) = account(srv, "busy", "d").await;
+    for _ in 0..5 {
+        srv.get(DEVICES, Some(&dev.token)).await.expect(200);
     }
+    let r = srv.get("/api/v1/files/list", Some(&dev.token)).await;
+    assert!(r.rate_limited().headers.contains_key("retry-after"));
+    let (_, od) = account(srv, "idle", "d").await;
+    srv.get(DEVICES, Some(&od.token)).await.expect(200);
 }
+
+on_every_backend!(api_requests_are_rate_limited_per_user,
+    |s| s.limits.api_per_user.max = 5 => api_limit_scenario);
 
 // ================================================================= 10. WebSocket
 
@@ -1579,125 +1052,51 @@ async fn expect_closed(ws: &mut Ws) {
     }
 }
 
+/// The push of a namespace's journal position.
+fn changed(namespace: NamespaceId, seq: Seq) -> PushMessage {
+    PushMessage::Changed { namespace, seq }
+}
+
 async fn ws_scenario(srv: &Server) {
-    let user = register(srv, &username("ws")).await;
-    let a = user.login(srv, "A").await;
+    let (user, a) = account(srv, "ws", "A").await;
     let b = user.login(srv, "B").await;
     let ns = user.namespace;
-    let first = user
-        .commit(srv, &b, "w/first.txt", b"first", &empty(), T0)
-        .await;
+    let first = user.create(srv, &b, "w/first.txt", b"first").await;
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(srv, Some(&a.token)))
-        .await
-        .expect("upgrade with a bearer header");
-    assert_eq!(
-        next_push(&mut ws).await,
-        PushMessage::Changed {
-            namespace: ns,
-            seq: first.head.seq
-        }
-    );
-
-    let second = user
-        .commit(srv, &b, "w/second.txt", b"second", &empty(), T0)
-        .await;
-    assert_eq!(
-        next_push(&mut ws).await,
-        PushMessage::Changed {
-            namespace: ns,
-            seq: second.head.seq
-        }
-    );
-    let del: OpResponse = srv
-        .post(
-            "/api/v1/files/delete",
-            Some(&b.token),
-            &json!({"namespace": ns, "path": "w/first.txt", "base": first.head.vv, "idempotency_key": random_key()}),
-        )
-        .await
-        .expect(200)
-        .json();
-    assert_eq!(
-        next_push(&mut ws).await,
-        PushMessage::Changed {
-            namespace: ns,
-            seq: del.files[0].seq
-        }
-    );
+    let mut ws = ws_open(srv, Some(&a.token)).await;
+    assert_eq!(next_push(&mut ws).await, changed(ns, first.head.seq));
+    let second = user.create(srv, &b, "w/second.txt", b"second").await;
+    assert_eq!(next_push(&mut ws).await, changed(ns, second.head.seq));
+    let del = user.delete(srv, &b, "w/first.txt", &first.head.vv).await;
+    assert_eq!(next_push(&mut ws).await, changed(ns, del.files[0].seq));
 
     // Authentication by a first message.
-    let (mut ws2, _) = tokio_tungstenite::connect_async(ws_request(srv, None))
-        .await
-        .expect("upgrade");
-    ws2.send(Message::text(
-        json!({"type": "auth", "token": a.token}).to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        next_push(&mut ws2).await,
-        PushMessage::Changed {
-            namespace: ns,
-            seq: del.files[0].seq
-        }
-    );
+    let mut ws2 = ws_open(srv, None).await;
+    ws_auth(&mut ws2, &a.token).await;
+    assert_eq!(next_push(&mut ws2).await, changed(ns, del.files[0].seq));
 
     // A bad header token is refused before the upgrade.
-    match tokio_tungstenite::connect_async(ws_request(srv, Some("not.a.token"))).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status().as_u16(), 401);
-        }
-        Err(e) => panic!("expected HTTP 401, got {e}"),
-        Ok(_) => panic!("a bad token must not get a socket"),
-    }
+    let refused = ws_connect(srv, Some("not.a.token")).await.map(|_| ());
+    refused
+        .expect_err("a bad token must not get a socket")
+        .expect(401);
     // A bad token in the auth message: the socket is closed.
-    let (mut ws3, _) = tokio_tungstenite::connect_async(ws_request(srv, None))
-        .await
-        .expect("upgrade");
-    ws3.send(Message::text(
-        json!({"type": "auth", "token": "not.a.token"}).to_string(),
-    ))
-    .await
-    .unwrap();
+    let mut ws3 = ws_open(srv, None).await;
+    ws_auth(&mut ws3, "not.a.token").await;
     expect_closed(&mut ws3).await;
 
     // Another user's socket gets only its own namespace's pushes: Alice's commit is
     // broadcast before Carol's, so if it leaked it would arrive first.
-    let carol = register(srv, &username("carol")).await;
-    let c = carol.login(srv, "C").await;
-    let (mut wsc, _) = tokio_tungstenite::connect_async(ws_request(srv, Some(&c.token)))
-        .await
-        .expect("upgrade");
-    assert_eq!(
-        next_push(&mut wsc).await,
-        PushMessage::Changed {
-            namespace: carol.namespace,
-            seq: fsync_common::Seq(0)
-        }
-    );
-    let third = user
-        .commit(srv, &b, "w/third.txt", b"third", &empty(), T0)
-        .await;
-    let mine = carol
-        .commit(srv, &c, "c.txt", b"carol's", &empty(), T0)
-        .await;
-    assert_eq!(
-        next_push(&mut wsc).await,
-        PushMessage::Changed {
-            namespace: carol.namespace,
-            seq: mine.head.seq
-        }
-    );
+    let (carol, c) = account(srv, "carol", "C").await;
+    let mut wsc = ws_open(srv, Some(&c.token)).await;
+    assert_eq!(next_push(&mut wsc).await, changed(carol.namespace, Seq(0)));
+    let third = user.create(srv, &b, "w/third.txt", b"third").await;
+    let mine = carol.create(srv, &c, "c.txt", b"carol's").await;
+    let pushed = next_push(&mut wsc).await;
+    assert_eq!(pushed, changed(carol.namespace, mine.head.seq));
     // Both of A's sockets see the third commit.
     for s in [&mut ws, &mut ws2] {
-        assert_eq!(
-            next_push(s).await,
-            PushMessage::Changed {
-                namespace: ns,
-                seq: third.head.seq
-            }
-        );
+        assert_eq!(next_push(s).await, changed(ns, third.head.seq));
     }
 }
 
@@ -1716,53 +1115,36 @@ async fn websocket_pushes_and_revocations_cross_server_nodes() {
     for backend in nodes {
         let node_a = Server::start(&backend).await;
         let node_b = node_a.start_node().await;
-        let user = register(&node_a, &username("nodes")).await;
-        let writer = user.login(&node_a, "writer").await;
+        let (user, writer) = account(&node_a, "nodes", "writer").await;
         let reader = user.login(&node_b, "reader").await;
         let ns = user.namespace;
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(ws_request(&node_b, Some(&reader.token)))
-                .await
-                .expect("upgrade on node B");
+        let ws = ws_connect(&node_b, Some(&reader.token)).await;
+        let mut ws = ws.expect("upgrade on node B");
         // Node A commits; node B's socket hears each commit, in order.
         for name in ["n/first.txt", "n/second.txt"] {
-            let c = user
-                .commit(&node_a, &writer, name, name.as_bytes(), &empty(), T0)
-                .await;
+            let c = user.create(&node_a, &writer, name, name.as_bytes()).await;
             push_reaches(&mut ws, ns, c.head.seq, name).await;
         }
         // The database cuts both nodes' listening connections; they listen again, and
         // the next commit reaches node B's socket.
-        let cut = listening_sessions(node_a.database_url()).await;
+        let url = node_a.database_url();
+        let cut = listening_sessions(url).await;
         assert_eq!(cut.len(), 2, "one listening connection per node: {cut:?}");
-        admin_sql(
-            node_a.database_url(),
-            format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN ({})",
-                cut.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
-            ),
-        )
-        .await;
+        let pids = cut.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+        let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN";
+        admin_sql(url, format!("{terminate} ({pids})")).await;
         let again = format!("both nodes to listen again (cut: {cut:?})");
         fsync_testkit::wait_until_async(EVENT_TIMEOUT, &again, || async {
-            let now = listening_sessions(node_a.database_url()).await;
+            let now = listening_sessions(url).await;
             now.len() == 2 && now.iter().all(|p| !cut.contains(p))
         })
         .await;
-        let c = user
-            .commit(&node_a, &writer, "n/third.txt", b"3", &empty(), T0)
-            .await;
+        let c = user.create(&node_a, &writer, "n/third.txt", b"3").await;
         push_reaches(&mut ws, ns, c.head.seq, "n/third.txt").await;
         // Node A revokes the reader: its socket on node B closes at once, long before
         // its token would expire.
-        node_a
-            .send(node_a.request(
-                Method::DELETE,
-                &format!("/api/v1/devices/{}", reader.id),
-                Some(&writer.token),
-            ))
-            .await
-            .expect(204);
+        let revoked = node_a.revoke(Some(&writer.token), reader.id).await;
+        revoked.expect(204);
         expect_closed(&mut ws).await;
     }
 }
@@ -1792,29 +1174,11 @@ async fn listening_sessions(url: &str) -> Vec<i32> {
 /// The server closes a socket when its access token expires (here: a token forged
 /// with the server's secret that expires in two seconds).
 async fn ws_expiry_scenario(srv: &Server) {
-    let user = register(srv, &username("expiry")).await;
-    let dev = user.login(srv, "d").await;
+    let (user, dev) = account(srv, "expiry", "d").await;
     let now = now_secs();
-    let short = hs(
-        HS256,
-        &Claims {
-            sub: user.id.to_hex(),
-            device: dev.id.to_hex(),
-            iat: now,
-            exp: now + 2,
-        },
-        SECRET,
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(srv, Some(&short)))
-        .await
-        .expect("upgrade");
-    assert_eq!(
-        next_push(&mut ws).await,
-        PushMessage::Changed {
-            namespace: user.namespace,
-            seq: fsync_common::Seq(0)
-        }
-    );
+    let short = hs(HS256, &Claims::of(&user, &dev, now, now + 2), SECRET);
+    let mut ws = ws_open(srv, Some(&short)).await;
+    assert_eq!(next_push(&mut ws).await, changed(user.namespace, Seq(0)));
     expect_closed(&mut ws).await;
 }
 
@@ -1831,37 +1195,24 @@ async fn ops_scenario(srv: &Server) {
     assert!(r.headers.contains_key("x-request-id"));
     let text = String::from_utf8(srv.get("/metrics", None).await.expect(200).body).unwrap();
     assert!(text.contains("fsync_http_requests_total"), "{text}");
-    assert!(
-        text.contains(r#"fsync_http_requests_total{method="GET",route="/health",status="200"} 1"#),
-        "{text}"
-    );
-    srv.get("/api/v1/nope", None)
-        .await
-        .expect_error(404, "not_found");
+    let health = r#"fsync_http_requests_total{method="GET",route="/health",status="200"} 1"#;
+    assert!(text.contains(health), "{text}");
+    srv.get("/api/v1/nope", None).await.not_found();
 }
 
 on_every_backend!(health_and_metrics => ops_scenario);
 
 async fn oversized_json_scenario(srv: &Server) {
-    let user = register(srv, &username("big")).await;
-    let dev = user.login(srv, "d").await;
+    let (user, dev) = account(srv, "big", "d").await;
+    let tok = Some(dev.token.as_str());
     let filler = "a".repeat(16 * 1024 * 1024 + 1);
     let body = format!(r#"{{"namespace":"{}","path":"{filler}"}}"#, user.namespace);
-    srv.send(
-        srv.request(Method::POST, "/api/v1/files/upload", Some(&dev.token))
-            .header("content-type", "application/json")
-            .body(body),
-    )
-    .await
-    .expect_error(413, "payload_too_large");
+    let r = srv.post_raw(UPLOAD, tok, JSON, &body).await;
+    r.expect_error(413, "payload_too_large");
     // A large but legal manifest is parsed (and refused for its content, not its size).
+    let max = MAX_CHUNK_PLAINTEXT as u32;
     let chunks: Vec<ChunkRef> = (0..1000u32)
-        .map(|i| {
-            ChunkRef(
-                ChunkId::from_bytes([(i % 251) as u8; 32]),
-                MAX_CHUNK_PLAINTEXT as u32,
-            )
-        })
+        .map(|i| ChunkRef(ChunkId::from_bytes([(i % 251) as u8; 32]), max))
         .collect();
     let req = CommitRequest {
         chunks,
@@ -1870,9 +1221,8 @@ async fn oversized_json_scenario(srv: &Server) {
             .commit_req(srv, &dev, "big.bin", b"x", &empty(), T0)
             .await
     };
-    srv.post("/api/v1/files/upload", Some(&dev.token), &req)
-        .await
-        .expect_error(409, "missing_chunks");
+    let r = srv.post(UPLOAD, tok, &req).await;
+    r.expect_error(409, "missing_chunks");
 }
 
 on_every_backend!(oversized_json_is_refused => oversized_json_scenario);
@@ -1880,53 +1230,28 @@ on_every_backend!(oversized_json_is_refused => oversized_json_scenario);
 /// `POST /api/v1/files/manifests` returns many manifests in one request, in order, and
 /// refuses files of another namespace like missing ones.
 async fn manifests_scenario(srv: &Server) {
-    let alice = register(srv, &username("mani")).await;
-    let dev = alice.login(srv, "laptop").await;
+    let (alice, dev) = account(srv, "mani", "laptop").await;
     let mut wanted = Vec::new();
     for i in 0..3 {
-        let r = alice
-            .commit(
-                srv,
-                &dev,
-                &format!("m{i}.txt"),
-                format!("content {i}").as_bytes(),
-                &empty(),
-                T0,
-            )
-            .await;
+        let (path, data) = (format!("m{i}.txt"), format!("content {i}"));
+        let r = alice.create(srv, &dev, &path, data.as_bytes()).await;
         wanted.push((r.head.file_id, r.head.version));
     }
-    let got: Vec<Manifest> = srv
-        .post(
-            "/api/v1/files/manifests",
-            Some(&dev.token),
-            &json!({"namespace": alice.namespace, "files": wanted}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let body = json!({"namespace": alice.namespace, "files": wanted});
+    let got: Vec<Manifest> = srv.post_json(MANIFESTS, Some(&dev.token), &body).await;
     assert_eq!(got.len(), 3);
     for (m, (id, v)) in got.iter().zip(&wanted) {
         assert_eq!((m.meta.file_id, m.meta.version), (*id, *v));
         assert_eq!(m.chunks.len(), 1);
         assert_eq!(*m, download(srv, &dev, *id).await);
     }
-    let bob = register(srv, &username("mani")).await;
-    let bdev = bob.login(srv, "phone").await;
-    srv.post(
-        "/api/v1/files/manifests",
-        Some(&bdev.token),
-        &json!({"namespace": bob.namespace, "files": [wanted[0]]}),
-    )
-    .await
-    .expect_error(404, "not_found");
-    srv.post(
-        "/api/v1/files/manifests",
-        Some(&bdev.token),
-        &json!({"namespace": alice.namespace, "files": [wanted[0]]}),
-    )
-    .await
-    .expect_error(404, "not_found");
+    let (bob, bdev) = account(srv, "mani", "phone").await;
+    for ns in [bob.namespace, alice.namespace] {
+        let body = json!({"namespace": ns, "files": [wanted[0]]});
+        srv.post(MANIFESTS, Some(&bdev.token), &body)
+            .await
+            .not_found();
+    }
 }
 
 on_every_backend!(manifests_in_one_request => manifests_scenario);

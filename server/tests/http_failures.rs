@@ -22,8 +22,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
 use common::{
-    b64url, backends, empty, hs, next_frame, next_push, now_secs, random_key, register, username,
-    ws_request, Claims, Device, Resp, Server, User, Ws, SECRET, T0,
+    account, b64url, backends, chunk_path, empty, hs, next_frame, next_push, now_secs, random_key,
+    username, ws_auth, ws_connect, ws_open, Claims, Device, Resp, Server, User, Ws, SECRET, T0,
 };
 use fsync_common::batch;
 use fsync_common::limits::{MAX_BATCH_BODY, MAX_EVENTS_PER_BATCH, MAX_IDS_PER_REQUEST};
@@ -38,6 +38,24 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+const EVENT: &str = "/api/v1/sync/event";
+const WS: &str = "/api/v1/ws";
+const REGISTER: &str = "/api/v1/auth/register";
+const UPLOAD: &str = "/api/v1/files/upload";
+const DELETE: &str = "/api/v1/files/delete";
+const RENAME: &str = "/api/v1/files/rename";
+const JSON: &str = "application/json";
+const MANIFESTS: &str = "/api/v1/files/manifests";
+/// The listing of every file, tombstones included.
+const LIST_ALL: &str = "/api/v1/files/list?include_deleted=true";
+
+/// A valid registration body for `username`.
+fn registration(username: &str, email: &str) -> Value {
+    json!({"username": username, "email": email, "password": "ab".repeat(32),
+        "kdf": fsync_store::test_kdf_params(), "wrapped_account_key": "cd".repeat(60),
+        "wrapped_namespace_key": "ef".repeat(60)})
+}
+
 // ================================================================= tokens
 
 /// Bad tokens, by name: none, and tokens that are expired, signed with another key,
@@ -51,37 +69,25 @@ type BadTokens = Vec<(&'static str, Option<String>)>;
 /// gets wrong.
 fn bad_tokens(user: &User, dev: &Device, revoked: &Device) -> (String, BadTokens) {
     let now = now_secs();
-    let claims = |iat: u64, exp: u64| Claims {
-        sub: user.id.to_hex(),
-        device: dev.id.to_hex(),
-        iat,
-        exp,
-    };
-    let live = claims(now, now + 600);
+    let live = Claims::of(user, dev, now, now + 600);
     let control = hs(HS256, &live, SECRET);
+    let none = b64url(br#"{"alg":"none","typ":"JWT"}"#);
     let unsigned = format!(
-        "{}.{}.",
-        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        "{none}.{}.",
         b64url(serde_json::to_string(&live).unwrap().as_bytes())
     );
-    let ghost = Claims {
-        device: DeviceId::from_bytes([3; 8]).to_hex(),
-        ..claims(now, now + 600)
-    };
+    let mut ghost = Claims::of(user, dev, now, now + 600);
+    ghost.device = DeviceId::from_bytes([3; 8]).to_hex();
+    let expired = hs(
+        HS256,
+        &Claims::of(user, dev, now - 7200, now - 3600),
+        SECRET,
+    );
+    let other_key = hs(HS256, &live, "another secret, just as long as the real one");
     let bad = vec![
         ("no token", None),
-        (
-            "expired token",
-            Some(hs(HS256, &claims(now - 7200, now - 3600), SECRET)),
-        ),
-        (
-            "token signed with another key",
-            Some(hs(
-                HS256,
-                &live,
-                "another secret, just as long as the real one",
-            )),
-        ),
+        ("expired token", Some(expired)),
+        ("token signed with another key", Some(other_key)),
         ("alg none token", Some(unsigned)),
         ("HS512 token", Some(hs(HS512, &live, SECRET))),
         (
@@ -114,13 +120,23 @@ struct Route {
     body: Body,
 }
 
-fn route(method: Method, template: &'static str, path: String, body: Body) -> Route {
+const NONE: Body = Body::None;
+
+/// The route `spec` (`"METHOD template"`), requested at `path`.
+fn route(spec: &'static str, path: &str, body: Body) -> Route {
+    let (method, template) = spec.split_once(' ').expect("METHOD template");
+    let (method, path) = (method.parse().unwrap(), path.to_owned());
     Route {
         method,
         template,
         path,
         body,
     }
+}
+
+/// The route `spec`, requested at its template (a path without parameters).
+fn fixed(spec: &'static str, body: Body) -> Route {
+    route(spec, spec.split_once(' ').expect("METHOD template").1, body)
 }
 
 /// Routes that need no access token (everything else must be in the auth table).
@@ -132,7 +148,6 @@ const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
     ("GET", "/metrics"),
 ];
-
 /// `(METHOD, path)` of every `.route(...)` in the router's source.
 fn router_routes() -> BTreeSet<(String, String)> {
     const SOURCE: &str = include_str!("../src/http/mod.rs");
@@ -179,16 +194,13 @@ struct Fixture {
 }
 
 async fn fixture(srv: &Server, prefix: &str) -> Fixture {
-    let user = register(srv, &username(prefix)).await;
-    let dev = user.login(srv, "main").await;
-    let committed = user
-        .commit(srv, &dev, "fixture.txt", b"fixture", &empty(), T0)
-        .await;
-    let (chunk, blob) = user.blob(b"fixture");
+    let (user, dev) = account(srv, prefix, "main").await;
+    let committed = user.create(srv, &dev, "fixture.txt", b"fixture").await;
+    let (file, (chunk, blob)) = (committed.head.file_id, user.blob(b"fixture"));
     Fixture {
         user,
         dev,
-        file: committed.head.file_id,
+        file,
         chunk,
         blob,
     }
@@ -200,154 +212,52 @@ async fn auth_table(srv: &Server, f: &Fixture) -> Vec<Route> {
     let ns = user.namespace;
     let spare = user.login(srv, "to be revoked by the control").await;
     for p in ["ren.txt", "ev.txt"] {
-        user.commit(srv, dev, p, p.as_bytes(), &empty(), T0).await;
+        user.create(srv, dev, p, p.as_bytes()).await;
     }
-    let del_base = user
-        .commit(srv, dev, "del.txt", b"del", &empty(), T0)
-        .await
-        .head
-        .vv;
+    let del_base = user.create(srv, dev, "del.txt", b"del").await.head.vv;
     let upload = user
         .commit_req(srv, dev, "uploaded.txt", b"uploaded", &empty(), T0)
         .await;
+    let upload = serde_json::to_value(&upload).unwrap();
     let ids = json!({"namespace": ns, "ids": [f.chunk]});
+    let spare = format!("/api/v1/devices/{}", spare.id);
+    let chunk = chunk_path(&f.chunk, ns);
+    let batch_path = format!("/api/v1/chunks/batch?namespace={ns}");
+    let batch = batch::encode([(&f.chunk, f.blob.as_slice())]);
     let file = f.file;
+    let download = format!("/api/v1/files/download/{file}");
+    let versions = format!("/api/v1/files/{file}/versions");
+    let restore = format!("/api/v1/files/{file}/restore");
+    let logout = json!({"refresh_token": dev.refresh});
+    let v1 = Body::Json(json!({"version": 1}));
+    let mut event = user.rename_body("ev.txt", "ev2.txt");
+    event["type"] = json!("rename");
+    let events = Body::Json(json!({"events": [event]}));
+    let (blob, changes) = (Body::Bytes(f.blob.clone()), "/api/v1/sync/changes?since=0");
+    let manifests = json!({"namespace": ns, "files": [[file, VersionNo(1)]]});
+    let delete = user.delete_body("del.txt", &del_base);
+    let rename = user.rename_body("ren.txt", "ren2.txt");
     vec![
-        route(
-            Method::GET,
-            "/api/v1/devices",
-            "/api/v1/devices".into(),
-            Body::None,
-        ),
-        route(
-            Method::DELETE,
-            "/api/v1/devices/{id}",
-            format!("/api/v1/devices/{}", spare.id),
-            Body::None,
-        ),
-        route(
-            Method::POST,
-            "/api/v1/auth/logout",
-            "/api/v1/auth/logout".into(),
-            Body::Json(json!({"refresh_token": dev.refresh})),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/chunks/missing",
-            "/api/v1/chunks/missing".into(),
-            Body::Json(ids.clone()),
-        ),
-        route(
-            Method::PUT,
-            "/api/v1/chunks/{id}",
-            format!("/api/v1/chunks/{}?namespace={ns}", f.chunk),
-            Body::Bytes(f.blob.clone()),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/chunks/batch",
-            format!("/api/v1/chunks/batch?namespace={ns}"),
-            Body::Bytes(batch::encode([(&f.chunk, f.blob.as_slice())])),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/chunks/{id}",
-            format!("/api/v1/chunks/{}?namespace={ns}", f.chunk),
-            Body::None,
-        ),
-        route(
-            Method::POST,
-            "/api/v1/chunks/fetch",
-            "/api/v1/chunks/fetch".into(),
-            Body::Json(ids),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/files/upload",
-            "/api/v1/files/upload".into(),
-            Body::Json(serde_json::to_value(&upload).unwrap()),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/files/list",
-            "/api/v1/files/list".into(),
-            Body::None,
-        ),
-        route(
-            Method::GET,
-            "/api/v1/files/download/{file_id}",
-            format!("/api/v1/files/download/{file}"),
-            Body::None,
-        ),
-        route(
-            Method::GET,
-            "/api/v1/files/{file_id}/versions",
-            format!("/api/v1/files/{file}/versions"),
-            Body::None,
-        ),
-        route(
-            Method::POST,
-            "/api/v1/files/{file_id}/restore",
-            format!("/api/v1/files/{file}/restore"),
-            Body::Json(json!({"version": 1})),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/files/delete",
-            "/api/v1/files/delete".into(),
-            Body::Json(
-                json!({"namespace": ns, "path": "del.txt", "base": del_base, "idempotency_key": random_key()}),
-            ),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/files/rename",
-            "/api/v1/files/rename".into(),
-            Body::Json(
-                json!({"namespace": ns, "from": "ren.txt", "to": "ren2.txt", "idempotency_key": random_key()}),
-            ),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/files/manifests",
-            "/api/v1/files/manifests".into(),
-            Body::Json(json!({"namespace": ns, "files": [[file, VersionNo(1)]]})),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/sync/event",
-            "/api/v1/sync/event".into(),
-            Body::Json(json!({"events": [
-                {"type": "rename", "namespace": ns, "from": "ev.txt", "to": "ev2.txt", "idempotency_key": random_key()},
-            ]})),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/sync/changes",
-            "/api/v1/sync/changes?since=0".into(),
-            Body::None,
-        ),
-        route(
-            Method::GET,
-            "/api/v1/ws",
-            "/api/v1/ws".into(),
-            Body::WebSocket,
-        ),
+        fixed("GET /api/v1/devices", Body::None),
+        route("DELETE /api/v1/devices/{id}", &spare, Body::None),
+        fixed("POST /api/v1/auth/logout", Body::Json(logout)),
+        fixed("POST /api/v1/chunks/missing", Body::Json(ids.clone())),
+        route("PUT /api/v1/chunks/{id}", &chunk, blob),
+        route("POST /api/v1/chunks/batch", &batch_path, Body::Bytes(batch)),
+        route("GET /api/v1/chunks/{id}", &chunk, Body::None),
+        fixed("POST /api/v1/chunks/fetch", Body::Json(ids)),
+        fixed("POST /api/v1/files/upload", Body::Json(upload)),
+        fixed("GET /api/v1/files/list", Body::None),
+        route("GET /api/v1/files/download/{file_id}", &download, NONE),
+        route("GET /api/v1/files/{file_id}/versions", &versions, NONE),
+        route("POST /api/v1/files/{file_id}/restore", &restore, v1),
+        fixed("POST /api/v1/files/delete", Body::Json(delete)),
+        fixed("POST /api/v1/files/rename", Body::Json(rename)),
+        fixed("POST /api/v1/files/manifests", Body::Json(manifests)),
+        fixed("POST /api/v1/sync/event", events),
+        route("GET /api/v1/sync/changes", changes, NONE),
+        fixed("GET /api/v1/ws", Body::WebSocket),
     ]
-}
-
-/// Opens `/api/v1/ws`, with a bearer header when given; a refused handshake is
-/// returned as the HTTP response it was.
-async fn ws_connect(srv: &Server, token: Option<&str>) -> Result<Ws, Resp> {
-    match tokio_tungstenite::connect_async(ws_request(srv, token)).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(Resp {
-            status: reqwest::StatusCode::from_u16(resp.status().as_u16()).unwrap(),
-            headers: reqwest::header::HeaderMap::new(),
-            body: resp.body().clone().unwrap_or_default(),
-        }),
-        Err(e) => panic!("WebSocket handshake failed below HTTP: {e}"),
-    }
 }
 
 /// Asserts the server closes the socket with 1008 and `reason`, with nothing before.
@@ -380,8 +290,8 @@ async fn send_route(srv: &Server, r: &Route, token: Option<&str>) -> Resp {
 async fn the_auth_table_lists_every_route() {
     let srv = Server::start(&common::Backend::Sqlite).await;
     let f = fixture(&srv, "routes").await;
-    let table: BTreeSet<(String, String)> = auth_table(&srv, &f)
-        .await
+    let table = auth_table(&srv, &f).await;
+    let table: BTreeSet<(String, String)> = table
         .iter()
         .map(|r| (r.method.to_string(), r.template.to_owned()))
         .collect();
@@ -392,10 +302,11 @@ async fn the_auth_table_lists_every_route() {
     assert!(table.is_disjoint(&public));
     let classified: BTreeSet<_> = table.union(&public).cloned().collect();
     let declared = router_routes();
+    let has = |m: &str, p: &str| declared.contains(&(m.into(), p.into()));
     assert!(
-        declared.contains(&("GET".into(), "/api/v1/ws".into()))
-            && declared.contains(&("PUT".into(), "/api/v1/chunks/{id}".into()))
-            && declared.contains(&("DELETE".into(), "/api/v1/devices/{id}".into())),
+        has("GET", "/api/v1/ws")
+            && has("PUT", "/api/v1/chunks/{id}")
+            && has("DELETE", "/api/v1/devices/{id}"),
         "the router source no longer parses: {declared:?}"
     );
     let unlisted: Vec<_> = declared.difference(&classified).collect();
@@ -412,13 +323,7 @@ async fn the_auth_table_lists_every_route() {
 async fn every_route_auth_scenario(srv: &Server) {
     let f = fixture(srv, "authtable").await;
     let revoked = f.user.login(srv, "revoked").await;
-    srv.send(srv.request(
-        Method::DELETE,
-        &format!("/api/v1/devices/{}", revoked.id),
-        Some(&f.dev.token),
-    ))
-    .await
-    .expect(204);
+    srv.revoke(Some(&f.dev.token), revoked.id).await.expect(204);
     let (control, bad) = bad_tokens(&f.user, &f.dev, &revoked);
     let table = auth_table(srv, &f).await;
     for r in &table {
@@ -427,29 +332,23 @@ async fn every_route_auth_scenario(srv: &Server) {
             for (name, token) in &bad {
                 // In the header: refused before the upgrade.
                 if let Some(t) = token {
-                    match ws_connect(srv, Some(t)).await {
-                        Ok(_) => panic!("{}: upgraded", what(name)),
-                        Err(resp) => {
-                            let resp = resp.expect_error(401, "unauthorized");
-                            assert!(!resp.body.is_empty(), "{}", what(name));
-                        }
-                    }
+                    let Err(resp) = ws_connect(srv, Some(t)).await else {
+                        panic!("{}: upgraded", what(name));
+                    };
+                    assert!(!resp.unauthorized().body.is_empty(), "{}", what(name));
                 }
                 // As the first message (or no auth message at all): closed, no push.
-                let mut ws = ws_connect(srv, None)
-                    .await
-                    .unwrap_or_else(|e| panic!("{}: {e:?}", what(name)));
-                let first = match token {
-                    Some(t) => json!({"type": "auth", "token": t}).to_string(),
-                    None => json!({"type": "hello"}).to_string(),
-                };
-                ws.send(Message::text(first)).await.unwrap();
+                let mut ws = ws_open(srv, None).await;
+                if let Some(t) = token {
+                    ws_auth(&mut ws, t).await;
+                } else {
+                    let hello = json!({"type": "hello"}).to_string();
+                    ws.send(Message::text(hello)).await.unwrap();
+                }
                 expect_close(&mut ws, "authentication required", &what(name)).await;
             }
             // Control: the right token gets a socket and the journal position.
-            let mut ws = ws_connect(srv, Some(&control))
-                .await
-                .unwrap_or_else(|e| panic!("{}: {e:?}", what("the right token")));
+            let mut ws = ws_open(srv, Some(&control)).await;
             assert!(matches!(
                 next_push(&mut ws).await,
                 PushMessage::Changed { namespace, .. } if namespace == f.user.namespace
@@ -460,56 +359,28 @@ async fn every_route_auth_scenario(srv: &Server) {
             let resp = send_route(srv, r, token.as_deref()).await;
             assert_eq!(resp.status.as_u16(), 401, "{}: {resp:?}", what(name));
             assert_eq!(resp.code(), "unauthorized", "{}: {resp:?}", what(name));
-            assert!(
-                resp.headers["content-type"]
-                    .to_str()
-                    .unwrap()
-                    .starts_with("application/json"),
-                "{}: {resp:?}",
-                what(name)
-            );
+            assert!(resp.is_json(), "{}: {resp:?}", what(name));
         }
         let resp = send_route(srv, r, Some(&control)).await;
-        assert!(
-            resp.status.is_success(),
-            "{}: {resp:?}",
-            what("the right token")
-        );
+        let right = what("the right token");
+        assert!(resp.status.is_success(), "{right}: {resp:?}");
     }
     // None of the refused requests changed anything: the control requests did, once.
-    let files: ListResponse = srv
-        .get(
-            "/api/v1/files/list?include_deleted=true",
-            Some(&f.dev.token),
-        )
-        .await
-        .expect(200)
-        .json();
+    let files: ListResponse = srv.get_json(LIST_ALL, Some(&f.dev.token)).await;
     let paths: BTreeSet<&str> = files.files.iter().map(|m| m.path.as_str()).collect();
-    assert_eq!(
-        paths,
-        BTreeSet::from([
-            "del.txt",
-            "ev2.txt",
-            "fixture.txt",
-            "ren2.txt",
-            "uploaded.txt"
-        ])
-    );
+    let expected = [
+        "del.txt",
+        "ev2.txt",
+        "fixture.txt",
+        "ren2.txt",
+        "uploaded.txt",
+    ];
+    assert_eq!(paths, BTreeSet::from(expected));
 }
 
 on_every_backend!(every_authenticated_route_refuses_bad_tokens => every_route_auth_scenario);
 
 // ================================================================= 2. malformed JSON
-
-/// One JSON route: a valid body, and a field to give the wrong type.
-struct JsonRoute {
-    path: String,
-    token: Option<String>,
-    valid: Value,
-    field: &'static str,
-    wrong: Value,
-}
 
 /// Every JSON route refuses a body that is not JSON, a body without the JSON content
 /// type, and a body with a field of the wrong type, all with 400 and the JSON error
@@ -518,161 +389,61 @@ async fn malformed_json_scenario(srv: &Server) {
     let f = fixture(srv, "malformed").await;
     let (user, dev) = (&f.user, &f.dev);
     let ns = user.namespace;
-    let tok = Some(dev.token.clone());
     let second = user.login(srv, "second").await;
-    let del = user.commit(srv, dev, "del.txt", b"d", &empty(), T0).await;
-    user.commit(srv, dev, "ren.txt", b"r", &empty(), T0).await;
+    let del = user.create(srv, dev, "del.txt", b"d").await;
+    user.create(srv, dev, "ren.txt", b"r").await;
     let upload = user
         .commit_req(srv, dev, "up.txt", b"up", &empty(), T0)
         .await;
     let event = user
         .commit_req(srv, dev, "ev.txt", b"ev", &empty(), T0)
         .await;
-    let reg = json!({
-        "username": username("newbie"),
-        "email": "newbie@example.org",
-        "password": "ab".repeat(32),
-        "kdf": fsync_store::test_kdf_params(),
-        "wrapped_account_key": "cd".repeat(60),
-        "wrapped_namespace_key": "ef".repeat(60),
-    });
-    let table = vec![
-        JsonRoute {
-            path: "/api/v1/auth/register".into(),
-            token: None,
-            valid: reg,
-            field: "username",
-            wrong: json!(42),
-        },
-        JsonRoute {
-            path: "/api/v1/auth/login".into(),
-            token: None,
-            valid: user.login_body("json"),
-            field: "password",
-            wrong: json!(["not", "a", "string"]),
-        },
-        JsonRoute {
-            path: "/api/v1/auth/refresh".into(),
-            token: None,
-            valid: json!({"refresh_token": second.refresh}),
-            field: "refresh_token",
-            wrong: json!(7),
-        },
-        JsonRoute {
-            path: "/api/v1/auth/logout".into(),
-            token: tok.clone(),
-            valid: json!({"refresh_token": dev.refresh}),
-            field: "refresh_token",
-            wrong: json!({"nested": true}),
-        },
-        JsonRoute {
-            path: "/api/v1/chunks/missing".into(),
-            token: tok.clone(),
-            valid: json!({"namespace": ns, "ids": [f.chunk]}),
-            field: "ids",
-            wrong: json!("not a list"),
-        },
-        JsonRoute {
-            path: "/api/v1/chunks/fetch".into(),
-            token: tok.clone(),
-            valid: json!({"namespace": ns, "ids": [f.chunk]}),
-            field: "ids",
-            wrong: json!(12),
-        },
-        JsonRoute {
-            path: "/api/v1/files/upload".into(),
-            token: tok.clone(),
-            valid: serde_json::to_value(&upload).unwrap(),
-            field: "size",
-            wrong: json!("big"),
-        },
-        JsonRoute {
-            path: "/api/v1/files/delete".into(),
-            token: tok.clone(),
-            valid: json!({"namespace": ns, "path": "del.txt", "base": del.head.vv, "idempotency_key": random_key()}),
-            field: "base",
-            wrong: json!(3),
-        },
-        JsonRoute {
-            path: "/api/v1/files/rename".into(),
-            token: tok.clone(),
-            valid: json!({"namespace": ns, "from": "ren.txt", "to": "ren2.txt", "idempotency_key": random_key()}),
-            field: "idempotency_key",
-            wrong: json!(false),
-        },
-        JsonRoute {
-            path: format!("/api/v1/files/{}/restore", f.file),
-            token: tok.clone(),
-            valid: json!({"version": 1}),
-            field: "version",
-            wrong: json!("one"),
-        },
-        JsonRoute {
-            path: "/api/v1/files/manifests".into(),
-            token: tok.clone(),
-            valid: json!({"namespace": ns, "files": [[f.file, 1]]}),
-            field: "files",
-            wrong: json!({"a": 1}),
-        },
-        JsonRoute {
-            path: "/api/v1/sync/event".into(),
-            token: tok.clone(),
-            valid: json!({"events": [
-                serde_json::to_value(fsync_common::wire::SyncEvent::Create(event)).unwrap()
-            ]}),
-            field: "events",
-            wrong: json!({"type": "create"}),
-        },
+    let event = serde_json::to_value(fsync_common::wire::SyncEvent::Create(event)).unwrap();
+    let reg = registration(&username("newbie"), "newbie@example.org");
+    let (login, refresh) = (user.login_body("json"), second.refresh);
+    let delete = user.delete_body("del.txt", &del.head.vv);
+    let rename = user.rename_body("ren.txt", "ren2.txt");
+    let restore = format!("files/{}/restore", f.file);
+    // [route below /api/v1/, a valid body, {a field: a value of the wrong type}]; the
+    // public routes are sent without a token.
+    let table = [
+        json!(["auth/register", reg, {"username": 42}]),
+        json!(["auth/login", login, {"password": ["not", "a", "string"]}]),
+        json!(["auth/refresh", {"refresh_token": refresh}, {"refresh_token": 7}]),
+        json!(["auth/logout", {"refresh_token": dev.refresh}, {"refresh_token": {"nested": true}}]),
+        json!(["chunks/missing", {"namespace": ns, "ids": [f.chunk]}, {"ids": "not a list"}]),
+        json!(["chunks/fetch", {"namespace": ns, "ids": [f.chunk]}, {"ids": 12}]),
+        json!(["files/upload", upload, {"size": "big"}]),
+        json!(["files/delete", delete, {"base": 3}]),
+        json!(["files/rename", rename, {"idempotency_key": false}]),
+        json!([restore, {"version": 1}, {"version": "one"}]),
+        json!(["files/manifests", {"namespace": ns, "files": [[f.file, 1]]}, {"files": {"a": 1}}]),
+        json!(["sync/event", {"events": [event]}, {"events": {"type": "create"}}]),
     ];
-    for r in &table {
-        let token = r.token.as_deref();
+    for row in &table {
+        let path = format!("/api/v1/{}", row[0].as_str().unwrap());
+        let public = PUBLIC_ROUTES.contains(&("POST", path.as_str()));
+        let token = (!public).then_some(dev.token.as_str());
+        let (valid, (field, wrong_value)) =
+            (&row[1], row[2].as_object().unwrap().iter().next().unwrap());
         let json_error = |resp: Resp, what: &str| {
-            let resp = resp.expect_error(400, "bad_request");
-            assert!(
-                resp.headers["content-type"]
-                    .to_str()
-                    .unwrap()
-                    .starts_with("application/json"),
-                "{} {what}: {resp:?}",
-                r.path
-            );
+            let resp = resp.bad_request();
+            assert!(resp.is_json(), "{path} {what}: {resp:?}");
             resp
         };
         for garbage in ["{\"oops", "not json at all", "", "[1, 2,]"] {
-            json_error(
-                srv.send(
-                    srv.request(Method::POST, &r.path, token)
-                        .header("content-type", "application/json")
-                        .body(garbage),
-                )
-                .await,
-                garbage,
-            );
+            json_error(srv.post_raw(&path, token, JSON, garbage).await, garbage);
         }
-        json_error(
-            srv.send(
-                srv.request(Method::POST, &r.path, token)
-                    .header("content-type", "text/plain")
-                    .body(r.valid.to_string()),
-            )
-            .await,
-            "as text/plain",
-        );
-        let mut wrong = r.valid.clone();
-        wrong[r.field] = r.wrong.clone();
-        let resp = json_error(srv.post(&r.path, token, &wrong).await, "wrong type");
-        let message = resp.value()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            message.contains(r.field),
-            "{}: the message should name `{}`: {message}",
-            r.path,
-            r.field
-        );
-        let resp = srv.post(&r.path, token, &r.valid).await;
-        assert!(resp.status.is_success(), "{} valid body: {resp:?}", r.path);
+        let text = valid.to_string();
+        let resp = srv.post_raw(&path, token, "text/plain", &text).await;
+        json_error(resp, "as text/plain");
+        let mut wrong = valid.clone();
+        wrong[field] = wrong_value.clone();
+        let message = json_error(srv.post(&path, token, &wrong).await, "wrong type").message();
+        let named = format!("{path}: the message should name `{field}`: {message}");
+        assert!(message.contains(field.as_str()), "{named}");
+        let resp = srv.post(&path, token, valid).await;
+        assert!(resp.status.is_success(), "{path} valid body: {resp:?}");
     }
 }
 
@@ -704,58 +475,41 @@ async fn size_limits_scenario(srv: &Server) {
         eprintln!("{what}: {}", resp.value()["error"]["message"]);
     };
     let batch_path = format!("/api/v1/chunks/batch?namespace={ns}");
+    let post_batch = |body: Vec<u8>| srv.post_bytes(&batch_path, tok, body);
 
     // Batch upload, bytes: one byte past the body limit (a valid header, then zeros).
     let mut body = batch::encode(std::iter::empty());
     body.resize(MAX_BATCH_BODY + 1, 0);
-    too_large(
-        srv.post_bytes(&batch_path, tok, body).await,
-        "batch body bytes",
-    );
+    too_large(post_batch(body).await, "batch body bytes");
     // Batch upload, blobs: one blob past the count limit (empty blobs: a tiny body).
     let blob_ids = ids(MAX_IDS_PER_REQUEST + 1);
     let body = batch::encode(blob_ids.iter().map(|id| (id, &[][..])));
-    too_large(
-        srv.post_bytes(&batch_path, tok, body).await,
-        "batch blob count",
-    );
+    too_large(post_batch(body).await, "batch blob count");
     // At the count limit the blobs are looked at, and these are no blobs.
     let body = batch::encode(blob_ids[1..].iter().map(|id| (id, &[][..])));
-    srv.post_bytes(&batch_path, tok, body)
-        .await
-        .expect_error(422, "invalid_blob");
+    post_batch(body).await.expect_error(422, "invalid_blob");
 
     // chunks/missing and chunks/fetch: one id past the limit, then at it.
     let many = ids(MAX_IDS_PER_REQUEST + 1);
     for path in ["/api/v1/chunks/missing", "/api/v1/chunks/fetch"] {
-        let resp = srv
-            .post(path, tok, &json!({"namespace": ns, "ids": many}))
-            .await;
+        let past = json!({"namespace": ns, "ids": many});
+        let resp = srv.post(path, tok, &past).await;
         let message = resp.value()["error"]["message"].as_str().map(str::to_owned);
         too_large(resp, path);
-        assert!(
-            message.unwrap().contains(&MAX_IDS_PER_REQUEST.to_string()),
-            "{path}: the message names the limit"
-        );
-        srv.post(path, tok, &json!({"namespace": ns, "ids": many[1..]}))
-            .await
-            .expect(200);
+        let names = message.unwrap().contains(&MAX_IDS_PER_REQUEST.to_string());
+        assert!(names, "{path}: the message names the limit");
+        let at = json!({"namespace": ns, "ids": many[1..]});
+        srv.post(path, tok, &at).await.expect(200);
     }
 
     // sync/event: one event past the limit, then at it (deletes of absent paths: each
     // fails on its own, the batch is answered).
     let event = |i: usize| json!({"type": "delete", "namespace": ns, "path": format!("absent/{i}"), "base": {}, "idempotency_key": random_key()});
     let events: Vec<Value> = (0..=MAX_EVENTS_PER_BATCH).map(event).collect();
-    too_large(
-        srv.post("/api/v1/sync/event", tok, &json!({"events": events}))
-            .await,
-        "sync/event",
-    );
-    let answered: SyncEventResponse = srv
-        .post("/api/v1/sync/event", tok, &json!({"events": events[1..]}))
-        .await
-        .expect(200)
-        .json();
+    let past = json!({"events": events});
+    too_large(srv.post(EVENT, tok, &past).await, "sync/event");
+    let at = json!({"events": events[1..]});
+    let answered: SyncEventResponse = srv.post_json(EVENT, tok, &at).await;
     assert_eq!(answered.results.len(), MAX_EVENTS_PER_BATCH);
     assert!(answered
         .results
@@ -764,24 +518,10 @@ async fn size_limits_scenario(srv: &Server) {
 
     // files/manifests: one file past the limit, then at it.
     let files = vec![json!([f.file, 1]); MAX_EVENTS_PER_BATCH + 1];
-    too_large(
-        srv.post(
-            "/api/v1/files/manifests",
-            tok,
-            &json!({"namespace": ns, "files": files}),
-        )
-        .await,
-        "files/manifests",
-    );
-    let got: Vec<Value> = srv
-        .post(
-            "/api/v1/files/manifests",
-            tok,
-            &json!({"namespace": ns, "files": files[1..]}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let past = json!({"namespace": ns, "files": files});
+    too_large(srv.post(MANIFESTS, tok, &past).await, "files/manifests");
+    let at = json!({"namespace": ns, "files": files[1..]});
+    let got: Vec<Value> = srv.post_json(MANIFESTS, tok, &at).await;
     assert_eq!(got.len(), MAX_EVENTS_PER_BATCH);
 }
 
@@ -804,25 +544,18 @@ const BAD_PATHS: &[(&str, &str)] = &[
 async fn bad_paths_scenario(srv: &Server) {
     let f = fixture(srv, "paths").await;
     let (user, dev) = (&f.user, &f.dev);
-    let ns = user.namespace;
     let tok = Some(dev.token.as_str());
     let good_create = user
         .commit_req(srv, dev, "batch/ok.txt", b"ok", &empty(), T0)
         .await;
     let commit = serde_json::to_value(&good_create).unwrap();
-    let before: ListResponse = srv
-        .get("/api/v1/files/list?include_deleted=true", tok)
-        .await
-        .expect(200)
-        .json();
+    let before: ListResponse = srv.get_json(LIST_ALL, tok).await;
 
     for &(bad, reason) in BAD_PATHS {
         // (endpoint, body) for every field a path goes in.
-        let delete =
-            json!({"namespace": ns, "path": bad, "base": {}, "idempotency_key": random_key()});
-        let rename_from =
-            json!({"namespace": ns, "from": bad, "to": "x.txt", "idempotency_key": random_key()});
-        let rename_to = json!({"namespace": ns, "from": "fixture.txt", "to": bad, "idempotency_key": random_key()});
+        let delete = user.delete_body(bad, &empty());
+        let rename_from = user.rename_body(bad, "x.txt");
+        let rename_to = user.rename_body("fixture.txt", bad);
         let mut create = commit.clone();
         create["path"] = json!(bad);
         create["idempotency_key"] = json!(random_key());
@@ -831,61 +564,32 @@ async fn bad_paths_scenario(srv: &Server) {
             v["type"] = json!(kind);
             v
         };
-        let in_batch = |ev: Value| json!({"events": [tagged("create", &commit), ev]});
-        let cases = [
-            ("files/upload path", "/api/v1/files/upload", create.clone()),
-            ("files/delete path", "/api/v1/files/delete", delete.clone()),
-            (
-                "files/rename from",
-                "/api/v1/files/rename",
-                rename_from.clone(),
-            ),
-            ("files/rename to", "/api/v1/files/rename", rename_to.clone()),
-            (
-                "sync/event create",
-                "/api/v1/sync/event",
-                in_batch(tagged("create", &create)),
-            ),
-            (
-                "sync/event modify",
-                "/api/v1/sync/event",
-                in_batch(tagged("modify", &create)),
-            ),
-            (
-                "sync/event delete",
-                "/api/v1/sync/event",
-                in_batch(tagged("delete", &delete)),
-            ),
-            (
-                "sync/event rename from",
-                "/api/v1/sync/event",
-                in_batch(tagged("rename", &rename_from)),
-            ),
-            (
-                "sync/event rename to",
-                "/api/v1/sync/event",
-                in_batch(tagged("rename", &rename_to)),
-            ),
+        let mut cases = vec![
+            ("files/upload path".to_owned(), UPLOAD, create.clone()),
+            ("files/delete path".to_owned(), DELETE, delete.clone()),
+            ("files/rename from".to_owned(), RENAME, rename_from.clone()),
+            ("files/rename to".to_owned(), RENAME, rename_to.clone()),
         ];
+        let events = [
+            ("create", &create, "path"),
+            ("modify", &create, "path"),
+            ("delete", &delete, "path"),
+            ("rename", &rename_from, "from"),
+            ("rename", &rename_to, "to"),
+        ];
+        for (kind, body, field) in events {
+            let batch = json!({"events": [tagged("create", &commit), tagged(kind, body)]});
+            cases.push((format!("sync/event {kind} {field}"), EVENT, batch));
+        }
         for (what, path, body) in cases {
             let resp = srv.post(path, tok, &body).await;
-            let resp = resp.expect_error(400, "invalid_path");
-            let message = resp.value()["error"]["message"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            assert!(
-                message.contains(reason),
-                "{what} with {bad:?}: the message should say {reason}: {message}"
-            );
+            let message = resp.expect_error(400, "invalid_path").message();
+            let should = format!("{what} with {bad:?}: the message should say {reason}");
+            assert!(message.contains(reason), "{should}: {message}");
         }
     }
     // Nothing was applied, not even the good event batched with a bad one.
-    let after: ListResponse = srv
-        .get("/api/v1/files/list?include_deleted=true", tok)
-        .await
-        .expect(200)
-        .json();
+    let after: ListResponse = srv.get_json(LIST_ALL, tok).await;
     assert_eq!(after.files, before.files);
 }
 
@@ -902,98 +606,59 @@ fn client_from(ip: [u8; 4]) -> reqwest::Client {
         .unwrap()
 }
 
-async fn send_from(client: &reqwest::Client, srv: &Server, path: &str, body: &Value) -> Resp {
+/// `POST path` from 127.0.0.`ip`.
+async fn send_from(ip: u8, srv: &Server, path: &str, body: &Value) -> Resp {
+    let client = client_from([127, 0, 0, ip]);
     srv.send(client.post(srv.url(path)).json(body)).await
 }
 
 #[track_caller]
 fn expect_rate_limited(resp: Resp) {
-    let resp = resp.expect_error(429, "rate_limited");
-    let retry: u64 = resp
-        .headers
-        .get("retry-after")
-        .expect("a Retry-After header")
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("Retry-After in seconds");
+    let retry = resp.rate_limited().headers.get("retry-after").cloned();
+    let retry = retry.expect("a Retry-After header");
+    let retry = retry.to_str().unwrap().parse::<u64>();
+    let retry = retry.expect("Retry-After in seconds");
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
 }
+
+const PER_IP: u32 = 3;
 
 /// Register and refresh are limited per client IP: past the limit 429 with Retry-After
 /// (before any work: a refused refresh does not consume the token), while another IP
 /// is still served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn register_and_refresh_are_rate_limited_per_ip() {
-    const MAX: u32 = 3;
-    for backend in backends() {
-        eprintln!("--- on {backend}");
-        let srv = Server::start_with(&backend, |s| s.limits.auth_per_ip.max = MAX).await;
-        // Setup from 127.0.0.1 (params, register, login: its whole budget).
-        let user = register(&srv, &username("limited")).await;
-        let dev = user.login(&srv, "d").await;
+async fn per_ip_scenario(srv: &Server) {
+    // Setup from 127.0.0.1 (params, register, login: its whole budget).
+    let (_, dev) = account(srv, "limited", "d").await;
 
-        // Refresh from 127.0.0.2: MAX rotations, then 429.
-        let c2 = client_from([127, 0, 0, 2]);
-        let mut refresh = dev.refresh.clone();
-        for _ in 0..MAX {
-            let t: TokenResponse = send_from(
-                &c2,
-                &srv,
-                "/api/v1/auth/refresh",
-                &json!({"refresh_token": refresh}),
-            )
-            .await
-            .expect(200)
-            .json();
-            refresh = t.refresh_token;
-        }
-        expect_rate_limited(
-            send_from(
-                &c2,
-                &srv,
-                "/api/v1/auth/refresh",
-                &json!({"refresh_token": refresh}),
-            )
-            .await,
-        );
-        // The limit is per IP, and the refused refresh left the token valid.
-        let c3 = client_from([127, 0, 0, 3]);
-        send_from(
-            &c3,
-            &srv,
-            "/api/v1/auth/refresh",
-            &json!({"refresh_token": refresh}),
-        )
-        .await
-        .expect(200);
-
-        // Register from 127.0.0.4: MAX attempts (refused for their username), then 429
-        // even for a valid request; the same request from 127.0.0.5 succeeds.
-        let c4 = client_from([127, 0, 0, 4]);
-        let body = |name: &str| {
-            json!({
-                "username": name,
-                "email": "someone@example.org",
-                "password": "ab".repeat(32),
-                "kdf": fsync_store::test_kdf_params(),
-                "wrapped_account_key": "cd".repeat(60),
-                "wrapped_namespace_key": "ef".repeat(60),
-            })
-        };
-        for _ in 0..MAX {
-            send_from(&c4, &srv, "/api/v1/auth/register", &body("no"))
-                .await
-                .expect_error(400, "bad_request");
-        }
-        let valid = body(&username("late"));
-        expect_rate_limited(send_from(&c4, &srv, "/api/v1/auth/register", &valid).await);
-        let c5 = client_from([127, 0, 0, 5]);
-        send_from(&c5, &srv, "/api/v1/auth/register", &valid)
-            .await
-            .expect(201);
+    // Refresh from 127.0.0.2: PER_IP rotations, then 429.
+    let refresh_from = |ip: u8, token: String| async move {
+        let body = json!({"refresh_token": token});
+        send_from(ip, srv, "/api/v1/auth/refresh", &body).await
+    };
+    let mut refresh = dev.refresh.clone();
+    for _ in 0..PER_IP {
+        let t: TokenResponse = refresh_from(2, refresh).await.expect(200).json();
+        refresh = t.refresh_token;
     }
+    expect_rate_limited(refresh_from(2, refresh.clone()).await);
+    // The limit is per IP, and the refused refresh left the token valid.
+    refresh_from(3, refresh).await.expect(200);
+
+    // Register from 127.0.0.4: PER_IP attempts (refused for their username), then 429
+    // even for a valid request; the same request from 127.0.0.5 succeeds.
+    let register_from =
+        |ip: u8, body: Value| async move { send_from(ip, srv, REGISTER, &body).await };
+    for _ in 0..PER_IP {
+        let invalid = registration("no", "someone@example.org");
+        register_from(4, invalid).await.bad_request();
+    }
+    let valid = registration(&username("late"), "someone@example.org");
+    expect_rate_limited(register_from(4, valid.clone()).await);
+    register_from(5, valid).await.expect(201);
 }
+
+on_every_backend!(register_and_refresh_are_rate_limited_per_ip,
+    |s| s.limits.auth_per_ip.max = PER_IP => per_ip_scenario);
 
 // ================================================================= 6. other refusals
 
@@ -1018,126 +683,77 @@ async fn auth_inputs_are_validated() {
         let (server, repo) = start_keeping_repo(&backend).await;
         let srv = &server;
 
-        srv.get("/api/v1/auth/params", None)
-            .await
-            .expect_error(400, "bad_request");
-        srv.get("/api/v1/auth/params?user=bob", None)
-            .await
-            .expect_error(400, "bad_request");
+        for path in ["/api/v1/auth/params", "/api/v1/auth/params?user=bob"] {
+            srv.get(path, None).await.bad_request();
+        }
 
         // Register: each field invalid in turn; the valid body then registers the name,
         // so none of the refusals created it.
-        let name = username("valid");
-        let valid = json!({
-            "username": name,
-            "email": "valid@example.org",
-            "password": "ab".repeat(32),
-            "kdf": fsync_store::test_kdf_params(),
-            "wrapped_account_key": "cd".repeat(60),
-            "wrapped_namespace_key": "ef".repeat(60),
-        });
+        let valid = registration(&username("valid"), "valid@example.org");
         let kdf = |k: &str, v: Value| {
             let mut p = serde_json::to_value(fsync_store::test_kdf_params()).unwrap();
             p[k] = v;
             p
         };
-        let cases: Vec<(&str, Value, &str)> = vec![
-            ("username", json!("ab"), "username"),
-            ("username", json!("x".repeat(65)), "username"),
-            ("username", json!("has space"), "username"),
-            ("username", json!("semi;colon"), "username"),
-            ("username", json!("ünïcode"), "username"),
-            ("email", json!("no-at-sign.example.org"), "email"),
-            (
-                "email",
-                json!(format!("{}@example.org", "x".repeat(250))),
-                "email",
-            ),
-            ("password", json!("zz".repeat(32)), "password"),
-            ("password", json!("ab".repeat(31)), "password"),
-            ("password", json!("ab".repeat(33)), "password"),
-            ("password", json!("abc"), "password"),
-            (
-                "wrapped_account_key",
-                json!("cd".repeat(39)),
-                "wrapped_account_key",
-            ),
-            (
-                "wrapped_account_key",
-                json!("not hex!"),
-                "wrapped_account_key",
-            ),
-            (
-                "wrapped_namespace_key",
-                json!("ef".repeat(257)),
-                "wrapped_namespace_key",
-            ),
+        // (field, an invalid value): the message must name the field.
+        let mut cases: Vec<(&str, Value, &str)> = [
+            ("username", json!("ab")),
+            ("username", json!("x".repeat(65))),
+            ("username", json!("has space")),
+            ("username", json!("semi;colon")),
+            ("username", json!("ünïcode")),
+            ("email", json!("no-at-sign.example.org")),
+            ("email", json!(format!("{}@example.org", "x".repeat(250)))),
+            ("password", json!("zz".repeat(32))),
+            ("password", json!("ab".repeat(31))),
+            ("password", json!("ab".repeat(33))),
+            ("password", json!("abc")),
+            ("wrapped_account_key", json!("cd".repeat(39))),
+            ("wrapped_account_key", json!("not hex!")),
+            ("wrapped_namespace_key", json!("ef".repeat(257))),
+        ]
+        .into_iter()
+        .map(|(field, value)| (field, value, field))
+        .collect();
+        // The KDF parameters: the message names the parameter.
+        cases.extend([
             ("kdf", kdf("kdf", json!("scrypt")), "kdf"),
             ("kdf", kdf("m_kib", json!(1024)), "m_kib"),
             ("kdf", kdf("t", json!(0)), "kdf parameter t"),
             ("kdf", kdf("p", json!(17)), "kdf parameter p"),
             ("kdf", kdf("salt", json!("ab".repeat(15))), "salt"),
-        ];
+        ]);
         for (field, value, named) in cases {
             let mut body = valid.clone();
             body[field] = value.clone();
-            let resp = srv
-                .post("/api/v1/auth/register", None, &body)
-                .await
-                .expect_error(400, "bad_request");
-            let message = resp.value()["error"]["message"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            assert!(
-                message.contains(named),
-                "{field} = {value}: the message should name {named}: {message}"
-            );
+            let resp = srv.post(REGISTER, None, &body).await;
+            let message = resp.bad_request().message();
+            let should = format!("{field} = {value}: the message should name {named}");
+            assert!(message.contains(named), "{should}: {message}");
         }
-        srv.post("/api/v1/auth/register", None, &valid)
-            .await
-            .expect(201);
+        srv.post(REGISTER, None, &valid).await.expect(201);
 
         // Refresh tokens: made up, already rotated, expired.
-        let user = register(srv, &username("refresh")).await;
-        let dev = user.login(srv, "d").await;
-        let refresh = |t: &str| {
-            let body = json!({"refresh_token": t});
-            async move { srv.post("/api/v1/auth/refresh", None, &body).await }
-        };
-        refresh(&"ab".repeat(32))
-            .await
-            .expect_error(401, "unauthorized");
-        let rotated: TokenResponse = refresh(&dev.refresh).await.expect(200).json();
-        refresh(&dev.refresh)
-            .await
-            .expect_error(401, "unauthorized");
+        let (user, dev) = account(srv, "refresh", "d").await;
+        srv.refresh(&"ab".repeat(32)).await.unauthorized();
+        let rotated: TokenResponse = srv.refresh(&dev.refresh).await.expect(200).json();
+        srv.refresh(&dev.refresh).await.unauthorized();
         let expired = "0e".repeat(32);
         let now = now_secs() as i64;
-        repo.insert_refresh(
-            &hash_refresh_token(&expired),
-            TokenOwner {
-                user: user.id,
-                device: dev.id,
-            },
-            now - 1,
-            now - 3600,
-        )
-        .await
-        .unwrap();
-        refresh(&expired).await.expect_error(401, "unauthorized");
+        let owner = TokenOwner {
+            user: user.id,
+            device: dev.id,
+        };
+        let hash = hash_refresh_token(&expired);
+        let inserted = repo.insert_refresh(&hash, owner, now - 1, now - 3600);
+        inserted.await.unwrap();
+        srv.refresh(&expired).await.unauthorized();
         // The successor of the rotated one still works: the refusals were about each token.
-        refresh(&rotated.refresh_token).await.expect(200);
+        srv.refresh(&rotated.refresh_token).await.expect(200);
 
         // Revoking a device id that is not one.
         for id in ["not-hex", "abc", &"ab".repeat(7), &"ab".repeat(9)] {
-            srv.send(srv.request(
-                Method::DELETE,
-                &format!("/api/v1/devices/{id}"),
-                Some(&dev.token),
-            ))
-            .await
-            .expect_error(400, "bad_request");
+            srv.revoke(Some(&dev.token), id).await.bad_request();
         }
         srv.get("/api/v1/devices", Some(&dev.token))
             .await
@@ -1151,11 +767,9 @@ async fn auth_inputs_are_validated() {
 /// another's refresh token could end that session. Now only the caller's own token (of
 /// its user and device) is deleted; another's is answered like an unknown token.
 async fn logout_scenario(srv: &Server) {
-    let alice = register(srv, &username("alice")).await;
-    let bob = register(srv, &username("bob")).await;
-    let laptop = alice.login(srv, "laptop").await;
+    let (alice, laptop) = account(srv, "alice", "laptop").await;
+    let (_, b) = account(srv, "bob", "b").await;
     let phone = alice.login(srv, "phone").await;
-    let b = bob.login(srv, "b").await;
     let logout = |dev: &Device, refresh: &str| {
         let body = json!({"refresh_token": refresh});
         let token = dev.token.clone();
@@ -1168,24 +782,10 @@ async fn logout_scenario(srv: &Server) {
         assert_eq!(resp.body, unknown.body, "{who}");
     }
     // The laptop's token still works (and rotates).
-    let t: TokenResponse = srv
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            &json!({"refresh_token": laptop.refresh}),
-        )
-        .await
-        .expect(200)
-        .json();
+    let t: TokenResponse = srv.refresh(&laptop.refresh).await.expect(200).json();
     // Its owner can log it out.
     logout(&laptop, &t.refresh_token).await.expect(204);
-    srv.post(
-        "/api/v1/auth/refresh",
-        None,
-        &json!({"refresh_token": t.refresh_token}),
-    )
-    .await
-    .expect_error(401, "unauthorized");
+    srv.refresh(&t.refresh_token).await.unauthorized();
 }
 
 on_every_backend!(logout_revokes_only_the_callers_own_token => logout_scenario);
@@ -1196,18 +796,12 @@ on_every_backend!(logout_revokes_only_the_callers_own_token => logout_scenario);
 /// access token expired (up to 15 minutes). Revoking a device now closes its sockets
 /// (bearer header and first-message auth alike) at once; other devices' stay open.
 async fn ws_revoke_scenario(srv: &Server) {
-    let user = register(srv, &username("wsrevoke")).await;
-    let a = user.login(srv, "A").await;
+    let (user, a) = account(srv, "wsrevoke", "A").await;
     let b = user.login(srv, "B").await;
-    let mut by_header = ws_connect(srv, Some(&a.token)).await.expect("upgrade");
-    let mut by_message = ws_connect(srv, None).await.expect("upgrade");
-    by_message
-        .send(Message::text(
-            json!({"type": "auth", "token": a.token}).to_string(),
-        ))
-        .await
-        .unwrap();
-    let mut other = ws_connect(srv, Some(&b.token)).await.expect("upgrade");
+    let mut by_header = ws_open(srv, Some(&a.token)).await;
+    let mut by_message = ws_open(srv, None).await;
+    ws_auth(&mut by_message, &a.token).await;
+    let mut other = ws_open(srv, Some(&b.token)).await;
     // Each socket is serving once it sent the journal position.
     for ws in [&mut by_header, &mut by_message, &mut other] {
         assert!(matches!(
@@ -1216,33 +810,21 @@ async fn ws_revoke_scenario(srv: &Server) {
         ));
     }
 
-    srv.send(srv.request(
-        Method::DELETE,
-        &format!("/api/v1/devices/{}", a.id),
-        Some(&b.token),
-    ))
-    .await
-    .expect(204);
+    srv.revoke(Some(&b.token), a.id).await.expect(204);
     expect_close(&mut by_header, "device revoked", "bearer-header socket").await;
     expect_close(&mut by_message, "device revoked", "first-message socket").await;
 
     // B's socket is still served.
-    let r: CommitResponse = user
-        .commit(srv, &b, "after.txt", b"after", &empty(), T0)
-        .await;
-    assert_eq!(
-        next_push(&mut other).await,
-        PushMessage::Changed {
-            namespace: user.namespace,
-            seq: r.head.seq
-        }
-    );
+    let r: CommitResponse = user.create(srv, &b, "after.txt", b"after").await;
+    let changed = PushMessage::Changed {
+        namespace: user.namespace,
+        seq: r.head.seq,
+    };
+    assert_eq!(next_push(&mut other).await, changed);
     // And A cannot open a new one.
-    ws_connect(srv, Some(&a.token))
-        .await
-        .map(|_| ())
-        .expect_err("a revoked device gets no socket")
-        .expect_error(401, "unauthorized");
+    let refused = ws_connect(srv, Some(&a.token)).await.map(|_| ());
+    let resp = refused.expect_err("a revoked device gets no socket");
+    resp.unauthorized();
 }
 
 on_every_backend!(revoking_a_device_closes_its_websockets => ws_revoke_scenario);
@@ -1251,44 +833,23 @@ on_every_backend!(revoking_a_device_closes_its_websockets => ws_revoke_scenario)
 /// error body naming what is missing (it was axum's plain-text rejection); a bad token
 /// is refused first, with 401.
 async fn ws_not_upgrade_scenario(srv: &Server) {
-    let user = register(srv, &username("plainws")).await;
-    let dev = user.login(srv, "d").await;
+    let (_, dev) = account(srv, "plainws", "d").await;
     for token in [None, Some(dev.token.as_str())] {
-        let resp = srv
-            .get("/api/v1/ws", token)
-            .await
-            .expect_error(400, "bad_request");
-        assert!(resp.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/json"));
-        let message = resp.value()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let resp = srv.get(WS, token).await.bad_request();
+        assert!(resp.is_json());
+        let message = resp.message();
         assert!(message.contains("WebSocket"), "{message}");
         // Half a handshake: the message names the header that is missing.
-        let resp = srv
-            .send(
-                srv.request(Method::GET, "/api/v1/ws", token)
-                    .header("connection", "upgrade")
-                    .header("upgrade", "websocket")
-                    .header("sec-websocket-version", "13"),
-            )
-            .await
-            .expect_error(400, "bad_request");
-        let message = resp.value()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            message.to_lowercase().contains("sec-websocket-key"),
-            "{message}"
-        );
+        let half = srv
+            .request(Method::GET, WS, token)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13");
+        let message = srv.send(half).await.bad_request().message();
+        let names = message.to_lowercase().contains("sec-websocket-key");
+        assert!(names, "{message}");
     }
-    srv.get("/api/v1/ws", Some("not.a.token"))
-        .await
-        .expect_error(401, "unauthorized");
+    srv.get(WS, Some("not.a.token")).await.unauthorized();
 }
 
 on_every_backend!(websocket_route_refuses_plain_requests_with_json => ws_not_upgrade_scenario);

@@ -12,14 +12,15 @@
 #![allow(missing_docs, clippy::too_many_lines)]
 
 #[allow(dead_code)]
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::{
-    admin_sql, backends, fresh_postgres, random_key, register, username, ws_request, Backend,
-    Server, EVENT_TIMEOUT,
+    account, admin_sql, backends, chunk_path, fresh_postgres, random_key, ws_open, Backend, Server,
+    EVENT_TIMEOUT,
 };
 use fsync_common::wire::{RenameRequest, SyncEvent};
 use fsync_common::{
@@ -31,6 +32,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 // ------------------------------------------------------------------ helpers
+
+const UPLOAD: &str = "/api/v1/files/upload";
+const EVENT: &str = "/api/v1/sync/event";
 
 /// Polls `cond` until it holds; fails after [`EVENT_TIMEOUT`].
 async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, cond: impl FnMut() -> F) {
@@ -179,6 +183,11 @@ impl Scrape {
         })
     }
 
+    /// How much `series` grew since `before`.
+    fn since(&self, before: &Self, series: &str) -> u64 {
+        self.get(series) - before.get(series)
+    }
+
     /// The body size of this scrape, as sent.
     fn len(&self) -> u64 {
         self.text.len() as u64
@@ -257,139 +266,89 @@ async fn put_chunked(srv: &Server, token: &str, path: &str, blob: &[u8]) -> Stri
 }
 
 /// Traffic moves every series as it should.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metrics_follow_the_traffic() {
-    for backend in backends() {
-        eprintln!("--- on {backend}");
-        let srv = Server::start(&backend).await;
-        let user = register(&srv, &username("metrics")).await;
-        let dev = user.login(&srv, "laptop").await;
-        let ns = user.namespace;
+async fn metrics_scenario(srv: &Server) {
+    let (user, dev) = account(srv, "metrics", "laptop").await;
+    let (ns, tok) = (user.namespace, Some(dev.token.as_str()));
 
-        // A chunked upload: bytes in are the body's bytes, not a Content-Length.
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (id, blob) = user.blob(&data);
-        let chunk_path = format!("/api/v1/chunks/{id}?namespace={ns}");
-        let before = Scrape::take(&srv).await;
-        let resp = put_chunked(&srv, &dev.token, &chunk_path, &blob).await;
-        assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
-        let after = Scrape::take(&srv).await;
-        assert_eq!(
-            after.get("fsync_bytes_in_total") - before.get("fsync_bytes_in_total"),
-            blob.len() as u64,
-            "bytes in of a chunked upload"
-        );
-        assert_eq!(
-            after.get("fsync_chunks_stored_total") - before.get("fsync_chunks_stored_total"),
-            1
-        );
-        assert_eq!(
-            after.get(&latency_count("PUT", "/api/v1/chunks/{id}"))
-                - before.get(&latency_count("PUT", "/api/v1/chunks/{id}")),
-            1,
-            "{}",
-            after.text
-        );
+    // A chunked upload: bytes in are the body's bytes, not a Content-Length.
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (id, blob) = user.blob(&data);
+    let chunk_path = chunk_path(&id, ns);
+    let before = Scrape::take(srv).await;
+    let resp = put_chunked(srv, &dev.token, &chunk_path, &blob).await;
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    let after = Scrape::take(srv).await;
+    let bytes_in = after.since(&before, "fsync_bytes_in_total");
+    assert_eq!(bytes_in, blob.len() as u64, "bytes in of a chunked upload");
+    assert_eq!(after.since(&before, "fsync_chunks_stored_total"), 1);
+    let puts = after.since(&before, &latency_count("PUT", "/api/v1/chunks/{id}"));
+    assert_eq!(puts, 1, "{}", after.text);
 
-        // Dedup: one id present, one not.
-        let unknown = ChunkId::from_bytes(rand::random());
-        let before = Scrape::take(&srv).await;
-        let r = srv
-            .post(
-                "/api/v1/chunks/missing",
-                Some(&dev.token),
-                &json!({"namespace": ns, "ids": [id, unknown]}),
-            )
-            .await
-            .expect(200);
-        assert_eq!(r.value()["missing"], json!([unknown]));
-        let after = Scrape::take(&srv).await;
-        assert_eq!(
-            after.get("fsync_dedup_hits_total") - before.get("fsync_dedup_hits_total"),
-            1
-        );
+    // Dedup: one id present, one not.
+    let unknown = ChunkId::from_bytes(rand::random());
+    let before = Scrape::take(srv).await;
+    let body = json!({"namespace": ns, "ids": [id, unknown]});
+    let r: Value = srv.post_json("/api/v1/chunks/missing", tok, &body).await;
+    assert_eq!(r["missing"], json!([unknown]));
+    let after = Scrape::take(srv).await;
+    assert_eq!(after.since(&before, "fsync_dedup_hits_total"), 1);
 
-        // Bytes out: every response body (the scrape itself, a listing), and the blob
-        // bytes of a download apart.
-        let before = Scrape::take(&srv).await;
-        let listing = srv
-            .get("/api/v1/files/list", Some(&dev.token))
-            .await
-            .expect(200);
-        let download = srv.get(&chunk_path, Some(&dev.token)).await.expect(200);
-        assert_eq!(download.body, blob);
-        let after = Scrape::take(&srv).await;
-        assert_eq!(
-            after.get("fsync_bytes_out_total") - before.get("fsync_bytes_out_total"),
-            before.len() + listing.body.len() as u64 + blob.len() as u64,
-            "bytes out: the scrape, the listing and the blob"
-        );
-        assert_eq!(
-            after.get("fsync_blob_bytes_out_total") - before.get("fsync_blob_bytes_out_total"),
-            blob.len() as u64
-        );
-        for (method, route) in [
-            ("GET", "/api/v1/files/list"),
-            ("GET", "/api/v1/chunks/{id}"),
-            ("GET", "/metrics"),
-        ] {
-            assert_eq!(
-                after.get(&latency_count(method, route))
-                    - before.get(&latency_count(method, route)),
-                1,
-                "latency count of {method} {route}:\n{}",
-                after.text
-            );
-        }
+    // Bytes out: every response body (the scrape itself, a listing), and the blob
+    // bytes of a download apart.
+    let before = Scrape::take(srv).await;
+    let listing = srv.get("/api/v1/files/list", tok).await.expect(200);
+    let download = srv.get(&chunk_path, tok).await.expect(200);
+    assert_eq!(download.body, blob);
+    let after = Scrape::take(srv).await;
+    assert_eq!(
+        after.since(&before, "fsync_bytes_out_total"),
+        before.len() + listing.body.len() as u64 + blob.len() as u64,
+        "bytes out: the scrape, the listing and the blob"
+    );
+    let blob_out = after.since(&before, "fsync_blob_bytes_out_total");
+    assert_eq!(blob_out, blob.len() as u64);
+    for route in ["/api/v1/files/list", "/api/v1/chunks/{id}", "/metrics"] {
+        let n = after.since(&before, &latency_count("GET", route));
+        assert_eq!(n, 1, "latency count of GET {route}:\n{}", after.text);
+    }
 
-        // Unknown paths share one label; no raw path or id is ever a label.
-        let raw = format!("/api/v1/nope/{}", hex::encode(rand::random::<[u8; 8]>()));
-        srv.get(&raw, None).await.expect_error(404, "not_found");
-        let now = Scrape::take(&srv).await;
-        assert_eq!(now.get(&latency_count("GET", "unmatched")), 1);
+    // Unknown paths share one label; no raw path or id is ever a label.
+    let raw = format!("/api/v1/nope/{}", hex::encode(rand::random::<[u8; 8]>()));
+    srv.get(&raw, None).await.not_found();
+    let now = Scrape::take(srv).await;
+    assert_eq!(now.get(&latency_count("GET", "unmatched")), 1);
+    let unmatched = r#"fsync_http_requests_total{method="GET",route="unmatched",status="404"}"#;
+    assert!(now.get(unmatched) >= 1);
+    for needle in [id.to_string(), ns.to_string(), raw] {
         assert!(
-            now.get(r#"fsync_http_requests_total{method="GET",route="unmatched",status="404"}"#)
-                >= 1
-        );
-        for needle in [id.to_string(), ns.to_string(), raw] {
-            assert!(
-                !now.text.contains(&needle),
-                "{needle} in /metrics:\n{}",
-                now.text
-            );
-        }
-        now.assert_histograms_consistent();
-
-        // WebSocket connections: up while a socket is open, down once it closes.
-        assert_eq!(now.get("fsync_websocket_connections"), 0);
-        let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(&srv, Some(&dev.token)))
-            .await
-            .unwrap();
-        // The first push comes after the socket is counted.
-        let first = tokio::time::timeout(EVENT_TIMEOUT, ws.next())
-            .await
-            .expect("a first push")
-            .expect("socket open")
-            .expect("socket healthy");
-        assert!(matches!(first, Message::Text(_)), "{first:?}");
-        assert_eq!(
-            Scrape::take(&srv).await.get("fsync_websocket_connections"),
-            1
-        );
-        ws.close(None).await.unwrap();
-        wait_for("the WebSocket gauge to drop to 0", || async {
-            Scrape::take(&srv).await.get("fsync_websocket_connections") == 0
-        })
-        .await;
-        let last = Scrape::take(&srv).await;
-        assert!(
-            last.get(r#"fsync_http_requests_total{method="GET",route="/api/v1/ws",status="101"}"#)
-                == 1,
-            "{}",
-            last.text
+            !now.text.contains(&needle),
+            "{needle} in /metrics:\n{}",
+            now.text
         );
     }
+    now.assert_histograms_consistent();
+
+    // WebSocket connections: up while a socket is open, down once it closes.
+    let sockets = |s: Scrape| s.get("fsync_websocket_connections");
+    assert_eq!(sockets(now), 0);
+    let mut ws = ws_open(srv, Some(&dev.token)).await;
+    // The first push comes after the socket is counted.
+    let first = tokio::time::timeout(EVENT_TIMEOUT, ws.next()).await;
+    let first = first.expect("a first push").expect("socket open");
+    let first = first.expect("socket healthy");
+    assert!(matches!(first, Message::Text(_)), "{first:?}");
+    assert_eq!(sockets(Scrape::take(srv).await), 1);
+    ws.close(None).await.unwrap();
+    wait_for("the WebSocket gauge to drop to 0", || async {
+        sockets(Scrape::take(srv).await) == 0
+    })
+    .await;
+    let last = Scrape::take(srv).await;
+    let upgrades = r#"fsync_http_requests_total{method="GET",route="/api/v1/ws",status="101"}"#;
+    assert!(last.get(upgrades) == 1, "{}", last.text);
 }
+
+on_every_backend!(metrics_follow_the_traffic => metrics_scenario);
 
 // ------------------------------------------------------------------ 3. JSON errors
 
@@ -399,6 +358,9 @@ async fn wrong_methods_and_unknown_routes_answer_json_errors() {
     let srv = Server::start(&Backend::Sqlite).await;
     let id = ChunkId::from_bytes([7; 32]);
     let file = "00112233445566778899aabbccddeeff";
+    let chunk = format!("/api/v1/chunks/{id}");
+    let download = format!("/api/v1/files/download/{file}");
+    let versions = format!("/api/v1/files/{file}/versions");
     // (wrong method, path, the methods the route has)
     let cases: Vec<(&str, String, &[&str])> = vec![
         ("POST", "/api/v1/auth/params".into(), &["GET", "HEAD"]),
@@ -411,24 +373,12 @@ async fn wrong_methods_and_unknown_routes_answer_json_errors() {
         ("GET", "/api/v1/chunks/missing".into(), &["POST"]),
         ("GET", "/api/v1/chunks/fetch".into(), &["POST"]),
         ("GET", "/api/v1/chunks/batch".into(), &["POST"]),
-        (
-            "DELETE",
-            format!("/api/v1/chunks/{id}"),
-            &["GET", "HEAD", "PUT"],
-        ),
+        ("DELETE", chunk, &["GET", "HEAD", "PUT"]),
         ("GET", "/api/v1/files/upload".into(), &["POST"]),
         ("DELETE", "/api/v1/files/list".into(), &["GET", "HEAD"]),
-        (
-            "POST",
-            format!("/api/v1/files/download/{file}"),
-            &["GET", "HEAD"],
-        ),
+        ("POST", download, &["GET", "HEAD"]),
         ("GET", "/api/v1/files/manifests".into(), &["POST"]),
-        (
-            "POST",
-            format!("/api/v1/files/{file}/versions"),
-            &["GET", "HEAD"],
-        ),
+        ("POST", versions, &["GET", "HEAD"]),
         ("GET", format!("/api/v1/files/{file}/restore"), &["POST"]),
         ("GET", "/api/v1/files/delete".into(), &["POST"]),
         ("GET", "/api/v1/files/rename".into(), &["POST"]),
@@ -445,14 +395,9 @@ async fn wrong_methods_and_unknown_routes_answer_json_errors() {
         let what = format!("{method} {path}: {r:?}");
         let r = r.expect_error(405, "bad_request");
         assert_eq!(r.headers["content-type"], "application/json", "{what}");
-        let message = r.value()["error"]["message"].as_str().unwrap().to_owned();
-        assert!(message.contains(method), "{what}");
-        let mut allow: Vec<&str> = r.headers["allow"]
-            .to_str()
-            .unwrap()
-            .split(',')
-            .map(str::trim)
-            .collect();
+        assert!(r.message().contains(method), "{what}");
+        let allow = r.headers["allow"].to_str().unwrap();
+        let mut allow: Vec<&str> = allow.split(',').map(str::trim).collect();
         allow.sort_unstable();
         assert_eq!(allow, allowed, "{what}");
     }
@@ -492,11 +437,11 @@ fn bad_paths() -> Vec<(String, IsKind)> {
 /// in a commit, in a sync event (inside an internally tagged enum), in a rename.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_path_error_is_invalid_path_with_the_reason() {
-    let srv = Server::start(&Backend::Sqlite).await;
-    let user = register(&srv, &username("paths")).await;
-    let dev = user.login(&srv, "laptop").await;
+    let srv = &Server::start(&Backend::Sqlite).await;
+    let (user, dev) = account(srv, "paths", "laptop").await;
+    let tok = Some(dev.token.as_str());
     let req = user
-        .commit_req(&srv, &dev, "ok.txt", b"content", &VersionVector::new(), 1)
+        .commit_req(srv, &dev, "ok.txt", b"content", &VersionVector::new(), 1)
         .await;
     let commit = serde_json::to_value(&req).unwrap();
     let event = serde_json::to_value(SyncEvent::Create(req.clone())).unwrap();
@@ -519,48 +464,33 @@ async fn every_path_error_is_invalid_path_with_the_reason() {
         let reason = err.to_string();
         let shown: String = bad.chars().take(20).collect();
 
-        let mut body = commit.clone();
-        body["path"] = json!(bad);
+        let with = |v: &Value, field: &str| {
+            let mut v = v.clone();
+            v[field] = json!(bad);
+            v
+        };
         let cases = [
-            ("/api/v1/files/upload", body, "path"),
+            (UPLOAD, with(&commit, "path"), "path"),
             (
-                "/api/v1/sync/event",
-                {
-                    let mut e = event.clone();
-                    e["path"] = json!(bad);
-                    json!({ "events": [e] })
-                },
+                EVENT,
+                json!({ "events": [with(&event, "path")] }),
                 "events[0].path",
             ),
-            (
-                "/api/v1/files/rename",
-                {
-                    let mut r = rename.clone();
-                    r["to"] = json!(bad);
-                    r
-                },
-                "to",
-            ),
+            ("/api/v1/files/rename", with(&rename, "to"), "to"),
         ];
         for (endpoint, body, field) in cases {
-            let r = srv.post(endpoint, Some(&dev.token), &body).await;
+            let r = srv.post(endpoint, tok, &body).await;
             let what = format!("{shown:?} at {endpoint}: {r:?}");
-            let r = r.expect_error(400, "invalid_path");
-            let message = r.value()["error"]["message"].as_str().unwrap().to_owned();
+            let message = r.expect_error(400, "invalid_path").message();
             assert_eq!(message, format!("{field}: {reason}"), "{what}");
         }
     }
 
     // A data error that is not about a path stays `bad_request`, even with a string
     // that would also be a bad path.
-    let mut body = commit.clone();
-    body["idempotency_key"] = json!(5);
-    srv.post("/api/v1/files/upload", Some(&dev.token), &body)
-        .await
-        .expect_error(400, "bad_request");
-    let mut body = commit;
-    body["namespace"] = json!("");
-    srv.post("/api/v1/files/upload", Some(&dev.token), &body)
-        .await
-        .expect_error(400, "bad_request");
+    for (field, value) in [("idempotency_key", json!(5)), ("namespace", json!(""))] {
+        let mut body = commit.clone();
+        body[field] = value;
+        srv.post(UPLOAD, tok, &body).await.bad_request();
+    }
 }

@@ -523,6 +523,28 @@ mod tests {
         blob[5] & FLAG_ZSTD != 0
     }
 
+    /// `data`'s chunk id and blob.
+    fn encoded(codec: &BlobCodec, data: &[u8]) -> (ChunkId, Vec<u8>) {
+        let id = codec.chunk_id(data);
+        let blob = codec.encode(&id, data).unwrap();
+        (id, blob)
+    }
+
+    /// Asserts that `blob` with any one of `bits` flipped does not decode.
+    fn assert_flips_rejected(
+        codec: &BlobCodec,
+        id: &ChunkId,
+        blob: &[u8],
+        bits: impl Iterator<Item = usize>,
+    ) {
+        for bit in bits {
+            let mut bad = blob.to_vec();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let rejected = codec.decode(id, &bad).is_err();
+            assert!(rejected, "bit {bit} flipped was accepted");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
@@ -555,16 +577,8 @@ mod tests {
     fn every_flipped_bit_of_a_small_blob_is_rejected() {
         let codec = codec();
         for data in [b"hello, world".to_vec(), text(1, 200)] {
-            let id = codec.chunk_id(&data);
-            let blob = codec.encode(&id, &data).unwrap();
-            for bit in 0..blob.len() * 8 {
-                let mut bad = blob.clone();
-                bad[bit / 8] ^= 1 << (bit % 8);
-                assert!(
-                    codec.decode(&id, &bad).is_err(),
-                    "bit {bit} flipped was accepted"
-                );
-            }
+            let (id, blob) = encoded(&codec, &data);
+            assert_flips_rejected(&codec, &id, &blob, 0..blob.len() * 8);
         }
     }
 
@@ -573,57 +587,39 @@ mod tests {
         let codec = codec();
         let mut rng = StdRng::seed_from_u64(7);
         for data in [text(2, 100 * 1024), random_bytes(3, 100 * 1024)] {
-            let id = codec.chunk_id(&data);
-            let blob = codec.encode(&id, &data).unwrap();
+            let (id, blob) = encoded(&codec, &data);
             let bits = blob.len() * 8;
             // All header bits, the tag's bits, then random payload bits.
             let positions = (0..BLOB_HEADER_LEN * 8)
                 .chain((blob.len() - TAG_LEN) * 8..bits)
                 .chain((0..300).map(|_| rng.gen_range(0..bits)));
-            for bit in positions {
-                let mut bad = blob.clone();
-                bad[bit / 8] ^= 1 << (bit % 8);
-                assert!(
-                    codec.decode(&id, &bad).is_err(),
-                    "bit {bit} flipped was accepted"
-                );
-            }
+            assert_flips_rejected(&codec, &id, &blob, positions);
         }
     }
 
     #[test]
     fn truncated_and_extended_blobs_are_rejected() {
         let codec = codec();
-        let data = text(4, 1000);
-        let id = codec.chunk_id(&data);
-        let blob = codec.encode(&id, &data).unwrap();
+        let (id, blob) = encoded(&codec, &text(4, 1000));
         for len in 0..blob.len() {
-            assert!(
-                codec.decode(&id, &blob[..len]).is_err(),
-                "truncated to {len}"
-            );
+            let truncated = codec.decode(&id, &blob[..len]);
+            assert!(truncated.is_err(), "truncated to {len}");
         }
         let mut longer = blob.clone();
         longer.push(0);
-        assert!(matches!(
-            codec.decode(&id, &longer),
-            Err(CodecError::Decrypt)
-        ));
+        let err = codec.decode(&id, &longer).unwrap_err();
+        assert!(matches!(err, CodecError::Decrypt));
     }
 
     #[test]
     fn wrong_key_fails() {
         let keys = NamespaceKey::generate().derive();
         let codec = BlobCodec::new(&keys);
-        let data = text(5, 5000);
-        let id = codec.chunk_id(&data);
-        let blob = codec.encode(&id, &data).unwrap();
+        let (id, blob) = encoded(&codec, &text(5, 5000));
         let other = codec_with_id_key_of(&keys);
         assert!(matches!(other.decode(&id, &blob), Err(CodecError::Decrypt)));
-        assert!(matches!(
-            self::codec().decode(&id, &blob),
-            Err(CodecError::Decrypt)
-        ));
+        let err = self::codec().decode(&id, &blob).unwrap_err();
+        assert!(matches!(err, CodecError::Decrypt));
     }
 
     /// Same `id_key`, different `enc_key`: isolates the encryption key.
@@ -640,10 +636,8 @@ mod tests {
         let b = text(7, 3000);
         let (id_a, id_b) = (codec.chunk_id(&a), codec.chunk_id(&b));
         let blob_a = codec.encode(&id_a, &a).unwrap();
-        assert!(matches!(
-            codec.decode(&id_b, &blob_a),
-            Err(CodecError::Decrypt)
-        ));
+        let err = codec.decode(&id_b, &blob_a).unwrap_err();
+        assert!(matches!(err, CodecError::Decrypt));
     }
 
     #[test]
@@ -652,10 +646,8 @@ mod tests {
         let a = text(8, 3000);
         let wrong_id = codec.chunk_id(b"something else");
         let blob = codec.encode(&wrong_id, &a).unwrap();
-        assert!(matches!(
-            codec.decode(&wrong_id, &blob),
-            Err(CodecError::IdMismatch)
-        ));
+        let err = codec.decode(&wrong_id, &blob).unwrap_err();
+        assert!(matches!(err, CodecError::IdMismatch));
     }
 
     fn assert_bomb_rejected(frame: &[u8]) {
@@ -818,39 +810,28 @@ mod tests {
         let codec = codec().with_max_plaintext(1000);
         let data = text(9, 1001);
         let id = codec.chunk_id(&data);
-        assert!(matches!(
-            codec.encode(&id, &data),
-            Err(CodecError::TooLarge { limit: 1000 })
-        ));
+        let err = codec.encode(&id, &data).unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { limit: 1000 }));
         let lenient = codec.clone().with_max_plaintext(10_000);
         let blob = lenient.encode(&id, &data).unwrap();
         assert_eq!(lenient.decode(&id, &blob).unwrap(), data);
-        assert!(matches!(
-            codec.decode(&id, &blob),
-            Err(CodecError::TooLarge { .. })
-        ));
+        let err = codec.decode(&id, &blob).unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { .. }));
         let ok = text(9, 1000);
-        let ok_id = codec.chunk_id(&ok);
-        assert_eq!(
-            codec
-                .decode(&ok_id, &codec.encode(&ok_id, &ok).unwrap())
-                .unwrap(),
-            ok
-        );
+        let (ok_id, ok_blob) = encoded(&codec, &ok);
+        assert_eq!(codec.decode(&ok_id, &ok_blob).unwrap(), ok);
     }
 
     #[test]
     fn incompressible_data_is_stored_raw_and_text_is_compressed() {
         let codec = codec();
         let random = random_bytes(10, 64 * 1024);
-        let id = codec.chunk_id(&random);
-        let blob = codec.encode(&id, &random).unwrap();
+        let (_, blob) = encoded(&codec, &random);
         assert!(!is_compressed(&blob));
         assert_eq!(blob.len(), random.len() + 30 + 16);
 
         let txt = text(11, 64 * 1024);
-        let id = codec.chunk_id(&txt);
-        let blob = codec.encode(&id, &txt).unwrap();
+        let (id, blob) = encoded(&codec, &txt);
         assert!(is_compressed(&blob));
         assert!(blob.len() < txt.len() / 2);
         assert_eq!(codec.decode(&id, &blob).unwrap(), txt);
@@ -868,16 +849,14 @@ mod tests {
             compressed.len() * 100 > data.len() * 97,
             "zstd saves under 3 %"
         );
-        let id = codec.chunk_id(&data);
-        let blob = codec.encode(&id, &data).unwrap();
+        let (_, blob) = encoded(&codec, &data);
         assert!(!is_compressed(&blob));
         assert_eq!(blob.len(), data.len() + BLOB_OVERHEAD);
 
         // Saving comfortably more than 3 % is compressed.
         let mut data = random_bytes(13, 100 * 1024);
         data.extend(std::iter::repeat_n(0u8, 10 * 1024));
-        let id = codec.chunk_id(&data);
-        assert!(is_compressed(&codec.encode(&id, &data).unwrap()));
+        assert!(is_compressed(&encoded(&codec, &data).1));
     }
 
     /// `random` with every `period`-th block of `block` bytes taken from `text`
@@ -964,8 +943,7 @@ mod tests {
                 }
             }
             for (name, data) in cases {
-                let id = codec.chunk_id(&data);
-                let blob = codec.encode(&id, &data).unwrap();
+                let (id, blob) = encoded(&codec, &data);
                 let expected = full_zstd_saves_enough(&data);
                 assert_eq!(
                     is_compressed(&blob),
@@ -992,8 +970,7 @@ mod tests {
         for data in [between, far_repeats] {
             assert!(full_zstd_saves_enough(&data));
             assert!(!ZstdScratch::new().worth_compressing(&data));
-            let id = codec.chunk_id(&data);
-            let blob = codec.encode(&id, &data).unwrap();
+            let (id, blob) = encoded(&codec, &data);
             assert!(!is_compressed(&blob));
             assert_eq!(codec.decode(&id, &blob).unwrap(), data);
         }
@@ -1008,16 +985,13 @@ mod tests {
         data[len / 3..len / 3 + len / 5].copy_from_slice(&text(29, len / 5));
         assert!(full_zstd_saves_enough(&data));
         assert!(ZstdScratch::new().worth_compressing(&data));
-        let id = codec.chunk_id(&data);
-        assert!(is_compressed(&codec.encode(&id, &data).unwrap()));
+        assert!(is_compressed(&encoded(&codec, &data).1));
     }
 
     #[test]
     fn compressed_blobs_are_not_over_allocated() {
         let codec = codec();
-        let txt = text(30, 64 * 1024);
-        let id = codec.chunk_id(&txt);
-        let blob = codec.encode(&id, &txt).unwrap();
+        let (_, blob) = encoded(&codec, &text(30, 64 * 1024));
         assert!(is_compressed(&blob));
         assert_eq!(blob.capacity(), blob.len());
     }
@@ -1027,10 +1001,8 @@ mod tests {
         let data = text(14, 200 * 1024);
         let fast = codec().with_zstd_level(1);
         let strong = codec().with_zstd_level(19);
-        let id_fast = fast.chunk_id(&data);
-        let id_strong = strong.chunk_id(&data);
-        let a = fast.encode(&id_fast, &data).unwrap();
-        let b = strong.encode(&id_strong, &data).unwrap();
+        let (_, a) = encoded(&fast, &data);
+        let (id_strong, b) = encoded(&strong, &data);
         assert!(
             b.len() < a.len(),
             "level 19 ({}) vs level 1 ({})",
@@ -1060,36 +1032,20 @@ mod tests {
 
     #[test]
     fn header_check_is_keyless_and_strict() {
-        let codec = codec();
-        let id = codec.chunk_id(b"x");
-        let blob = codec.encode(&id, b"x").unwrap();
+        let (_, blob) = encoded(&codec(), b"x");
         assert!(check_blob_header(&blob).is_ok());
-        assert!(matches!(
-            check_blob_header(b"FSB1"),
-            Err(CodecError::BadHeader)
-        ));
-        assert!(matches!(
-            check_blob_header(&[0u8; 100]),
-            Err(CodecError::BadHeader)
-        ));
+        let refused = |blob: &[u8]| check_blob_header(blob).unwrap_err();
+        assert!(matches!(refused(b"FSB1"), CodecError::BadHeader));
+        assert!(matches!(refused(&[0u8; 100]), CodecError::BadHeader));
         let mut v2 = blob.clone();
         v2[4] = 2;
-        assert!(matches!(
-            check_blob_header(&v2),
-            Err(CodecError::UnsupportedVersion(2))
-        ));
+        assert!(matches!(refused(&v2), CodecError::UnsupportedVersion(2)));
         let mut flags = blob.clone();
         flags[5] = 0x80;
-        assert!(matches!(
-            check_blob_header(&flags),
-            Err(CodecError::UnknownFlags(0x80))
-        ));
+        assert!(matches!(refused(&flags), CodecError::UnknownFlags(0x80)));
         let mut huge = blob.clone();
         huge.resize(MAX_BLOB_SIZE + 1, 0);
-        assert!(matches!(
-            check_blob_header(&huge),
-            Err(CodecError::TooLarge { .. })
-        ));
+        assert!(matches!(refused(&huge), CodecError::TooLarge { .. }));
     }
 
     #[test]

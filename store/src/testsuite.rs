@@ -12,7 +12,7 @@ use fsync_common::{ChunkId, NamespaceId};
 use rand::rngs::OsRng;
 use rand::RngCore;
 
-use crate::backend::{BlobStore, PutOutcome};
+use crate::backend::{BlobInfo, BlobStore, PutOutcome};
 
 pub mod packs;
 
@@ -44,6 +44,20 @@ fn random_blob(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     OsRng.fill_bytes(&mut v);
     v
+}
+
+/// `store.put` of a copy of `blob`, which must not fail.
+async fn put(store: &dyn BlobStore, ns: &NamespaceId, id: &ChunkId, blob: &[u8]) -> PutOutcome {
+    store.put(ns, id, blob.to_vec()).await.unwrap()
+}
+
+/// `store.get`, which must not fail.
+async fn read(store: &dyn BlobStore, ns: &NamespaceId, id: &ChunkId) -> Option<Vec<u8>> {
+    store.get(ns, id).await.unwrap()
+}
+
+fn ids_of(page: &[BlobInfo]) -> Vec<ChunkId> {
+    page.iter().map(|b| b.id).collect()
 }
 
 /// Polls all futures concurrently on the current task; outputs in input order.
@@ -80,16 +94,9 @@ pub async fn put_get_round_trip(store: &dyn BlobStore) {
     for len in [0, 1, 100, 1024 * 1024] {
         let id = random_id();
         let blob = random_blob(len);
-        assert_eq!(
-            store.put(&ns, &id, blob.clone()).await.unwrap(),
-            PutOutcome::Stored,
-            "len {len}"
-        );
-        assert_eq!(
-            store.get(&ns, &id).await.unwrap().as_deref(),
-            Some(&blob[..]),
-            "len {len}"
-        );
+        let outcome = put(store, &ns, &id, &blob).await;
+        assert_eq!(outcome, PutOutcome::Stored, "len {len}");
+        assert_eq!(read(store, &ns, &id).await, Some(blob), "len {len}");
     }
     assert_eq!(store.get(&ns, &random_id()).await.unwrap(), None);
     assert_eq!(store.get(&random_ns(), &random_id()).await.unwrap(), None);
@@ -100,14 +107,9 @@ pub async fn idempotent_put(store: &dyn BlobStore) {
     let ns = random_ns();
     let id = random_id();
     let blob = random_blob(5000);
-    assert_eq!(
-        store.put(&ns, &id, blob.clone()).await.unwrap(),
-        PutOutcome::Stored
-    );
-    assert_eq!(
-        store.put(&ns, &id, blob.clone()).await.unwrap(),
-        PutOutcome::AlreadyPresent
-    );
+    assert_eq!(put(store, &ns, &id, &blob).await, PutOutcome::Stored);
+    let again = put(store, &ns, &id, &blob).await;
+    assert_eq!(again, PutOutcome::AlreadyPresent);
     assert_eq!(store.get(&ns, &id).await.unwrap(), Some(blob));
     assert_eq!(store.list(&ns, None, 10).await.unwrap().len(), 1);
 }
@@ -117,41 +119,29 @@ pub async fn contains_many_mixed(store: &dyn BlobStore) {
     let ns = random_ns();
     let ids: Vec<ChunkId> = (0..6).map(|_| random_id()).collect();
     for id in ids.iter().step_by(2) {
-        store.put(&ns, id, b"x".to_vec()).await.unwrap();
+        put(store, &ns, id, b"x").await;
     }
-    assert_eq!(
-        store.contains_many(&ns, &ids).await.unwrap(),
-        [true, false, true, false, true, false]
-    );
-    assert_eq!(
-        store.contains_many(&ns, &[]).await.unwrap(),
-        Vec::<bool>::new()
-    );
-    assert_eq!(
-        store.contains_many(&random_ns(), &ids[..1]).await.unwrap(),
-        [false]
-    );
+    let answers = store.contains_many(&ns, &ids).await.unwrap();
+    assert_eq!(answers, [true, false, true, false, true, false]);
+    let none = store.contains_many(&ns, &[]).await.unwrap();
+    assert_eq!(none, Vec::<bool>::new());
+    let elsewhere = store.contains_many(&random_ns(), &ids[..1]).await;
+    assert_eq!(elsewhere.unwrap(), [false]);
 }
 
 /// Delete removes; deleting an absent blob is `false`.
 pub async fn delete_semantics(store: &dyn BlobStore) {
     let ns = random_ns();
     let id = random_id();
-    store.put(&ns, &id, b"doomed".to_vec()).await.unwrap();
+    put(store, &ns, &id, b"doomed").await;
     assert!(store.delete(&ns, &id).await.unwrap());
     assert_eq!(store.get(&ns, &id).await.unwrap(), None);
     assert_eq!(store.contains_many(&ns, &[id]).await.unwrap(), [false]);
     assert!(!store.delete(&ns, &id).await.unwrap());
     assert!(!store.delete(&ns, &random_id()).await.unwrap());
     // Deleted then stored again.
-    assert_eq!(
-        store.put(&ns, &id, b"again".to_vec()).await.unwrap(),
-        PutOutcome::Stored
-    );
-    assert_eq!(
-        store.get(&ns, &id).await.unwrap().as_deref(),
-        Some(&b"again"[..])
-    );
+    assert_eq!(put(store, &ns, &id, b"again").await, PutOutcome::Stored);
+    assert_eq!(read(store, &ns, &id).await.as_deref(), Some(&b"again"[..]));
 }
 
 /// `list` pages through 250 blobs in id order; `after` is exclusive.
@@ -181,76 +171,44 @@ pub async fn list_pagination(store: &dyn BlobStore) {
         listed.extend(page);
     }
     assert_eq!(pages, [100, 100, 50, 0]);
-    assert_eq!(listed.iter().map(|b| b.id).collect::<Vec<_>>(), ids);
+    assert_eq!(ids_of(&listed), ids);
     for info in &listed {
-        assert_eq!(
-            info.size,
-            u64::from(info.id.as_bytes()[0]),
-            "size of {}",
-            info.id
-        );
+        let size = u64::from(info.id.as_bytes()[0]);
+        assert_eq!(info.size, size, "size of {}", info.id);
     }
 
     let from_tenth = store.list(&ns, Some(ids[10]), 5).await.unwrap();
-    assert_eq!(
-        from_tenth.iter().map(|b| b.id).collect::<Vec<_>>(),
-        ids[11..16]
-    );
-    assert!(store
-        .list(&ns, Some(ids[249]), 100)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(ids_of(&from_tenth), ids[11..16]);
+    let past_the_end = store.list(&ns, Some(ids[249]), 100).await.unwrap();
+    assert!(past_the_end.is_empty());
     assert!(store.list(&ns, None, 0).await.unwrap().is_empty());
     // `after` need not be a stored id.
     let mut between = *ids[20].as_bytes();
     between[31] = between[31].wrapping_add(1);
     let between = ChunkId::from_bytes(between);
     if between > ids[20] && between < ids[21] {
-        assert_eq!(
-            store.list(&ns, Some(between), 1).await.unwrap()[0].id,
-            ids[21]
-        );
+        let page = store.list(&ns, Some(between), 1).await.unwrap();
+        assert_eq!(page[0].id, ids[21]);
     }
-    assert_eq!(
-        store
-            .list(&ns, Some(ChunkId::from_bytes([0; 32])), 1)
-            .await
-            .unwrap()[0]
-            .id,
-        ids[0]
-    );
+    let zero = ChunkId::from_bytes([0; 32]);
+    let page = store.list(&ns, Some(zero), 1).await.unwrap();
+    assert_eq!(page[0].id, ids[0]);
 }
 
 /// The same id in two namespaces is two independent blobs.
 pub async fn namespaces_isolated(store: &dyn BlobStore) {
     let (a, b) = (random_ns(), random_ns());
     let id = random_id();
-    store.put(&a, &id, b"in a".to_vec()).await.unwrap();
+    put(store, &a, &id, b"in a").await;
     assert_eq!(store.get(&b, &id).await.unwrap(), None);
-    assert_eq!(
-        store.put(&b, &id, b"in b".to_vec()).await.unwrap(),
-        PutOutcome::Stored
-    );
-    assert_eq!(
-        store.get(&a, &id).await.unwrap().as_deref(),
-        Some(&b"in a"[..])
-    );
-    assert_eq!(
-        store.get(&b, &id).await.unwrap().as_deref(),
-        Some(&b"in b"[..])
-    );
-    store
-        .put(&b, &random_id(), b"only b".to_vec())
-        .await
-        .unwrap();
+    assert_eq!(put(store, &b, &id, b"in b").await, PutOutcome::Stored);
+    assert_eq!(read(store, &a, &id).await.as_deref(), Some(&b"in a"[..]));
+    assert_eq!(read(store, &b, &id).await.as_deref(), Some(&b"in b"[..]));
+    put(store, &b, &random_id(), b"only b").await;
     assert_eq!(store.list(&a, None, 10).await.unwrap().len(), 1);
     assert_eq!(store.list(&b, None, 10).await.unwrap().len(), 2);
     assert!(store.delete(&a, &id).await.unwrap());
-    assert_eq!(
-        store.get(&b, &id).await.unwrap().as_deref(),
-        Some(&b"in b"[..])
-    );
+    assert_eq!(read(store, &b, &id).await.as_deref(), Some(&b"in b"[..]));
 }
 
 /// 16 concurrent puts of one id (different bytes, as different nonces give) leave

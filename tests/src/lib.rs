@@ -7,7 +7,7 @@
 //!
 //! - [`Server`]: one server process per test on a free port, SQLite in a temp data
 //!   dir, or a fresh PostgreSQL database when `FSYNC_TEST_DATABASE_URL` is set
-//!   ([`Server::start_postgres`]); killed on drop, its log printed if the test failed.
+//!   ([`Server::start_on`]); killed on drop, its log printed if the test failed.
 //! - [`Client`]: one watch dir per device; `--once` rounds ([`Client::sync_once`]) for
 //!   deterministic tests, a daemon ([`Client::spawn_daemon`]) for real-time ones.
 //! - [`tree`] and [`assert_trees_eq`] compare folders with a readable diff;
@@ -40,37 +40,36 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Environment variables the binaries read: cleared so the caller's environment
 /// cannot change what a test runs against.
-const CLEARED_ENV: &[&str] = &[
-    "FSYNC_WATCH_DIR",
-    "FSYNC_SERVER_URL",
-    "FSYNC_USERNAME",
-    "FSYNC_PASSWORD",
-    "FSYNC_CA_CERT",
-    "FSYNC_STATE_DIR",
-    "FSYNC_DEVICE_NAME",
-    "FSYNC_ROOTS_FILE",
-    "XDG_STATE_HOME",
-    "SYNC_INTERVAL",
-    "CHUNK_SIZE",
-    "RUST_LOG",
-    "DATABASE_URL",
-    "POSTGRES_URL",
-    "SECRET_KEY",
-    "SERVER_HOST",
-    "SERVER_PORT",
-    "FILES_DIRECTORY",
-    "FSYNC_DATA_DIR",
-    "LOG_LEVEL",
-    "LOG_FORMAT",
-    "TLS_CERT",
-    "TLS_KEY",
-    "FSYNC_FAILPOINTS",
-    "FSYNC_FAILPOINT_DIR",
-];
+const CLEARED_ENV: &str = "FSYNC_WATCH_DIR FSYNC_SERVER_URL FSYNC_USERNAME FSYNC_PASSWORD \
+    FSYNC_CA_CERT FSYNC_STATE_DIR FSYNC_DEVICE_NAME FSYNC_ROOTS_FILE XDG_STATE_HOME \
+    SYNC_INTERVAL CHUNK_SIZE RUST_LOG DATABASE_URL POSTGRES_URL SECRET_KEY SERVER_HOST \
+    SERVER_PORT FILES_DIRECTORY FSYNC_DATA_DIR LOG_LEVEL LOG_FORMAT TLS_CERT TLS_KEY \
+    FSYNC_FAILPOINTS FSYNC_FAILPOINT_DIR";
 
-fn clean_env(cmd: &mut Command) {
-    for var in CLEARED_ENV {
+/// `exe` without the [`CLEARED_ENV`] variables, on a null stdin.
+fn command(exe: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    for var in CLEARED_ENV.split_whitespace() {
         cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// SIGKILL, then reap (no-op when it already exited).
+fn reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Prints the last lines of `log` if the test is failing.
+fn print_tail_if_panicking(what: &str, log: &Path) {
+    if std::thread::panicking() {
+        eprintln!(
+            "--- {what} log (last lines, {}) ---\n{}",
+            log.display(),
+            tail(log, 60)
+        );
     }
 }
 
@@ -93,7 +92,7 @@ fn binaries() -> &'static Binaries {
 }
 
 /// The `fsync-gc` binary, built once per test process (or from `FSYNC_E2E_BIN_DIR`).
-pub fn gc_binary() -> &'static Path {
+fn gc_binary() -> &'static Path {
     static GC: OnceLock<PathBuf> = OnceLock::new();
     GC.get_or_init(|| {
         let [gc] = built(&["-p", "fsync-server", "--bin", "fsync-gc"], ["fsync-gc"]);
@@ -118,12 +117,11 @@ fn built<const N: usize>(args: &[&str], names: [&str; N]) -> [PathBuf; N] {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ lives in the workspace");
-    let out = Command::new(env!("CARGO"))
+    let out = command(Path::new(env!("CARGO")))
         .arg("build")
         .args(args)
         .arg("--message-format=json-render-diagnostics")
         .current_dir(root)
-        .stdin(Stdio::null())
         .output()
         .expect("cannot run cargo");
     assert!(
@@ -134,14 +132,13 @@ fn built<const N: usize>(args: &[&str], names: [&str; N]) -> [PathBuf; N] {
     );
     // Cargo's JSON messages name every executable it built (wherever the target dir
     // is: `CARGO_TARGET_DIR`, `build.target-dir`, …).
+    let messages = String::from_utf8_lossy(&out.stdout);
     let mut exes = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if let (Some(name), Some(exe)) =
-            (msg["target"]["name"].as_str(), msg["executable"].as_str())
-        {
+    for m in messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        if let (Some(name), Some(exe)) = (m["target"]["name"].as_str(), m["executable"].as_str()) {
             exes.insert(name.to_owned(), PathBuf::from(exe));
         }
     }
@@ -158,6 +155,23 @@ pub use fsync_testkit::wait_until;
 
 // ------------------------------------------------------------------ server
 
+/// Two tests that run `body(Backend)`: `sqlite` on SQLite, `postgres` on PostgreSQL
+/// (`body` returns early where PostgreSQL is not configured).
+#[macro_export]
+macro_rules! backend_tests {
+    ($body:ident: $sqlite:ident, $postgres:ident) => {
+        #[test]
+        fn $sqlite() {
+            $body($crate::Backend::Sqlite);
+        }
+
+        #[test]
+        fn $postgres() {
+            $body($crate::Backend::Postgres);
+        }
+    };
+}
+
 /// Where the server keeps its metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -165,44 +179,12 @@ pub enum Backend {
     Postgres,
 }
 
-/// A running `fsync-server` process with its own data dir; killed on drop.
-pub struct Server {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    data: tempfile::TempDir,
-    backend: Backend,
-}
-
-impl Server {
-    /// The server's data dir (`blobs/`, the SQLite file, …).
-    pub fn data_dir(&self) -> PathBuf {
-        self.data.path().join("data")
-    }
-}
-
-impl std::fmt::Debug for Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("port", &self.port)
-            .field("backend", &self.backend)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The PostgreSQL URL of `FSYNC_TEST_DATABASE_URL`; `None` when unset, which is an
 /// error when `CI` is set (CI must never skip the PostgreSQL tests silently).
 pub use fsync_testkit::postgres::test_database_url as postgres_url;
 
-/// Creates an empty database next to the one `base` names; returns its URL.
-fn fresh_postgres_url(base: &str) -> String {
-    ScratchDatabase::create_blocking(base)
-        .unwrap_or_else(|e| panic!("a test database on FSYNC_TEST_DATABASE_URL: {e:#}"))
-        .url()
-        .to_owned()
-}
-
-fn free_port() -> u16 {
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
@@ -244,49 +226,209 @@ fn wait_healthy(child: &mut Child, port: u16) -> Result<(), String> {
     poll(START_TIMEOUT, POLL, "a healthy /health", healthy).map_err(|e| e.to_string())?
 }
 
+/// `FSYNC_FAILPOINTS`, which arms the named failpoints of `fsync_common::failpoint`.
+pub const FAILPOINTS: &str = "FSYNC_FAILPOINTS";
+/// `FSYNC_FAILPOINT_DIR`, where `pause` failpoints meet the test (see [`PauseDir`]).
+pub const FAILPOINT_DIR: &str = "FSYNC_FAILPOINT_DIR";
+
+/// How [`Server::start_with`] starts, and [`Server::restart`] restarts, a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// `--database-url`; SQLite in the data dir when `None`.
+    pub database_url: Option<String>,
+    /// `--files-directory`; `<data dir>/blobs` when `None`.
+    pub files_directory: Option<PathBuf>,
+    /// Extra environment variables (e.g. [`FAILPOINTS`]).
+    pub env: Vec<(String, String)>,
+}
+
+impl ServerOptions {
+    /// These options plus `FSYNC_FAILPOINTS=spec`.
+    #[must_use]
+    pub fn failpoints(mut self, spec: &str) -> Self {
+        self.env.push((FAILPOINTS.to_owned(), spec.to_owned()));
+        self
+    }
+
+    /// The same storage, without the extra environment (no failpoints).
+    #[must_use]
+    pub fn plain(&self) -> Self {
+        Self {
+            env: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// `--data-dir DIR` and the storage options, for the server and `fsync-gc`.
+    fn storage_args(&self, cmd: &mut Command, data_dir: &Path) {
+        cmd.arg("--data-dir").arg(data_dir);
+        if let Some(url) = &self.database_url {
+            cmd.args(["--database-url", url]);
+        }
+        if let Some(files) = &self.files_directory {
+            cmd.arg("--files-directory").arg(files);
+        }
+    }
+}
+
+/// Spawns `fsync-server` on `port` with its data in `dir/data`, appending to `log`, and
+/// waits until it is healthy; on failure it is killed and the log's tail returned.
+fn spawn_server_process(
+    dir: &Path,
+    port: u16,
+    log: &Path,
+    opts: &ServerOptions,
+) -> Result<Child, String> {
+    let mut log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("server log");
+    let _ = writeln!(log_file, "--- fsync-server starts on port {port} ---");
+    let mut cmd = command(&binaries().server);
+    opts.storage_args(&mut cmd, &dir.join("data"));
+    let mut child = cmd
+        .args(["--port", &port.to_string(), "--secret-key", SECRET])
+        .args(["--log-level", "info,fsync_server=debug"])
+        .envs(opts.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
+        .stdout(log_file.try_clone().expect("server log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn fsync-server");
+    if let Err(e) = wait_healthy(&mut child, port) {
+        reap(&mut child);
+        return Err(format!("{e}\n--- server log ---\n{}", tail(log, 40)));
+    }
+    Ok(child)
+}
+
+/// A running `fsync-server` process with its own data dir; killed on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    data: tempfile::TempDir,
+    backend: Backend,
+}
+
 impl Server {
     /// A server on SQLite.
     pub fn start() -> Self {
-        Self::spawn(None)
-    }
-
-    /// A server on a fresh PostgreSQL database, if `FSYNC_TEST_DATABASE_URL` is set.
-    pub fn start_postgres() -> Option<Self> {
-        postgres_url().map(|base| Self::spawn(Some(&fresh_postgres_url(&base))))
+        Self::start_with(&ServerOptions::default())
     }
 
     /// A server on `backend` (PostgreSQL: `None` when not configured).
     pub fn start_on(backend: Backend) -> Option<Self> {
-        match backend {
-            Backend::Sqlite => Some(Self::start()),
-            Backend::Postgres => Self::start_postgres(),
+        Self::start_on_with_db_url(backend).map(|(server, _)| server)
+    }
+
+    /// Like [`Server::start_on`], with the URL of the metadata database the server
+    /// uses (its default SQLite file, or the fresh PostgreSQL database), so a test can
+    /// read every row the server stored.
+    pub fn start_on_with_db_url(backend: Backend) -> Option<(Self, String)> {
+        if backend == Backend::Sqlite {
+            let server = Self::start();
+            let url = server.sqlite_url();
+            return Some((server, url));
         }
-    }
-
-    fn spawn(database_url: Option<&str>) -> Self {
-        Self::start_with(&ServerOptions {
-            database_url: database_url.map(str::to_owned),
+        // An empty database next to the one `FSYNC_TEST_DATABASE_URL` names.
+        let url = ScratchDatabase::create_blocking(&postgres_url()?)
+            .unwrap_or_else(|e| panic!("a test database on FSYNC_TEST_DATABASE_URL: {e:#}"))
+            .url()
+            .to_owned();
+        let opts = ServerOptions {
+            database_url: Some(url.clone()),
             ..ServerOptions::default()
-        })
+        };
+        Some((Self::start_with(&opts), url))
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// A server started with `opts` (its storage, its extra environment).
+    pub fn start_with(opts: &ServerOptions) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let log = data.path().join("server.log");
+        let backend = if opts.database_url.is_some() {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        // The port is free when we look and taken by the server a moment later; in
+        // between another process may grab it, so a start that fails is retried.
+        for attempt in 0..5 {
+            let port = free_port();
+            match spawn_server_process(data.path(), port, &log, opts) {
+                Ok(child) => {
+                    return Self {
+                        child,
+                        port,
+                        log,
+                        data,
+                        backend,
+                    }
+                }
+                Err(e) => assert!(
+                    e.contains("cannot listen") && attempt < 4,
+                    "fsync-server did not start: {e}"
+                ),
+            }
+        }
+        unreachable!("the loop either returns or panics")
+    }
+
+    /// Registers `alice`; the server and two devices of hers.
+    pub fn pair(self) -> (Self, Client, Client) {
+        let alice = self.register("alice");
+        (self, alice.device(), alice.device())
+    }
+
+    /// The server's data dir (`blobs/`, the SQLite file, …).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.path().join("data")
+    }
+
+    /// The URL of the server's default SQLite database.
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}", self.data_dir().join("fsync.db").display())
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Which database the server runs on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// A counter or gauge from `/metrics`.
-    pub fn metric(&self, name: &str) -> u64 {
+    fn metrics(&self) -> String {
         let (status, body) = http_get(self.port, "/metrics").expect("GET /metrics");
         assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// A counter or gauge from `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let body = self.metrics();
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("/metrics has no {name}:\n{body}"))
+    }
+
+    /// Requests answered on `route` (as axum matched it, e.g. `/api/v1/chunks/batch`)
+    /// with `method`, any status, since the server (re)started.
+    pub fn requests(&self, method: &str, route: &str) -> u64 {
+        let prefix =
+            format!("fsync_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"");
+        self.metrics()
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// Blobs newly stored so far (`fsync_chunks_stored_total`).
@@ -305,6 +447,11 @@ impl Server {
         self.metric("fsync_bytes_in_total")
     }
 
+    /// [`Server::chunks_stored`], [`Server::bytes_in`] and [`Server::bytes_out`].
+    pub fn traffic(&self) -> (u64, u64, u64) {
+        (self.chunks_stored(), self.bytes_in(), self.bytes_out())
+    }
+
     /// Registers `username` through `fsync-client register`.
     pub fn register(&self, username: &str) -> Account {
         let account = Account {
@@ -312,32 +459,59 @@ impl Server {
             username: username.to_owned(),
         };
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(&binaries().client);
-        clean_env(&mut cmd);
-        let out = cmd
+        let out = command(&binaries().client)
             .args(["--server-url", &account.server_url, "--username", username])
             .args(["register", "--email", &format!("{username}@example.org")])
             .env("FSYNC_PASSWORD", PASSWORD)
             .current_dir(dir.path())
-            .stdin(Stdio::null())
             .output()
             .expect("run fsync-client register");
         check(&out, "fsync-client register");
         account
     }
+
+    /// Kills the server (if it still runs) and starts it again on the same port, data
+    /// dir and log, with `opts` (which must name the same storage).
+    pub fn restart(&mut self, opts: &ServerOptions) {
+        self.kill();
+        self.child = spawn_server_process(self.data.path(), self.port, &self.log, opts)
+            .unwrap_or_else(|e| panic!("fsync-server did not restart: {e}"));
+    }
+
+    pub fn kill(&mut self) {
+        reap(&mut self.child);
+    }
+
+    /// Waits until the server process exits (e.g. at an `abort` failpoint).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        exit_within(&mut self.child, timeout, "fsync-server to exit")
+    }
+
+    /// The server's log so far (every start of it).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `fsync-gc ARGS` on this server's storage (`opts`: as the server was started).
+    pub fn gc(&self, opts: &ServerOptions, args: &[&str]) -> Output {
+        let mut cmd = command(gc_binary());
+        opts.storage_args(&mut cmd, &self.data_dir());
+        cmd.args(args)
+            .current_dir(self.data.path())
+            .output()
+            .expect("run fsync-gc")
+    }
+
+    /// `fsync-gc verify`; panics with its report unless nothing is damaged.
+    pub fn assert_gc_verify_clean(&self, opts: &ServerOptions) {
+        check(&self.gc(opts, &["verify"]), "fsync-gc verify");
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- fsync-server log (last lines, {:?}) ---\n{}",
-                self.backend,
-                tail(&self.log, 60)
-            );
-        }
+        reap(&mut self.child);
+        print_tail_if_panicking(&format!("fsync-server ({:?})", self.backend), &self.log);
     }
 }
 
@@ -360,9 +534,19 @@ impl Account {
             dir,
         }
     }
+
+    /// The same account reached at another URL (e.g. a proxy in front of the server).
+    #[must_use]
+    pub fn via(&self, server_url: &str) -> Account {
+        Account {
+            server_url: server_url.to_owned(),
+            username: self.username.clone(),
+        }
+    }
 }
 
-fn check(out: &Output, what: &str) {
+/// Asserts that the process `what` succeeded; shows its output if not.
+pub fn check(out: &Output, what: &str) {
     assert!(
         out.status.success(),
         "{what} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -370,6 +554,10 @@ fn check(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 // ------------------------------------------------------------------ client
@@ -383,12 +571,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// The watch dir.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// `rel` (with `/`) inside the watch dir.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
@@ -400,24 +586,20 @@ impl Client {
         std::fs::write(&p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
     }
 
-    /// Reads a file.
     pub fn read(&self, rel: &str) -> Vec<u8> {
         let p = self.path(rel);
         std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
     }
 
-    /// Reads a file, `None` when it does not exist.
     pub fn try_read(&self, rel: &str) -> Option<Vec<u8>> {
         std::fs::read(self.path(rel)).ok()
     }
 
-    /// Deletes a file.
     pub fn remove(&self, rel: &str) {
         let p = self.path(rel);
         std::fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
     }
 
-    /// Renames a file or folder.
     pub fn rename(&self, from: &str, to: &str) {
         let (f, t) = (self.path(from), self.path(to));
         if let Some(parent) = t.parent() {
@@ -427,7 +609,6 @@ impl Client {
             .unwrap_or_else(|e| panic!("rename {} → {}: {e}", f.display(), t.display()));
     }
 
-    /// Sets a file's modification time.
     pub fn set_mtime(&self, rel: &str, mtime: std::time::SystemTime) {
         std::fs::File::options()
             .write(true)
@@ -436,7 +617,6 @@ impl Client {
             .unwrap_or_else(|e| panic!("set the mtime of {rel}: {e}"));
     }
 
-    /// Writes a file and gives it the modification time `mtime`.
     pub fn write_at(&self, rel: &str, data: impl AsRef<[u8]>, mtime: std::time::SystemTime) {
         self.write(rel, data);
         self.set_mtime(rel, mtime);
@@ -447,10 +627,13 @@ impl Client {
         tree(&self.root)
     }
 
+    pub fn paths(&self) -> Vec<String> {
+        self.tree().into_keys().collect()
+    }
+
     /// `fsync-client` with this device's watch dir, server, account and password.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(&binaries().client);
-        clean_env(&mut cmd);
+        let mut cmd = command(&binaries().client);
         cmd.arg("--watch-dir")
             .arg(&self.root)
             .args(["--server-url", &self.account.server_url])
@@ -459,15 +642,21 @@ impl Client {
             .env("SYNC_INTERVAL", "1")
             // The device's list of synced roots, kept out of the real home dir.
             .env("FSYNC_ROOTS_FILE", self.dir.path().join("roots"))
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null());
+            .current_dir(self.dir.path());
         cmd
     }
 
     /// Runs `fsync-client … ARGS` to completion.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_env(args, &[])
+    }
+
+    /// Runs `fsync-client … ARGS` to completion with extra environment variables.
+    pub fn run_with_env(&self, args: &[&str], env: &[(String, String)]) -> Output {
+        let env = env.iter().map(|(k, v)| (k, v));
         self.command()
             .args(args)
+            .envs(env)
             .output()
             .expect("run fsync-client")
     }
@@ -479,9 +668,21 @@ impl Client {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// One sync round (`--once`); asserts success and returns the summary it printed.
-    pub fn sync_once(&self) -> String {
-        self.run_ok(&["--once"])
+    /// Runs `fsync-client … ARGS`, asserts it failed (else panics with `what`), returns
+    /// its stderr.
+    pub fn run_fails(&self, args: &[&str], what: &str) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "{what}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr(&out)
+    }
+
+    /// One sync round (`--once`); asserts success and returns its parsed summary.
+    pub fn sync(&self) -> Summary {
+        Summary::parse(&self.run_ok(&["--once"]))
     }
 
     /// Starts a `--once` round without waiting for it (to kill it mid-way).
@@ -489,13 +690,51 @@ impl Client {
         self.spawn_once_with_env(&[])
     }
 
+    /// [`Client::spawn_once`] with extra environment variables.
+    pub fn spawn_once_with_env(&self, env: &[(String, String)]) -> Run {
+        self.spawn_logged("once", "--once", env)
+    }
+
+    /// Starts a `--once` round that stops at the `pause` failpoint `point`; returns
+    /// once it got there ([`PauseDir::resume`] lets it go on).
+    pub fn spawn_paused(&self, point: &str) -> (PauseDir, Run) {
+        let pause = PauseDir::default();
+        let mut run = self.spawn_once_with_env(&pause.env(&format!("{point}=pause")));
+        pause.wait_paused(point, || run.exited());
+        (pause, run)
+    }
+
     /// Starts the daemon (`SYNC_INTERVAL=1`); it is killed when the handle drops.
-    pub fn spawn_daemon(&self) -> Daemon {
+    pub fn spawn_daemon(&self) -> Run {
         self.spawn_daemon_with_env(&[])
+    }
+
+    /// [`Client::spawn_daemon`] with extra environment variables (they override the
+    /// defaults, e.g. `SYNC_INTERVAL`).
+    pub fn spawn_daemon_with_env(&self, env: &[(String, String)]) -> Run {
+        self.spawn_logged("daemon", "--verbose", env)
+    }
+
+    /// Spawns the client with `arg` and `env`, its output going to a fresh
+    /// `<what>-<hex>.log` in the client's dir.
+    fn spawn_logged(&self, what: &str, arg: &str, env: &[(String, String)]) -> Run {
+        let name = format!("{what}-{}.log", hex::encode(rand::random::<[u8; 4]>()));
+        let log = self.dir.path().join(name);
+        let file = std::fs::File::create(&log).expect("client log");
+        let child = self
+            .command()
+            .arg(arg)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(file.try_clone().expect("client log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn fsync-client ({what}): {e}"));
+        Run { child, log }
     }
 }
 
-/// A client process started by [`Client::spawn_once`]; killed on drop.
+/// A client process started by [`Client::spawn_once`] or [`Client::spawn_daemon`];
+/// killed on drop, its log printed if the test failed.
 #[derive(Debug)]
 pub struct Run {
     pub child: Child,
@@ -503,55 +742,42 @@ pub struct Run {
 }
 
 impl Run {
-    /// Its output so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// True once the process exited.
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_some()
     }
 
     /// SIGKILL (no chance to clean up), then reap.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reap(&mut self.child);
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        exit_within(&mut self.child, timeout, "fsync-client to exit")
+    }
+
+    /// Waits until the `--once` round ends, asserts it succeeded; its summary.
+    pub fn summary(&mut self, timeout: Duration) -> Summary {
+        let status = self.wait_exit(timeout);
+        assert!(status.success(), "the round failed:\n{}", self.log());
+        Summary::parse(&self.log())
     }
 }
 
 impl Drop for Run {
     fn drop(&mut self) {
-        self.kill();
+        reap(&mut self.child);
+        print_tail_if_panicking("fsync-client", &self.log);
     }
 }
 
-/// A running client daemon; killed on drop, its log printed if the test failed.
-#[derive(Debug)]
-pub struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// The daemon's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- fsync-client daemon log (last lines, {}) ---\n{}",
-                self.log.display(),
-                tail(&self.log, 60)
-            );
-        }
-    }
+/// Waits until `child` exits; its status. Panics naming `what` after `timeout`.
+fn exit_within(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
+    poll(timeout, POLL, what, || child.try_wait().expect("try_wait"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 // ------------------------------------------------------------------ trees
@@ -579,8 +805,7 @@ pub fn tree(root: &Path) -> Tree {
                     walk(root, &path, out);
                 }
             } else if ft.is_file() {
-                let data = std::fs::read(&path).expect("read file");
-                out.insert(rel, describe(&data));
+                out.insert(rel, describe(&std::fs::read(&path).expect("read file")));
             } else {
                 out.insert(rel, "(not a regular file)".into());
             }
@@ -607,25 +832,28 @@ pub fn assert_trees_eq(left_name: &str, left: &Tree, right_name: &str, right: &T
     }
     let mut diff = String::new();
     for (path, l) in left {
-        match right.get(path) {
-            None => {
-                let _ = writeln!(diff, "  only in {left_name}: {path} ({l})");
-            }
+        let _ = match right.get(path) {
+            None => writeln!(diff, "  only in {left_name}: {path} ({l})"),
             Some(r) if r != l => {
-                let _ = writeln!(
+                writeln!(
                     diff,
                     "  differs: {path}\n    {left_name}: {l}\n    {right_name}: {r}"
-                );
+                )
             }
-            Some(_) => {}
-        }
+            Some(_) => Ok(()),
+        };
     }
-    for (path, r) in right {
-        if !left.contains_key(path) {
-            let _ = writeln!(diff, "  only in {right_name}: {path} ({r})");
-        }
+    for (path, r) in right.iter().filter(|(p, _)| !left.contains_key(*p)) {
+        let _ = writeln!(diff, "  only in {right_name}: {path} ({r})");
     }
     panic!("the trees of {left_name} and {right_name} differ:\n{diff}");
+}
+
+/// One `--once` round on each client, in order.
+pub fn rounds(clients: &[&Client]) {
+    for c in clients {
+        c.sync();
+    }
 }
 
 /// Asserts two devices hold the same files.
@@ -642,14 +870,12 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 
 /// Paths of the files under `root` whose name starts with `.fsync-tmp-`.
 pub fn temp_files(root: &Path) -> Vec<String> {
-    tree(root)
-        .into_keys()
-        .filter(|p| {
-            p.rsplit('/')
-                .next()
-                .is_some_and(|n| n.starts_with(".fsync-tmp-"))
-        })
-        .collect()
+    let is_temp = |p: &String| {
+        p.rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with(".fsync-tmp-"))
+    };
+    tree(root).into_keys().filter(is_temp).collect()
 }
 
 /// Paths in `tree` that are conflict copies.
@@ -702,250 +928,7 @@ impl Summary {
     }
 }
 
-impl Client {
-    /// One sync round; its parsed summary.
-    pub fn sync(&self) -> Summary {
-        Summary::parse(&self.sync_once())
-    }
-}
-
 // ------------------------------------------------------------------ fault injection
-
-/// `FSYNC_FAILPOINTS`, which arms the named failpoints of `fsync_common::failpoint`.
-pub const FAILPOINTS: &str = "FSYNC_FAILPOINTS";
-/// `FSYNC_FAILPOINT_DIR`, where `pause` failpoints meet the test (see [`PauseDir`]).
-pub const FAILPOINT_DIR: &str = "FSYNC_FAILPOINT_DIR";
-
-/// How [`Server::start_with`] starts, and [`Server::restart`] restarts, a server.
-#[derive(Debug, Clone, Default)]
-pub struct ServerOptions {
-    /// `--database-url`; SQLite in the data dir when `None`.
-    pub database_url: Option<String>,
-    /// `--files-directory`; `<data dir>/blobs` when `None`.
-    pub files_directory: Option<PathBuf>,
-    /// Extra environment variables (e.g. [`FAILPOINTS`]).
-    pub env: Vec<(String, String)>,
-}
-
-impl ServerOptions {
-    /// These options plus `FSYNC_FAILPOINTS=spec`.
-    #[must_use]
-    pub fn failpoints(mut self, spec: &str) -> Self {
-        self.env.push((FAILPOINTS.to_owned(), spec.to_owned()));
-        self
-    }
-
-    /// The same storage, without the extra environment (no failpoints).
-    #[must_use]
-    pub fn plain(&self) -> Self {
-        Self {
-            env: Vec::new(),
-            ..self.clone()
-        }
-    }
-}
-
-/// Spawns `fsync-server` on `port` with its data in `dir/data`, appending to `log`, and
-/// waits until it is healthy; on failure it is killed and the log's tail returned.
-fn spawn_server_process(
-    dir: &Path,
-    port: u16,
-    log: &Path,
-    opts: &ServerOptions,
-) -> Result<Child, String> {
-    let mut log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("server log");
-    let _ = writeln!(log_file, "--- fsync-server starts on port {port} ---");
-    let mut cmd = Command::new(&binaries().server);
-    clean_env(&mut cmd);
-    cmd.arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--port", &port.to_string(), "--secret-key", SECRET])
-        .args(["--log-level", "info,fsync_server=debug"]);
-    if let Some(url) = &opts.database_url {
-        cmd.args(["--database-url", url]);
-    }
-    if let Some(files) = &opts.files_directory {
-        cmd.arg("--files-directory").arg(files);
-    }
-    for (k, v) in &opts.env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("server log"))
-        .stderr(log_file)
-        .spawn()
-        .expect("spawn fsync-server");
-    match wait_healthy(&mut child, port) {
-        Ok(()) => Ok(child),
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(format!("{e}\n--- server log ---\n{}", tail(log, 40)))
-        }
-    }
-}
-
-impl Server {
-    /// A server started with `opts` (its storage, its extra environment).
-    pub fn start_with(opts: &ServerOptions) -> Self {
-        let data = tempfile::tempdir().expect("temp dir");
-        let log = data.path().join("server.log");
-        let backend = if opts.database_url.is_some() {
-            Backend::Postgres
-        } else {
-            Backend::Sqlite
-        };
-        // The port is free when we look and taken by the server a moment later; in
-        // between another process may grab it, so a start that fails is retried.
-        for attempt in 0..5 {
-            let port = free_port();
-            match spawn_server_process(data.path(), port, &log, opts) {
-                Ok(child) => {
-                    return Self {
-                        child,
-                        port,
-                        log,
-                        data,
-                        backend,
-                    }
-                }
-                Err(e) => assert!(
-                    e.contains("cannot listen") && attempt < 4,
-                    "fsync-server did not start: {e}"
-                ),
-            }
-        }
-        unreachable!("the loop either returns or panics")
-    }
-
-    /// Kills the server (if it still runs) and starts it again on the same port, data
-    /// dir and log, with `opts` (which must name the same storage).
-    pub fn restart(&mut self, opts: &ServerOptions) {
-        self.kill();
-        self.child = spawn_server_process(self.data.path(), self.port, &self.log, opts)
-            .unwrap_or_else(|e| panic!("fsync-server did not restart: {e}"));
-    }
-
-    /// SIGKILL, then reap (no-op when it already exited).
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits until the server process exits (e.g. at an `abort` failpoint).
-    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        exit_within(&mut self.child, timeout, "fsync-server to exit")
-    }
-
-    /// The server's log so far (every start of it).
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Requests answered on `route` (as axum matched it, e.g. `/api/v1/chunks/batch`)
-    /// with `method`, any status, since the server (re)started.
-    pub fn requests(&self, method: &str, route: &str) -> u64 {
-        let (status, body) = http_get(self.port, "/metrics").expect("GET /metrics");
-        assert_eq!(status, 200, "GET /metrics: {body}");
-        let prefix =
-            format!("fsync_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"");
-        body.lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    /// Runs `fsync-gc ARGS` on this server's storage (`opts`: as the server was started).
-    pub fn gc(&self, opts: &ServerOptions, args: &[&str]) -> Output {
-        let mut cmd = Command::new(gc_binary());
-        clean_env(&mut cmd);
-        cmd.arg("--data-dir").arg(self.data_dir());
-        if let Some(url) = &opts.database_url {
-            cmd.args(["--database-url", url]);
-        }
-        if let Some(files) = &opts.files_directory {
-            cmd.arg("--files-directory").arg(files);
-        }
-        cmd.args(args)
-            .current_dir(self.data.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run fsync-gc")
-    }
-
-    /// `fsync-gc verify`; panics with its report unless nothing is damaged.
-    pub fn assert_gc_verify_clean(&self, opts: &ServerOptions) {
-        let out = self.gc(opts, &["verify"]);
-        check(&out, "fsync-gc verify");
-    }
-}
-
-impl Client {
-    /// Runs `fsync-client … ARGS` to completion with extra environment variables.
-    pub fn run_with_env(&self, args: &[&str], env: &[(String, String)]) -> Output {
-        self.command()
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("run fsync-client")
-    }
-
-    /// [`Client::spawn_once`] with extra environment variables.
-    pub fn spawn_once_with_env(&self, env: &[(String, String)]) -> Run {
-        let (child, log) = self.spawn_logged("once", "--once", env);
-        Run { child, log }
-    }
-
-    /// [`Client::spawn_daemon`] with extra environment variables (they override the
-    /// defaults, e.g. `SYNC_INTERVAL`).
-    pub fn spawn_daemon_with_env(&self, env: &[(String, String)]) -> Daemon {
-        let (child, log) = self.spawn_logged("daemon", "--verbose", env);
-        Daemon { child, log }
-    }
-
-    /// Spawns the client with `arg` and `env`, its output going to a fresh
-    /// `<what>-<hex>.log` in the client's dir.
-    fn spawn_logged(
-        &self,
-        what: &str,
-        arg: &str,
-        env: &[(String, String)],
-    ) -> (std::process::Child, PathBuf) {
-        let log = self.dir.path().join(format!(
-            "{what}-{}.log",
-            hex::encode(rand::random::<[u8; 4]>())
-        ));
-        let file = std::fs::File::create(&log).expect("client log");
-        let child = self
-            .command()
-            .arg(arg)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(file.try_clone().expect("client log"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn fsync-client ({what}): {e}"));
-        (child, log)
-    }
-}
-
-impl Run {
-    /// Waits until the process exits; its status.
-    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        exit_within(&mut self.child, timeout, "fsync-client to exit")
-    }
-}
-
-/// Waits until `child` exits; its status. Panics naming `what` after `timeout`.
-fn exit_within(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
-    poll(timeout, POLL, what, || child.try_wait().expect("try_wait"))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// True when `status` is a death by `abort()` (SIGABRT), i.e. an `abort` failpoint.
 pub fn aborted(status: std::process::ExitStatus) -> bool {
@@ -969,25 +952,19 @@ pub struct PauseDir {
 
 impl Default for PauseDir {
     fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PauseDir {
-    pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
+}
 
+impl PauseDir {
     /// The environment that arms `spec` (`name=action,…`) with this directory.
     pub fn env(&self, spec: &str) -> Vec<(String, String)> {
+        let dir = self.dir.path().to_string_lossy().into_owned();
         vec![
             (FAILPOINTS.to_owned(), spec.to_owned()),
-            (
-                FAILPOINT_DIR.to_owned(),
-                self.dir.path().to_string_lossy().into_owned(),
-            ),
+            (FAILPOINT_DIR.to_owned(), dir),
         ]
     }
 
@@ -1008,47 +985,5 @@ impl PauseDir {
     /// action.
     pub fn resume(&self, name: &str) {
         std::fs::write(self.dir.path().join(format!("{name}.resume")), b"").expect("resume file");
-    }
-}
-
-// ------------------------------------------------------------------ security suite
-
-impl Server {
-    /// Like [`Server::start_on`], with the URL of the metadata database the server
-    /// uses (its default SQLite file, or the fresh PostgreSQL database), so a test can
-    /// read every row the server stored.
-    pub fn start_on_with_db_url(backend: Backend) -> Option<(Self, String)> {
-        match backend {
-            Backend::Sqlite => {
-                let server = Self::start();
-                let url = format!("sqlite://{}", server.data_dir().join("fsync.db").display());
-                Some((server, url))
-            }
-            Backend::Postgres => postgres_url().map(|base| {
-                let url = fresh_postgres_url(&base);
-                (Self::spawn(Some(&url)), url)
-            }),
-        }
-    }
-
-    /// The port the server listens on (127.0.0.1).
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-}
-
-impl Account {
-    /// The same account reached at another URL (e.g. a proxy in front of the server).
-    #[must_use]
-    pub fn via(&self, server_url: &str) -> Account {
-        Account {
-            server_url: server_url.to_owned(),
-            username: self.username.clone(),
-        }
-    }
-
-    /// The username.
-    pub fn username(&self) -> &str {
-        &self.username
     }
 }

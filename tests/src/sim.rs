@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use fsync_client::engine::Engine;
 use fsync_client::session::{self, Session};
 use fsync_common::{ContentHash, IdKey};
+use fsync_server::{Collector, NoProgress, GC_BATCH};
 use fsync_testkit::client::Account;
 use fsync_testkit::postgres::ScratchDatabase;
 use fsync_testkit::server::{lift_rate_limits, Database, TestServer};
@@ -140,15 +141,10 @@ impl SimServer {
 
     /// `fsync-gc verify`: every referenced chunk has its blob.
     async fn verify(&self) -> anyhow::Result<()> {
-        let gc = fsync_server::Collector::open_local(&self.inner.database_url, &self.files).await?;
-        let report = gc
-            .verify(None, fsync_server::GC_BATCH, &fsync_server::NoProgress)
-            .await?;
-        anyhow::ensure!(
-            report.is_clean(),
-            "I6: damage in the store: {:?}",
-            report.damage
-        );
+        let gc = Collector::open_local(&self.inner.database_url, &self.files).await?;
+        let report = gc.verify(None, GC_BATCH, &NoProgress).await?;
+        let damage = &report.damage;
+        anyhow::ensure!(report.is_clean(), "I6: damage in the store: {damage:?}");
         Ok(())
     }
 }
@@ -178,6 +174,19 @@ impl Device {
 
     fn full(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
+    }
+
+    /// True when `rel` cannot be a new file here (it exists, or the path is blocked).
+    fn taken(&self, rel: &str) -> bool {
+        self.full(rel).exists() || !can_be_file(&self.root, rel)
+    }
+
+    fn engine(&self) -> &Engine {
+        self.engine.as_ref().expect("started")
+    }
+
+    fn session(&self) -> &Session {
+        self.session.as_ref().expect("started")
     }
 
     /// Files of the folder (relative path → bytes), state dir and temp files excluded.
@@ -232,15 +241,13 @@ impl Model {
 /// Runs one seed to the end; `Err` names the first broken invariant.
 pub async fn run_seed(cfg: &SimConfig) -> Result<SimReport, SimFailure> {
     let mut log = Vec::new();
-    match run_inner(cfg, &mut log).await {
-        Ok(r) => Ok(r),
-        Err(e) => Err(SimFailure {
-            seed: cfg.seed,
-            backend: cfg.backend,
-            message: format!("{e:#}"),
-            log,
-        }),
-    }
+    let result = run_inner(cfg, &mut log).await;
+    result.map_err(|e| SimFailure {
+        seed: cfg.seed,
+        backend: cfg.backend,
+        message: format!("{e:#}"),
+        log,
+    })
 }
 
 async fn run_inner(cfg: &SimConfig, log: &mut Vec<String>) -> anyhow::Result<SimReport> {
@@ -301,13 +308,7 @@ async fn drive(
         d.start(url, &account).await?;
         devices.push(d);
     }
-    let id_key = devices[0]
-        .engine
-        .as_ref()
-        .expect("started")
-        .keys()
-        .id_key
-        .clone();
+    let id_key = devices[0].engine().keys().id_key.clone();
     let mut model = Model::default();
     let mut report = SimReport::default();
 
@@ -319,7 +320,7 @@ async fn drive(
                 format!("dev{dev}: offline, no round")
             } else {
                 report.rounds += 1;
-                round(&mut devices[dev], &mut model, &mut report).await?
+                round(&mut devices[dev], &mut model, &mut report).await?.0
             }
         } else if roll < 31 {
             let d = &mut devices[dev];
@@ -344,7 +345,7 @@ async fn drive(
         let mut idle = true;
         for d in &mut devices {
             report.rounds += 1;
-            let (line, was_idle) = round_idle(d, &mut model, &mut report).await?;
+            let (line, was_idle) = round(d, &mut model, &mut report).await?;
             idle &= was_idle;
             log.push(line);
         }
@@ -362,16 +363,9 @@ async fn drive(
     Ok(report)
 }
 
+/// One sync round; on success every content in the folder counts as kept. Its line
+/// for the step log, and whether it was idle.
 async fn round(
-    d: &mut Device,
-    model: &mut Model,
-    report: &mut SimReport,
-) -> anyhow::Result<String> {
-    Ok(round_idle(d, model, report).await?.0)
-}
-
-/// One sync round; on success every content in the folder counts as kept.
-async fn round_idle(
     d: &mut Device,
     model: &mut Model,
     report: &mut SimReport,
@@ -394,18 +388,12 @@ async fn round_idle(
     // What the round did to the folder, for the step log.
     let mut changes = String::new();
     for p in before.keys().chain(after.keys()).collect::<BTreeSet<_>>() {
-        match (before.get(p), after.get(p)) {
-            (Some(x), Some(y)) if x == y => {}
-            (None, Some(y)) => {
-                let _ = write!(changes, " +{p}={}", label(y));
-            }
-            (Some(_), None) => {
-                let _ = write!(changes, " -{p}");
-            }
-            (_, y) => {
-                let _ = write!(changes, " ~{p}={}", y.map_or(String::new(), |y| label(y)));
-            }
-        }
+        let _ = match (before.get(p), after.get(p)) {
+            (Some(x), Some(y)) if x == y => Ok(()),
+            (None, Some(y)) => write!(changes, " +{p}={}", label(y)),
+            (Some(_), None) => write!(changes, " -{p}"),
+            (_, y) => write!(changes, " ~{p}={}", y.map_or(String::new(), |y| label(y))),
+        };
     }
     let idle = r.is_idle() && r.deferred.is_empty() && r.conflicts == 0;
     Ok((
@@ -464,12 +452,17 @@ fn can_be_file(root: &Path, rel: &str) -> bool {
     true
 }
 
-fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+/// Creates the folders `path` needs.
+fn make_parent(path: &Path) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(path, data)?;
     Ok(())
+}
+
+fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    make_parent(path)?;
+    Ok(std::fs::write(path, data)?)
 }
 
 /// Removes empty directories up to the root (as a user's file manager would leave
@@ -498,7 +491,7 @@ fn user_op(
     if files.is_empty() || roll < 25 {
         // Create a new file (where none is).
         let rel = random_path(rng);
-        if d.full(&rel).exists() || !can_be_file(&d.root, &rel) {
+        if d.taken(&rel) {
             return Ok(format!("dev{dev}: create {rel}: taken, skipped"));
         }
         let data = new_content(rng, seed, dev, model);
@@ -511,11 +504,7 @@ fn user_op(
         let other = (dev + rng.gen_range(1..DEVICES)) % DEVICES;
         let rel = random_path(rng);
         let (a, b) = (&devices[dev], &devices[other]);
-        if a.full(&rel).exists()
-            || b.full(&rel).exists()
-            || !can_be_file(&a.root, &rel)
-            || !can_be_file(&b.root, &rel)
-        {
+        if a.taken(&rel) || b.taken(&rel) {
             return Ok(format!(
                 "dev{dev}+dev{other}: same new name {rel}: taken, skipped"
             ));
@@ -570,13 +559,11 @@ fn user_op(
         }
         84..95 => {
             let to = random_path(rng);
-            if d.full(&to).exists() || !can_be_file(&d.root, &to) {
+            if d.taken(&to) {
                 return Ok(format!("dev{dev}: rename {rel} -> {to}: taken, skipped"));
             }
             let dst = d.full(&to);
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
+            make_parent(&dst)?;
             std::fs::rename(&full, &dst)?;
             prune_empty(&d.root, &full);
             model.moved.insert(old);
@@ -590,9 +577,7 @@ fn user_op(
                     "dev{dev}: move folder {from} -> {to}: not possible, skipped"
                 ));
             }
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
+            make_parent(&dst)?;
             std::fs::rename(&src, &dst)?;
             for (p, data) in &files {
                 if p.starts_with(&format!("{from}/")) {
@@ -617,14 +602,9 @@ async fn check(
     // I5: no temp file, no content nobody wrote.
     for (d, t) in devices.iter().zip(&trees) {
         for (p, data) in t {
-            anyhow::ensure!(
-                !p.rsplit('/')
-                    .next()
-                    .unwrap_or(p)
-                    .starts_with(fsync_client::scan::TEMP_PREFIX),
-                "I5: temp file {p} left in {}",
-                d.name
-            );
+            let name = p.rsplit('/').next().unwrap_or(p);
+            let temp = name.starts_with(fsync_client::scan::TEMP_PREFIX);
+            anyhow::ensure!(!temp, "I5: temp file {p} left in {}", d.name);
             anyhow::ensure!(
                 model.written.contains_key(data),
                 "I5: {}:{p} holds {} bytes nobody wrote",
@@ -646,7 +626,7 @@ async fn check(
         }
     }
     // ... and it is the server's list of heads.
-    let s = devices[0].session.as_ref().expect("started");
+    let s = devices[0].session();
     let heads = s.api.list_all(s.ns, None, false).await?;
     let server: BTreeMap<String, Option<ContentHash>> = heads
         .iter()
@@ -729,12 +709,8 @@ fn diff(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>) -> String 
         match (a.get(k), b.get(k)) {
             (Some(x), Some(y)) if x == y => {}
             (x, y) => {
-                let _ = writeln!(
-                    out,
-                    "  {k}: {} vs {}",
-                    x.map_or("-".into(), |d| describe(d)),
-                    y.map_or("-".into(), |d| describe(d))
-                );
+                let side = |d: Option<&Vec<u8>>| d.map_or("-".into(), |d| describe(d));
+                let _ = writeln!(out, "  {k}: {} vs {}", side(x), side(y));
             }
         }
     }
@@ -750,7 +726,7 @@ async fn explain(
     id_key: &IdKey,
 ) -> String {
     let mut out = String::new();
-    let s = devices[0].session.as_ref().expect("started");
+    let s = devices[0].session();
     let Ok(all) = s.api.list_all(s.ns, None, true).await else {
         return out;
     };
@@ -787,22 +763,15 @@ async fn explain(
             }
         }
         for d in devices {
-            let e = d.engine.as_ref().expect("started");
+            let e = d.engine();
             let base = fsync_common::SyncPath::new(p)
                 .ok()
                 .and_then(|sp| e.state().get(&sp).ok().flatten());
-            let _ = writeln!(
-                out,
-                "    {} base: {}",
-                d.name,
-                base.map_or("-".into(), |b| format!(
-                    "file {} v{} vv={:?} {}",
-                    b.file_id,
-                    b.version.0,
-                    b.vv,
-                    short(&b.content_hash)
-                ))
-            );
+            let base = base.map_or("-".into(), |b| {
+                let hash = short(&b.content_hash);
+                format!("file {} v{} vv={:?} {hash}", b.file_id, b.version.0, b.vv)
+            });
+            let _ = writeln!(out, "    {} base: {base}", d.name);
         }
     }
     out
@@ -811,7 +780,7 @@ async fn explain(
 /// For a failure message: every server version that holds `data`, and what followed it.
 async fn whereabouts(devices: &[Device], data: &[u8], id_key: &IdKey) -> String {
     let mut out = String::new();
-    let s = devices[0].session.as_ref().expect("started");
+    let s = devices[0].session();
     let h = fsync_chunker::content_hash(id_key, data);
     let Ok(all) = s.api.list_all(s.ns, None, true).await else {
         return out;
@@ -838,8 +807,7 @@ async fn whereabouts(devices: &[Device], data: &[u8], id_key: &IdKey) -> String 
         }
     }
     for d in devices {
-        let e = d.engine.as_ref().expect("started");
-        let _ = writeln!(out, "  {} device id {}", d.name, e.keys().device);
+        let _ = writeln!(out, "  {} device id {}", d.name, d.engine().keys().device);
     }
     out
 }

@@ -4,17 +4,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use fsync_tests::{assert_same_tree, conflict_copies, Server};
+use fsync_tests::{assert_same_tree, conflict_copies, rounds, stderr, Server};
 
 #[test]
 fn status_reports_pending_uploads_downloads_and_deletes() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (_server, a, b) = Server::start().pair();
     a.write("synced.txt", "synced");
     a.write("gone.txt", "will be deleted");
-    a.sync();
-    b.sync();
+    rounds(&[&a, &b]);
 
     let clean = a.run_ok(&["status"]);
     assert!(
@@ -54,9 +51,7 @@ fn status_reports_pending_uploads_downloads_and_deletes() {
 
 #[test]
 fn versions_lists_history_and_restore_brings_back_an_old_version() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (_server, a, b) = Server::start().pair();
     for text in ["version one\n", "version two, longer\n", "three\n"] {
         a.write("doc.txt", text);
         a.sync();
@@ -72,10 +67,8 @@ fn versions_lists_history_and_restore_brings_back_an_old_version() {
     }
 
     let out = a.run_ok(&["restore", "doc.txt", "--version", "1"]);
-    assert!(
-        out.contains("restored doc.txt to version 1 as version 4"),
-        "{out}"
-    );
+    let restored = "restored doc.txt to version 1 as version 4";
+    assert!(out.contains(restored), "{out}");
     assert_eq!(a.read("doc.txt"), b"version one\n");
     b.sync();
     assert_eq!(b.read("doc.txt"), b"version one\n");
@@ -84,17 +77,13 @@ fn versions_lists_history_and_restore_brings_back_an_old_version() {
     assert_eq!(history.lines().count(), 4, "{history}");
     assert_same_tree(&a, &b);
 
-    let unknown = a.run(&["versions", "nope.txt"]);
-    assert!(!unknown.status.success());
-    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    let stderr = a.run_fails(&["versions", "nope.txt"], "versions of an unknown file");
     assert!(stderr.contains("not known to the server"), "{stderr}");
 }
 
 #[test]
 fn a_deleted_file_can_be_restored() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (_server, a, b) = Server::start().pair();
     a.write("doc.txt", "version one\n");
     a.sync();
     a.write("doc.txt", "version two\n");
@@ -102,10 +91,8 @@ fn a_deleted_file_can_be_restored() {
     a.remove("doc.txt");
     a.sync();
     let history = a.run_ok(&["versions", "doc.txt"]);
-    assert!(
-        history.lines().next().unwrap().contains("(deleted)"),
-        "{history}"
-    );
+    let newest = history.lines().next().unwrap();
+    assert!(newest.contains("(deleted)"), "{history}");
     a.run_ok(&["restore", "doc.txt", "--version", "1"]);
     assert_eq!(a.read("doc.txt"), b"version one\n");
     b.sync();
@@ -114,21 +101,16 @@ fn a_deleted_file_can_be_restored() {
 
 #[test]
 fn conflicts_lists_the_conflict_copies() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (_server, a, b) = Server::start().pair();
     a.write("plan.md", "plan\n");
     a.write("other.md", "other\n");
-    a.sync();
-    b.sync();
+    rounds(&[&a, &b]);
     assert_eq!(a.run_ok(&["conflicts"]), "");
 
     let t = SystemTime::now();
     b.write_at("plan.md", "B's plan\n", t);
     a.write_at("plan.md", "A's plan\n", t + Duration::from_secs(10));
-    a.sync();
-    b.sync();
-    a.sync();
+    rounds(&[&a, &b, &a]);
     let copies = conflict_copies(&a.tree());
     assert_eq!(copies.len(), 1, "{copies:?}");
     let expected = format!("{}\n", copies[0]);
@@ -172,15 +154,10 @@ fn restarts_resume_the_session_instead_of_logging_in_again() {
     }
 
     // A stored session does not stand in for the password: a wrong one is refused.
-    let out = a
-        .command()
-        .env("FSYNC_PASSWORD", "not the password")
-        .arg("--once")
-        .output()
-        .expect("run fsync-client");
+    let wrong = [("FSYNC_PASSWORD".into(), "not the password".into())];
+    let out = a.run_with_env(&["--once"], &wrong);
     assert!(!out.status.success(), "a wrong password synced");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("logging in"), "{stderr}");
+    assert!(stderr(&out).contains("logging in"), "{}", stderr(&out));
 
     // A revoked (here: removed) token falls back to a full login.
     std::fs::remove_file(&token).expect("remove the token file");

@@ -75,10 +75,8 @@ fn a_download_killed_midway_leaves_no_partial_file() {
     // The next successful run completes the file and removes the temp files that the
     // killed runs left behind.
     b.sync();
-    assert!(
-        b.read("big.bin") == data,
-        "big.bin differs after the final run"
-    );
+    let got = b.read("big.bin");
+    assert!(got == data, "big.bin differs after the final run");
     assert_eq!(
         temp_files(b.root()),
         Vec::<String>::new(),

@@ -10,11 +10,9 @@ use fsync_tests::{assert_same_tree, wait_until, Backend, Server};
 const REAL_TIME: Duration = Duration::from_secs(10);
 
 fn daemons(backend: Backend) {
-    let Some(server) = Server::start_on(backend) else {
+    let Some((_server, a, b)) = Server::start_on(backend).map(Server::pair) else {
         return;
     };
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
     let _da = a.spawn_daemon();
     let _db = b.spawn_daemon();
 
@@ -37,12 +35,7 @@ fn daemons(backend: Backend) {
     assert_same_tree(&a, &b);
 }
 
-#[test]
-fn daemons_sync_in_real_time() {
-    daemons(Backend::Sqlite);
-}
-
-#[test]
-fn daemons_sync_in_real_time_on_postgres() {
-    daemons(Backend::Postgres);
+fsync_tests::backend_tests! {
+    daemons: daemons_sync_in_real_time,
+    daemons_sync_in_real_time_on_postgres
 }

@@ -8,19 +8,24 @@
 #![allow(missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fsync_tests::{
-    aborted, assert_same_tree, conflict_copies, random_bytes, temp_files, wait_until, Client,
-    PauseDir, Server, ServerOptions, Summary, EVENT_TIMEOUT, FAILPOINTS,
+    aborted, assert_same_tree, conflict_copies, random_bytes, stderr, temp_files, wait_until,
+    Client, PauseDir, Server, ServerOptions, EVENT_TIMEOUT, FAILPOINTS,
 };
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
-fn failpoints(spec: &str) -> Vec<(String, String)> {
-    vec![(FAILPOINTS.to_owned(), spec.to_owned())]
+/// A `--once` round of `c` that dies at `point` (an `abort` failpoint).
+fn crash_at(c: &Client, point: &str) {
+    let out = c.run_with_env(
+        &["--once"],
+        &[(FAILPOINTS.into(), format!("{point}=abort"))],
+    );
+    assert!(aborted(out.status), "no crash: {}", stderr(&out));
 }
 
 /// A few files of different sizes (one of many chunks), incompressible.
@@ -34,10 +39,6 @@ fn write_files(c: &Client, seed: u64) -> Vec<String> {
         c.write(path, random_bytes(seed * 10 + i as u64, *len));
     }
     files.iter().map(|(p, _)| (*p).to_owned()).collect()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn now_secs() -> u64 {
@@ -66,26 +67,35 @@ fn files_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     found
 }
 
+/// Waits until no temp blob is left: other puts of a failed batch may still be writing
+/// when the client has its answer, and a temp blob is visible until its put ends.
+fn wait_no_temp_blob(blobs: &Path) {
+    wait_until(EVENT_TIMEOUT, "no temp blob left", || {
+        files_named(blobs, ".tmp-").is_empty()
+    });
+}
+
 /// Every device holds the same files, none partial or temporary, no conflict copy.
 fn assert_converged(a: &Client, b: &Client) {
     assert_same_tree(a, b);
     for c in [a, b] {
-        assert_eq!(
-            temp_files(c.root()),
-            Vec::<String>::new(),
-            "temp files left"
-        );
+        let temps = temp_files(c.root());
+        assert_eq!(temps, Vec::<String>::new(), "temp files left");
         assert_eq!(conflict_copies(&c.tree()), Vec::<String>::new());
     }
+}
+
+/// No temp blob is left and `fsync-gc verify` finds nothing damaged.
+fn assert_store_clean(server: &Server, blobs: &Path, opts: &ServerOptions) {
+    assert_eq!(files_named(blobs, ".tmp-"), Vec::<PathBuf>::new());
+    server.assert_gc_verify_clean(opts);
 }
 
 // ------------------------------------------------------------------ client crashes
 
 #[test]
 fn client_killed_before_renaming_a_download_keeps_the_old_version_whole() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (_server, a, b) = Server::start().pair();
     let v1 = random_bytes(1, 700 * KIB);
     let v2 = random_bytes(2, 900 * KIB);
     a.write("doc.bin", &v1);
@@ -95,18 +105,12 @@ fn client_killed_before_renaming_a_download_keeps_the_old_version_whole() {
     a.write("new.txt", "created while B was down");
     assert_eq!(a.sync().uploaded, 2);
 
-    let out = b.run_with_env(
-        &["--once"],
-        &failpoints("client.download.before_rename=abort"),
-    );
-    assert!(aborted(out.status), "no crash: {}", stderr(&out));
+    crash_at(&b, "client.download.before_rename");
     // The crash came after the temp file was complete and synced, before the rename:
     // the old version is whole, the new file absent, the temp file is left over.
     assert!(b.read("doc.bin") == v1, "doc.bin is not the old version");
-    assert!(
-        !b.path("new.txt").exists(),
-        "new.txt visible before its rename"
-    );
+    let new = b.path("new.txt");
+    assert!(!new.exists(), "new.txt visible before its rename");
     assert_eq!(temp_files(b.root()).len(), 1, "{:?}", b.tree());
 
     let s = b.sync();
@@ -117,18 +121,12 @@ fn client_killed_before_renaming_a_download_keeps_the_old_version_whole() {
 
 #[test]
 fn client_killed_mid_download_leaves_no_partial_file() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (_server, a, b) = Server::start().pair();
     let data = random_bytes(3, 3 * MIB);
     a.write("big.bin", &data);
     a.sync();
 
-    let out = b.run_with_env(
-        &["--once"],
-        &failpoints("client.download.chunk_written=abort"),
-    );
-    assert!(aborted(out.status), "no crash: {}", stderr(&out));
+    crash_at(&b, "client.download.chunk_written");
     assert!(!b.path("big.bin").exists(), "a partial big.bin is visible");
     let temps = temp_files(b.root());
     assert_eq!(temps.len(), 1, "{temps:?}");
@@ -145,16 +143,10 @@ fn client_killed_mid_download_leaves_no_partial_file() {
 
 #[test]
 fn client_killed_between_upload_and_commit_uploads_no_chunk_twice() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (server, a, b) = Server::start().pair();
     let files = write_files(&a, 4);
 
-    let out = a.run_with_env(
-        &["--once"],
-        &failpoints("client.upload.before_commit=abort"),
-    );
-    assert!(aborted(out.status), "no crash: {}", stderr(&out));
+    crash_at(&a, "client.upload.before_commit");
     let stored = server.chunks_stored();
     assert!(
         stored > 8,
@@ -192,44 +184,30 @@ fn client_killed_between_upload_and_commit_uploads_no_chunk_twice() {
 #[test]
 fn server_killed_between_blob_write_and_metadata_commit_loses_nothing() {
     let opts = ServerOptions::default().failpoints("server.chunks.before_record=abort");
-    let mut server = Server::start_with(&opts);
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (mut server, a, b) = Server::start_with(&opts).pair();
     let files = write_files(&a, 5);
 
-    let out = a.run(&["--once"]);
-    assert!(!out.status.success(), "the round succeeded");
-    assert!(
-        stderr(&out).contains("network error"),
-        "unclear error: {}",
-        stderr(&out)
-    );
-    assert!(
-        aborted(server.wait_exit(EVENT_TIMEOUT)),
-        "the server did not crash"
-    );
+    let err = a.run_fails(&["--once"], "the round succeeded");
+    assert!(err.contains("network error"), "unclear error: {err}");
+    let status = server.wait_exit(EVENT_TIMEOUT);
+    assert!(aborted(status), "the server did not crash");
     // The blobs were written; their rows were not.
     let blobs = server.data_dir().join("blobs");
-    assert!(
-        !files_named(&blobs, "").is_empty(),
-        "no blob written before the crash"
-    );
+    let written = files_named(&blobs, "");
+    assert!(!written.is_empty(), "no blob written before the crash");
 
     server.restart(&opts.plain());
     let s = a.sync();
     assert_eq!(s.uploaded, files.len() as u64, "{s:?}");
     assert_eq!(b.sync().downloaded, files.len() as u64);
     assert_converged(&a, &b);
-    assert_eq!(files_named(&blobs, ".tmp-"), Vec::<PathBuf>::new());
-    server.assert_gc_verify_clean(&opts.plain());
+    assert_store_clean(&server, &blobs, &opts.plain());
 }
 
 #[test]
 fn server_killed_between_commit_and_push_still_delivers_the_change() {
     let opts = ServerOptions::default().failpoints("server.commit.before_push=abort");
-    let mut server = Server::start_with(&opts);
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (mut server, a, b) = Server::start_with(&opts).pair();
     // B learns of changes only through its push socket: no periodic rescan within the
     // test, so the change must come from the journal once the socket reconnects.
     let daemon = b.spawn_daemon_with_env(&[("SYNC_INTERVAL".into(), "3600".into())]);
@@ -239,12 +217,9 @@ fn server_killed_between_commit_and_push_still_delivers_the_change() {
     let data = random_bytes(6, 500 * KIB);
     a.write("shared/plan.bin", &data);
 
-    let out = a.run(&["--once"]);
-    assert!(!out.status.success(), "the round succeeded");
-    assert!(
-        aborted(server.wait_exit(EVENT_TIMEOUT)),
-        "the server did not crash"
-    );
+    a.run_fails(&["--once"], "the round succeeded");
+    let status = server.wait_exit(EVENT_TIMEOUT);
+    assert!(aborted(status), "the server did not crash");
     server.restart(&opts.plain());
 
     wait_until(EVENT_TIMEOUT, "B to catch up after the restart", || {
@@ -263,14 +238,10 @@ fn server_killed_between_commit_and_push_still_delivers_the_change() {
 #[test]
 fn blob_store_write_errors_are_reported_and_nothing_is_lost() {
     let opts = ServerOptions::default().failpoints("store.local.put=3*error");
-    let server = Server::start_with(&opts);
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (server, a, b) = Server::start_with(&opts).pair();
     let files = write_files(&a, 7);
 
-    let out = a.run(&["--once"]);
-    assert!(!out.status.success(), "the round succeeded");
-    let err = stderr(&out);
+    let err = a.run_fails(&["--once"], "the round succeeded");
     assert!(
         err.contains("503") && err.contains("try again later"),
         "unclear error: {err}"
@@ -279,11 +250,7 @@ fn blob_store_write_errors_are_reported_and_nothing_is_lost() {
         .log_text()
         .contains("injected fault at store.local.put"));
     let blobs = server.data_dir().join("blobs");
-    // Other puts of the same batch may still be writing when the client has its
-    // answer: a temp blob is visible until its put ends, and none may stay.
-    wait_until(EVENT_TIMEOUT, "no temp blob left", || {
-        files_named(&blobs, ".tmp-").is_empty()
-    });
+    wait_no_temp_blob(&blobs);
     assert_eq!(b.sync().downloaded, 0);
 
     // The store works again (the failpoint failed three writes): the next round
@@ -291,8 +258,7 @@ fn blob_store_write_errors_are_reported_and_nothing_is_lost() {
     assert_eq!(a.sync().uploaded, files.len() as u64);
     assert_eq!(b.sync().downloaded, files.len() as u64);
     assert_converged(&a, &b);
-    assert_eq!(files_named(&blobs, ".tmp-"), Vec::<PathBuf>::new());
-    server.assert_gc_verify_clean(&opts.plain());
+    assert_store_clean(&server, &blobs, &opts.plain());
 }
 
 /// A tmpfs mounted on a temp dir; unmounted on drop.
@@ -304,14 +270,9 @@ impl Tmpfs {
     /// `None` when this process may not mount (not root, no privileges).
     fn mount(size: &str) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");
+        let opts = format!("size={size},mode=0700");
         let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
+            .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
             .arg(dir.path())
             .output()
             .ok()?;
@@ -346,15 +307,14 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount")
-                .arg("-l")
+        let umount = |args: &[&str]| {
+            Command::new("umount")
+                .args(args)
                 .arg(self.dir.path())
-                .status();
+                .status()
+        };
+        if !umount(&[]).is_ok_and(|s| s.success()) {
+            let _ = umount(&["-l"]);
         }
     }
 }
@@ -364,22 +324,15 @@ fn a_full_disk_is_reported_and_the_daemon_retries_until_there_is_room() {
     // A real full disk: the blob directory on a tiny tmpfs (the tests run as root).
     // Where mounting is not permitted, an injected ENOSPC at the same step.
     let tmpfs = Tmpfs::mount("8m");
-    let no_room = PauseDir::new();
-    let opts = if let Some(t) = &tmpfs {
-        ServerOptions {
-            files_directory: Some(t.path().join("blobs")),
-            ..ServerOptions::default()
-        }
+    let no_room = PauseDir::default();
+    let mut opts = ServerOptions::default();
+    if let Some(t) = &tmpfs {
+        opts.files_directory = Some(t.path().join("blobs"));
     } else {
         println!("NOTE: no tmpfs; injecting ENOSPC at store.local.put instead");
-        ServerOptions {
-            env: no_room.env("store.local.put=enospc"),
-            ..ServerOptions::default()
-        }
-    };
-    let server = Server::start_with(&opts);
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+        opts.env = no_room.env("store.local.put=enospc");
+    }
+    let (server, a, b) = Server::start_with(&opts).pair();
     let filler = tmpfs.as_ref().map(Tmpfs::fill);
     let files = write_files(&a, 8);
 
@@ -387,36 +340,30 @@ fn a_full_disk_is_reported_and_the_daemon_retries_until_there_is_room() {
     // greeting is used up: a third failed round, and the recovery after it, can only
     // come from the daemon's retry (with backoff) after an error.
     let daemon = a.spawn_daemon_with_env(&[("SYNC_INTERVAL".into(), "3600".into())]);
+    let full = "the server's storage is full; try again later";
     wait_until(EVENT_TIMEOUT, "the daemon to retry on a full disk", || {
-        daemon
-            .log()
-            .matches("the server's storage is full; try again later")
-            .count()
-            >= 3
+        daemon.log().matches(full).count() >= 3
     });
     let blobs = opts
         .files_directory
         .clone()
         .unwrap_or_else(|| server.data_dir().join("blobs"));
-    // As above: the failed round's other puts may still be writing.
-    wait_until(EVENT_TIMEOUT, "no temp blob left", || {
-        files_named(&blobs, ".tmp-").is_empty()
-    });
+    wait_no_temp_blob(&blobs);
     assert_eq!(b.sync().downloaded, 0);
 
     match filler {
         Some(f) => std::fs::remove_file(f).expect("remove the filler"),
         None => no_room.resume("store.local.put"),
     }
+    let uploaded = format!("uploaded={}", files.len());
     wait_until(
         EVENT_TIMEOUT,
         "the daemon to upload after the disk has room",
-        || daemon.log().contains(&format!("uploaded={}", files.len())),
+        || daemon.log().contains(&uploaded),
     );
     assert_eq!(b.sync().downloaded, files.len() as u64);
     assert_converged(&a, &b);
-    assert_eq!(files_named(&blobs, ".tmp-"), Vec::<PathBuf>::new());
-    server.assert_gc_verify_clean(&opts.plain());
+    assert_store_clean(&server, &blobs, &opts.plain());
     drop(daemon);
     drop(server);
 }
@@ -426,15 +373,11 @@ fn a_full_disk_is_reported_and_the_daemon_retries_until_there_is_room() {
 #[test]
 fn gc_between_missing_and_commit_makes_the_client_upload_again() {
     let opts = ServerOptions::default();
-    let server = Server::start_with(&opts);
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (server, a, b) = Server::start_with(&opts).pair();
     let files = write_files(&a, 9);
 
-    let pause = PauseDir::new();
     let point = "client.upload.before_commit";
-    let mut run = a.spawn_once_with_env(&pause.env(&format!("{point}=pause")));
-    pause.wait_paused(point, || run.exited());
+    let (pause, mut run) = a.spawn_paused(point);
     // The client asked `chunks/missing`, uploaded what was missing, and waits before
     // its commit: a collection with no grace period takes every chunk (rows touched
     // before the current second; the clock has to move on once).
@@ -450,16 +393,12 @@ fn gc_between_missing_and_commit_makes_the_client_upload_again() {
     assert_eq!(report["chunks_deleted"], stored, "{report}");
 
     pause.resume(point);
-    let status = run.wait_exit(EVENT_TIMEOUT);
-    assert!(status.success(), "the round failed:\n{}", run.log());
-    let s = Summary::parse(&run.log());
+    let s = run.summary(EVENT_TIMEOUT);
     assert_eq!(s.uploaded, files.len() as u64, "{s:?}\n{}", run.log());
     // Every commit got a 409 with its missing chunks, which were uploaded again and
     // committed one by one.
-    assert_eq!(
-        server.requests("POST", "/api/v1/files/upload"),
-        files.len() as u64
-    );
+    let commits = server.requests("POST", "/api/v1/files/upload");
+    assert_eq!(commits, files.len() as u64);
     assert_eq!(server.chunks_stored(), 2 * stored);
 
     assert_eq!(b.sync().downloaded, files.len() as u64);

@@ -4,12 +4,11 @@
 //! fail the test: it must never be skipped.
 #![allow(missing_docs)]
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use fsync_tests::{
-    assert_same_tree, random_bytes, temp_files, Client, PauseDir, Server, ServerOptions, Summary,
+    assert_same_tree, check, free_port, random_bytes, temp_files, Client, Server, ServerOptions,
     EVENT_TIMEOUT,
 };
 
@@ -25,17 +24,9 @@ struct PrivatePostgres {
 }
 
 fn output(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.stdin(Stdio::null()).output();
+    let out = out.unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    check(&out, what);
     out
 }
 
@@ -60,36 +51,25 @@ impl PrivatePostgres {
             );
         }
         let as_postgres = id_of("-u", None) == 0;
+        let chown_to_postgres = |dir: &Path| {
+            if as_postgres {
+                let (user, group) = (id_of("-u", Some("postgres")), id_of("-g", Some("postgres")));
+                std::os::unix::fs::chown(dir, Some(user), Some(group))
+                    .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", dir.display()));
+            }
+        };
         let dir = tempfile::Builder::new()
             .prefix("fsync-pg-")
             .tempdir()
             .expect("temp dir");
-        if as_postgres {
-            std::os::unix::fs::chown(
-                dir.path(),
-                Some(id_of("-u", Some("postgres"))),
-                Some(id_of("-g", Some("postgres"))),
-            )
-            .expect("chown the PostgreSQL dir to postgres");
-        }
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        chown_to_postgres(dir.path());
         let pg = Self {
             dir,
-            port,
+            port: free_port(),
             as_postgres,
         };
         std::fs::create_dir(pg.sock()).expect("socket dir");
-        if as_postgres {
-            std::os::unix::fs::chown(
-                pg.sock(),
-                Some(id_of("-u", Some("postgres"))),
-                Some(id_of("-g", Some("postgres"))),
-            )
-            .expect("chown the socket dir");
-        }
+        chown_to_postgres(&pg.sock());
         let data = pg.data();
         output(
             pg.cmd("initdb")
@@ -159,10 +139,8 @@ impl Drop for PrivatePostgres {
 }
 
 fn write_files(c: &Client, seed: u64, prefix: &str) -> u64 {
-    c.write(
-        &format!("{prefix}/big.bin"),
-        random_bytes(seed, 1024 * KIB + 7),
-    );
+    let big = random_bytes(seed, 1024 * KIB + 7);
+    c.write(&format!("{prefix}/big.bin"), big);
     c.write(&format!("{prefix}/small.txt"), format!("seed {seed}"));
     2
 }
@@ -174,22 +152,16 @@ fn postgres_restarted_mid_sync_the_server_recovers_and_the_sync_completes() {
         database_url: Some(pg.url()),
         ..ServerOptions::default()
     };
-    let server = Server::start_with(&opts);
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (server, a, b) = Server::start_with(&opts).pair();
     let point = "client.upload.before_commit";
 
     // 1. Restarted while A waits between its chunk upload and its commit: every
     //    pooled connection died; the server reconnects and the commit goes through.
     let first = write_files(&a, 1, "one");
-    let pause = PauseDir::new();
-    let mut run = a.spawn_once_with_env(&pause.env(&format!("{point}=pause")));
-    pause.wait_paused(point, || run.exited());
+    let (pause, mut run) = a.spawn_paused(point);
     pg.ctl(&["-m", "fast", "restart"]);
     pause.resume(point);
-    let status = run.wait_exit(EVENT_TIMEOUT * 2);
-    assert!(status.success(), "the round failed:\n{}", run.log());
-    let s = Summary::parse(&run.log());
+    let s = run.summary(EVENT_TIMEOUT * 2);
     assert_eq!(s.uploaded, first, "{s:?}\n{}", run.log());
     assert_eq!(b.sync().downloaded, first);
     assert_same_tree(&a, &b);
@@ -197,24 +169,16 @@ fn postgres_restarted_mid_sync_the_server_recovers_and_the_sync_completes() {
     // 2. Down when A commits: A is told clearly, nothing is committed, and once
     //    PostgreSQL is back the next round completes.
     let second = write_files(&a, 2, "two");
-    let pause = PauseDir::new();
-    let mut run = a.spawn_once_with_env(&pause.env(&format!("{point}=pause")));
-    pause.wait_paused(point, || run.exited());
+    let (pause, mut run) = a.spawn_paused(point);
     pg.ctl(&["-m", "fast", "stop"]);
     pause.resume(point);
     // The server's pool gives up after its acquire timeout (10 s).
     run.wait_exit(EVENT_TIMEOUT * 2);
-    assert!(
-        run.log().contains("try again later"),
-        "no clear error:\n{}",
-        run.log()
-    );
+    let log = run.log();
+    assert!(log.contains("try again later"), "no clear error:\n{log}");
     pg.ctl(&["start"]);
-    assert_eq!(
-        b.sync().downloaded,
-        0,
-        "committed while PostgreSQL was down"
-    );
+    let s = b.sync();
+    assert_eq!(s.downloaded, 0, "committed while PostgreSQL was down");
     assert_eq!(a.sync().uploaded, second);
     assert_eq!(b.sync().downloaded, second);
     assert_same_tree(&a, &b);

@@ -15,16 +15,11 @@ const SEEDS: u64 = 12;
 const STEPS: usize = 60;
 
 fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("FSYNC_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    let var = |name| std::env::var(name).ok().and_then(|s| s.parse().ok());
+    if let Some(seed) = var("FSYNC_SIM_SEED") {
         return vec![seed];
     }
-    let n = std::env::var("FSYNC_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(SEEDS);
+    let n = var("FSYNC_SIM_SEEDS").unwrap_or(SEEDS);
     // A different window of seeds every run (printed), so CI explores over time.
     let start: u64 = rand::random::<u32>().into();
     println!("seeds {start}..{}", start + n);

@@ -3,15 +3,14 @@
 //! deleted anywhere; `--reset` starts over without deleting either.
 #![allow(missing_docs)]
 
-use fsync_tests::{assert_same_tree, Account, Client, Server, Summary};
+use fsync_tests::{assert_same_tree, rounds, Account, Client, Server, Summary};
 
 fn synced_pair(server: &Server) -> (Account, Client, Client) {
     let alice = server.register("alice");
     let (a, b) = (alice.device(), alice.device());
     a.write("one.txt", "one");
     a.write("dir/two.txt", "two");
-    a.sync();
-    b.sync();
+    rounds(&[&a, &b]);
     assert_same_tree(&a, &b);
     (alice, a, b)
 }
@@ -35,17 +34,12 @@ fn an_unmounted_root_is_refused_and_nothing_is_deleted() {
     // What an unmounted disk looks like: the mount point is an empty folder.
     std::fs::remove_dir_all(b.root()).unwrap();
     std::fs::create_dir(b.root()).unwrap();
-    let out = b.run(&["--once"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "--once accepted an unmounted root");
+    let stderr = b.run_fails(&["--once"], "--once accepted an unmounted root");
     assert!(
         stderr.contains(".fsync marker"),
         "the error does not name the missing marker:\n{stderr}"
     );
-    assert!(
-        b.tree().is_empty(),
-        "files were written to the unmounted root"
-    );
+    assert!(b.tree().is_empty(), "files written to the unmounted root");
     assert!(!b.path(".fsync").exists(), "the marker was recreated");
     assert_nothing_deleted(&alice, &a);
 
@@ -62,9 +56,7 @@ fn a_missing_root_is_refused_and_nothing_is_deleted() {
     let server = Server::start();
     let (alice, a, b) = synced_pair(&server);
     std::fs::remove_dir_all(b.root()).unwrap();
-    let out = b.run(&["--once"]);
-    assert!(!out.status.success(), "--once accepted a missing root");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = b.run_fails(&["--once"], "--once accepted a missing root");
     assert!(stderr.contains("does not exist"), "{stderr}");
     assert!(!b.root().exists(), "the missing root was created");
     assert_nothing_deleted(&alice, &a);

@@ -5,16 +5,14 @@
 
 use std::io::{Seek, SeekFrom, Write};
 
-use fsync_tests::{assert_same_tree, random_bytes, Backend, Server};
+use fsync_tests::{assert_same_tree, random_bytes, rounds, Backend, Server};
 
 const MIB: usize = 1024 * 1024;
 
 fn basic_operations(backend: Backend) {
-    let Some(server) = Server::start_on(backend) else {
+    let Some((server, a, b)) = Server::start_on(backend).map(Server::pair) else {
         return;
     };
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
     a.write("notes.txt", "first draft\n");
     a.write("empty.txt", "");
     a.write("docs/report.md", random_bytes(1, 200_000));
@@ -39,11 +37,7 @@ fn basic_operations(backend: Backend) {
 
     // A rename and a folder move are metadata operations: no chunk stored, none
     // fetched, no file uploaded or downloaded.
-    let (stored, bytes_in, bytes_out) = (
-        server.chunks_stored(),
-        server.bytes_in(),
-        server.bytes_out(),
-    );
+    let (stored, bytes_in, bytes_out) = server.traffic();
     a.rename("docs/report.md", "docs/report-final.md");
     a.rename("photos/2024", "archive/photos-2024");
     let up = a.sync();
@@ -66,32 +60,20 @@ fn basic_operations(backend: Backend) {
     );
 }
 
-#[test]
-fn create_modify_delete_rename_and_move_converge() {
-    basic_operations(Backend::Sqlite);
-}
-
-#[test]
-fn create_modify_delete_rename_and_move_converge_on_postgres() {
-    basic_operations(Backend::Postgres);
+fsync_tests::backend_tests! {
+    basic_operations: create_modify_delete_rename_and_move_converge,
+    create_modify_delete_rename_and_move_converge_on_postgres
 }
 
 #[test]
 fn a_small_edit_of_a_large_file_sends_only_the_changed_chunks() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (server, a, b) = Server::start().pair();
     let mut data = random_bytes(42, 32 * MIB + 12_345);
     a.write("big.bin", &data);
-    a.sync();
-    b.sync();
+    rounds(&[&a, &b]);
     assert!(b.read("big.bin") == data, "B's copy of big.bin differs");
 
-    let (stored, bytes_in, bytes_out) = (
-        server.chunks_stored(),
-        server.bytes_in(),
-        server.bytes_out(),
-    );
+    let (stored, bytes_in, bytes_out) = server.traffic();
     // Overwrite 10 bytes in the middle, in place (same size, same inode).
     let middle = data.len() / 2;
     data[middle..middle + 10].copy_from_slice(b"0123456789");
@@ -121,9 +103,7 @@ fn a_small_edit_of_a_large_file_sends_only_the_changed_chunks() {
 
 #[test]
 fn ignored_files_never_reach_the_other_device() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (_server, a, b) = Server::start().pair();
     a.write(".fsyncignore", "*.log\nbuild/\n/secret.txt\n");
     a.write("keep.txt", "keep");
     a.write("debug.log", "noise");
@@ -131,10 +111,8 @@ fn ignored_files_never_reach_the_other_device() {
     a.write("build/out.o", "object");
     a.write("secret.txt", "top secret");
     a.write("sub/secret.txt", "only the top-level one is ignored");
-    a.sync();
-    b.sync();
-    let got: Vec<String> = b.tree().into_keys().collect();
-    assert_eq!(got, [".fsyncignore", "keep.txt", "sub/secret.txt"]);
+    rounds(&[&a, &b]);
+    assert_eq!(b.paths(), [".fsyncignore", "keep.txt", "sub/secret.txt"]);
 
     // Editing an ignored file changes nothing; B's ignored files stay on B.
     a.write("debug.log", "more noise");
@@ -143,15 +121,15 @@ fn ignored_files_never_reach_the_other_device() {
     assert_eq!(b.sync().uploaded, 0);
     assert_eq!(a.sync().downloaded, 0);
     assert!(!a.path("b.log").exists());
-    let got: Vec<String> = b.tree().into_keys().collect();
-    assert_eq!(got, [".fsyncignore", "b.log", "keep.txt", "sub/secret.txt"]);
+    assert_eq!(
+        b.paths(),
+        [".fsyncignore", "b.log", "keep.txt", "sub/secret.txt"]
+    );
 }
 
 #[test]
 fn names_that_cannot_be_synced_are_reported_not_sent() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (_server, a, b) = Server::start().pair();
     a.write("fine.txt", "fine");
     // A backslash is a path separator on Windows: the name cannot be synced.
     a.write("back\\slash.txt", "stays here");
@@ -161,14 +139,10 @@ fn names_that_cannot_be_synced_are_reported_not_sent() {
         .find(|l| l.contains("back\\slash.txt"))
         .unwrap_or_else(|| panic!("status does not mention back\\slash.txt:\n{status}"));
     assert!(line.starts_with("not synced"), "{line}");
-    assert!(
-        status.contains("upload pending (new)       fine.txt"),
-        "{status}"
-    );
-    a.sync();
-    b.sync();
-    let got: Vec<String> = b.tree().into_keys().collect();
-    assert_eq!(got, ["fine.txt"]);
+    let pending = "upload pending (new)       fine.txt";
+    assert!(status.contains(pending), "{status}");
+    rounds(&[&a, &b]);
+    assert_eq!(b.paths(), ["fine.txt"]);
     // Still reported after the round.
     assert!(a.run_ok(&["status"]).contains("not synced"));
 }
@@ -178,19 +152,13 @@ fn names_that_cannot_be_synced_are_reported_not_sent() {
 /// replace a file "changed since the last sync", every round, silently.
 #[test]
 fn a_touched_file_still_takes_the_remote_edit() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (_server, a, b) = Server::start().pair();
     a.write("doc.txt", "version 1\n");
-    a.sync();
-    b.sync();
-    b.set_mtime(
-        "doc.txt",
-        std::time::SystemTime::now() + std::time::Duration::from_secs(30),
-    );
+    rounds(&[&a, &b]);
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(30);
+    b.set_mtime("doc.txt", later);
     a.write("doc.txt", "version 2 from A\n");
-    a.sync();
-    b.sync();
+    rounds(&[&a, &b]);
     assert_eq!(b.read("doc.txt"), b"version 2 from A\n");
     assert_eq!(a.sync().uploaded, 0, "the touch was sent as an edit");
     assert_same_tree(&a, &b);
@@ -201,21 +169,16 @@ fn a_touched_file_still_takes_the_remote_edit() {
 /// path — the moved content came back from the dead.
 #[test]
 fn a_move_onto_a_just_deleted_path_resurrects_nothing() {
-    let server = Server::start();
-    let alice = server.register("alice");
-    let (a, b) = (alice.device(), alice.device());
+    let (_server, a, b) = Server::start().pair();
     a.write("old.txt", "the content that moves\n");
     a.write("dest.txt", "the file that is deleted\n");
-    a.sync();
-    b.sync();
+    rounds(&[&a, &b]);
     a.remove("dest.txt");
     a.sync();
     a.rename("old.txt", "dest.txt");
     a.sync();
     // B learns both at once: dest.txt deleted, old.txt moved onto dest.txt.
-    b.sync();
-    a.sync();
-    b.sync();
+    rounds(&[&b, &a, &b]);
     assert_eq!(b.read("dest.txt"), b"the content that moves\n");
     assert!(b.try_read("old.txt").is_none(), "old.txt came back on B");
     assert!(a.try_read("old.txt").is_none(), "old.txt came back on A");

@@ -102,19 +102,14 @@ async fn world(repo: &dyn MetaRepo, name: &str) -> World {
     )
     .await
     .unwrap();
-    let a = repo
-        .register_device(user, None, DeviceId::from_bytes(rand::random()), "a", NOW)
-        .await
-        .unwrap();
-    let b = repo
-        .register_device(user, None, DeviceId::from_bytes(rand::random()), "b", NOW)
-        .await
-        .unwrap();
-    World {
-        ns,
-        a: Actor { user, device: a },
-        b: Actor { user, device: b },
-    }
+    let actor = async |name| {
+        let id = DeviceId::from_bytes(rand::random());
+        let device = repo.register_device(user, None, id, name, NOW).await;
+        let device = device.unwrap();
+        Actor { user, device }
+    };
+    let (a, b) = (actor("a").await, actor("b").await);
+    World { ns, a, b }
 }
 
 /// Stores chunks `ids` and returns a commit of them at `path`.
@@ -146,67 +141,69 @@ async fn commit_req(
     }
 }
 
+fn del_req(ns: NamespaceId, path: &str, base: &VersionVector, key: &str) -> DeleteRequest {
+    DeleteRequest {
+        namespace: ns,
+        path: p(path),
+        base: base.clone(),
+        idempotency_key: key.into(),
+    }
+}
+
+fn mv_req(ns: NamespaceId, from: &str, to: &str, key: &str) -> RenameRequest {
+    RenameRequest {
+        namespace: ns,
+        from: p(from),
+        to: p(to),
+        idempotency_key: key.into(),
+    }
+}
+
+/// The paths `list_files` lists in `ns` (tombstones too when `deleted`), in order.
+async fn paths(repo: &dyn MetaRepo, ns: NamespaceId, deleted: bool) -> Vec<String> {
+    let list = repo.list_files(ns, None, deleted, None, 100).await.unwrap();
+    list.files.iter().map(|f| f.path.to_string()).collect()
+}
+
 #[tokio::test]
 async fn users_devices_and_tokens() {
     for be in backends().await {
-        let repo = &*be.repo;
+        let (repo, name) = (&*be.repo, be.name);
         let w = world(repo, "alice").await;
         let dup = world_dup(repo).await;
         assert!(
             matches!(dup, Err(DbError::UsernameTaken)),
-            "{}: duplicate username",
-            be.name
+            "{name}: duplicate username"
         );
         let u = repo.find_user("alice").await.unwrap().unwrap();
         assert_eq!(u.id, w.a.user);
         assert_eq!(u.kdf, kdf());
         assert!(repo.find_user("nobody").await.unwrap().is_none());
         // A known device id is reused, an unknown one replaced.
-        let again = repo
-            .register_device(
-                w.a.user,
-                Some(w.a.device),
-                DeviceId::from_bytes([1; 8]),
-                "a2",
-                NOW,
-            )
-            .await
-            .unwrap();
-        assert_eq!(again, w.a.device, "{}", be.name);
+        let known = Some(w.a.device);
+        let reregister = async |id: u8, device_name| {
+            let id = DeviceId::from_bytes([id; 8]);
+            let device = repo.register_device(w.a.user, known, id, device_name, NOW);
+            device.await.unwrap()
+        };
+        assert_eq!(reregister(1, "a2").await, w.a.device, "{name}");
         assert_eq!(repo.list_devices(w.a.user).await.unwrap().len(), 2);
         // Refresh tokens rotate once.
         let owner = TokenOwner {
             user: w.a.user,
             device: w.a.device,
         };
-        repo.insert_refresh("h1", owner, NOW + 100, NOW)
-            .await
-            .unwrap();
-        assert_eq!(
-            repo.rotate_refresh("h1", "h2", NOW + 200, NOW)
-                .await
-                .unwrap(),
-            Some(owner)
-        );
-        assert_eq!(
-            repo.rotate_refresh("h1", "h3", NOW + 200, NOW)
-                .await
-                .unwrap(),
-            None,
-            "{}: reuse",
-            be.name
-        );
-        assert_eq!(
-            repo.rotate_refresh("h2", "h4", NOW + 200, NOW + 1000)
-                .await
-                .unwrap(),
-            None,
-            "{}: expired",
-            be.name
-        );
-        repo.insert_refresh("h5", owner, NOW + 100, NOW)
-            .await
-            .unwrap();
+        let insert = async |h| repo.insert_refresh(h, owner, NOW + 100, NOW).await.unwrap();
+        let rotate = async |old, new, now| {
+            let rotated = repo.rotate_refresh(old, new, NOW + 200, now).await;
+            rotated.unwrap()
+        };
+        insert("h1").await;
+        assert_eq!(rotate("h1", "h2", NOW).await, Some(owner));
+        assert_eq!(rotate("h1", "h3", NOW).await, None, "{name}: reuse");
+        let expired = rotate("h2", "h4", NOW + 1000).await;
+        assert_eq!(expired, None, "{name}: expired");
+        insert("h5").await;
         // Logout deletes only the caller's own token: not another device's of the same
         // user, nor another user's.
         let other_device = TokenOwner {
@@ -220,53 +217,26 @@ async fn users_devices_and_tokens() {
         for stranger in [other_device, other_user] {
             assert!(
                 !repo.delete_refresh("h5", stranger).await.unwrap(),
-                "{}: {stranger:?} deleted another's token",
-                be.name
+                "{name}: {stranger:?} deleted another's token"
             );
         }
         assert!(repo.delete_refresh("h5", owner).await.unwrap());
         assert!(!repo.delete_refresh("h5", owner).await.unwrap());
         // Revocation stops the device and its tokens.
-        repo.insert_refresh("h6", owner, NOW + 100, NOW)
-            .await
-            .unwrap();
+        insert("h6").await;
         assert!(repo.device_active(w.a.user, w.a.device, NOW).await.unwrap());
         assert!(repo.revoke_device(w.a.user, w.a.device).await.unwrap());
         assert!(!repo.device_active(w.a.user, w.a.device, NOW).await.unwrap());
-        assert_eq!(
-            repo.rotate_refresh("h6", "h7", NOW + 200, NOW)
-                .await
-                .unwrap(),
-            None
-        );
-        let reg = repo
-            .register_device(
-                w.a.user,
-                Some(w.a.device),
-                DeviceId::from_bytes([2; 8]),
-                "a3",
-                NOW,
-            )
-            .await
-            .unwrap();
-        assert_ne!(
-            reg, w.a.device,
-            "{}: a revoked device is not revived",
-            be.name
-        );
+        assert_eq!(rotate("h6", "h7", NOW).await, None);
+        let reg = reregister(2, "a3").await;
+        assert_ne!(reg, w.a.device, "{name}: a revoked device is not revived");
         let grants = repo.namespaces_of(w.a.user).await.unwrap();
         assert_eq!(grants.len(), 1);
         assert_eq!(grants[0].id, w.ns);
-        assert_eq!(
-            repo.role_in(w.a.user, w.ns).await.unwrap(),
-            Some(Role::Owner)
-        );
-        assert_eq!(
-            repo.role_in(UserId::from_bytes([9; 16]), w.ns)
-                .await
-                .unwrap(),
-            None
-        );
+        let role = repo.role_in(w.a.user, w.ns).await.unwrap();
+        assert_eq!(role, Some(Role::Owner));
+        let stranger = UserId::from_bytes([9; 16]);
+        assert_eq!(repo.role_in(stranger, w.ns).await.unwrap(), None);
     }
 }
 
@@ -290,36 +260,25 @@ async fn world_dup(repo: &dyn MetaRepo) -> Result<(), DbError> {
 #[tokio::test]
 async fn chunks_missing_and_recorded() {
     for be in backends().await {
-        let repo = &*be.repo;
+        let (repo, name) = (&*be.repo, be.name);
         let w = world(repo, "carol").await;
         let ids: Vec<ChunkId> = (0..1200).map(cid).collect();
-        assert_eq!(
-            repo.missing_chunks(w.ns, &ids, NOW).await.unwrap().len(),
-            1200,
-            "{}",
-            be.name
-        );
+        let all = repo.missing_chunks(w.ns, &ids, NOW).await.unwrap();
+        assert_eq!(all.len(), 1200, "{name}");
         let half: Vec<(ChunkId, u64)> = ids.iter().step_by(2).map(|i| (*i, 10)).collect();
         repo.record_chunks(w.ns, &half, NOW).await.unwrap();
         repo.record_chunks(w.ns, &half, NOW + 1).await.unwrap();
         let missing = repo.missing_chunks(w.ns, &ids, NOW).await.unwrap();
-        assert_eq!(
-            missing,
-            ids.iter().skip(1).step_by(2).copied().collect::<Vec<_>>(),
-            "{}",
-            be.name
-        );
+        let odd: Vec<ChunkId> = ids.iter().skip(1).step_by(2).copied().collect();
+        assert_eq!(missing, odd, "{name}");
         assert!(repo.has_chunk(w.ns, cid(0)).await.unwrap());
         assert!(!repo.has_chunk(w.ns, cid(1)).await.unwrap());
         // Chunks are per namespace.
         let other = world(repo, "dave").await;
         assert!(!repo.has_chunk(other.ns, cid(0)).await.unwrap());
         // Duplicates in the question are answered once.
-        let dup = repo
-            .missing_chunks(w.ns, &[cid(1), cid(1)], NOW)
-            .await
-            .unwrap();
-        assert_eq!(dup, vec![cid(1)]);
+        let dup = repo.missing_chunks(w.ns, &[cid(1), cid(1)], NOW).await;
+        assert_eq!(dup.unwrap(), vec![cid(1)]);
     }
 }
 
@@ -329,16 +288,9 @@ async fn commit_rules() {
         let repo = &*be.repo;
         let w = world(repo, "erin").await;
         let name = be.name;
+        let empty = VersionVector::new();
         // New file.
-        let c1 = commit_req(
-            repo,
-            w.ns,
-            "docs/a.txt",
-            &VersionVector::new(),
-            &[1, 2],
-            NOW,
-        )
-        .await;
+        let c1 = commit_req(repo, w.ns, "docs/a.txt", &empty, &[1, 2], NOW).await;
         let r1 = repo.commit(w.a, &c1, NOW).await.unwrap();
         assert_eq!(r1.outcome, CommitOutcome::FastForward, "{name}");
         assert_eq!(r1.head.version, VersionNo(1));
@@ -348,7 +300,7 @@ async fn commit_rules() {
         assert_eq!(again.outcome, CommitOutcome::AlreadyApplied);
         assert_eq!(again.head, r1.head);
         // Missing chunks are listed.
-        let mut bad = commit_req(repo, w.ns, "docs/b.txt", &VersionVector::new(), &[3], NOW).await;
+        let mut bad = commit_req(repo, w.ns, "docs/b.txt", &empty, &[3], NOW).await;
         bad.chunks.push(ChunkRef(cid(999_999), 100));
         bad.size += 100;
         match repo.commit(w.a, &bad, NOW).await {
@@ -356,13 +308,10 @@ async fn commit_rules() {
             other => panic!("{name}: expected missing chunks, got {other:?}"),
         }
         // Sizes must add up.
-        let mut wrong =
-            commit_req(repo, w.ns, "docs/b.txt", &VersionVector::new(), &[3], NOW).await;
+        let mut wrong = commit_req(repo, w.ns, "docs/b.txt", &empty, &[3], NOW).await;
         wrong.size = 5;
-        assert!(matches!(
-            repo.commit(w.a, &wrong, NOW).await,
-            Err(DbError::Invalid(_))
-        ));
+        let refused = repo.commit(w.a, &wrong, NOW).await;
+        assert!(matches!(refused, Err(DbError::Invalid(_))));
         // Fast-forward on top of the head from the other device.
         let c2 = commit_req(repo, w.ns, "docs/a.txt", &r1.head.vv, &[4], NOW + 10).await;
         let r2 = repo.commit(w.b, &c2, NOW).await.unwrap();
@@ -373,25 +322,17 @@ async fn commit_rules() {
         let mut same = c2.clone();
         same.idempotency_key = "same".into();
         same.base = r2.head.vv.clone();
-        assert_eq!(
-            repo.commit(w.b, &same, NOW).await.unwrap().outcome,
-            CommitOutcome::Unchanged
-        );
+        let unchanged = repo.commit(w.b, &same, NOW).await.unwrap();
+        assert_eq!(unchanged.outcome, CommitOutcome::Unchanged);
         // A stale edit with an older mtime loses and becomes a conflict copy.
         let stale = commit_req(repo, w.ns, "docs/a.txt", &r1.head.vv, &[5], NOW + 5).await;
         let lost = repo.commit(w.a, &stale, NOW).await.unwrap();
         assert_eq!(lost.outcome, CommitOutcome::ConflictLost, "{name}");
         assert_eq!(lost.head.file_id, r2.head.file_id);
         let copy = lost.conflict_copy.unwrap();
-        assert!(
-            copy.path.as_str().starts_with("docs/a.sync-conflict-"),
-            "{}",
-            copy.path
-        );
-        assert!(copy
-            .path
-            .as_str()
-            .ends_with(&format!("-{}.txt", w.a.device.short())));
+        let path = copy.path.as_str();
+        assert!(path.starts_with("docs/a.sync-conflict-"), "{path}");
+        assert!(path.ends_with(&format!("-{}.txt", w.a.device.short())));
         assert_eq!(copy.content_hash, Some(stale.content_hash));
         // A stale edit with a newer mtime wins; the old head becomes the copy.
         let newer = commit_req(repo, w.ns, "docs/a.txt", &r1.head.vv, &[6], NOW + 50).await;
@@ -401,15 +342,10 @@ async fn commit_rules() {
         assert!(r2.head.vv.le(&won.head.vv) && r1.head.vv.le(&won.head.vv));
         let copy2 = won.conflict_copy.unwrap();
         assert_eq!(copy2.content_hash, r2.head.content_hash);
-        assert!(copy2
-            .path
-            .as_str()
-            .ends_with(&format!("-{}.txt", w.b.device.short())));
-        let copy_manifest = repo.manifest(copy2.file_id, None).await.unwrap();
-        assert_eq!(
-            copy_manifest.chunks, c2.chunks,
-            "{name}: the copy reuses the chunks"
-        );
+        let suffix = format!("-{}.txt", w.b.device.short());
+        assert!(copy2.path.as_str().ends_with(&suffix));
+        let m = repo.manifest(copy2.file_id, None).await.unwrap();
+        assert_eq!(m.chunks, c2.chunks, "{name}: the copy reuses the chunks");
         // History keeps every version.
         let hist = repo.versions(won.head.file_id).await.unwrap();
         assert_eq!(
@@ -430,46 +366,23 @@ async fn deletes_only_what_was_seen() {
         let r1 = repo.commit(w.a, &c1, NOW).await.unwrap();
         let c2 = commit_req(repo, w.ns, "f.txt", &r1.head.vv, &[2], NOW).await;
         let r2 = repo.commit(w.b, &c2, NOW).await.unwrap();
-        // A deletes what it saw (v1): the modification wins.
-        let del = |base: &VersionVector, key: &str| DeleteRequest {
-            namespace: w.ns,
-            path: p("f.txt"),
-            base: base.clone(),
-            idempotency_key: key.into(),
+        let delete = async |base: &VersionVector, key: &str| {
+            let req = del_req(w.ns, "f.txt", base, key);
+            repo.delete(w.a, &req, NOW).await.unwrap()
         };
-        let kept = repo
-            .delete(w.a, &del(&r1.head.vv, "d1"), NOW)
-            .await
-            .unwrap();
+        // A deletes what it saw (v1): the modification wins.
+        let kept = delete(&r1.head.vv, "d1").await;
         assert_eq!(kept.outcome, Some(DeleteOutcome::KeptModified), "{name}");
         assert!(!kept.files[0].deleted);
-        let gone = repo
-            .delete(w.a, &del(&r2.head.vv, "d2"), NOW)
-            .await
-            .unwrap();
+        let gone = delete(&r2.head.vv, "d2").await;
         assert_eq!(gone.outcome, Some(DeleteOutcome::Deleted), "{name}");
         assert!(gone.files[0].deleted);
         assert_eq!(gone.files[0].content_hash, None);
-        let again = repo
-            .delete(w.a, &del(&gone.files[0].vv, "d3"), NOW)
-            .await
-            .unwrap();
+        let again = delete(&gone.files[0].vv, "d3").await;
         assert_eq!(again.outcome, Some(DeleteOutcome::AlreadyDeleted));
         // Hidden from the list unless asked.
-        assert!(repo
-            .list_files(w.ns, None, false, None, 10)
-            .await
-            .unwrap()
-            .files
-            .is_empty());
-        assert_eq!(
-            repo.list_files(w.ns, None, true, None, 10)
-                .await
-                .unwrap()
-                .files
-                .len(),
-            1
-        );
+        assert!(paths(repo, w.ns, false).await.is_empty());
+        assert_eq!(paths(repo, w.ns, true).await.len(), 1);
         // An edit from a stale base revives it (modification beats deletion).
         let c3 = commit_req(repo, w.ns, "f.txt", &r1.head.vv, &[3], NOW).await;
         let r3 = repo.commit(w.a, &c3, NOW).await.unwrap();
@@ -478,28 +391,15 @@ async fn deletes_only_what_was_seen() {
         assert!(!r3.head.deleted);
         assert!(r3.conflict_copy.is_none());
         // Restore v2 as a new version.
-        let restored = repo
-            .restore(w.b, r1.head.file_id, VersionNo(2), NOW)
-            .await
-            .unwrap();
+        let file = r1.head.file_id;
+        let restored = repo.restore(w.b, file, VersionNo(2), NOW).await.unwrap();
         assert_eq!(restored.head.version, VersionNo(5), "{name}");
         assert_eq!(restored.head.content_hash, r2.head.content_hash);
-        assert_eq!(
-            repo.manifest(r1.head.file_id, None).await.unwrap().chunks,
-            c2.chunks
-        );
-        assert!(matches!(
-            repo.delete(
-                w.a,
-                &DeleteRequest {
-                    path: p("nope"),
-                    ..del(&VersionVector::new(), "d4")
-                },
-                NOW
-            )
-            .await,
-            Err(DbError::NotFound(_))
-        ));
+        let m = repo.manifest(file, None).await.unwrap();
+        assert_eq!(m.chunks, c2.chunks);
+        let nope = del_req(w.ns, "nope", &VersionVector::new(), "d4");
+        let refused = repo.delete(w.a, &nope, NOW).await;
+        assert!(matches!(refused, Err(DbError::NotFound(_))));
     }
 }
 
@@ -510,38 +410,19 @@ async fn renames_move_files_and_folders_without_data() {
         let name = be.name;
         let w = world(repo, "gina").await;
         let mut ids = Vec::new();
-        for (i, path) in ["dir/a", "dir/sub/b", "dir/sub/c", "dirx/d", "top"]
-            .iter()
-            .enumerate()
-        {
-            let c = commit_req(
-                repo,
-                w.ns,
-                path,
-                &VersionVector::new(),
-                &[i as u32 + 10],
-                NOW,
-            )
-            .await;
+        let empty = VersionVector::new();
+        let files = ["dir/a", "dir/sub/b", "dir/sub/c", "dirx/d", "top"];
+        for (i, path) in files.iter().enumerate() {
+            let c = commit_req(repo, w.ns, path, &empty, &[i as u32 + 10], NOW).await;
             ids.push(repo.commit(w.a, &c, NOW).await.unwrap().head.file_id);
         }
-        let mv = |from: &str, to: &str, key: &str| RenameRequest {
-            namespace: w.ns,
-            from: p(from),
-            to: p(to),
-            idempotency_key: key.into(),
-        };
-        let r = repo
-            .rename(w.a, &mv("top", "moved/top", "r1"), NOW)
-            .await
-            .unwrap();
+        let rename =
+            async |from, to, key| repo.rename(w.a, &mv_req(w.ns, from, to, key), NOW).await;
+        let r = rename("top", "moved/top", "r1").await.unwrap();
         assert_eq!(r.files.len(), 1);
         assert_eq!(r.files[0].file_id, ids[4]);
         assert_eq!(r.files[0].path, p("moved/top"));
-        let r = repo
-            .rename(w.a, &mv("dir", "new", "r2"), NOW)
-            .await
-            .unwrap();
+        let r = rename("dir", "new", "r2").await.unwrap();
         let moved: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             moved,
@@ -553,37 +434,25 @@ async fn renames_move_files_and_folders_without_data() {
             ids[..3].to_vec()
         );
         // The same request again is answered from the idempotency record.
-        assert_eq!(
-            repo.rename(w.a, &mv("dir", "new", "r2"), NOW)
-                .await
-                .unwrap(),
-            r
-        );
+        assert_eq!(rename("dir", "new", "r2").await.unwrap(), r);
         assert!(matches!(
-            repo.rename(w.a, &mv("new", "dirx/d", "r3"), NOW).await,
+            rename("new", "dirx/d", "r3").await,
             Err(DbError::PathExists(_))
         ));
         assert!(matches!(
-            repo.rename(w.a, &mv("new", "new/inner", "r4"), NOW).await,
+            rename("new", "new/inner", "r4").await,
             Err(DbError::Invalid(RequestError::MoveIntoItself))
         ));
         assert!(matches!(
-            repo.rename(w.a, &mv("absent", "x", "r5"), NOW).await,
+            rename("absent", "x", "r5").await,
             Err(DbError::NotFound(_))
         ));
-        let all = repo.list_files(w.ns, None, false, None, 100).await.unwrap();
-        let paths: Vec<&str> = all.files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            vec!["dirx/d", "moved/top", "new/a", "new/sub/b", "new/sub/c"],
-            "{name}"
-        );
+        let paths = paths(repo, w.ns, false).await;
+        let want = ["dirx/d", "moved/top", "new/a", "new/sub/b", "new/sub/c"];
+        assert_eq!(paths, want, "{name}");
         // Prefix listing and pagination.
-        let sub = repo
-            .list_files(w.ns, Some("new/sub"), false, None, 100)
-            .await
-            .unwrap();
-        assert_eq!(sub.files.len(), 2);
+        let sub = repo.list_files(w.ns, Some("new/sub"), false, None, 100);
+        assert_eq!(sub.await.unwrap().files.len(), 2);
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -607,16 +476,9 @@ async fn journal_is_ordered_and_paginated() {
         let repo = &*be.repo;
         let name = be.name;
         let w = world(repo, "hank").await;
+        let empty = VersionVector::new();
         for i in 0..7u32 {
-            let c = commit_req(
-                repo,
-                w.ns,
-                &format!("f{i}"),
-                &VersionVector::new(),
-                &[i + 100],
-                NOW,
-            )
-            .await;
+            let c = commit_req(repo, w.ns, &format!("f{i}"), &empty, &[i + 100], NOW).await;
             repo.commit(w.a, &c, NOW).await.unwrap();
         }
         let all = repo.changes(w.ns, Seq(0), 100).await.unwrap();
@@ -625,26 +487,16 @@ async fn journal_is_ordered_and_paginated() {
         assert!(all.changes.windows(2).all(|p| p[0].seq < p[1].seq));
         assert_eq!(all.cursor, all.changes.last().unwrap().seq);
         assert_eq!(repo.last_seq(w.ns).await.unwrap(), all.cursor);
-        assert!(repo
-            .changes(w.ns, all.cursor, 100)
-            .await
-            .unwrap()
-            .changes
-            .is_empty());
+        let after = repo.changes(w.ns, all.cursor, 100).await.unwrap();
+        assert!(after.changes.is_empty());
         let first = repo.changes(w.ns, Seq(0), 3).await.unwrap();
         assert_eq!(first.changes.len(), 3);
         assert!(first.has_more);
         let rest = repo.changes(w.ns, first.cursor, 100).await.unwrap();
         assert_eq!(rest.changes.len(), 4);
         let other = world(repo, "ivan").await;
-        assert!(
-            repo.changes(other.ns, Seq(0), 100)
-                .await
-                .unwrap()
-                .changes
-                .is_empty(),
-            "{name}: namespaces are separate"
-        );
+        let theirs = repo.changes(other.ns, Seq(0), 100).await.unwrap();
+        assert!(theirs.changes.is_empty(), "{name}: namespaces are separate");
     }
 }
 
@@ -663,15 +515,8 @@ async fn concurrent_commits_lose_nothing() {
                 let mut base = VersionVector::new();
                 let mut hashes = Vec::new();
                 for i in 0..rounds {
-                    let c = commit_req(
-                        &*repo,
-                        w.ns,
-                        "shared.txt",
-                        &base,
-                        &[offset + i],
-                        NOW + i64::from(i),
-                    )
-                    .await;
+                    let (ids, mtime) = ([offset + i], NOW + i64::from(i));
+                    let c = commit_req(&*repo, w.ns, "shared.txt", &base, &ids, mtime).await;
                     hashes.push(c.content_hash);
                     let r = repo.commit(actor, &c, NOW).await.unwrap();
                     base = r.head.vv.clone();
@@ -680,11 +525,8 @@ async fn concurrent_commits_lose_nothing() {
             }
         };
         let (ha, hb) = tokio::join!(run(w.a, 1000), run(w.b, 2000));
-        let files = repo
-            .list_files(w.ns, None, true, None, 1000)
-            .await
-            .unwrap()
-            .files;
+        let files = repo.list_files(w.ns, None, true, None, 1000).await;
+        let files = files.unwrap().files;
         let mut reachable = HashSet::new();
         for f in &files {
             for v in repo.versions(f.file_id).await.unwrap() {
@@ -700,13 +542,10 @@ async fn concurrent_commits_lose_nothing() {
         let journal = repo.changes(w.ns, Seq(0), 10_000).await.unwrap().changes;
         let seqs: HashSet<Seq> = journal.iter().map(|c| c.seq).collect();
         assert_eq!(seqs.len(), journal.len(), "{name}: seqs are unique");
-        assert_eq!(
-            files
-                .iter()
-                .filter(|f| f.path.as_str() == "shared.txt" && !f.deleted)
-                .count(),
-            1
-        );
+        let live = files
+            .iter()
+            .filter(|f| f.path.as_str() == "shared.txt" && !f.deleted);
+        assert_eq!(live.count(), 1);
     }
 }
 
@@ -729,12 +568,7 @@ async fn saturating_version_counters_are_refused() {
             }
             other => panic!("{name}: a saturating base was accepted: {other:?}"),
         }
-        let del = DeleteRequest {
-            namespace: w.ns,
-            path: p("s.txt"),
-            base,
-            idempotency_key: "sat-delete".into(),
-        };
+        let del = del_req(w.ns, "s.txt", &base, "sat-delete");
         assert!(
             matches!(repo.delete(w.b, &del, NOW).await, Err(DbError::Invalid(_))),
             "{name}: a saturating delete base was accepted"
@@ -796,26 +630,12 @@ async fn a_batch_applies_each_event_as_alone() {
         let mut bad_size = commit_req(repo, w.ns, "bad.txt", &empty, &[13], NOW).await;
         bad_size.size += 1;
         let good2 = commit_req(repo, w.ns, "new2.txt", &empty, &[14], NOW).await;
-        let ghost_delete = DeleteRequest {
-            namespace: w.ns,
-            path: p("nowhere.txt"),
-            base: empty.clone(),
-            idempotency_key: "ghost-delete".into(),
-        };
+        let ghost_delete = del_req(w.ns, "nowhere.txt", &empty, "ghost-delete");
         // Deletes new1.txt as committed by this very batch (a new file's vector is
         // {A: 1}): the delete must see the commit before it.
-        let delete_new1 = DeleteRequest {
-            namespace: w.ns,
-            path: p("new1.txt"),
-            base: empty.incremented(w.a.device),
-            idempotency_key: "delete-new1".into(),
-        };
-        let rename_new2 = RenameRequest {
-            namespace: w.ns,
-            from: p("new2.txt"),
-            to: p("moved/new2.txt"),
-            idempotency_key: "rename-new2".into(),
-        };
+        let new1_vv = empty.incremented(w.a.device);
+        let delete_new1 = del_req(w.ns, "new1.txt", &new1_vv, "delete-new1");
+        let rename_new2 = mv_req(w.ns, "new2.txt", "moved/new2.txt", "rename-new2");
         // The same content at the old name after the rename: a new file, not a merge
         // with the moved one.
         let recreate = CommitRequest {
@@ -896,19 +716,10 @@ async fn a_batch_applies_each_event_as_alone() {
             "{name}"
         );
         assert_eq!(journal.changes[5].old_path, Some(p("new2.txt")), "{name}");
-        assert_eq!(
-            repo.last_seq(w.ns).await.unwrap(),
-            *expected.last().unwrap()
-        );
+        let last = *expected.last().unwrap();
+        assert_eq!(repo.last_seq(w.ns).await.unwrap(), last);
         // What is stored: the refused events left nothing.
-        let mut live: Vec<String> = repo
-            .list_files(w.ns, None, false, None, 100)
-            .await
-            .unwrap()
-            .files
-            .iter()
-            .map(|f| f.path.to_string())
-            .collect();
+        let mut live = paths(repo, w.ns, false).await;
         live.sort();
         let mut want = vec![
             "moved/new2.txt".to_owned(),
@@ -926,37 +737,23 @@ async fn a_batch_applies_each_event_as_alone() {
         for i in [0, 2, 4, 8] {
             expected_kinds[i] = "AlreadyApplied".into();
         }
-        assert_eq!(
-            retry.iter().map(kind).collect::<Vec<_>>(),
-            expected_kinds,
-            "{name}"
-        );
+        let retry_kinds: Vec<String> = retry.iter().map(kind).collect();
+        assert_eq!(retry_kinds, expected_kinds, "{name}");
         for i in [0, 2, 4, 8] {
-            assert_eq!(committed(&retry[i]).head, committed(&res[i]).head, "{name}");
-            assert_eq!(
-                committed(&retry[i]).conflict_copy,
-                committed(&res[i]).conflict_copy,
-                "{name}"
-            );
+            let (again, first) = (committed(&retry[i]), committed(&res[i]));
+            assert_eq!(again.head, first.head, "{name}");
+            assert_eq!(again.conflict_copy, first.conflict_copy, "{name}");
         }
         assert_eq!(applied(&retry[6]), applied(&res[6]), "{name}");
         assert_eq!(applied(&retry[7]), applied(&res[7]), "{name}");
-        assert_eq!(
-            repo.last_seq(w.ns).await.unwrap(),
-            *expected.last().unwrap(),
-            "{name}: a retry writes nothing"
-        );
+        let seq = repo.last_seq(w.ns).await.unwrap();
+        assert_eq!(seq, last, "{name}: a retry writes nothing");
         // Once the missing chunk is uploaded, a retry commits that event too.
-        repo.record_chunks(w.ns, &[(cid(777_777), 130)], NOW)
-            .await
-            .unwrap();
+        let uploaded = repo.record_chunks(w.ns, &[(cid(777_777), 130)], NOW).await;
+        uploaded.unwrap();
         let third = repo.apply_batch(w.a, &ops, NOW + 2).await;
         assert_eq!(kind(&third[1]), "FastForward", "{name}");
-        assert_eq!(
-            committed(&third[1]).head.seq,
-            Seq(expected.last().unwrap().0 + 1),
-            "{name}"
-        );
+        assert_eq!(committed(&third[1]).head.seq, Seq(last.0 + 1), "{name}");
     }
 }
 
@@ -985,17 +782,9 @@ async fn a_batch_across_namespaces_keeps_order() {
             BatchOp::Commit(&c),
         ];
         let res = repo.apply_batch(w1.a, &ops, NOW).await;
-        assert_eq!(
-            res.iter().map(kind).collect::<Vec<_>>(),
-            [
-                "FastForward",
-                "FastForward",
-                "error namespace",
-                "error namespace",
-                "FastForward"
-            ],
-            "{name}"
-        );
+        let (ok, gone) = ("FastForward", "error namespace");
+        let kinds: Vec<String> = res.iter().map(kind).collect();
+        assert_eq!(kinds, [ok, ok, gone, gone, ok], "{name}");
         assert_eq!(committed(&res[0]).head.seq, Seq(1), "{name}");
         assert_eq!(committed(&res[1]).head.namespace, w2.ns, "{name}");
         assert_eq!(committed(&res[1]).head.seq, Seq(1), "{name}");
@@ -1048,9 +837,8 @@ async fn lookups_touch_only_stale_chunks() {
         let repo = &*be.repo;
         let name = be.name;
         let w = world(repo, "toucher").await;
-        repo.record_chunks(w.ns, &[(cid(1), 10), (cid(2), 10)], NOW)
-            .await
-            .unwrap();
+        let recorded = [(cid(1), 10), (cid(2), 10)];
+        repo.record_chunks(w.ns, &recorded, NOW).await.unwrap();
         let touched = |id: u32| {
             sqlx::query_scalar::<_, i64>(
                 "SELECT last_touched FROM chunks WHERE namespace_id = $1 AND id = $2",
@@ -1062,19 +850,13 @@ async fn lookups_touch_only_stale_chunks() {
         let slack = super::sql::TOUCH_SLACK_SECS;
         // Within the slack: left alone.
         let soon = NOW + slack - 1;
-        assert!(repo
-            .missing_chunks(w.ns, &[cid(1), cid(2)], soon)
-            .await
-            .unwrap()
-            .is_empty());
+        let missing = repo.missing_chunks(w.ns, &[cid(1), cid(2)], soon).await;
+        assert!(missing.unwrap().is_empty());
         assert_eq!(touched(1).await.unwrap(), NOW, "{name}");
         // Past it: touched.
         let later = NOW + slack + 1;
-        let missing = repo
-            .missing_chunks(w.ns, &[cid(9), cid(1)], later)
-            .await
-            .unwrap();
-        assert_eq!(missing, vec![cid(9)], "{name}");
+        let missing = repo.missing_chunks(w.ns, &[cid(9), cid(1)], later).await;
+        assert_eq!(missing.unwrap(), vec![cid(9)], "{name}");
         assert_eq!(touched(1).await.unwrap(), later, "{name}");
         assert_eq!(touched(2).await.unwrap(), NOW, "{name}");
     }

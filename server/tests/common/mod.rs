@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fsync_common::wire::PushMessage;
 use fsync_common::wire::{
-    ChunkRef, CommitRequest, CommitResponse, KdfParams, LoginResponse, RegisterResponse,
+    ChunkRef, CommitRequest, CommitResponse, KdfParams, LoginResponse, OpResponse, RegisterResponse,
 };
 use fsync_common::{ChunkId, ContentHash, DeviceId, NamespaceId, UserId, VersionVector};
 use fsync_server::AppState;
@@ -16,7 +16,7 @@ use fsync_store::BlobCodec;
 use fsync_testkit::keys::NewAccount;
 use fsync_testkit::postgres::{test_database_url, ScratchDatabase};
 use fsync_testkit::server::{Database, TestServer};
-use futures_util::StreamExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -24,15 +24,19 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Runs `$scenario(&Server)` on a fresh server for every configured backend.
+/// Runs `$scenario(&Server)` on a fresh server for every configured backend, after
+/// `$tweak(&mut AppState)` when given (see [`Server::start_with`]).
 #[allow(unused_macros)]
 macro_rules! on_every_backend {
     ($name:ident => $scenario:path) => {
+        on_every_backend!($name, |_| {} => $scenario);
+    };
+    ($name:ident, $tweak:expr => $scenario:path) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
             for backend in backends() {
                 eprintln!("--- {} on {backend}", stringify!($name));
-                let srv = Server::start(&backend).await;
+                let srv = Server::start_with(&backend, $tweak).await;
                 $scenario(&srv).await;
             }
         }
@@ -54,6 +58,19 @@ pub struct Claims {
     pub device: String,
     pub iat: u64,
     pub exp: u64,
+}
+
+impl Claims {
+    /// The claims of `user` on `dev`, issued at `iat`, expiring at `exp` (Unix seconds).
+    pub fn of(user: &User, dev: &Device, iat: u64, exp: u64) -> Self {
+        let (sub, device) = (user.id.to_hex(), dev.id.to_hex());
+        Self {
+            sub,
+            device,
+            iat,
+            exp,
+        }
+    }
 }
 
 /// A token with `claims`, signed with `alg` and `secret`.
@@ -84,6 +101,31 @@ pub fn ws_request(
             .insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
     req
+}
+
+/// Opens `/api/v1/ws`, with a bearer header when given; a refused handshake is
+/// returned as the HTTP response it was.
+pub async fn ws_connect(srv: &Server, token: Option<&str>) -> Result<Ws, Resp> {
+    match tokio_tungstenite::connect_async(ws_request(srv, token)).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(Resp {
+            status: StatusCode::from_u16(resp.status().as_u16()).unwrap(),
+            headers: HeaderMap::new(),
+            body: resp.body().clone().unwrap_or_default(),
+        }),
+        Err(e) => panic!("WebSocket handshake failed below HTTP: {e}"),
+    }
+}
+
+/// Opens `/api/v1/ws` (see [`ws_connect`]); panics when it is refused.
+pub async fn ws_open(srv: &Server, token: Option<&str>) -> Ws {
+    ws_connect(srv, token).await.expect("a WebSocket upgrade")
+}
+
+/// Sends the first-message authentication with `token`.
+pub async fn ws_auth(ws: &mut Ws, token: &str) {
+    let auth = serde_json::json!({"type": "auth", "token": token});
+    ws.send(Message::text(auth.to_string())).await.unwrap();
 }
 
 /// The next frame that is not a heartbeat (or ping/pong), within [`EVENT_TIMEOUT`];
@@ -271,6 +313,41 @@ impl Server {
             .await
     }
 
+    /// `GET path`, answered 200 with a `T`.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str, token: Option<&str>) -> T {
+        self.get(path, token).await.expect(200).json()
+    }
+
+    /// `POST path` with a JSON body, answered 200 with a `T`.
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &(impl Serialize + ?Sized),
+    ) -> T {
+        self.post(path, token, body).await.expect(200).json()
+    }
+
+    /// `POST path` with `body` sent as `content_type`, whatever it holds.
+    pub async fn post_raw(&self, path: &str, tok: Option<&str>, ty: &str, body: &str) -> Resp {
+        let rb = self
+            .request(Method::POST, path, tok)
+            .header("content-type", ty);
+        self.send(rb.body(body.to_owned())).await
+    }
+
+    /// `DELETE /api/v1/devices/{id}`: revokes a device.
+    pub async fn revoke(&self, token: Option<&str>, id: impl fmt::Display) -> Resp {
+        let path = format!("/api/v1/devices/{id}");
+        self.send(self.request(Method::DELETE, &path, token)).await
+    }
+
+    /// `POST /api/v1/auth/refresh` with the refresh token `refresh`.
+    pub async fn refresh(&self, refresh: &str) -> Resp {
+        let body = serde_json::json!({ "refresh_token": refresh });
+        self.post("/api/v1/auth/refresh", None, &body).await
+    }
+
     /// `POST path` with raw bytes.
     pub async fn post_bytes(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
         self.send_bytes(Method::POST, path, token, body).await
@@ -344,6 +421,43 @@ impl Resp {
             .to_owned()
     }
 
+    /// Asserts 401 `unauthorized`.
+    #[track_caller]
+    pub fn unauthorized(self) -> Self {
+        self.expect_error(401, "unauthorized")
+    }
+
+    /// Asserts 404 `not_found`.
+    #[track_caller]
+    pub fn not_found(self) -> Self {
+        self.expect_error(404, "not_found")
+    }
+
+    /// Asserts 429 `rate_limited`.
+    #[track_caller]
+    pub fn rate_limited(self) -> Self {
+        self.expect_error(429, "rate_limited")
+    }
+
+    /// Asserts 400 `bad_request`.
+    #[track_caller]
+    pub fn bad_request(self) -> Self {
+        self.expect_error(400, "bad_request")
+    }
+
+    /// `error.message` of an error body.
+    #[track_caller]
+    pub fn message(&self) -> String {
+        let m = self.value()["error"]["message"].as_str().map(str::to_owned);
+        m.unwrap_or_else(|| panic!("no error message: {self:?}"))
+    }
+
+    /// Whether the body is declared JSON.
+    pub fn is_json(&self) -> bool {
+        let ty = self.headers["content-type"].to_str().unwrap();
+        ty.starts_with("application/json")
+    }
+
     /// Asserts status and error code together.
     #[track_caller]
     pub fn expect_error(self, status: u16, code: &str) -> Self {
@@ -386,6 +500,18 @@ pub struct Device {
     pub id: DeviceId,
     /// The whole login answer.
     pub login: LoginResponse,
+}
+
+/// `/api/v1/chunks/{id}?namespace={ns}`.
+pub fn chunk_path(id: &ChunkId, ns: NamespaceId) -> String {
+    format!("/api/v1/chunks/{id}?namespace={ns}")
+}
+
+/// A user named after `prefix`, registered, and its first device logged in as `device`.
+pub async fn account(srv: &Server, prefix: &str, device: &str) -> (User, Device) {
+    let user = register(srv, &username(prefix)).await;
+    let dev = user.login(srv, device).await;
+    (user, dev)
 }
 
 /// Registers `username` the way a client does and returns the account.
@@ -454,11 +580,7 @@ impl User {
     pub async fn upload(&self, srv: &Server, dev: &Device, data: &[u8]) -> ChunkRef {
         let (id, blob) = self.blob(data);
         let r = srv
-            .put_bytes(
-                &format!("/api/v1/chunks/{id}?namespace={}", self.namespace),
-                Some(&dev.token),
-                blob,
-            )
+            .put_bytes(&chunk_path(&id, self.namespace), Some(&dev.token), blob)
             .await;
         assert!(
             matches!(r.status.as_u16(), 200 | 201),
@@ -502,10 +624,51 @@ impl User {
         mtime: i64,
     ) -> CommitResponse {
         let req = self.commit_req(srv, dev, path, data, base, mtime).await;
-        srv.post("/api/v1/files/upload", Some(&dev.token), &req)
+        srv.post_json("/api/v1/files/upload", Some(&dev.token), &req)
             .await
-            .expect(200)
-            .json()
+    }
+
+    /// [`User::commit`] of a new file: from the empty base, at [`T0`].
+    pub async fn create(
+        &self,
+        srv: &Server,
+        dev: &Device,
+        path: &str,
+        data: &[u8],
+    ) -> CommitResponse {
+        self.commit(srv, dev, path, data, &empty(), T0).await
+    }
+
+    /// The body of a delete of `path` from `base`, with a fresh idempotency key.
+    pub fn delete_body(&self, path: &str, base: &VersionVector) -> Value {
+        let key = random_key();
+        serde_json::json!({"namespace": self.namespace, "path": path, "base": base, "idempotency_key": key})
+    }
+
+    /// The body of a rename of `from` to `to`, with a fresh idempotency key.
+    pub fn rename_body(&self, from: &str, to: &str) -> Value {
+        let key = random_key();
+        serde_json::json!({"namespace": self.namespace, "from": from, "to": to, "idempotency_key": key})
+    }
+
+    /// Deletes `path` from `base`; asserts 200.
+    pub async fn delete(
+        &self,
+        srv: &Server,
+        dev: &Device,
+        path: &str,
+        base: &VersionVector,
+    ) -> OpResponse {
+        let body = self.delete_body(path, base);
+        srv.post_json("/api/v1/files/delete", Some(&dev.token), &body)
+            .await
+    }
+
+    /// Renames `from` to `to`; asserts 200.
+    pub async fn rename(&self, srv: &Server, dev: &Device, from: &str, to: &str) -> OpResponse {
+        let body = self.rename_body(from, to);
+        srv.post_json("/api/v1/files/rename", Some(&dev.token), &body)
+            .await
     }
 }
 
