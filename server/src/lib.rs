@@ -34,8 +34,8 @@ pub use auth::tokens::{hash_refresh_token, Claims, TokenError, TokenService};
 pub use config::{load_dotenv, parse_log_level, Config, ConfigError, LogFormat, StorageConfig};
 pub use db::{
     open as open_repo, open_postgres, open_sqlite, AccountRepo, Actor, BatchAnswer, BatchOp,
-    BlobConfirm, ChunkRepo, DbError, FileRepo, JournalRepo, MetaRepo, NewUser, TokenOwner,
-    WriteRepo,
+    BlobConfirm, BlobLocation, ChunkRepo, DbError, FileRepo, JournalRepo, MetaRepo, NewPack,
+    NewUser, TokenOwner, WriteRepo,
 };
 pub use domain::uploads::{put_blobs, record_stored, store_chunks, PutBlobs, UploadError};
 pub use gc::{

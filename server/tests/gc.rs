@@ -1,6 +1,7 @@
 //! Garbage collection (`fsync-gc`) on SQLite and PostgreSQL: retention, the sweep,
-//! orphan blobs, dry runs, verify, one collection at a time, and the race between a
-//! held upload's commit and a running sweep.
+//! packs (dropped when empty, repacked when mostly dead), orphan packs and blobs, the
+//! loose blobs of a store written before packs, dry runs, verify, one collection at a
+//! time, and the race between a held upload's commit and a running sweep.
 //!
 //! PostgreSQL runs when `FSYNC_TEST_DATABASE_URL` is set (and must when `CI` is set).
 
@@ -11,15 +12,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fsync_common::wire::{ChunkRef, CommitRequest, DeleteRequest};
+use fsync_common::PackId;
 use fsync_common::{
     ChunkId, ContentHash, DeviceId, FileId, NamespaceId, SyncPath, UserId, VersionVector,
 };
+use fsync_server::BlobLocation;
 use fsync_server::{
     open_repo, put_blobs, record_stored, store_chunks, Actor, Collector, Damage, DbError, GcError,
     GcEvent, GcHook, GcStage, MetaRepo, NewUser, NoProgress, Retention, RunOptions, RunReport,
     Stats, VerifyReport,
 };
-use fsync_store::{BlobInfo, BlobStore, LocalStore, PutOutcome, StoreError};
+use fsync_store::{BlobStore, LocalPacks, LocalStore, PackInfo, PackStore, StoreError};
 use fsync_testkit::postgres::{test_database_url, ScratchDatabase};
 use futures_util::FutureExt as _;
 
@@ -42,38 +45,66 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
 
 // ------------------------------------------------------------------ harness
 
-/// One database with its blob store and a user with one namespace.
+/// One database with its stores (packs, and the loose blobs of an older store) and a
+/// user with one namespace.
 struct Env {
     name: &'static str,
     url: String,
     repo: Arc<dyn MetaRepo>,
+    /// The `FILES_DIRECTORY`.
+    files: std::path::PathBuf,
     blobs: Arc<LocalStore>,
+    packs: Arc<LocalPacks>,
     ns: NamespaceId,
     actor: Actor,
     _dir: tempfile::TempDir,
 }
 
 impl Env {
-    async fn collector_over(&self, blobs: Arc<dyn BlobStore>) -> Collector {
-        Collector::open(&self.url, blobs).await.unwrap()
+    async fn collector_over(&self, packs: Arc<dyn PackStore>) -> Collector {
+        Collector::open(&self.url, self.blobs.clone(), packs)
+            .await
+            .unwrap()
     }
 
     async fn collector(&self) -> Collector {
-        self.collector_over(self.blobs.clone()).await
+        self.collector_over(self.packs.clone()).await
     }
 
-    /// Uploads blobs `ids` (content derived from the id) at time `now`.
+    /// Uploads blobs `ids` (content derived from the id) at time `now`: one pack.
     async fn upload(&self, ids: &[ChunkId], now: i64) {
-        store_chunks(&*self.repo, &*self.blobs, self.ns, blobs_of(ids), now)
+        self.upload_to(self.ns, ids, now).await;
+    }
+
+    async fn upload_to(&self, ns: NamespaceId, ids: &[ChunkId], now: i64) {
+        store_chunks(&*self.repo, &*self.packs, ns, blobs_of(ids), now)
             .await
             .unwrap();
     }
 
-    /// Puts the blobs of `ids` without recording them: orphans.
+    /// Stores `ids` as the release before packs did: a loose blob each, recorded.
+    async fn upload_loose(&self, ids: &[ChunkId], now: i64) {
+        self.put_orphans(ids).await;
+        let rows: Vec<_> = ids.iter().map(|id| (*id, blob_len(*id))).collect();
+        self.repo.record_chunks(self.ns, &rows, now).await.unwrap();
+    }
+
+    /// Puts loose blobs of `ids` without recording them: orphans.
     async fn put_orphans(&self, ids: &[ChunkId]) {
         for id in ids {
             self.blobs.put(&self.ns, id, blob_of(*id)).await.unwrap();
         }
+    }
+
+    /// The pack files of the namespace.
+    async fn pack_files(&self) -> Vec<PackInfo> {
+        self.packs.list(&self.ns, None, 10_000).await.unwrap()
+    }
+
+    /// Where the blob of `id` is recorded.
+    async fn location(&self, id: ChunkId) -> Option<BlobLocation> {
+        let found = self.repo.locate_chunks(self.ns, &[id]).await.unwrap();
+        found.get(&id).copied()
     }
 
     /// Commits `ids` as the content of `path` (a new version on top of `base`).
@@ -120,15 +151,33 @@ impl Env {
         self.repo.has_chunk(self.ns, id).await.unwrap()
     }
 
+    /// A loose blob of `id` is in the store.
     async fn has_blob(&self, id: ChunkId) -> bool {
         self.blobs.contains_many(&self.ns, &[id]).await.unwrap()[0]
+    }
+
+    /// The blob of `id` in `ns` can be read: where its row says, or (no row) as a
+    /// loose blob. A packed blob whose row went is unreachable, whatever bytes of its
+    /// pack are still on disk (those the pack passes account for).
+    async fn readable_in(&self, ns: NamespaceId, id: ChunkId) -> bool {
+        let found = self.repo.locate_chunks(ns, &[id]).await.unwrap();
+        match found.get(&id) {
+            Some(BlobLocation::Packed { pack, offset, len }) => {
+                let range = *offset..offset + u64::from(*len);
+                match self.packs.read(&ns, pack, range).await {
+                    Ok(b) => fsync_store::check_blob_header(&b).is_ok(),
+                    Err(_) => false,
+                }
+            }
+            _ => self.blobs.contains_many(&ns, &[id]).await.unwrap()[0],
+        }
     }
 
     /// Row and blob of `id` in `ns` both present (`Some(true)`), both absent
     /// (`Some(false)`), or not in step (`None`).
     async fn stored_in(&self, ns: NamespaceId, id: ChunkId) -> Option<bool> {
         let row = self.repo.has_chunk(ns, id).await.unwrap();
-        let blob = self.blobs.contains_many(&ns, &[id]).await.unwrap()[0];
+        let blob = self.readable_in(ns, id).await;
         (row == blob).then_some(row)
     }
 
@@ -186,10 +235,26 @@ fn chunks(n: usize) -> Vec<ChunkId> {
     (0..n as u32).map(chunk).collect()
 }
 
+/// A blob for `id`: a real one (the pack checks read blob headers), of a length that
+/// depends on the id only.
 fn blob_of(id: ChunkId) -> Vec<u8> {
-    let mut b = id.to_hex().into_bytes();
-    b.truncate(16 + (id.as_bytes()[31] as usize % 48));
-    b
+    static CODEC: std::sync::OnceLock<fsync_store::BlobCodec> = std::sync::OnceLock::new();
+    let codec = CODEC.get_or_init(|| {
+        fsync_store::BlobCodec::new(&fsync_store::NamespaceKey::generate().derive())
+    });
+    let mut plain = id.to_hex().into_bytes();
+    plain.truncate(16 + (id.as_bytes()[31] as usize % 48));
+    // Hex digits would compress; these bytes do not, so the length is fixed.
+    let plain: Vec<u8> = plain
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ (i as u8).wrapping_mul(97))
+        .collect();
+    codec.encode(&id, &plain).unwrap()
+}
+
+fn blob_len(id: ChunkId) -> u64 {
+    blob_of(id).len() as u64
 }
 
 fn blobs_of(ids: &[ChunkId]) -> Vec<(ChunkId, Vec<u8>)> {
@@ -232,12 +297,16 @@ async fn envs() -> Vec<Env> {
         let ns = NamespaceId::from_bytes(rand::random());
         let user = create_user(&*repo, ns).await;
         let actor = new_device(&*repo, user, "d", 0).await;
-        let blobs = Arc::new(LocalStore::open(dir.path().join("blobs")).unwrap());
+        let files = dir.path().join("files");
+        let blobs = Arc::new(LocalStore::open(&files).unwrap());
+        let packs = Arc::new(LocalPacks::open(&files).unwrap());
         out.push(Env {
             name,
             url,
             repo,
+            files,
             blobs,
+            packs,
             ns,
             actor,
             _dir: dir,
@@ -468,19 +537,26 @@ async fn a_dry_run_deletes_nothing_and_predicts_the_run() {
         assert_eq!(dry.orphan_blobs_deleted, 2, "{}", env.name);
         // Equal to the run but for the time taken and the dry-run flag.
         let mut real = env.run(o).await;
-        (real.elapsed_ms, real.dry_run) = (dry.elapsed_ms, true);
+        (real.elapsed_ms, real.repack_ms, real.dry_run) = (dry.elapsed_ms, dry.repack_ms, true);
         assert_eq!(real, dry, "{}: the dry run predicted the run", env.name);
         env.assert_verify_clean().await;
     }
 }
 
 #[tokio::test]
-async fn orphan_blobs_are_removed_after_the_grace_period() {
+async fn orphan_blobs_and_packs_are_removed_after_the_grace_period() {
     for env in envs().await {
         let ids = chunks(12);
         env.put_orphans(&ids).await;
         let recorded = chunks(1);
         env.create("kept", &recorded, wall_now()).await;
+        // An upload that crashed between writing its pack and recording it.
+        let before = env.pack_files().await;
+        put_blobs(&*env.packs, env.ns, blobs_of(&chunks(2)))
+            .await
+            .unwrap();
+        let after = env.pack_files().await;
+        let orphan = after.iter().find(|p| !before.contains(p)).unwrap().clone();
         // A put that crashed between writing its temp file and linking it left a
         // partial write next to the blobs.
         let leaf = env.blobs.blob_path(&env.ns, &ids[0]);
@@ -491,27 +567,35 @@ async fn orphan_blobs_are_removed_after_the_grace_period() {
         assert_eq!(r.orphan_blobs_deleted, 0, "{}", env.name);
         assert_eq!(r.temp_files_deleted, 0, "{}", env.name);
         assert!(partial.exists(), "{}", env.name);
+        assert_eq!(r.orphan_packs_deleted, 0, "{}: written just now", env.name);
         let v = env.verify(5).await;
         assert_eq!((v.orphan_blobs, v.damage_count), (12, 0), "{}", env.name);
+        assert_eq!(v.orphan_packs, 1, "{}", env.name);
         // Older than the grace period: removed; the recorded blob stays.
-        // Partial writes are judged by the real clock (a put in flight must keep its
-        // temp file even when a test moves "now" ahead): make this one old.
-        std::fs::File::options()
-            .write(true)
-            .open(&partial)
-            .unwrap()
-            .set_modified(SystemTime::now() - Duration::from_secs(3 * DAY as u64))
-            .unwrap();
+        // Partial writes and unrecorded packs are judged by the real clock (an upload
+        // in flight must keep them even when a test moves "now" ahead): make these old.
+        for file in [partial.clone(), env.packs.pack_path(&env.ns, &orphan.id)] {
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(SystemTime::now() - Duration::from_secs(3 * DAY as u64))
+                .unwrap();
+        }
         let temp = |r: &RunReport| (r.temp_files_deleted, r.temp_bytes_reclaimed);
         let dry = env.run(dry(opts(wall_now() + 2 * DAY))).await;
         assert_eq!(temp(&dry), (1, 11), "{}", env.name);
         assert!(partial.exists(), "a dry run removes nothing: {}", env.name);
+        assert_eq!(dry.orphan_packs_deleted, 1, "{}", env.name);
         let r = env.run(opts(wall_now() + 2 * DAY)).await;
         assert_eq!(r.orphan_blobs_deleted, 12, "{}", env.name);
+        assert_eq!(r.orphan_packs_deleted, 1, "{}", env.name);
         assert_eq!(temp(&r), (1, 11), "{}", env.name);
         assert!(!partial.exists(), "{}", env.name);
-        let total: u64 = ids.iter().map(|i| blob_of(*i).len() as u64).sum();
+        let total: u64 = ids.iter().map(|i| blob_len(*i)).sum::<u64>() + orphan.size;
         assert_eq!(r.orphan_bytes_reclaimed, total);
+        let left: Vec<PackId> = env.pack_files().await.iter().map(|p| p.id).collect();
+        assert!(!left.contains(&orphan.id), "{}", env.name);
         for id in &ids {
             assert!(!env.has_blob(*id).await, "{}", env.name);
         }
@@ -519,14 +603,14 @@ async fn orphan_blobs_are_removed_after_the_grace_period() {
     }
 }
 
-/// A store whose deletes fail while `fail` is set.
+/// A pack store whose deletes fail while `fail` is set.
 #[derive(Debug)]
-struct FlakyStore {
-    inner: Arc<LocalStore>,
+struct FlakyPacks {
+    inner: Arc<LocalPacks>,
     fail: AtomicBool,
 }
 
-impl FlakyStore {
+impl FlakyPacks {
     fn injected(&self) -> Result<(), StoreError> {
         if self.fail.load(SeqCst) {
             return Err(StoreError::Backend("injected failure".into()));
@@ -536,35 +620,31 @@ impl FlakyStore {
 }
 
 #[fsync_store::async_trait]
-impl BlobStore for FlakyStore {
-    async fn put(
+impl PackStore for FlakyPacks {
+    async fn put(&self, ns: &NamespaceId, id: &PackId, pack: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put(ns, id, pack).await
+    }
+    async fn read(
         &self,
         ns: &NamespaceId,
-        id: &ChunkId,
-        blob: Vec<u8>,
-    ) -> Result<PutOutcome, StoreError> {
-        self.inner.put(ns, id, blob).await
+        id: &PackId,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.inner.read(ns, id, range).await
     }
-    async fn get(&self, ns: &NamespaceId, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(ns, id).await
+    async fn read_all(&self, ns: &NamespaceId, id: &PackId) -> Result<Vec<u8>, StoreError> {
+        self.inner.read_all(ns, id).await
     }
-    async fn contains_many(
-        &self,
-        ns: &NamespaceId,
-        ids: &[ChunkId],
-    ) -> Result<Vec<bool>, StoreError> {
-        self.inner.contains_many(ns, ids).await
-    }
-    async fn delete(&self, ns: &NamespaceId, id: &ChunkId) -> Result<bool, StoreError> {
+    async fn delete(&self, ns: &NamespaceId, id: &PackId) -> Result<bool, StoreError> {
         self.injected()?;
         self.inner.delete(ns, id).await
     }
     async fn list(
         &self,
         ns: &NamespaceId,
-        after: Option<ChunkId>,
+        after: Option<PackId>,
         limit: usize,
-    ) -> Result<Vec<BlobInfo>, StoreError> {
+    ) -> Result<Vec<PackInfo>, StoreError> {
         self.inner.list(ns, after, limit).await
     }
     async fn check(&self) -> Result<(), StoreError> {
@@ -583,46 +663,174 @@ impl BlobStore for FlakyStore {
 }
 
 #[tokio::test]
-async fn a_failed_blob_delete_is_retried_by_the_next_run() {
+async fn a_failed_pack_delete_is_retried_by_the_next_run() {
     for env in envs().await {
         let t0 = wall_now() - 100 * DAY;
         let ids = chunks(3);
         env.upload(&ids, t0).await;
-        let flaky = Arc::new(FlakyStore {
-            inner: env.blobs.clone(),
+        let flaky = Arc::new(FlakyPacks {
+            inner: env.packs.clone(),
             fail: true.into(),
         });
         let gc = env.collector_over(flaky.clone()).await;
         let later = wall_now() + 2 * DAY;
         let r = gc.run(&opts(later), &NoProgress).await.unwrap();
         assert_eq!(
-            (r.chunks_deleted, r.blob_delete_failures),
-            (3, 3 + 1 + 3),
-            "{}: the sweep, the partial-write pass and the orphan pass all failed, and \
-             the run went on",
+            (r.chunks_deleted, r.packs_deleted, r.blob_delete_failures),
+            (3, 0, 1 + 1),
+            "{}: the pack's delete and the partial-write pass failed, and the run went on",
             env.name
         );
-        for id in &ids {
-            let orphaned = !env.has_row(*id).await && env.has_blob(*id).await;
-            assert!(orphaned, "{}", env.name);
-        }
-        // The rows are gone first, so nothing is damaged: the blobs are orphans.
+        env.assert_stored(&ids, false).await;
+        assert_eq!(
+            env.pack_files().await.len(),
+            1,
+            "{}: the pack is still there",
+            env.name
+        );
+        // The rows are gone first, so nothing is damaged.
         env.assert_verify_clean().await;
         flaky.fail.store(false, SeqCst);
         let r = gc.run(&opts(later), &NoProgress).await.unwrap();
-        let deleted = (r.orphan_blobs_deleted, r.blob_delete_failures);
-        assert_eq!(deleted, (3, 0), "{}", env.name);
-        env.assert_stored(&ids, false).await;
+        let deleted = (r.packs_deleted, r.blob_delete_failures);
+        assert_eq!(
+            deleted,
+            (1, 0),
+            "{}: the dead pack's delete is retried",
+            env.name
+        );
+        assert!(env.pack_files().await.is_empty(), "{}", env.name);
+    }
+}
+
+// ------------------------------------------------------------------ packs
+
+/// The pack `id`'s blob lies in, and where.
+async fn packed_at(env: &Env, id: ChunkId) -> (PackId, std::ops::Range<u64>) {
+    match env.location(id).await {
+        Some(BlobLocation::Packed { pack, offset, len }) => (pack, offset..offset + u64::from(len)),
+        other => panic!("{}: {id} is not packed: {other:?}", env.name),
+    }
+}
+
+#[tokio::test]
+async fn a_mostly_dead_pack_is_repacked_and_its_old_location_read_until_the_grace_ends() {
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        let ids = chunks(10);
+        env.upload(&ids, t0).await;
+        env.commit("f", &VersionVector::new(), &ids[..2], t0)
+            .await
+            .unwrap();
+        let (old, range) = packed_at(&env, ids[0]).await;
+        let old_size = env.pack_files().await[0].size;
+        let r = env.run(opts(wall_now())).await;
+        let name = env.name;
+        assert_eq!(r.chunks_deleted, 8, "{name}");
+        let live: u64 = ids[..2].iter().map(|i| blob_len(*i)).sum();
+        assert_eq!((r.packs_repacked, r.repacked_bytes), (1, live), "{name}");
+        assert_eq!(r.pack_bytes_reclaimed, old_size - live, "{name}");
+        let (new, _) = packed_at(&env, ids[0]).await;
+        assert_ne!(new, old, "{name}: the row moved to the new pack");
+        env.assert_stored(&ids[..2], true).await;
+        // A download that looked the chunk up before the switch still reads it.
+        let blob = env.packs.read(&env.ns, &old, range).await.unwrap();
+        fsync_store::check_blob_header(&blob).unwrap();
+        env.assert_verify_clean().await;
+        // Past the grace period the retired pack goes; the new one stays.
+        let r = env.run(opts(wall_now() + 3 * DAY)).await;
+        assert_eq!((r.packs_deleted, r.packs_repacked), (1, 0), "{name}");
+        let left: Vec<PackId> = env.pack_files().await.iter().map(|p| p.id).collect();
+        assert_eq!(left, [new], "{name}");
+        env.assert_stored(&ids[..2], true).await;
+        env.assert_verify_clean().await;
+    }
+}
+
+#[tokio::test]
+async fn small_packs_are_combined_into_one() {
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        let files: Vec<Vec<ChunkId>> = (0..3).map(|_| chunks(2)).collect();
+        for (i, ids) in files.iter().enumerate() {
+            env.create(&format!("f{i}"), ids, t0).await;
+        }
+        assert_eq!(env.pack_files().await.len(), 3);
+        let dry = env.run(dry(opts(wall_now()))).await;
+        let r = env.run(opts(wall_now())).await;
+        let name = env.name;
+        assert_eq!((r.packs_repacked, dry.packs_repacked), (3, 3), "{name}");
+        assert_eq!(r.repacked_bytes, dry.repacked_bytes, "{name}");
+        let (one, _) = packed_at(&env, files[0][0]).await;
+        for ids in &files {
+            for id in ids {
+                assert_eq!(packed_at(&env, *id).await.0, one, "{name}: all in one pack");
+            }
+            env.assert_stored(ids, true).await;
+        }
+        let r = env.run(opts(wall_now() + 3 * DAY)).await;
+        assert_eq!((r.packs_deleted, r.packs_repacked), (3, 0), "{name}");
+        assert_eq!(env.pack_files().await.len(), 1, "{name}");
+        env.assert_verify_clean().await;
+    }
+}
+
+/// A data directory of the release before packs (a loose blob per chunk) keeps
+/// working, and a run moves its blobs into packs without losing one.
+#[tokio::test]
+async fn loose_blobs_of_an_older_store_are_read_then_moved_into_packs() {
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        let (ids, dead) = (chunks(5), chunks(1));
+        env.upload_loose(&ids, t0).await;
+        env.upload_loose(&dead, t0).await;
+        env.commit("old.txt", &VersionVector::new(), &ids, t0)
+            .await
+            .unwrap();
+        for id in &ids {
+            assert_eq!(
+                env.location(*id).await,
+                Some(BlobLocation::Loose {
+                    size: blob_len(*id)
+                })
+            );
+        }
+        env.assert_stored(&ids, true).await;
+        env.assert_verify_clean().await;
+        let dry = env.run(dry(opts(wall_now()))).await;
+        let r = env.run(opts(wall_now())).await;
+        let name = env.name;
+        assert_eq!(
+            (r.loose_blobs_packed, dry.loose_blobs_packed),
+            (5, 5),
+            "{name}"
+        );
+        assert_eq!(r.chunks_deleted, 1, "{name}");
+        for id in ids.iter().chain(&dead) {
+            assert!(
+                !env.has_blob(*id).await,
+                "{name}: {id}'s loose blob is gone"
+            );
+        }
+        let (pack, _) = packed_at(&env, ids[0]).await;
+        for id in &ids {
+            assert_eq!(packed_at(&env, *id).await.0, pack, "{name}");
+        }
+        env.assert_stored(&ids, true).await;
+        env.assert_verify_clean().await;
     }
 }
 
 // ------------------------------------------------------------------ verify, lock, stats
 
 #[tokio::test]
-async fn verify_lists_missing_blobs_wrong_sizes_and_unrecorded_chunks() {
+async fn verify_lists_missing_loose_blobs_wrong_sizes_and_unrecorded_chunks() {
     for env in envs().await {
         let ids = chunks(4);
-        env.create("f", &ids, wall_now()).await;
+        env.upload_loose(&ids, wall_now()).await;
+        env.commit("f", &VersionVector::new(), &ids, wall_now())
+            .await
+            .unwrap();
         env.assert_verify_clean().await;
         // Damage three referenced chunks three ways.
         env.blobs.delete(&env.ns, &ids[0]).await.unwrap();
@@ -645,7 +853,7 @@ async fn verify_lists_missing_blobs_wrong_sizes_and_unrecorded_chunks() {
             Damage::SizeMismatch {
                 namespace: env.ns,
                 chunk: ids[1],
-                recorded: blob_of(ids[1]).len() as u64,
+                recorded: blob_len(ids[1]),
                 stored: 1,
             },
             Damage::Unrecorded {
@@ -658,6 +866,66 @@ async fn verify_lists_missing_blobs_wrong_sizes_and_unrecorded_chunks() {
         assert_eq!(r.damage_count, 3);
         let why = "the unrecorded chunk's blob";
         assert_eq!(r.orphan_blobs, 1, "{}: {why}", env.name);
+    }
+}
+
+/// A pack torn, corrupted or gone is reported by name; the blobs of other packs stay
+/// readable; a chunk row pointing where its pack does not list it is reported too.
+#[tokio::test]
+async fn verify_names_torn_corrupt_and_missing_packs() {
+    for env in envs().await {
+        let files: Vec<Vec<ChunkId>> = (0..4).map(|_| chunks(3)).collect();
+        for (i, ids) in files.iter().enumerate() {
+            env.create(&format!("f{i}"), ids, wall_now()).await;
+        }
+        env.assert_verify_clean().await;
+        let pack_of = |i: usize| {
+            let env = &env;
+            let id = files[i][0];
+            async move {
+                match env.location(id).await {
+                    Some(BlobLocation::Packed { pack, .. }) => pack,
+                    other => panic!("{}: {id} is not packed: {other:?}", env.name),
+                }
+            }
+        };
+        let (torn, flipped, gone) = (pack_of(0).await, pack_of(1).await, pack_of(2).await);
+        let path = |p: PackId| env.packs.pack_path(&env.ns, &p);
+        let bytes = std::fs::read(path(torn)).unwrap();
+        std::fs::write(path(torn), &bytes[..bytes.len() - 7]).unwrap();
+        let mut bytes = std::fs::read(path(flipped)).unwrap();
+        bytes[40] ^= 0x10;
+        std::fs::write(path(flipped), &bytes).unwrap();
+        std::fs::remove_file(path(gone)).unwrap();
+        let r = env.verify(2).await;
+        let name = env.name;
+        assert_eq!(r.damage_count, 3, "{name}: {:?}", r.damage);
+        for (pack, what) in [(torn, "torn"), (flipped, "flipped")] {
+            let named = r.damage.iter().any(|d| {
+                matches!(d, Damage::CorruptPack { pack: p, namespace, .. } if *p == pack && *namespace == env.ns)
+            });
+            assert!(
+                named,
+                "{name}: the {what} pack is not named: {:?}",
+                r.damage
+            );
+        }
+        let missing = Damage::MissingPack {
+            namespace: env.ns,
+            pack: gone,
+            chunks: 3,
+        };
+        assert!(r.damage.contains(&missing), "{name}: {:?}", r.damage);
+        assert_eq!(r.packs_checked, 4, "{name}");
+        // The fourth file's blobs are still read.
+        env.assert_stored(&files[3], true).await;
+        for id in &files[2] {
+            assert_eq!(
+                env.stored(*id).await,
+                None,
+                "{name}: {id} unreadable, row kept"
+            );
+        }
     }
 }
 
@@ -716,9 +984,7 @@ async fn a_run_limited_to_one_namespace_leaves_the_others_alone() {
         let (mine, theirs) = (chunks(3), chunks(4));
         let long_ago = wall_now() - 10 * DAY;
         env.upload(&mine, long_ago).await;
-        store_chunks(&*env.repo, &*env.blobs, other, blobs_of(&theirs), long_ago)
-            .await
-            .unwrap();
+        env.upload_to(other, &theirs, long_ago).await;
         let mut o = opts(wall_now());
         o.namespace = Some(env.ns);
         let r = env.run(o).await;
@@ -860,16 +1126,21 @@ async fn commits_racing_the_sweep_keep_their_chunks_or_are_told_to_reupload() {
                     let _ = pause.resume.send(());
                     within(run).await.unwrap().unwrap();
                 }
-                // The held upload's puts found the blobs present; then a whole run
-                // deletes rows and blobs; then the upload records: it must put them back.
+                // The held upload wrote its pack; then a whole run deletes the old
+                // rows and packs, and (as a run would a day later) the new pack,
+                // unrecorded; then the upload records: it must put its pack back.
                 2 => {
-                    let put = put_blobs(&*env.blobs, env.ns, blobs_of(&ids))
+                    let before = env.pack_files().await;
+                    let put = put_blobs(&*env.packs, env.ns, blobs_of(&ids))
                         .await
                         .unwrap();
+                    let after = env.pack_files().await;
+                    let held = after.into_iter().find(|p| !before.contains(p)).unwrap();
                     let r = gc.run(&opts(gc_now), &NoProgress).await.unwrap();
                     assert!(r.chunks_deleted >= ids.len() as u64, "{}", env.name);
                     env.assert_stored(&ids, false).await;
-                    record_stored(&*env.repo, &*env.blobs, put, gc_now)
+                    env.packs.delete(&env.ns, &held.id).await.unwrap();
+                    record_stored(&*env.repo, &*env.packs, put, gc_now)
                         .await
                         .unwrap();
                     let (refused, _) = commit_until_done(&env, &path, &ids, gc_now, 3).await;
@@ -905,7 +1176,7 @@ async fn commits_racing_the_sweep_keep_their_chunks_or_are_told_to_reupload() {
 fn fsync_gc(env: &Env, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_fsync-gc"))
         .args(["--database-url", &env.url, "--files-directory"])
-        .arg(env.blobs.root())
+        .arg(&env.files)
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("POSTGRES_URL")
@@ -971,7 +1242,7 @@ async fn the_progress_bar_shows_on_a_terminal_and_only_there() {
     for env in envs().await {
         env.upload(&chunks(3), wall_now() - 10 * DAY).await;
         let gc = env!("CARGO_BIN_EXE_fsync-gc");
-        let blobs = env.blobs.root().display().to_string();
+        let blobs = env.files.display().to_string();
         let command = format!(
             "{gc} --database-url '{}' --files-directory '{blobs}' run --grace 1d",
             env.url
@@ -1040,11 +1311,14 @@ async fn the_binary_reports_json_exits_on_damage_and_refuses_a_second_run() {
 
         let out = fsync_gc(&env, &["verify"]);
         assert_eq!(out.status.code(), Some(0), "{name}: {out:?}");
-        env.blobs.delete(&env.ns, &ids[1]).await.unwrap();
+        let Some(BlobLocation::Packed { pack, .. }) = env.location(ids[1]).await else {
+            panic!("{name}: not packed");
+        };
+        env.packs.delete(&env.ns, &pack).await.unwrap();
         let out = fsync_gc(&env, &["verify"]);
         assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
         let text = stdout(&out);
-        let want = format!("MISSING     {} {}", env.ns, ids[1]);
+        let want = format!("MISSING     {} pack {pack}: 3 chunk rows", env.ns);
         assert!(text.contains(&want), "{name}: {text}");
         let out = fsync_gc(&env, &["verify", "--json"]);
         assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
@@ -1052,7 +1326,7 @@ async fn the_binary_reports_json_exits_on_damage_and_refuses_a_second_run() {
         assert_eq!(v["damage_count"], 1, "{name}: {v}");
         assert_eq!(v["chunks_checked"], 3, "{name}: {v}");
         let damage = v["damage"].to_string();
-        let named = damage.contains(&ids[1].to_hex()) && damage.contains(&env.ns.to_hex());
+        let named = damage.contains(&pack.to_hex()) && damage.contains(&env.ns.to_hex());
         assert!(named, "{name}: {damage}");
 
         // A grace period shorter than the lookup slack is allowed, with a warning.

@@ -31,7 +31,8 @@ pub const PACK_HEADER_LEN: usize = 8;
 /// Bytes of the footer.
 pub const PACK_FOOTER_LEN: usize = 4 + 32 + 4;
 /// Bytes of one trailer entry.
-const ENTRY_LEN: usize = 32 + 8 + 4;
+pub const PACK_ENTRY_LEN: usize = 32 + 8 + 4;
+const ENTRY_LEN: usize = PACK_ENTRY_LEN;
 
 /// Where one blob lies in a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

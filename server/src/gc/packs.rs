@@ -10,30 +10,35 @@ use fsync_common::{NamespaceId, PackId};
 use fsync_store::pack;
 
 use super::{add, Collector, Damage, GcError, RunReport, VerifyReport};
+use crate::db::gc::RetentionSql;
 
 impl Collector {
     /// Deletes the packs of `ns` that no chunk row points into any more (after the
     /// sweep deleted their rows), and refreshes the packs' live bytes.
+    /// With `predict` (a dry run with that policy), only counts what a run would do.
     pub(super) async fn drop_packs(
         &self,
         ns: NamespaceId,
         cutoff: i64,
-        dry_run: bool,
+        predict: Option<RetentionSql>,
         report: &mut RunReport,
     ) -> Result<(), GcError> {
-        let dead = self.repo.drop_dead_packs(ns, cutoff, dry_run).await?;
+        let dead = self.repo.drop_dead_packs(ns, cutoff, predict).await?;
+        let mut gone = Vec::with_capacity(dead.len());
         for (id, size) in dead {
-            if !dry_run {
+            if predict.is_none() {
                 if let Err(e) = self.packs.delete(&ns, &id).await {
-                    // Its row is gone: the orphan pass of a later run retries.
-                    tracing::warn!(namespace = %ns, pack = %id, error = %e, "deleting a pack failed; a later run retries it");
+                    // Its row stays, marked dead: the next run retries.
+                    tracing::warn!(namespace = %ns, pack = %id, error = %e, "deleting a pack failed; the next run retries it");
                     add(&mut report.blob_delete_failures, 1);
                     continue;
                 }
+                gone.push(id);
             }
             add(&mut report.packs_deleted, 1);
             add(&mut report.pack_bytes_reclaimed, size);
         }
+        self.repo.forget_packs(ns, &gone).await?;
         Ok(())
     }
 
@@ -130,7 +135,7 @@ impl Collector {
                 let bytes = match self.packs.read_all(&ns, &row.id).await {
                     Ok(b) => b,
                     Err(fsync_store::StoreError::PackNotFound { .. }) => {
-                        if !chunks.is_empty() || !row.retired {
+                        if !chunks.is_empty() || !row.going {
                             report.push(Damage::MissingPack {
                                 namespace: ns,
                                 pack: row.id,

@@ -24,6 +24,7 @@ use fsync_common::{ChunkId, NamespaceId, PackId};
 use fsync_store::pack::{self, PackBuilder};
 
 use super::{add, now_secs, Collector, GcError, RunReport};
+use crate::db::gc::RetentionSql;
 use crate::db::NewPack;
 
 /// How a run repacks.
@@ -68,11 +69,13 @@ impl Pending {
 
 impl Collector {
     /// Repacks the packs of `ns` that [`Repack`] selects, then packs its loose blobs.
+    /// With `predict` (a dry run with that policy), only counts what a run would do,
+    /// as if its sweep (at `cutoff`) had run.
     pub(super) async fn repack(
         &self,
         ns: NamespaceId,
         opts: &Repack,
-        dry_run: bool,
+        (cutoff, predict): (i64, Option<RetentionSql>),
         batch: usize,
         report: &mut RunReport,
     ) -> Result<(), GcError> {
@@ -80,23 +83,29 @@ impl Collector {
         let small = opts.target_size / 4;
         let mut candidates = self
             .repo
-            .repack_candidates(ns, opts.min_live, small)
+            .repack_candidates(ns, opts.min_live, small, cutoff, predict)
             .await?;
-        // A lone small pack that is all live gains nothing from a copy.
-        if candidates.len() == 1 && candidates[0].1 < small {
-            candidates.clear();
+        // A lone small pack that is live enough gains nothing from a copy.
+        if let [c] = candidates[..] {
+            if !c.mostly_dead {
+                candidates.clear();
+            }
         }
-        if dry_run {
-            for (_, size, live) in &candidates {
+        if predict.is_some() {
+            for c in &candidates {
                 add(&mut report.packs_repacked, 1);
-                add(&mut report.repacked_bytes, *live);
-                add(&mut report.pack_bytes_reclaimed, size.saturating_sub(*live));
+                add(&mut report.repacked_bytes, c.live);
+                add(&mut report.pack_bytes_reclaimed, c.size.saturating_sub(c.live));
+            }
+            if opts.pack_loose {
+                let loose = self.repo.count_loose(ns, cutoff, predict).await?;
+                add(&mut report.loose_blobs_packed, loose);
             }
             return Ok(());
         }
         let mut pending = Pending::new(opts.target_size);
-        // A pack with nothing live is the sweep's (`drop_packs`), not a copy's.
-        for (id, size, _) in candidates.into_iter().filter(|c| c.2 > 0) {
+        for c in candidates {
+            let (id, size) = (c.id, c.size);
             let rows = self.repo.chunks_in_pack(ns, id).await?;
             let bytes = match self.packs.read_all(&ns, &id).await {
                 Ok(b) => b,

@@ -105,10 +105,10 @@ impl Collector {
         for &ns in &namespaces {
             self.sweep(ns, cutoff, policy, batch, opts, progress, &mut report)
                 .await?;
-            self.drop_packs(ns, cutoff, opts.dry_run, &mut report)
-                .await?;
+            let predict = opts.dry_run.then_some(policy);
+            self.drop_packs(ns, cutoff, predict, &mut report).await?;
             if let Some(repack) = &opts.repack {
-                self.repack(ns, repack, opts.dry_run, batch, &mut report)
+                self.repack(ns, repack, (cutoff, predict), batch, &mut report)
                     .await?;
             }
         }

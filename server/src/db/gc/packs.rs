@@ -5,45 +5,76 @@
 use std::collections::HashSet;
 
 use fsync_common::{ChunkId, NamespaceId, PackId};
+use fsync_store::pack;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{count, GcRepo, NsLock};
+use super::sweep::swept;
+use super::{count, GcRepo, NsLock, RetentionSql};
 use crate::db::sql::{i64_of, parse, placeholders, IN_BATCH};
 use crate::db::{DbError, NewPack};
 
-/// A pack row: id, size, and whether a repack retired it.
+/// A pack row: id, size, and whether it may be missing (a repack retired it, or a
+/// collection is deleting it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PackRow {
     pub(crate) id: PackId,
     pub(crate) size: u64,
-    pub(crate) retired: bool,
+    pub(crate) going: bool,
 }
 
-/// `p` (`packs`) has no chunk row pointing into it.
-const EMPTY_PACK: &str = "NOT EXISTS (SELECT 1 FROM chunks c \
-     WHERE c.namespace_id = p.namespace_id AND c.pack_id = p.id)";
+/// A pack worth repacking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RepackCandidate {
+    pub(crate) id: PackId,
+    pub(crate) size: u64,
+    /// Stored bytes of its surviving chunk rows.
+    pub(crate) live: u64,
+    /// Selected for its dead bytes, not only for being small.
+    pub(crate) mostly_dead: bool,
+}
 
 /// `p` was written (or, if retired, retired) before `$2`.
 const OLD_PACK: &str = "((p.state = 'live' AND p.created_at < $2) \
      OR (p.state = 'retired' AND p.retired_at < $2))";
 
+/// ` AND NOT <the row would be swept>` for a dry run's prediction (`predict`: the
+/// policy of the run), nothing for a real run, which asks after its sweep.
+fn surviving(cutoff: i64, predict: Option<RetentionSql>) -> String {
+    predict.map_or_else(String::new, |policy| {
+        format!(" AND NOT {}", swept(cutoff, Some(policy)))
+    })
+}
+
+/// The stored bytes of the chunk rows pointing into `p` (`packs`) that survive.
+fn live_bytes(keep: &str) -> String {
+    format!(
+        "CAST((SELECT COALESCE(SUM(c.stored_size), 0) FROM chunks c \
+         WHERE c.namespace_id = p.namespace_id AND c.pack_id = p.id{keep}) AS BIGINT)"
+    )
+}
+
 impl GcRepo {
-    /// Under the namespace lock: refreshes every pack's `live_bytes`, and deletes the
-    /// rows of the packs past `cutoff` that no chunk row points into (with `dry_run`,
-    /// only finds them). Returns those packs; their files may then be deleted, since
-    /// no row can name them again (uploads write new packs; repacks move blobs into
-    /// new packs).
+    /// The packs of `ns` whose files are to be deleted: those marked `dead` by an
+    /// earlier run whose deletion failed, and those past `cutoff` that no chunk row
+    /// points into any more. With `predict` (a dry run with that policy), only found,
+    /// counting the rows its sweep would delete as gone; else, under the namespace
+    /// lock, marked `dead` (and every pack's `live_bytes` refreshed). No row can point
+    /// into a dead pack again (uploads write new packs; repacks move blobs into new
+    /// packs); [`GcRepo::forget_packs`] removes its row once its file is gone.
     pub(crate) async fn drop_dead_packs(
         &self,
         ns: NamespaceId,
         cutoff: i64,
-        dry_run: bool,
+        predict: Option<RetentionSql>,
     ) -> Result<Vec<(PackId, u64)>, DbError> {
-        let select = format!(
-            "SELECT p.id, p.size FROM packs p WHERE p.namespace_id = $1 AND {OLD_PACK} \
-             AND {EMPTY_PACK} ORDER BY p.id"
+        let keep = surviving(cutoff, predict);
+        let doomed = format!(
+            "p.namespace_id = $1 AND (p.state = 'dead' OR ({OLD_PACK} \
+             AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.namespace_id = p.namespace_id \
+             AND c.pack_id = p.id{keep})))"
         );
-        if dry_run {
+        let select = format!("SELECT p.id, p.size FROM packs p WHERE {doomed} ORDER BY p.id");
+        if predict.is_some() {
             let rows = sqlx::query(AssertSqlSafe(select))
                 .bind(ns.to_hex())
                 .bind(cutoff)
@@ -52,34 +83,73 @@ impl GcRepo {
             return rows.iter().map(pack_size).collect();
         }
         let (mut tx, guard) = self.sql.begin_ns(ns).await?;
-        sqlx::query(
-            "UPDATE packs SET live_bytes = (SELECT COALESCE(SUM(c.stored_size), 0) FROM chunks c \
-             WHERE c.namespace_id = packs.namespace_id AND c.pack_id = packs.id) \
-             WHERE namespace_id = $1",
-        )
-        .bind(ns.to_hex())
-        .execute(&mut *tx)
-        .await?;
-        let rows = sqlx::query(AssertSqlSafe(select))
+        let refresh = format!(
+            "UPDATE packs SET live_bytes = {} WHERE namespace_id = $1",
+            live_bytes("").replace("p.", "packs.")
+        );
+        sqlx::query(AssertSqlSafe(refresh))
+            .bind(ns.to_hex())
+            .execute(&mut *tx)
+            .await?;
+        let mark = format!(
+            "UPDATE packs SET state = 'dead' WHERE id IN (SELECT p.id FROM packs p WHERE {doomed}) \
+             AND namespace_id = $1"
+        );
+        sqlx::query(AssertSqlSafe(mark))
             .bind(ns.to_hex())
             .bind(cutoff)
-            .fetch_all(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-        let dead: Vec<(PackId, u64)> = rows.iter().map(pack_size).collect::<Result<_, _>>()?;
-        for batch in dead.chunks(IN_BATCH) {
+        let rows = sqlx::query(
+            "SELECT id, size FROM packs WHERE namespace_id = $1 AND state = 'dead' ORDER BY id",
+        )
+        .bind(ns.to_hex())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        drop(guard);
+        rows.iter().map(pack_size).collect()
+    }
+
+    /// Removes the rows of dead packs whose files are gone.
+    pub(crate) async fn forget_packs(&self, ns: NamespaceId, ids: &[PackId]) -> Result<(), DbError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (mut tx, guard) = self.sql.begin_ns(ns).await?;
+        for batch in ids.chunks(IN_BATCH) {
             let sql = format!(
-                "DELETE FROM packs WHERE namespace_id = $1 AND id IN ({})",
+                "DELETE FROM packs WHERE namespace_id = $1 AND state = 'dead' AND id IN ({})",
                 placeholders(2, batch.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
-            for (id, _) in batch {
+            for id in batch {
                 q = q.bind(id.to_hex());
             }
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         drop(guard);
-        Ok(dead)
+        Ok(())
+    }
+
+    /// Rows of loose chunks (no pack) in `ns` that survive (see [`GcRepo::drop_dead_packs`]
+    /// for `predict`).
+    pub(crate) async fn count_loose(
+        &self,
+        ns: NamespaceId,
+        cutoff: i64,
+        predict: Option<RetentionSql>,
+    ) -> Result<u64, DbError> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM chunks c WHERE c.namespace_id = $1 AND c.pack_id IS NULL{}",
+            surviving(cutoff, predict)
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(ns.to_hex())
+            .fetch_one(self.sql.pool())
+            .await?;
+        count(&row, 0)
     }
 
     /// Takes the namespace lock and returns it with those of `ids` that have no pack
@@ -203,30 +273,49 @@ impl GcRepo {
         Ok(moved)
     }
 
-    /// Live packs of `ns` worth repacking: those whose live bytes are under
-    /// `min_live` of their size, and those smaller than `small` bytes (combined into
-    /// fuller packs), with their sizes and live bytes, in id order.
+    /// Live packs of `ns` worth repacking, with their sizes and surviving live bytes
+    /// (see [`GcRepo::drop_dead_packs`] for `predict`), in id order: those with live
+    /// bytes but under `min_live` of their size, and those smaller than `small` bytes
+    /// (to be combined into fuller packs).
     pub(crate) async fn repack_candidates(
         &self,
         ns: NamespaceId,
         min_live: f64,
         small: u64,
-    ) -> Result<Vec<(PackId, u64, u64)>, DbError> {
-        // live_bytes * 1000 < size * permille: integer arithmetic on both databases.
+        cutoff: i64,
+        predict: Option<RetentionSql>,
+    ) -> Result<Vec<RepackCandidate>, DbError> {
+        // live * 1000 < blob bytes * permille: integer arithmetic on both databases.
+        // The blob bytes are the pack less its header, trailer and footer (what a
+        // copy cannot save), so that a small pack full of live blobs is not "dead".
         let permille = (min_live.clamp(0.0, 1.0) * 1000.0).round() as i64;
-        let rows = sqlx::query(
-            "SELECT id, size, live_bytes FROM packs WHERE namespace_id = $1 AND state = 'live' \
-             AND (live_bytes * 1000 < size * $2 OR size < $3) ORDER BY id",
-        )
-        .bind(ns.to_hex())
-        .bind(permille)
-        .bind(i64_of(small))
-        .fetch_all(self.sql.pool())
-        .await?;
+        let live = live_bytes(&surviving(cutoff, predict));
+        let framing = pack::PACK_HEADER_LEN + 4 + pack::PACK_FOOTER_LEN;
+        let dead = format!(
+            "live * 1000 < (size - {framing} - {} * blobs) * $2",
+            pack::PACK_ENTRY_LEN
+        );
+        let sql = format!(
+            "SELECT id, size, live, CASE WHEN {dead} THEN 1 ELSE 0 END FROM \
+             (SELECT p.id, p.size, p.blobs, {live} AS live FROM packs p \
+             WHERE p.namespace_id = $1 AND p.state = 'live') q \
+             WHERE live > 0 AND ({dead} OR size < $3) ORDER BY id"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ns.to_hex())
+            .bind(permille)
+            .bind(i64_of(small))
+            .fetch_all(self.sql.pool())
+            .await?;
         rows.iter()
             .map(|r| {
                 let (id, size) = pack_size(r)?;
-                Ok((id, size, count(r, 2)?))
+                Ok(RepackCandidate {
+                    id,
+                    size,
+                    live: count(r, 2)?,
+                    mostly_dead: count(r, 3)? != 0,
+                })
             })
             .collect()
     }
@@ -251,8 +340,8 @@ impl GcRepo {
         rows.iter()
             .map(|r| {
                 let (id, size) = pack_size(r)?;
-                let retired = r.try_get::<String, _>(2)? == "retired";
-                Ok(PackRow { id, size, retired })
+                let going = r.try_get::<String, _>(2)? != "live";
+                Ok(PackRow { id, size, going })
             })
             .collect()
     }

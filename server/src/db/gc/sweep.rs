@@ -8,6 +8,21 @@ use super::{chunk_row, hex_ids, ChunkRow, GcRepo, NsLock, RetentionSql, UNREFERE
 use crate::db::sql::{parse, placeholders, Tx, IN_BATCH};
 use crate::db::DbError;
 
+/// Condition on `c` (`chunks`): a sweep at `cutoff` deletes the row, because no version
+/// references it (with `ignoring`: no version that policy keeps) and it was neither
+/// uploaded nor touched since. `cutoff` is an integer, written into the text.
+pub(super) fn swept(cutoff: i64, ignoring: Option<RetentionSql>) -> String {
+    let unreferenced = match ignoring.and_then(RetentionSql::removed_version) {
+        Some(removed) => format!(
+            "NOT EXISTS (SELECT 1 FROM version_chunks vc \
+             JOIN file_versions v ON v.id = vc.version_id JOIN files f ON f.id = v.file_id \
+             WHERE vc.namespace_id = c.namespace_id AND vc.chunk_id = c.id AND NOT {removed})"
+        ),
+        None => UNREFERENCED.to_owned(),
+    };
+    format!("(c.last_touched < {cutoff} AND {unreferenced})")
+}
+
 impl GcRepo {
     /// Up to `limit` chunks of `ns` after `after` (id order) that no version references
     /// and that were neither uploaded nor touched since `cutoff`. With `ignoring`, also
@@ -21,23 +36,15 @@ impl GcRepo {
         limit: usize,
         ignoring: Option<RetentionSql>,
     ) -> Result<Vec<ChunkRow>, DbError> {
-        let unreferenced = match ignoring.and_then(RetentionSql::removed_version) {
-            Some(removed) => format!(
-                "NOT EXISTS (SELECT 1 FROM version_chunks vc \
-                 JOIN file_versions v ON v.id = vc.version_id JOIN files f ON f.id = v.file_id \
-                 WHERE vc.namespace_id = c.namespace_id AND vc.chunk_id = c.id AND NOT {removed})"
-            ),
-            None => UNREFERENCED.to_owned(),
-        };
         let sql = format!(
             "SELECT c.id, c.stored_size FROM chunks c WHERE c.namespace_id = $1 AND c.id > $2 \
-             AND c.last_touched < $3 AND {unreferenced} ORDER BY c.id LIMIT {}",
+             AND {} ORDER BY c.id LIMIT {}",
+            swept(cutoff, ignoring),
             limit.max(1)
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(ns.to_hex())
             .bind(after.map_or_else(String::new, |a| a.to_hex()))
-            .bind(cutoff)
             .fetch_all(self.sql.pool())
             .await?;
         rows.iter().map(chunk_row).collect()
