@@ -65,13 +65,13 @@ pub enum DbError {
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// The blob store failed while the repository waited on it
-    /// ([`ChunkRepo::record_chunks_confirmed`]).
+    /// ([`ChunkRepo::record_pack`]).
     #[error("blob store: {0}")]
     Blob(#[source] fsync_store::StoreError),
 }
 
-/// Makes sure blobs are stored, called by [`ChunkRepo::record_chunks_confirmed`] while it
-/// holds the namespace lock (see the `gc` module for why).
+/// Makes sure blobs are stored, called by [`ChunkRepo::record_pack`] while it holds the
+/// namespace lock (see the `gc` module for why).
 #[async_trait]
 pub trait BlobConfirm: Send + Sync {
     /// Ensures the blob of every id is stored (re-storing any that went missing).
@@ -239,23 +239,13 @@ pub trait ChunkRepo: Send + Sync + std::fmt::Debug {
         ids: &[ChunkId],
         now: i64,
     ) -> Result<Vec<ChunkId>, DbError>;
-    /// Records stored chunks (after their blobs are durable). Existing rows are touched.
+    /// Records stored chunks as loose blobs (the layout before packs: tests and tools
+    /// that build such a store). Existing rows are touched.
     async fn record_chunks(
         &self,
         ns: NamespaceId,
         chunks: &[(ChunkId, u64)],
         now: i64,
-    ) -> Result<(), DbError>;
-    /// Records stored chunks like [`ChunkRepo::record_chunks`], but calls `confirm` under
-    /// the namespace lock first, so that the rows become visible only with their blobs
-    /// in place: garbage collection deletes a blob only under the same lock and only
-    /// when no row names it. The upload path uses this.
-    async fn record_chunks_confirmed(
-        &self,
-        ns: NamespaceId,
-        chunks: &[(ChunkId, u64)],
-        now: i64,
-        confirm: &dyn BlobConfirm,
     ) -> Result<(), DbError>;
     /// True when the chunk is recorded in `ns`.
     async fn has_chunk(&self, ns: NamespaceId, id: ChunkId) -> Result<bool, DbError>;

@@ -1,35 +1,45 @@
 //! Garbage collection of the chunk store (`fsync-gc`, ARCHITECTURE §8): retention
-//! prunes old versions, the sweep deletes chunks that no version references, the
-//! orphan pass deletes blobs that no row names. It runs while servers serve.
+//! prunes old versions, the sweep deletes the rows of chunks that no version
+//! references, the pack passes delete packs no row points into (and pack files no row
+//! names), the repack copies the live blobs of mostly dead or small packs (and the
+//! loose blobs of a store written before packs) into new packs, and the orphan pass
+//! deletes loose blobs that no row names. It runs while servers serve.
 //!
 //! # Why a committed version never points at a deleted chunk
 //!
-//! Four kinds of step touch a chunk `X` of namespace `N`. Each of the starred ones runs
+//! Five kinds of step touch a chunk `X` of namespace `N`. Each of the starred ones runs
 //! in a database transaction that *first* takes `N`'s lock (`UPDATE namespaces … WHERE
 //! id = N`: a row lock on PostgreSQL, the database write lock on SQLite):
 //!
 //! - **commit\*** checks that `X` has a row, then inserts the version's reference to `X`
 //!   (a `sync/event` batch checks the chunks of all its commits, then inserts all their
 //!   references, in one transaction).
-//! - **record\*** (the upload path, [`crate::store_chunks`]): after putting the blob, inserts or
-//!   touches `X`'s row, and — still inside the lock — confirms that the blob is stored,
-//!   putting it again if it is not
-//!   ([`MetaRepo::record_chunks_confirmed`](crate::MetaRepo::record_chunks_confirmed)).
-//! - **row delete\*** (sweep, phase 1): deletes `X`'s row only if, re-checked under the
+//! - **record\*** (the upload path, [`crate::store_chunks`]): after writing the pack
+//!   that holds `X` (durably), inserts the pack's row and `X`'s row pointing into it,
+//!   or touches `X`'s row if it has one — after confirming, inside the lock, that the
+//!   pack is still stored, putting it again if it is not
+//!   ([`MetaRepo::record_pack`](crate::MetaRepo::record_pack)).
+//! - **row delete\*** (the sweep): deletes `X`'s row only if, re-checked under the
 //!   lock, no version references `X` and the row was not touched since the grace
 //!   cutoff. The row goes before the blob.
-//! - **blob delete\*** (sweep phase 2 and the orphan pass): under the lock, checks that
-//!   `X` has no row, deletes the blob, then releases the lock.
+//! - **blob delete\*** (a pack no row points into, marked dead under the lock; a pack
+//!   file with no pack row, checked under the lock; a loose blob with no row, checked
+//!   under the lock): the file goes only once nothing can name it.
+//! - **move\*** (the repack): copies `X`'s blob into a new pack, written durably, then
+//!   under the lock points `X`'s row there if it still points where the blob was read;
+//!   the old pack is retired and deleted only after the grace period (a reader that
+//!   looked up the old place still finds it; one that misses looks up again).
 //!
 //! Because the steps are serialized by the lock, consider the order of any two:
 //!
 //! 1. *commit, then row delete*: the reference exists, the re-check sees it, `X` stays.
 //! 2. *row delete, then commit*: the commit finds no row and fails with
 //!    `MissingChunks([X])` (HTTP 409); the client uploads `X` again.
-//! 3. *blob delete, then record*: the confirmation inside record finds the blob gone
-//!    (an upload whose put saw the old blob as "already present" lost it) and puts it
-//!    again before the row becomes visible.
-//! 4. *record, then blob delete*: the blob delete sees the row and leaves the blob.
+//! 3. *blob delete, then record*: the confirmation inside record finds the pack gone
+//!    (an upload stalled past the grace period, whose unrecorded pack a run removed)
+//!    and puts it again before the rows become visible.
+//! 4. *record, then blob delete*: the pack has its row and a chunk row points into
+//!    it; neither pack pass touches it.
 //!
 //! Hence *a row is visible only while its blob exists* (3, 4; a failed confirmation
 //! rolls the row back), and *a referenced row is never deleted* (1; references are

@@ -55,14 +55,13 @@ pub(super) async fn absent_chunks(
         .collect())
 }
 
-/// Inserts or touches chunk rows under the namespace lock, the lock garbage
-/// collection deletes rows and blobs under; `confirm` runs inside it.
+/// Inserts or touches loose chunk rows under the namespace lock, the lock garbage
+/// collection deletes rows and blobs under.
 pub(super) async fn record(
     repo: &SqlRepo,
     ns: NamespaceId,
     chunks: &[(ChunkId, u64)],
     now: i64,
-    confirm: Option<&dyn BlobConfirm>,
 ) -> Result<(), DbError> {
     if chunks.is_empty() {
         return Ok(());
@@ -80,10 +79,6 @@ pub(super) async fn record(
         }
         q.execute(&mut *tx).await?;
     }
-    if let Some(confirm) = confirm {
-        let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
-        confirm.confirm(&ids).await.map_err(DbError::Blob)?;
-    }
     tx.commit().await?;
     Ok(())
 }
@@ -96,17 +91,7 @@ impl ChunkRepo for SqlRepo {
         chunks: &[(ChunkId, u64)],
         now: i64,
     ) -> Result<(), DbError> {
-        record(self, ns, chunks, now, None).await
-    }
-
-    async fn record_chunks_confirmed(
-        &self,
-        ns: NamespaceId,
-        chunks: &[(ChunkId, u64)],
-        now: i64,
-        confirm: &dyn BlobConfirm,
-    ) -> Result<(), DbError> {
-        record(self, ns, chunks, now, Some(confirm)).await
+        record(self, ns, chunks, now).await
     }
 
     /// [`ChunkRepo::missing_chunks`].
