@@ -94,12 +94,7 @@ impl Server {
 
     /// The server's blob directory (the default `FILES_DIRECTORY`, under its data dir).
     pub(crate) fn blob_dir(&self) -> PathBuf {
-        fsync_server::StorageConfig {
-            database_url: None,
-            files_directory: None,
-            data_dir: self.dir.path().to_owned(),
-        }
-        .files_directory()
+        fsync_server::StorageConfig::in_data_dir(self.dir.path().to_owned()).files_directory()
     }
 
     /// A new API client of this server (its own connection pool and counters).

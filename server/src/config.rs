@@ -22,10 +22,9 @@ pub enum LogFormat {
     about = "fsync server: encrypted, versioned file sync"
 )]
 pub struct Config {
-    /// Metadata database: `postgres://…` or `sqlite://PATH` (alias `POSTGRES_URL`).
-    /// Default: an SQLite file `fsync.db` in the data directory.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
+    /// Where metadata and blobs are kept.
+    #[command(flatten)]
+    pub storage: StorageConfig,
     /// Secret that signs access tokens (at least 32 characters). Default: generated
     /// once and kept in `<data-dir>/secret.key` (mode 0600).
     #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
@@ -36,12 +35,6 @@ pub struct Config {
     /// Port to listen on.
     #[arg(long, env = "SERVER_PORT", default_value_t = 8000)]
     pub port: u16,
-    /// Where blobs are stored. Default: `<data-dir>/blobs`.
-    #[arg(long, env = "FILES_DIRECTORY")]
-    pub files_directory: Option<PathBuf>,
-    /// Directory for the default database, blobs and secret.
-    #[arg(long, env = "FSYNC_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
     /// Log level: off, error, warn, info, debug, trace, or a tracing filter whose every
     /// directive names one (`info,fsync_server=debug`). Anything else is refused.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
@@ -96,6 +89,9 @@ pub fn parse_log_level(s: &str) -> Result<String, String> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// `BLOB_STORE` or the S3 settings are unusable.
+    #[error("blob store: {0}")]
+    BlobStore(String),
     /// `SECRET_KEY` is too short.
     #[error("SECRET_KEY must be at least 32 characters (it signs access tokens)")]
     WeakSecret,
@@ -114,21 +110,17 @@ pub enum ConfigError {
 impl Config {
     /// The database URL, with `POSTGRES_URL` as a fallback and SQLite as the default.
     pub fn database_url(&self) -> String {
-        self.storage().database_url()
+        self.storage.database_url()
     }
 
     /// The blob directory.
     pub fn files_directory(&self) -> PathBuf {
-        self.storage().files_directory()
+        self.storage.files_directory()
     }
 
     /// The storage part of the configuration, which `fsync-gc` shares.
     pub fn storage(&self) -> StorageConfig {
-        StorageConfig {
-            database_url: self.database_url.clone(),
-            files_directory: self.files_directory.clone(),
-            data_dir: self.data_dir.clone(),
-        }
+        self.storage.clone()
     }
 
     /// The token-signing secret: given, or loaded from / generated into the data dir.
@@ -139,7 +131,7 @@ impl Config {
             }
             return Ok(s.as_bytes().to_vec());
         }
-        load_or_create_secret(&self.data_dir.join("secret.key"))
+        load_or_create_secret(&self.storage.data_dir.join("secret.key"))
     }
 }
 
@@ -151,15 +143,46 @@ pub struct StorageConfig {
     /// Default: an SQLite file `fsync.db` in the data directory.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Where blobs are stored. Default: `<data-dir>/blobs`.
+    /// Where blobs are stored on local disk (packs, and the loose blobs of a store
+    /// written before packs). Default: `<data-dir>/blobs`.
     #[arg(long, env = "FILES_DIRECTORY")]
     pub files_directory: Option<PathBuf>,
     /// Directory for the default database, blobs and secret.
     #[arg(long, env = "FSYNC_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// Keep packs in an S3 bucket instead: `s3://BUCKET[/PREFIX]` (with `--s3-endpoint`
+    /// for an S3-compatible server). Default: the local `FILES_DIRECTORY`.
+    #[arg(long, env = "BLOB_STORE")]
+    pub blob_store: Option<String>,
+    /// S3 endpoint URL (SeaweedFS, MinIO, Garage, …); unset: Amazon S3.
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// S3 access key id.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    pub aws_access_key_id: Option<String>,
+    /// S3 secret access key.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub aws_secret_access_key: Option<String>,
 }
 
 impl StorageConfig {
+    /// The defaults for a data directory: SQLite and blobs inside it.
+    pub fn in_data_dir(data_dir: PathBuf) -> Self {
+        Self {
+            database_url: None,
+            files_directory: None,
+            data_dir,
+            blob_store: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            aws_access_key_id: None,
+            aws_secret_access_key: None,
+        }
+    }
+
     /// The database URL, with `POSTGRES_URL` as a fallback and SQLite as the default.
     pub fn database_url(&self) -> String {
         self.database_url
@@ -173,6 +196,46 @@ impl StorageConfig {
         self.files_directory
             .clone()
             .unwrap_or_else(|| self.data_dir.join("blobs"))
+    }
+
+    /// The S3 bucket of `BLOB_STORE`, if one is named; checked, but not contacted.
+    pub fn s3(&self) -> Result<Option<fsync_store::S3Config>, ConfigError> {
+        let Some(url) = &self.blob_store else {
+            return Ok(None);
+        };
+        let mut c = fsync_store::S3Config::from_url(url)
+            .map_err(|e| ConfigError::BlobStore(e.to_string()))?;
+        if let Some(endpoint) = &self.s3_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(ConfigError::BlobStore(format!(
+                    "S3_ENDPOINT {endpoint:?} must be an http:// or https:// URL"
+                )));
+            }
+        }
+        c.endpoint.clone_from(&self.s3_endpoint);
+        c.region.clone_from(&self.s3_region);
+        match (&self.aws_access_key_id, &self.aws_secret_access_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::BlobStore(
+                    "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither".into(),
+                ))
+            }
+            _ => {}
+        }
+        c.access_key_id.clone_from(&self.aws_access_key_id);
+        c.secret_access_key.clone_from(&self.aws_secret_access_key);
+        Ok(Some(c))
+    }
+
+    /// The pack store: the S3 bucket of `BLOB_STORE`, else `FILES_DIRECTORY`.
+    pub fn open_packs(&self) -> Result<std::sync::Arc<dyn fsync_store::PackStore>, ConfigError> {
+        let store_err = |e: fsync_store::StoreError| ConfigError::BlobStore(e.to_string());
+        Ok(match self.s3()? {
+            Some(c) => std::sync::Arc::new(fsync_store::S3Packs::open(&c).map_err(store_err)?),
+            None => std::sync::Arc::new(
+                fsync_store::LocalPacks::open(self.files_directory()).map_err(store_err)?,
+            ),
+        })
     }
 }
 
@@ -235,8 +298,8 @@ mod tests {
         let cmd = Config::command().mut_args(|a| a.env(None));
         let c = Config::from_arg_matches(&cmd.get_matches_from(["fsync-server"])).unwrap();
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8000));
-        assert_eq!(c.data_dir, PathBuf::from("data"));
-        assert_eq!(c.database_url, None);
+        assert_eq!(c.storage.data_dir, PathBuf::from("data"));
+        assert_eq!(c.storage.database_url, None);
         assert_eq!(
             c.storage().files_directory(),
             PathBuf::from("data").join("blobs")

@@ -49,15 +49,15 @@ pub use tls::{load_server_config, PeerAddr, TlsError, TlsListener};
 
 /// Opens the database and blob store named by `config` and builds the state.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
-    })?;
+    let data_dir = &config.storage.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
     let secret = config.secret()?;
     let url = config.database_url();
     let repo = db::open(&url).await?;
-    let files = config.files_directory();
-    let blobs: Arc<dyn fsync_store::BlobStore> = Arc::new(fsync_store::LocalStore::open(&files)?);
-    let packs: Arc<dyn fsync_store::PackStore> = Arc::new(fsync_store::LocalPacks::open(&files)?);
+    let blobs: Arc<dyn fsync_store::BlobStore> =
+        Arc::new(fsync_store::LocalStore::open(config.files_directory())?);
+    let packs = config.storage.open_packs()?;
     let mut state = AppState::new(repo, blobs, packs, secret);
     if let db::DbUrl::Postgres(url) = db::parse_url(&url)? {
         fanout::start(url, &mut state)

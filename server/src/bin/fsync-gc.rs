@@ -293,10 +293,9 @@ fn print_stats(s: &Stats) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let collector =
-        Collector::open_local(&cli.storage.database_url(), &cli.storage.files_directory())
-            .await
-            .context("opening the database")?;
+    let collector = Collector::open_storage(&cli.storage)
+        .await
+        .context("opening the database")?;
     let bar;
     let progress: &dyn Progress = if std::io::stderr().is_terminal() {
         bar = Bar::new();

@@ -317,12 +317,22 @@ impl Collector {
         })
     }
 
-    /// [`Collector::open`] over the local stores below `files` (the server's
-    /// `FILES_DIRECTORY`): its packs and the loose blobs of an older store.
+    /// [`Collector::open`] over the local stores below `files` (a `FILES_DIRECTORY`):
+    /// its packs and the loose blobs of an older store.
     pub async fn open_local(database_url: &str, files: &std::path::Path) -> Result<Self, GcError> {
         let blobs = Arc::new(fsync_store::LocalStore::open(files)?);
         let packs = Arc::new(fsync_store::LocalPacks::open(files)?);
         Self::open(database_url, blobs, packs).await
+    }
+
+    /// [`Collector::open`] over the stores a server with `storage` uses: its packs
+    /// (on S3 or in `FILES_DIRECTORY`) and the loose blobs of an older local store.
+    pub async fn open_storage(storage: &crate::StorageConfig) -> Result<Self, GcError> {
+        let blobs = Arc::new(fsync_store::LocalStore::open(storage.files_directory())?);
+        let packs = storage
+            .open_packs()
+            .map_err(|e| GcError::Store(fsync_store::StoreError::Backend(e.to_string())))?;
+        Self::open(&storage.database_url(), blobs, packs).await
     }
 
     /// Takes the one-GC-at-a-time lock, or fails with [`GcError::Busy`].

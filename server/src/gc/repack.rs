@@ -95,7 +95,10 @@ impl Collector {
             for c in &candidates {
                 add(&mut report.packs_repacked, 1);
                 add(&mut report.repacked_bytes, c.live);
-                add(&mut report.pack_bytes_reclaimed, c.size.saturating_sub(c.live));
+                add(
+                    &mut report.pack_bytes_reclaimed,
+                    c.size.saturating_sub(c.live),
+                );
             }
             if opts.pack_loose {
                 let loose = self.repo.count_loose(ns, cutoff, predict).await?;

@@ -218,7 +218,9 @@ impl PackStore for S3Packs {
         }
         let prefix = self.ns_prefix(ns);
         let mut stream = match after {
-            Some(a) => self.store.list_with_offset(Some(&prefix), &self.key(ns, &a)),
+            Some(a) => self
+                .store
+                .list_with_offset(Some(&prefix), &self.key(ns, &a)),
             None => self.store.list(Some(&prefix)),
         };
         let mut out = Vec::new();
@@ -298,9 +300,18 @@ mod tests {
     #[test]
     fn bucket_urls_are_checked() {
         let c = S3Config::from_url("s3://fsync-packs/prod/eu").unwrap();
-        assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("fsync-packs", "prod/eu"));
+        assert_eq!(
+            (c.bucket.as_str(), c.prefix.as_str()),
+            ("fsync-packs", "prod/eu")
+        );
         assert_eq!(S3Config::from_url("s3://abc").unwrap().prefix, "");
-        for bad in ["s3://", "s3://ab", "s3://Upper", "http://b/x", "s3://bkt/../x"] {
+        for bad in [
+            "s3://",
+            "s3://ab",
+            "s3://Upper",
+            "http://b/x",
+            "s3://bkt/../x",
+        ] {
             let e = S3Config::from_url(bad).unwrap_err().to_string();
             assert!(e.contains("BLOB_STORE"), "{bad}: {e}");
         }

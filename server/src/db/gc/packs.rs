@@ -112,7 +112,11 @@ impl GcRepo {
     }
 
     /// Removes the rows of dead packs whose files are gone.
-    pub(crate) async fn forget_packs(&self, ns: NamespaceId, ids: &[PackId]) -> Result<(), DbError> {
+    pub(crate) async fn forget_packs(
+        &self,
+        ns: NamespaceId,
+        ids: &[PackId],
+    ) -> Result<(), DbError> {
         if ids.is_empty() {
             return Ok(());
         }
