@@ -237,7 +237,7 @@ fn server_killed_between_commit_and_push_still_delivers_the_change() {
 
 #[test]
 fn blob_store_write_errors_are_reported_and_nothing_is_lost() {
-    let opts = ServerOptions::default().failpoints("store.local.put=3*error");
+    let opts = ServerOptions::default().failpoints("store.packs.put=1*error");
     let (server, a, b) = Server::start_with(&opts).pair();
     let files = write_files(&a, 7);
 
@@ -248,12 +248,13 @@ fn blob_store_write_errors_are_reported_and_nothing_is_lost() {
     );
     assert!(server
         .log_text()
-        .contains("injected fault at store.local.put"));
+        .contains("injected fault at store.packs.put"));
     let blobs = server.data_dir().join("blobs");
     wait_no_temp_blob(&blobs);
     assert_eq!(b.sync().downloaded, 0);
 
-    // The store works again (the failpoint failed three writes): the next round
+    // The store works again (the failpoint failed one pack write, which is one
+    // upload request: the whole batch, refused and not recorded): the next round
     // uploads everything.
     assert_eq!(a.sync().uploaded, files.len() as u64);
     assert_eq!(b.sync().downloaded, files.len() as u64);
@@ -329,8 +330,8 @@ fn a_full_disk_is_reported_and_the_daemon_retries_until_there_is_room() {
     if let Some(t) = &tmpfs {
         opts.files_directory = Some(t.path().join("blobs"));
     } else {
-        println!("NOTE: no tmpfs; injecting ENOSPC at store.local.put instead");
-        opts.env = no_room.env("store.local.put=enospc");
+        println!("NOTE: no tmpfs; injecting ENOSPC at store.packs.put instead");
+        opts.env = no_room.env("store.packs.put=enospc");
     }
     let (server, a, b) = Server::start_with(&opts).pair();
     let filler = tmpfs.as_ref().map(Tmpfs::fill);
@@ -353,7 +354,7 @@ fn a_full_disk_is_reported_and_the_daemon_retries_until_there_is_room() {
 
     match filler {
         Some(f) => std::fs::remove_file(f).expect("remove the filler"),
-        None => no_room.resume("store.local.put"),
+        None => no_room.resume("store.packs.put"),
     }
     let uploaded = format!("uploaded={}", files.len());
     wait_until(
