@@ -127,6 +127,12 @@ async fn connect(url: &str) -> anyhow::Result<sqlx::AnyConnection> {
         .context("connecting to the database")
 }
 
+/// [`execute`] from code that is not async.
+pub fn execute_blocking(url: &str, sql: &str) -> anyhow::Result<()> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    blocking(async move { execute(&url, &sql).await })
+}
+
 /// [`rows`] from code that is not async.
 pub fn rows_blocking(url: &str, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
     let (url, sql) = (url.to_owned(), sql.to_owned());

@@ -483,22 +483,62 @@ fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// The blob files of the chunks of `path`'s versions.
-fn blobs_of(server: &Server, path: &str) -> Vec<(ChunkId, PathBuf)> {
-    let found: Vec<(ChunkId, PathBuf)> = rows(
+/// Where the blob of a chunk lies: its pack file, offset and length.
+struct StoredBlob {
+    id: ChunkId,
+    pack: PathBuf,
+    offset: u64,
+    len: usize,
+}
+
+impl StoredBlob {
+    /// The bytes the server serves for the chunk.
+    fn read(&self) -> Vec<u8> {
+        let mut f = std::fs::File::open(&self.pack).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(self.offset)).unwrap();
+        let mut out = vec![0; self.len];
+        f.read_exact(&mut out).unwrap();
+        out
+    }
+
+    /// Makes the server serve `bytes` for the chunk, as a tampered disk would: the
+    /// bytes appended to its pack, and its row pointed at them.
+    fn replace(&self, server: &Server, bytes: &[u8]) {
+        let at = std::fs::metadata(&self.pack).unwrap().len();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.pack).unwrap();
+        f.write_all(bytes).unwrap();
+        let sql = format!(
+            "UPDATE chunks SET pack_offset = {at}, stored_size = {} WHERE id = '{}'",
+            bytes.len(),
+            self.id
+        );
+        fsync_testkit::postgres::execute_blocking(&server.sqlite_url(), &sql).unwrap();
+    }
+}
+
+/// The stored blobs of the chunks of `path`'s versions.
+fn blobs_of(server: &Server, path: &str) -> Vec<StoredBlob> {
+    let found: Vec<StoredBlob> = rows(
         &server.sqlite_url(),
-        "SELECT fv.path, vc.namespace_id, vc.chunk_id FROM version_chunks vc \
-         JOIN file_versions fv ON fv.id = vc.version_id",
+        "SELECT fv.path, c.namespace_id, c.id, c.pack_id, CAST(c.pack_offset AS TEXT), \
+         CAST(c.stored_size AS TEXT) FROM version_chunks vc \
+         JOIN file_versions fv ON fv.id = vc.version_id \
+         JOIN chunks c ON c.namespace_id = vc.namespace_id AND c.id = vc.chunk_id",
     )
     .into_iter()
     .filter(|r| r[0] == path)
     .map(|r| {
-        let (ns, id) = (&r[1], &r[2]);
+        let (ns, id, pack) = (&r[1], &r[2], &r[3]);
         let file = server
             .data_dir()
-            .join(format!("blobs/{ns}/{}/{}/{id}", &id[0..2], &id[2..4]));
-        assert!(file.is_file(), "no blob file at {}", file.display());
-        (ChunkId::from_hex(id).expect("a chunk id"), file)
+            .join(format!("blobs/packs/{ns}/{}/{pack}", &pack[0..2]));
+        assert!(file.is_file(), "no pack file at {}", file.display());
+        StoredBlob {
+            id: ChunkId::from_hex(id).expect("a chunk id"),
+            pack: file,
+            offset: r[4].parse().expect("an offset"),
+            len: r[5].parse().expect("a size"),
+        }
     })
     .collect();
     assert!(!found.is_empty(), "no chunks recorded for {path}");
@@ -506,10 +546,10 @@ fn blobs_of(server: &Server, path: &str) -> Vec<(ChunkId, PathBuf)> {
 }
 
 /// The single blob of a small (one-chunk) file.
-fn blob_of(server: &Server, path: &str) -> (ChunkId, PathBuf) {
+fn blob_of(server: &Server, path: &str) -> StoredBlob {
     let mut all = blobs_of(server, path);
-    assert_eq!(all.len(), 1, "{path} has several chunks");
-    all.remove(0)
+    assert_eq!(all.len(), 1, "{path} has more than one chunk");
+    all.pop().unwrap()
 }
 
 /// What a key holder can do: derive the account's keys from the password through the
@@ -713,11 +753,16 @@ fn scan_server(server: &Server, backend: Backend, db_url: &str, s: &Secrets, whe
             "the SQLite file was not scanned"
         );
     }
-    let blobs = haystack
+    // The blobs are in packs (one per upload batch): at least one, and not empty.
+    let packs: Vec<usize> = haystack
         .iter()
-        .filter(|(p, _)| p.components().any(|c| c.as_os_str() == "blobs"))
-        .count();
-    assert!(blobs >= 3, "only {blobs} blob files scanned");
+        .filter(|(p, _)| p.components().any(|c| c.as_os_str() == "packs"))
+        .map(|(_, d)| d.len())
+        .collect();
+    assert!(
+        !packs.is_empty() && packs.iter().all(|n| *n > 52),
+        "no pack file scanned: {packs:?}"
+    );
     // Paths are plaintext by design (§3): the scan must see them, or it read nothing.
     let path_seen = haystack
         .iter()
@@ -833,17 +878,16 @@ fn a_swapped_truncated_or_flipped_blob_is_refused_and_the_rest_syncs() {
     a.sync();
 
     // Another valid blob of the same account, under the victim's name.
-    let (_, donor) = blob_of(&server, "fine.txt");
-    let (_, swapped) = blob_of(&server, "swapped.bin");
-    std::fs::copy(&donor, &swapped).unwrap();
-    let (_, truncated) = blob_of(&server, "truncated.bin");
-    let data = std::fs::read(&truncated).unwrap();
-    std::fs::write(&truncated, &data[..data.len() / 2]).unwrap();
-    let (_, flipped) = blob_of(&server, "flipped.bin");
-    let mut data = std::fs::read(&flipped).unwrap();
+    let donor = blob_of(&server, "fine.txt").read();
+    blob_of(&server, "swapped.bin").replace(&server, &donor);
+    let truncated = blob_of(&server, "truncated.bin");
+    let data = truncated.read();
+    truncated.replace(&server, &data[..data.len() / 2]);
+    let flipped = blob_of(&server, "flipped.bin");
+    let mut data = flipped.read();
     let mid = data.len() / 2;
     data[mid] ^= 0x01;
-    std::fs::write(&flipped, &data).unwrap();
+    flipped.replace(&server, &data);
 
     let outside = beside_root(&b);
     for round in 0..2 {
@@ -1143,22 +1187,22 @@ fn an_oversized_or_exploding_chunk_is_refused() {
     // A key holder's blobs under the real chunk ids, so that they authenticate: one
     // that decompresses to 8× the bound, one stored raw just past the bound.
     let codec = account_codec(&Http::new(&server), "alice").with_max_plaintext(usize::MAX);
-    let (id, file) = blob_of(&server, "bomb.bin");
+    let blob = blob_of(&server, "bomb.bin");
     let bomb = codec
-        .encode(&id, &vec![b'z'; 8 * MAX_CHUNK_PLAINTEXT])
+        .encode(&blob.id, &vec![b'z'; 8 * MAX_CHUNK_PLAINTEXT])
         .unwrap();
     assert!(bomb.len() < 64 * 1024, "not a bomb: {} bytes", bomb.len());
-    std::fs::write(file, bomb).unwrap();
-    let (id, file) = blob_of(&server, "oversized.bin");
+    blob.replace(&server, &bomb);
+    let blob = blob_of(&server, "oversized.bin");
     let big = random_bytes(44, MAX_CHUNK_PLAINTEXT + 16 * 1024);
-    let big = codec.encode(&id, &big).unwrap();
+    let big = codec.encode(&blob.id, &big).unwrap();
     assert!(big.len() < MAX_BLOB_SIZE, "{} bytes", big.len());
-    std::fs::write(file, big).unwrap();
+    blob.replace(&server, &big);
     // What a server without keys can send: junk past the bound.
     let junk = |path: &str, seed: u64, len: usize| {
         let mut junk = b"FSB1\x01\x00".to_vec();
         junk.extend(random_bytes(seed, len));
-        std::fs::write(blob_of(&server, path).1, junk).unwrap();
+        blob_of(&server, path).replace(&server, &junk);
     };
     junk("junk.bin", 45, MAX_CHUNK_PLAINTEXT + 1024);
 
