@@ -154,7 +154,7 @@ pub struct StorageConfig {
     /// for an S3-compatible server). Default: the local `FILES_DIRECTORY`.
     #[arg(long, env = "BLOB_STORE")]
     pub blob_store: Option<String>,
-    /// S3 endpoint URL (SeaweedFS, MinIO, Garage, …); unset: Amazon S3.
+    /// Endpoint URL of an S3-compatible server; unset: Amazon S3.
     #[arg(long, env = "S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
     /// S3 region.

@@ -505,7 +505,10 @@ impl StoredBlob {
     /// bytes appended to its pack, and its row pointed at them.
     fn replace(&self, server: &Server, bytes: &[u8]) {
         let at = std::fs::metadata(&self.pack).unwrap().len();
-        let mut f = std::fs::OpenOptions::new().append(true).open(&self.pack).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.pack)
+            .unwrap();
         f.write_all(bytes).unwrap();
         let sql = format!(
             "UPDATE chunks SET pack_offset = {at}, stored_size = {} WHERE id = '{}'",

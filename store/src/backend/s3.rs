@@ -25,7 +25,7 @@ pub struct S3Config {
     pub bucket: String,
     /// Key prefix below which the packs live (may be empty).
     pub prefix: String,
-    /// Endpoint URL for S3-compatible servers (SeaweedFS, MinIO, Garage); `None`: AWS.
+    /// Endpoint URL for S3-compatible servers (`SeaweedFS`, `MinIO`, Garage); `None`: AWS.
     pub endpoint: Option<String>,
     /// Region (`us-east-1` when unset).
     pub region: String,
