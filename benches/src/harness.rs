@@ -59,6 +59,58 @@ pub(crate) struct Server {
     inner: TestServer,
     /// The server's data directory (database file, blobs).
     dir: tempfile::TempDir,
+    /// Its pack store, for the count of fsyncs or PUTs its puts made.
+    packs: std::sync::Arc<dyn fsync_store::PackStore>,
+}
+
+/// Where the benchmark servers keep their packs (`--blob-store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub(crate) enum BlobBackend {
+    /// The local disk (`FILES_DIRECTORY`).
+    #[default]
+    Local,
+    /// An S3 server: `FSYNC_TEST_S3_ENDPOINT`, else `scripts/s3.sh` (SeaweedFS).
+    S3,
+}
+
+impl BlobBackend {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::S3 => "s3",
+        }
+    }
+}
+
+/// The blob store of this run's servers, chosen once by the command line.
+static BLOB_BACKEND: std::sync::OnceLock<BlobBackend> = std::sync::OnceLock::new();
+
+/// Sets the blob store of every server this run starts (once, before the first).
+pub(crate) fn use_blob_backend(b: BlobBackend) {
+    let _ = BLOB_BACKEND.set(b);
+}
+
+/// The flags that put a server's packs on S3, in a prefix of the test bucket of its own.
+fn s3_flags() -> anyhow::Result<Vec<String>> {
+    let endpoint = match std::env::var(fsync_testkit::s3::TEST_S3_ENDPOINT) {
+        Ok(e) if !e.trim().is_empty() => e.trim().to_owned(),
+        _ => script_output("s3.sh", "http")?,
+    };
+    let url = format!(
+        "s3://{}/bench-{}",
+        fsync_testkit::s3::TEST_BUCKET,
+        fsync_testkit::s3::scratch_prefix()
+    );
+    Ok(vec![
+        "--blob-store".into(),
+        url,
+        "--s3-endpoint".into(),
+        endpoint,
+        "--aws-access-key-id".into(),
+        "bench".into(),
+        "--aws-secret-access-key".into(),
+        "bench".into(),
+    ])
 }
 
 impl std::ops::Deref for Server {
@@ -86,10 +138,25 @@ impl Server {
                     .with_context(|| format!("a benchmark database ({DATABASE_URL_ENV})"))?,
             ),
         };
-        let inner = TestServer::start(dir.path(), SECRET, database, &[], lift_rate_limits)
-            .await
-            .with_context(|| format!("starting a server on {}", db.label()))?;
-        Ok(Self { inner, dir })
+        let flags = match BLOB_BACKEND.get().copied().unwrap_or_default() {
+            BlobBackend::Local => Vec::new(),
+            BlobBackend::S3 => s3_flags()?,
+        };
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut packs = None;
+        let inner = TestServer::start(dir.path(), SECRET, database, &flags, |s| {
+            lift_rate_limits(s);
+            packs = Some(s.packs.clone());
+        })
+        .await
+        .with_context(|| format!("starting a server on {}", db.label()))?;
+        let packs = packs.expect("the state was built");
+        Ok(Self { inner, dir, packs })
+    }
+
+    /// The fsyncs (local disk) or PUTs (S3) the server's pack store made so far.
+    pub(crate) fn durable_writes(&self) -> u64 {
+        self.packs.durable_writes()
     }
 
     /// The server's blob directory (the default `FILES_DIRECTORY`, under its data dir).
@@ -105,7 +172,7 @@ impl Server {
     /// Stops the server (open connections, such as push sockets, are cut after a
     /// moment) and drops its PostgreSQL database.
     pub(crate) async fn stop(self) {
-        let Self { inner, dir } = self;
+        let Self { inner, dir, .. } = self;
         if let Err(e) = inner.stop().await {
             eprintln!("note: could not drop the benchmark database: {e:#}");
         }
@@ -121,25 +188,29 @@ fn postgres_base_url() -> anyhow::Result<String> {
             return Ok(url.trim().to_owned());
         }
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
+    script_output("postgres.sh", "postgres").with_context(|| format!("or set {DATABASE_URL_ENV}"))
+}
+
+/// The last line of `scripts/NAME`'s output, which must start with `starts`.
+fn script_output(name: &str, starts: &str) -> anyhow::Result<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
     let out = Command::new("bash")
         .arg(&script)
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     ensure!(
         out.status.success(),
-        "{} failed ({}); set {DATABASE_URL_ENV}: {}",
+        "{} failed ({}): {}",
         script.display(),
         out.status,
         String::from_utf8_lossy(&out.stderr).trim()
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     match stdout.lines().last() {
-        Some(url) if url.starts_with("postgres") => Ok(url.trim().to_owned()),
-        _ => bail!(
-            "{} printed no URL; set {DATABASE_URL_ENV}",
-            script.display()
-        ),
+        Some(line) if line.starts_with(starts) => Ok(line.trim().to_owned()),
+        _ => bail!("{} printed no URL", script.display()),
     }
 }
 

@@ -34,6 +34,11 @@ struct Cli {
     /// one run gives both, as `scripts/bench.sh` needs.
     #[arg(long, global = true, value_name = "FILE")]
     json_out: Option<std::path::PathBuf>,
+    /// Where the servers keep their packs: the local disk, or S3 (SeaweedFS from
+    /// `scripts/s3.sh`, or `FSYNC_TEST_S3_ENDPOINT`); the records of S3 runs get a
+    /// `store` label.
+    #[arg(long, global = true, value_enum, default_value = "local")]
+    blob_store: harness::BlobBackend,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -78,7 +83,8 @@ fn main() -> anyhow::Result<()> {
 /// Runs the chosen scenario and writes its report to `out`.
 fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
     let progress = !cli.quiet;
-    let report = match &cli.scenario {
+    harness::use_blob_backend(cli.blob_store);
+    let mut report = match &cli.scenario {
         Scenario::Pipeline(args) => scenarios::pipeline::run(&args.options(progress)?)?,
         Scenario::Server(args) => args.run(progress)?,
         Scenario::Sync(args) => args.run(progress)?,
@@ -87,6 +93,13 @@ fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Scenario::ChunkSweep(args) => args.run(progress)?,
         Scenario::Gc(args) => args.run(progress)?,
     };
+    // Records of S3 runs say so (local runs keep the columns they always had).
+    if cli.blob_store == harness::BlobBackend::S3 {
+        for r in &mut report.records {
+            r.labels
+                .insert("store".into(), cli.blob_store.label().into());
+        }
+    }
     // The new end-to-end scenarios print one table (a row per case or average size, a
     // column per metric); the others a table per metric.
     let wide = match &cli.scenario {

@@ -68,7 +68,12 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render()
+            + &format!(
+                "# TYPE fsync_pack_store_durable_writes_total counter\n\
+                 fsync_pack_store_durable_writes_total {}\n",
+                state.packs.durable_writes()
+            ),
     )
 }
 

@@ -61,24 +61,29 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Creates `dir` (below `base`, which exists) level by level, syncing each parent that
 /// gained an entry.
-pub(super) fn ensure_dir(base: &Path, dir: &Path) -> Result<(), StoreError> {
+/// Returns how many directories it synced.
+pub(super) fn ensure_dir(base: &Path, dir: &Path) -> Result<u64, StoreError> {
     if dir.is_dir() {
-        return Ok(());
+        return Ok(0);
     }
     let rel = dir
         .strip_prefix(base)
         .expect("blob directories live below the root");
     let mut current = base.to_path_buf();
+    let mut synced = 0;
     for part in rel {
         let parent = current.clone();
         current.push(part);
         match fs::create_dir(&current) {
-            Ok(()) => sync_dir(&parent)?,
+            Ok(()) => {
+                sync_dir(&parent)?;
+                synced += 1;
+            }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err("create directory", &current)(e)),
         }
     }
-    Ok(())
+    Ok(synced)
 }
 
 /// A uniquely named file in `dir` holding `data`, synced to disk; removed when

@@ -9,6 +9,7 @@ use std::fs;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,6 +24,8 @@ use super::StoreError;
 #[derive(Debug, Clone)]
 pub struct LocalPacks {
     root: Arc<PathBuf>,
+    /// fsyncs made by puts (files and directories).
+    syncs: Arc<AtomicU64>,
 }
 
 impl LocalPacks {
@@ -32,6 +35,7 @@ impl LocalPacks {
         fs::create_dir_all(&root).map_err(io_err("create pack root", &root))?;
         Ok(Self {
             root: Arc::new(root),
+            syncs: Arc::default(),
         })
     }
 
@@ -125,15 +129,19 @@ fn leaf_packs(dir: &Path, after: Option<&PackId>) -> Result<Vec<PackInfo>, Store
 impl PackStore for LocalPacks {
     async fn put(&self, ns: &NamespaceId, id: &PackId, pack: Vec<u8>) -> Result<(), StoreError> {
         let root = Arc::clone(&self.root);
+        let syncs = Arc::clone(&self.syncs);
         let path = self.pack_path(ns, id);
         blocking(move || {
             let dir = path.parent().expect("a pack path has a parent");
-            ensure_dir(&root, dir)?;
+            syncs.fetch_add(ensure_dir(&root, dir)?, Ordering::Relaxed);
             let temp = write_synced(dir, &pack)?;
+            syncs.fetch_add(1, Ordering::Relaxed);
             fsync_common::failpoint::hit("store.packs.put")
                 .map_err(io_err("write temp file", temp.path()))?;
             // persist: rename into place, then fsync the directory.
-            temp.persist(&path).map_err(io_err("store pack", &path))
+            temp.persist(&path).map_err(io_err("store pack", &path))?;
+            syncs.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         })
         .await
     }
@@ -202,6 +210,10 @@ impl PackStore for LocalPacks {
         blocking(move || write_synced(&root, b"fsync health check").map(drop)).await
     }
 
+    fn durable_writes(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
     async fn remove_stale_temp_files(
         &self,
         ns: &NamespaceId,
@@ -242,11 +254,21 @@ mod tests {
         store.put(&ns, &id, b"pack bytes".to_vec()).await.unwrap();
         let path = store.pack_path(&ns, &id);
         assert_eq!(fs::read(&path).unwrap(), b"pack bytes");
+        // The namespace's and the fan-out directory made, each synced in its parent;
+        // the file and its directory: four. A second pack in that directory: two.
+        assert_eq!(store.durable_writes(), 4);
+        let mut next = [3; 16];
+        next[0] = 2;
+        store
+            .put(&ns, &PackId::from_bytes(next), vec![1])
+            .await
+            .unwrap();
+        assert_eq!(store.durable_writes(), 6);
         let names: Vec<_> = fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(names.len(), 2, "{names:?}");
         // A loose blob store in the same root is invisible to the pack listing.
         let loose = crate::LocalStore::open(dir.path()).unwrap();
         crate::BlobStore::put(
@@ -257,6 +279,6 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(store.list(&ns, None, 10).await.unwrap().len(), 1);
+        assert_eq!(store.list(&ns, None, 10).await.unwrap().len(), 2);
     }
 }

@@ -58,6 +58,12 @@ pub trait PackStore: Send + Sync + std::fmt::Debug {
     /// Health check: the store is reachable and writable.
     async fn check(&self) -> Result<(), StoreError>;
 
+    /// What puts paid for durability so far: fsyncs of files and directories on a
+    /// disk, PUT requests on an object store (`fsync_pack_store_durable_writes_total`).
+    fn durable_writes(&self) -> u64 {
+        0
+    }
+
     /// Partial writes of `ns` that a crash left behind (temp files last written before
     /// `older_than`): removed unless `dry_run`. Returns their count and bytes. Stores
     /// whose puts are atomic (S3) keep this default.
@@ -106,6 +112,10 @@ impl<T: PackStore + ?Sized> PackStore for Arc<T> {
 
     async fn check(&self) -> Result<(), StoreError> {
         (**self).check().await
+    }
+
+    fn durable_writes(&self) -> u64 {
+        (**self).durable_writes()
     }
 
     async fn remove_stale_temp_files(

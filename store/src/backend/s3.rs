@@ -85,6 +85,7 @@ impl S3Config {
 pub struct S3Packs {
     store: Arc<AmazonS3>,
     root: String,
+    puts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn backend(op: &str, e: &object_store::Error) -> StoreError {
@@ -118,6 +119,7 @@ impl S3Packs {
         Ok(Self {
             store: Arc::new(store),
             root,
+            puts: Arc::default(),
         })
     }
 
@@ -142,7 +144,12 @@ impl PackStore for S3Packs {
             .put(&self.key(ns, id), payload)
             .await
             .map_err(|e| backend("PUT", &e))?;
+        self.puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    fn durable_writes(&self) -> u64 {
+        self.puts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn read(

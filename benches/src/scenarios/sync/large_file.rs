@@ -11,7 +11,7 @@ use fsync_client::api::ApiStats;
 use fsync_common::ChunkId;
 
 use super::compare::{compare_large, rsync_delta, tool_available};
-use super::tree::{same_file, transfer_records};
+use super::tree::{durability_record, same_file, transfer_records};
 use super::{pair, Ctx, Part, DATA_SEED};
 use crate::data::{self, DataKind};
 use crate::harness::{Device, Server};
@@ -54,7 +54,9 @@ pub(super) async fn large_parts(
             .expect("write task")?;
     }
     ctx.say(&format!("large file of {mib} MiB written"));
+    let writes_before = server.durable_writes();
     let up = a.round().await?;
+    let writes = server.durable_writes() - writes_before;
     let down = b.round().await?;
     ensure!(
         up.report.uploaded == 1 && down.report.downloaded == 1,
@@ -69,6 +71,7 @@ pub(super) async fn large_parts(
     let case = format!("large random file ({mib} MiB)");
     if ctx.wants(Part::InitialSync) {
         transfer_records(ctx, &case, bytes, 1, &up, &down);
+        durability_record(ctx, &case, bytes, writes);
         if ctx.args.compare {
             compare_large(ctx, server, dir, &path_a, &case, bytes, up.secs).await?;
         }

@@ -46,7 +46,9 @@ pub(super) async fn tree_parts(
         "tree of {n} files, {:.1} MiB written",
         total as f64 / f64::from(1 << 20)
     ));
+    let writes_before = server.durable_writes();
     let up = a.round().await?;
+    let writes = server.durable_writes() - writes_before;
     ensure!(
         up.report.uploaded == n,
         "A uploaded {} of {n} files",
@@ -73,6 +75,7 @@ pub(super) async fn tree_parts(
     if ctx.wants(Part::InitialSync) {
         let case = format!("tree ({n} files)");
         transfer_records(ctx, &case, total, n, &up, &down);
+        durability_record(ctx, &case, total, writes);
     }
     if ctx.wants(Part::NoopRescan) {
         for (side, dev) in [("A", &mut a), ("B", &mut b)] {
@@ -125,6 +128,19 @@ pub(super) async fn tree_parts(
 }
 
 /// The records of one A → server → B transfer.
+/// The server's fsyncs (or PUTs) per GiB of A's upload round (counted by its pack
+/// store, not estimated).
+pub(super) fn durability_record(ctx: &mut Ctx<'_>, case: &str, bytes: u64, writes: u64) {
+    let per_gib = writes as f64 * f64::from(1u32 << 30) / bytes.max(1) as f64;
+    ctx.push(
+        Part::InitialSync,
+        "server durability",
+        "fsyncs or PUTs per GiB",
+        &format!("{case}: A upload round"),
+        per_gib,
+    );
+}
+
 pub(super) fn transfer_records(
     ctx: &mut Ctx<'_>,
     case: &str,
