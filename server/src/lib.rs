@@ -39,8 +39,9 @@ pub use db::{
 };
 pub use domain::uploads::{put_blobs, record_stored, store_chunks, PutBlobs, UploadError};
 pub use gc::{
-    Collector, Damage, GcError, GcEvent, GcHook, GcLock, GcStage, NoProgress, Progress, Repack,
-    Retention, RunOptions, RunReport, Stats, VerifyReport, DEFAULT_BATCH as GC_BATCH,
+    Collector, Damage, GcError, GcEvent, GcHook, GcLock, GcStage, NoProgress, Progress,
+    RebuildReport, Repack, Retention, RunOptions, RunReport, Stats, VerifyReport,
+    DEFAULT_BATCH as GC_BATCH,
 };
 pub use http::app;
 pub use http::error::ApiError;

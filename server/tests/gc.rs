@@ -821,6 +821,59 @@ async fn loose_blobs_of_an_older_store_are_read_then_moved_into_packs() {
     }
 }
 
+/// The chunk index lost (its rows deleted, as a restored database backup older than
+/// the packs would be): `rebuild_index` records every blob again from the packs'
+/// trailers, and a torn pack is reported, not adopted.
+#[tokio::test]
+async fn the_index_is_rebuilt_from_the_packs_alone() {
+    for env in envs().await {
+        let files: Vec<Vec<ChunkId>> = (0..3).map(|_| chunks(4)).collect();
+        for (i, ids) in files.iter().enumerate() {
+            env.create(&format!("f{i}"), ids, wall_now()).await;
+        }
+        let torn = packed_at(&env, files[2][0]).await.0;
+        let bytes = std::fs::read(env.packs.pack_path(&env.ns, &torn)).unwrap();
+        std::fs::write(
+            env.packs.pack_path(&env.ns, &torn),
+            &bytes[..bytes.len() - 1],
+        )
+        .unwrap();
+        for sql in ["DELETE FROM chunks", "DELETE FROM packs"] {
+            fsync_testkit::postgres::execute(&env.url, sql)
+                .await
+                .unwrap();
+        }
+        let v = env.verify(5).await;
+        assert_eq!(
+            v.damage_count, 12,
+            "{}: every reference unrecorded",
+            env.name
+        );
+        let gc = env.collector().await;
+        let r = gc.rebuild_index(None, 2, &NoProgress).await.unwrap();
+        let name = env.name;
+        assert_eq!((r.packs_read, r.chunks_recorded), (3, 8), "{name}");
+        assert_eq!(r.damaged_packs.len(), 1, "{name}: {:?}", r.damaged_packs);
+        assert_eq!((r.damaged_packs[0].1, r.chunks_moved), (torn, 0), "{name}");
+        env.assert_stored(&files[0], true).await;
+        env.assert_stored(&files[1], true).await;
+        let v = env.verify(5).await;
+        let unrecorded = v
+            .damage
+            .iter()
+            .filter(|d| matches!(d, Damage::Unrecorded { chunk, .. } if files[2].contains(chunk)))
+            .count();
+        assert_eq!(
+            (v.damage_count, unrecorded),
+            (4, 4),
+            "{name}: only the torn pack's"
+        );
+        // Again: nothing more to record.
+        let r = gc.rebuild_index(None, 2, &NoProgress).await.unwrap();
+        assert_eq!((r.chunks_recorded, r.chunks_moved), (0, 0), "{name}");
+    }
+}
+
 // ------------------------------------------------------------------ verify, lock, stats
 
 #[tokio::test]
@@ -965,6 +1018,14 @@ async fn stats_count_chunks_bytes_and_dedup() {
         assert!((s.dedup_ratio - 400.0 / stored_shared as f64).abs() < 1e-9);
         assert_eq!(s.reclaimable_chunks, 1);
         assert_eq!(s.reclaimable_bytes, stored_loose);
+        // Three uploads, three packs; "b" re-sent the shared chunks, whose rows point
+        // into "a"'s pack: its copies are bytes no row uses.
+        let files = env.pack_files().await;
+        assert_eq!(s.packs, 3, "{}", env.name);
+        assert_eq!(s.pack_bytes, files.iter().map(|p| p.size).sum::<u64>());
+        assert_eq!(s.pack_live_bytes, stored_shared + stored_loose);
+        assert!((s.pack_fill - s.pack_live_bytes as f64 / s.pack_bytes as f64).abs() < 1e-9);
+        assert_eq!(s.loose_chunks, 0);
         let s = env.stats(Some(env.ns), Some(t0)).await;
         let why = "within the grace period";
         assert_eq!(s.reclaimable_chunks, 0, "{}: {why}", env.name);

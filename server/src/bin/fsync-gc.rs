@@ -80,6 +80,11 @@ struct VerifyArgs {
     /// Only this namespace (hex id).
     #[arg(long)]
     namespace: Option<NamespaceId>,
+    /// First rebuild the chunk index from the packs alone: record every blob of every
+    /// intact pack that has no row, and point into it the rows that name a pack with
+    /// no row (after a database restored from an older backup). Deletes nothing.
+    #[arg(long)]
+    rebuild_index: bool,
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +295,17 @@ fn print_stats(s: &Stats) {
         s.reclaimable_chunks,
         bytes(s.reclaimable_bytes)
     );
+    println!(
+        "packs                   {} ({}), {:.0} % live ({} in no chunk row's use)",
+        s.packs,
+        bytes(s.pack_bytes),
+        s.pack_fill * 100.0,
+        bytes(s.pack_bytes.saturating_sub(s.pack_live_bytes))
+    );
+    println!(
+        "loose blobs             {} (an older store's; `run` packs them)",
+        s.loose_chunks
+    );
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -324,6 +340,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(a) => {
+            if a.rebuild_index {
+                let r = collector
+                    .rebuild_index(a.namespace, fsync_server::GC_BATCH, progress)
+                    .await?;
+                if cli.json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    for (ns, pack, why) in &r.damaged_packs {
+                        println!("UNREADABLE  {ns} pack {pack}: {why} (not adopted)");
+                    }
+                    println!(
+                        "fsync-gc verify --rebuild-index: {} packs read, {} chunk rows recorded, {} pointed at the pack holding their blob",
+                        r.packs_read, r.chunks_recorded, r.chunks_moved
+                    );
+                }
+            }
             let report = collector
                 .verify(a.namespace, fsync_server::GC_BATCH, progress)
                 .await?;

@@ -71,10 +71,12 @@ use crate::db::gc::{GcLockHandle, GcRepo, LockFailure};
 use crate::db::DbError;
 
 mod packs;
+mod rebuild;
 mod repack;
 mod sweep;
 mod verify;
 
+pub use rebuild::RebuildReport;
 pub use repack::Repack;
 pub use verify::{Damage, Stats, VerifyReport};
 

@@ -42,6 +42,17 @@ pub struct Stats {
     pub reclaimable_chunks: u64,
     /// Their stored bytes.
     pub reclaimable_bytes: u64,
+    /// Pack files (live or retired, not yet deleted).
+    pub packs: u64,
+    /// Their bytes.
+    pub pack_bytes: u64,
+    /// Bytes of the packs that chunk rows point into (the rest: dead copies, retired
+    /// packs and framing, which runs and repacks reclaim).
+    pub pack_live_bytes: u64,
+    /// `pack_live_bytes / pack_bytes` (0 without packs).
+    pub pack_fill: f64,
+    /// Chunks still stored as loose blobs of a store written before packs.
+    pub loose_chunks: u64,
 }
 
 /// One damaged chunk found by [`Collector::verify`].
@@ -266,6 +277,15 @@ impl Collector {
             unreferenced_bytes: r.unreferenced_bytes,
             reclaimable_chunks: r.reclaimable_chunks,
             reclaimable_bytes: r.reclaimable_bytes,
+            packs: r.packs,
+            pack_bytes: r.pack_bytes,
+            pack_live_bytes: r.packed_live_bytes,
+            pack_fill: if r.pack_bytes == 0 {
+                0.0
+            } else {
+                r.packed_live_bytes as f64 / r.pack_bytes as f64
+            },
+            loose_chunks: r.loose_chunks,
         })
     }
 }

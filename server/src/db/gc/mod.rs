@@ -42,6 +42,10 @@ pub(crate) struct StatsRow {
     pub(crate) unreferenced_bytes: u64,
     pub(crate) reclaimable_chunks: u64,
     pub(crate) reclaimable_bytes: u64,
+    pub(crate) packs: u64,
+    pub(crate) pack_bytes: u64,
+    pub(crate) packed_live_bytes: u64,
+    pub(crate) loose_chunks: u64,
 }
 
 /// Holds the namespace lock until [`NsLock::release`] (or drop, which rolls back).
@@ -264,6 +268,26 @@ impl GcRepo {
         .bind(&bind)
         .fetch_one(pool)
         .await?;
+        let p_ns = if ns.is_some() {
+            "p.namespace_id = $1"
+        } else {
+            "$1 = $1"
+        };
+        let packs = sqlx::query(AssertSqlSafe(format!(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(p.size), 0) AS BIGINT) FROM packs p \
+             WHERE {p_ns} AND p.state <> 'dead'"
+        )))
+        .bind(&bind)
+        .fetch_one(pool)
+        .await?;
+        let placed = sqlx::query(AssertSqlSafe(format!(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN c.pack_id IS NULL THEN 0 ELSE c.stored_size END), 0) \
+             AS BIGINT), CAST(COALESCE(SUM(CASE WHEN c.pack_id IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             FROM chunks c WHERE {c_ns}"
+        )))
+        .bind(&bind)
+        .fetch_one(pool)
+        .await?;
         let (n_chunks, stored) = (count(&chunks, 0)?, count(&chunks, 1)?);
         let (n_unref, unref_bytes) = (count(&unreferenced, 0)?, count(&unreferenced, 1)?);
         Ok(StatsRow {
@@ -279,6 +303,10 @@ impl GcRepo {
             unreferenced_bytes: unref_bytes,
             reclaimable_chunks: count(&reclaimable, 0)?,
             reclaimable_bytes: count(&reclaimable, 1)?,
+            packs: count(&packs, 0)?,
+            pack_bytes: count(&packs, 1)?,
+            packed_live_bytes: count(&placed, 0)?,
+            loose_chunks: count(&placed, 1)?,
         })
     }
 }

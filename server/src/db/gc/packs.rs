@@ -324,6 +324,67 @@ impl GcRepo {
             .collect()
     }
 
+    /// Adopts a pack found in the store (`fsync-gc verify --rebuild-index`), in one
+    /// transaction under the namespace lock: records it if it has no row, records a
+    /// chunk row pointing into it for each of its blobs that has none, and points into
+    /// it each row that names a pack with no row. Returns (rows recorded, rows moved).
+    pub(crate) async fn adopt_pack(
+        &self,
+        ns: NamespaceId,
+        pack: &NewPack,
+        modified: i64,
+    ) -> Result<(u64, u64), DbError> {
+        let (mut tx, guard) = self.sql.begin_ns(ns).await?;
+        sqlx::query(
+            "INSERT INTO packs (namespace_id, id, size, blobs, live_bytes, state, created_at) \
+             VALUES ($1, $2, $3, $4, 0, 'live', $5) ON CONFLICT (namespace_id, id) DO NOTHING",
+        )
+        .bind(ns.to_hex())
+        .bind(pack.id.to_hex())
+        .bind(i64_of(pack.size))
+        .bind(pack.entries.len() as i64)
+        .bind(modified)
+        .execute(&mut *tx)
+        .await?;
+        let (mut recorded, mut moved) = (0, 0);
+        for e in &pack.entries {
+            let r = sqlx::query(
+                "INSERT INTO chunks (namespace_id, id, stored_size, created_at, last_touched, \
+                 pack_id, pack_offset) VALUES ($1, $2, $3, $4, $4, $5, $6) \
+                 ON CONFLICT (namespace_id, id) DO NOTHING",
+            )
+            .bind(ns.to_hex())
+            .bind(e.id.to_hex())
+            .bind(i64::from(e.len))
+            .bind(modified)
+            .bind(pack.id.to_hex())
+            .bind(i64_of(e.offset))
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() == 1 {
+                recorded += 1;
+                continue;
+            }
+            let r = sqlx::query(
+                "UPDATE chunks SET pack_id = $3, pack_offset = $4, stored_size = $5 \
+                 WHERE namespace_id = $1 AND id = $2 AND pack_id IS NOT NULL AND NOT EXISTS \
+                 (SELECT 1 FROM packs p WHERE p.namespace_id = chunks.namespace_id \
+                 AND p.id = chunks.pack_id)",
+            )
+            .bind(ns.to_hex())
+            .bind(e.id.to_hex())
+            .bind(pack.id.to_hex())
+            .bind(i64_of(e.offset))
+            .bind(i64::from(e.len))
+            .execute(&mut *tx)
+            .await?;
+            moved += r.rows_affected();
+        }
+        tx.commit().await?;
+        drop(guard);
+        Ok((recorded, moved))
+    }
+
     /// Up to `limit` pack rows of `ns` after `after`, in id order.
     pub(crate) async fn pack_page(
         &self,
