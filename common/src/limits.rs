@@ -20,8 +20,9 @@ pub const MAX_BLOB_SIZE: usize = MAX_CHUNK_PLAINTEXT + 64 * 1024;
 pub const MAX_IDS_PER_REQUEST: usize = 10_000;
 /// Most events in one `sync/event` batch.
 pub const MAX_EVENTS_PER_BATCH: usize = 1_000;
-/// Largest body of a batch chunk upload.
-pub const MAX_BATCH_BODY: usize = 32 * 1024 * 1024;
+/// Largest body of a batch chunk upload (one pack on the server) and of a batch
+/// download.
+pub const MAX_BATCH_BODY: usize = 48 * 1024 * 1024;
 /// Default and maximum page size of list and changes endpoints.
 pub const DEFAULT_PAGE: u32 = 1_000;
 /// Maximum page size of list and changes endpoints.

@@ -238,6 +238,8 @@ pub struct ServerOptions {
     pub database_url: Option<String>,
     /// `--files-directory`; `<data dir>/blobs` when `None`.
     pub files_directory: Option<PathBuf>,
+    /// More storage flags (the S3 blob store), given to the server and `fsync-gc`.
+    pub storage: Vec<String>,
     /// Extra environment variables (e.g. [`FAILPOINTS`]).
     pub env: Vec<(String, String)>,
 }
@@ -268,6 +270,7 @@ impl ServerOptions {
         if let Some(files) = &self.files_directory {
             cmd.arg("--files-directory").arg(files);
         }
+        cmd.args(&self.storage);
     }
 }
 

@@ -44,8 +44,10 @@ pub use remote::Remote;
 const DOWNLOAD_WINDOW: usize = 128;
 /// Most bytes of small files whose chunks are fetched in one request.
 const PREFETCH_GROUP_BYTES: u64 = 16 * 1024 * 1024;
-/// Bytes of blobs gathered before one batch upload.
-const UPLOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of blobs gathered before one batch upload. The server writes each batch as one
+/// pack (two fsyncs, or one S3 PUT): 40 MiB keeps that under 64 per GiB uploaded
+/// (`fsync-bench sync`, BENCHMARKS.md), within `MAX_BATCH_BODY`.
+const UPLOAD_BATCH_BYTES: usize = 40 * 1024 * 1024;
 /// Upload batch requests running at once while the next batch is encoded.
 const UPLOAD_IN_FLIGHT: usize = 2;
 /// Files at least this large are hashed with the chunker's parallel path.

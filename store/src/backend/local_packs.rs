@@ -1,7 +1,10 @@
-//! Packs on the local disk: `root/packs/<ns hex>/<id hex[0..2]>/<id hex>`.
+//! Packs on the local disk: `root/packs/<ns hex>/<id hex>`.
 //!
 //! A put is one temp file written and fsynced, renamed into place, and one fsync of
-//! its directory (plus, the first time, of the directories made for it). Loose blobs of
+//! its directory (plus, the first time, of the directories made for it). No fan-out
+//! directories: packs are megabytes each, so even a 10 TB namespace is a few hundred
+//! thousand entries, which ext4 and XFS index; and each new fan-out directory would
+//! cost an fsync of its parent, as many per GiB as the packs themselves. Loose blobs of
 //! a store written before packs (`root/<ns hex>/…`, [`crate::LocalStore`]) live beside
 //! them and are never listed here.
 
@@ -16,7 +19,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use fsync_common::{NamespaceId, PackId};
 
-use super::local::{blocking, ensure_dir, fanout_dirs, io_err, stale_temps_in, write_synced};
+use super::local::{blocking, ensure_dir, io_err, stale_temps_in, write_synced};
 use super::packs::{PackInfo, PackStore};
 use super::StoreError;
 
@@ -45,11 +48,7 @@ impl LocalPacks {
 
     /// Where the pack `id` of `ns` lives.
     pub fn pack_path(&self, ns: &NamespaceId, id: &PackId) -> PathBuf {
-        let hex = id.to_hex();
-        let mut path = self.ns_dir(ns);
-        path.push(&hex[0..2]);
-        path.push(hex);
-        path
+        self.ns_dir(ns).join(id.to_hex())
     }
 }
 
@@ -85,7 +84,7 @@ fn read_range(path: &Path, range: Range<u64>) -> Result<Option<Vec<u8>>, StoreEr
     Ok(Some(buf))
 }
 
-/// Packs in one fan-out directory with ids greater than `after`, sorted.
+/// Packs in a namespace's directory with ids greater than `after`, sorted.
 fn leaf_packs(dir: &Path, after: Option<&PackId>) -> Result<Vec<PackInfo>, StoreError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -188,19 +187,9 @@ impl PackStore for LocalPacks {
     ) -> Result<Vec<PackInfo>, StoreError> {
         let ns_dir = self.ns_dir(ns);
         blocking(move || {
-            let after_hex = after.map(|a| a.to_hex()[0..2].to_owned());
-            let mut out = Vec::new();
-            for l1 in fanout_dirs(&ns_dir)? {
-                if limit == out.len() {
-                    break;
-                }
-                if after_hex.as_deref().is_some_and(|a| l1.as_str() < a) {
-                    continue;
-                }
-                let packs = leaf_packs(&ns_dir.join(&l1), after.as_ref())?;
-                out.extend(packs.into_iter().take(limit - out.len()));
-            }
-            Ok(out)
+            let mut packs = leaf_packs(&ns_dir, after.as_ref())?;
+            packs.truncate(limit);
+            Ok(packs)
         })
         .await
     }
@@ -221,16 +210,7 @@ impl PackStore for LocalPacks {
         dry_run: bool,
     ) -> Result<(u64, u64), StoreError> {
         let ns_dir = self.ns_dir(ns);
-        blocking(move || {
-            let (mut count, mut bytes) = (0, 0);
-            for l1 in fanout_dirs(&ns_dir)? {
-                let (c, b) = stale_temps_in(&ns_dir.join(l1), older_than, dry_run)?;
-                count += c;
-                bytes += b;
-            }
-            Ok((count, bytes))
-        })
-        .await
+        blocking(move || stale_temps_in(&ns_dir, older_than, dry_run)).await
     }
 }
 
@@ -254,16 +234,12 @@ mod tests {
         store.put(&ns, &id, b"pack bytes".to_vec()).await.unwrap();
         let path = store.pack_path(&ns, &id);
         assert_eq!(fs::read(&path).unwrap(), b"pack bytes");
-        // The namespace's and the fan-out directory made, each synced in its parent;
-        // the file and its directory: four. A second pack in that directory: two.
-        assert_eq!(store.durable_writes(), 4);
-        let mut next = [3; 16];
-        next[0] = 2;
-        store
-            .put(&ns, &PackId::from_bytes(next), vec![1])
-            .await
-            .unwrap();
-        assert_eq!(store.durable_writes(), 6);
+        // The namespace's directory made, synced in its parent; the file and its
+        // directory: three. A second pack: two.
+        assert_eq!(store.durable_writes(), 3);
+        let next = PackId::from_bytes([3; 16]);
+        store.put(&ns, &next, vec![1]).await.unwrap();
+        assert_eq!(store.durable_writes(), 5);
         let names: Vec<_> = fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
