@@ -435,8 +435,28 @@ fn batches() {
     write("batch_decode", "header-only", b"\x00\x40FSBT\x01");
 }
 
+/// Packs of 0, 1 and 3 real blobs, and a torn one.
+fn packs() {
+    let codec = fsync_fuzz::codec();
+    for (name, n) in [("empty", 0), ("one", 1), ("three", 3)] {
+        let mut b = fsync_store::pack::PackBuilder::default();
+        for i in 0..n {
+            let plain = text(100 + 50 * i);
+            let id = codec.chunk_id(&plain);
+            b.push(id, &codec.encode(&id, &plain).expect("encode"));
+        }
+        let (pack, _) = b.finish();
+        fsync_store::pack::verify(&pack).expect("a valid pack");
+        if n == 3 {
+            write("pack_parse", "torn", &pack[..pack.len() - 9]);
+        }
+        write("pack_parse", name, &pack);
+    }
+}
+
 fn main() {
     blobs();
+    packs();
     wire();
     paths();
     version_vectors();

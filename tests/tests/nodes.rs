@@ -49,7 +49,7 @@ fn two_nodes_on_one_database_and_one_bucket_sync_two_clients() {
     // No pack landed on either node's disk: they are all in the bucket.
     for node in [&one, &two] {
         let packs = node.data_dir().join("blobs/packs");
-        let local = std::fs::read_dir(&packs).map_or(0, |d| d.count());
+        let local = std::fs::read_dir(&packs).map_or(0, Iterator::count);
         assert_eq!(local, 0, "packs on a node's disk: {}", packs.display());
     }
     // Either node's fsync-gc sees the same, undamaged store.
