@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use fsync_client::api::{ApiClient, ClientError};
-use fsync_common::limits::{MAX_EVENTS_PER_BATCH, MAX_IDS_PER_REQUEST};
+use fsync_common::limits::{MAX_BATCH_BODY, MAX_EVENTS_PER_BATCH, MAX_IDS_PER_REQUEST};
 use fsync_common::wire::{
     ChunkRef, CommitOutcome, CommitRequest, DeleteRequest, PushMessage, RenameRequest, SyncEvent,
     SyncEventResult,
@@ -397,8 +397,9 @@ async fn large_batches_are_split_on_upload_and_resumed_on_download() {
     let srv = Server::start().await;
     let (client, acct) = logged_in(&srv, "judy").await;
     let ns = acct.namespace;
-    // 9 incompressible chunks of 4 MiB: 36 MiB, more than one batch body holds.
-    let datas: Vec<Vec<u8>> = (0..9).map(|_| random_bytes(4 * 1024 * 1024)).collect();
+    // Incompressible chunks of 4 MiB, one more than one batch body holds.
+    let n = MAX_BATCH_BODY / (4 << 20) + 1;
+    let datas: Vec<Vec<u8>> = (0..n).map(|_| random_bytes(4 * 1024 * 1024)).collect();
     let blobs: Vec<(ChunkId, Vec<u8>)> = datas.iter().map(|d| acct.blob(d)).collect();
     let ids: Vec<ChunkId> = blobs.iter().map(|(id, _)| *id).collect();
 
@@ -413,7 +414,7 @@ async fn large_batches_are_split_on_upload_and_resumed_on_download() {
     let before = client.stats();
     let fetched = client.fetch_batch(ns, &ids).await.unwrap();
     let after = client.stats();
-    assert_eq!(fetched.len(), 9);
+    assert_eq!(fetched.len(), n);
     assert!(
         after.requests - before.requests >= 2,
         "the server cut the answer"
