@@ -214,8 +214,13 @@ fn server_killed_inside_a_pack_write_loses_nothing() {
         assert_converged(&a, &b);
         server.assert_gc_verify_clean(&opts.plain());
         // What the crash left (a partial write, or an unrecorded pack) goes with a
-        // collection once past the grace period (here: none).
-        let out = server.gc(&opts.plain(), &["run", "--grace", "0s", "--json"]);
+        // collection once past the grace period: every pack file made two days old.
+        let old = SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+        for f in files_named(&blobs.join("packs"), "") {
+            let file = std::fs::File::options().write(true).open(&f).unwrap();
+            file.set_modified(old).unwrap();
+        }
+        let out = server.gc(&opts.plain(), &["run", "--grace", "1h", "--json"]);
         check(&out, "fsync-gc run");
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let cleaned =
