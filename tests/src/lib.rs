@@ -808,7 +808,15 @@ pub fn tree(root: &Path) -> Tree {
                     walk(root, &path, out);
                 }
             } else if ft.is_file() {
-                out.insert(rel, describe(&std::fs::read(&path).expect("read file")));
+                match std::fs::read(&path) {
+                    Ok(data) => {
+                        out.insert(rel, describe(&data));
+                    }
+                    // Removed between the listing and the read (a client cleaning up
+                    // its temp files while a test watches the folder): not there.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => panic!("read {}: {e}", path.display()),
+                }
             } else {
                 out.insert(rel, "(not a regular file)".into());
             }
