@@ -532,9 +532,7 @@ fn blobs_of(server: &Server, path: &str) -> Vec<StoredBlob> {
     .filter(|r| r[0] == path)
     .map(|r| {
         let (ns, id, pack) = (&r[1], &r[2], &r[3]);
-        let file = server
-            .data_dir()
-            .join(format!("blobs/packs/{ns}/{}/{pack}", &pack[0..2]));
+        let file = server.data_dir().join(format!("blobs/packs/{ns}/{pack}"));
         assert!(file.is_file(), "no pack file at {}", file.display());
         StoredBlob {
             id: ChunkId::from_hex(id).expect("a chunk id"),
