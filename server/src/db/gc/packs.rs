@@ -164,20 +164,7 @@ impl GcRepo {
         ids: &[PackId],
     ) -> Result<(NsLock, Vec<PackId>), DbError> {
         let (mut tx, guard) = self.sql.begin_ns(ns).await?;
-        let mut present = HashSet::new();
-        for batch in ids.chunks(IN_BATCH) {
-            let sql = format!(
-                "SELECT id FROM packs WHERE namespace_id = $1 AND id IN ({})",
-                placeholders(2, batch.len())
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
-            for id in batch {
-                q = q.bind(id.to_hex());
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                present.insert(parse::<PackId>(&row.try_get::<String, _>(0)?, "pack id")?);
-            }
-        }
+        let present = recorded_among(&mut tx, ns, ids).await?;
         let absent = ids
             .iter()
             .copied()
@@ -192,21 +179,8 @@ impl GcRepo {
         ns: NamespaceId,
         ids: &[PackId],
     ) -> Result<HashSet<PackId>, DbError> {
-        let mut out = HashSet::new();
-        for batch in ids.chunks(IN_BATCH) {
-            let sql = format!(
-                "SELECT id FROM packs WHERE namespace_id = $1 AND id IN ({})",
-                placeholders(2, batch.len())
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
-            for id in batch {
-                q = q.bind(id.to_hex());
-            }
-            for row in q.fetch_all(self.sql.pool()).await? {
-                out.insert(parse::<PackId>(&row.try_get::<String, _>(0)?, "pack id")?);
-            }
-        }
-        Ok(out)
+        let mut conn = self.sql.pool().acquire().await?;
+        recorded_among(&mut conn, ns, ids).await
     }
 
     /// In one transaction under the namespace lock: records `pack` (written and durable)
@@ -471,4 +445,28 @@ impl GcRepo {
 fn pack_size(row: &sqlx::any::AnyRow) -> Result<(PackId, u64), DbError> {
     let id = parse::<PackId>(&row.try_get::<String, _>(0)?, "pack id")?;
     Ok((id, count(row, 1)?))
+}
+
+/// Those of `ids` that have a pack row in `ns`, read on `conn` (a transaction's, to
+/// read under its lock).
+async fn recorded_among(
+    conn: &mut sqlx::AnyConnection,
+    ns: NamespaceId,
+    ids: &[PackId],
+) -> Result<HashSet<PackId>, DbError> {
+    let mut out = HashSet::new();
+    for batch in ids.chunks(IN_BATCH) {
+        let sql = format!(
+            "SELECT id FROM packs WHERE namespace_id = $1 AND id IN ({})",
+            placeholders(2, batch.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
+        for id in batch {
+            q = q.bind(id.to_hex());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            out.insert(parse::<PackId>(&row.try_get::<String, _>(0)?, "pack id")?);
+        }
+    }
+    Ok(out)
 }
