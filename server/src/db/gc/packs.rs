@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::sweep::swept;
 use super::{count, GcRepo, NsLock, RetentionSql};
-use crate::db::sql::{i64_of, parse, placeholders, IN_BATCH};
+use crate::db::sql::{i64_of, insert_pack_row, parse, placeholders, IN_BATCH};
 use crate::db::{DbError, NewPack};
 
 /// A pack row: id, size, and whether it may be missing (a repack retired it, or a
@@ -222,18 +222,7 @@ impl GcRepo {
                 live += u64::from(e.len);
             }
         }
-        sqlx::query(
-            "INSERT INTO packs (namespace_id, id, size, blobs, live_bytes, state, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'live', $6)",
-        )
-        .bind(ns.to_hex())
-        .bind(pack.id.to_hex())
-        .bind(i64_of(pack.size))
-        .bind(pack.entries.len() as i64)
-        .bind(i64_of(live))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        insert_pack_row(&mut tx, ns, pack, live, now, false).await?;
         for batch in retire.chunks(IN_BATCH) {
             let sql = format!(
                 "UPDATE packs SET state = 'retired', retired_at = $2, live_bytes = 0 \
@@ -309,17 +298,7 @@ impl GcRepo {
         modified: i64,
     ) -> Result<(u64, u64), DbError> {
         let (mut tx, guard) = self.sql.begin_ns(ns).await?;
-        sqlx::query(
-            "INSERT INTO packs (namespace_id, id, size, blobs, live_bytes, state, created_at) \
-             VALUES ($1, $2, $3, $4, 0, 'live', $5) ON CONFLICT (namespace_id, id) DO NOTHING",
-        )
-        .bind(ns.to_hex())
-        .bind(pack.id.to_hex())
-        .bind(i64_of(pack.size))
-        .bind(pack.entries.len() as i64)
-        .bind(modified)
-        .execute(&mut *tx)
-        .await?;
+        insert_pack_row(&mut tx, ns, pack, 0, modified, true).await?;
         let (mut recorded, mut moved) = (0, 0);
         for e in &pack.entries {
             let r = sqlx::query(

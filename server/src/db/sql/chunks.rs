@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use fsync_common::{ChunkId, NamespaceId};
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::rows::{i64_of, multi_row_values, parse, placeholders};
+use super::rows::{i64_of, insert_pack_row, multi_row_values, parse, placeholders};
 use super::{SqlRepo, IN_BATCH, TOUCH_SLACK_SECS};
 use crate::db::{BlobConfirm, BlobLocation, ChunkRepo, DbError, NewPack};
 use fsync_common::PackId;
@@ -153,18 +153,7 @@ impl ChunkRepo for SqlRepo {
             .iter()
             .partition(|e| present.contains_key(&e.id.to_hex()));
         let live: u64 = new.iter().map(|e| u64::from(e.len)).sum();
-        sqlx::query(
-            "INSERT INTO packs (namespace_id, id, size, blobs, live_bytes, state, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'live', $6)",
-        )
-        .bind(ns.to_hex())
-        .bind(pack.id.to_hex())
-        .bind(i64_of(pack.size))
-        .bind(pack.entries.len() as i64)
-        .bind(i64_of(live))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        insert_pack_row(&mut tx, ns, pack, live, now, false).await?;
         for batch in new.chunks(IN_BATCH / 3) {
             let values = multi_row_values("($1, ?, ?, $2, $2, $3, ?)", 3, batch.len());
             let sql = format!(

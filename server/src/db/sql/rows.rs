@@ -103,6 +103,37 @@ pub(super) fn multi_row_values(row: &str, shared: usize, rows: usize) -> String 
     out
 }
 
+/// Inserts the row of `pack` (state `live`, `live` bytes in use, made at `created`);
+/// with `if_absent`, a row already there is kept as it is.
+pub(in crate::db) async fn insert_pack_row(
+    conn: &mut sqlx::AnyConnection,
+    ns: fsync_common::NamespaceId,
+    pack: &crate::db::NewPack,
+    live: u64,
+    created: i64,
+    if_absent: bool,
+) -> Result<(), DbError> {
+    let conflict = if if_absent {
+        " ON CONFLICT (namespace_id, id) DO NOTHING"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "INSERT INTO packs (namespace_id, id, size, blobs, live_bytes, state, created_at) \
+         VALUES ($1, $2, $3, $4, $5, 'live', $6){conflict}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ns.to_hex())
+        .bind(pack.id.to_hex())
+        .bind(i64_of(pack.size))
+        .bind(pack.entries.len() as i64)
+        .bind(i64_of(live))
+        .bind(created)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
