@@ -37,6 +37,7 @@ pub use db::{
     BlobConfirm, BlobLocation, ChunkRepo, DbError, FileRepo, JournalRepo, MetaRepo, NewPack,
     NewUser, TokenOwner, WriteRepo,
 };
+pub use domain::group_commit::GroupCommit;
 pub use domain::uploads::{put_blobs, record_stored, store_chunks, PutBlobs, UploadError};
 pub use gc::{
     Collector, Damage, GcError, GcEvent, GcHook, GcLock, GcStage, NoProgress, Progress,

@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 use crate::auth::limit::{Limit, RateLimiter};
 use crate::auth::tokens::TokenService;
 use crate::db::MetaRepo;
+use crate::domain::group_commit::GroupCommit;
 use crate::fanout::{Event, Publisher};
 use crate::metrics::Metrics;
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub blobs: Arc<dyn BlobStore>,
     /// Pack files: where uploads go.
     pub packs: Arc<dyn PackStore>,
+    /// Groups single-blob uploads into packs.
+    pub group_commit: Arc<GroupCommit>,
     /// Access tokens.
     pub tokens: Arc<TokenService>,
     /// Rate limiter.
@@ -96,6 +99,7 @@ impl AppState {
         let dummy_hash =
             fsync_store::hash_auth_key(&"00".repeat(32)).expect("hashing a constant works");
         Self {
+            group_commit: Arc::default(),
             repo,
             blobs,
             packs,

@@ -23,6 +23,7 @@ use fsync_server::{
     Stats, VerifyReport,
 };
 use fsync_store::{BlobStore, LocalPacks, LocalStore, PackInfo, PackStore, StoreError};
+use fsync_testkit::packs::{HookedPacks, Hooks};
 use fsync_testkit::postgres::{test_database_url, ScratchDatabase};
 use futures_util::FutureExt as _;
 
@@ -603,62 +604,16 @@ async fn orphan_blobs_and_packs_are_removed_after_the_grace_period() {
     }
 }
 
-/// A pack store whose deletes fail while `fail` is set.
+/// Pack deletes fail while set.
 #[derive(Debug)]
-struct FlakyPacks {
-    inner: Arc<LocalPacks>,
-    fail: AtomicBool,
-}
+struct FailDeletes(AtomicBool);
 
-impl FlakyPacks {
-    fn injected(&self) -> Result<(), StoreError> {
-        if self.fail.load(SeqCst) {
+impl Hooks for FailDeletes {
+    fn before_delete(&self) -> Result<(), StoreError> {
+        if self.0.load(SeqCst) {
             return Err(StoreError::Backend("injected failure".into()));
         }
         Ok(())
-    }
-}
-
-#[fsync_store::async_trait]
-impl PackStore for FlakyPacks {
-    async fn put(&self, ns: &NamespaceId, id: &PackId, pack: Vec<u8>) -> Result<(), StoreError> {
-        self.inner.put(ns, id, pack).await
-    }
-    async fn read(
-        &self,
-        ns: &NamespaceId,
-        id: &PackId,
-        range: std::ops::Range<u64>,
-    ) -> Result<Vec<u8>, StoreError> {
-        self.inner.read(ns, id, range).await
-    }
-    async fn read_all(&self, ns: &NamespaceId, id: &PackId) -> Result<Vec<u8>, StoreError> {
-        self.inner.read_all(ns, id).await
-    }
-    async fn delete(&self, ns: &NamespaceId, id: &PackId) -> Result<bool, StoreError> {
-        self.injected()?;
-        self.inner.delete(ns, id).await
-    }
-    async fn list(
-        &self,
-        ns: &NamespaceId,
-        after: Option<PackId>,
-        limit: usize,
-    ) -> Result<Vec<PackInfo>, StoreError> {
-        self.inner.list(ns, after, limit).await
-    }
-    async fn check(&self) -> Result<(), StoreError> {
-        self.inner.check().await
-    }
-    async fn remove_stale_temp_files(
-        &self,
-        ns: &NamespaceId,
-        older_than: SystemTime,
-        dry_run: bool,
-    ) -> Result<(u64, u64), StoreError> {
-        self.injected()?;
-        let inner = &self.inner;
-        inner.remove_stale_temp_files(ns, older_than, dry_run).await
     }
 }
 
@@ -668,10 +623,7 @@ async fn a_failed_pack_delete_is_retried_by_the_next_run() {
         let t0 = wall_now() - 100 * DAY;
         let ids = chunks(3);
         env.upload(&ids, t0).await;
-        let flaky = Arc::new(FlakyPacks {
-            inner: env.packs.clone(),
-            fail: true.into(),
-        });
+        let flaky = HookedPacks::new(env.packs.clone(), FailDeletes(true.into()));
         let gc = env.collector_over(flaky.clone()).await;
         let later = wall_now() + 2 * DAY;
         let r = gc.run(&opts(later), &NoProgress).await.unwrap();
@@ -690,7 +642,7 @@ async fn a_failed_pack_delete_is_retried_by_the_next_run() {
         );
         // The rows are gone first, so nothing is damaged.
         env.assert_verify_clean().await;
-        flaky.fail.store(false, SeqCst);
+        flaky.hooks.0.store(false, SeqCst);
         let r = gc.run(&opts(later), &NoProgress).await.unwrap();
         let deleted = (r.packs_deleted, r.blob_delete_failures);
         assert_eq!(

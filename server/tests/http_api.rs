@@ -100,15 +100,6 @@ async fn read_file(srv: &Server, user: &User, dev: &Device, file: FileId) -> Vec
     out
 }
 
-async fn chunks_stored_total(srv: &Server) -> u64 {
-    let text = String::from_utf8(srv.get("/metrics", None).await.expect(200).body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("fsync_chunks_stored_total "))
-        .expect("chunks counter in /metrics")
-        .parse()
-        .unwrap()
-}
-
 /// True when `name` is `{stem}.sync-conflict-YYYYMMDD-HHMMSS-<7 hex>{ext}`.
 fn is_conflict_name(name: &str, stem: &str, ext: &str) -> bool {
     let Some(mid) = name
@@ -553,7 +544,7 @@ async fn files_scenario(srv: &Server) {
     // Rename a file: same id, same chunks, no upload.
     let n = user.create(srv, &dev, "notes/n.txt", b"a note").await;
     let before_rename = download(srv, &dev, n.head.file_id).await;
-    let stored_before = chunks_stored_total(srv).await;
+    let stored_before = srv.metric("fsync_chunks_stored_total").await;
     let rn = user
         .rename(srv, &dev, "notes/n.txt", "notes/renamed.txt")
         .await;
@@ -576,7 +567,7 @@ async fn files_scenario(srv: &Server) {
         let moved = (p.replacen("dir/", "moved/", 1), r.head.content_hash);
         dir_ids.insert(r.head.file_id, moved);
     }
-    let stored_mid = chunks_stored_total(srv).await;
+    let stored_mid = srv.metric("fsync_chunks_stored_total").await;
     let rn = user.rename(srv, &dev, "dir", "moved").await;
     assert_eq!(rn.files.len(), 3);
     let moved = list_all(srv, &dev, &[("prefix", "moved")]).await;
@@ -586,7 +577,7 @@ async fn files_scenario(srv: &Server) {
         assert_eq!((f.path.as_str(), &f.content_hash), (path.as_str(), hash));
     }
     assert!(list_all(srv, &dev, &[("prefix", "dir")]).await.is_empty());
-    let stored_now = chunks_stored_total(srv).await;
+    let stored_now = srv.metric("fsync_chunks_stored_total").await;
     assert_eq!(stored_now, stored_mid, "a folder rename stores no chunk");
     assert_eq!(
         stored_mid,

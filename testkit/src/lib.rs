@@ -9,7 +9,8 @@
 //! - `server` (feature `server`): a real fsync server in this process on 127.0.0.1;
 //! - `client` (feature `client`): accounts and client engines, registered and logged
 //!   in the way the client does it;
-//! - `keys` (feature `keys`): a new account's keys, for tests that speak the API.
+//! - `keys` (feature `keys`): a new account's keys, for tests that speak the API;
+//! - `packs` (feature `keys`): a pack store behind a test's hooks (faults, a held put).
 //!
 //! Dev-only (`publish = false`): no release build links it.
 
@@ -22,6 +23,8 @@ pub mod wait;
 pub mod client;
 #[cfg(feature = "keys")]
 pub mod keys;
+#[cfg(feature = "keys")]
+pub mod packs;
 #[cfg(feature = "server")]
 pub mod server;
 

@@ -253,15 +253,15 @@ pub trait ChunkRepo: Send + Sync + std::fmt::Debug {
     /// transaction under the namespace lock: the pack's row, a row pointing into it for
     /// each chunk not yet recorded, a touch for each that is (its blob stays where it
     /// was; the copy in this pack is dead bytes for a repack to drop). `confirm` runs
-    /// under the lock first (it makes sure the pack is still there). Returns how many
-    /// chunks were new and how many were already recorded.
+    /// under the lock first (it makes sure the pack is still there). Returns the ids that
+    /// were already recorded (every other entry is new).
     async fn record_pack(
         &self,
         ns: NamespaceId,
         pack: &NewPack,
         now: i64,
         confirm: &dyn BlobConfirm,
-    ) -> Result<(u32, u32), DbError>;
+    ) -> Result<Vec<ChunkId>, DbError>;
     /// Where the blobs of the recorded chunks among `ids` lie; absent ids are left out.
     async fn locate_chunks(
         &self,

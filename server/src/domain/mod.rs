@@ -6,6 +6,7 @@
 pub(crate) mod accounts;
 pub(crate) mod downloads;
 pub(crate) mod files;
+pub(crate) mod group_commit;
 pub(crate) mod manifest;
 pub(crate) mod resolve;
 pub(crate) mod roles;

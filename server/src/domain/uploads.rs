@@ -10,6 +10,7 @@ use fsync_common::{ChunkId, NamespaceId, PackId};
 use fsync_store::pack::{PackBuilder, PACK_HEADER_LEN};
 use fsync_store::{PackStore, StoreError};
 
+use super::group_commit::GroupCommit;
 use crate::db::{BlobConfirm, DbError, MetaRepo, NewPack};
 use crate::state::{now_secs, AppState};
 
@@ -31,6 +32,10 @@ pub enum UploadError {
     /// The blob store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The group this upload was committed with failed (the cause, shared by every
+    /// upload of the group; see [`super::group_commit`]).
+    #[error(transparent)]
+    Group(std::sync::Arc<UploadError>),
 }
 
 /// Accepts uploaded blobs into `ns`: every header is checked before anything is put
@@ -41,10 +46,7 @@ pub(crate) async fn accept(
     items: Vec<(ChunkId, Vec<u8>)>,
 ) -> Result<StoredResponse, UploadError> {
     for (id, blob) in &items {
-        fsync_store::check_blob_header(blob).map_err(|e| UploadError::InvalidBlob {
-            id: *id,
-            reason: e.to_string(),
-        })?;
+        check_header(*id, blob)?;
     }
     let r = store_chunks(
         state.repo.as_ref(),
@@ -59,6 +61,32 @@ pub(crate) async fn accept(
         .chunks_stored
         .fetch_add(u64::from(r.stored), std::sync::atomic::Ordering::Relaxed);
     Ok(r)
+}
+
+/// Accepts one uploaded blob into `ns`, written with whatever other single blobs of
+/// `ns` arrive meanwhile ([`GroupCommit`]); returns whether it was already recorded.
+pub(crate) async fn accept_one(
+    state: &AppState,
+    ns: NamespaceId,
+    id: ChunkId,
+    blob: Vec<u8>,
+) -> Result<bool, UploadError> {
+    check_header(id, &blob)?;
+    let existed = GroupCommit::submit(state, ns, id, blob).await?;
+    if !existed {
+        state
+            .metrics
+            .chunks_stored
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(existed)
+}
+
+fn check_header(id: ChunkId, blob: &[u8]) -> Result<(), UploadError> {
+    fsync_store::check_blob_header(blob).map_err(|e| UploadError::InvalidBlob {
+        id,
+        reason: e.to_string(),
+    })
 }
 
 /// Blobs written as one pack but not yet recorded; [`record_stored`] records them.
@@ -108,15 +136,26 @@ pub async fn record_stored(
     put: PutBlobs,
     now: i64,
 ) -> Result<StoredResponse, UploadError> {
+    let total = put.pack.entries.len();
+    let existing = record(repo, packs, &put, now).await?.len();
+    Ok(StoredResponse {
+        stored: (total - existing) as u32,
+        existing: existing as u32,
+    })
+}
+
+/// Records a written pack; returns the ids that were already recorded.
+async fn record(
+    repo: &dyn MetaRepo,
+    packs: &dyn PackStore,
+    put: &PutBlobs,
+    now: i64,
+) -> Result<Vec<ChunkId>, UploadError> {
     if put.pack.entries.is_empty() {
-        return Ok(StoredResponse {
-            stored: 0,
-            existing: 0,
-        });
+        return Ok(Vec::new());
     }
-    let confirm = Confirm { packs, put: &put };
-    let (stored, existing) = repo.record_pack(put.ns, &put.pack, now, &confirm).await?;
-    Ok(StoredResponse { stored, existing })
+    let confirm = Confirm { packs, put };
+    Ok(repo.record_pack(put.ns, &put.pack, now, &confirm).await?)
 }
 
 /// Stores uploaded blobs and records them, safely against a concurrent collection:
@@ -129,12 +168,28 @@ pub async fn store_chunks(
     items: Vec<(ChunkId, Vec<u8>)>,
     now: i64,
 ) -> Result<StoredResponse, UploadError> {
+    let total = items.iter().map(|(id, _)| id).collect::<HashSet<_>>().len();
+    let existing = store_chunks_existing(repo, packs, ns, items, now).await?;
+    Ok(StoredResponse {
+        stored: (total - existing.len()) as u32,
+        existing: existing.len() as u32,
+    })
+}
+
+/// [`store_chunks`], returning the ids that were already recorded.
+pub(super) async fn store_chunks_existing(
+    repo: &dyn MetaRepo,
+    packs: &dyn PackStore,
+    ns: NamespaceId,
+    items: Vec<(ChunkId, Vec<u8>)>,
+    now: i64,
+) -> Result<Vec<ChunkId>, UploadError> {
     let put = put_blobs(packs, ns, items).await?;
     // The pack written, its rows not yet: a crash here leaves an unrecorded pack, which
     // the collector removes after the grace period; nothing else.
     fsync_common::failpoint::hit("server.chunks.before_record")
         .map_err(|e| StoreError::Backend(e.to_string()))?;
-    record_stored(repo, packs, put, now).await
+    record(repo, packs, &put, now).await
 }
 
 /// Puts the pack back, under the namespace lock, if a collection removed it as

@@ -70,11 +70,23 @@ pub async fn put(
     let id = chunk_id(&id)?;
     let ns = auth.namespace(&state, q.namespace, Role::can_write).await?;
     let blob = read_body(body, MAX_BLOB_SIZE).await?;
-    let r = uploads::accept(&state, ns, vec![(id, blob.to_vec())]).await?;
-    let status = if r.stored > 0 {
-        StatusCode::CREATED
+    let existed = uploads::accept_one(&state, ns, id, blob.to_vec()).await?;
+    let (status, r) = if existed {
+        (
+            StatusCode::OK,
+            StoredResponse {
+                stored: 0,
+                existing: 1,
+            },
+        )
     } else {
-        StatusCode::OK
+        (
+            StatusCode::CREATED,
+            StoredResponse {
+                stored: 1,
+                existing: 0,
+            },
+        )
     };
     Ok((status, Json(r)))
 }

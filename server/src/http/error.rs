@@ -132,31 +132,50 @@ impl IntoResponse for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
+        Self::of_db(&e)
+    }
+}
+
+impl From<fsync_store::StoreError> for ApiError {
+    fn from(e: fsync_store::StoreError) -> Self {
+        Self::of_store(&e)
+    }
+}
+
+impl ApiError {
+    fn of_db(e: &DbError) -> Self {
         match e {
             DbError::UsernameTaken | DbError::PathExists(_) | DbError::PathInUse(_) => {
                 Self::Conflict(e.to_string())
             }
             DbError::NotFound(what) => Self::NotFound(format!("{what} not found")),
-            DbError::MissingChunks(ids) => Self::MissingChunks(ids),
+            DbError::MissingChunks(ids) => Self::MissingChunks(ids.clone()),
             DbError::Invalid(r) => Self::BadRequest(r.to_string()),
-            DbError::UnsupportedUrl(m) => Self::BadRequest(m),
+            DbError::UnsupportedUrl(m) => Self::BadRequest(m.clone()),
             DbError::Backend(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
             ) => Self::Unavailable(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
-}
 
-impl From<fsync_store::StoreError> for ApiError {
-    fn from(e: fsync_store::StoreError) -> Self {
-        match &e {
+    fn of_store(e: &fsync_store::StoreError) -> Self {
+        match e {
             fsync_store::StoreError::Io { source, .. }
                 if source.kind() == std::io::ErrorKind::StorageFull =>
             {
                 Self::StorageFull(format!("blob store: {e}"))
             }
             _ => Self::Unavailable(format!("blob store: {e}")),
+        }
+    }
+
+    fn of_upload(e: &UploadError) -> Self {
+        match e {
+            UploadError::InvalidBlob { .. } => Self::InvalidBlob(e.to_string()),
+            UploadError::Db(DbError::Blob(e)) | UploadError::Store(e) => Self::of_store(e),
+            UploadError::Db(e) => Self::of_db(e),
+            UploadError::Group(e) => Self::of_upload(e),
         }
     }
 }
@@ -179,11 +198,7 @@ impl From<AccountError> for ApiError {
 
 impl From<UploadError> for ApiError {
     fn from(e: UploadError) -> Self {
-        match e {
-            UploadError::InvalidBlob { .. } => Self::InvalidBlob(e.to_string()),
-            UploadError::Db(DbError::Blob(e)) | UploadError::Store(e) => e.into(),
-            UploadError::Db(e) => e.into(),
-        }
+        Self::of_upload(&e)
     }
 }
 

@@ -297,6 +297,18 @@ impl Server {
         }
     }
 
+    /// The value of the unlabelled metric `name` in `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = String::from_utf8(self.get("/metrics", None).await.expect(200).body)
+            .expect("metrics are text");
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
         self.send(self.request(Method::GET, path, token)).await

@@ -143,7 +143,7 @@ impl ChunkRepo for SqlRepo {
         pack: &NewPack,
         now: i64,
         confirm: &dyn BlobConfirm,
-    ) -> Result<(u32, u32), DbError> {
+    ) -> Result<Vec<ChunkId>, DbError> {
         let (mut tx, _guard) = self.begin_ns(ns).await?;
         let ids: Vec<ChunkId> = pack.entries.iter().map(|e| e.id).collect();
         confirm.confirm(&ids).await.map_err(DbError::Blob)?;
@@ -184,7 +184,7 @@ impl ChunkRepo for SqlRepo {
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok((new.len() as u32, old.len() as u32))
+        Ok(old.iter().map(|e| e.id).collect())
     }
 
     async fn locate_chunks(
