@@ -96,21 +96,7 @@ fn s3_flags() -> anyhow::Result<Vec<String>> {
         Ok(e) if !e.trim().is_empty() => e.trim().to_owned(),
         _ => script_output("s3.sh", "http")?,
     };
-    let url = format!(
-        "s3://{}/bench-{}",
-        fsync_testkit::s3::TEST_BUCKET,
-        fsync_testkit::s3::scratch_prefix()
-    );
-    Ok(vec![
-        "--blob-store".into(),
-        url,
-        "--s3-endpoint".into(),
-        endpoint,
-        "--aws-access-key-id".into(),
-        "bench".into(),
-        "--aws-secret-access-key".into(),
-        "bench".into(),
-    ])
+    Ok(fsync_testkit::s3::scratch_flags(&endpoint, "bench"))
 }
 
 impl std::ops::Deref for Server {

@@ -23,7 +23,7 @@ use fsync_server::{
     Stats, VerifyReport,
 };
 use fsync_store::{BlobStore, LocalPacks, LocalStore, PackInfo, PackStore, StoreError};
-use fsync_testkit::packs::{HookedPacks, Hooks};
+use fsync_testkit::packs::{s3_packs, HookedPacks, Hooks};
 use fsync_testkit::postgres::{test_database_url, ScratchDatabase};
 use futures_util::FutureExt as _;
 
@@ -46,16 +46,19 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
 
 // ------------------------------------------------------------------ harness
 
-/// One database with its stores (packs, and the loose blobs of an older store) and a
-/// user with one namespace.
+/// One database with its stores (packs, on the disk or on S3, and the loose blobs of an
+/// older store) and a user with one namespace.
 struct Env {
-    name: &'static str,
+    /// `database/packs`, e.g. `postgres/s3`.
+    name: String,
     url: String,
     repo: Arc<dyn MetaRepo>,
-    /// The `FILES_DIRECTORY`.
-    files: std::path::PathBuf,
     blobs: Arc<LocalStore>,
-    packs: Arc<LocalPacks>,
+    packs: Arc<dyn PackStore>,
+    /// The packs when they are on the disk (tests that age pack files).
+    local: Option<Arc<LocalPacks>>,
+    /// The `fsync-gc` flags naming these stores.
+    store_flags: Vec<String>,
     ns: NamespaceId,
     actor: Actor,
     _dir: tempfile::TempDir,
@@ -95,6 +98,13 @@ impl Env {
         for id in ids {
             self.blobs.put(&self.ns, id, blob_of(*id)).await.unwrap();
         }
+    }
+
+    /// Rewrites pack `id` of the namespace as `f` changes it (a torn or flipped pack).
+    async fn tamper(&self, id: PackId, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut bytes = self.packs.read_all(&self.ns, &id).await.unwrap();
+        f(&mut bytes);
+        self.packs.put(&self.ns, &id, bytes).await.unwrap();
     }
 
     /// The pack files of the namespace.
@@ -277,7 +287,26 @@ fn commit_req(ns: NamespaceId, path: &str, base: &VersionVector, ids: &[ChunkId]
 }
 
 /// SQLite always; PostgreSQL when `FSYNC_TEST_DATABASE_URL` is set.
+/// Every database (SQLite; PostgreSQL when configured) with every pack store (the
+/// disk; S3 when configured, as CI requires).
 async fn envs() -> Vec<Env> {
+    let mut out = local_envs().await;
+    if let Some(endpoint) = fsync_testkit::s3::test_s3_endpoint() {
+        for mut env in local_envs().await {
+            let url = fsync_testkit::s3::scratch_url("gc");
+            env.packs = Arc::new(s3_packs(&endpoint, &url));
+            env.local = None;
+            env.store_flags
+                .extend(fsync_testkit::s3::server_flags(&endpoint, &url));
+            env.name = env.name.replace("/local", "/s3");
+            out.push(env);
+        }
+    }
+    out
+}
+
+/// Every database, with the packs on the disk.
+async fn local_envs() -> Vec<Env> {
     let mut urls = Vec::new();
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite://{}", dir.path().join("fsync.db").display());
@@ -299,15 +328,17 @@ async fn envs() -> Vec<Env> {
         let user = create_user(&*repo, ns).await;
         let actor = new_device(&*repo, user, "d", 0).await;
         let files = dir.path().join("files");
+        let dir_flag = files.display().to_string();
         let blobs = Arc::new(LocalStore::open(&files).unwrap());
         let packs = Arc::new(LocalPacks::open(&files).unwrap());
         out.push(Env {
-            name,
+            name: format!("{name}/local"),
             url,
             repo,
-            files,
             blobs,
-            packs,
+            packs: packs.clone(),
+            local: Some(packs),
+            store_flags: vec!["--files-directory".into(), dir_flag],
             ns,
             actor,
             _dir: dir,
@@ -546,7 +577,10 @@ async fn a_dry_run_deletes_nothing_and_predicts_the_run() {
 
 #[tokio::test]
 async fn orphan_blobs_and_packs_are_removed_after_the_grace_period() {
-    for env in envs().await {
+    // Local packs only: the test ages the orphan's file (an object's time on S3 cannot
+    // be set); the collector reads both stores' times through `PackStore::list`.
+    for env in local_envs().await {
+        let local = env.local.clone().unwrap();
         let ids = chunks(12);
         env.put_orphans(&ids).await;
         let recorded = chunks(1);
@@ -575,7 +609,7 @@ async fn orphan_blobs_and_packs_are_removed_after_the_grace_period() {
         // Older than the grace period: removed; the recorded blob stays.
         // Partial writes and unrecorded packs are judged by the real clock (an upload
         // in flight must keep them even when a test moves "now" ahead): make these old.
-        for file in [partial.clone(), env.packs.pack_path(&env.ns, &orphan.id)] {
+        for file in [partial.clone(), local.pack_path(&env.ns, &orphan.id)] {
             std::fs::File::options()
                 .write(true)
                 .open(&file)
@@ -677,7 +711,7 @@ async fn a_mostly_dead_pack_is_repacked_and_its_old_location_read_until_the_grac
         let (old, range) = packed_at(&env, ids[0]).await;
         let old_size = env.pack_files().await[0].size;
         let r = env.run(opts(wall_now())).await;
-        let name = env.name;
+        let name = &env.name;
         assert_eq!(r.chunks_deleted, 8, "{name}");
         let live: u64 = ids[..2].iter().map(|i| blob_len(*i)).sum();
         assert_eq!((r.packs_repacked, r.repacked_bytes), (1, live), "{name}");
@@ -710,7 +744,7 @@ async fn small_packs_are_combined_into_one() {
         assert_eq!(env.pack_files().await.len(), 3);
         let dry = env.run(dry(opts(wall_now()))).await;
         let r = env.run(opts(wall_now())).await;
-        let name = env.name;
+        let name = &env.name;
         assert_eq!((r.packs_repacked, dry.packs_repacked), (3, 3), "{name}");
         assert_eq!(r.repacked_bytes, dry.repacked_bytes, "{name}");
         let (one, _) = packed_at(&env, files[0][0]).await;
@@ -751,7 +785,7 @@ async fn loose_blobs_of_an_older_store_are_read_then_moved_into_packs() {
         env.assert_verify_clean().await;
         let dry = env.run(dry(opts(wall_now()))).await;
         let r = env.run(opts(wall_now())).await;
-        let name = env.name;
+        let name = &env.name;
         assert_eq!(
             (r.loose_blobs_packed, dry.loose_blobs_packed),
             (5, 5),
@@ -784,12 +818,7 @@ async fn the_index_is_rebuilt_from_the_packs_alone() {
             env.create(&format!("f{i}"), ids, wall_now()).await;
         }
         let torn = packed_at(&env, files[2][0]).await.0;
-        let bytes = std::fs::read(env.packs.pack_path(&env.ns, &torn)).unwrap();
-        std::fs::write(
-            env.packs.pack_path(&env.ns, &torn),
-            &bytes[..bytes.len() - 1],
-        )
-        .unwrap();
+        env.tamper(torn, |b| b.truncate(b.len() - 1)).await;
         for sql in ["DELETE FROM chunks", "DELETE FROM packs"] {
             fsync_testkit::postgres::execute(&env.url, sql)
                 .await
@@ -803,7 +832,7 @@ async fn the_index_is_rebuilt_from_the_packs_alone() {
         );
         let gc = env.collector().await;
         let r = gc.rebuild_index(None, 2, &NoProgress).await.unwrap();
-        let name = env.name;
+        let name = &env.name;
         assert_eq!((r.packs_read, r.chunks_recorded), (3, 8), "{name}");
         assert_eq!(r.damaged_packs.len(), 1, "{name}: {:?}", r.damaged_packs);
         assert_eq!((r.damaged_packs[0].1, r.chunks_moved), (torn, 0), "{name}");
@@ -895,15 +924,11 @@ async fn verify_names_torn_corrupt_and_missing_packs() {
             }
         };
         let (torn, flipped, gone) = (pack_of(0).await, pack_of(1).await, pack_of(2).await);
-        let path = |p: PackId| env.packs.pack_path(&env.ns, &p);
-        let bytes = std::fs::read(path(torn)).unwrap();
-        std::fs::write(path(torn), &bytes[..bytes.len() - 7]).unwrap();
-        let mut bytes = std::fs::read(path(flipped)).unwrap();
-        bytes[40] ^= 0x10;
-        std::fs::write(path(flipped), &bytes).unwrap();
-        std::fs::remove_file(path(gone)).unwrap();
+        env.tamper(torn, |b| b.truncate(b.len() - 7)).await;
+        env.tamper(flipped, |b| b[40] ^= 0x10).await;
+        assert!(env.packs.delete(&env.ns, &gone).await.unwrap());
         let r = env.verify(2).await;
-        let name = env.name;
+        let name = &env.name;
         assert_eq!(r.damage_count, 3, "{name}: {:?}", r.damage);
         for (pack, what) in [(torn, "torn"), (flipped, "flipped")] {
             let named = r.damage.iter().any(|d| {
@@ -1089,7 +1114,7 @@ async fn commit_until_done(
             Err(e) => panic!("{}: {e}", env.name),
         }
     }
-    let name = env.name;
+    let name = &env.name;
     panic!("{name}: commit of {path} still refused after {tries} tries");
 }
 
@@ -1170,7 +1195,7 @@ async fn commits_racing_the_sweep_keep_their_chunks_or_are_told_to_reupload() {
             committed.extend(&ids);
             // Every committed chunk is recorded and stored.
             for id in &committed {
-                let (name, stored) = (env.name, env.stored(*id).await);
+                let (name, stored) = (&env.name, env.stored(*id).await);
                 assert_eq!(stored, Some(true), "{name}: round {round}: {id}");
             }
         }
@@ -1188,8 +1213,8 @@ async fn commits_racing_the_sweep_keep_their_chunks_or_are_told_to_reupload() {
 
 fn fsync_gc(env: &Env, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_fsync-gc"))
-        .args(["--database-url", &env.url, "--files-directory"])
-        .arg(&env.files)
+        .args(["--database-url", &env.url])
+        .args(&env.store_flags)
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("POSTGRES_URL")
@@ -1255,11 +1280,9 @@ async fn the_progress_bar_shows_on_a_terminal_and_only_there() {
     for env in envs().await {
         env.upload(&chunks(3), wall_now() - 10 * DAY).await;
         let gc = env!("CARGO_BIN_EXE_fsync-gc");
-        let blobs = env.files.display().to_string();
-        let command = format!(
-            "{gc} --database-url '{}' --files-directory '{blobs}' run --grace 1d",
-            env.url
-        );
+        let stores = env.store_flags.iter().map(|f| format!("'{f}'"));
+        let stores = stores.collect::<Vec<_>>().join(" ");
+        let command = format!("{gc} --database-url '{}' {stores} run --grace 1d", env.url);
         let out = std::process::Command::new("script")
             .args(["-qec", &command, "/dev/null"])
             .env_remove("DATABASE_URL")
@@ -1282,7 +1305,7 @@ async fn the_progress_bar_shows_on_a_terminal_and_only_there() {
         assert!(out.status.success(), "{}: {out:?}", env.name);
         let piped = stderr(&out);
         let drawn = piped.contains('\x1b') || piped.contains("sweeping chunks");
-        let name = env.name;
+        let name = &env.name;
         assert!(!drawn, "{name}: progress drawn into a pipe: {piped:?}");
     }
 }
@@ -1290,7 +1313,7 @@ async fn the_progress_bar_shows_on_a_terminal_and_only_there() {
 #[tokio::test]
 async fn the_binary_reports_json_exits_on_damage_and_refuses_a_second_run() {
     for env in envs().await {
-        let name = env.name;
+        let name = &env.name;
         let ids = chunks(3);
         env.create("f", &ids, wall_now()).await;
         env.upload(&chunks(2), wall_now() - 10 * DAY).await;

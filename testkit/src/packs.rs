@@ -83,3 +83,13 @@ impl<H: Hooks> PackStore for HookedPacks<H> {
         inner.remove_stale_temp_files(ns, older_than, dry_run).await
     }
 }
+
+/// The pack store at `url` (`s3://bucket/prefix`) on the S3 server at `endpoint`, with
+/// the credentials of [`crate::s3::server_flags`].
+pub fn s3_packs(endpoint: &str, url: &str) -> fsync_store::S3Packs {
+    let mut config = fsync_store::S3Config::from_url(url).expect("a valid bucket URL");
+    config.endpoint = Some(endpoint.to_owned());
+    config.access_key_id = Some("test".into());
+    config.secret_access_key = Some("test".into());
+    fsync_store::S3Packs::open(&config).expect("an S3 client")
+}

@@ -28,3 +28,30 @@ pub const TEST_BUCKET: &str = "fsync-test";
 pub fn scratch_prefix() -> String {
     format!("t-{}", hex::encode(rand::random::<[u8; 8]>()))
 }
+
+/// A bucket URL with a prefix no other test uses: `s3://fsync-test/<label>-<random>`.
+pub fn scratch_url(label: &str) -> String {
+    format!("s3://{TEST_BUCKET}/{label}-{}", scratch_prefix())
+}
+
+/// The `fsync-server` (and `fsync-gc`) flags that keep the packs at `url` on the S3
+/// server at `endpoint` (SeaweedFS takes any credentials).
+pub fn server_flags(endpoint: &str, url: &str) -> Vec<String> {
+    [
+        "--blob-store",
+        url,
+        "--s3-endpoint",
+        endpoint,
+        "--aws-access-key-id",
+        "test",
+        "--aws-secret-access-key",
+        "test",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// [`server_flags`] for a prefix of the test bucket no other test uses.
+pub fn scratch_flags(endpoint: &str, label: &str) -> Vec<String> {
+    server_flags(endpoint, &scratch_url(label))
+}

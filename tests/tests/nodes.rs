@@ -3,7 +3,7 @@
 //! each (ARCHITECTURE §7).
 #![allow(missing_docs)]
 
-use fsync_testkit::s3::{scratch_prefix, test_s3_endpoint, TEST_BUCKET};
+use fsync_testkit::s3::{scratch_flags, test_s3_endpoint};
 use fsync_tests::{assert_same_tree, postgres_url, random_bytes, rounds, Server, ServerOptions};
 
 #[test]
@@ -14,19 +14,9 @@ fn two_nodes_on_one_database_and_one_bucket_sync_two_clients() {
     };
     let db = fsync_testkit::postgres::ScratchDatabase::create_blocking(&base)
         .unwrap_or_else(|e| panic!("a test database: {e:#}"));
-    let bucket = format!("s3://{TEST_BUCKET}/{}", scratch_prefix());
     let opts = ServerOptions {
         database_url: Some(db.url().to_owned()),
-        storage: vec![
-            "--blob-store".into(),
-            bucket,
-            "--s3-endpoint".into(),
-            endpoint,
-            "--aws-access-key-id".into(),
-            "test".into(),
-            "--aws-secret-access-key".into(),
-            "test".into(),
-        ],
+        storage: scratch_flags(&endpoint, "nodes"),
         ..ServerOptions::default()
     };
     let (one, two) = (Server::start_with(&opts), Server::start_with(&opts));
