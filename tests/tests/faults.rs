@@ -231,6 +231,63 @@ fn server_killed_inside_a_pack_write_loses_nothing() {
     }
 }
 
+/// [`server_killed_inside_a_pack_write_loses_nothing`] with the packs on S3: killed
+/// before the PUT (nothing stored) and after it, before the rows (an unrecorded pack,
+/// which `fsync-gc` lists and removes once past the grace period, here zero: an
+/// object's time on S3 cannot be set back).
+#[test]
+fn server_killed_around_an_s3_pack_put_loses_nothing() {
+    let Some(endpoint) = fsync_testkit::s3::test_s3_endpoint() else {
+        println!("NOTE: FSYNC_TEST_S3_ENDPOINT is unset (scripts/s3.sh); not run");
+        return;
+    };
+    for (point, left) in [("store.packs.put", 0), ("server.chunks.before_record", 1)] {
+        let plain = ServerOptions {
+            storage: fsync_testkit::s3::scratch_flags(&endpoint, "faults"),
+            ..ServerOptions::default()
+        };
+        let opts = plain.clone().failpoints(&format!("{point}=abort"));
+        let mut server = Server::start_with(&opts);
+        let alice = server.register("alice");
+        let (a, b) = (alice.device(), alice.device());
+        let files = write_files(&a, 6);
+        let err = a.run_fails(&["--once"], "the round succeeded");
+        assert!(err.contains("network error"), "{point}: {err}");
+        assert!(
+            aborted(server.wait_exit(EVENT_TIMEOUT)),
+            "{point}: no crash"
+        );
+
+        server.restart(&plain);
+        let unrecorded = |server: &Server| {
+            let out = server.gc(&plain, &["verify", "--json"]);
+            check(&out, "fsync-gc verify");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["orphan_packs"].as_u64().unwrap()
+        };
+        assert_eq!(unrecorded(&server), left, "{point}: what the crash left");
+        let round = a.sync();
+        assert_eq!(round.uploaded, files.len() as u64, "{point}: {round:?}");
+        assert_eq!(b.sync().downloaded, files.len() as u64, "{point}");
+        assert_converged(&a, &b);
+        assert_eq!(unrecorded(&server), left, "{point}: after the new upload");
+        let out = server.gc(&plain, &["run", "--grace", "0s", "--json"]);
+        check(&out, "fsync-gc run");
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(r["orphan_packs_deleted"], left, "{point}: {r}\n{log}");
+        assert_eq!(r["chunks_deleted"], 0, "{point}: {r}");
+        assert_eq!(unrecorded(&server), 0, "{point}");
+        assert_converged(&a, &b);
+        let c = alice.device();
+        assert_eq!(
+            c.sync().downloaded,
+            files.len() as u64,
+            "{point}: a new device"
+        );
+    }
+}
+
 #[test]
 fn server_killed_between_commit_and_push_still_delivers_the_change() {
     let opts = ServerOptions::default().failpoints("server.commit.before_push=abort");

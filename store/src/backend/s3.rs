@@ -140,6 +140,10 @@ fn absent(e: &object_store::Error) -> bool {
 impl PackStore for S3Packs {
     async fn put(&self, ns: &NamespaceId, id: &PackId, pack: Vec<u8>) -> Result<(), StoreError> {
         let payload = PutPayload::from(bytes::Bytes::from(pack));
+        // The same point as the disk's (there: synced, not yet renamed); here nothing
+        // was sent, as an S3 PUT is whole or absent.
+        fsync_common::failpoint::hit("store.packs.put")
+            .map_err(|e| StoreError::Backend(format!("S3 PUT: {e}")))?;
         self.store
             .put(&self.key(ns, id), payload)
             .await
