@@ -9,7 +9,7 @@
 # Knobs (environment): QUICK=1 (small sizes: a smoke run of a few minutes, written to
 # BENCHMARKS.quick.md instead), DBS ("sqlite postgres"), SWEEP_DB (sqlite),
 # ONLY="NAME ..." (re-run only these runs, keep the others' results, regenerate; names:
-# pipeline pipeline-blake3 server initial-sync small-edit latency small-files versions chunk-sweep gc).
+# pipeline pipeline-blake3 server initial-sync small-edit latency small-files versions chunk-sweep gc repack).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +78,7 @@ if [ "$QUICK" = 1 ]; then
   run versions versions "${db_args[@]}" --size-mib 16 --versions 3
   run chunk-sweep chunk-sweep --db "$SWEEP_DB" --large-mib 16 --size-mib 16 --versions 2
   run gc gc "${db_args[@]}" --rows 20000 --file-mib 4
+  run repack repack "${db_args[@]}" --files 12 --file-mib 4
 else
   run pipeline pipeline
   # BLAKE3 over the chunks and over fixed 64 KiB pieces of the same bytes, alternately.
@@ -93,6 +94,8 @@ else
   run chunk-sweep chunk-sweep --db "$SWEEP_DB"
   # Issue #5: an online sweep of 1,000,000 chunk rows.
   run gc gc "${db_args[@]}"
+  # Issue 13: an online repack of packs left a third dead, while a client commits.
+  run repack repack "${db_args[@]}"
 fi
 
 first_line() { # COMMAND ARGS...: its first line of output, or "COMMAND missing"
@@ -157,6 +160,7 @@ section() { # NAME TITLE
   section versions "versions: a disk image, 1 % of its pages rewritten per version"
   section chunk-sweep "chunk-sweep: average chunk size"
   section gc "gc: an online sweep of 1,000,000 chunk rows"
+  section repack "repack: packs a third dead, copied while a client commits"
   cat benches/NOTES.md
 } >"$target"
 echo "bench.sh: wrote $target" >&2

@@ -140,6 +140,11 @@ impl Server {
         Ok(Self { inner, dir, packs })
     }
 
+    /// The server's pack store (the same one, for a collector beside it).
+    pub(crate) fn packs(&self) -> std::sync::Arc<dyn fsync_store::PackStore> {
+        self.packs.clone()
+    }
+
     /// The fsyncs (local disk) or PUTs (S3) the server's pack store made so far.
     pub(crate) fn durable_writes(&self) -> u64 {
         self.packs.durable_writes()

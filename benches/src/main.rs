@@ -72,6 +72,9 @@ enum Scenario {
     /// chunk rows (PostgreSQL by default) while a client keeps committing: sweep time,
     /// rows/s, and the client's round times before and during the sweep.
     Gc(scenarios::gc::Args),
+    /// Online repack: packs left partly dead by deleted files are copied while a client
+    /// keeps committing: live MB/s, and the client's round times before and during.
+    Repack(scenarios::repack::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +95,7 @@ fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Scenario::Versions(args) => args.run(progress)?,
         Scenario::ChunkSweep(args) => args.run(progress)?,
         Scenario::Gc(args) => args.run(progress)?,
+        Scenario::Repack(args) => args.run(progress)?,
     };
     // Records of S3 runs say so (local runs keep the columns they always had).
     if cli.blob_store == harness::BlobBackend::S3 {
@@ -107,6 +111,7 @@ fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Scenario::Versions(_) => Some("versions"),
         Scenario::ChunkSweep(_) => Some("chunk-sweep"),
         Scenario::Gc(_) => Some("gc"),
+        Scenario::Repack(_) => Some("repack"),
         _ => None,
     };
     if let Some(path) = &cli.json_out {

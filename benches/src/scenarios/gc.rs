@@ -269,7 +269,7 @@ impl Args {
 }
 
 /// Writes one new 1 KiB file in A's root and syncs it; returns the round's seconds.
-async fn small_file_round(a: &mut Device, n: &mut usize) -> anyhow::Result<f64> {
+pub(crate) async fn small_file_round(a: &mut Device, n: &mut usize) -> anyhow::Result<f64> {
     *n += 1;
     let body = data::generate(DataKind::Text, 1024, DATA_SEED + 100 + *n as u64);
     std::fs::write(a.root.join(format!("during-{n:05}.txt")), body)?;

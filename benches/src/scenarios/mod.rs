@@ -14,6 +14,7 @@ use crate::report::{Record, Report};
 
 pub(crate) mod gc;
 pub(crate) mod pipeline;
+pub(crate) mod repack;
 pub(crate) mod server;
 pub(crate) mod small_files;
 pub(crate) mod sweep;

@@ -193,7 +193,7 @@ pub(super) async fn compare_large(
     file: &Path,
     case: &str,
     bytes: u64,
-    fsync_secs: f64,
+    rounds: (f64, f64),
 ) -> anyhow::Result<()> {
     let p = Part::InitialSync;
     if !Path::new("/usr/bin/time").exists() {
@@ -242,61 +242,110 @@ pub(super) async fn compare_large(
             client_bin.display()
         ));
     }
+    let rss = compare_restic(ctx, dir, file, case, bytes, rounds).await?;
+    if let (Some(kib), Some(c)) = (rss, client_rss) {
+        ctx.push(
+            p,
+            "fsync / restic",
+            "ratio",
+            &format!("{case}: peak RSS, fsync-client process vs restic"),
+            c as f64 / kib as f64,
+        );
+    }
+    Ok(())
+}
+
+/// `restic backup` of `source` into a fresh local repository, then `restic restore` of
+/// it into an empty folder, next to fsync's A upload and B download rounds of the same
+/// data (`rounds`: their seconds); returns restic's peak RSS during the backup. Skipped
+/// with a note when restic is not installed.
+pub(super) async fn compare_restic(
+    ctx: &mut Ctx<'_>,
+    dir: &Path,
+    source: &Path,
+    case: &str,
+    bytes: u64,
+    (up_secs, down_secs): (f64, f64),
+) -> anyhow::Result<Option<u64>> {
+    let p = Part::InitialSync;
     if !tool_available("restic", &["version"]) {
-        ctx.notes
-            .push("restic is not installed: the large-file comparison was skipped.".into());
-        return Ok(());
+        ctx.notes.push(format!(
+            "restic is not installed: the {case} comparison was skipped."
+        ));
+        return Ok(None);
     }
     let version = Command::new("restic").arg("version").output()?;
-    ctx.notes.push(format!(
+    let peer = format!(
         "Peer: {} (local repository, RESTIC_PASSWORD set, default options).",
         String::from_utf8_lossy(&version.stdout).trim()
-    ));
-    let repo = dir.join("restic-repo");
+    );
+    if !ctx.notes.contains(&peer) {
+        ctx.notes.push(peer);
+    }
+    let work = tempfile::Builder::new().prefix("restic-").tempdir_in(dir)?;
     let env = [
-        ("RESTIC_PASSWORD", "x".into()),
-        ("RESTIC_REPOSITORY", repo.display().to_string()),
+        ("RESTIC_PASSWORD", "x".to_owned()),
+        (
+            "RESTIC_REPOSITORY",
+            work.path().join("repo").display().to_string(),
+        ),
         (
             "RESTIC_CACHE_DIR",
-            dir.join("restic-cache").display().to_string(),
+            work.path().join("cache").display().to_string(),
         ),
     ];
-    let init = Command::new("restic")
-        .args(["init", "--quiet"])
-        .envs(env.iter().map(|(k, v)| (*k, v)))
-        .output()?;
+    let restic = |args: &[&str]| {
+        let mut cmd = Command::new("restic");
+        cmd.args(args).envs(env.iter().map(|(k, v)| (*k, v)));
+        cmd
+    };
+    let init = restic(&["init", "--quiet"]).output()?;
     ensure!(
         init.status.success(),
         "restic init failed: {}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let mut cmd = Command::new("restic");
-    cmd.args(["backup", "--quiet"])
-        .arg(file)
-        .envs(env.iter().map(|(k, v)| (*k, v)));
-    let restic = tokio::task::spawn_blocking(move || timed_process(cmd, "restic backup"))
-        .await
-        .expect("process task")?;
-    let (secs, rss) = (restic.secs, restic.rss_kib);
-    if let Some(cpu) = restic.cpu_secs {
+    let mut backup = restic(&["backup", "--quiet", "--exclude", ".fsync"]);
+    backup.arg(source);
+    let target = work.path().join("restored");
+    let mut restore = restic(&["restore", "latest", "--quiet", "--target"]);
+    restore.arg(&target);
+    let (backup, restore) = tokio::task::spawn_blocking(move || {
+        let b = timed_process(backup, "restic backup")?;
+        let r = timed_process(restore, "restic restore")?;
+        anyhow::Ok((b, r))
+    })
+    .await
+    .expect("process task")?;
+    if let Some(cpu) = backup.cpu_secs {
         ctx.push(p, "CPU time", "s", &format!("{case}: restic backup"), cpu);
     }
-    let restic_mbs = bytes as f64 / MB / secs;
-    ctx.push(
-        p,
-        "throughput",
-        "MB/s",
-        &format!("{case}: restic backup"),
-        restic_mbs,
-    );
-    ctx.push(
-        p,
-        "fsync / restic",
-        "ratio",
-        &format!("{case}: throughput, A upload round vs restic backup"),
-        (bytes as f64 / MB / fsync_secs) / restic_mbs,
-    );
-    if let Some(kib) = rss {
+    let mbs = |secs: f64| bytes as f64 / MB / secs;
+    for (what, secs, ours, side) in [
+        ("restic backup", backup.secs, up_secs, "A upload round"),
+        (
+            "restic restore",
+            restore.secs,
+            down_secs,
+            "B download round",
+        ),
+    ] {
+        ctx.push(
+            p,
+            "throughput",
+            "MB/s",
+            &format!("{case}: {what}"),
+            mbs(secs),
+        );
+        ctx.push(
+            p,
+            "fsync / restic",
+            "ratio",
+            &format!("{case}: throughput, {side} vs {what}"),
+            mbs(ours) / mbs(secs),
+        );
+    }
+    if let Some(kib) = backup.rss_kib {
         ctx.push(
             p,
             "peak RSS",
@@ -304,16 +353,10 @@ pub(super) async fn compare_large(
             &format!("{case}: restic backup"),
             kib as f64 / 1024.0,
         );
-        if let Some(c) = client_rss {
-            ctx.push(
-                p,
-                "fsync / restic",
-                "ratio",
-                &format!("{case}: peak RSS, fsync-client process vs restic"),
-                c as f64 / kib as f64,
-            );
-        }
     }
-    ctx.say(&format!("restic backup {secs:.2} s"));
-    Ok(())
+    ctx.say(&format!(
+        "restic backup {:.2} s, restore {:.2} s",
+        backup.secs, restore.secs
+    ));
+    Ok(backup.rss_kib)
 }

@@ -73,7 +73,16 @@ pub(super) async fn large_parts(
         transfer_records(ctx, &case, bytes, 1, &up, &down);
         durability_record(ctx, &case, bytes, writes);
         if ctx.args.compare {
-            compare_large(ctx, server, dir, &path_a, &case, bytes, up.secs).await?;
+            compare_large(
+                ctx,
+                server,
+                dir,
+                &path_a,
+                &case,
+                bytes,
+                (up.secs, down.secs),
+            )
+            .await?;
         }
     }
     if ctx.wants(Part::SmallEdit) {

@@ -18,9 +18,9 @@
 //!   socket), each on its own thread and runtime; a 4 KiB file is rewritten on A
 //!   `--edits` times and B's copy polled every 2 ms until it matches.
 //! - `--compare`: rsync's local delta transfer (`rsync -I --no-whole-file --stats`)
-//!   of every small edit, and `restic backup` of the large file to a local
-//!   repository, next to `fsync-client --once` uploading it as a process (time and
-//!   peak RSS from `/usr/bin/time -v`).
+//!   of every small edit; `restic backup` then `restore` of the tree and of the large
+//!   file with a local repository; `fsync-client --once` uploading the large file as
+//!   a process (time and peak RSS from `/usr/bin/time -v`).
 
 use std::path::{Path, PathBuf};
 
@@ -95,7 +95,8 @@ pub(crate) struct Args {
     /// Edits of the latency test.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     edits: u32,
-    /// Also run rsync (small edits) and restic (large file), when installed.
+    /// Also run rsync (small edits) and restic (backup and restore of the tree and the
+    /// large file), when installed.
     #[arg(long)]
     compare: bool,
     /// Where the folders, server data and peer repositories go [default: the temp dir].

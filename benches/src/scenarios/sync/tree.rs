@@ -76,6 +76,10 @@ pub(super) async fn tree_parts(
         let case = format!("tree ({n} files)");
         transfer_records(ctx, &case, total, n, &up, &down);
         durability_record(ctx, &case, total, writes);
+        if ctx.args.compare {
+            let rounds = (up.secs, down.secs);
+            super::compare::compare_restic(ctx, dir, &a.root, &case, total, rounds).await?;
+        }
     }
     if ctx.wants(Part::NoopRescan) {
         for (side, dev) in [("A", &mut a), ("B", &mut b)] {
