@@ -244,12 +244,13 @@ async fn an_invalid_access_token_is_renewed_with_the_refresh_token_which_is_pers
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("refresh.token")]);
 
-    // The old token is spent; the persisted one opens a session without the password.
+    // The persisted token opens a session without the password; the old one is spent
+    // (presented now, it is a reuse).
     let other = srv.client();
-    let err = other.resume(&first).await.unwrap_err();
-    assert!(matches!(err, ClientError::Unauthorized(_)), "{err:?}");
     other.resume(&second).await.unwrap();
     assert_eq!(other.devices().await.unwrap().len(), 1);
+    let err = srv.client().resume(&first).await.unwrap_err();
+    assert!(matches!(err, ClientError::Unauthorized(_)), "{err:?}");
 }
 
 #[tokio::test]
@@ -263,6 +264,31 @@ async fn a_refused_refresh_token_falls_back_to_logging_in_again_as_the_same_devi
     let devices = client.devices().await.unwrap();
     assert_eq!(devices.len(), 1, "no new device was registered");
     assert_eq!(devices[0].id, device);
+}
+
+/// A stolen copy of the refresh token is used first: when the legitimate client then
+/// renews with its own (now rotated-out) copy, the server revokes the whole login, the
+/// thief's session with it, and the client recovers by logging in again.
+#[tokio::test]
+async fn a_reused_refresh_token_revokes_the_login_and_the_client_logs_in_again() {
+    let srv = Server::start_with(|s| s.limits.refresh_retry_grace = Duration::ZERO).await;
+    let client = srv.client();
+    let acct = register(&client, &unique("gina")).await;
+    let login = client
+        .login(&acct.username, &acct.auth_key, "laptop", None)
+        .await
+        .unwrap();
+    let thief = srv.client();
+    thief.resume(&login.refresh_token).await.unwrap();
+    assert_eq!(thief.devices().await.unwrap().len(), 1);
+
+    client.set_access_token_for_test("expired").await;
+    let devices = client.devices().await.unwrap();
+    assert_eq!(devices.len(), 1, "the same device logged in again");
+    assert_eq!(devices[0].id, login.device_id);
+    thief.set_access_token_for_test("expired").await;
+    let err = thief.devices().await.unwrap_err();
+    assert!(matches!(err, ClientError::Unauthorized(_)), "{err:?}");
 }
 
 #[tokio::test]

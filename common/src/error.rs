@@ -15,6 +15,9 @@ pub enum ErrorCode {
     InvalidPath,
     /// Missing, expired or invalid credentials.
     Unauthorized,
+    /// A refresh token that was already exchanged was presented again: every token of
+    /// its login is revoked, and the device must log in with the password (401).
+    RefreshTokenReused,
     /// Authenticated, but not allowed to touch this resource.
     Forbidden,
     /// The resource does not exist (or is not visible to the caller).

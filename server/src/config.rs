@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, ValueEnum};
 
 /// Log output format.
@@ -48,6 +49,13 @@ pub struct Config {
     /// PEM private key of `--tls-cert`.
     #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Push sockets (WebSockets) one device may hold open at once; more are closed
+    /// with code 1008 and the reason.
+    #[arg(long, env = "MAX_WEBSOCKETS_PER_DEVICE", default_value_t = crate::state::DEFAULT_WS_PER_DEVICE, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub max_websockets_per_device: usize,
+    /// Push sockets one account may hold open at once over all its devices.
+    #[arg(long, env = "MAX_WEBSOCKETS_PER_USER", default_value_t = crate::state::DEFAULT_WS_PER_USER, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub max_websockets_per_user: usize,
 }
 
 /// The levels a `--log-level` directive may name.

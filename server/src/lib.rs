@@ -44,8 +44,8 @@ pub use gc::{
     RebuildReport, Repack, Retention, RunOptions, RunReport, Stats, VerifyReport,
     DEFAULT_BATCH as GC_BATCH,
 };
-pub use http::app;
 pub use http::error::ApiError;
+pub use http::{app, Access, Route, ROUTES};
 pub use state::{AppState, Limits};
 pub use tls::{load_server_config, PeerAddr, TlsError, TlsListener};
 
@@ -61,6 +61,8 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         Arc::new(fsync_store::LocalStore::open(config.files_directory())?);
     let packs = config.storage.open_packs()?;
     let mut state = AppState::new(repo, blobs, packs, secret);
+    state.limits.ws_per_device = config.max_websockets_per_device;
+    state.limits.ws_per_user = config.max_websockets_per_user;
     if let db::DbUrl::Postgres(url) = db::parse_url(&url)? {
         fanout::start(url, &mut state)
             .await

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub chunks_stored: AtomicU64,
     /// Chunk ids answered present by `chunks/missing`.
     pub dedup_hits: AtomicU64,
+    /// Rotated-out refresh tokens presented again (each revoked its login).
+    pub refresh_reuse: AtomicU64,
     /// Packs written by the group commit of single-blob uploads.
     pub upload_groups: AtomicU64,
     /// Single-blob uploads written by group commit (over `upload_groups`: the mean
@@ -144,6 +146,11 @@ impl Metrics {
             ("fsync_chunks_stored_total", "counter", &self.chunks_stored),
             ("fsync_dedup_hits_total", "counter", &self.dedup_hits),
             ("fsync_upload_groups_total", "counter", &self.upload_groups),
+            (
+                "fsync_refresh_token_reuse_total",
+                "counter",
+                &self.refresh_reuse,
+            ),
             ("fsync_grouped_blobs_total", "counter", &self.grouped_blobs),
             ("fsync_websocket_connections", "gauge", &self.ws_connections),
         ] {

@@ -23,7 +23,19 @@ pub struct Limits {
     pub auth_per_user: Limit,
     /// Authenticated API requests per user.
     pub api_per_user: Limit,
+    /// How long after a refresh-token rotation the old token may be presented again as
+    /// a retry of that rotation (its answer lost), not as a reuse.
+    pub refresh_retry_grace: Duration,
+    /// Push sockets open at once per device (`MAX_WEBSOCKETS_PER_DEVICE`).
+    pub ws_per_device: usize,
+    /// Push sockets open at once per user, over all devices (`MAX_WEBSOCKETS_PER_USER`).
+    pub ws_per_user: usize,
 }
+
+/// Default cap of push sockets per device: a daemon holds one per server.
+pub const DEFAULT_WS_PER_DEVICE: usize = 4;
+/// Default cap of push sockets per user.
+pub const DEFAULT_WS_PER_USER: usize = 32;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -40,6 +52,9 @@ impl Default for Limits {
                 max: 6000,
                 window: Duration::from_secs(60),
             },
+            refresh_retry_grace: Duration::from_secs(10),
+            ws_per_device: DEFAULT_WS_PER_DEVICE,
+            ws_per_user: DEFAULT_WS_PER_USER,
         }
     }
 }
@@ -55,6 +70,8 @@ pub struct AppState {
     pub packs: Arc<dyn PackStore>,
     /// Groups single-blob uploads into packs.
     pub group_commit: Arc<GroupCommit>,
+    /// Open push sockets per user and device.
+    pub ws_slots: Arc<crate::http::ws::WsSlots>,
     /// Access tokens.
     pub tokens: Arc<TokenService>,
     /// Rate limiter.
@@ -100,6 +117,7 @@ impl AppState {
             fsync_store::hash_auth_key(&"00".repeat(32)).expect("hashing a constant works");
         Self {
             group_commit: Arc::default(),
+            ws_slots: Arc::default(),
             repo,
             blobs,
             packs,

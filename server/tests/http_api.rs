@@ -197,10 +197,9 @@ async fn auth_scenario(srv: &Server) {
         "wrong password and unknown user must look the same"
     );
 
-    // Refresh rotates: the old token is refused once used, the new one works.
+    // Refresh rotates: the new token works (reuse of the old one: see the reuse tests).
     let t1: TokenResponse = srv.refresh(&laptop.refresh).await.expect(200).json();
     assert_ne!(t1.refresh_token, laptop.refresh);
-    srv.refresh(&laptop.refresh).await.unauthorized();
     srv.get(DEVICES, Some(&t1.access_token)).await.expect(200);
     let t2: TokenResponse = srv.refresh(&t1.refresh_token).await.expect(200).json();
 
@@ -252,6 +251,46 @@ async fn auth_scenario(srv: &Server) {
 }
 
 on_every_backend!(auth_register_login_refresh_logout_devices => auth_scenario);
+
+/// A rotated-out refresh token presented again (a stolen copy, used first by one side)
+/// is refused with its own code, and every token of that login goes with it.
+async fn refresh_reuse_scenario(srv: &Server) {
+    let (alice, laptop) = account(srv, "reuse", "laptop").await;
+    let phone = alice.login(srv, "phone").await;
+    let t1: TokenResponse = srv.refresh(&laptop.refresh).await.expect(200).json();
+    let r = srv.refresh(&laptop.refresh).await;
+    let r = r.expect_error(401, "refresh_token_reused");
+    assert!(r.message().contains("log in again"), "{}", r.message());
+    srv.refresh(&t1.refresh_token)
+        .await
+        .expect_error(401, "unauthorized");
+    assert_eq!(srv.metric("fsync_refresh_token_reuse_total").await, 1);
+    // The user's other logins are untouched, and a new login works.
+    srv.refresh(&phone.refresh).await.expect(200);
+    let again = alice.login(srv, "laptop").await;
+    srv.refresh(&again.refresh).await.expect(200);
+}
+
+on_every_backend!(a_reused_refresh_token_revokes_its_login, |s| s.limits.refresh_retry_grace = std::time::Duration::ZERO => refresh_reuse_scenario);
+
+/// The same rotation retried at once (its answer lost in flight) is not a reuse: the
+/// client gets a new pair and goes on; the pair it never received is dead.
+async fn refresh_retry_scenario(srv: &Server) {
+    let (_, laptop) = account(srv, "retry", "laptop").await;
+    let lost: TokenResponse = srv.refresh(&laptop.refresh).await.expect(200).json();
+    let retried: TokenResponse = srv.refresh(&laptop.refresh).await.expect(200).json();
+    assert_ne!(lost.refresh_token, retried.refresh_token);
+    let next: TokenResponse = srv.refresh(&retried.refresh_token).await.expect(200).json();
+    srv.get(DEVICES, Some(&next.access_token)).await.expect(200);
+    assert_eq!(srv.metric("fsync_refresh_token_reuse_total").await, 0);
+    // The lost answer's token, presented now that its successor was used: a reuse.
+    srv.refresh(&lost.refresh_token)
+        .await
+        .expect_error(401, "refresh_token_reused");
+    srv.refresh(&next.refresh_token).await.unauthorized();
+}
+
+on_every_backend!(a_retried_rotation_is_not_a_reuse => refresh_retry_scenario);
 
 // ================================================================= 2. JWT
 
@@ -916,6 +955,7 @@ async fn authz_scenario(srv: &Server) {
     let ns = alice.namespace;
     let before = (list_all(srv, &a, ALL).await, versions(srv, &a, file).await);
     let bt = Some(b.token.as_str());
+    let misses_before = not_found_counts(srv).await;
 
     let not_found = |r: Resp| {
         let r = r.not_found();
@@ -984,17 +1024,122 @@ async fn authz_scenario(srv: &Server) {
         "{r:?}"
     );
     not_found(srv.revoke(bt, a.id).await);
-    // Bob's listing is his own (empty) namespace.
+    let manifests = |ns: NamespaceId| json!({"namespace": ns, "files": [[file, 1]]});
+    post("/api/v1/files/manifests", manifests(ns)).await;
+    post(
+        "/api/v1/files/manifests",
+        manifests(b.login.namespaces[0].id),
+    )
+    .await;
+    // Bob's listing is his own (empty) namespace, his device list his own devices.
     assert!(list_all(srv, &b, ALL).await.is_empty());
+    let devices: Vec<DeviceInfo> = srv.get_json(DEVICES, bt).await;
+    assert_eq!(devices.iter().map(|d| d.id).collect::<Vec<_>>(), [b.id]);
+    // Logging out with Alice's refresh token ends nothing of hers.
+    let body = json!({"refresh_token": a.refresh});
+    srv.post("/api/v1/auth/logout", bt, &body).await.expect(204);
+    let renewed: TokenResponse = srv.refresh(&a.refresh).await.expect(200).json();
+
+    // Every authenticated route was probed with Bob's token against Alice's ids and
+    // answered 404 (counted by the server's own route templates), but those checked
+    // above or elsewhere for what they are.
+    let exempt = [
+        (
+            "POST",
+            "/api/v1/auth/refresh",
+            "the refresh token in the body is the credential",
+        ),
+        (
+            "POST",
+            "/api/v1/auth/logout",
+            "answers 204 and leaves Alice's token working (above)",
+        ),
+        ("GET", "/api/v1/devices", "lists only Bob's devices (above)"),
+        (
+            "POST",
+            "/api/v1/sync/event",
+            "answers 200, each event failed not_found (above)",
+        ),
+        (
+            "GET",
+            "/api/v1/ws",
+            "pushes only the caller's namespaces (ws_scenario)",
+        ),
+    ];
+    let misses_after = not_found_counts(srv).await;
+    for route in fsync_server::ROUTES {
+        if route.access != fsync_server::Access::Token
+            || exempt
+                .iter()
+                .any(|(m, p, _)| (*m, *p) == (route.method, route.path))
+        {
+            continue;
+        }
+        let key = (route.method.to_owned(), route.path.to_owned());
+        let probed = misses_after.get(&key) > misses_before.get(&key);
+        assert!(
+            probed,
+            "{} {}: no probe with another user's ids answered 404",
+            route.method, route.path
+        );
+    }
 
     // Alice's data is untouched.
     let after = (list_all(srv, &a, ALL).await, versions(srv, &a, file).await);
     assert_eq!(after, before);
     assert_eq!(read_file(srv, &alice, &a, file).await, b"alice's secret");
-    srv.get(DEVICES, Some(&a.token)).await.expect(200);
+    srv.get(DEVICES, Some(&renewed.access_token))
+        .await
+        .expect(200);
 }
 
 on_every_backend!(users_cannot_see_each_other => authz_scenario);
+
+/// 404 answers so far per (method, route template), from `/metrics`.
+async fn not_found_counts(srv: &Server) -> HashMap<(String, String), u64> {
+    let text = String::from_utf8(srv.get("/metrics", None).await.expect(200).body).unwrap();
+    let label = |line: &str, name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = line[start..].find('"')?;
+        Some(line[start..start + len].to_owned())
+    };
+    text.lines()
+        .filter(|l| l.starts_with("fsync_http_requests_total{") && l.contains("status=\"404\""))
+        .filter_map(|l| {
+            let n = l.rsplit(' ').next()?.parse().ok()?;
+            Some(((label(l, "method")?, label(l, "route")?), n))
+        })
+        .collect()
+}
+
+/// Every authenticated route refuses a request without a token: 401, in JSON.
+async fn no_token_scenario(srv: &Server) {
+    for route in fsync_server::ROUTES {
+        // The WebSocket takes its token in the first message (ws_scenario), the
+        // refresh call in its body (auth_scenario).
+        if route.access != fsync_server::Access::Token
+            || matches!(route.path, "/api/v1/ws" | "/api/v1/auth/refresh")
+        {
+            continue;
+        }
+        let path = route
+            .path
+            .replace("{id}", &"ab".repeat(32))
+            .replace("{file_id}", &"cd".repeat(16));
+        let method = Method::from_bytes(route.method.as_bytes()).unwrap();
+        let r = srv.send(srv.request(method, &path, None).body("{}")).await;
+        assert_eq!(
+            r.status.as_u16(),
+            401,
+            "{} {}: {r:?}",
+            route.method,
+            route.path
+        );
+        assert_eq!(r.code(), "unauthorized", "{} {}", route.method, route.path);
+    }
+}
+
+on_every_backend!(every_authenticated_route_needs_a_token => no_token_scenario);
 
 // ================================================================= 9. rate limits
 
@@ -1174,6 +1319,65 @@ async fn ws_expiry_scenario(srv: &Server) {
 }
 
 on_every_backend!(websocket_closes_when_the_token_expires => ws_expiry_scenario);
+
+/// The close frame a refused socket gets: 1008 and the reason.
+async fn refused_reason(ws: &mut Ws) -> String {
+    match next_frame(ws).await {
+        Some(Message::Close(Some(f))) => {
+            assert_eq!(u16::from(f.code), 1008, "{f:?}");
+            f.reason.to_string()
+        }
+        other => panic!("expected a close frame with a reason, got {other:?}"),
+    }
+}
+
+/// At most 2 push sockets per device and 3 per user (lowered from the defaults): one
+/// more is closed with 1008 and a reason that says which cap; a closed socket gives
+/// its place back.
+async fn ws_caps_scenario(srv: &Server) {
+    let (user, a) = account(srv, "caps", "A").await;
+    let b = user.login(srv, "B").await;
+    let ns = user.namespace;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut ws = ws_open(srv, Some(&a.token)).await;
+        assert_eq!(next_push(&mut ws).await, changed(ns, Seq(0)));
+        open.push(ws);
+    }
+    let mut third = ws_open(srv, Some(&a.token)).await;
+    let why = refused_reason(&mut third).await;
+    assert!(
+        why.contains("this device") && why.contains("at most 2"),
+        "{why}"
+    );
+    // The other device has room, until the user's cap.
+    let mut ws = ws_open(srv, Some(&b.token)).await;
+    assert_eq!(next_push(&mut ws).await, changed(ns, Seq(0)));
+    let mut over = ws_open(srv, None).await;
+    ws_auth(&mut over, &b.token).await;
+    let why = refused_reason(&mut over).await;
+    assert!(
+        why.contains("this account") && why.contains("at most 3"),
+        "{why}"
+    );
+    // A socket that ends gives its place back.
+    let mut gone = open.pop().unwrap();
+    gone.close(None).await.unwrap();
+    assert!(next_frame(&mut gone)
+        .await
+        .is_none_or(|m| matches!(m, Message::Close(_))));
+    fsync_testkit::wait_until_async(
+        EVENT_TIMEOUT,
+        "the closed socket's place to be free",
+        || async { srv.metric("fsync_websocket_connections").await == 2 },
+    )
+    .await;
+    let mut again = ws_open(srv, Some(&a.token)).await;
+    assert_eq!(next_push(&mut again).await, changed(ns, Seq(0)));
+}
+
+on_every_backend!(websockets_are_capped_per_device_and_per_user,
+    |s| { s.limits.ws_per_device = 2; s.limits.ws_per_user = 3; } => ws_caps_scenario);
 
 // ================================================================= 11, 12. ops and limits
 

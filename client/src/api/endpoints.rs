@@ -106,7 +106,10 @@ impl ApiClient {
                     .await?;
                 Ok(true)
             }
-            Err(ClientError::Unauthorized(_)) => Ok(false),
+            Err(ClientError::Unauthorized(why)) => {
+                tracing::info!(reason = %why, "the stored session was refused; logging in again");
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }

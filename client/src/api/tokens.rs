@@ -47,8 +47,10 @@ impl ApiClient {
                         .store_tokens(&mut s, t.access_token, t.refresh_token)
                         .await;
                 }
-                Err(ClientError::Unauthorized(_)) => {
-                    tracing::debug!("refresh token refused");
+                Err(ClientError::Unauthorized(why)) => {
+                    // A reuse revokes the login (the server says so): the password,
+                    // remembered for this session, makes a new one.
+                    tracing::warn!(reason = %why, "the server refused the refresh token; logging in again");
                 }
                 Err(e) => {
                     // Not refused, just not answered: keep it for the next attempt.

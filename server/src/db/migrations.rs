@@ -9,6 +9,11 @@ use super::sql::Dialect;
 const TEMPLATES: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (2, "packs", include_str!("../../migrations/0002_packs.sql")),
+    (
+        3,
+        "refresh families",
+        include_str!("../../migrations/0003_refresh_families.sql"),
+    ),
 ];
 
 /// A template for `dialect`: its `--!` lines (notes on the template) dropped and its

@@ -114,7 +114,18 @@ pub struct NewUser {
     pub wrapped_namespace_key: String,
 }
 
-/// Outcome of rotating a refresh token.
+/// What [`AccountRepo::rotate_refresh`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// Exchanged: the successor is stored.
+    Rotated(TokenOwner),
+    /// Unknown, expired, or its device revoked: nothing stored.
+    Invalid,
+    /// A rotated-out token presented again: its family is revoked.
+    Reused(TokenOwner),
+}
+
+/// The user and device a refresh token is bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenOwner {
     /// User.
@@ -209,18 +220,22 @@ pub trait AccountRepo: Send + Sync + std::fmt::Debug {
         expires_at: i64,
         now: i64,
     ) -> Result<(), DbError>;
-    /// Atomically consumes a valid refresh token and stores its successor.
-    /// `None` when the token is unknown, expired, or its device revoked.
+    /// Atomically exchanges a refresh token for its successor `new_hash` (same family),
+    /// marking the old one rotated. A token rotated less than `retry_grace` seconds ago whose
+    /// successor is still unused is the same rotation retried (its answer lost): it is
+    /// exchanged again, and the unused successor counts as rotated. Any other rotated
+    /// token is a reuse: every token of its family is deleted.
     async fn rotate_refresh(
         &self,
         old_hash: &str,
         new_hash: &str,
         expires_at: i64,
         now: i64,
-    ) -> Result<Option<TokenOwner>, DbError>;
-    /// Deletes a refresh token of `owner`'s user and device (logout). False when no
-    /// such token exists, which includes a token of another user or device: that one
-    /// is left alone.
+        retry_grace: i64,
+    ) -> Result<Rotation, DbError>;
+    /// Deletes a refresh token of `owner`'s user and device, with its family (logout).
+    /// False when no such token exists, which includes a token of another user or
+    /// device: that one is left alone.
     async fn delete_refresh(&self, token_hash: &str, owner: TokenOwner) -> Result<bool, DbError>;
     /// The namespaces the user can access.
     async fn namespaces_of(&self, user: UserId) -> Result<Vec<NamespaceGrant>, DbError>;

@@ -13,6 +13,7 @@ use fsync_common::{
     ChunkId, ContentHash, DeviceId, NamespaceId, Seq, SyncPath, UserId, VersionNo, VersionVector,
 };
 
+use super::Rotation::{Invalid, Reused, Rotated};
 use super::{Actor, BatchAnswer, BatchOp, DbError, MetaRepo, NewUser, TokenOwner};
 use crate::domain::manifest::RequestError;
 use crate::domain::roles::Role;
@@ -188,21 +189,46 @@ async fn users_devices_and_tokens() {
         };
         assert_eq!(reregister(1, "a2").await, w.a.device, "{name}");
         assert_eq!(repo.list_devices(w.a.user).await.unwrap().len(), 2);
-        // Refresh tokens rotate once.
+        // Refresh tokens rotate once; a reuse revokes the family.
         let owner = TokenOwner {
             user: w.a.user,
             device: w.a.device,
         };
         let insert = async |h| repo.insert_refresh(h, owner, NOW + 100, NOW).await.unwrap();
         let rotate = async |old, new, now| {
-            let rotated = repo.rotate_refresh(old, new, NOW + 200, now).await;
+            let rotated = repo.rotate_refresh(old, new, NOW + 200, now, 10).await;
             rotated.unwrap()
         };
         insert("h1").await;
-        assert_eq!(rotate("h1", "h2", NOW).await, Some(owner));
-        assert_eq!(rotate("h1", "h3", NOW).await, None, "{name}: reuse");
-        let expired = rotate("h2", "h4", NOW + 1000).await;
-        assert_eq!(expired, None, "{name}: expired");
+        assert_eq!(rotate("h1", "h2", NOW).await, Rotated(owner));
+        // The same rotation retried within the grace (its answer lost): exchanged again;
+        // the successor nobody received counts as rotated out.
+        assert_eq!(
+            rotate("h1", "h3", NOW + 5).await,
+            Rotated(owner),
+            "{name}: retry"
+        );
+        assert_eq!(rotate("h3", "h4", NOW + 6).await, Rotated(owner), "{name}");
+        // h1 again: its successor h3 was used, so this is a reuse, and the whole family
+        // goes, the live h4 with it.
+        assert_eq!(
+            rotate("h1", "h9", NOW + 7).await,
+            Reused(owner),
+            "{name}: reuse"
+        );
+        assert_eq!(
+            rotate("h4", "h9", NOW + 8).await,
+            Invalid,
+            "{name}: family revoked"
+        );
+        // A rotated token after the grace is a reuse even when its successor is unused.
+        insert("g1").await;
+        assert_eq!(rotate("g1", "g2", NOW).await, Rotated(owner));
+        assert_eq!(rotate("g1", "g3", NOW + 11).await, Reused(owner), "{name}");
+        assert_eq!(rotate("g2", "g3", NOW + 12).await, Invalid, "{name}");
+        insert("e1").await;
+        let expired = rotate("e1", "e2", NOW + 1000).await;
+        assert_eq!(expired, Invalid, "{name}: expired");
         insert("h5").await;
         // Logout deletes only the caller's own token: not another device's of the same
         // user, nor another user's.
@@ -227,7 +253,7 @@ async fn users_devices_and_tokens() {
         assert!(repo.device_active(w.a.user, w.a.device, NOW).await.unwrap());
         assert!(repo.revoke_device(w.a.user, w.a.device).await.unwrap());
         assert!(!repo.device_active(w.a.user, w.a.device, NOW).await.unwrap());
-        assert_eq!(rotate("h6", "h7", NOW).await, None);
+        assert_eq!(rotate("h6", "h7", NOW).await, Invalid);
         let reg = reregister(2, "a3").await;
         assert_ne!(reg, w.a.device, "{name}: a revoked device is not revived");
         let grants = repo.namespaces_of(w.a.user).await.unwrap();

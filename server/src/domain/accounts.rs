@@ -10,13 +10,15 @@ use fsync_common::{DeviceId, NamespaceId, UserId};
 use crate::auth::tokens::{
     hash_refresh_token, new_refresh_token, ACCESS_TTL_SECS, REFRESH_TTL_SECS,
 };
-use crate::db::{DbError, NewUser, TokenOwner};
+use crate::db::{DbError, NewUser, Rotation, TokenOwner};
 use crate::state::{now_secs, AppState};
 
 /// What a refused login is told (the same for an unknown user and a wrong password).
 pub(crate) const BAD_LOGIN: &str = "invalid username or password";
 /// What a refused token renewal is told.
 pub(crate) const BAD_REFRESH: &str = "invalid, expired or revoked refresh token";
+pub(crate) const REFRESH_REUSED: &str = "this refresh token was already exchanged for a new one, so a \
+     copy of it is in other hands: every token of this login is revoked; log in again with the password";
 
 /// Why an account operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,10 @@ pub enum AccountError {
     /// Renewal: the refresh token is unknown, used, expired or its device revoked (401).
     #[error("{BAD_REFRESH}")]
     BadRefresh,
+    /// Renewal: a rotated-out refresh token was presented again, so one copy of it was
+    /// stolen; every token of its login is revoked (401 `refresh_token_reused`).
+    #[error("{REFRESH_REUSED}")]
+    RefreshReused,
     /// The device is not one of the user's (404).
     #[error("device not found")]
     NoSuchDevice,
@@ -198,11 +204,24 @@ pub(crate) async fn refresh(
     let now = now_secs();
     let (new, new_hash) = new_refresh_token();
     let expires = now + REFRESH_TTL_SECS as i64;
-    let owner = state
+    let hash = hash_refresh_token(refresh_token);
+    let grace = state.limits.refresh_retry_grace.as_secs() as i64;
+    let rotation = state
         .repo
-        .rotate_refresh(&hash_refresh_token(refresh_token), &new_hash, expires, now)
-        .await?
-        .ok_or(AccountError::BadRefresh)?;
+        .rotate_refresh(&hash, &new_hash, expires, now, grace)
+        .await?;
+    let owner = match rotation {
+        Rotation::Rotated(owner) => owner,
+        Rotation::Invalid => return Err(AccountError::BadRefresh),
+        Rotation::Reused(owner) => {
+            state
+                .metrics
+                .refresh_reuse
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(user = %owner.user, device = %owner.device, "a rotated-out refresh token was presented again (stolen copy?): its login is revoked");
+            return Err(AccountError::RefreshReused);
+        }
+    };
     Ok(TokenResponse {
         access_token: state.tokens.issue(owner.user, owner.device, now as u64),
         token_type: "bearer".into(),

@@ -6,7 +6,7 @@ use axum::Json;
 use fsync_common::{ChunkId, ErrorBody, ErrorCode};
 
 use crate::db::DbError;
-use crate::domain::accounts::{AccountError, BAD_LOGIN, BAD_REFRESH};
+use crate::domain::accounts::{AccountError, BAD_LOGIN, BAD_REFRESH, REFRESH_REUSED};
 use crate::domain::downloads::DownloadError;
 use crate::domain::uploads::UploadError;
 use crate::domain::WriteError;
@@ -20,6 +20,8 @@ pub enum ApiError {
     InvalidPath(String),
     /// 401.
     Unauthorized(&'static str),
+    /// 401 `refresh_token_reused`: the login was revoked.
+    RefreshReused(&'static str),
     /// 403.
     Forbidden(&'static str),
     /// 404.
@@ -53,6 +55,11 @@ impl ApiError {
             Self::Unauthorized(m) => (
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,
+                (*m).to_owned(),
+            ),
+            Self::RefreshReused(m) => (
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::RefreshTokenReused,
                 (*m).to_owned(),
             ),
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden, (*m).to_owned()),
@@ -189,6 +196,7 @@ impl From<AccountError> for ApiError {
             | AccountError::Kdf(_) => Self::BadRequest(e.to_string()),
             AccountError::BadLogin => Self::Unauthorized(BAD_LOGIN),
             AccountError::BadRefresh => Self::Unauthorized(BAD_REFRESH),
+            AccountError::RefreshReused => Self::RefreshReused(REFRESH_REUSED),
             AccountError::NoSuchDevice => Self::NotFound(e.to_string()),
             AccountError::Db(e) => e.into(),
             AccountError::Internal(d) => Self::Internal(d),

@@ -3,7 +3,6 @@
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
-use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::state::AppState;
@@ -15,45 +14,103 @@ mod extract;
 mod files;
 mod ops;
 mod sync;
-mod ws;
+pub(crate) mod ws;
 
 /// Largest JSON body (a manifest of a very large file).
 pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (registration, login, health).
+    Public,
+    /// A valid access token (or, for `/auth/refresh`, a refresh token in the body).
+    Token,
+}
+
+/// One route of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// `GET`, `POST`, `PUT`, `DELETE`.
+    pub method: &'static str,
+    /// The path template, `{name}` for a path parameter.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+}
+
+/// Builds a router from a table of routes and keeps the table, so that the list the
+/// security suite checks ([`ROUTES`]) is the list the router serves.
+macro_rules! routes {
+    ($name:ident; $($method:ident $path:literal => $handler:expr, $access:ident;)*) => {
+        /// Every route of the API, as the router serves it.
+        pub const $name: &[Route] = &[$(Route {
+            method: const_upper(stringify!($method)),
+            path: $path,
+            access: Access::$access,
+        }),*];
+
+        fn route_table(mut router: Router<AppState>, blobs: bool) -> Router<AppState> {
+            $(
+                if is_blob_route($path) == blobs {
+                    router = router.route($path, axum::routing::$method($handler));
+                }
+            )*
+            router
+        }
+    };
+}
+
+/// `get` → `GET` (the table's method names, from the routing functions' names).
+const fn const_upper(method: &'static str) -> &'static str {
+    match method.as_bytes() {
+        b"get" => "GET",
+        b"post" => "POST",
+        b"put" => "PUT",
+        b"delete" => "DELETE",
+        _ => panic!("a method the route table does not know"),
+    }
+}
+
+/// Blob uploads and downloads read their bodies with their own limits.
+fn is_blob_route(path: &str) -> bool {
+    matches!(path, "/api/v1/chunks/{id}" | "/api/v1/chunks/batch")
+}
+
+routes! { ROUTES;
+    get "/api/v1/auth/params" => auth::params, Public;
+    post "/api/v1/auth/register" => auth::register, Public;
+    post "/api/v1/auth/login" => auth::login, Public;
+    post "/api/v1/auth/refresh" => auth::refresh, Token;
+    post "/api/v1/auth/logout" => auth::logout, Token;
+    get "/api/v1/devices" => auth::list_devices, Token;
+    delete "/api/v1/devices/{id}" => auth::revoke_device, Token;
+    post "/api/v1/chunks/missing" => chunks::missing, Token;
+    post "/api/v1/chunks/fetch" => chunks::fetch_batch, Token;
+    put "/api/v1/chunks/{id}" => chunks::put, Token;
+    get "/api/v1/chunks/{id}" => chunks::get, Token;
+    post "/api/v1/chunks/batch" => chunks::put_batch, Token;
+    post "/api/v1/files/upload" => files::upload, Token;
+    get "/api/v1/files/list" => files::list, Token;
+    get "/api/v1/files/download/{file_id}" => files::download, Token;
+    post "/api/v1/files/manifests" => files::manifests, Token;
+    get "/api/v1/files/{file_id}/versions" => files::versions, Token;
+    post "/api/v1/files/{file_id}/restore" => files::restore, Token;
+    post "/api/v1/files/delete" => files::delete, Token;
+    post "/api/v1/files/rename" => files::rename, Token;
+    post "/api/v1/sync/event" => sync::event, Token;
+    get "/api/v1/sync/changes" => sync::changes, Token;
+    get "/api/v1/ws" => ws::upgrade, Token;
+    get "/health" => ops::health, Public;
+    get "/metrics" => ops::metrics, Public;
+}
+
 /// The application router.
 pub fn app(state: AppState) -> Router {
-    let blob_routes = Router::new()
-        .route("/api/v1/chunks/{id}", put(chunks::put).get(chunks::get))
-        .route("/api/v1/chunks/batch", post(chunks::put_batch))
+    let blob_routes = route_table(Router::new(), true)
         // Bodies are read with their own limits in the handlers.
         .layer(DefaultBodyLimit::disable());
-    let api = Router::new()
-        .route("/api/v1/auth/params", get(auth::params))
-        .route("/api/v1/auth/register", post(auth::register))
-        .route("/api/v1/auth/login", post(auth::login))
-        .route("/api/v1/auth/refresh", post(auth::refresh))
-        .route("/api/v1/auth/logout", post(auth::logout))
-        .route("/api/v1/devices", get(auth::list_devices))
-        .route(
-            "/api/v1/devices/{id}",
-            axum::routing::delete(auth::revoke_device),
-        )
-        .route("/api/v1/chunks/missing", post(chunks::missing))
-        .route("/api/v1/chunks/fetch", post(chunks::fetch_batch))
-        .route("/api/v1/files/upload", post(files::upload))
-        .route("/api/v1/files/list", get(files::list))
-        .route("/api/v1/files/download/{file_id}", get(files::download))
-        .route("/api/v1/files/manifests", post(files::manifests))
-        .route("/api/v1/files/{file_id}/versions", get(files::versions))
-        .route("/api/v1/files/{file_id}/restore", post(files::restore))
-        .route("/api/v1/files/delete", post(files::delete))
-        .route("/api/v1/files/rename", post(files::rename))
-        .route("/api/v1/sync/event", post(sync::event))
-        .route("/api/v1/sync/changes", get(sync::changes))
-        .route("/api/v1/ws", get(ws::upgrade))
-        .route("/health", get(ops::health))
-        .route("/metrics", get(ops::metrics))
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+    let api = route_table(Router::new(), false).layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     api.merge(blob_routes)
         .fallback(|| async { error::ApiError::NotFound("no such endpoint".into()) })
         // After the merge, so that every route answers a wrong method in JSON.

@@ -8,7 +8,8 @@
 //! `Sec-WebSocket-Version: 13` or `Sec-WebSocket-Key`) is 400 `bad_request` naming what
 //! is missing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -17,11 +18,11 @@ use axum::extract::State;
 use axum::http::request::Parts;
 use axum::response::Response;
 use fsync_common::wire::{ClientMessage, PushMessage};
-use fsync_common::NamespaceId;
+use fsync_common::{DeviceId, NamespaceId, UserId};
 
 use super::error::ApiError;
 use super::extract::{authenticate, bearer, Auth};
-use crate::state::{now_secs, AppState};
+use crate::state::{now_secs, AppState, Limits};
 
 const HEARTBEAT: Duration = Duration::from_secs(20);
 /// A send that takes longer (the client stopped reading and the buffers are full) ends
@@ -79,7 +80,7 @@ async fn first_message_auth(state: &AppState, socket: &mut WebSocket) -> Option<
     Some((auth, expiry(state, &token)))
 }
 
-async fn close(mut socket: WebSocket, reason: &'static str) {
+async fn close(mut socket: WebSocket, reason: impl Into<axum::extract::ws::Utf8Bytes>) {
     let frame = Message::Close(Some(CloseFrame {
         code: 1008,
         reason: reason.into(),
@@ -102,6 +103,13 @@ async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>)
     if !still_active(&state, &auth).await {
         return close(socket, "device revoked").await;
     }
+    let slot = match state.ws_slots.take(auth.user, auth.device, &state.limits) {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::warn!(user = %auth.user, device = %auth.device, "{why}");
+            return close(socket, why).await;
+        }
+    };
     let Ok(grants) = state.repo.namespaces_of(auth.user).await else {
         return close(socket, "server error").await;
     };
@@ -177,6 +185,8 @@ async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>)
             },
         }
     }
+    // The place first, so that a client that sees the gauge drop finds it free.
+    drop(slot);
     state
         .metrics
         .ws_connections
@@ -188,4 +198,73 @@ async fn send(socket: &mut WebSocket, m: &PushMessage) -> Result<(), axum::Error
     tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into())))
         .await
         .map_err(|_| axum::Error::new("the client did not read a push in time"))?
+}
+
+/// Open push sockets per user and per device, capped by [`Limits`]: a leaked token or
+/// a buggy client cannot hold file descriptors and memory without bound.
+#[derive(Debug, Default)]
+pub struct WsSlots {
+    open: Mutex<(HashMap<UserId, usize>, HashMap<DeviceId, usize>)>,
+}
+
+/// One open socket's place; given back on drop.
+pub(crate) struct WsSlot {
+    slots: Arc<WsSlots>,
+    user: UserId,
+    device: DeviceId,
+}
+
+impl WsSlots {
+    /// A place for one more socket of `user`'s `device`, or the reason there is none
+    /// (sent to the client as the close reason).
+    pub(crate) fn take(
+        self: &Arc<Self>,
+        user: UserId,
+        device: DeviceId,
+        limits: &Limits,
+    ) -> Result<WsSlot, String> {
+        let mut open = self.open.lock().expect("ws slots lock");
+        let (users, devices) = &mut *open;
+        let (u, d) = (
+            users.get(&user).copied().unwrap_or(0),
+            devices.get(&device).copied().unwrap_or(0),
+        );
+        if d >= limits.ws_per_device {
+            return Err(format!(
+                "too many connections: this device already has {d} push sockets open (at most {})",
+                limits.ws_per_device
+            ));
+        }
+        if u >= limits.ws_per_user {
+            return Err(format!(
+                "too many connections: this account already has {u} push sockets open (at most {})",
+                limits.ws_per_user
+            ));
+        }
+        *users.entry(user).or_default() += 1;
+        *devices.entry(device).or_default() += 1;
+        Ok(WsSlot {
+            slots: Arc::clone(self),
+            user,
+            device,
+        })
+    }
+}
+
+impl Drop for WsSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().expect("ws slots lock");
+        if let Some(n) = open.0.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.0.remove(&self.user);
+            }
+        }
+        if let Some(n) = open.1.get_mut(&self.device) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.device);
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::rows::{json, parse, to_json};
 use super::SqlRepo;
-use crate::db::{AccountRepo, DbError, NewUser, TokenOwner, UserRecord};
+use crate::db::{AccountRepo, DbError, NewUser, Rotation, TokenOwner, UserRecord};
 use crate::domain::roles::Role;
 
 #[async_trait]
@@ -179,15 +179,9 @@ impl AccountRepo for SqlRepo {
         now: i64,
     ) -> Result<(), DbError> {
         let _guard = self.write_guard().await;
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, user_id, device_id, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(token_hash)
-            .bind(owner.user.to_hex())
-            .bind(owner.device.to_hex())
-            .bind(expires_at)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        // A login starts a family: the first token's hash names it.
+        insert_token(&mut conn, token_hash, token_hash, owner, expires_at, now).await
     }
 
     async fn rotate_refresh(
@@ -196,48 +190,92 @@ impl AccountRepo for SqlRepo {
         new_hash: &str,
         expires_at: i64,
         now: i64,
-    ) -> Result<Option<TokenOwner>, DbError> {
+        retry_grace: i64,
+    ) -> Result<Rotation, DbError> {
         let _guard = self.write_guard().await;
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, device_id, expires_at",
+            "SELECT t.user_id, t.device_id, t.expires_at, t.family, t.rotated_at, \
+             (SELECT CAST(CASE WHEN s.rotated_at IS NULL THEN 1 ELSE 0 END AS BIGINT) \
+              FROM refresh_tokens s WHERE s.token_hash = t.successor_hash), \
+             (SELECT CAST(1 AS BIGINT) FROM devices d \
+              WHERE d.id = t.device_id AND d.user_id = t.user_id AND d.revoked = 0) \
+             FROM refresh_tokens t WHERE t.token_hash = $1",
         )
         .bind(old_hash)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row else {
+            return Ok(Rotation::Invalid);
+        };
         let owner = TokenOwner {
             user: parse(&row.try_get::<String, _>(0)?, "user id")?,
             device: parse(&row.try_get::<String, _>(1)?, "device id")?,
         };
-        let active =
-            sqlx::query("SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 AND revoked = 0")
-                .bind(owner.device.to_hex())
-                .bind(owner.user.to_hex())
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+        let family: String = row.try_get(3)?;
+        let rotated_at: Option<i64> = row.try_get(4)?;
+        let successor_unused = row.try_get::<Option<i64>, _>(5)? == Some(1);
+        let active = row.try_get::<Option<i64>, _>(6)?.is_some();
         if row.try_get::<i64, _>(2)? <= now || !active {
-            // The stale token stays deleted.
+            // A stale token (and its expired relatives) goes.
+            sqlx::query(
+                "DELETE FROM refresh_tokens WHERE token_hash = $1 OR (family = $2 AND expires_at <= $3)",
+            )
+            .bind(old_hash)
+            .bind(&family)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
-            return Ok(None);
+            return Ok(Rotation::Invalid);
         }
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, user_id, device_id, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(new_hash)
-            .bind(owner.user.to_hex())
-            .bind(owner.device.to_hex())
-            .bind(expires_at)
+        match rotated_at {
+            Some(at) if !(successor_unused && now - at < retry_grace) => {
+                sqlx::query("DELETE FROM refresh_tokens WHERE family = $1")
+                    .bind(&family)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                return Ok(Rotation::Reused(owner));
+            }
+            Some(_) => {
+                // The same rotation retried: its unused successor is rotated out too.
+                sqlx::query(
+                    "UPDATE refresh_tokens SET rotated_at = $2, successor_hash = $3 \
+                     WHERE token_hash = (SELECT successor_hash FROM refresh_tokens WHERE token_hash = $1)",
+                )
+                .bind(old_hash)
+                .bind(now)
+                .bind(new_hash)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {}
+        }
+        sqlx::query(
+            "UPDATE refresh_tokens SET rotated_at = COALESCE(rotated_at, $2), successor_hash = $3 \
+             WHERE token_hash = $1",
+        )
+        .bind(old_hash)
+        .bind(now)
+        .bind(new_hash)
+        .execute(&mut *tx)
+        .await?;
+        insert_token(&mut tx, new_hash, &family, owner, expires_at, now).await?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE family = $1 AND expires_at <= $2")
+            .bind(&family)
             .bind(now)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Some(owner))
+        Ok(Rotation::Rotated(owner))
     }
 
     async fn delete_refresh(&self, token_hash: &str, owner: TokenOwner) -> Result<bool, DbError> {
         let _guard = self.write_guard().await;
         let r = sqlx::query(
-            "DELETE FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2 AND device_id = $3",
+            "DELETE FROM refresh_tokens WHERE family = (SELECT family FROM refresh_tokens \
+             WHERE token_hash = $1 AND user_id = $2 AND device_id = $3)",
         )
         .bind(token_hash)
         .bind(owner.user.to_hex())
@@ -284,4 +322,28 @@ impl AccountRepo for SqlRepo {
         }
         Ok(role)
     }
+}
+
+/// Stores a refresh token of `family`.
+async fn insert_token(
+    conn: &mut sqlx::AnyConnection,
+    token_hash: &str,
+    family: &str,
+    owner: TokenOwner,
+    expires_at: i64,
+    now: i64,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, user_id, device_id, expires_at, created_at, family) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(token_hash)
+    .bind(owner.user.to_hex())
+    .bind(owner.device.to_hex())
+    .bind(expires_at)
+    .bind(now)
+    .bind(family)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
