@@ -56,6 +56,14 @@ pub struct Config {
     /// Push sockets one account may hold open at once over all its devices.
     #[arg(long, env = "MAX_WEBSOCKETS_PER_USER", default_value_t = crate::state::DEFAULT_WS_PER_USER, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     pub max_websockets_per_user: usize,
+    /// HTTP connections one client address may hold open at once (0: no cap; behind a
+    /// reverse proxy every client has the proxy's address).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = crate::state::DEFAULT_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+    /// Seconds a request's head may take to arrive (and an idle connection may wait for
+    /// its next request) before the connection is closed.
+    #[arg(long, env = "REQUEST_HEADER_TIMEOUT_SECS", default_value_t = crate::state::DEFAULT_HEADER_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_header_timeout_secs: u64,
 }
 
 /// The levels a `--log-level` directive may name.

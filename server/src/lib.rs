@@ -21,11 +21,11 @@ mod fanout;
 mod gc;
 mod http;
 mod metrics;
+mod serve;
 mod state;
 mod tls;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Access-token verification and refresh-token hashing, public for the fuzz targets in
@@ -63,6 +63,9 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let mut state = AppState::new(repo, blobs, packs, secret);
     state.limits.ws_per_device = config.max_websockets_per_device;
     state.limits.ws_per_user = config.max_websockets_per_user;
+    state.limits.connections_per_ip = config.max_connections_per_ip;
+    state.limits.header_timeout =
+        std::time::Duration::from_secs(config.request_header_timeout_secs);
     if let db::DbUrl::Postgres(url) = db::parse_url(&url)? {
         fanout::start(url, &mut state)
             .await
@@ -77,12 +80,8 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = state.limits;
+    serve::serve(listener, app(state), &limits, shutdown).await
 }
 
 /// Serves the API over TLS on `listener` until `shutdown` resolves.
@@ -93,10 +92,6 @@ pub async fn run_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = TlsListener::new(listener, tls)?;
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<PeerAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = state.limits;
+    serve::serve(listener, app(state), &limits, shutdown).await
 }

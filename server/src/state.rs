@@ -30,12 +30,22 @@ pub struct Limits {
     pub ws_per_device: usize,
     /// Push sockets open at once per user, over all devices (`MAX_WEBSOCKETS_PER_USER`).
     pub ws_per_user: usize,
+    /// HTTP connections open at once per client address, 0: no cap
+    /// (`MAX_CONNECTIONS_PER_IP`; see `serve.rs`).
+    pub connections_per_ip: usize,
+    /// How long a request's head may take to arrive, and an idle connection may wait
+    /// for its next request (`REQUEST_HEADER_TIMEOUT_SECS`).
+    pub header_timeout: Duration,
 }
 
 /// Default cap of push sockets per device: a daemon holds one per server.
 pub const DEFAULT_WS_PER_DEVICE: usize = 4;
 /// Default cap of push sockets per user.
 pub const DEFAULT_WS_PER_USER: usize = 32;
+/// Default cap of HTTP connections per client address.
+pub const DEFAULT_CONNECTIONS_PER_IP: usize = 128;
+/// Default deadline of a request head, seconds.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 15;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -55,6 +65,8 @@ impl Default for Limits {
             refresh_retry_grace: Duration::from_secs(10),
             ws_per_device: DEFAULT_WS_PER_DEVICE,
             ws_per_user: DEFAULT_WS_PER_USER,
+            connections_per_ip: DEFAULT_CONNECTIONS_PER_IP,
+            header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
         }
     }
 }

@@ -1112,35 +1112,6 @@ async fn not_found_counts(srv: &Server) -> HashMap<(String, String), u64> {
         .collect()
 }
 
-/// Every authenticated route refuses a request without a token: 401, in JSON.
-async fn no_token_scenario(srv: &Server) {
-    for route in fsync_server::ROUTES {
-        // The WebSocket takes its token in the first message (ws_scenario), the
-        // refresh call in its body (auth_scenario).
-        if route.access != fsync_server::Access::Token
-            || matches!(route.path, "/api/v1/ws" | "/api/v1/auth/refresh")
-        {
-            continue;
-        }
-        let path = route
-            .path
-            .replace("{id}", &"ab".repeat(32))
-            .replace("{file_id}", &"cd".repeat(16));
-        let method = Method::from_bytes(route.method.as_bytes()).unwrap();
-        let r = srv.send(srv.request(method, &path, None).body("{}")).await;
-        assert_eq!(
-            r.status.as_u16(),
-            401,
-            "{} {}: {r:?}",
-            route.method,
-            route.path
-        );
-        assert_eq!(r.code(), "unauthorized", "{} {}", route.method, route.path);
-    }
-}
-
-on_every_backend!(every_authenticated_route_needs_a_token => no_token_scenario);
-
 // ================================================================= 9. rate limits
 
 async fn login_limit_scenario(srv: &Server) {

@@ -139,49 +139,19 @@ fn fixed(spec: &'static str, body: Body) -> Route {
     route(spec, spec.split_once(' ').expect("METHOD template").1, body)
 }
 
-/// Routes that need no access token (everything else must be in the auth table).
-const PUBLIC_ROUTES: &[(&str, &str)] = &[
-    ("GET", "/api/v1/auth/params"),
-    ("POST", "/api/v1/auth/register"),
-    ("POST", "/api/v1/auth/login"),
-    ("POST", "/api/v1/auth/refresh"),
-    ("GET", "/health"),
-    ("GET", "/metrics"),
-];
-/// `(METHOD, path)` of every `.route(...)` in the router's source.
+/// `(METHOD, path)` of every route the router serves.
 fn router_routes() -> BTreeSet<(String, String)> {
-    const SOURCE: &str = include_str!("../src/http/mod.rs");
-    let mut out = BTreeSet::new();
-    for decl in SOURCE.split(".route(").skip(1) {
-        // The declaration runs to the parenthesis that closes `.route(`.
-        let mut depth = 1;
-        let end = decl
-            .char_indices()
-            .find_map(|(i, c)| {
-                match c {
-                    '(' => depth += 1,
-                    ')' => depth -= 1,
-                    _ => {}
-                }
-                (depth == 0).then_some(i)
-            })
-            .expect("a closed .route(");
-        let decl = &decl[..end];
-        let path = decl.split('"').nth(1).expect("a route path literal");
-        for method in ["get", "post", "put", "delete", "patch"] {
-            let call = format!("{method}(");
-            let called = decl.match_indices(&call).any(|(i, _)| {
-                !decl[..i]
-                    .chars()
-                    .next_back()
-                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
-            });
-            if called {
-                out.insert((method.to_uppercase(), path.to_owned()));
-            }
-        }
-    }
-    out
+    fsync_server::ROUTES
+        .iter()
+        .map(|r| (r.method.to_owned(), r.path.to_owned()))
+        .collect()
+}
+
+/// True for a route that needs no access token (the router's table says so).
+fn is_public(method: &str, path: &str) -> bool {
+    fsync_server::ROUTES
+        .iter()
+        .any(|r| (r.method, r.path) == (method, path) && r.access == fsync_server::Access::Public)
 }
 
 /// Everything the auth table needs: a user with a file, a chunk and three devices.
@@ -295,26 +265,19 @@ async fn the_auth_table_lists_every_route() {
         .iter()
         .map(|r| (r.method.to_string(), r.template.to_owned()))
         .collect();
-    let public: BTreeSet<(String, String)> = PUBLIC_ROUTES
-        .iter()
-        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+    let public: BTreeSet<(String, String)> = router_routes()
+        .into_iter()
+        .filter(|(m, p)| is_public(m, p))
         .collect();
     assert!(table.is_disjoint(&public));
     let classified: BTreeSet<_> = table.union(&public).cloned().collect();
     let declared = router_routes();
-    let has = |m: &str, p: &str| declared.contains(&(m.into(), p.into()));
-    assert!(
-        has("GET", "/api/v1/ws")
-            && has("PUT", "/api/v1/chunks/{id}")
-            && has("DELETE", "/api/v1/devices/{id}"),
-        "the router source no longer parses: {declared:?}"
-    );
     let unlisted: Vec<_> = declared.difference(&classified).collect();
     let stale: Vec<_> = classified.difference(&declared).collect();
     assert!(
         unlisted.is_empty() && stale.is_empty(),
-        "routes of server/src/http/mod.rs missing from this file's auth table or \
-         PUBLIC_ROUTES: {unlisted:?}; listed here but not in the router: {stale:?}"
+        "authenticated routes of fsync_server::ROUTES missing from this file's auth \
+         table: {unlisted:?}; listed here but not in the router: {stale:?}"
     );
 }
 
@@ -422,7 +385,7 @@ async fn malformed_json_scenario(srv: &Server) {
     ];
     for row in &table {
         let path = format!("/api/v1/{}", row[0].as_str().unwrap());
-        let public = PUBLIC_ROUTES.contains(&("POST", path.as_str()));
+        let public = is_public("POST", path.as_str());
         let token = (!public).then_some(dev.token.as_str());
         let (valid, (field, wrong_value)) =
             (&row[1], row[2].as_object().unwrap().iter().next().unwrap());
@@ -733,11 +696,11 @@ async fn auth_inputs_are_validated() {
         }
         srv.post(REGISTER, None, &valid).await.expect(201);
 
-        // Refresh tokens: made up, already rotated, expired.
+        // Refresh tokens: made up, expired (a rotated one presented again: the reuse
+        // tests of http_api.rs).
         let (user, dev) = account(srv, "refresh", "d").await;
         srv.refresh(&"ab".repeat(32)).await.unauthorized();
         let rotated: TokenResponse = srv.refresh(&dev.refresh).await.expect(200).json();
-        srv.refresh(&dev.refresh).await.unauthorized();
         let expired = "0e".repeat(32);
         let now = now_secs() as i64;
         let owner = TokenOwner {
@@ -853,3 +816,81 @@ async fn ws_not_upgrade_scenario(srv: &Server) {
 }
 
 on_every_backend!(websocket_route_refuses_plain_requests_with_json => ws_not_upgrade_scenario);
+
+// ------------------------------------------------------------------ connections
+
+/// Sends a whole `GET /health` on `conn` and reads the answer to its end: the status
+/// line, or `None` when the server closed the connection without answering.
+async fn health_on(mut conn: tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let request = b"GET /health HTTP/1.1\r\nHost: fsync\r\nConnection: close\r\n\r\n";
+    if conn.write_all(request).await.is_err() {
+        return None;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(common::EVENT_TIMEOUT, conn.read_to_end(&mut answer));
+    match read.await.expect("the server answers or closes in time") {
+        Ok(_) if !answer.is_empty() => {
+            let text = String::from_utf8_lossy(&answer);
+            text.lines().next().map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+/// A connection to `srv` from the loopback address `from`.
+async fn connect_from(srv: &Server, from: Ipv4Addr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(IpAddr::V4(from), 0))
+        .unwrap();
+    socket.connect(srv.addr).await.unwrap()
+}
+
+/// A handful of half-open connections (half a request head each, then nothing) from
+/// one address: the next connection from it is closed unanswered, other addresses are
+/// served, and the stalled ones are closed at the header deadline, which frees their
+/// places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_are_capped_per_address_and_timed_out() {
+    let srv = Server::start_with(&common::Backend::Sqlite, |s| {
+        s.limits.connections_per_ip = 4;
+        s.limits.header_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let (slow, other) = (Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2));
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        use tokio::io::AsyncWriteExt as _;
+        let mut conn = connect_from(&srv, slow).await;
+        conn.write_all(b"GET /health HTTP/1.1\r\nHost: fsync\r\n")
+            .await
+            .unwrap();
+        stalled.push(conn);
+    }
+    // Accepted in order: the fifth from the same address is over the cap.
+    assert_eq!(health_on(connect_from(&srv, slow).await).await, None);
+    let served = health_on(connect_from(&srv, other).await).await;
+    assert_eq!(
+        served.as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "another address"
+    );
+    // The stalled ones are closed by the server at the deadline.
+    for mut conn in stalled {
+        use tokio::io::AsyncReadExt as _;
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(common::EVENT_TIMEOUT, conn.read_to_end(&mut rest));
+        let _ = closed
+            .await
+            .expect("a stalled connection is closed at the deadline");
+    }
+    fsync_testkit::wait_until_async(
+        common::EVENT_TIMEOUT,
+        "the address to be served again",
+        || async {
+            health_on(connect_from(&srv, slow).await).await.as_deref() == Some("HTTP/1.1 200 OK")
+        },
+    )
+    .await;
+}

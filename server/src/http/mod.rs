@@ -22,9 +22,10 @@ pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone (registration, login, health).
+    /// No access token (registration, login, refresh with the refresh token in the
+    /// body, health, metrics).
     Public,
-    /// A valid access token (or, for `/auth/refresh`, a refresh token in the body).
+    /// A valid access token of a device that is not revoked.
     Token,
 }
 
@@ -81,7 +82,7 @@ routes! { ROUTES;
     get "/api/v1/auth/params" => auth::params, Public;
     post "/api/v1/auth/register" => auth::register, Public;
     post "/api/v1/auth/login" => auth::login, Public;
-    post "/api/v1/auth/refresh" => auth::refresh, Token;
+    post "/api/v1/auth/refresh" => auth::refresh, Public;
     post "/api/v1/auth/logout" => auth::logout, Token;
     get "/api/v1/devices" => auth::list_devices, Token;
     delete "/api/v1/devices/{id}" => auth::revoke_device, Token;
