@@ -617,6 +617,15 @@ async fn per_ip_scenario(srv: &Server) {
     }
     let valid = registration(&username("late"), "someone@example.org");
     expect_rate_limited(register_from(4, valid.clone()).await);
+    // A forwarded-for header does not make it another client: the limit is by the
+    // connection's address (no proxy is trusted).
+    let client = client_from([127, 0, 0, 4]);
+    let spoofed = client
+        .post(srv.url(REGISTER))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-real-ip", "203.0.113.9")
+        .json(&valid);
+    expect_rate_limited(srv.send(spoofed).await);
     register_from(5, valid).await.expect(201);
 }
 
