@@ -64,6 +64,10 @@ pub struct Config {
     /// its next request) before the connection is closed.
     #[arg(long, env = "REQUEST_HEADER_TIMEOUT_SECS", default_value_t = crate::state::DEFAULT_HEADER_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_header_timeout_secs: u64,
+    /// Seconds a request body may bring no data while the server waits on it before
+    /// the request fails.
+    #[arg(long, env = "REQUEST_BODY_IDLE_TIMEOUT_SECS", default_value_t = crate::state::DEFAULT_BODY_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_body_idle_timeout_secs: u64,
 }
 
 /// The levels a `--log-level` directive may name.

@@ -7,6 +7,10 @@
 //!   keep-alive connection waiting for its next request is closed after it too.
 //!   Bodies are read by the handlers with their own limits; an upgraded WebSocket is
 //!   no longer HTTP and keeps its own heartbeat and send timeouts (`http/ws.rs`).
+//! - **Body idle deadline** (`Limits::body_idle_timeout`,
+//!   `REQUEST_BODY_IDLE_TIMEOUT_SECS`): a request body that the handler waits on and
+//!   that brings no data for this long fails the request, so a client cannot send its
+//!   head and then trickle or stall the body.
 //! - **Connections per IP** (`Limits::connections_per_ip`, `MAX_CONNECTIONS_PER_IP`,
 //!   0: no cap): one more from the same address is closed at once, before a byte is
 //!   read. Behind a reverse proxy every connection comes from the proxy: raise the cap
@@ -18,7 +22,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -101,10 +108,17 @@ where
             continue;
         };
         refused_logged = false;
+        let body_idle = limits.body_idle_timeout;
         let service = app
             .clone()
             .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut req = req.map(axum::body::Body::new);
+                let mut req = req.map(|inner| {
+                    axum::body::Body::new(IdleBody {
+                        inner,
+                        idle: body_idle,
+                        timer: None,
+                    })
+                });
                 req.extensions_mut().insert(ConnectInfo(addr));
                 req
             });
@@ -138,4 +152,47 @@ where
     drop(done);
     let _ = all_done.recv().await;
     Ok(())
+}
+
+/// A request body that fails when the handler waits on it for `idle` without data.
+struct IdleBody {
+    inner: hyper::body::Incoming,
+    idle: Duration,
+    /// Started when a poll finds no data, dropped when data arrives.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for IdleBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            self.timer = None;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let idle = self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                "no request body data for {} s",
+                idle.as_secs()
+            )
+            .into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

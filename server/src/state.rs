@@ -36,6 +36,9 @@ pub struct Limits {
     /// How long a request's head may take to arrive, and an idle connection may wait
     /// for its next request (`REQUEST_HEADER_TIMEOUT_SECS`).
     pub header_timeout: Duration,
+    /// How long a handler may wait on a request body that brings no data
+    /// (`REQUEST_BODY_IDLE_TIMEOUT_SECS`).
+    pub body_idle_timeout: Duration,
 }
 
 /// Default cap of push sockets per device: a daemon holds one per server.
@@ -46,6 +49,8 @@ pub const DEFAULT_WS_PER_USER: usize = 32;
 pub const DEFAULT_CONNECTIONS_PER_IP: usize = 128;
 /// Default deadline of a request head, seconds.
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 15;
+/// Default deadline of a stalled request body, seconds.
+pub const DEFAULT_BODY_IDLE_TIMEOUT_SECS: u64 = 30;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -67,6 +72,7 @@ impl Default for Limits {
             ws_per_user: DEFAULT_WS_PER_USER,
             connections_per_ip: DEFAULT_CONNECTIONS_PER_IP,
             header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
+            body_idle_timeout: Duration::from_secs(DEFAULT_BODY_IDLE_TIMEOUT_SECS),
         }
     }
 }

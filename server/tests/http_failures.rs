@@ -903,3 +903,29 @@ async fn half_open_connections_are_capped_per_address_and_timed_out() {
     )
     .await;
 }
+
+/// A client that sends a request head and a tenth of its body, then stalls: the
+/// request fails at the body deadline and the connection is closed, instead of being
+/// held for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_is_cut_at_the_deadline() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let srv = Server::start_with(&common::Backend::Sqlite, |s| {
+        s.limits.body_idle_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let mut conn = connect_from(&srv, Ipv4Addr::LOCALHOST).await;
+    let head = "POST /api/v1/auth/login HTTP/1.1\r\nHost: fsync\r\n\
+                Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"username\":";
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(common::EVENT_TIMEOUT, conn.read_to_end(&mut answer));
+    let _ = read
+        .await
+        .expect("the server ends the stalled request in time");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 4"),
+        "a refusal or a closed connection, not {text}"
+    );
+}
