@@ -114,6 +114,22 @@ fn password(cli: &Cli) -> anyhow::Result<String> {
     rpassword::prompt_password("Password: ").context("reading the password")
 }
 
+/// A new account's password: from the flag or environment as given, or asked twice at
+/// the terminal (a typo here would lose the account: every key derives from it).
+fn new_password(cli: &Cli) -> anyhow::Result<String> {
+    if cli.password.is_some() || !std::io::stdin().is_terminal() {
+        return password(cli);
+    }
+    let first = rpassword::prompt_password("New password: ").context("reading the password")?;
+    fsync_client::session::check_new_password(&first, cli.username.as_deref().unwrap_or(""))?;
+    let again = rpassword::prompt_password("The same password again: ")
+        .context("reading the password")?;
+    if again != first {
+        bail!("the two passwords differ; nothing was registered, try again");
+    }
+    Ok(first)
+}
+
 fn username(cli: &Cli) -> anyhow::Result<&str> {
     cli.username
         .as_deref()
@@ -271,7 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &api,
                 user,
                 email,
-                &password(&cli)?,
+                &new_password(&cli)?,
                 fsync_store::default_kdf_params(),
             )
             .await?;

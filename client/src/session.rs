@@ -74,6 +74,38 @@ pub enum SessionError {
     /// Chunker configuration (`CHUNK_SIZE`).
     #[error("chunk size: {0}")]
     Chunker(#[from] fsync_chunker::ChunkerError),
+    /// A new account's password is too weak (every key derives from it, and the server
+    /// can guess at a weak one offline).
+    #[error("password too weak: {0}")]
+    WeakPassword(String),
+}
+
+/// The fewest characters a new account's password may have.
+pub const MIN_PASSWORD_CHARS: usize = 10;
+
+/// Checks a new account's password: at least [`MIN_PASSWORD_CHARS`] characters, not one
+/// character repeated, and not containing the username. The reason names what to
+/// change.
+pub fn check_new_password(password: &str, username: &str) -> Result<(), SessionError> {
+    let weak = |why: String| Err(SessionError::WeakPassword(why));
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_CHARS {
+        return weak(format!(
+            "it has {chars} characters; use at least {MIN_PASSWORD_CHARS} (a few unrelated \
+             words make a strong one that is easy to type)"
+        ));
+    }
+    let mut distinct: Vec<char> = password.chars().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 4 {
+        return weak("it uses fewer than 4 different characters".to_owned());
+    }
+    let user = username.to_lowercase();
+    if user.chars().count() >= 3 && password.to_lowercase().contains(&user) {
+        return weak("it contains the username".to_owned());
+    }
+    Ok(())
 }
 
 async fn derive(password: String, params: KdfParams) -> Result<MasterKey, SessionError> {
@@ -96,6 +128,7 @@ pub async fn register(
     password: &str,
     params: KdfParams,
 ) -> Result<RegisterResponse, SessionError> {
+    check_new_password(password, username)?;
     fsync_store::validate_kdf_params(&params).map_err(SessionError::UnsafeParams)?;
     let master = derive(password.to_owned(), params.clone()).await?;
     let account = AccountKey::generate();
@@ -243,4 +276,26 @@ pub fn open_state(state_dir: &Path) -> Result<State, SessionError> {
         let _ = std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700));
     }
     Ok(State::open(&state_dir.join("state.db"))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weak_passwords_are_refused_with_the_reason() {
+        let why = |pw: &str, user: &str| match check_new_password(pw, user) {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        assert!(why("", "dave").contains("0 characters"));
+        assert!(why("123456789", "dave").contains("9 characters"));
+        assert!(why("aaaabbbbcccc", "dave").contains("fewer than 4"));
+        assert!(why("xxDAVExx1234", "dave").contains("username"));
+        // A short username is not looked for (it would refuse too much).
+        assert_eq!(why("correct horse battery", "or"), "");
+        assert_eq!(why("correct horse battery staple", "dave"), "");
+        // Characters, not bytes: ten accented letters are ten.
+        assert_eq!(why("éàüöçñøåæß", "dave"), "");
+    }
 }

@@ -457,20 +457,24 @@ impl Server {
 
     /// Registers `username` through `fsync-client register`.
     pub fn register(&self, username: &str) -> Account {
-        let account = Account {
+        let out = self.register_with_password(username, PASSWORD);
+        check(&out, "fsync-client register");
+        Account {
             server_url: self.url(),
             username: username.to_owned(),
-        };
+        }
+    }
+
+    /// Runs `fsync-client register` for `username` with `FSYNC_PASSWORD=password`.
+    pub fn register_with_password(&self, username: &str, password: &str) -> Output {
         let dir = tempfile::tempdir().expect("temp dir");
-        let out = command(&binaries().client)
-            .args(["--server-url", &account.server_url, "--username", username])
+        command(&binaries().client)
+            .args(["--server-url", &self.url(), "--username", username])
             .args(["register", "--email", &format!("{username}@example.org")])
-            .env("FSYNC_PASSWORD", PASSWORD)
+            .env("FSYNC_PASSWORD", password)
             .current_dir(dir.path())
             .output()
-            .expect("run fsync-client register");
-        check(&out, "fsync-client register");
-        account
+            .expect("run fsync-client register")
     }
 
     /// Kills the server (if it still runs) and starts it again on the same port, data

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use fsync_tests::{assert_same_tree, conflict_copies, rounds, stderr, Server};
+use fsync_tests::{assert_same_tree, check, conflict_copies, rounds, stderr, Server, PASSWORD};
 
 #[test]
 fn status_reports_pending_uploads_downloads_and_deletes() {
@@ -164,4 +164,29 @@ fn restarts_resume_the_session_instead_of_logging_in_again() {
     a.write("last.txt", "last");
     assert_eq!(a.sync().uploaded, 1);
     assert_eq!(logins(&server), after_first + 1);
+}
+
+/// Every key derives from the password, so registration refuses a weak one with the
+/// reason, and registers nothing (the name stays free).
+#[test]
+fn register_refuses_a_weak_password_and_registers_nothing() {
+    let server = Server::start();
+    for (password, why) in [
+        ("", "it has 0 characters"),
+        ("x", "it has 1 characters"),
+        ("abababababababab", "fewer than 4 different characters"),
+        ("Dave-the-builder-1", "contains the username"),
+    ] {
+        let out = server.register_with_password("dave", password);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{password:?} was accepted");
+        assert!(
+            err.contains("password too weak") && err.contains(why),
+            "{password:?}: {err}"
+        );
+    }
+    check(
+        &server.register_with_password("dave", PASSWORD),
+        "register with a strong password",
+    );
 }
