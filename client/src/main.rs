@@ -122,8 +122,8 @@ fn new_password(cli: &Cli) -> anyhow::Result<String> {
     }
     let first = rpassword::prompt_password("New password: ").context("reading the password")?;
     fsync_client::session::check_new_password(&first, cli.username.as_deref().unwrap_or(""))?;
-    let again = rpassword::prompt_password("The same password again: ")
-        .context("reading the password")?;
+    let again =
+        rpassword::prompt_password("The same password again: ").context("reading the password")?;
     if again != first {
         bail!("the two passwords differ; nothing was registered, try again");
     }

@@ -1233,8 +1233,16 @@ fn stdout(out: &std::process::Output) -> String {
 /// `fsync-gc` reads its options like the server: a log level naming no level and a
 /// `.env` that does not parse are refused (exit 2), not silently replaced; `.env` is
 /// read from the working directory.
-#[test]
-fn options_are_validated_like_the_servers() {
+/// A data directory the way a server leaves it: its SQLite database (migrated) and
+/// its blob directory.
+async fn server_data_dir(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("blobs")).unwrap();
+    let url = format!("sqlite://{}", dir.join("fsync.db").display());
+    drop(open_repo(&url).await.unwrap());
+}
+
+#[tokio::test]
+async fn options_are_validated_like_the_servers() {
     let gc = env!("CARGO_BIN_EXE_fsync-gc");
     let cwd = tempfile::tempdir().unwrap();
     let run = |args: &[&str], envs: &[(&str, &str)]| {
@@ -1249,6 +1257,7 @@ fn options_are_validated_like_the_servers() {
             .unwrap()
     };
     let data = cwd.path().join("data");
+    server_data_dir(&data).await;
     let data = data.to_str().unwrap();
     let verbose = ["--data-dir", data, "--log-level", "verbose", "stats"];
     let out = run(&verbose, &[]);
@@ -1261,16 +1270,101 @@ fn options_are_validated_like_the_servers() {
 
     // .env in the working directory supplies the data dir; a broken one is refused.
     let from_env = cwd.path().join("from-env");
+    server_data_dir(&from_env).await;
     let dotenv = format!("FSYNC_DATA_DIR={}\n", from_env.display());
     std::fs::write(cwd.path().join(".env"), dotenv).unwrap();
     let out = run(&["stats", "--json"], &[]);
     assert!(out.status.success(), "{out:?}");
-    let used = from_env.join("fsync.db").exists();
-    assert!(used, "the .env data dir was not used");
+    std::fs::remove_dir_all(from_env.join("blobs")).unwrap();
+    let out = run(&["stats", "--json"], &[]);
+    assert!(
+        stderr(&out).contains("from-env/blobs does not exist"),
+        "the .env data dir was not used: {out:?}"
+    );
     std::fs::write(cwd.path().join(".env"), "NOT A VALID LINE\n").unwrap();
     let out = run(&["stats"], &[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(stderr(&out).contains(".env"), "{out:?}");
+}
+
+/// `fsync-gc` pointed at what is not a server's stores refuses, naming what is wrong,
+/// and creates nothing: a data directory that does not exist, a database without
+/// fsync's tables (SQLite and PostgreSQL), a blob directory that is missing.
+#[tokio::test]
+async fn a_wrong_data_dir_or_database_is_refused_and_nothing_is_created() {
+    let gc = env!("CARGO_BIN_EXE_fsync-gc");
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(gc)
+            .args(args)
+            .current_dir(cwd.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("POSTGRES_URL")
+            .env_remove("FSYNC_DATA_DIR")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} was not refused: {out:?}"
+        );
+        stderr(&out)
+    };
+    let nowhere = cwd.path().join("no-such-dir");
+    let err = run(&["--data-dir", nowhere.to_str().unwrap(), "stats"]);
+    assert!(
+        err.contains("no fsync database at") && err.contains("no-such-dir"),
+        "{err}"
+    );
+    assert!(!nowhere.exists(), "fsync-gc created {}", nowhere.display());
+    // Without --data-dir: ./data is not made either.
+    let err = run(&["run", "--dry-run"]);
+    assert!(err.contains("no fsync database at data/fsync.db"), "{err}");
+    assert!(!cwd.path().join("data").exists());
+    // A SQLite file that is not a server's.
+    let other = cwd.path().join("other.db");
+    std::fs::write(&other, b"").unwrap();
+    let url = format!("sqlite://{}", other.display());
+    let err = run(&["--database-url", &url, "stats"]);
+    assert!(err.contains("has no fsync tables"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&other).unwrap().len(),
+        0,
+        "the file was written"
+    );
+    // The blob directory of a real database, missing.
+    let data = cwd.path().join("data2");
+    server_data_dir(&data).await;
+    std::fs::remove_dir_all(data.join("blobs")).unwrap();
+    let err = run(&["--data-dir", data.to_str().unwrap(), "verify"]);
+    assert!(err.contains("data2/blobs does not exist"), "{err}");
+    assert!(!data.join("blobs").exists());
+    // A PostgreSQL database without fsync's tables stays without them.
+    if let Some(base) = test_database_url() {
+        let db = ScratchDatabase::create(&base).await.unwrap();
+        let err = run(&[
+            "--database-url",
+            db.url(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "stats",
+        ]);
+        assert!(err.contains("has no fsync tables"), "{err}");
+        assert!(!err.contains("password"), "{err}");
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db.url())
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            n, 0,
+            "fsync-gc created tables in a database that is not the server's"
+        );
+    }
 }
 
 /// `fsync-gc run` under a pseudo-terminal (util-linux `script`): the progress bar

@@ -309,9 +309,9 @@ fn print_stats(s: &Stats) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let collector = Collector::open_storage(&cli.storage)
+    let collector = Collector::open_existing(&cli.storage)
         .await
-        .context("opening the database")?;
+        .context("opening the server's stores")?;
     let bar;
     let progress: &dyn Progress = if std::io::stderr().is_terminal() {
         bar = Bar::new();

@@ -431,10 +431,71 @@ pub(crate) fn parse_url(url: &str) -> Result<DbUrl<'_>, DbError> {
     }
 }
 
+/// Whether the database at `url` has fsync's tables (its migrations table), checked
+/// without creating or changing anything. False for a database that exists without
+/// them; an error when it cannot be reached.
+pub(crate) async fn has_fsync_schema(url: &str) -> Result<bool, DbError> {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let mut conn = match parse_url(url)? {
+        DbUrl::Sqlite(path) => {
+            // Read-only and never created: `mode=ro` on an existing file.
+            let url = format!("sqlite://{}?mode=ro", path.display());
+            sqlx::AnyConnection::connect(&url).await?
+        }
+        DbUrl::Postgres(url) => sqlx::AnyConnection::connect(url).await?,
+    };
+    let found = sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .is_ok();
+    let _ = conn.close().await;
+    Ok(found)
+}
+
+/// `url` with the password of its user part (if any) replaced by `***`, for messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = &rest[..at];
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            let masked = if rest[..at].contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{masked}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Opens the repository named by a database URL: `postgres://…` or `sqlite://PATH`.
 pub async fn open(url: &str) -> Result<Arc<dyn MetaRepo>, DbError> {
     match parse_url(url)? {
         DbUrl::Postgres(url) => open_postgres(url).await,
         DbUrl::Sqlite(path) => open_sqlite(path).await,
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::redact_url;
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("postgres://fsync:s3cret@db:5432/fsync"),
+            "postgres://fsync:***@db:5432/fsync"
+        );
+        assert_eq!(
+            redact_url("postgres://fsync@db/fsync"),
+            "postgres://fsync@db/fsync"
+        );
+        assert_eq!(redact_url("postgres://db/x@y"), "postgres://db/x@y");
+        assert_eq!(
+            redact_url("sqlite://data/fsync.db"),
+            "sqlite://data/fsync.db"
+        );
     }
 }

@@ -108,6 +108,10 @@ pub enum GcError {
     /// The blob store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The database or blob directory named is not a server's (missing, or without
+    /// fsync's tables): nothing is created or changed.
+    #[error("{0}")]
+    NotAServerStore(String),
 }
 
 /// Which versions to keep. Unset fields keep everything they govern; see
@@ -325,6 +329,40 @@ impl Collector {
         let blobs = Arc::new(fsync_store::LocalStore::open(files)?);
         let packs = Arc::new(fsync_store::LocalPacks::open(files)?);
         Self::open(database_url, blobs, packs).await
+    }
+
+    /// [`Collector::open_storage`], after checking that `storage` names a server's
+    /// stores (what `fsync-gc` opens): the database exists and has fsync's tables, and
+    /// the blob directory exists when the packs are on the local disk. A wrong
+    /// `--data-dir` or `DATABASE_URL` is refused before anything is created.
+    pub async fn open_existing(storage: &crate::StorageConfig) -> Result<Self, GcError> {
+        let url = storage.database_url();
+        let not_ours = |why: String| Err(GcError::NotAServerStore(why));
+        if let crate::db::DbUrl::Sqlite(path) = crate::db::parse_url(&url)? {
+            if !std::path::Path::new(path).is_file() {
+                return not_ours(format!(
+                    "no fsync database at {}: give the server's --data-dir (or \
+                     DATABASE_URL); fsync-gc does not create one",
+                    path.display()
+                ));
+            }
+        }
+        if !crate::db::has_fsync_schema(&url).await? {
+            return not_ours(format!(
+                "the database {} has no fsync tables: is it the server's? fsync-gc does not \
+                 create them",
+                crate::db::redact_url(&url)
+            ));
+        }
+        let files = storage.files_directory();
+        if storage.blob_store.is_none() && !files.is_dir() {
+            return not_ours(format!(
+                "the blob directory {} does not exist: give the server's --data-dir (or \
+                 FILES_DIRECTORY); fsync-gc does not create one",
+                files.display()
+            ));
+        }
+        Self::open_storage(storage).await
     }
 
     /// [`Collector::open`] over the stores a server with `storage` uses: its packs
