@@ -191,8 +191,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A plain HTTP/1.0 GET on 127.0.0.1 (no client library needed for two routes).
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+/// A plain HTTP/1.0 GET on 127.0.0.1 (no client library needed for two routes):
+/// the status and the body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
