@@ -131,9 +131,14 @@ fn new_password(cli: &Cli) -> anyhow::Result<String> {
 }
 
 fn username(cli: &Cli) -> anyhow::Result<&str> {
-    cli.username
+    let name = cli
+        .username
         .as_deref()
-        .context("--username (or FSYNC_USERNAME) is required")
+        .context("--username (or FSYNC_USERNAME) is required")?;
+    if name.trim().is_empty() {
+        bail!("--username (or FSYNC_USERNAME) is empty: give the account's name");
+    }
+    Ok(name)
 }
 
 fn watch_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
@@ -323,11 +328,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Cmd::Conflicts) => {
             let root = watch_dir(&cli)?;
-            for p in scan::scan(&root)?
+            let found = scan::scan(&root)?;
+            let copies: Vec<_> = found
                 .files
                 .keys()
                 .filter(|p| p.as_str().contains(".sync-conflict-"))
-            {
+                .collect();
+            if copies.is_empty() {
+                println!("no conflict copies in {}", root.display());
+            }
+            for p in copies {
                 println!("{p}");
             }
         }

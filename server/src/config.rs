@@ -76,12 +76,23 @@ const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"]
 /// Loads `.env` from the working directory (only there, not from a parent directory);
 /// a file that does not parse is an error, not silently skipped. Both binaries
 /// (`fsync-server`, `fsync-gc`) call it before parsing their options.
-pub fn load_dotenv() -> Result<(), dotenvy::Error> {
+pub fn load_dotenv() -> Result<(), DotenvError> {
     match dotenvy::from_path(".env") {
+        Ok(()) => Ok(()),
         Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
+        Err(dotenvy::Error::LineParse(line, at)) => Err(DotenvError(format!(
+            "cannot parse the line {line:?} (at character {}): write NAME=value, or # for \
+             a comment",
+            at + 1
+        ))),
+        Err(e) => Err(DotenvError(e.to_string())),
     }
 }
+
+/// Why `.env` could not be read, in words that name the line to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DotenvError(String);
 
 /// Validates a `--log-level`. A tracing filter takes a bare word for a target name (all
 /// of its events), so a misspelt level (`verbose`, `infoo`) would silently log nothing

@@ -31,7 +31,9 @@ use std::sync::Arc;
 /// Access-token verification and refresh-token hashing, public for the fuzz targets in
 /// `fuzz/` (the server itself uses them through its HTTP layer).
 pub use auth::tokens::{hash_refresh_token, Claims, TokenError, TokenService};
-pub use config::{load_dotenv, parse_log_level, Config, ConfigError, LogFormat, StorageConfig};
+pub use config::{
+    load_dotenv, parse_log_level, Config, ConfigError, DotenvError, LogFormat, StorageConfig,
+};
 pub use db::{
     open as open_repo, open_postgres, open_sqlite, AccountRepo, Actor, BatchAnswer, BatchOp,
     BlobConfirm, BlobLocation, ChunkRepo, DbError, FileRepo, JournalRepo, MetaRepo, NewPack,

@@ -268,7 +268,12 @@ fn a_malformed_dotenv_is_refused() {
     .unwrap();
     let (status, out) = Proc::spawn(cwd.path(), &[], &[]).exit();
     assert!(!status.success(), "{out}");
+    // The line to fix, not a character index.
     assert!(out.contains(".env"), "{out}");
+    assert!(
+        out.contains("cannot parse the line \"this is not a line\""),
+        "{out}"
+    );
 }
 
 /// `SERVER_HOST` and `SERVER_PORT` choose the listening address.

@@ -1284,7 +1284,11 @@ async fn options_are_validated_like_the_servers() {
     std::fs::write(cwd.path().join(".env"), "NOT A VALID LINE\n").unwrap();
     let out = run(&["stats"], &[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(stderr(&out).contains(".env"), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(".env") && err.contains("cannot parse the line \"NOT A VALID LINE\""),
+        "{err}"
+    );
 }
 
 /// `fsync-gc` pointed at what is not a server's stores refuses, naming what is wrong,

@@ -639,6 +639,23 @@ impl Client {
         self.tree().into_keys().collect()
     }
 
+    /// `fsync-client` with this device's watch dir and password, and `server_url` and
+    /// `username` as given (`None`: this device's), for tests of how bad ones are
+    /// reported.
+    pub fn command_with(&self, server_url: Option<&str>, username: Option<&str>) -> Command {
+        let mut cmd = command(&binaries().client);
+        cmd.arg("--watch-dir")
+            .arg(&self.root)
+            .args([
+                "--server-url",
+                server_url.unwrap_or(&self.account.server_url),
+            ])
+            .args(["--username", username.unwrap_or(&self.account.username)])
+            .env("FSYNC_PASSWORD", PASSWORD)
+            .current_dir(self.dir.path());
+        cmd
+    }
+
     /// `fsync-client` with this device's watch dir, server, account and password.
     pub fn command(&self) -> Command {
         let mut cmd = command(&binaries().client);

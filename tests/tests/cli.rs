@@ -190,3 +190,45 @@ fn register_refuses_a_weak_password_and_registers_nothing() {
         "register with a strong password",
     );
 }
+
+/// Messages say what to fix: a server URL without its scheme, an empty username, no
+/// conflict copies at all; and the server logs a refused login (never the password).
+#[test]
+fn messages_name_what_to_fix() {
+    let (server, a, _b) = Server::start().pair();
+    a.write("note.txt", "a note");
+    a.sync();
+
+    let out = a
+        .command_with(Some("127.0.0.1:8000"), None)
+        .arg("--once")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("has no scheme: write http://127.0.0.1:8000"),
+        "{err}"
+    );
+
+    let out = a
+        .command_with(None, Some(""))
+        .arg("--once")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("FSYNC_USERNAME) is empty"), "{err}");
+
+    let none = a.run_ok(&["conflicts"]);
+    assert!(none.starts_with("no conflict copies in "), "{none:?}");
+
+    let wrong = [("FSYNC_PASSWORD".into(), "not the password at all".into())];
+    assert!(!a.run_with_env(&["--once"], &wrong).status.success());
+    let log = server.log_text();
+    assert!(log.contains("login refused"), "{log}");
+    assert!(
+        !log.contains("not the password at all"),
+        "the password in the log"
+    );
+}

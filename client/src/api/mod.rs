@@ -134,7 +134,14 @@ impl ApiClient {
     /// built-in roots: pass the system bundle for a public certificate) and unused for
     /// `http://`. Timeouts: [`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`].
     pub fn new(server_url: &str, ca_cert: Option<&Path>) -> Result<Self, ClientError> {
-        let url = reqwest::Url::parse(server_url.trim())
+        let trimmed = server_url.trim();
+        if !trimmed.contains("://") {
+            return Err(ClientError::Config(format!(
+                "server URL {server_url:?} has no scheme: write http://{trimmed} (or https://{trimmed} \
+                 for a server with TLS)"
+            )));
+        }
+        let url = reqwest::Url::parse(trimmed)
             .map_err(|e| ClientError::Config(format!("server URL {server_url:?}: {e}")))?;
         let ws_scheme = match url.scheme() {
             "http" => "ws",

@@ -157,6 +157,9 @@ pub(crate) async fn login(
         .await
         .map_err(|e| AccountError::Internal(e.to_string()))?;
     let Some(user) = user.filter(|_| ok) else {
+        // The same line for an unknown user and a wrong password (the answer is the
+        // same too); never the password.
+        tracing::info!(username = ?req.username, "login refused: unknown user or wrong password");
         return Err(AccountError::BadLogin);
     };
     let now = now_secs();
