@@ -208,7 +208,7 @@ fn script_output(name: &str, starts: &str) -> anyhow::Result<String> {
 /// An account, registered with [`fsync_store::test_kdf_params`] (cheap Argon2, so
 /// logins do not dominate the figures) the way `fsync-client register` does.
 pub(crate) async fn register(server: &Server, username: &str) -> anyhow::Result<Account> {
-    let password = format!("bench password of {username}");
+    let password = "bench: correct horse battery staple".to_owned();
     let email = format!("{username}@bench.invalid");
     Account::register(&server.url, username, &email, &password).await
 }
