@@ -89,6 +89,75 @@ enum Cmd {
     },
     /// List conflict copies in the folder.
     Conflicts,
+    /// The account's devices (`devices revoke ID` ends one's access at once).
+    Devices {
+        #[command(subcommand)]
+        action: Option<DevicesCmd>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCmd {
+    /// Revoke a device: its tokens stop working and its connections close.
+    Revoke {
+        /// The device's id as `devices` prints it (or a unique prefix of it).
+        id: String,
+    },
+}
+
+/// "just now", "5 min ago", "3 h ago", "12 days ago".
+fn ago(then: i64, now: i64) -> String {
+    let secs = (now - then).max(0);
+    match secs {
+        0..60 => "just now".to_owned(),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..86_400 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
+async fn devices(cli: &Cli, action: Option<&DevicesCmd>) -> anyhow::Result<()> {
+    let (_, s, _) = start(cli).await?;
+    let all = s.api.devices().await?;
+    let Some(DevicesCmd::Revoke { id }) = action else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for d in &all {
+            let this = if d.id == s.device {
+                "  (this device)"
+            } else {
+                ""
+            };
+            let revoked = if d.revoked { "  (revoked)" } else { "" };
+            println!(
+                "{}  {:<40}  last seen {}{this}{revoked}",
+                d.id,
+                d.name,
+                ago(d.last_seen, now)
+            );
+        }
+        return Ok(());
+    };
+    let wanted = id.trim().to_ascii_lowercase();
+    let matches: Vec<_> = all
+        .iter()
+        .filter(|d| wanted.len() >= 4 && d.id.to_hex().starts_with(&wanted))
+        .collect();
+    let device = match matches[..] {
+        [one] => one,
+        [] => bail!("no device of this account has the id {id:?} (at least 4 characters; see `fsync-client devices`)"),
+        _ => bail!("{id:?} names {} devices: give more of the id", matches.len()),
+    };
+    if device.id == s.device {
+        bail!(
+            "{} is this folder's own device: revoke it from another device",
+            device.id
+        );
+    }
+    s.api.revoke_device(device.id).await?;
+    println!("revoked {} ({})", device.id, device.name);
+    Ok(())
 }
 
 fn init_logging(verbose: bool) {
@@ -326,6 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             engine.sync_once().await?;
         }
+        Some(Cmd::Devices { action }) => devices(&cli, action.as_ref()).await?,
         Some(Cmd::Conflicts) => {
             let root = watch_dir(&cli)?;
             let found = scan::scan(&root)?;

@@ -232,3 +232,41 @@ fn messages_name_what_to_fix() {
         "the password in the log"
     );
 }
+
+/// `devices` lists the account's devices, marks this one, and `devices revoke` ends
+/// another's access (by a prefix of its id); this folder's own device, an unknown id
+/// and a too short one are refused with the reason.
+#[test]
+fn devices_are_listed_and_another_is_revoked() {
+    let (_server, a, b) = Server::start().pair();
+    a.sync();
+    b.sync();
+    let list = a.run_ok(&["devices"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert_eq!(list.matches("(this device)").count(), 1, "{list}");
+    let own = lines.iter().find(|l| l.contains("(this device)")).unwrap();
+    let other = lines.iter().find(|l| !l.contains("(this device)")).unwrap();
+    let id_of = |line: &str| line.split_whitespace().next().unwrap().to_owned();
+    let (own, other) = (id_of(own), id_of(other));
+    assert!(list.contains("last seen just now"), "{list}");
+
+    let err = a.run_fails(&["devices", "revoke", &own], "revoked its own device");
+    assert!(err.contains("this folder's own device"), "{err}");
+    let err = a.run_fails(&["devices", "revoke", "ffff"], "revoked no device");
+    assert!(
+        err.contains("no device of this account has the id"),
+        "{err}"
+    );
+    let err = a.run_fails(&["devices", "revoke", "ab"], "took a 2-character id");
+    assert!(err.contains("at least 4 characters"), "{err}");
+
+    let done = a.run_ok(&["devices", "revoke", &other[..8]]);
+    assert!(done.starts_with(&format!("revoked {other}")), "{done}");
+    let list = a.run_ok(&["devices"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&other) && l.contains("(revoked)")),
+        "{list}"
+    );
+}

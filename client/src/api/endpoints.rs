@@ -145,6 +145,13 @@ impl ApiClient {
         self.send_json(Call::get(api("devices"))).await
     }
 
+    /// Revokes one of the user's devices: its tokens stop working at once.
+    pub async fn revoke_device(&self, id: DeviceId) -> Result<(), ClientError> {
+        self.send(Call::new(Method::DELETE, api(&format!("devices/{id}"))))
+            .await
+            .map(drop)
+    }
+
     // ------------------------------------------------------------------ chunks
 
     /// The subset of `ids` the server does not hold in `ns` (split into requests of at
