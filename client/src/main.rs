@@ -256,6 +256,51 @@ async fn start(cli: &Cli) -> anyhow::Result<(PathBuf, Session, Engine)> {
     Ok((root, session, engine))
 }
 
+/// Whether `e` is a failure to reach the server (or a server error) that waiting
+/// may cure, rather than a refusal or a local problem.
+fn server_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<session::SessionError>()
+            .is_some_and(|s| matches!(s, session::SessionError::Api(api) if api.is_retryable()))
+            || c.downcast_ref::<fsync_client::ClientError>()
+                .is_some_and(fsync_client::ClientError::is_retryable)
+    })
+}
+
+/// [`start`] for the daemon: while the server cannot be reached it waits, with backoff
+/// up to a minute, saying so once; `None` when stopped meanwhile (Ctrl-C, SIGTERM).
+async fn start_waiting(cli: &Cli) -> anyhow::Result<Option<(PathBuf, Session, Engine)>> {
+    const MAX_WAIT: Duration = Duration::from_secs(60);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut wait = Duration::from_secs(1);
+    let mut waiting = false;
+    loop {
+        match start(cli).await {
+            Ok(started) => {
+                if waiting {
+                    tracing::info!(server = %cli.server_url, "the server answers again; syncing");
+                }
+                return Ok(Some(started));
+            }
+            Err(e) if server_unreachable(&e) => {
+                if waiting {
+                    tracing::debug!(error = %e, "the server still cannot be reached");
+                } else {
+                    tracing::warn!(server = %cli.server_url, "the server cannot be reached ({e:#}); waiting for it, retrying with backoff up to {} s", MAX_WAIT.as_secs());
+                    waiting = true;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = &mut stop => return Ok(None),
+                }
+                wait = (wait * 2).min(MAX_WAIT);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -411,22 +456,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{p}");
             }
         }
+        None if !cli.once => {
+            let Some((root, s, engine)) = start_waiting(&cli).await? else {
+                return Ok(());
+            };
+            let opts = DaemonOptions {
+                interval: Duration::from_secs(cli.sync_interval.max(1)),
+            };
+            daemon::run(engine, s.api, &root, opts, shutdown_signal()).await;
+        }
         None => {
-            let (root, s, mut engine) = start(&cli).await?;
-            if cli.once {
-                let r = engine.sync_once().await?;
-                println!(
-                    "synced: {} uploaded, {} downloaded, {} deleted here, {} deleted there, {} renamed, {} conflicts",
-                    r.uploaded, r.downloaded, r.deleted_local, r.deleted_remote, r.renamed, r.conflicts
-                );
-                for (p, why) in &r.deferred {
-                    println!("not synced yet: {p} — {why}");
-                }
-            } else {
-                let opts = DaemonOptions {
-                    interval: Duration::from_secs(cli.sync_interval.max(1)),
-                };
-                daemon::run(engine, s.api, &root, opts, shutdown_signal()).await;
+            let (_, _, mut engine) = start(&cli).await?;
+            let r = engine.sync_once().await?;
+            println!(
+                "synced: {} uploaded, {} downloaded, {} deleted here, {} deleted there, {} renamed, {} conflicts",
+                r.uploaded, r.downloaded, r.deleted_local, r.deleted_remote, r.renamed, r.conflicts
+            );
+            for (p, why) in &r.deferred {
+                println!("not synced yet: {p} — {why}");
             }
         }
     }

@@ -39,3 +39,35 @@ fsync_tests::backend_tests! {
     daemons: daemons_sync_in_real_time,
     daemons_sync_in_real_time_on_postgres
 }
+
+/// A daemon started while the server is down does not exit: it says once that it
+/// waits, and syncs as soon as the server is back.
+#[test]
+fn a_daemon_started_while_the_server_is_down_waits_for_it() {
+    let opts = fsync_tests::ServerOptions::default();
+    let (mut server, a, b) = fsync_tests::Server::start_with(&opts).pair();
+    a.sync();
+    server.kill();
+    a.write("written while the server was down.txt", "waiting");
+    let mut daemon = a.spawn_daemon();
+    fsync_tests::wait_until(
+        fsync_tests::EVENT_TIMEOUT,
+        "the daemon to say it waits",
+        || daemon.log().contains("the server cannot be reached"),
+    );
+    assert!(!daemon.exited(), "the daemon gave up:\n{}", daemon.log());
+    server.restart(&opts);
+    fsync_tests::wait_until(fsync_tests::EVENT_TIMEOUT, "the file to reach B", || {
+        b.sync();
+        b.try_read("written while the server was down.txt")
+            .is_some()
+    });
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("the server cannot be reached").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("the server answers again"), "{log}");
+    daemon.kill();
+}
