@@ -105,7 +105,11 @@ fn conflicts_lists_the_conflict_copies() {
     a.write("plan.md", "plan\n");
     a.write("other.md", "other\n");
     rounds(&[&a, &b]);
-    assert_eq!(a.run_ok(&["conflicts"]), "");
+    let none = a.run_ok(&["conflicts"]);
+    assert_eq!(
+        none,
+        format!("no conflict copies in {}\n", a.root().display())
+    );
 
     let t = SystemTime::now();
     b.write_at("plan.md", "B's plan\n", t);
@@ -191,8 +195,9 @@ fn register_refuses_a_weak_password_and_registers_nothing() {
     );
 }
 
-/// Messages say what to fix: a server URL without its scheme, an empty username, no
-/// conflict copies at all; and the server logs a refused login (never the password).
+/// Messages say what to fix: a server URL without its scheme, an empty username; and
+/// the server logs a refused login (never the password). (No conflict copies at all:
+/// `conflicts_lists_the_conflict_copies`.)
 #[test]
 fn messages_name_what_to_fix() {
     let (server, a, _b) = Server::start().pair();
@@ -219,9 +224,6 @@ fn messages_name_what_to_fix() {
     let err = stderr(&out);
     assert!(!out.status.success());
     assert!(err.contains("FSYNC_USERNAME) is empty"), "{err}");
-
-    let none = a.run_ok(&["conflicts"]);
-    assert!(none.starts_with("no conflict copies in "), "{none:?}");
 
     let wrong = [("FSYNC_PASSWORD".into(), "not the password at all".into())];
     assert!(!a.run_with_env(&["--once"], &wrong).status.success());

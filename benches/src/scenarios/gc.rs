@@ -36,7 +36,7 @@ use crate::timing::median;
 /// The `scenario` of this module's records.
 const SCENARIO: &str = "gc";
 /// A's small files written before the sweep, for the baseline round time.
-const BASELINE_ROUNDS: usize = 10;
+pub(crate) const BASELINE_ROUNDS: usize = 10;
 
 /// Arguments of `fsync-bench gc`.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,8 +69,7 @@ struct Outcome {
     sweep_secs: f64,
     rows_deleted: u64,
     kept_chunks: u64,
-    rounds_before: Vec<f64>,
-    rounds_during: Vec<f64>,
+    rounds: Rounds,
 }
 
 impl Args {
@@ -152,12 +151,6 @@ impl Args {
         }
         let seed_secs = seeded.elapsed().as_secs_f64();
 
-        let mut small = 0usize;
-        let mut rounds_before = Vec::new();
-        for _ in 0..BASELINE_ROUNDS {
-            rounds_before.push(small_file_round(&mut a, &mut small).await?);
-        }
-
         if progress {
             eprintln!("gc: sweeping ({seed_secs:.1} s to seed)");
         }
@@ -168,32 +161,10 @@ impl Args {
             batch: self.batch as usize,
             ..RunOptions::default()
         };
-        // The sweep runs as its own task (on another runtime thread than A's rounds,
-        // so neither's CPU work stretches the other's timings).
         let collector = Arc::new(collector);
-        let done = Arc::new(AtomicBool::new(false));
-        let sweep = tokio::spawn({
-            let (collector, done) = (Arc::clone(&collector), Arc::clone(&done));
-            async move {
-                let started = Instant::now();
-                let r = collector.run(&opts, &NoProgress).await;
-                let secs = started.elapsed().as_secs_f64();
-                done.store(true, Ordering::SeqCst);
-                r.map(|r| (r, secs))
-            }
-        });
-        // At least one round (a tiny sweep may end before the first one does).
-        let mut rounds_during = Vec::new();
-        loop {
-            rounds_during.push(small_file_round(&mut a, &mut small).await?);
-            if done.load(Ordering::SeqCst) {
-                break;
-            }
-        }
-        let (report, sweep_secs) = sweep
+        let (report, sweep_secs, rounds) = run_while_committing(&mut a, &collector, opts)
             .await
-            .context("the sweep task")?
-            .context("the sweep failed")?;
+            .context("the sweep")?;
 
         ensure!(
             report.chunks_deleted == u64::from(self.rows),
@@ -232,8 +203,7 @@ impl Args {
             sweep_secs,
             rows_deleted: report.chunks_deleted,
             kept_chunks: kept.len() as u64,
-            rounds_before,
-            rounds_during,
+            rounds,
         })
     }
 
@@ -248,23 +218,14 @@ impl Args {
                 .cloned()
                 .unwrap_or_default(),
         };
-        let ms = |mut v: Vec<f64>| {
-            let max = v.iter().copied().fold(0.0, f64::max);
-            (median(&mut v) * 1000.0, max * 1000.0)
-        };
-        let (before_p50, before_max) = ms(o.rounds_before.clone());
-        let (during_p50, during_max) = ms(o.rounds_during.clone());
-        vec![
+        let mut out = vec![
             rec("sweep_time", "s", o.sweep_secs),
             rec("sweep_rate", "rows/s", o.rows_deleted as f64 / o.sweep_secs),
             rec("seed_time", "s", o.seed_secs),
             rec("kept_chunks", "chunks", o.kept_chunks as f64),
-            rec("round_p50_before", "ms", before_p50),
-            rec("round_max_before", "ms", before_max),
-            rec("round_p50_during", "ms", during_p50),
-            rec("round_max_during", "ms", during_max),
-            rec("rounds_during", "rounds", o.rounds_during.len() as f64),
-        ]
+        ];
+        out.extend(o.rounds.records(rec));
+        out
     }
 }
 
@@ -279,6 +240,71 @@ pub(crate) async fn small_file_round(a: &mut Device, n: &mut usize) -> anyhow::R
         "A's round uploaded nothing for its new file"
     );
     Ok(round.secs)
+}
+
+/// A's round times just before and during a background collection.
+pub(crate) struct Rounds {
+    /// [`BASELINE_ROUNDS`] rounds before it started.
+    pub before: Vec<f64>,
+    /// Rounds while it ran (at least one).
+    pub during: Vec<f64>,
+}
+
+impl Rounds {
+    /// The records of the round times: median and maximum, before and during, and how
+    /// many rounds ran during.
+    pub(crate) fn records(&self, rec: impl Fn(&str, &str, f64) -> Record) -> Vec<Record> {
+        let ms = |v: &[f64]| {
+            let max = v.iter().copied().fold(0.0, f64::max);
+            (median(&mut v.to_vec()) * 1000.0, max * 1000.0)
+        };
+        let (before_p50, before_max) = ms(&self.before);
+        let (during_p50, during_max) = ms(&self.during);
+        vec![
+            rec("round_p50_before", "ms", before_p50),
+            rec("round_max_before", "ms", before_max),
+            rec("round_p50_during", "ms", during_p50),
+            rec("round_max_during", "ms", during_max),
+            rec("rounds_during", "rounds", self.during.len() as f64),
+        ]
+    }
+}
+
+/// Times [`BASELINE_ROUNDS`] of A's small-file rounds, then runs `collector` with
+/// `opts` as its own task (on another runtime thread than A's rounds, so neither's
+/// CPU work stretches the other's timings) while A keeps committing, until it ends.
+/// Returns its report, its seconds and A's round times.
+pub(crate) async fn run_while_committing(
+    a: &mut Device,
+    collector: &Arc<Collector>,
+    opts: RunOptions,
+) -> anyhow::Result<(fsync_server::RunReport, f64, Rounds)> {
+    let mut small = 0usize;
+    let mut before = Vec::new();
+    for _ in 0..BASELINE_ROUNDS {
+        before.push(small_file_round(a, &mut small).await?);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let run = tokio::spawn({
+        let (collector, done) = (Arc::clone(collector), Arc::clone(&done));
+        async move {
+            let started = Instant::now();
+            let r = collector.run(&opts, &NoProgress).await;
+            let secs = started.elapsed().as_secs_f64();
+            done.store(true, Ordering::SeqCst);
+            r.map(|r| (r, secs))
+        }
+    });
+    // At least one round (a tiny collection may end before the first one does).
+    let mut during = Vec::new();
+    loop {
+        during.push(small_file_round(a, &mut small).await?);
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    let (report, secs) = run.await.context("the collection task")??;
+    Ok((report, secs, Rounds { before, during }))
 }
 
 /// Ids of every chunk row in the database (A's, before the seeded rows exist or after

@@ -16,24 +16,20 @@
 //! it. Afterwards `Collector::verify` must find nothing damaged and device B, new,
 //! must download every kept file byte for byte.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{ensure, Context as _};
 use fsync_server::{Collector, NoProgress, Retention, RunOptions};
 use serde_json::json;
 
-use super::gc::small_file_round;
+use super::gc::{run_while_committing, Rounds, BASELINE_ROUNDS};
 use super::sync::DATA_SEED;
 use crate::data::{self, DataKind};
 use crate::harness::{self, Db, Device, Server};
 use crate::report::{Record, Report};
-use crate::timing::median;
 
 /// The `scenario` of this module's records.
 const SCENARIO: &str = "repack";
-/// A's small files written before the repack, for the baseline round time.
-const BASELINE_ROUNDS: usize = 10;
 const DAY: i64 = 86_400;
 
 /// Arguments of `fsync-bench repack`.
@@ -63,8 +59,7 @@ struct Outcome {
     repack_secs: f64,
     run_secs: f64,
     packs_repacked: u64,
-    rounds_before: Vec<f64>,
-    rounds_during: Vec<f64>,
+    rounds: Rounds,
 }
 
 impl Args {
@@ -177,36 +172,11 @@ impl Args {
             );
         }
 
-        let mut small = 0usize;
-        let mut rounds_before = Vec::new();
-        for _ in 0..BASELINE_ROUNDS {
-            rounds_before.push(small_file_round(&mut a, &mut small).await?);
-        }
-        // The collection runs as its own task (on another runtime thread than A's
-        // rounds), A's rounds until it ends.
         let collector = Arc::new(collector);
-        let done = Arc::new(AtomicBool::new(false));
-        let run = tokio::spawn({
-            let (collector, done) = (Arc::clone(&collector), Arc::clone(&done));
-            async move {
-                let started = std::time::Instant::now();
-                let r = collector.run(&RunOptions::default(), &NoProgress).await;
-                let secs = started.elapsed().as_secs_f64();
-                done.store(true, Ordering::SeqCst);
-                r.map(|r| (r, secs))
-            }
-        });
-        let mut rounds_during = Vec::new();
-        loop {
-            rounds_during.push(small_file_round(&mut a, &mut small).await?);
-            if done.load(Ordering::SeqCst) {
-                break;
-            }
-        }
-        let (report, run_secs) = run
-            .await
-            .context("the repack task")?
-            .context("the repack failed")?;
+        let (report, run_secs, rounds) =
+            run_while_committing(&mut a, &collector, RunOptions::default())
+                .await
+                .context("the repack")?;
         ensure!(
             report.packs_repacked > 0,
             "nothing was repacked: {report:?}"
@@ -232,8 +202,7 @@ impl Args {
             repack_secs: report.repack_ms as f64 / 1000.0,
             run_secs,
             packs_repacked: report.packs_repacked,
-            rounds_before,
-            rounds_during,
+            rounds,
         })
     }
 
@@ -248,13 +217,7 @@ impl Args {
                 .cloned()
                 .unwrap_or_default(),
         };
-        let ms = |mut v: Vec<f64>| {
-            let max = v.iter().copied().fold(0.0, f64::max);
-            (median(&mut v) * 1000.0, max * 1000.0)
-        };
-        let (before_p50, before_max) = ms(o.rounds_before.clone());
-        let (during_p50, during_max) = ms(o.rounds_during.clone());
-        vec![
+        let mut out = vec![
             rec("repacked", "MB", o.live_bytes as f64 / 1e6),
             rec("repack_time", "s", o.repack_secs),
             rec(
@@ -264,11 +227,8 @@ impl Args {
             ),
             rec("run_time", "s", o.run_secs),
             rec("packs_repacked", "packs", o.packs_repacked as f64),
-            rec("round_p50_before", "ms", before_p50),
-            rec("round_max_before", "ms", before_max),
-            rec("round_p50_during", "ms", during_p50),
-            rec("round_max_during", "ms", during_max),
-            rec("rounds_during", "rounds", o.rounds_during.len() as f64),
-        ]
+        ];
+        out.extend(o.rounds.records(rec));
+        out
     }
 }
