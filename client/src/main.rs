@@ -47,7 +47,7 @@ struct Cli {
     /// Seconds between periodic rescans (and polls while the push socket is down).
     #[arg(long, env = "SYNC_INTERVAL", default_value_t = 30, global = true)]
     sync_interval: u64,
-    /// Average chunk size in bytes (min = avg/4, max = avg*4).
+    /// Average chunk size in bytes (min = avg/4, max = avg*4) [default: 65536].
     #[arg(long, env = "CHUNK_SIZE", global = true)]
     chunk_size: Option<u32>,
     /// Sync once and exit.

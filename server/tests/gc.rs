@@ -1267,6 +1267,13 @@ async fn options_are_validated_like_the_servers() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let out = run(&["--data-dir", data, "stats", "--json"], &[]);
     assert!(out.status.success(), "{out:?}");
+    // Its help says what it is (it opened with the server's description).
+    let help = run(&["--help"], &[]);
+    let first = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        first.starts_with("Garbage collection, verification and statistics"),
+        "{first}"
+    );
 
     // .env in the working directory supplies the data dir; a broken one is refused.
     let from_env = cwd.path().join("from-env");

@@ -26,9 +26,10 @@ const EXIT_DAMAGE: u8 = 1;
 /// Exit status on errors (including another collection running).
 const EXIT_ERROR: u8 = 2;
 
-/// Garbage collection for an fsync server's chunk store.
+/// Garbage collection, verification and statistics of an fsync server's stores: run it
+/// beside the server, on the same database and blob store.
 #[derive(Debug, Parser)]
-#[command(name = "fsync-gc", version, about)]
+#[command(name = "fsync-gc", version)]
 struct Cli {
     #[command(flatten)]
     storage: StorageConfig,
