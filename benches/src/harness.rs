@@ -300,6 +300,28 @@ pub(crate) fn diff(before: ApiStats, after: ApiStats) -> ApiStats {
 /// (on stderr), e.g. `fsync_client=debug`; unset: no logs.
 pub(crate) const LOG_ENV: &str = "FSYNC_BENCH_LOG";
 
+/// Runs `measure` on a fresh server on each of `dbs` (data under `work`), one after
+/// the other on one runtime, stopping each server (and dropping its PostgreSQL
+/// database) whether or not its measurement succeeded; the outcomes, in order.
+pub(crate) fn on_each_db<O>(
+    dbs: &[Db],
+    work: &Path,
+    mut measure: impl AsyncFnMut(&Server, Db) -> anyhow::Result<O>,
+) -> anyhow::Result<Vec<(Db, O)>> {
+    let rt = runtime()?;
+    let mut out = Vec::with_capacity(dbs.len());
+    for &db in dbs {
+        let outcome = rt.block_on(async {
+            let server = Server::start(db, work).await?;
+            let r = measure(&server, db).await;
+            server.stop().await;
+            r
+        })?;
+        out.push((db, outcome));
+    }
+    Ok(out)
+}
+
 /// A multi-threaded tokio runtime for a scenario (and the logger, when asked for).
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     if let Ok(filter) = std::env::var(LOG_ENV) {

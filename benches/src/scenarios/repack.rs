@@ -65,23 +65,19 @@ struct Outcome {
 impl Args {
     /// Runs the scenario on every chosen backend.
     pub(crate) fn run(&self, progress: bool) -> anyhow::Result<Report> {
-        let rt = harness::runtime()?;
         let work = harness::work_dir(self.work_dir.as_deref(), "fsync-bench-repack-")?;
         let dbs = if self.db.is_empty() {
             vec![Db::Sqlite]
         } else {
             harness::dbs(&self.db)
         };
-        let mut records = Vec::new();
-        for db in dbs {
-            let outcome = rt.block_on(async {
-                let server = Server::start(db, work.path()).await?;
-                let r = self.measure(&server, work.path(), progress).await;
-                server.stop().await;
-                r
-            })?;
-            records.extend(self.records(db, &outcome));
-        }
+        let outcomes = harness::on_each_db(&dbs, work.path(), async |server, _| {
+            self.measure(server, work.path(), progress).await
+        })?;
+        let records = outcomes
+            .iter()
+            .flat_map(|(db, outcome)| self.records(*db, outcome))
+            .collect();
         Ok(Report {
             row_label: "files",
             notes: vec![

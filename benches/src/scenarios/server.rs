@@ -58,20 +58,14 @@ pub(crate) struct Args {
 impl Args {
     /// Runs the scenario on every chosen backend.
     pub(crate) fn run(&self, progress: bool) -> anyhow::Result<Report> {
-        let rt = harness::runtime()?;
         let work = tempfile::Builder::new()
             .prefix("fsync-bench-server-")
             .tempdir()?;
-        let mut records = Vec::new();
-        for db in harness::dbs(&self.db) {
-            let r = rt.block_on(async {
-                let server = Server::start(db, work.path()).await?;
-                let r = self.measure(&server, db, progress).await;
-                server.stop().await;
-                r
+        let outcomes =
+            harness::on_each_db(&harness::dbs(&self.db), work.path(), async |server, db| {
+                self.measure(server, db, progress).await
             })?;
-            records.extend(r);
-        }
+        let records = outcomes.into_iter().flat_map(|(_, r)| r).collect();
         Ok(Report {
             row_label: "db",
             notes: vec![
