@@ -84,6 +84,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0u32;
+    let mut last_error: Option<String> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let retry = async {
@@ -105,7 +106,11 @@ pub async fn run(
         retry_at = None;
         match engine.sync_once().await {
             Ok(report) => {
+                if failures > 0 {
+                    tracing::info!(failed_rounds = failures, "syncing again");
+                }
                 failures = 0;
+                last_error = None;
                 log_round(&report);
                 if !report.deferred.is_empty() {
                     retry_at = Some(tokio::time::Instant::now() + DEFERRED_RETRY);
@@ -114,12 +119,17 @@ pub async fn run(
             Err(e) => {
                 failures += 1;
                 let wait = backoff(failures);
-                match &e {
-                    SyncError::RootMissing(_) => tracing::error!(error = %e, "sync paused"),
-                    _ => {
-                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "sync round failed");
-                    }
+                // Each distinct failure is said once; its repeats (the server down for
+                // an hour) only at debug level, with the retry count.
+                let text = e.to_string();
+                if last_error.as_deref() == Some(text.as_str()) {
+                    tracing::debug!(error = %text, failures, retry_in_ms = wait.as_millis() as u64, "sync round failed again");
+                } else if matches!(e, SyncError::RootMissing(_) | SyncError::Root(_)) {
+                    tracing::error!("sync paused: {text}");
+                } else {
+                    tracing::warn!("sync round failed, retrying with backoff (up to 60 s; repeats are logged with -v): {text}");
                 }
+                last_error = Some(text);
                 retry_at = Some(tokio::time::Instant::now() + wait);
             }
         }

@@ -40,6 +40,8 @@ pub struct Scan {
     pub files: BTreeMap<SyncPath, LocalFile>,
     /// Entries not synced, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Folders inside the root that are sync roots of their own (a `.fsync` marker).
+    pub nested_roots: Vec<PathBuf>,
 }
 
 /// True for names the client itself writes and never syncs.
@@ -109,6 +111,9 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
             continue;
         };
         if ft.is_dir() {
+            if crate::root::is_marked(entry.path()) {
+                out.nested_roots.push(entry.path().to_owned());
+            }
             continue;
         }
         let full = entry.path().to_owned();

@@ -758,7 +758,7 @@ impl LocalFs for MemFs {
             .collect();
         Ok(Scan {
             files,
-            skipped: Vec::new(),
+            ..Scan::default()
         })
     }
 

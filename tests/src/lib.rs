@@ -543,6 +543,17 @@ impl Account {
         }
     }
 
+    /// A new device of this account syncing `root` (made if missing; e.g. a folder
+    /// inside another device's watch dir), its state and logs in a temp dir of its own.
+    pub fn device_at(&self, root: PathBuf) -> Client {
+        std::fs::create_dir_all(&root).expect("create the watch dir");
+        Client {
+            account: self.clone(),
+            root,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
     /// The same account reached at another URL (e.g. a proxy in front of the server).
     #[must_use]
     pub fn via(&self, server_url: &str) -> Account {

@@ -67,7 +67,7 @@ fn versions_lists_history_and_restore_brings_back_an_old_version() {
     }
 
     let out = a.run_ok(&["restore", "doc.txt", "--version", "1"]);
-    let restored = "restored doc.txt to version 1 as version 4";
+    let restored = "restored doc.txt from v1 as v4";
     assert!(out.contains(restored), "{out}");
     assert_eq!(a.read("doc.txt"), b"version one\n");
     b.sync();
@@ -271,4 +271,143 @@ fn devices_are_listed_and_another_is_revoked() {
             .any(|l| l.starts_with(&other) && l.contains("(revoked)")),
         "{list}"
     );
+}
+
+/// `versions` gives each version's date, the device's name and renames; `restore`
+/// takes the version as `versions` prints it; paths are taken as a shell user means
+/// them: relative to the current directory inside the folder, or absolute.
+#[test]
+fn versions_show_dates_devices_and_renames_and_paths_work_as_in_a_shell() {
+    let (_server, a, _b) = Server::start().pair();
+    let laptop = [("FSYNC_DEVICE_NAME".into(), "alice's laptop".into())];
+    a.write("doc.txt", "one\n");
+    check(&a.run_with_env(&["--once"], &laptop), "first round");
+    a.rename("doc.txt", "docs/doc.txt");
+    a.sync();
+    a.write("docs/doc.txt", "two, longer\n");
+    a.sync();
+
+    let history = a.run_ok(&["versions", "docs/doc.txt"]);
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    let today = chrono::Local::now().format("%Y-%m-%d").to_string();
+    for line in &lines {
+        assert!(
+            line.contains(&today) && line.contains("(just now)"),
+            "{history}"
+        );
+        assert!(
+            line.contains("alice's laptop"),
+            "no device name:\n{history}"
+        );
+    }
+    assert!(
+        lines[0].starts_with("v2 ") && lines[0].contains("docs/doc.txt  (renamed from doc.txt)"),
+        "{history}"
+    );
+
+    // From inside the folder, as a shell user would.
+    let inside = |args: &[&str]| {
+        let out = a
+            .command()
+            .current_dir(a.path("docs"))
+            .args(args)
+            .output()
+            .unwrap();
+        check(&out, &format!("{args:?} inside the folder"));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(inside(&["versions", "doc.txt"]), history);
+    assert_eq!(inside(&["versions", "./doc.txt"]), history);
+    let abs = a.path("docs/doc.txt");
+    assert_eq!(a.run_ok(&["versions", abs.to_str().unwrap()]), history);
+    let err = a.run_fails(&["versions", "/etc/passwd"], "a path outside the folder");
+    assert!(err.contains("outside the synced folder"), "{err}");
+
+    let out = inside(&["restore", "doc.txt", "--version", "v1"]);
+    assert!(out.contains("restored docs/doc.txt from v1 as v3"), "{out}");
+    assert_eq!(a.read("docs/doc.txt"), b"one\n");
+    let err = a.run_fails(&["restore", "docs/doc.txt"], "restore without a version");
+    assert!(err.contains("is not deleted: give the version"), "{err}");
+    let err = a.run_fails(
+        &["restore", "docs/doc.txt", "--version", "second"],
+        "a version that is no number",
+    );
+    assert!(err.contains("e.g. v2"), "{err}");
+}
+
+/// `trash` lists what was deleted (not what came back), and `restore PATH` brings back
+/// a deleted file as it last was, or every deleted file of a folder.
+#[test]
+fn trash_lists_deleted_files_and_restore_brings_back_a_file_or_a_folder() {
+    let (_server, a, b) = Server::start().pair();
+    assert!(a.run_ok(&["trash"]).contains("the trash is empty"));
+    a.write("keep.txt", "keep");
+    a.write("gone.txt", "first");
+    a.sync();
+    a.write("gone.txt", "last words");
+    a.write("old/one.txt", "one");
+    a.write("old/deep/two.txt", "two");
+    rounds(&[&a, &b]);
+    a.remove("gone.txt");
+    std::fs::remove_dir_all(a.path("old")).unwrap();
+    rounds(&[&a, &b]);
+    assert!(!b.path("old/one.txt").exists());
+
+    let trash = b.run_ok(&["trash"]);
+    for path in ["gone.txt", "old/one.txt", "old/deep/two.txt"] {
+        assert!(
+            trash
+                .lines()
+                .any(|l| l.starts_with(&format!("{path}  deleted "))),
+            "{path} not in the trash:\n{trash}"
+        );
+    }
+    assert!(!trash.contains("keep.txt"), "{trash}");
+    assert!(trash.contains("was 10 bytes"), "{trash}");
+    assert!(trash.contains("3 deleted files"), "{trash}");
+
+    let out = b.run_ok(&["restore", "gone.txt"]);
+    assert!(out.contains("restored gone.txt from v2"), "{out}");
+    assert_eq!(b.read("gone.txt"), b"last words");
+    let out = b.run_ok(&["restore", "old"]);
+    assert_eq!(out.matches("restored old/").count(), 2, "{out}");
+    assert_eq!(b.read("old/deep/two.txt"), b"two");
+    a.sync();
+    assert_same_tree(&a, &b);
+    assert!(a.run_ok(&["trash"]).contains("the trash is empty"));
+    let err = a.run_fails(
+        &["restore", "old"],
+        "restoring a folder with nothing deleted",
+    );
+    assert!(err.contains("nothing under old is deleted"), "{err}");
+}
+
+/// A command's help lists what it takes: `register` needs no folder and no sync flags.
+#[test]
+fn help_lists_what_each_command_takes() {
+    let (_server, a, _b) = Server::start().pair();
+    let help = a.run_ok(&["register", "--help"]);
+    for flag in ["--email", "--server-url", "--username", "--password"] {
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+    }
+    for flag in [
+        "--once",
+        "--reset",
+        "--watch-dir",
+        "--sync-interval",
+        "--chunk-size",
+    ] {
+        assert!(!help.contains(flag), "{flag} listed:\n{help}");
+    }
+    let help = a.run_ok(&["--help"]);
+    for flag in [
+        "--once",
+        "--reset",
+        "--watch-dir",
+        "--sync-interval",
+        "--timeout",
+    ] {
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+    }
 }

@@ -135,11 +135,30 @@ pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-pub(super) fn network_error(method: &Method, url: &str, e: &reqwest::Error) -> ClientError {
-    let what = if e.is_timeout() {
-        "timed out"
+pub(super) fn network_error(
+    method: &Method,
+    url: &str,
+    e: &reqwest::Error,
+    read_timeout: std::time::Duration,
+) -> ClientError {
+    let what = if e.is_timeout() && !e.is_connect() {
+        // The server took the connection but went quiet (overloaded, stuck, or not an
+        // fsync server at all): say how long was waited and how to wait longer.
+        return ClientError::Network(format!(
+            "{method} {url} timed out: the server accepted the connection but sent no answer \
+             for {} s (is it overloaded or stuck? --timeout sets how long to wait)",
+            read_timeout.as_secs()
+        ));
+    } else if e.is_timeout() {
+        "timed out connecting"
     } else if e.is_connect() {
-        "cannot connect"
+        // reqwest's chain ("error sending request: client error (Connect): tcp connect
+        // error: …") says less than its last link: "Connection refused (os error 111)".
+        let mut last: &dyn std::error::Error = e;
+        while let Some(s) = last.source() {
+            last = s;
+        }
+        return ClientError::Network(format!("{method} {url} cannot connect: {last}"));
     } else {
         "failed"
     };

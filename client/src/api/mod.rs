@@ -35,8 +35,12 @@ use tokio::sync::Mutex;
 
 /// Time allowed to open a TCP (and TLS) connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed for one whole request, body transfer included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time allowed for one whole request, body transfer included (a batch of up to
+/// `MAX_BATCH_BODY` bytes on a slow link).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default longest silence of the server within a request: a server that accepts the
+/// connection but does not answer is given up on after this long, with a message.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times a 429 answer is retried before [`ClientError::RateLimited`].
 pub const MAX_RATE_LIMIT_RETRIES: u32 = 3;
 /// Longest single wait for a `Retry-After`.
@@ -105,6 +109,8 @@ struct Inner {
     /// TLS configuration for `wss://` (the same roots as HTTPS).
     tls: Option<Arc<rustls::ClientConfig>>,
     session: Mutex<Session>,
+    /// Longest silence of the server within a request.
+    read_timeout: Duration,
     token_file: std::sync::Mutex<Option<PathBuf>>,
     page_size: AtomicU32,
     requests: AtomicU64,
@@ -132,8 +138,18 @@ impl ApiClient {
     /// optional path prefix allowed). `ca_cert` is a PEM file whose certificates are the
     /// only TLS roots trusted; it is required for `https://` (this build has no
     /// built-in roots: pass the system bundle for a public certificate) and unused for
-    /// `http://`. Timeouts: [`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`].
+    /// `http://`. Timeouts: [`CONNECT_TIMEOUT`], [`READ_TIMEOUT`], [`REQUEST_TIMEOUT`].
     pub fn new(server_url: &str, ca_cert: Option<&Path>) -> Result<Self, ClientError> {
+        Self::with_read_timeout(server_url, ca_cert, READ_TIMEOUT)
+    }
+
+    /// [`ApiClient::new`] with another longest silence of the server within a request
+    /// (`--timeout`).
+    pub fn with_read_timeout(
+        server_url: &str,
+        ca_cert: Option<&Path>,
+        read_timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let trimmed = server_url.trim();
         if !trimmed.contains("://") {
             return Err(ClientError::Config(format!(
@@ -167,7 +183,8 @@ impl ApiClient {
 
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
+            .read_timeout(read_timeout)
+            .timeout(REQUEST_TIMEOUT.max(read_timeout))
             .user_agent(concat!("fsync-client/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none());
         let tls = if url.scheme() == "https" {
@@ -193,6 +210,7 @@ impl ApiClient {
                 ws_url,
                 tls,
                 session: Mutex::new(Session::default()),
+                read_timeout,
                 token_file: std::sync::Mutex::new(None),
                 page_size: AtomicU32::new(DEFAULT_PAGE),
                 requests: AtomicU64::new(0),

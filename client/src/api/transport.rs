@@ -92,6 +92,7 @@ pub(super) async fn read_body(
     max: usize,
     method: &Method,
     url: &str,
+    read_timeout: Duration,
 ) -> Result<Vec<u8>, ClientError> {
     let too_big = || {
         ClientError::Protocol(format!(
@@ -106,7 +107,7 @@ pub(super) async fn read_body(
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| network_error(method, url, &e))?
+        .map_err(|e| network_error(method, url, &e, read_timeout))?
     {
         if out.len() + chunk.len() > max {
             return Err(too_big());
@@ -133,12 +134,10 @@ impl ApiClient {
             .map_or(0, <[u8]>::len);
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
         self.inner.bytes_up.fetch_add(up as u64, Ordering::Relaxed);
-        let resp = self
-            .inner
-            .http
-            .execute(req)
-            .await
-            .map_err(|e| network_error(&method, where_.as_str(), &e))?;
+        let resp =
+            self.inner.http.execute(req).await.map_err(|e| {
+                network_error(&method, where_.as_str(), &e, self.inner.read_timeout)
+            })?;
         let status = resp.status();
         tracing::debug!(%method, path = where_.path(), status = status.as_u16(), "api request");
         let retry_after = resp
@@ -146,7 +145,14 @@ impl ApiClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let body = read_body(resp, max_response, &method, where_.as_str()).await?;
+        let body = read_body(
+            resp,
+            max_response,
+            &method,
+            where_.as_str(),
+            self.inner.read_timeout,
+        )
+        .await?;
         self.inner
             .bytes_down
             .fetch_add(body.len() as u64, Ordering::Relaxed);

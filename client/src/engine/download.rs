@@ -245,6 +245,7 @@ impl Engine {
             e.mode = installed.mode;
             self.state.put(&e)?;
         }
+        tracing::info!(path = %meta.path, size = meta.size, "downloaded");
         report.downloaded += 1;
         Ok(true)
     }

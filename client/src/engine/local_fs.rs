@@ -113,7 +113,16 @@ impl LocalFs for DiskFs {
     }
 
     fn scan(&self) -> Result<Scan, SyncError> {
-        scan::scan(&self.root).map_err(io_err("scanning", &self.root))
+        let found = scan::scan(&self.root).map_err(io_err("scanning", &self.root))?;
+        // Another client's root inside this one: its files would be uploaded twice.
+        if let Some(inner) = found.nested_roots.first() {
+            return Err(crate::root::RootError::ContainsOther {
+                root: self.root.clone(),
+                other: inner.clone(),
+            }
+            .into());
+        }
+        Ok(found)
     }
 
     fn stat(&self, path: &SyncPath) -> Result<Found, SyncError> {

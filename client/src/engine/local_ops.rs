@@ -63,6 +63,7 @@ impl Engine {
                 }
                 self.fs.remove(&path)?;
                 self.state.remove(&path)?;
+                tracing::info!(path = %path, "deleted here (deleted on another device)");
                 report.deleted_local += 1;
                 Ok(true)
             }
@@ -80,6 +81,7 @@ impl Engine {
                     s.remove(&from)?;
                     s.put(&moved)
                 })?;
+                tracing::info!(from = %from, to = %meta.path, "renamed here (renamed on another device)");
                 report.renamed += 1;
                 if meta.content_hash != Some(b.content_hash) || meta.vv != b.vv {
                     let mut reuse2 = reuse.clone();

@@ -66,6 +66,9 @@ pub enum SyncError {
     /// The sync root or its marker is missing (an unmounted disk?): nothing is sent.
     #[error("sync root {0} is missing or lost its .fsync marker (unmounted?); not syncing, no deletes sent")]
     RootMissing(PathBuf),
+    /// The sync root cannot be synced as it is (a nested sync root).
+    #[error(transparent)]
+    Root(#[from] crate::root::RootError),
     /// The server could not be reached or refused.
     #[error(transparent)]
     Api(#[from] ClientError),
@@ -183,6 +186,8 @@ pub struct Engine {
     keys: SyncKeys,
     /// Temp files of an earlier, interrupted run were removed.
     cleaned: bool,
+    /// Entries the last scan could not sync (logged once, not every round).
+    reported_skips: std::collections::HashSet<PathBuf>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -225,6 +230,7 @@ impl Engine {
             state,
             keys,
             cleaned: false,
+            reported_skips: std::collections::HashSet::new(),
         }
     }
 

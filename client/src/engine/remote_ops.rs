@@ -43,6 +43,7 @@ impl Engine {
                 (RemoteOp::Delete { path, .. }, SyncEventResult::Applied(r)) => {
                     self.state.remove(&path)?;
                     if r.outcome == Some(DeleteOutcome::Deleted) {
+                        tracing::info!(path = %path, "deleted on the server (deleted here)");
                         report.deleted_remote += 1;
                     }
                 }
@@ -55,6 +56,7 @@ impl Engine {
                     report.deferred.push((path.to_string(), e.error.message));
                 }
                 (RemoteOp::Rename { from, to, changed }, SyncEventResult::Applied(r)) => {
+                    tracing::info!(from = %from, to = %to, "renamed on the server (renamed here)");
                     report.renamed += 1;
                     if let (Some(b), Some(_)) = (cx.base.get(&from), r.files.first()) {
                         let l = &cx.local[&to].file;

@@ -64,7 +64,7 @@ impl Engine {
     /// Scans the root; hashes (in parallel) files whose stat differs from their base.
     /// A file that changes while being hashed is left for the next round.
     async fn scan_local(
-        &self,
+        &mut self,
         base: &BTreeMap<SyncPath, BaseEntry>,
         report: &mut RoundReport,
     ) -> Result<
@@ -78,9 +78,18 @@ impl Engine {
         let scan = tokio::task::spawn_blocking(move || fs.scan())
             .await
             .expect("scan task")?;
+        // Each entry that cannot be synced is said once at INFO (again only after it
+        // was fixed and came back), not every round.
+        let skipped: std::collections::HashSet<_> =
+            scan.skipped.iter().map(|(p, _)| p.clone()).collect();
         for (p, why) in &scan.skipped {
-            tracing::debug!(path = %p.display(), reason = %why, "not synced");
+            if self.reported_skips.contains(p) {
+                tracing::debug!(path = %p.display(), reason = %why, "not synced");
+            } else {
+                tracing::info!(path = %p.display(), reason = %why, "not synced");
+            }
         }
+        self.reported_skips = skipped;
         let mut local = BTreeMap::new();
         let mut to_hash = Vec::new();
         for (path, f) in scan.files {

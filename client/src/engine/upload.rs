@@ -149,6 +149,7 @@ impl Engine {
                 }
                 SyncEventResult::Applied(_) => continue,
             };
+            tracing::info!(path = %path, size = l.file.size, "uploaded");
             report.uploaded += 1;
             self.after_commit(&path, &l.file, &d, response, report)
                 .await?;
@@ -167,6 +168,7 @@ impl Engine {
     ) -> Result<(), SyncError> {
         let chunks = d.chunk_refs();
         if r.outcome == CommitOutcome::ConflictLost {
+            tracing::info!(path = %path, copy = ?r.conflict_copy.as_ref().map(|c| c.path.as_str()), "conflict: another device's edit won; this one is kept as the conflict copy");
             report.conflicts += 1;
             // Our content lives on as the conflict copy: move the local file there
             // (same bytes), then fetch the winner to the original path.
@@ -196,6 +198,7 @@ impl Engine {
             self.download(&r.head, &HashMap::new(), report).await?;
         } else {
             if r.outcome == CommitOutcome::ConflictWon {
+                tracing::info!(path = %path, copy = ?r.conflict_copy.as_ref().map(|c| c.path.as_str()), "conflict: this edit won; the other device's is kept as the conflict copy");
                 report.conflicts += 1;
             }
             let mut e =

@@ -1,0 +1,212 @@
+//! `versions`, `restore` and `trash`: a file's history, bringing back an old version or
+//! deleted files, and the list of what was deleted.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{bail, Context};
+use fsync_client::root::RootLock;
+use fsync_client::scan::STATE_DIR;
+use fsync_client::session::Session;
+use fsync_common::wire::{FileMeta, VersionInfo};
+use fsync_common::{DeviceId, SyncPath, VersionNo};
+use futures_util::{stream, StreamExt, TryStreamExt};
+
+use super::{folder_path, start, when, Opts, Started};
+
+/// Requests for version histories running at once (`trash`).
+const HISTORY_REQUESTS: usize = 8;
+
+/// The account's device names by id (a device of another account, or one the server
+/// no longer lists, shows as its short id).
+async fn device_names(s: &Session) -> anyhow::Result<HashMap<DeviceId, String>> {
+    Ok(s.api
+        .devices()
+        .await?
+        .into_iter()
+        .map(|d| (d.id, d.name))
+        .collect())
+}
+
+fn device_name(names: &HashMap<DeviceId, String>, id: DeviceId) -> String {
+    names
+        .get(&id)
+        .cloned()
+        .unwrap_or_else(|| format!("device {}", id.short()))
+}
+
+/// Every file the server knows at `p` or below it, tombstones included.
+async fn files_at(s: &Session, p: &SyncPath) -> anyhow::Result<Vec<FileMeta>> {
+    Ok(s.api.list_all(s.ns, Some(p.as_str()), true).await?)
+}
+
+pub async fn versions(opts: &Opts, path: &str) -> anyhow::Result<()> {
+    let Started { root, session, .. } = start(opts, false).await?;
+    let p = folder_path(&root, path)?;
+    let files = files_at(&session, &p).await?;
+    let at: Vec<_> = files.iter().filter(|f| f.path == p).collect();
+    // The live file, else the latest deleted one at the path.
+    let Some(file) = at
+        .iter()
+        .find(|f| !f.deleted)
+        .or_else(|| at.iter().max_by_key(|f| f.seq))
+    else {
+        if files
+            .iter()
+            .any(|f| f.path.as_str().starts_with(&format!("{p}/")))
+        {
+            bail!(
+                "{p} is a folder: `versions` shows a file's history (`trash` lists deleted files)"
+            );
+        }
+        bail!("{p} is not known to the server");
+    };
+    let history = session.api.versions(file.file_id).await?;
+    let names = device_names(&session).await?;
+    // Newest first; a version whose path differs from the one before it (the next
+    // line) came after a rename.
+    for (i, v) in history.iter().enumerate() {
+        let renamed = match history.get(i + 1) {
+            Some(older) if older.path != v.path => format!("  (renamed from {})", older.path),
+            _ => String::new(),
+        };
+        println!(
+            "v{:<4} {}  {:>12} bytes  {:<28}  {}{}{renamed}",
+            v.version,
+            when(v.created_at),
+            v.size,
+            device_name(&names, v.device),
+            v.path,
+            if v.deleted { "  (deleted)" } else { "" },
+        );
+    }
+    if history
+        .first()
+        .is_some_and(|newest| newest.path != file.path)
+    {
+        println!("      renamed since: now at {}", file.path);
+    }
+    Ok(())
+}
+
+/// The newest version of a history that holds content (what a deleted file last was).
+fn last_content(history: &[VersionInfo]) -> Option<VersionNo> {
+    history
+        .iter()
+        .filter(|v| !v.deleted)
+        .map(|v| v.version)
+        .max()
+}
+
+/// `restore PATH [--version N]`: an old version of a live file, a deleted file (its last
+/// content unless `--version`), or every deleted file below a folder. Then the folder is
+/// synced, unless its daemon runs (which then brings the files in).
+pub async fn restore(opts: &Opts, path: &str, version: Option<VersionNo>) -> anyhow::Result<()> {
+    let mut started = start(opts, false).await?;
+    let s = started.session.clone();
+    let p = folder_path(&started.root, path)?;
+    let files = files_at(&s, &p).await?;
+    let live: HashSet<&SyncPath> = files
+        .iter()
+        .filter(|f| !f.deleted)
+        .map(|f| &f.path)
+        .collect();
+    let exact: Vec<&FileMeta> = files.iter().filter(|f| f.path == p).collect();
+    let targets: Vec<(&FileMeta, Option<VersionNo>)> = if let Some(f) =
+        exact.iter().find(|f| !f.deleted)
+    {
+        let Some(v) = version else {
+            bail!("{p} is not deleted: give the version to bring back with --version (see `fsync-client versions {p}`)");
+        };
+        vec![(*f, Some(v))]
+    } else if let Some(f) = exact.iter().max_by_key(|f| f.seq) {
+        vec![(*f, version)]
+    } else {
+        if version.is_some() {
+            bail!("{p} is not a file the server knows: --version needs a file");
+        }
+        // A folder: each deleted file below it whose path is free, once.
+        let mut seen = HashSet::new();
+        let mut below: Vec<&FileMeta> = files
+            .iter()
+            .filter(|f| f.deleted && !live.contains(&f.path))
+            .collect();
+        below.sort_by_key(|f| std::cmp::Reverse(f.seq));
+        below.retain(|f| seen.insert(&f.path));
+        if below.is_empty() {
+            if live.is_empty() {
+                bail!("{p} is not known to the server");
+            }
+            bail!("nothing under {p} is deleted (see `fsync-client trash`)");
+        }
+        below.into_iter().map(|f| (f, None)).collect()
+    };
+    for (f, wanted) in targets {
+        let v = if let Some(v) = wanted {
+            v
+        } else {
+            let history = s.api.versions(f.file_id).await?;
+            last_content(&history)
+                .with_context(|| format!("{} has no version with content", f.path))?
+        };
+        let r = s
+            .api
+            .restore(f.file_id, v)
+            .await
+            .with_context(|| format!("restoring {} to v{v}", f.path))?;
+        println!("restored {} from v{v} as v{}", f.path, r.head.version);
+    }
+    let marker = started.root.join(STATE_DIR);
+    if RootLock::is_held(&marker) {
+        println!("the running fsync-client of this folder brings the restored files here");
+        return Ok(());
+    }
+    let _lock = RootLock::acquire(&started.root, &marker)?;
+    started.engine.sync_once().await?;
+    Ok(())
+}
+
+/// `trash`: deleted files whose path no live file took, newest deletion first, with
+/// when, by which device, and the size they had.
+pub async fn trash(opts: &Opts) -> anyhow::Result<()> {
+    let Started { session: s, .. } = start(opts, false).await?;
+    let all = s.api.list_all(s.ns, None, true).await?;
+    let live: HashSet<&SyncPath> = all.iter().filter(|f| !f.deleted).map(|f| &f.path).collect();
+    let mut seen = HashSet::new();
+    let mut deleted: Vec<&FileMeta> = all
+        .iter()
+        .filter(|f| f.deleted && !live.contains(&f.path))
+        .collect();
+    deleted.sort_by_key(|f| std::cmp::Reverse(f.seq));
+    deleted.retain(|f| seen.insert(&f.path));
+    if deleted.is_empty() {
+        println!("the trash is empty: no deleted file can be restored");
+        return Ok(());
+    }
+    let names = device_names(&s).await?;
+    let histories: Vec<Vec<VersionInfo>> = stream::iter(deleted.iter().map(|f| {
+        let api = s.api.clone();
+        let id = f.file_id;
+        async move { api.versions(id).await }
+    }))
+    .buffered(HISTORY_REQUESTS)
+    .try_collect()
+    .await?;
+    for (f, history) in deleted.iter().zip(&histories) {
+        // Newest first.
+        let at = history
+            .iter()
+            .find(|v| v.deleted)
+            .map_or_else(String::new, |v| when(v.created_at));
+        let size = history.iter().find(|v| !v.deleted).map_or(0, |v| v.size);
+        println!(
+            "{}  deleted {at} by {}, was {size} bytes",
+            f.path,
+            device_name(&names, f.device)
+        );
+    }
+    println!(
+        "{} deleted files; `fsync-client restore PATH` brings back a file or a folder's files",
+        deleted.len()
+    );
+    Ok(())
+}
