@@ -158,6 +158,17 @@ pub async fn login(
     device_name: &str,
     chunk_config: ChunkerConfig,
 ) -> Result<Session, SessionError> {
+    // A folder belongs to one account: logging another one in would register a device
+    // for it and then be refused at the namespace, leaving a device behind each time.
+    if let Some(record) = state.login_record()? {
+        if record.username != username {
+            return Err(SessionError::Namespace(format!(
+                "this folder is synced with the account {}, not {username}: log in as {0}, \
+                 or sync another folder with {username}",
+                record.username
+            )));
+        }
+    }
     if let (Some(record), Some(device)) = (state.login_record()?, state.device_id()?) {
         if record.username == username && fsync_store::validate_kdf_params(&record.kdf).is_ok() {
             let master = derive(password.to_owned(), record.kdf.clone()).await?;
@@ -196,17 +207,10 @@ pub async fn login(
             state.device_id()?,
         )
         .await?;
-    state.set_device_id(resp.device_id)?;
     let account = master
         .kek()
         .unwrap(&unhex("wrapped account key", &resp.wrapped_account_key)?)?;
-    state.set_login_record(&LoginRecord {
-        username: username.to_owned(),
-        kdf: params,
-        wrapped_account_key: resp.wrapped_account_key.clone(),
-        namespaces: resp.namespaces.clone(),
-    })?;
-    open_namespace(
+    let session = open_namespace(
         api,
         state,
         username,
@@ -214,7 +218,16 @@ pub async fn login(
         &account,
         &resp.namespaces,
         chunk_config,
-    )
+    )?;
+    // Only a login that can sync this folder is recorded as its own.
+    state.set_device_id(resp.device_id)?;
+    state.set_login_record(&LoginRecord {
+        username: username.to_owned(),
+        kdf: params,
+        wrapped_account_key: resp.wrapped_account_key.clone(),
+        namespaces: resp.namespaces.clone(),
+    })?;
+    Ok(session)
 }
 
 /// Picks the folder's namespace among `grants` (the one it synced with before, else the

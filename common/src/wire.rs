@@ -314,6 +314,22 @@ pub struct ManifestsRequest {
     pub files: Vec<(FileId, VersionNo)>,
 }
 
+/// One rename of a file (`GET /api/v1/files/{file_id}/renames`, oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenameInfo {
+    /// The file's version when it was renamed: the rename came after it.
+    pub after_version: VersionNo,
+    /// Path before.
+    pub from: SyncPath,
+    /// Path after.
+    pub to: SyncPath,
+    /// Server time of the rename, seconds since the epoch (absent for renames recorded
+    /// before the server kept it).
+    pub created_at: Option<i64>,
+    /// Device that renamed it (absent likewise).
+    pub device: Option<DeviceId>,
+}
+
 /// One version in a file's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {

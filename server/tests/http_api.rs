@@ -26,8 +26,8 @@ use fsync_common::limits::{MAX_BLOB_SIZE, MAX_CHUNK_PLAINTEXT};
 use fsync_common::wire::{
     ChangesResponse, ChunkRef, CommitOutcome, CommitRequest, CommitResponse, DeleteOutcome,
     DeviceInfo, FileMeta, KdfParams, ListResponse, LoginResponse, Manifest, MissingResponse,
-    OpResponse, PushMessage, StoredResponse, SyncEvent, SyncEventResponse, SyncEventResult,
-    TokenResponse, VersionInfo,
+    OpResponse, PushMessage, RenameInfo, StoredResponse, SyncEvent, SyncEventResponse,
+    SyncEventResult, TokenResponse, VersionInfo,
 };
 use fsync_common::{ChunkId, ContentHash, DeviceId, FileId, NamespaceId, Seq, UserId, VersionNo};
 use reqwest::Method;
@@ -616,6 +616,31 @@ async fn files_scenario(srv: &Server) {
         assert_eq!((f.path.as_str(), &f.content_hash), (path.as_str(), hash));
     }
     assert!(list_all(srv, &dev, &[("prefix", "dir")]).await.is_empty());
+    // Each file's history names the folder rename: from, to, after which version, by
+    // whom; a second rename continues the chain.
+    let (&x, _) = dir_ids
+        .iter()
+        .find(|(_, (p, _))| p == "moved/x.txt")
+        .unwrap();
+    user.rename(srv, &dev, "moved/x.txt", "moved/x2.txt").await;
+    let renames: Vec<RenameInfo> = srv
+        .get_json(&format!("/api/v1/files/{x}/renames"), tok)
+        .await;
+    let chain: Vec<(&str, &str, u64)> = renames
+        .iter()
+        .map(|r| (r.from.as_str(), r.to.as_str(), r.after_version.0))
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            ("dir/x.txt", "moved/x.txt", 1),
+            ("moved/x.txt", "moved/x2.txt", 1)
+        ]
+    );
+    assert!(renames
+        .iter()
+        .all(|r| r.device == Some(dev.id) && r.created_at.is_some()));
+    user.rename(srv, &dev, "moved/x2.txt", "moved/x.txt").await;
     let stored_now = srv.metric("fsync_chunks_stored_total").await;
     assert_eq!(stored_now, stored_mid, "a folder rename stores no chunk");
     assert_eq!(
@@ -977,6 +1002,7 @@ async fn authz_scenario(srv: &Server) {
         "another user's file looks like no file"
     );
     get(format!("/api/v1/files/{file}/versions")).await;
+    get(format!("/api/v1/files/{file}/renames")).await;
     let restore = format!("/api/v1/files/{file}/restore");
     not_found(srv.post(&restore, bt, &json!({"version": 1})).await);
     let steal = CommitRequest {

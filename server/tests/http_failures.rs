@@ -197,6 +197,7 @@ async fn auth_table(srv: &Server, f: &Fixture) -> Vec<Route> {
     let file = f.file;
     let download = format!("/api/v1/files/download/{file}");
     let versions = format!("/api/v1/files/{file}/versions");
+    let renames = format!("/api/v1/files/{file}/renames");
     let restore = format!("/api/v1/files/{file}/restore");
     let logout = json!({"refresh_token": dev.refresh});
     let v1 = Body::Json(json!({"version": 1}));
@@ -220,6 +221,7 @@ async fn auth_table(srv: &Server, f: &Fixture) -> Vec<Route> {
         fixed("GET /api/v1/files/list", Body::None),
         route("GET /api/v1/files/download/{file_id}", &download, NONE),
         route("GET /api/v1/files/{file_id}/versions", &versions, NONE),
+        route("GET /api/v1/files/{file_id}/renames", &renames, NONE),
         route("POST /api/v1/files/{file_id}/restore", &restore, v1),
         fixed("POST /api/v1/files/delete", Body::Json(delete)),
         fixed("POST /api/v1/files/rename", Body::Json(rename)),

@@ -287,9 +287,14 @@ fn versions_show_dates_devices_and_renames_and_paths_work_as_in_a_shell() {
     a.write("docs/doc.txt", "two, longer\n");
     a.sync();
 
+    a.rename("docs/doc.txt", "docs/final.txt");
+    a.sync();
+    a.rename("docs/final.txt", "docs/doc.txt");
+    a.sync();
+
     let history = a.run_ok(&["versions", "docs/doc.txt"]);
     let lines: Vec<&str> = history.lines().collect();
-    assert_eq!(lines.len(), 2, "{history}");
+    assert_eq!(lines.len(), 5, "{history}");
     let today = chrono::Local::now().format("%Y-%m-%d").to_string();
     for line in &lines {
         assert!(
@@ -301,8 +306,19 @@ fn versions_show_dates_devices_and_renames_and_paths_work_as_in_a_shell() {
             "no device name:\n{history}"
         );
     }
+    // Newest first, each rename between the versions it came between.
+    let expected = [
+        "renamed docs/final.txt → docs/doc.txt",
+        "renamed docs/doc.txt → docs/final.txt",
+        "v2 ",
+        "renamed doc.txt → docs/doc.txt",
+        "v1 ",
+    ];
+    for (line, what) in lines.iter().zip(expected) {
+        assert!(line.contains(what), "{what:?} not in {line:?}:\n{history}");
+    }
     assert!(
-        lines[0].starts_with("v2 ") && lines[0].contains("docs/doc.txt  (renamed from doc.txt)"),
+        lines[2].starts_with("v2 ") && lines[4].starts_with("v1 "),
         "{history}"
     );
 
@@ -410,4 +426,40 @@ fn help_lists_what_each_command_takes() {
     ] {
         assert!(help.contains(flag), "{flag} missing:\n{help}");
     }
+}
+
+/// A refused login (a wrong password, then a removed token) adds no device: the
+/// folder keeps its device id through every fallback.
+#[test]
+fn a_refused_login_adds_no_device() {
+    let server = Server::start();
+    let a = server.register("alice").device();
+    a.sync();
+    let devices = |c: &fsync_tests::Client| c.run_ok(&["devices"]).lines().count();
+    assert_eq!(devices(&a), 1);
+    let wrong = [("FSYNC_PASSWORD".into(), "not the password at all".into())];
+    for _ in 0..2 {
+        assert!(!a.run_with_env(&["--once"], &wrong).status.success());
+    }
+    a.sync();
+    assert_eq!(devices(&a), 1, "{}", a.run_ok(&["devices"]));
+    std::fs::remove_file(a.path(".fsync/refresh_token")).unwrap();
+    assert!(!a.run_with_env(&["--once"], &wrong).status.success());
+    a.sync();
+    assert_eq!(devices(&a), 1, "{}", a.run_ok(&["devices"]));
+    // Another account on this folder is refused before it reaches the server.
+    server.register("bob");
+    let out = a
+        .command_with(None, Some("bob"))
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("this folder is synced with the account alice, not bob"),
+        "{}",
+        stderr(&out)
+    );
+    a.sync();
+    assert_eq!(devices(&a), 1, "{}", a.run_ok(&["devices"]));
 }

@@ -9,7 +9,7 @@ use fsync_common::limits::{
 use fsync_common::wire::{
     ChangesResponse, ChunkIdsRequest, CommitRequest, CommitResponse, DeleteRequest, DeviceInfo,
     FileMeta, KdfParams, ListResponse, LoginResponse, Manifest, MissingResponse, OpResponse,
-    RefreshRequest, RegisterRequest, RegisterResponse, RenameRequest, RestoreRequest,
+    RefreshRequest, RegisterRequest, RegisterResponse, RenameInfo, RenameRequest, RestoreRequest,
     StoredResponse, SyncEvent, SyncEventBatch, SyncEventResponse, SyncEventResult, VersionInfo,
 };
 use fsync_common::{batch, ChunkId, DeviceId, FileId, NamespaceId, Seq, VersionNo};
@@ -409,6 +409,12 @@ impl ApiClient {
     /// A file's history.
     pub async fn versions(&self, file: FileId) -> Result<Vec<VersionInfo>, ClientError> {
         self.send_json(Call::get(api(&format!("files/{file}/versions"))))
+            .await
+    }
+
+    /// The renames of a file, oldest first.
+    pub async fn renames(&self, file: FileId) -> Result<Vec<RenameInfo>, ClientError> {
+        self.send_json(Call::get(api(&format!("files/{file}/renames"))))
             .await
     }
 

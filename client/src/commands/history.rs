@@ -61,16 +61,33 @@ pub async fn versions(opts: &Opts, path: &str) -> anyhow::Result<()> {
         bail!("{p} is not known to the server");
     };
     let history = session.api.versions(file.file_id).await?;
+    let renames = session.api.renames(file.file_id).await?;
     let names = device_names(&session).await?;
-    // Newest first; a version whose path differs from the one before it (the next
-    // line) came after a rename.
-    for (i, v) in history.iter().enumerate() {
-        let renamed = match history.get(i + 1) {
-            Some(older) if older.path != v.path => format!("  (renamed from {})", older.path),
-            _ => String::new(),
-        };
+    let by = |d: Option<DeviceId>| {
+        d.map_or_else(
+            || "an earlier client".to_owned(),
+            |d| device_name(&names, d),
+        )
+    };
+    // Newest first: the renames made after a version come before its line.
+    for v in &history {
+        for r in renames
+            .iter()
+            .rev()
+            .filter(|r| r.after_version == v.version)
+        {
+            let at = r
+                .created_at
+                .map_or_else(|| "(date not recorded)".to_owned(), when);
+            println!(
+                "      {at}  renamed {} → {}  by {}",
+                r.from,
+                r.to,
+                by(r.device)
+            );
+        }
         println!(
-            "v{:<4} {}  {:>12} bytes  {:<28}  {}{}{renamed}",
+            "v{:<4} {}  {:>12} bytes  {:<28}  {}{}",
             v.version,
             when(v.created_at),
             v.size,
@@ -78,12 +95,6 @@ pub async fn versions(opts: &Opts, path: &str) -> anyhow::Result<()> {
             v.path,
             if v.deleted { "  (deleted)" } else { "" },
         );
-    }
-    if history
-        .first()
-        .is_some_and(|newest| newest.path != file.path)
-    {
-        println!("      renamed since: now at {}", file.path);
     }
     Ok(())
 }

@@ -14,6 +14,11 @@ const TEMPLATES: &[(i64, &str, &str)] = &[
         "refresh families",
         include_str!("../../migrations/0003_refresh_families.sql"),
     ),
+    (
+        4,
+        "rename history",
+        include_str!("../../migrations/0004_rename_history.sql"),
+    ),
 ];
 
 /// A template for `dialect`: its `--!` lines (notes on the template) dropped and its

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use fsync_common::wire::{
     ChangesResponse, CommitRequest, CommitResponse, DeleteRequest, DeviceInfo, KdfParams,
-    ListResponse, Manifest, NamespaceGrant, OpResponse, RenameRequest, VersionInfo,
+    ListResponse, Manifest, NamespaceGrant, OpResponse, RenameInfo, RenameRequest, VersionInfo,
 };
 use fsync_common::{
     ChunkId, DeviceId, FileId, NamespaceId, PackId, Seq, SyncPath, UserId, VersionNo,
@@ -371,6 +371,8 @@ pub trait FileRepo: Send + Sync + std::fmt::Debug {
         -> Result<Manifest, DbError>;
     /// A file's history, newest first.
     async fn versions(&self, file: FileId) -> Result<Vec<VersionInfo>, DbError>;
+    /// A file's renames, oldest first.
+    async fn renames(&self, file: FileId) -> Result<Vec<RenameInfo>, DbError>;
     /// Makes an old version the head again, as a new version.
     async fn restore(
         &self,

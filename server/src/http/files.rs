@@ -6,7 +6,7 @@ use axum::Json;
 use fsync_common::limits::{DEFAULT_PAGE, MAX_PAGE};
 use fsync_common::wire::{
     CommitRequest, CommitResponse, DeleteRequest, ListQuery, ListResponse, Manifest,
-    ManifestsRequest, OpResponse, RenameRequest, RestoreRequest, VersionInfo,
+    ManifestsRequest, OpResponse, RenameInfo, RenameRequest, RestoreRequest, VersionInfo,
 };
 use fsync_common::{FileId, SyncPath, VersionNo};
 use serde::Deserialize;
@@ -131,6 +131,16 @@ pub async fn versions(
 ) -> Result<Json<Vec<VersionInfo>>, ApiError> {
     let id = file_of(&state, &auth, &id, Role::can_read).await?;
     Ok(Json(state.repo.versions(id).await?))
+}
+
+/// `GET /api/v1/files/{file_id}/renames`.
+pub async fn renames(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<RenameInfo>>, ApiError> {
+    let id = file_of(&state, &auth, &id, Role::can_read).await?;
+    Ok(Json(state.repo.renames(id).await?))
 }
 
 /// `POST /api/v1/files/{file_id}/restore`.

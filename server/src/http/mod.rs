@@ -96,6 +96,7 @@ routes! { ROUTES;
     get "/api/v1/files/download/{file_id}" => files::download, Token;
     post "/api/v1/files/manifests" => files::manifests, Token;
     get "/api/v1/files/{file_id}/versions" => files::versions, Token;
+    get "/api/v1/files/{file_id}/renames" => files::renames, Token;
     post "/api/v1/files/{file_id}/restore" => files::restore, Token;
     post "/api/v1/files/delete" => files::delete, Token;
     post "/api/v1/files/rename" => files::rename, Token;

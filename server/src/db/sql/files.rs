@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use std::fmt::Write as _;
 
 use fsync_common::wire::{
-    ChunkRef, CommitOutcome, CommitResponse, FileMeta, ListResponse, Manifest, VersionInfo,
+    ChunkRef, CommitOutcome, CommitResponse, FileMeta, ListResponse, Manifest, RenameInfo,
+    VersionInfo,
 };
 use fsync_common::{
     ChunkId, ContentHash, DeviceId, FileId, NamespaceId, SyncPath, VersionNo, VersionVector,
@@ -317,6 +318,41 @@ impl FileRepo for SqlRepo {
         };
         let chunks = json(&row.try_get::<String, _>(7)?, "manifest")?;
         Ok(Manifest { meta, chunks })
+    }
+
+    async fn renames(&self, file: FileId) -> Result<Vec<RenameInfo>, DbError> {
+        let row = sqlx::query("SELECT path FROM files WHERE id = $1")
+            .bind(file.to_hex())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(DbError::NotFound("file"))?;
+        let current: SyncPath = parse(&row.try_get::<String, _>(0)?, "path")?;
+        let rows = sqlx::query(
+            "SELECT version, old_path, created_at, device_id FROM changes \
+             WHERE file_id = $1 AND old_path IS NOT NULL ORDER BY seq",
+        )
+        .bind(file.to_hex())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<RenameInfo> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let from: SyncPath = parse(&r.try_get::<String, _>(1)?, "path")?;
+            // Each rename ends where the next one starts; the last at the file's path.
+            if let Some(prev) = out.last_mut() {
+                prev.to = from.clone();
+            }
+            out.push(RenameInfo {
+                after_version: VersionNo(r.try_get::<i64, _>(0)? as u64),
+                from,
+                to: current.clone(),
+                created_at: r.try_get(2)?,
+                device: r
+                    .try_get::<Option<String>, _>(3)?
+                    .map(|d| parse(&d, "device id"))
+                    .transpose()?,
+            });
+        }
+        Ok(out)
     }
 
     async fn versions(&self, file: FileId) -> Result<Vec<VersionInfo>, DbError> {

@@ -216,11 +216,14 @@ impl NsTx {
             q.execute(&mut *self.tx).await?;
         }
         for batch in self.journal.chunks(IN_BATCH / 2) {
-            let values = multi_row_values("($1, ?, ?, ?, ?)", 1, batch.len());
+            let values = multi_row_values("($1, ?, ?, ?, ?, $2, $3)", 3, batch.len());
             let sql = format!(
-                "INSERT INTO changes (namespace_id, seq, file_id, version, old_path) VALUES {values}"
+                "INSERT INTO changes (namespace_id, seq, file_id, version, old_path, created_at, device_id) VALUES {values}"
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&ns);
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(&ns)
+                .bind(self.now)
+                .bind(self.device.to_hex());
             for (seq, file, version, old) in batch {
                 q = q
                     .bind(i64_of(seq.0))
