@@ -31,45 +31,45 @@ struct Cli {
     command: Option<Cmd>,
 }
 
-/// How to reach the account. Given before or after the command name.
-#[derive(Debug, Clone, Default, Args)]
+/// How to reach the account (before or after the command name).
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Account")]
 struct AccountArgs {
     /// Server address, e.g. <http://127.0.0.1:8000> or <https://sync.example.org>
     /// [default: <http://127.0.0.1:8000>].
-    #[arg(long, env = "FSYNC_SERVER_URL")]
+    #[arg(long, env = "FSYNC_SERVER_URL", global = true)]
     server_url: Option<String>,
     /// Account name.
-    #[arg(long, env = "FSYNC_USERNAME")]
+    #[arg(long, env = "FSYNC_USERNAME", global = true)]
     username: Option<String>,
     /// Password (prefer `FSYNC_PASSWORD` or the prompt: flags show up in `ps`).
-    #[arg(long, env = "FSYNC_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = "FSYNC_PASSWORD", hide_env_values = true, global = true)]
     password: Option<String>,
     /// PEM file of a private CA to trust for https.
-    #[arg(long, env = "FSYNC_CA_CERT")]
+    #[arg(long, env = "FSYNC_CA_CERT", global = true)]
     ca_cert: Option<PathBuf>,
     /// Seconds to wait for an answer of a server that took the connection, before
     /// giving up on the request [default: 30].
-    #[arg(long, env = "FSYNC_TIMEOUT")]
+    #[arg(long, env = "FSYNC_TIMEOUT", global = true)]
     timeout: Option<u64>,
 }
 
-/// Which synced folder. Given before or after the command name.
-#[derive(Debug, Clone, Default, Args)]
+/// Which synced folder (before or after the command name).
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Folder")]
 struct FolderArgs {
     /// The folder to keep in sync.
-    #[arg(long, env = "FSYNC_WATCH_DIR")]
+    #[arg(long, env = "FSYNC_WATCH_DIR", global = true)]
     watch_dir: Option<PathBuf>,
     /// Where local state lives (default: <watch-dir>/.fsync).
-    #[arg(long, env = "FSYNC_STATE_DIR")]
+    #[arg(long, env = "FSYNC_STATE_DIR", global = true)]
     state_dir: Option<PathBuf>,
     /// Name of this device in the device list (default: "fsync-client on <watch-dir>").
-    #[arg(long, env = "FSYNC_DEVICE_NAME")]
+    #[arg(long, env = "FSYNC_DEVICE_NAME", global = true)]
     device_name: Option<String>,
 }
 
-/// Syncing (no command).
+/// Syncing (`--once` and `--sync-interval`: without a command only).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Syncing")]
 struct DaemonArgs {
@@ -77,14 +77,14 @@ struct DaemonArgs {
     #[arg(long, env = "SYNC_INTERVAL", default_value_t = 30)]
     sync_interval: u64,
     /// Average chunk size in bytes (min = avg/4, max = avg*4) [default: 65536].
-    #[arg(long, env = "CHUNK_SIZE")]
+    #[arg(long, env = "CHUNK_SIZE", global = true)]
     chunk_size: Option<u32>,
     /// Sync once and exit.
     #[arg(long)]
     once: bool,
     /// Accept a watch dir whose `.fsync` marker is gone and start over with it (only
     /// when you know the folder is the right one: an unmounted disk also loses it).
-    #[arg(long)]
+    #[arg(long, global = true)]
     reset: bool,
 }
 
@@ -95,25 +95,14 @@ enum Cmd {
         /// Contact email.
         #[arg(long)]
         email: String,
-        #[command(flatten)]
-        account: AccountArgs,
     },
     /// What is not in sync yet, and why (works offline: local changes are known here).
-    Status {
-        #[command(flatten)]
-        account: AccountArgs,
-        #[command(flatten)]
-        folder: FolderArgs,
-    },
+    Status,
     /// A file's version history: dates, devices, renames.
     Versions {
         /// The file: relative to the current directory inside the folder, else to the
         /// folder; or absolute.
         path: String,
-        #[command(flatten)]
-        account: AccountArgs,
-        #[command(flatten)]
-        folder: FolderArgs,
     },
     /// Bring back an old version of a file (as a new version), a deleted file, or the
     /// deleted files of a folder.
@@ -125,31 +114,15 @@ enum Cmd {
         /// or folder comes back as it last was.
         #[arg(long, value_parser = parse_version)]
         version: Option<VersionNo>,
-        #[command(flatten)]
-        account: AccountArgs,
-        #[command(flatten)]
-        folder: FolderArgs,
     },
     /// Deleted files that can be restored (`restore PATH` brings one back).
-    Trash {
-        #[command(flatten)]
-        account: AccountArgs,
-        #[command(flatten)]
-        folder: FolderArgs,
-    },
+    Trash,
     /// List conflict copies in the folder.
-    Conflicts {
-        #[command(flatten)]
-        folder: FolderArgs,
-    },
+    Conflicts,
     /// The account's devices (`devices revoke ID` ends one's access at once).
     Devices {
         #[command(subcommand)]
         action: Option<DevicesCmd>,
-        #[command(flatten)]
-        account: AccountArgs,
-        #[command(flatten)]
-        folder: FolderArgs,
     },
 }
 
@@ -173,33 +146,6 @@ fn parse_version(s: &str) -> Result<VersionNo, String> {
     }
 }
 
-impl AccountArgs {
-    /// These, each completed from `outer` (what was given before the command name).
-    fn or(&self, outer: &Self) -> Self {
-        Self {
-            server_url: self.server_url.clone().or_else(|| outer.server_url.clone()),
-            username: self.username.clone().or_else(|| outer.username.clone()),
-            password: self.password.clone().or_else(|| outer.password.clone()),
-            ca_cert: self.ca_cert.clone().or_else(|| outer.ca_cert.clone()),
-            timeout: self.timeout.or(outer.timeout),
-        }
-    }
-}
-
-impl FolderArgs {
-    /// These, each completed from `outer`.
-    fn or(&self, outer: &Self) -> Self {
-        Self {
-            watch_dir: self.watch_dir.clone().or_else(|| outer.watch_dir.clone()),
-            state_dir: self.state_dir.clone().or_else(|| outer.state_dir.clone()),
-            device_name: self
-                .device_name
-                .clone()
-                .or_else(|| outer.device_name.clone()),
-        }
-    }
-}
-
 fn init_logging(verbose: bool) {
     let default = if verbose { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
@@ -214,44 +160,25 @@ fn init_logging(verbose: bool) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let opts = |account: Option<&AccountArgs>, folder: Option<&FolderArgs>| Opts {
-        account: account.map_or_else(|| cli.account.clone(), |a| a.or(&cli.account)),
-        folder: folder.map_or_else(|| cli.folder.clone(), |f| f.or(&cli.folder)),
+    let opts = Opts {
+        account: cli.account.clone(),
+        folder: cli.folder.clone(),
         chunk_size: cli.daemon.chunk_size,
         reset: cli.daemon.reset,
     };
     match &cli.command {
-        Some(Cmd::Register { email, account }) => {
-            commands::register(&opts(Some(account), None), email).await?;
-        }
-        Some(Cmd::Status { account, folder }) => {
-            status::status(&opts(Some(account), Some(folder))).await?;
-        }
-        Some(Cmd::Versions {
-            path,
-            account,
-            folder,
-        }) => history::versions(&opts(Some(account), Some(folder)), path).await?,
-        Some(Cmd::Restore {
-            path,
-            version,
-            account,
-            folder,
-        }) => history::restore(&opts(Some(account), Some(folder)), path, *version).await?,
-        Some(Cmd::Trash { account, folder }) => {
-            history::trash(&opts(Some(account), Some(folder))).await?;
-        }
-        Some(Cmd::Devices {
-            action,
-            account,
-            folder,
-        }) => {
+        Some(Cmd::Register { email }) => commands::register(&opts, email).await?,
+        Some(Cmd::Status) => status::status(&opts).await?,
+        Some(Cmd::Versions { path }) => history::versions(&opts, path).await?,
+        Some(Cmd::Restore { path, version }) => history::restore(&opts, path, *version).await?,
+        Some(Cmd::Trash) => history::trash(&opts).await?,
+        Some(Cmd::Devices { action }) => {
             let revoke = action.as_ref().map(|DevicesCmd::Revoke { id }| id.as_str());
-            commands::devices(&opts(Some(account), Some(folder)), revoke).await?;
+            commands::devices(&opts, revoke).await?;
         }
-        Some(Cmd::Conflicts { folder }) => commands::conflicts(&opts(None, Some(folder)))?,
+        Some(Cmd::Conflicts) => commands::conflicts(&opts)?,
         None if !cli.daemon.once => {
-            let Some(started) = commands::start_waiting(&opts(None, None)).await? else {
+            let Some(started) = commands::start_waiting(&opts).await? else {
                 return Ok(());
             };
             let d = DaemonOptions {
@@ -262,7 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon::run(started.engine, api, &root, d, commands::shutdown_signal()).await;
         }
         None => {
-            let mut started = commands::start(&opts(None, None), true).await?;
+            let mut started = commands::start(&opts, true).await?;
             let r = started.engine.sync_once().await?;
             println!(
                 "synced: {} uploaded, {} downloaded, {} deleted here, {} deleted there, {} renamed, {} conflicts",

@@ -139,16 +139,22 @@ pub(super) fn network_error(
     method: &Method,
     url: &str,
     e: &reqwest::Error,
-    read_timeout: std::time::Duration,
+    read_timeout: Option<std::time::Duration>,
 ) -> ClientError {
     let what = if e.is_timeout() && !e.is_connect() {
         // The server took the connection but went quiet (overloaded, stuck, or not an
-        // fsync server at all): say how long was waited and how to wait longer.
-        return ClientError::Network(format!(
-            "{method} {url} timed out: the server accepted the connection but sent no answer \
-             for {} s (is it overloaded or stuck? --timeout sets how long to wait)",
-            read_timeout.as_secs()
-        ));
+        // fsync server at all), or a large transfer ran out of time: say which.
+        return ClientError::Network(match read_timeout {
+            Some(read) => format!(
+                "{method} {url} timed out: the server accepted the connection but sent no \
+                 answer for {} s (is it overloaded or stuck? --timeout sets how long to wait)",
+                read.as_secs()
+            ),
+            None => format!(
+                "{method} {url} timed out: the transfer took longer than {} s",
+                super::REQUEST_TIMEOUT.as_secs()
+            ),
+        });
     } else if e.is_timeout() {
         "timed out connecting"
     } else if e.is_connect() {

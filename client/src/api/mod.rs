@@ -43,6 +43,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times a 429 answer is retried before [`ClientError::RateLimited`].
 pub const MAX_RATE_LIMIT_RETRIES: u32 = 3;
+/// Request bodies larger than this are sent without the read timeout (see `Inner::bulk`).
+const BULK_BODY: usize = 256 * 1024;
 /// Longest single wait for a `Retry-After`.
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 /// The push socket is closed (ending the stream) after this long without any message;
@@ -101,7 +103,10 @@ struct Session {
 }
 
 struct Inner {
+    /// For requests with a small body: a server silent for `read_timeout` is given up on.
     http: reqwest::Client,
+    /// For requests with a large body (over [`BULK_BODY`]): the whole-request timeout only.
+    bulk: reqwest::Client,
     /// `scheme://host[:port][/prefix]`, no trailing slash.
     base: String,
     /// `ws[s]://host[:port][/prefix]/api/v1/ws`.
@@ -181,12 +186,6 @@ impl ApiClient {
         let base = url.as_str().trim_end_matches('/').to_owned();
         let ws_url = format!("{ws_scheme}{}/api/v1/ws", &base[url.scheme().len()..]);
 
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(read_timeout)
-            .timeout(REQUEST_TIMEOUT.max(read_timeout))
-            .user_agent(concat!("fsync-client/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none());
         let tls = if url.scheme() == "https" {
             let Some(ca) = ca_cert else {
                 return Err(ClientError::Config(format!(
@@ -194,18 +193,34 @@ impl ApiClient {
                      server's CA (or the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt)"
                 )));
             };
-            let config = Arc::new(tls_config(load_roots(ca)?)?);
-            builder = builder.use_preconfigured_tls((*config).clone());
-            Some(config)
+            Some(Arc::new(tls_config(load_roots(ca)?)?))
         } else {
             None
         };
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Config(format!("HTTP client set-up: {}", describe(&e))))?;
+        // Two clients: reqwest's read timeout also runs while a request body is being
+        // sent (reqwest#2784), so requests with a large body (a batch of chunks, on a
+        // slow uplink) go through one with the whole-request timeout only.
+        let client = |read: Option<Duration>| {
+            let mut b = reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(REQUEST_TIMEOUT.max(read.unwrap_or_default()))
+                .user_agent(concat!("fsync-client/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none());
+            if let Some(read) = read {
+                b = b.read_timeout(read);
+            }
+            if let Some(config) = &tls {
+                b = b.use_preconfigured_tls((**config).clone());
+            }
+            b.build()
+                .map_err(|e| ClientError::Config(format!("HTTP client set-up: {}", describe(&e))))
+        };
+        let http = client(Some(read_timeout))?;
+        let bulk = client(None)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                bulk,
                 base,
                 ws_url,
                 tls,

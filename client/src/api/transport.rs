@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::{api_error, error_message, network_error};
-use super::{ApiClient, ClientError, MAX_JSON_RESPONSE, MAX_RATE_LIMIT_RETRIES, MAX_RETRY_WAIT};
+use super::{
+    ApiClient, ClientError, BULK_BODY, MAX_JSON_RESPONSE, MAX_RATE_LIMIT_RETRIES, MAX_RETRY_WAIT,
+};
 
 /// One request to send (and possibly resend).
 pub(super) struct Call {
@@ -92,7 +94,7 @@ pub(super) async fn read_body(
     max: usize,
     method: &Method,
     url: &str,
-    read_timeout: Duration,
+    read_timeout: Option<Duration>,
 ) -> Result<Vec<u8>, ClientError> {
     let too_big = || {
         ClientError::Protocol(format!(
@@ -134,10 +136,15 @@ impl ApiClient {
             .map_or(0, <[u8]>::len);
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
         self.inner.bytes_up.fetch_add(up as u64, Ordering::Relaxed);
-        let resp =
-            self.inner.http.execute(req).await.map_err(|e| {
-                network_error(&method, where_.as_str(), &e, self.inner.read_timeout)
-            })?;
+        let (client, read_timeout) = if up > BULK_BODY {
+            (&self.inner.bulk, None)
+        } else {
+            (&self.inner.http, Some(self.inner.read_timeout))
+        };
+        let resp = client
+            .execute(req)
+            .await
+            .map_err(|e| network_error(&method, where_.as_str(), &e, read_timeout))?;
         let status = resp.status();
         tracing::debug!(%method, path = where_.path(), status = status.as_u16(), "api request");
         let retry_after = resp
@@ -145,14 +152,7 @@ impl ApiClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let body = read_body(
-            resp,
-            max_response,
-            &method,
-            where_.as_str(),
-            self.inner.read_timeout,
-        )
-        .await?;
+        let body = read_body(resp, max_response, &method, where_.as_str(), read_timeout).await?;
         self.inner
             .bytes_down
             .fetch_add(body.len() as u64, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, Context};
-use fsync_client::root::RootLock;
+use fsync_client::root::{RootError, RootLock};
 use fsync_client::scan::STATE_DIR;
 use fsync_client::session::Session;
 use fsync_common::wire::{FileMeta, VersionInfo};
@@ -167,11 +167,14 @@ pub async fn restore(opts: &Opts, path: &str, version: Option<VersionNo>) -> any
         println!("restored {} from v{v} as v{}", f.path, r.head.version);
     }
     let marker = started.root.join(STATE_DIR);
-    if RootLock::is_held(&marker) {
-        println!("the running fsync-client of this folder brings the restored files here");
-        return Ok(());
-    }
-    let _lock = RootLock::acquire(&started.root, &marker)?;
+    let _lock = match RootLock::acquire(&started.root, &marker) {
+        Ok(lock) => lock,
+        Err(RootError::InUse { .. }) => {
+            println!("the running fsync-client of this folder brings the restored files here");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     started.engine.sync_once().await?;
     Ok(())
 }

@@ -170,18 +170,22 @@ pub async fn start(opts: &Opts, lock: bool) -> anyhow::Result<Started> {
         None
     };
     let session = login(opts, &folder).await?;
+    Ok(started(folder, session, lock))
+}
+
+fn started(folder: Folder, session: Session, lock: Option<RootLock>) -> Started {
     let engine = Engine::new(
         folder.root.clone(),
         folder.marker,
         folder.state,
         session.clone(),
     );
-    Ok(Started {
+    Started {
         root: folder.root,
         session,
         engine,
         _lock: lock,
-    })
+    }
 }
 
 /// Whether `e` is a failure to reach the server (or a server error) that waiting
@@ -203,13 +207,16 @@ pub async fn start_waiting(opts: &Opts) -> anyhow::Result<Option<Started>> {
     tokio::pin!(stop);
     let mut wait = Duration::from_secs(1);
     let mut waiting = false;
+    // The folder is checked and locked once: it stays this daemon's while it waits.
+    let folder = open_folder(opts)?;
+    let lock = RootLock::acquire(&folder.root, &folder.marker)?;
     loop {
-        match start(opts, true).await {
-            Ok(started) => {
+        match login(opts, &folder).await {
+            Ok(session) => {
                 if waiting {
                     tracing::info!(server = %opts.server_url(), "the server answers again; syncing");
                 }
-                return Ok(Some(started));
+                return Ok(Some(started(folder, session, Some(lock))));
             }
             Err(e) if server_unreachable(&e) => {
                 if waiting {

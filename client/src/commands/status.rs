@@ -81,6 +81,16 @@ async fn remote_pending(
     folder: &Folder,
     base: &BTreeMap<SyncPath, BaseEntry>,
 ) -> anyhow::Result<Remote> {
+    if opts
+        .account
+        .username
+        .as_deref()
+        .is_none_or(|u| u.trim().is_empty())
+    {
+        return Ok(Remote::Unknown(
+            "no username given (--username or FSYNC_USERNAME) to ask the server".to_owned(),
+        ));
+    }
     if opts.account.password.is_none() && !std::io::stdin().is_terminal() {
         return Ok(Remote::Unknown(
             "no password given (--password or FSYNC_PASSWORD) to ask the server".to_owned(),
