@@ -282,9 +282,14 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             continue;
         }
         // Gone locally: a rename if a new file is the same file (inode and birth
-        // time) or has its content.
+        // time) or has its content (an empty folder only for an empty folder).
         let by_inode = fresh.iter().position(|(_, l)| b.same_file(&l.file));
-        let by_content = || fresh.iter().position(|(_, l)| l.hash == b.content_hash);
+        let folder = fsync_common::wire::is_folder_mode;
+        let by_content = || {
+            fresh.iter().position(|(_, l)| {
+                l.hash == b.content_hash && folder(l.file.mode) == folder(b.mode)
+            })
+        };
         if let Some(i) = by_inode.or_else(by_content) {
             let (to, l) = fresh.swap_remove(i);
             ops.remote.push(RemoteOp::Rename {

@@ -49,6 +49,23 @@ pub fn is_internal_name(name: &str) -> bool {
     name == STATE_DIR || name.starts_with(TEMP_PREFIX)
 }
 
+/// Whether the folder `dir` is empty, as far as syncing goes (nothing in it but the
+/// client's own files): such a folder is an entry of its own ([`folder_stat`]).
+pub fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| {
+        entries.all(|e| e.is_ok_and(|e| e.file_name().to_str().is_some_and(is_internal_name)))
+    })
+}
+
+/// The stat of an empty folder as an entry: size 0, its permissions plus
+/// [`FOLDER_MODE`](fsync_common::wire::FOLDER_MODE).
+pub fn folder_stat(path: SyncPath, md: &std::fs::Metadata) -> LocalFile {
+    let mut f = stat(path, md);
+    f.size = 0;
+    f.mode |= fsync_common::wire::FOLDER_MODE;
+    f
+}
+
 /// The stat part of a [`LocalFile`].
 pub fn stat(path: SyncPath, md: &std::fs::Metadata) -> LocalFile {
     #[cfg(unix)]
@@ -110,13 +127,25 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
         let Some(ft) = entry.file_type() else {
             continue;
         };
+        let full = entry.path().to_owned();
         if ft.is_dir() {
             if crate::root::is_marked(entry.path()) {
-                out.nested_roots.push(entry.path().to_owned());
+                out.nested_roots.push(full);
+            } else if is_empty_dir(&full) {
+                // An empty folder is synced as an entry (one with files is implied).
+                let rel = full.strip_prefix(root).expect("walk stays under the root");
+                match (SyncPath::from_relative(rel), entry.metadata()) {
+                    (Ok(path), Ok(md)) => {
+                        out.files.insert(path.clone(), folder_stat(path, &md));
+                    }
+                    (Err(e), _) => out
+                        .skipped
+                        .push((full, format!("name cannot be synced: {e}"))),
+                    (_, Err(e)) => out.skipped.push((full, e.to_string())),
+                }
             }
             continue;
         }
-        let full = entry.path().to_owned();
         if ft.is_symlink() {
             out.skipped
                 .push((full, "symbolic links are not synced".into()));

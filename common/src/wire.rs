@@ -204,7 +204,7 @@ pub struct CommitRequest {
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
     pub mtime: i64,
-    /// Unix mode bits (permission part).
+    /// Unix mode bits: the permission part, plus [`FOLDER_MODE`] for an empty folder.
     pub mode: u32,
     /// Keyed content hash of the whole plaintext.
     pub content_hash: ContentHash,
@@ -239,6 +239,16 @@ pub struct FileMeta {
     pub device: DeviceId,
     /// Journal position of the last change to this file.
     pub seq: Seq,
+}
+
+/// The mode bit (`S_IFDIR`) of an entry that is an empty folder, not a file: its size
+/// is 0 and it has no chunks. Folders that hold files need no entry of their own (a
+/// file's path implies them); an empty one is synced, renamed and deleted like a file.
+pub const FOLDER_MODE: u32 = 0o040_000;
+
+/// Whether `mode` is that of an empty-folder entry ([`FOLDER_MODE`] plus permissions).
+pub fn is_folder_mode(mode: u32) -> bool {
+    mode & !0o7777 == FOLDER_MODE
 }
 
 /// What the server did with a commit (ARCHITECTURE §5).

@@ -492,6 +492,21 @@ async fn files_scenario(srv: &Server) {
     (wrong.size, wrong.idempotency_key) = (req1.size + 1, random_key());
     srv.post(up, tok, &wrong).await.bad_request();
 
+    // Modes beyond the permission bits: a folder with content, or another file type
+    // (an empty folder is accepted: `folder_entries_scenario`).
+    for mode in [
+        fsync_common::wire::FOLDER_MODE | 0o755,
+        0o100_644,
+        0o120_777,
+    ] {
+        let bad = CommitRequest {
+            mode,
+            idempotency_key: random_key(),
+            ..req1.clone()
+        };
+        srv.post(up, tok, &bad).await.bad_request();
+    }
+
     // Bad paths (a client cannot even build a SyncPath for them: send raw JSON).
     for path in ["../../etc/passwd", "/etc/passwd", "a/./b", "a//b"] {
         let mut v = serde_json::to_value(&req1).unwrap();
@@ -677,6 +692,33 @@ async fn files_scenario(srv: &Server) {
 }
 
 on_every_backend!(files_commit_history_restore_delete_rename_list => files_scenario);
+
+/// An empty folder is an entry with mode `FOLDER_MODE | permissions`, size 0 and no
+/// chunks, listed and kept like a file.
+async fn folder_entries_scenario(srv: &Server) {
+    let (user, dev) = account(srv, "folders", "d").await;
+    let tok = Some(dev.token.as_str());
+    let up = "/api/v1/files/upload";
+    let req = user
+        .commit_req(srv, &dev, "docs/a.txt", b"a", &empty(), T0)
+        .await;
+    let mode = fsync_common::wire::FOLDER_MODE | 0o755;
+    let folder = CommitRequest {
+        path: "docs/empty".parse().unwrap(),
+        chunks: vec![],
+        size: 0,
+        mode,
+        content_hash: user.content_hash(b""),
+        ..req
+    };
+    let r: CommitResponse = srv.post_json(up, tok, &folder).await;
+    assert_eq!((r.head.mode, r.head.size), (mode, 0));
+    assert_eq!(list_all(srv, &dev, &[]).await, vec![r.head.clone()]);
+    let m = download(srv, &dev, r.head.file_id).await;
+    assert!(m.chunks.is_empty());
+}
+
+on_every_backend!(an_empty_folder_is_an_entry => folder_entries_scenario);
 
 // ================================================================= 5. conflicts
 

@@ -194,3 +194,53 @@ fn a_daemon_says_a_failing_round_once_and_when_it_syncs_again() {
     });
     assert!(daemon.log().contains("syncing again"), "{}", daemon.log());
 }
+
+/// Empty folders are synced like files: created, renamed and deleted; a folder whose
+/// last file is deleted stays on both sides, and one removed with its files is gone on
+/// both and stays gone.
+#[test]
+fn empty_folders_are_created_renamed_and_deleted_like_files() {
+    let (_server, a, b) = Server::start().pair();
+    let dir = |c: &fsync_tests::Client, p: &str| c.path(p).is_dir();
+    std::fs::create_dir_all(a.path("empty/deep")).unwrap();
+    std::fs::create_dir(a.path("also")).unwrap();
+    rounds(&[&a, &b]);
+    assert!(dir(&b, "empty/deep") && dir(&b, "also"), "{:?}", b.paths());
+    let status = b.run_ok(&["status"]);
+    assert!(status.contains("pending: 0 local, 0 remote"), "{status}");
+
+    std::fs::rename(a.path("also"), a.path("renamed")).unwrap();
+    rounds(&[&a, &b]);
+    assert!(!b.path("also").exists() && dir(&b, "renamed"));
+
+    // Deleting the inner one leaves the outer one empty: it stays, on both sides.
+    std::fs::remove_dir(a.path("empty/deep")).unwrap();
+    rounds(&[&a, &b]);
+    assert!(!b.path("empty/deep").exists() && dir(&b, "empty"));
+
+    // A folder's last file deleted: the folder stays on both sides.
+    a.write("docs/only.txt", "x");
+    rounds(&[&a, &b]);
+    a.remove("docs/only.txt");
+    rounds(&[&a, &b, &a]);
+    assert!(dir(&a, "docs") && dir(&b, "docs") && !b.path("docs/only.txt").exists());
+
+    // A folder removed with its files: gone on both sides, and it stays gone.
+    a.write("tree/x/one.txt", "1");
+    rounds(&[&a, &b]);
+    std::fs::remove_dir_all(a.path("tree")).unwrap();
+    rounds(&[&a, &b, &a, &b]);
+    assert!(!a.path("tree").exists() && !b.path("tree").exists());
+
+    // And from the other side: B's new empty folder, then its removal.
+    std::fs::create_dir(b.path("from-b")).unwrap();
+    rounds(&[&b, &a]);
+    assert!(dir(&a, "from-b"));
+    std::fs::remove_dir(b.path("from-b")).unwrap();
+    rounds(&[&b, &a]);
+    assert!(!a.path("from-b").exists());
+    for c in [&a, &b] {
+        let s = c.sync();
+        assert_eq!(s, fsync_tests::Summary::default(), "not settled: {s:?}");
+    }
+}

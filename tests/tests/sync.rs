@@ -36,18 +36,20 @@ fn basic_operations(backend: Backend) {
     assert!(!b.path("docs/old.txt").exists());
 
     // A rename and a folder move are metadata operations: no chunk stored, none
-    // fetched, no file uploaded or downloaded.
+    // fetched, no file uploaded or downloaded; only the folder the move left empty
+    // (`photos`) is committed, as an empty-folder entry.
     let (stored, bytes_in, bytes_out) = server.traffic();
     a.rename("docs/report.md", "docs/report-final.md");
     a.rename("photos/2024", "archive/photos-2024");
     let up = a.sync();
-    assert_eq!(up.uploaded, 0, "a rename uploaded files: {up:?}");
+    assert_eq!(up.uploaded, 1, "a rename uploaded files: {up:?}");
     assert!(up.renamed >= 1, "no rename sent: {up:?}");
     let down = b.sync();
-    assert_eq!(down.downloaded, 0, "a rename downloaded files: {down:?}");
+    assert_eq!(down.downloaded, 1, "a rename downloaded files: {down:?}");
     assert!(down.renamed >= 1, "no rename applied: {down:?}");
     assert_same_tree(&a, &b);
     assert!(!b.path("photos/2024").exists());
+    assert!(b.path("photos").is_dir(), "the emptied folder is gone on B");
     assert_eq!(server.chunks_stored(), stored, "a rename stored chunks");
     assert_eq!(server.bytes_out(), bytes_out, "a rename fetched blobs");
     let sent = server.bytes_in() - bytes_in;

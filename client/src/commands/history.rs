@@ -108,6 +108,24 @@ fn last_content(history: &[VersionInfo]) -> Option<VersionNo> {
         .max()
 }
 
+/// The deleted files among `files` whose path no live file took, newest deletion
+/// first, each path once (a path deleted twice names its latest file).
+fn trashed(files: &[FileMeta]) -> Vec<&FileMeta> {
+    let live: HashSet<&SyncPath> = files
+        .iter()
+        .filter(|f| !f.deleted)
+        .map(|f| &f.path)
+        .collect();
+    let mut seen = HashSet::new();
+    let mut out: Vec<&FileMeta> = files
+        .iter()
+        .filter(|f| f.deleted && !live.contains(&f.path))
+        .collect();
+    out.sort_by_key(|f| std::cmp::Reverse(f.seq));
+    out.retain(|f| seen.insert(&f.path));
+    out
+}
+
 /// `restore PATH [--version N]`: an old version of a live file, a deleted file (its last
 /// content unless `--version`), or every deleted file below a folder. Then the folder is
 /// synced, unless its daemon runs (which then brings the files in).
@@ -116,11 +134,6 @@ pub async fn restore(opts: &Opts, path: &str, version: Option<VersionNo>) -> any
     let s = started.session.clone();
     let p = folder_path(&started.root, path)?;
     let files = files_at(&s, &p).await?;
-    let live: HashSet<&SyncPath> = files
-        .iter()
-        .filter(|f| !f.deleted)
-        .map(|f| &f.path)
-        .collect();
     let exact: Vec<&FileMeta> = files.iter().filter(|f| f.path == p).collect();
     let targets: Vec<(&FileMeta, Option<VersionNo>)> = if let Some(f) =
         exact.iter().find(|f| !f.deleted)
@@ -135,16 +148,10 @@ pub async fn restore(opts: &Opts, path: &str, version: Option<VersionNo>) -> any
         if version.is_some() {
             bail!("{p} is not a file the server knows: --version needs a file");
         }
-        // A folder: each deleted file below it whose path is free, once.
-        let mut seen = HashSet::new();
-        let mut below: Vec<&FileMeta> = files
-            .iter()
-            .filter(|f| f.deleted && !live.contains(&f.path))
-            .collect();
-        below.sort_by_key(|f| std::cmp::Reverse(f.seq));
-        below.retain(|f| seen.insert(&f.path));
+        // A folder: each deleted file below it whose path is free.
+        let below = trashed(&files);
         if below.is_empty() {
-            if live.is_empty() {
+            if files.iter().all(|f| f.deleted) {
                 bail!("{p} is not known to the server");
             }
             bail!("nothing under {p} is deleted (see `fsync-client trash`)");
@@ -184,14 +191,7 @@ pub async fn restore(opts: &Opts, path: &str, version: Option<VersionNo>) -> any
 pub async fn trash(opts: &Opts) -> anyhow::Result<()> {
     let Started { session: s, .. } = start(opts, false).await?;
     let all = s.api.list_all(s.ns, None, true).await?;
-    let live: HashSet<&SyncPath> = all.iter().filter(|f| !f.deleted).map(|f| &f.path).collect();
-    let mut seen = HashSet::new();
-    let mut deleted: Vec<&FileMeta> = all
-        .iter()
-        .filter(|f| f.deleted && !live.contains(&f.path))
-        .collect();
-    deleted.sort_by_key(|f| std::cmp::Reverse(f.seq));
-    deleted.retain(|f| seen.insert(&f.path));
+    let deleted = trashed(&all);
     if deleted.is_empty() {
         println!("the trash is empty: no deleted file can be restored");
         return Ok(());

@@ -157,6 +157,9 @@ impl Engine {
                 meta.size
             )));
         }
+        if fsync_common::wire::is_folder_mode(meta.mode) {
+            return self.write_folder(meta, &manifest, report).await;
+        }
         let mut out = self.fs.create_temp(&meta.path)?;
         let bar = crate::progress::bytes(&format!("downloading {}", meta.path), meta.size);
         // Every chunk below is checked against its id before it is written, so hashing
@@ -246,6 +249,40 @@ impl Engine {
             self.state.put(&e)?;
         }
         tracing::info!(path = %meta.path, size = meta.size, "downloaded");
+        report.downloaded += 1;
+        Ok(true)
+    }
+}
+
+impl Engine {
+    /// Creates an empty folder entry (or finds the folder there). A file in its place is
+    /// replaced only if it is unchanged since it was synced.
+    async fn write_folder(
+        &mut self,
+        meta: &FileMeta,
+        manifest: &Manifest,
+        report: &mut RoundReport,
+    ) -> Result<bool, SyncError> {
+        if !manifest.chunks.is_empty() || meta.size != 0 {
+            return Err(SyncError::Verify {
+                path: meta.path.to_string(),
+                reason: "a folder entry with content".into(),
+            });
+        }
+        let base = self.state.get(&meta.path)?;
+        if let Found::File(st) = self.fs.stat(&meta.path)? {
+            if !fsync_common::wire::is_folder_mode(st.mode) {
+                match &base {
+                    Some(b) if self.still_as_synced(b).await => self.fs.remove(&meta.path)?,
+                    _ => return Ok(false),
+                }
+            }
+        }
+        let installed = self.fs.make_folder(&meta.path, meta.mode, meta.mtime)?;
+        if let Some(e) = BaseEntry::from_meta(meta, Vec::new(), &installed) {
+            self.state.put(&e)?;
+        }
+        tracing::info!(path = %meta.path, "created folder");
         report.downloaded += 1;
         Ok(true)
     }

@@ -59,6 +59,15 @@ pub trait LocalFs: Send + Sync + 'static {
     fn open(&self, path: &SyncPath) -> Result<Box<dyn LocalReader>, SyncError>;
     /// A temp file in the folder of `dst` (created if needed).
     fn create_temp(&self, dst: &SyncPath) -> Result<Box<dyn TempWriter>, SyncError>;
+    /// Creates the empty folder `path` (with its parents), or finds a folder there;
+    /// returns its stat as an entry.
+    fn make_folder(&self, path: &SyncPath, mode: u32, mtime: i64) -> Result<LocalFile, SyncError> {
+        let _ = (mode, mtime);
+        Err(SyncError::Verify {
+            path: path.to_string(),
+            reason: "this folder cannot hold empty-folder entries".into(),
+        })
+    }
     /// Deletes a file durably, and the folders it leaves empty.
     fn remove(&self, path: &SyncPath) -> Result<(), SyncError>;
     /// Moves a file durably (creating the destination's folder), removing the folders
@@ -129,6 +138,9 @@ impl LocalFs for DiskFs {
         let full = path.to_local(&self.root);
         match std::fs::symlink_metadata(&full) {
             Ok(md) if md.is_file() => Ok(Found::File(scan::stat(path.clone(), &md))),
+            Ok(md) if md.is_dir() && scan::is_empty_dir(&full) => {
+                Ok(Found::File(scan::folder_stat(path.clone(), &md)))
+            }
             Ok(_) => Ok(Found::Other),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Found::Nothing),
             Err(e) => Err(io_err("reading", &full)(e)),
@@ -137,8 +149,47 @@ impl LocalFs for DiskFs {
 
     fn open(&self, path: &SyncPath) -> Result<Box<dyn LocalReader>, SyncError> {
         let full = path.to_local(&self.root);
+        if full.is_dir() {
+            // An empty folder entry reads as empty content.
+            return Ok(Box::new(std::io::empty()));
+        }
         let f = std::fs::File::open(&full).map_err(io_err("opening", &full))?;
         Ok(Box::new(f))
+    }
+
+    fn make_folder(&self, path: &SyncPath, mode: u32, mtime: i64) -> Result<LocalFile, SyncError> {
+        let full = self.inside(path)?;
+        if let Some(dir) = full.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        }
+        match std::fs::create_dir(&full) {
+            Ok(()) => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(
+                        &full,
+                        std::fs::Permissions::from_mode(mode & 0o777),
+                    );
+                }
+                let t = SystemTime::UNIX_EPOCH
+                    + Duration::from_nanos(u64::try_from(mtime).unwrap_or(0));
+                let _ = std::fs::File::open(&full).and_then(|d| d.set_modified(t));
+                let _ = durable::sync_parent(&full);
+            }
+            // A folder there already (empty, or with files of its own) is the folder.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("creating the folder", &full)(e)),
+        }
+        match std::fs::symlink_metadata(&full) {
+            Ok(md) if md.is_dir() => Ok(scan::folder_stat(path.clone(), &md)),
+            Ok(_) => Err(SyncError::Io {
+                what: "creating the folder",
+                path: full,
+                source: std::io::Error::other("a file or link of the same name is in the way"),
+            }),
+            Err(e) => Err(io_err("reading", &full)(e)),
+        }
     }
 
     fn create_temp(&self, dst: &SyncPath) -> Result<Box<dyn TempWriter>, SyncError> {
@@ -155,7 +206,12 @@ impl LocalFs for DiskFs {
 
     fn remove(&self, path: &SyncPath) -> Result<(), SyncError> {
         let full = self.inside(path)?;
-        std::fs::remove_file(&full).map_err(io_err("deleting", &full))?;
+        if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+            // An empty folder entry (a folder with files is never removed as one).
+            std::fs::remove_dir(&full).map_err(io_err("deleting", &full))?;
+        } else {
+            std::fs::remove_file(&full).map_err(io_err("deleting", &full))?;
+        }
         let _ = durable::sync_parent(&full);
         remove_empty_parents(&self.root, &full);
         Ok(())
@@ -178,6 +234,17 @@ impl LocalFs for DiskFs {
 impl LocalReader for std::fs::File {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+/// An empty folder entry's content.
+impl LocalReader for std::io::Empty {
+    fn read_exact_at(&self, buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+        if buf.is_empty() {
+            Ok(())
+        } else {
+            Err(std::io::ErrorKind::UnexpectedEof.into())
+        }
     }
 }
 

@@ -294,7 +294,12 @@ impl Engine {
         self.upload(uploads, cx, &mut report).await?;
         let reuse = download::reuse_map(&base, &local);
         let mut remote_ok = true;
-        for (path, why) in self.download_many(downloads, &reuse, &mut report).await? {
+        // Empty folders come last, after the local deletes: a folder that a remote delete
+        // emptied (and so removed here) and that the other side keeps comes back.
+        let (folders, files): (Vec<_>, Vec<_>) = downloads
+            .into_iter()
+            .partition(|m| fsync_common::wire::is_folder_mode(m.mode));
+        for (path, why) in self.download_many(files, &reuse, &mut report).await? {
             remote_ok = false;
             if let Some(why) = why {
                 report.deferred.push((path, why));
@@ -314,6 +319,12 @@ impl Engine {
                     remote_ok = false;
                     report.deferred.push((path_for_log, deferrable(e)?));
                 }
+            }
+        }
+        for (path, why) in self.download_many(folders, &reuse, &mut report).await? {
+            remote_ok = false;
+            if let Some(why) = why {
+                report.deferred.push((path, why));
             }
         }
         if remote_ok && cursor > since {

@@ -52,8 +52,11 @@ pub enum RequestError {
         /// The sum of the chunk lengths.
         total: u64,
     },
-    /// The mode has bits beyond the permission bits (`0o7777`).
-    #[error("mode {0:o} is not a permission mode")]
+    /// The mode has bits beyond the permission bits (`0o7777`), other than an empty
+    /// folder's (`FOLDER_MODE`, with size 0 and no chunks).
+    #[error(
+        "mode {0:o} is neither a permission mode nor an empty folder's (0o040000 with size 0)"
+    )]
     Mode(u32),
     /// A rename's target lies below its source.
     #[error("cannot move a path into itself")]
@@ -101,7 +104,8 @@ pub(crate) fn check_manifest(req: &CommitRequest) -> Result<(), RequestError> {
             total,
         });
     }
-    if req.mode > 0o7777 {
+    let folder = fsync_common::wire::is_folder_mode(req.mode) && req.size == 0;
+    if req.mode > 0o7777 && !folder {
         return Err(RequestError::Mode(req.mode));
     }
     Ok(())
