@@ -382,6 +382,20 @@ fn trash_lists_deleted_files_and_restore_brings_back_a_file_or_a_folder() {
     assert!(!trash.contains("keep.txt"), "{trash}");
     assert!(trash.contains("was 10 bytes"), "{trash}");
     assert!(trash.contains("3 deleted files"), "{trash}");
+    // A folder's history: the latest change of each file below it.
+    let history = b.run_ok(&["versions", "old"]);
+    assert!(
+        history.starts_with("old/  folder: 2 files below it (2 deleted)"),
+        "{history}"
+    );
+    for path in ["old/one.txt", "old/deep/two.txt"] {
+        assert!(
+            history
+                .lines()
+                .any(|l| l.ends_with(&format!("{path}  (deleted)"))),
+            "{path} not in:\n{history}"
+        );
+    }
 
     let out = b.run_ok(&["restore", "gone.txt"]);
     assert!(out.contains("restored gone.txt from v2"), "{out}");

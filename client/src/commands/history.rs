@@ -50,15 +50,10 @@ pub async fn versions(opts: &Opts, path: &str) -> anyhow::Result<()> {
         .find(|f| !f.deleted)
         .or_else(|| at.iter().max_by_key(|f| f.seq))
     else {
-        if files
-            .iter()
-            .any(|f| f.path.as_str().starts_with(&format!("{p}/")))
-        {
-            bail!(
-                "{p} is a folder: `versions` shows a file's history (`trash` lists deleted files)"
-            );
+        if files.is_empty() {
+            bail!("{p} is not known to the server");
         }
-        bail!("{p} is not known to the server");
+        return folder_history(&session, &p, files).await;
     };
     let history = session.api.versions(file.file_id).await?;
     let renames = session.api.renames(file.file_id).await?;
@@ -95,6 +90,46 @@ pub async fn versions(opts: &Opts, path: &str) -> anyhow::Result<()> {
             v.path,
             if v.deleted { "  (deleted)" } else { "" },
         );
+    }
+    Ok(())
+}
+
+/// Files listed in a folder's history at most (the most recently changed).
+const FOLDER_HISTORY_FILES: usize = 200;
+
+/// A folder's history: the latest change of each file below it (deleted ones too),
+/// newest first, with its date and device.
+async fn folder_history(s: &Session, p: &SyncPath, mut files: Vec<FileMeta>) -> anyhow::Result<()> {
+    files.sort_by_key(|f| std::cmp::Reverse(f.seq));
+    let total = files.len();
+    let deleted = files.iter().filter(|f| f.deleted).count();
+    files.truncate(FOLDER_HISTORY_FILES);
+    let names = device_names(s).await?;
+    let histories: Vec<Vec<VersionInfo>> = stream::iter(files.iter().map(|f| {
+        let api = s.api.clone();
+        let id = f.file_id;
+        async move { api.versions(id).await }
+    }))
+    .buffered(HISTORY_REQUESTS)
+    .try_collect()
+    .await?;
+    println!(
+        "{p}/  folder: {total} files below it ({deleted} deleted); each one's latest change, newest first"
+    );
+    for (f, history) in files.iter().zip(&histories) {
+        let at = history
+            .first()
+            .map_or_else(String::new, |v| when(v.created_at));
+        println!(
+            "  v{:<4} {at}  {:<28}  {}{}",
+            f.version,
+            device_name(&names, f.device),
+            f.path,
+            if f.deleted { "  (deleted)" } else { "" },
+        );
+    }
+    if total > files.len() {
+        println!("  … and {} files changed earlier", total - files.len());
     }
     Ok(())
 }
