@@ -217,16 +217,5 @@ async fn main() {
 /// An error with its causes, each said once: many errors already name their cause in
 /// their own text, and `{:#}` would repeat it ("… (os error 2): … (os error 2)").
 pub fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    fsync_common::one_line(e.as_ref())
 }

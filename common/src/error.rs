@@ -69,3 +69,28 @@ impl ErrorBody {
         }
     }
 }
+
+/// An error and its causes on one line, each cause said once: error types that print
+/// their source in their own message (`database error: {0}` over a `#[source]`) would
+/// otherwise repeat it at every level of the chain.
+///
+/// ```
+/// let io = std::io::Error::other("disk full");
+/// let outer = std::io::Error::other(format!("writing x: {io}"));
+/// assert_eq!(fsync_common::one_line(&outer), "writing x: disk full");
+/// ```
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}

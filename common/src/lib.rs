@@ -28,7 +28,7 @@ pub mod failpoint;
 pub mod limits;
 pub mod wire;
 
-pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use error::{one_line, ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{
     ChunkId, ContentHash, DeviceId, FileId, IdParseError, NamespaceId, PackId, Seq, UserId,
     VersionNo,

@@ -43,7 +43,18 @@ async fn shutdown_signal() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match serve().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, each cause once (no backtrace: this is the operator's message).
+            eprintln!("fsync-server: {}", fsync_common::one_line(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
     fsync_server::load_dotenv().context("reading .env in the working directory")?;
     let config = Config::parse();
     init_logging(&config)?;

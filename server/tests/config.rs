@@ -232,6 +232,86 @@ fn postgres_url_alone_selects_postgresql() {
     db.drop_database_blocking().expect("drop the test database");
 }
 
+/// The README's PostgreSQL start without its set-up steps: a database that does not
+/// exist is created when the role may (the test role has `CREATEDB`); a refused role and
+/// nothing listening stop the server with one line saying what to do, each cause once,
+/// and no password in it.
+#[test]
+fn a_postgres_database_is_created_when_the_role_may_and_refusals_say_what_to_do() {
+    let Some(base) = fsync_testkit::postgres::test_database_url() else {
+        eprintln!("FSYNC_TEST_DATABASE_URL is not set: skipped");
+        return;
+    };
+    let name = format!(
+        "{}{}",
+        fsync_testkit::postgres::SCRATCH_PREFIX,
+        hex::encode(rand::random::<[u8; 6]>())
+    );
+    let url = fsync_testkit::postgres::with_database(&base, &name).unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut server = Proc::spawn(
+        cwd.path(),
+        &["--port", "0"],
+        &[("DATABASE_URL", &url), ("SECRET_KEY", SECRET)],
+    );
+    let addr = server.listening();
+    assert_eq!(http_get(addr, "/health").0, 200);
+    let log = server.stop();
+    assert!(
+        log.contains("created the PostgreSQL database"),
+        "the new database is not said:\n{log}"
+    );
+    let tables = sql(
+        &url,
+        "SELECT table_name::text FROM information_schema.tables WHERE table_name = 'users'",
+    );
+    assert_eq!(
+        tables,
+        ["users"],
+        "no migrations ran in the created database"
+    );
+    fsync_testkit::postgres::execute_blocking(&base, &format!("DROP DATABASE {name}"))
+        .expect("drop the created database");
+
+    let (scheme, rest) = base.split_once("://").unwrap();
+    let (creds, place) = rest
+        .rsplit_once('@')
+        .expect("a role in FSYNC_TEST_DATABASE_URL");
+    let role = creds.split(':').next().unwrap();
+    let wrong = format!("{scheme}://{role}:not-the-password@{place}");
+    let refused = [
+        (wrong, format!("refused the role \"{role}\"")),
+        (
+            "postgres://fsync:secret-pw@127.0.0.1:1/fsync".to_owned(),
+            "cannot connect to PostgreSQL at 127.0.0.1:1".to_owned(),
+        ),
+    ];
+    for (url, says) in refused {
+        let cwd = tempfile::tempdir().unwrap();
+        let server = Proc::spawn(cwd.path(), &["--port", "0"], &[("DATABASE_URL", &url)]);
+        let (status, log) = server.exit();
+        assert!(!status.success(), "started on {url}:\n{log}");
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("fsync-server:"))
+            .collect();
+        assert_eq!(said.len(), 1, "not one line:\n{log}");
+        assert_eq!(
+            said[0].matches(&says).count(),
+            1,
+            "{says:?} not once:\n{log}"
+        );
+        assert!(
+            !log.contains("not-the-password") && !log.contains("secret-pw"),
+            "a password in the output:\n{log}"
+        );
+        assert!(
+            !log.contains("Caused by") && !log.contains("backtrace"),
+            "{log}"
+        );
+    }
+}
+
 /// `.env` in the working directory is read: its data dir and log format are used.
 #[test]
 fn dotenv_in_the_working_directory_is_read() {

@@ -409,7 +409,7 @@ async fn main() -> ExitCode {
             if let Some(GcError::Busy(_)) = e.downcast_ref::<GcError>() {
                 eprintln!("fsync-gc: {e}");
             } else {
-                eprintln!("fsync-gc: {e:#}");
+                eprintln!("fsync-gc: {}", fsync_common::one_line(e.as_ref()));
             }
             ExitCode::from(EXIT_ERROR)
         }

@@ -61,6 +61,10 @@ pub enum DbError {
     /// The database failed.
     #[error("database error: {0}")]
     Backend(#[from] sqlx::Error),
+    /// The database cannot be reached or used as configured, said with what to do
+    /// (the server's start: no such database, a refused role, nothing listening).
+    #[error("{0}")]
+    Setup(String),
     /// Stored data could not be decoded (corruption or a bug).
     #[error("corrupt row: {0}")]
     Corrupt(String),
