@@ -719,6 +719,10 @@ impl TempWriter for MemTemp {
         Ok(f.stat(&self.dst))
     }
 
+    fn sync(&mut self) -> Result<(), SyncError> {
+        Ok(())
+    }
+
     fn install(self: Box<Self>) -> Result<(), SyncError> {
         let mut w = lock(&self.w);
         let d = self.d;
@@ -749,6 +753,10 @@ impl LocalFs for MemFs {
     }
 
     fn remove_stale_temp_files(&self) {}
+
+    fn sync_folders(&self, _paths: &[SyncPath]) -> Result<(), SyncError> {
+        Ok(())
+    }
 
     fn scan(&self) -> Result<Scan, SyncError> {
         let w = lock(&self.w);

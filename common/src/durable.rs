@@ -119,6 +119,36 @@ impl TempFile {
 }
 
 impl TempFile {
+    /// Syncs the file (unless synced already) and renames it to `dst`, replacing what
+    /// was there, **without** syncing the directory: the caller makes the renames of a
+    /// batch durable together ([`sync_dir`] once per directory). Until then a crash may
+    /// undo the rename (never tear the file). On error the temp file is removed.
+    pub fn rename_into(mut self, dst: &Path) -> io::Result<()> {
+        let file = self.file.take().expect("open until persisted");
+        if !self.synced {
+            file.sync_all()?;
+        }
+        drop(file);
+        std::fs::rename(&self.path, dst)?;
+        self.path = PathBuf::new();
+        Ok(())
+    }
+}
+
+/// Flushes everything written to the file system holding `path` (Linux `syncfs`), so
+/// that the fsyncs of many files written just before find little left to do: one
+/// journal commit instead of one per file (`fsync-bench small-files`, BENCHMARKS.md).
+/// It does not replace their fsyncs, which still report each file's own errors. A
+/// no-op elsewhere.
+pub fn flush_file_system(path: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    rustix::fs::syncfs(File::open(path)?)?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = path;
+    Ok(())
+}
+
+impl TempFile {
     /// Syncs the file and installs it at `dst` only if nothing is there (a hard link
     /// never replaces a file, so of several concurrent installs exactly one wins), then
     /// syncs the directory. `Ok(false)`: something already was at `dst`. Where hard

@@ -106,16 +106,42 @@ fn client_killed_before_renaming_a_download_keeps_the_old_version_whole() {
     assert_eq!(a.sync().uploaded, 2);
 
     crash_at(&b, "client.download.before_rename");
-    // The crash came after the temp file was complete and synced, before the rename:
-    // the old version is whole, the new file absent, the temp file is left over.
+    // The crash came after the batch's temp files were complete and synced, before the
+    // first rename: the old version is whole, the new file absent, both temp files
+    // (one per download of the batch) are left over.
     assert!(b.read("doc.bin") == v1, "doc.bin is not the old version");
     let new = b.path("new.txt");
     assert!(!new.exists(), "new.txt visible before its rename");
-    assert_eq!(temp_files(b.root()).len(), 1, "{:?}", b.tree());
+    assert_eq!(temp_files(b.root()).len(), 2, "{:?}", b.tree());
 
     let s = b.sync();
     assert_eq!((s.downloaded, s.conflicts), (2, 0), "{s:?}");
     assert!(b.read("doc.bin") == v2);
+    assert_converged(&a, &b);
+}
+
+/// Killed after a batch of downloads was renamed into place, before their bases were
+/// recorded: every file is whole and new, and the next round adopts them (same
+/// content) instead of fetching them again or calling them conflicts.
+#[test]
+fn client_killed_before_recording_downloads_adopts_them_next_round() {
+    let (_server, a, b) = Server::start().pair();
+    a.write("doc.bin", random_bytes(1, 700 * KIB));
+    a.sync();
+    assert_eq!(b.sync().downloaded, 1);
+    let v2 = random_bytes(2, 900 * KIB);
+    a.write("doc.bin", &v2);
+    a.write("dir/new.txt", "created while B was down");
+    assert_eq!(a.sync().uploaded, 2);
+
+    crash_at(&b, "client.download.before_recording");
+    assert!(b.read("doc.bin") == v2, "doc.bin is not the new version");
+    assert_eq!(b.read("dir/new.txt"), b"created while B was down");
+    assert!(temp_files(b.root()).is_empty(), "{:?}", b.tree());
+
+    let s = b.sync();
+    assert_eq!((s.downloaded, s.uploaded, s.conflicts), (0, 0, 0), "{s:?}");
+    assert_eq!(a.sync().downloaded, 0);
     assert_converged(&a, &b);
 }
 

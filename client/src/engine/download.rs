@@ -9,11 +9,16 @@ use fsync_common::wire::{ChunkRef, FileMeta, Manifest};
 use fsync_common::{ChunkId, FileId, IdKey, SyncPath, VersionNo};
 
 use super::{
-    deferrable, Engine, Found, LocalFs, RoundReport, SyncError, CHANGED_MEANWHILE, DOWNLOAD_WINDOW,
-    PREFETCH_GROUP_BYTES,
+    deferrable, Engine, Found, LocalFs, RoundReport, SyncError, TempWriter, CHANGED_MEANWHILE,
+    DOWNLOAD_WINDOW, PREFETCH_GROUP_BYTES,
 };
 use crate::planner::LocalEntry;
+use crate::scan::LocalFile;
 use crate::state::BaseEntry;
+
+/// Downloads installed together (open temp files at once, bounded well below the usual
+/// descriptor limit of 1024).
+const INSTALL_BATCH: usize = 256;
 
 /// Where chunks can be read locally instead of downloaded: file, offset, length.
 pub(super) type ReuseMap = HashMap<ChunkId, (SyncPath, u64, u32)>;
@@ -57,8 +62,17 @@ impl Engine {
             .remote
             .manifest(meta.file_id, Some(meta.version))
             .await?;
-        self.write_download(meta, manifest, reuse, &HashMap::new(), report)
-            .await
+        let fetched = match self
+            .write_download(meta, manifest, reuse, &HashMap::new(), report)
+            .await?
+        {
+            Written::File(f) => f,
+            Written::Folder(applied) => return Ok(applied),
+        };
+        match self.install_batch(vec![fetched], report).await?.pop() {
+            Some((_, applied)) => applied,
+            None => Ok(false),
+        }
     }
 
     /// Downloads many files with few requests: one for all manifests, then one chunk
@@ -111,15 +125,23 @@ impl Engine {
                     }
                 }
             }
-            for (meta, manifest) in pending[i..j].iter().cloned() {
+            let mut ready = Vec::new();
+            for (k, (meta, manifest)) in pending[i..j].iter().cloned().enumerate() {
                 let path = meta.path.to_string();
                 match self
                     .write_download(&meta, manifest, reuse, &prefetched, report)
                     .await
                 {
-                    Ok(true) => {}
-                    Ok(false) => failed.push((path, Some(CHANGED_MEANWHILE.into()))),
+                    Ok(Written::File(f)) => ready.push(f),
+                    Ok(Written::Folder(true)) => {}
+                    Ok(Written::Folder(false)) => {
+                        failed.push((path, Some(CHANGED_MEANWHILE.into())));
+                    }
                     Err(e) => failed.push((path, Some(deferrable(e)?))),
+                }
+                if ready.len() == INSTALL_BATCH || i + k + 1 == j {
+                    let batch = std::mem::take(&mut ready);
+                    self.install_all(batch, report, &mut failed).await?;
                 }
             }
             i = j;
@@ -127,8 +149,110 @@ impl Engine {
         Ok(failed)
     }
 
-    /// Writes one downloaded file: chunks from `prefetched`, else from local files,
-    /// else fetched window by window.
+    /// [`Engine::install_batch`], with what was not applied added to `failed`.
+    async fn install_all(
+        &mut self,
+        batch: Vec<Fetched>,
+        report: &mut RoundReport,
+        failed: &mut Vec<(String, Option<String>)>,
+    ) -> Result<(), SyncError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let paths: Vec<String> = batch.iter().map(|f| f.meta.path.to_string()).collect();
+        match self.install_batch(batch, report).await {
+            Ok(results) => {
+                for (path, applied) in results {
+                    match applied {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            failed.push((path.to_string(), Some(CHANGED_MEANWHILE.into())))
+                        }
+                        Err(e) => failed.push((path.to_string(), Some(deferrable(e)?))),
+                    }
+                }
+            }
+            Err(e) => {
+                let why = deferrable(e)?;
+                failed.extend(paths.into_iter().map(|p| (p, Some(why.clone()))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a batch of verified downloads visible: their content durable together,
+    /// then each one renamed into place if the local file is still as last synced (an
+    /// edit made meanwhile is never overwritten), then their folders durable, and only
+    /// then their bases recorded, in one transaction. A crash before the end leaves
+    /// each file either as it was or complete with no base, which the next round
+    /// adopts (same content) or downloads again. Per file: `Ok(true)` installed,
+    /// `Ok(false)` changed meanwhile; an `Err` of the whole batch installed nothing it
+    /// would record.
+    async fn install_batch(
+        &mut self,
+        batch: Vec<Fetched>,
+        report: &mut RoundReport,
+    ) -> Result<Vec<(SyncPath, Result<bool, SyncError>)>, SyncError> {
+        let (metas, mut outs): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|f| ((f.meta, f.chunks, f.installed), f.out))
+            .unzip();
+        self.fs.sync_temps(&mut outs)?;
+        let mut results = Vec::with_capacity(metas.len());
+        let mut done = Vec::new();
+        for ((meta, chunks, installed), out) in metas.into_iter().zip(outs) {
+            let applied = self.install_one(&meta, out).await;
+            if let Ok(true) = applied {
+                if let Some(mut e) = BaseEntry::from_meta(&meta, chunks, &installed) {
+                    e.mode = installed.mode;
+                    done.push((e, meta.size));
+                }
+            }
+            results.push((meta.path, applied));
+        }
+        let paths: Vec<SyncPath> = done.iter().map(|(e, _)| e.path.clone()).collect();
+        self.fs.sync_folders(&paths)?;
+        fsync_common::failpoint::hit("client.download.before_recording")
+            .map_err(super::local_fs::io_err("recording", self.fs.root()))?;
+        self.state
+            .batch(|s| done.iter().try_for_each(|(e, _)| s.put(e)))?;
+        for (e, size) in &done {
+            tracing::info!(path = %e.path, size, "downloaded");
+            report.downloaded += 1;
+        }
+        Ok(results)
+    }
+
+    /// Renames one durable download into place unless the local file changed since it
+    /// was last synced.
+    async fn install_one(
+        &mut self,
+        meta: &FileMeta,
+        out: Box<dyn TempWriter>,
+    ) -> Result<bool, SyncError> {
+        let base = self.state.get(&meta.path)?;
+        let safe = match (&base, self.fs.stat(&meta.path)?) {
+            (_, Found::Nothing) => true,
+            (Some(b), Found::File(_)) => self.still_as_synced(b).await,
+            (_, Found::File(_) | Found::Other) => false,
+        };
+        if !safe {
+            return Ok(false);
+        }
+        fsync_common::failpoint::hit("client.download.before_rename").map_err(|e| {
+            SyncError::Io {
+                what: "renaming into place",
+                path: meta.path.to_local(self.fs.root()),
+                source: e,
+            }
+        })?;
+        out.install()?;
+        Ok(true)
+    }
+
+    /// Writes one downloaded file to a temp file and verifies it: chunks from
+    /// `prefetched`, else from local files, else fetched window by window. An empty
+    /// folder entry is applied at once.
     async fn write_download(
         &mut self,
         meta: &FileMeta,
@@ -136,7 +260,7 @@ impl Engine {
         reuse: &ReuseMap,
         prefetched: &HashMap<ChunkId, Vec<u8>>,
         report: &mut RoundReport,
-    ) -> Result<bool, SyncError> {
+    ) -> Result<Written, SyncError> {
         let verify = |reason: String| SyncError::Verify {
             path: meta.path.to_string(),
             reason,
@@ -158,7 +282,9 @@ impl Engine {
             )));
         }
         if fsync_common::wire::is_folder_mode(meta.mode) {
-            return self.write_folder(meta, &manifest, report).await;
+            return Ok(Written::Folder(
+                self.write_folder(meta, &manifest, report).await?,
+            ));
         }
         let mut out = self.fs.create_temp(&meta.path)?;
         let bar = crate::progress::bytes(&format!("downloading {}", meta.path), meta.size);
@@ -221,37 +347,33 @@ impl Engine {
         }
         bar.finish_and_clear();
         let installed = out.finish(meta.mode, meta.mtime)?;
-        // Verify the whole content before it becomes visible.
+        // Verify the whole content before it can become visible.
         if hasher.finalize() != expect_hash {
             return Err(verify("the content hash does not match".into()));
         }
-        // The local file must still be what we last synced (or absent): never
-        // overwrite an edit made meanwhile.
-        let base = self.state.get(&meta.path)?;
-        let safe = match (&base, self.fs.stat(&meta.path)?) {
-            (_, Found::Nothing) => true,
-            (Some(b), Found::File(_)) => self.still_as_synced(b).await,
-            (_, Found::File(_) | Found::Other) => false,
-        };
-        if !safe {
-            return Ok(false);
-        }
-        fsync_common::failpoint::hit("client.download.before_rename").map_err(|e| {
-            SyncError::Io {
-                what: "renaming into place",
-                path: meta.path.to_local(self.fs.root()),
-                source: e,
-            }
-        })?;
-        out.install()?;
-        if let Some(mut e) = BaseEntry::from_meta(meta, manifest.chunks, &installed) {
-            e.mode = installed.mode;
-            self.state.put(&e)?;
-        }
-        tracing::info!(path = %meta.path, size = meta.size, "downloaded");
-        report.downloaded += 1;
-        Ok(true)
+        Ok(Written::File(Fetched {
+            meta: meta.clone(),
+            chunks: manifest.chunks,
+            out,
+            installed,
+        }))
     }
+}
+
+/// What [`Engine::write_download`] did.
+enum Written {
+    /// A file, ready to install.
+    File(Fetched),
+    /// An empty folder entry: applied (`true`), or left for a local change.
+    Folder(bool),
+}
+
+/// A download written and verified under a temp name: not yet durable, not visible.
+struct Fetched {
+    meta: FileMeta,
+    chunks: Vec<ChunkRef>,
+    out: Box<dyn TempWriter>,
+    installed: LocalFile,
 }
 
 impl Engine {

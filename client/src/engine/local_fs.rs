@@ -13,6 +13,10 @@ use fsync_common::SyncPath;
 use super::SyncError;
 use crate::scan::{self, LocalFile, Scan, STATE_DIR, TEMP_PREFIX};
 
+/// Files (or folders) in one batch from which one file-system flush before their own
+/// fsyncs pays off (`fsync-bench small-files`, BENCHMARKS.md).
+const FLUSH_TOGETHER: usize = 8;
+
 /// What is at a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
@@ -31,14 +35,20 @@ pub trait LocalReader: Read + Send {
 }
 
 /// A file being written next to its destination, invisible until installed; dropped
-/// without [`TempWriter::install`], it is removed.
+/// without [`TempWriter::install`], it is removed. Downloads install in batches: every
+/// temp file of the batch finished, made durable together ([`LocalFs::sync_temps`]),
+/// installed, then the folders they went to made durable ([`LocalFs::sync_folders`]).
 pub trait TempWriter: Send {
     /// Appends bytes.
     fn write_all(&mut self, data: &[u8]) -> Result<(), SyncError>;
-    /// Sets the permission bits and mtime (ns since the epoch), makes the content
-    /// durable and returns the stat the file keeps once installed.
+    /// Sets the permission bits and mtime (ns since the epoch) and returns the stat the
+    /// file keeps once installed. The content is not yet durable.
     fn finish(&mut self, mode: u32, mtime: i64) -> Result<LocalFile, SyncError>;
-    /// Renames the file into place (replacing what is there) durably.
+    /// Makes the content durable (the file's own fsync).
+    fn sync(&mut self) -> Result<(), SyncError>;
+    /// Renames the file into place (replacing what is there); the content is made
+    /// durable first if [`TempWriter::sync`] was not called. The rename itself is
+    /// durable once [`LocalFs::sync_folders`] covered its folder.
     fn install(self: Box<Self>) -> Result<(), SyncError>;
 }
 
@@ -68,6 +78,15 @@ pub trait LocalFs: Send + Sync + 'static {
             reason: "this folder cannot hold empty-folder entries".into(),
         })
     }
+    /// Makes the content of finished temp files durable, all at once where the system
+    /// allows it (each still gets its own [`TempWriter::sync`], which reports its
+    /// errors).
+    fn sync_temps(&self, temps: &mut [Box<dyn TempWriter>]) -> Result<(), SyncError> {
+        temps.iter_mut().try_for_each(|t| t.sync())
+    }
+    /// Makes the entries of the folders holding `paths` durable (the renames of
+    /// [`TempWriter::install`]), each folder once.
+    fn sync_folders(&self, paths: &[SyncPath]) -> Result<(), SyncError>;
     /// Deletes a file durably, and the folders it leaves empty.
     fn remove(&self, path: &SyncPath) -> Result<(), SyncError>;
     /// Moves a file durably (creating the destination's folder), removing the folders
@@ -204,6 +223,32 @@ impl LocalFs for DiskFs {
         }))
     }
 
+    fn sync_temps(&self, temps: &mut [Box<dyn TempWriter>]) -> Result<(), SyncError> {
+        if temps.len() >= FLUSH_TOGETHER {
+            // One journal commit for the batch; a failure here is found by the fsyncs.
+            let _ = durable::flush_file_system(&self.root);
+        }
+        temps.iter_mut().try_for_each(|t| t.sync())
+    }
+
+    fn sync_folders(&self, paths: &[SyncPath]) -> Result<(), SyncError> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for p in paths {
+            let full = self.inside(p)?;
+            let dir = full.parent().unwrap_or(&self.root).to_owned();
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        if dirs.len() >= FLUSH_TOGETHER {
+            let _ = durable::flush_file_system(&self.root);
+        }
+        for dir in &dirs {
+            durable::sync_dir(dir).map_err(io_err("syncing", dir))?;
+        }
+        Ok(())
+    }
+
     fn remove(&self, path: &SyncPath) -> Result<(), SyncError> {
         let full = self.inside(path)?;
         if std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
@@ -277,7 +322,6 @@ impl TempWriter for DiskTemp {
             SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(mtime).unwrap_or(0));
         out.set_modified(mtime)
             .map_err(io_err("setting the mtime of", &path))?;
-        self.tmp.sync().map_err(io_err("syncing", &path))?;
         // Stat the temp file now: a rename keeps inode and mtime, and the user may
         // move or delete the file the moment it becomes visible.
         let md = self
@@ -288,9 +332,14 @@ impl TempWriter for DiskTemp {
         Ok(scan::stat(self.rel.clone(), &md))
     }
 
+    fn sync(&mut self) -> Result<(), SyncError> {
+        let path = self.tmp.path().to_owned();
+        self.tmp.sync().map_err(io_err("syncing", &path))
+    }
+
     fn install(self: Box<Self>) -> Result<(), SyncError> {
         let Self { tmp, dst, .. } = *self;
-        tmp.persist(&dst)
+        tmp.rename_into(&dst)
             .map_err(io_err("renaming into place", &dst))
     }
 }

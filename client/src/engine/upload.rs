@@ -121,6 +121,27 @@ impl Engine {
         fsync_common::failpoint::hit("client.upload.before_commit")
             .map_err(io_err("committing", self.fs.root()))?;
         let results = self.remote.events(events).await?;
+        // The bases of the commits go into the state in one transaction, also when a
+        // later file stops the round.
+        let mut record = Vec::new();
+        let applied = self
+            .apply_results(requests, results, &mut record, report)
+            .await;
+        self.state
+            .batch(|s| record.iter().try_for_each(|e| s.put(e)))?;
+        applied
+    }
+
+    /// Handles the server's answer to each commit: a missing-chunks answer is served
+    /// and retried once, a refusal deferred, a commit recorded in `record` (a lost
+    /// conflict is applied at once).
+    async fn apply_results(
+        &mut self,
+        requests: Vec<(LocalEntry, FileDigest, CommitRequest)>,
+        results: Vec<SyncEventResult>,
+        record: &mut Vec<BaseEntry>,
+        report: &mut RoundReport,
+    ) -> Result<(), SyncError> {
         for ((l, d, req), result) in requests.into_iter().zip(results) {
             let path = req.path.clone();
             let response = match result {
@@ -151,13 +172,18 @@ impl Engine {
             };
             tracing::info!(path = %path, size = l.file.size, "uploaded");
             report.uploaded += 1;
-            self.after_commit(&path, &l.file, &d, response, report)
-                .await?;
+            if let Some(e) = self
+                .after_commit(&path, &l.file, &d, response, report)
+                .await?
+            {
+                record.push(e);
+            }
         }
         Ok(())
     }
 
-    /// Records a commit's outcome locally.
+    /// Applies a commit's outcome locally; the base to record, unless it was recorded
+    /// already (a lost conflict).
     async fn after_commit(
         &mut self,
         path: &SyncPath,
@@ -165,7 +191,7 @@ impl Engine {
         d: &FileDigest,
         r: CommitResponse,
         report: &mut RoundReport,
-    ) -> Result<(), SyncError> {
+    ) -> Result<Option<BaseEntry>, SyncError> {
         let chunks = d.chunk_refs();
         if r.outcome == CommitOutcome::ConflictLost {
             tracing::info!(path = %path, copy = ?r.conflict_copy.as_ref().map(|c| c.path.as_str()), "conflict: another device's edit won; this one is kept as the conflict copy");
@@ -173,7 +199,7 @@ impl Engine {
             // Our content lives on as the conflict copy: move the local file there
             // (same bytes), then fetch the winner to the original path.
             let Some(copy) = r.conflict_copy else {
-                return Ok(());
+                return Ok(None);
             };
             if self.fs.stat(&copy.path)? == Found::Nothing {
                 // Stat before the rename (which keeps inode and mtime): once moved,
@@ -196,6 +222,7 @@ impl Engine {
             }
             self.state.remove(path)?;
             self.download(&r.head, &HashMap::new(), report).await?;
+            Ok(None)
         } else {
             if r.outcome == CommitOutcome::ConflictWon {
                 tracing::info!(path = %path, copy = ?r.conflict_copy.as_ref().map(|c| c.path.as_str()), "conflict: this edit won; the other device's is kept as the conflict copy");
@@ -212,9 +239,8 @@ impl Engine {
                 // keep our stat only if the content matches.
                 e.mtime = 0;
             }
-            self.state.put(&e)?;
+            Ok(Some(e))
         }
-        Ok(())
     }
 
     /// Encodes and sends the chunks in `wanted` of many files. Only those chunks are
