@@ -135,17 +135,53 @@ impl TempFile {
     }
 }
 
-/// Flushes everything written to the file system holding `path` (Linux `syncfs`), so
-/// that the fsyncs of many files written just before find little left to do: one
-/// journal commit instead of one per file (`fsync-bench small-files`, BENCHMARKS.md).
-/// It does not replace their fsyncs, which still report each file's own errors. A
-/// no-op elsewhere.
-pub fn flush_file_system(path: &Path) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    rustix::fs::syncfs(File::open(path)?)?;
-    #[cfg(not(target_os = "linux"))]
-    let _ = path;
+/// Makes the content of many temp files durable at once. On Linux 5.8 or later, whose
+/// `syncfs` reports write-back errors, with one flush of the file system holding them
+/// all: one journal commit and one device cache flush instead of one per file
+/// (`fsync-bench small-files`, BENCHMARKS.md). Elsewhere, when the files span several
+/// file systems, or when the flush fails, with one fsync each (so the error names a
+/// file).
+pub fn sync_together(files: &mut [&mut TempFile]) -> io::Result<()> {
+    if files.len() > 1 && flush_reports_errors() && flush_together(files).is_ok() {
+        for f in files.iter_mut() {
+            f.synced = true;
+        }
+        return Ok(());
+    }
+    files.iter_mut().try_for_each(|f| f.sync())
+}
+
+/// One `syncfs` for files that all live on one file system.
+#[cfg(target_os = "linux")]
+fn flush_together(files: &mut [&mut TempFile]) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let first = files[0].file().metadata()?.dev();
+    for f in files.iter_mut() {
+        if f.file().metadata()?.dev() != first {
+            return Err(io::Error::other("the files span several file systems"));
+        }
+    }
+    rustix::fs::syncfs(files[0].file())?;
     Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn flush_together(_files: &mut [&mut TempFile]) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// True on Linux 5.8 or later: before it, `syncfs` returned 0 even when writing back
+/// a file failed, so a flush could not stand in for the files' own fsyncs.
+fn flush_reports_errors() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release.trim().split(['.', '-']).map(str::parse::<u32>);
+        match (parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (5, 8),
+            _ => false,
+        }
+    })
 }
 
 impl TempFile {
@@ -242,6 +278,35 @@ mod tests {
             assert_eq!(names(&d).len(), 1);
         }
         assert!(names(&d).is_empty());
+    }
+
+    #[test]
+    fn files_synced_together_are_renamed_whole_and_leave_no_temp_file() {
+        use std::io::Write as _;
+        let d = dir("together");
+        let mut temps: Vec<TempFile> = (0..5)
+            .map(|_| TempFile::create_in(&d, ".tmp-", None).unwrap())
+            .collect();
+        for (i, t) in temps.iter_mut().enumerate() {
+            t.file().write_all(format!("file {i}").as_bytes()).unwrap();
+        }
+        let mut refs: Vec<&mut TempFile> = temps.iter_mut().collect();
+        sync_together(&mut refs).unwrap();
+        assert!(temps.iter().all(|t| t.synced), "not marked synced");
+        for (i, t) in temps.into_iter().enumerate() {
+            t.rename_into(&d.join(format!("f{i}"))).unwrap();
+        }
+        sync_dir(&d).unwrap();
+        let expect: Vec<String> = (0..5).map(|i| format!("f{i}")).collect();
+        assert_eq!(names(&d), expect);
+        for i in 0..5 {
+            let got = std::fs::read_to_string(d.join(format!("f{i}"))).unwrap();
+            assert_eq!(got, format!("file {i}"));
+        }
+        // A rename that fails removes its temp file, as `persist` does.
+        let t = TempFile::create_in(&d, ".tmp-", None).unwrap();
+        assert!(t.rename_into(&d.join("missing/f")).is_err());
+        assert_eq!(names(&d), expect);
     }
 
     #[test]

@@ -1479,6 +1479,29 @@ async fn manifests_scenario(srv: &Server) {
         assert_eq!(m.chunks.len(), 1);
         assert_eq!(*m, download(srv, &dev, *id).await);
     }
+    // An old version of a file that was since edited and renamed, asked twice and out
+    // of order: its own content, the file's current path (as `files/download` says).
+    let first = wanted[0];
+    let r = alice
+        .commit(srv, &dev, "m0.txt", b"edited", &got[0].meta.vv, T0 + 1)
+        .await;
+    alice.rename(srv, &dev, "m0.txt", "renamed.txt").await;
+    let asked = [first, wanted[2], (r.head.file_id, r.head.version), first];
+    let body = json!({"namespace": alice.namespace, "files": asked});
+    let again: Vec<Manifest> = srv.post_json(MANIFESTS, Some(&dev.token), &body).await;
+    let pairs: Vec<_> = again
+        .iter()
+        .map(|m| (m.meta.file_id, m.meta.version))
+        .collect();
+    assert_eq!(pairs, asked);
+    assert_eq!(
+        again[0].chunks, got[0].chunks,
+        "the old version's own chunks"
+    );
+    assert_eq!(again[0].meta.content_hash, got[0].meta.content_hash);
+    assert_ne!(again[2].chunks, got[0].chunks);
+    assert_eq!(again[0].meta.path.as_str(), "renamed.txt");
+    assert_eq!(again[0], again[3]);
     let (bob, bdev) = account(srv, "mani", "phone").await;
     for ns in [bob.namespace, alice.namespace] {
         let body = json!({"namespace": ns, "files": [wanted[0]]});

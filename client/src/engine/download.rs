@@ -66,7 +66,7 @@ impl Engine {
             .write_download(meta, manifest, reuse, &HashMap::new(), report)
             .await?
         {
-            Written::File(f) => f,
+            Written::File(f) => *f,
             Written::Folder(applied) => return Ok(applied),
         };
         match self.install_batch(vec![fetched], report).await?.pop() {
@@ -132,7 +132,7 @@ impl Engine {
                     .write_download(&meta, manifest, reuse, &prefetched, report)
                     .await
                 {
-                    Ok(Written::File(f)) => ready.push(f),
+                    Ok(Written::File(f)) => ready.push(*f),
                     Ok(Written::Folder(true)) => {}
                     Ok(Written::Folder(false)) => {
                         failed.push((path, Some(CHANGED_MEANWHILE.into())));
@@ -166,7 +166,7 @@ impl Engine {
                     match applied {
                         Ok(true) => {}
                         Ok(false) => {
-                            failed.push((path.to_string(), Some(CHANGED_MEANWHILE.into())))
+                            failed.push((path.to_string(), Some(CHANGED_MEANWHILE.into())));
                         }
                         Err(e) => failed.push((path.to_string(), Some(deferrable(e)?))),
                     }
@@ -351,19 +351,19 @@ impl Engine {
         if hasher.finalize() != expect_hash {
             return Err(verify("the content hash does not match".into()));
         }
-        Ok(Written::File(Fetched {
+        Ok(Written::File(Box::new(Fetched {
             meta: meta.clone(),
             chunks: manifest.chunks,
             out,
             installed,
-        }))
+        })))
     }
 }
 
 /// What [`Engine::write_download`] did.
 enum Written {
     /// A file, ready to install.
-    File(Fetched),
+    File(Box<Fetched>),
     /// An empty folder entry: applied (`true`), or left for a local change.
     Folder(bool),
 }

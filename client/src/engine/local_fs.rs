@@ -13,10 +13,6 @@ use fsync_common::SyncPath;
 use super::SyncError;
 use crate::scan::{self, LocalFile, Scan, STATE_DIR, TEMP_PREFIX};
 
-/// Files (or folders) in one batch from which one file-system flush before their own
-/// fsyncs pays off (`fsync-bench small-files`, BENCHMARKS.md).
-const FLUSH_TOGETHER: usize = 8;
-
 /// What is at a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
@@ -46,6 +42,11 @@ pub trait TempWriter: Send {
     fn finish(&mut self, mode: u32, mtime: i64) -> Result<LocalFile, SyncError>;
     /// Makes the content durable (the file's own fsync).
     fn sync(&mut self) -> Result<(), SyncError>;
+    /// The temp file on disk behind it, so that [`DiskFs`] can make many durable at
+    /// once; `None` for other folders.
+    fn disk_temp(&mut self) -> Option<&mut TempFile> {
+        None
+    }
     /// Renames the file into place (replacing what is there); the content is made
     /// durable first if [`TempWriter::sync`] was not called. The rename itself is
     /// durable once [`LocalFs::sync_folders`] covered its folder.
@@ -224,11 +225,18 @@ impl LocalFs for DiskFs {
     }
 
     fn sync_temps(&self, temps: &mut [Box<dyn TempWriter>]) -> Result<(), SyncError> {
-        if temps.len() >= FLUSH_TOGETHER {
-            // One journal commit for the batch; a failure here is found by the fsyncs.
-            let _ = durable::flush_file_system(&self.root);
+        let mut disk: Vec<&mut TempFile> = Vec::with_capacity(temps.len());
+        let mut others = Vec::new();
+        for t in temps.iter_mut() {
+            // Two steps: `disk_temp` borrows `t` for as long as the vector lives.
+            if t.disk_temp().is_some() {
+                disk.push(t.disk_temp().expect("checked"));
+            } else {
+                others.push(t);
+            }
         }
-        temps.iter_mut().try_for_each(|t| t.sync())
+        durable::sync_together(&mut disk).map_err(io_err("syncing downloads in", &self.root))?;
+        others.into_iter().try_for_each(|t| t.sync())
     }
 
     fn sync_folders(&self, paths: &[SyncPath]) -> Result<(), SyncError> {
@@ -239,9 +247,6 @@ impl LocalFs for DiskFs {
             if !dirs.contains(&dir) {
                 dirs.push(dir);
             }
-        }
-        if dirs.len() >= FLUSH_TOGETHER {
-            let _ = durable::flush_file_system(&self.root);
         }
         for dir in &dirs {
             durable::sync_dir(dir).map_err(io_err("syncing", dir))?;
@@ -335,6 +340,10 @@ impl TempWriter for DiskTemp {
     fn sync(&mut self) -> Result<(), SyncError> {
         let path = self.tmp.path().to_owned();
         self.tmp.sync().map_err(io_err("syncing", &path))
+    }
+
+    fn disk_temp(&mut self) -> Option<&mut TempFile> {
+        Some(&mut self.tmp)
     }
 
     fn install(self: Box<Self>) -> Result<(), SyncError> {

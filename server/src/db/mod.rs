@@ -373,6 +373,13 @@ pub trait FileRepo: Send + Sync + std::fmt::Debug {
     /// A version's manifest (`None`: the head).
     async fn manifest(&self, file: FileId, version: Option<VersionNo>)
         -> Result<Manifest, DbError>;
+    /// The manifests of many versions of files in `ns`, in the order asked (a few
+    /// queries, not two per file); one missing or in another namespace is `NotFound`.
+    async fn manifests(
+        &self,
+        ns: NamespaceId,
+        wanted: &[(FileId, VersionNo)],
+    ) -> Result<Vec<Manifest>, DbError>;
     /// A file's history, newest first.
     async fn versions(&self, file: FileId) -> Result<Vec<VersionInfo>, DbError>;
     /// A file's renames, oldest first.

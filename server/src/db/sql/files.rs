@@ -11,7 +11,9 @@ use fsync_common::wire::{
 use fsync_common::{
     ChunkId, ContentHash, DeviceId, FileId, NamespaceId, SyncPath, VersionNo, VersionVector,
 };
+use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
+use std::collections::HashMap;
 
 use super::chunks::unique_ids;
 use super::rows::{file_meta, i64_of, json, parse, prefix_range, to_json, FILE_COLS};
@@ -153,6 +155,47 @@ pub(super) async fn write_version(
 }
 
 /// The chunk list of one version.
+/// The columns of `file_versions` that [`version_manifest`] decodes.
+const VERSION_COLS: &str =
+    "vv AS v_vv, size AS v_size, mtime AS v_mtime, mode AS v_mode, checksum AS v_checksum, \
+     is_deleted AS v_deleted, device_id AS v_device, manifest AS v_manifest";
+/// [`VERSION_COLS`] of the table aliased `v`.
+const VERSION_COLS_OF_V: &str =
+    "v.vv AS v_vv, v.size AS v_size, v.mtime AS v_mtime, v.mode AS v_mode, \
+     v.checksum AS v_checksum, v.is_deleted AS v_deleted, v.device_id AS v_device, \
+     v.manifest AS v_manifest";
+/// File versions looked up per query of `manifests` (two parameters each).
+const MANIFESTS_PER_QUERY: usize = 400;
+
+static FILE_COLS_OF_F: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    FILE_COLS
+        .split(", ")
+        .map(|c| format!("f.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
+
+/// A version's manifest from a row of [`VERSION_COLS`]: the head's identity and path,
+/// the version's own data.
+fn version_manifest(row: &AnyRow, head: FileMeta, v: VersionNo) -> Result<Manifest, DbError> {
+    let checksum: Option<String> = row.try_get("v_checksum")?;
+    let meta = FileMeta {
+        version: v,
+        vv: json(&row.try_get::<String, _>("v_vv")?, "version vector")?,
+        size: row.try_get::<i64, _>("v_size")? as u64,
+        mtime: row.try_get("v_mtime")?,
+        mode: row.try_get::<i64, _>("v_mode")? as u32,
+        content_hash: checksum
+            .map(|c| parse::<ContentHash>(&c, "checksum"))
+            .transpose()?,
+        deleted: row.try_get::<i64, _>("v_deleted")? != 0,
+        device: parse(&row.try_get::<String, _>("v_device")?, "device id")?,
+        ..head
+    };
+    let chunks = json(&row.try_get::<String, _>("v_manifest")?, "manifest")?;
+    Ok(Manifest { meta, chunks })
+}
+
 pub(super) async fn manifest_of(
     tx: &mut Tx,
     file: FileId,
@@ -293,31 +336,54 @@ impl FileRepo for SqlRepo {
             .ok_or(DbError::NotFound("file"))?;
         let head = file_meta(&row)?;
         let v = version.unwrap_or(head.version);
-        let row = sqlx::query(
-            "SELECT vv, size, mtime, mode, checksum, is_deleted, device_id, manifest FROM file_versions \
-             WHERE file_id = $1 AND version = $2",
-        )
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {VERSION_COLS} FROM file_versions WHERE file_id = $1 AND version = $2"
+        )))
         .bind(file.to_hex())
         .bind(i64_of(v.0))
         .fetch_optional(&self.pool)
         .await?
         .ok_or(DbError::NotFound("version"))?;
-        let checksum: Option<String> = row.try_get(4)?;
-        let meta = FileMeta {
-            version: v,
-            vv: json(&row.try_get::<String, _>(0)?, "version vector")?,
-            size: row.try_get::<i64, _>(1)? as u64,
-            mtime: row.try_get(2)?,
-            mode: row.try_get::<i64, _>(3)? as u32,
-            content_hash: checksum
-                .map(|c| parse::<ContentHash>(&c, "checksum"))
-                .transpose()?,
-            deleted: row.try_get::<i64, _>(5)? != 0,
-            device: parse(&row.try_get::<String, _>(6)?, "device id")?,
-            ..head
-        };
-        let chunks = json(&row.try_get::<String, _>(7)?, "manifest")?;
-        Ok(Manifest { meta, chunks })
+        version_manifest(&row, head, v)
+    }
+
+    async fn manifests(
+        &self,
+        ns: NamespaceId,
+        wanted: &[(FileId, VersionNo)],
+    ) -> Result<Vec<Manifest>, DbError> {
+        let mut found: HashMap<(FileId, VersionNo), Manifest> = HashMap::new();
+        for part in wanted.chunks(MANIFESTS_PER_QUERY) {
+            let pairs = (0..part.len())
+                .map(|i| format!("(${}, ${})", 2 + 2 * i, 3 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "SELECT {}, {VERSION_COLS_OF_V}, v.version AS asked FROM file_versions v \
+                 JOIN files f ON f.id = v.file_id \
+                 WHERE f.namespace_id = $1 AND (v.file_id, v.version) IN (VALUES {pairs})",
+                FILE_COLS_OF_F.as_str()
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
+            for (file, version) in part {
+                q = q.bind(file.to_hex()).bind(i64_of(version.0));
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let head = file_meta(&row)?;
+                let v = VersionNo(row.try_get::<i64, _>("asked")? as u64);
+                found.insert((head.file_id, v), version_manifest(&row, head, v)?);
+            }
+        }
+        // In the order asked; one that is missing (or in another namespace) fails all.
+        wanted
+            .iter()
+            .map(|k| {
+                found
+                    .get(k)
+                    .cloned()
+                    .ok_or(DbError::NotFound("file version"))
+            })
+            .collect()
     }
 
     async fn renames(&self, file: FileId) -> Result<Vec<RenameInfo>, DbError> {
