@@ -135,31 +135,48 @@ impl TempFile {
     }
 }
 
-/// Makes the content of many temp files durable at once. On Linux 5.8 or later, whose
-/// `syncfs` reports write-back errors, with one flush of the file system holding them
-/// all: one journal commit and one device cache flush instead of one per file
-/// (`fsync-bench small-files`, BENCHMARKS.md). Elsewhere, when the files span several
-/// file systems, or when the flush fails, with one fsync each (so the error names a
-/// file).
-pub fn sync_together(files: &mut [&mut TempFile]) -> io::Result<()> {
+/// Makes the content of many temp files durable at once; one result per file, in
+/// order. On Linux 5.8 or later, whose `syncfs` reports write-back errors, and on a
+/// local file system known to flush what `syncfs` asks for (ext4, XFS, Btrfs, F2FS,
+/// tmpfs; not FUSE or network mounts, where it may return before the data is stored),
+/// with one flush of the file system holding them all: one journal commit and one
+/// device cache flush instead of one per file (`fsync-bench small-files`,
+/// BENCHMARKS.md). Otherwise, or when the flush fails, with one fsync each, so that a
+/// failure names its file and leaves the others durable.
+pub fn sync_together(files: &mut [&mut TempFile]) -> Vec<io::Result<()>> {
     if files.len() > 1 && flush_reports_errors() && flush_together(files).is_ok() {
-        for f in files.iter_mut() {
-            f.synced = true;
-        }
-        return Ok(());
+        return files
+            .iter_mut()
+            .map(|f| {
+                f.synced = true;
+                Ok(())
+            })
+            .collect();
     }
-    files.iter_mut().try_for_each(|f| f.sync())
+    files.iter_mut().map(|f| f.sync()).collect()
 }
 
-/// One `syncfs` for files that all live on one file system.
+/// One `syncfs` for files that all live on one local file system of a known kind.
 #[cfg(target_os = "linux")]
 fn flush_together(files: &mut [&mut TempFile]) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
+    /// `statfs` magic numbers (linux/magic.h) of file systems whose `syncfs` writes
+    /// and flushes every dirty file.
+    const FLUSHED_BY_SYNCFS: [i64; 5] =
+        [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010, 0x0102_1994];
     let first = files[0].file().metadata()?.dev();
     for f in files.iter_mut() {
         if f.file().metadata()?.dev() != first {
             return Err(io::Error::other("the files span several file systems"));
         }
+    }
+    // `f_type`'s integer type differs between architectures.
+    #[allow(clippy::useless_conversion)]
+    let kind = i64::from(rustix::fs::fstatfs(files[0].file())?.f_type);
+    if !FLUSHED_BY_SYNCFS.contains(&kind) {
+        return Err(io::Error::other(format!(
+            "file system {kind:#x}: one fsync per file"
+        )));
     }
     rustix::fs::syncfs(files[0].file())?;
     Ok(())
@@ -291,7 +308,7 @@ mod tests {
             t.file().write_all(format!("file {i}").as_bytes()).unwrap();
         }
         let mut refs: Vec<&mut TempFile> = temps.iter_mut().collect();
-        sync_together(&mut refs).unwrap();
+        assert!(sync_together(&mut refs).iter().all(Result::is_ok));
         assert!(temps.iter().all(|t| t.synced), "not marked synced");
         for (i, t) in temps.into_iter().enumerate() {
             t.rename_into(&d.join(format!("f{i}"))).unwrap();

@@ -186,8 +186,10 @@ impl Engine {
     /// then their bases recorded, in one transaction. A crash before the end leaves
     /// each file either as it was or complete with no base, which the next round
     /// adopts (same content) or downloads again. Per file: `Ok(true)` installed,
-    /// `Ok(false)` changed meanwhile; an `Err` of the whole batch installed nothing it
-    /// would record.
+    /// `Ok(false)` changed meanwhile, `Err` not installed (its content could not be made
+    /// durable, or the rename failed). An `Err` of the whole batch (the folders' fsync,
+    /// the state) may come after some renames: those files are whole and visible but
+    /// unrecorded, as after a crash there.
     async fn install_batch(
         &mut self,
         batch: Vec<Fetched>,
@@ -197,11 +199,14 @@ impl Engine {
             .into_iter()
             .map(|f| ((f.meta, f.chunks, f.installed), f.out))
             .unzip();
-        self.fs.sync_temps(&mut outs)?;
+        let durable = self.fs.sync_temps(&mut outs);
         let mut results = Vec::with_capacity(metas.len());
         let mut done = Vec::new();
-        for ((meta, chunks, installed), out) in metas.into_iter().zip(outs) {
-            let applied = self.install_one(&meta, out).await;
+        for (((meta, chunks, installed), out), synced) in metas.into_iter().zip(outs).zip(durable) {
+            let applied = match synced {
+                Ok(()) => self.install_one(&meta, out).await,
+                Err(e) => Err(e),
+            };
             if let Ok(true) = applied {
                 if let Some(mut e) = BaseEntry::from_meta(&meta, chunks, &installed) {
                     e.mode = installed.mode;

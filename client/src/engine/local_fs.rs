@@ -80,10 +80,9 @@ pub trait LocalFs: Send + Sync + 'static {
         })
     }
     /// Makes the content of finished temp files durable, all at once where the system
-    /// allows it (each still gets its own [`TempWriter::sync`], which reports its
-    /// errors).
-    fn sync_temps(&self, temps: &mut [Box<dyn TempWriter>]) -> Result<(), SyncError> {
-        temps.iter_mut().try_for_each(|t| t.sync())
+    /// allows it; one result per temp file, in order (a failure is that file's only).
+    fn sync_temps(&self, temps: &mut [Box<dyn TempWriter>]) -> Vec<Result<(), SyncError>> {
+        temps.iter_mut().map(|t| t.sync()).collect()
     }
     /// Makes the entries of the folders holding `paths` durable (the renames of
     /// [`TempWriter::install`]), each folder once.
@@ -215,8 +214,24 @@ impl LocalFs for DiskFs {
     fn create_temp(&self, dst: &SyncPath) -> Result<Box<dyn TempWriter>, SyncError> {
         let full = self.inside(dst)?;
         let dir = full.parent().expect("a file has a parent").to_owned();
-        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-        let tmp = TempFile::create_in(&dir, TEMP_PREFIX, None).map_err(io_err("creating", &dir))?;
+        // The folder is there for most downloads: create it only when it is not (two
+        // system calls fewer per file of a burst).
+        let tmp = match TempFile::create_in(&dir, TEMP_PREFIX, None) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+                // The new folders' own entries, up to the root, are made durable now:
+                // `sync_folders` covers only the folder a file goes to.
+                for d in dir.ancestors().skip(1) {
+                    durable::sync_dir(d).map_err(io_err("syncing", d))?;
+                    if d == self.root {
+                        break;
+                    }
+                }
+                TempFile::create_in(&dir, TEMP_PREFIX, None)
+            }
+            other => other,
+        }
+        .map_err(io_err("creating", &dir))?;
         Ok(Box::new(DiskTemp {
             tmp,
             dst: full,
@@ -224,19 +239,31 @@ impl LocalFs for DiskFs {
         }))
     }
 
-    fn sync_temps(&self, temps: &mut [Box<dyn TempWriter>]) -> Result<(), SyncError> {
+    fn sync_temps(&self, temps: &mut [Box<dyn TempWriter>]) -> Vec<Result<(), SyncError>> {
+        let mut results: Vec<Option<Result<(), SyncError>>> = Vec::with_capacity(temps.len());
         let mut disk: Vec<&mut TempFile> = Vec::with_capacity(temps.len());
-        let mut others = Vec::new();
+        let mut paths = Vec::new();
         for t in temps.iter_mut() {
             // Two steps: `disk_temp` borrows `t` for as long as the vector lives.
             if t.disk_temp().is_some() {
-                disk.push(t.disk_temp().expect("checked"));
+                let tmp = t.disk_temp().expect("checked");
+                paths.push(tmp.path().to_owned());
+                disk.push(tmp);
+                results.push(None);
             } else {
-                others.push(t);
+                results.push(Some(t.sync()));
             }
         }
-        durable::sync_together(&mut disk).map_err(io_err("syncing downloads in", &self.root))?;
-        others.into_iter().try_for_each(|t| t.sync())
+        let mut synced = durable::sync_together(&mut disk).into_iter().zip(paths);
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    let (r, path) = synced.next().expect("one result per disk temp file");
+                    r.map_err(io_err("syncing", &path))
+                })
+            })
+            .collect()
     }
 
     fn sync_folders(&self, paths: &[SyncPath]) -> Result<(), SyncError> {
