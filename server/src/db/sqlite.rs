@@ -26,8 +26,7 @@ pub(crate) async fn open_sqlite_repo(path: &Path) -> Result<SqlRepo, DbError> {
             Box::pin(async move {
                 conn.execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                     PRAGMA temp_store = MEMORY;",
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                 )
                 .await?;
                 Ok(())
