@@ -106,14 +106,8 @@ impl TempFile {
 
     /// Syncs the file, renames it to `dst` (replacing what was there) and syncs the
     /// directory of `dst`. On error the temp file is removed.
-    pub fn persist(mut self, dst: &Path) -> io::Result<()> {
-        let file = self.file.take().expect("open until persisted");
-        if !self.synced {
-            file.sync_all()?;
-        }
-        drop(file);
-        std::fs::rename(&self.path, dst)?;
-        self.path = PathBuf::new();
+    pub fn persist(self, dst: &Path) -> io::Result<()> {
+        self.rename_into(dst)?;
         sync_parent(dst)
     }
 }

@@ -193,6 +193,14 @@ fn sql(url: &str, statement: &str) -> Vec<String> {
         .collect()
 }
 
+/// `["users"]` once the migrations ran in the database `url` names.
+fn users_table(url: &str) -> Vec<String> {
+    sql(
+        url,
+        "SELECT table_name::text FROM information_schema.tables WHERE table_name = 'users'",
+    )
+}
+
 // ------------------------------------------------------------------ the tests
 
 /// With only `POSTGRES_URL` set, the server runs its migrations on PostgreSQL and
@@ -215,10 +223,7 @@ fn postgres_url_alone_selects_postgresql() {
     let addr = server.listening();
     let (status, body) = http_get(addr, "/health");
     assert_eq!(status, 200, "{body}");
-    let tables = sql(
-        &url,
-        "SELECT table_name::text FROM information_schema.tables WHERE table_name = 'users'",
-    );
+    let tables = users_table(&url);
     assert_eq!(tables, ["users"], "no migrations ran on PostgreSQL");
     assert!(
         !cwd.path().join("data/fsync.db").exists(),
@@ -242,11 +247,7 @@ fn a_postgres_database_is_created_when_the_role_may_and_refusals_say_what_to_do(
         eprintln!("FSYNC_TEST_DATABASE_URL is not set: skipped");
         return;
     };
-    let name = format!(
-        "{}{}",
-        fsync_testkit::postgres::SCRATCH_PREFIX,
-        hex::encode(rand::random::<[u8; 6]>())
-    );
+    let name = fsync_testkit::postgres::scratch_name(fsync_testkit::postgres::SCRATCH_PREFIX);
     let url = fsync_testkit::postgres::with_database(&base, &name).unwrap();
     let cwd = tempfile::tempdir().unwrap();
     let mut server = Proc::spawn(
@@ -261,10 +262,7 @@ fn a_postgres_database_is_created_when_the_role_may_and_refusals_say_what_to_do(
         log.contains("created the PostgreSQL database"),
         "the new database is not said:\n{log}"
     );
-    let tables = sql(
-        &url,
-        "SELECT table_name::text FROM information_schema.tables WHERE table_name = 'users'",
-    );
+    let tables = users_table(&url);
     assert_eq!(
         tables,
         ["users"],

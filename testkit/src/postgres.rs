@@ -31,6 +31,12 @@ pub fn test_database_url() -> Option<String> {
     }
 }
 
+/// A fresh database name, `<prefix><12 hex digits>` (for a database a test lets the
+/// code under test create).
+pub fn scratch_name(prefix: &str) -> String {
+    format!("{prefix}{}", hex::encode(rand::random::<[u8; 6]>()))
+}
+
 /// A fresh database made next to the one a base URL names. Nothing drops it on its
 /// own: [`ScratchDatabase::drop_database`] does, or the next `scripts/postgres.sh`.
 #[derive(Debug, Clone)]
@@ -48,7 +54,7 @@ impl ScratchDatabase {
 
     /// Creates `<prefix><12 hex digits>` next to the database `base` names.
     pub async fn create_with_prefix(base: &str, prefix: &str) -> anyhow::Result<Self> {
-        let name = format!("{prefix}{}", hex::encode(rand::random::<[u8; 6]>()));
+        let name = scratch_name(prefix);
         let url = with_database(base, &name)?;
         execute(base, &format!("CREATE DATABASE {name}"))
             .await

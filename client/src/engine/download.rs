@@ -210,19 +210,19 @@ impl Engine {
             if let Ok(true) = applied {
                 if let Some(mut e) = BaseEntry::from_meta(&meta, chunks, &installed) {
                     e.mode = installed.mode;
-                    done.push((e, meta.size));
+                    done.push(e);
                 }
             }
             results.push((meta.path, applied));
         }
-        let paths: Vec<SyncPath> = done.iter().map(|(e, _)| e.path.clone()).collect();
+        let paths: Vec<SyncPath> = done.iter().map(|e| e.path.clone()).collect();
         self.fs.sync_folders(&paths)?;
         fsync_common::failpoint::hit("client.download.before_recording")
             .map_err(super::local_fs::io_err("recording", self.fs.root()))?;
         self.state
-            .batch(|s| done.iter().try_for_each(|(e, _)| s.put(e)))?;
-        for (e, size) in &done {
-            tracing::info!(path = %e.path, size, "downloaded");
+            .batch(|s| done.iter().try_for_each(|e| s.put(e)))?;
+        for e in &done {
+            tracing::info!(path = %e.path, size = e.size, "downloaded");
             report.downloaded += 1;
         }
         Ok(results)

@@ -240,40 +240,24 @@ impl LocalFs for DiskFs {
     }
 
     fn sync_temps(&self, temps: &mut [Box<dyn TempWriter>]) -> Vec<Result<(), SyncError>> {
-        let mut results: Vec<Option<Result<(), SyncError>>> = Vec::with_capacity(temps.len());
-        let mut disk: Vec<&mut TempFile> = Vec::with_capacity(temps.len());
-        let mut paths = Vec::new();
-        for t in temps.iter_mut() {
-            // Two steps: `disk_temp` borrows `t` for as long as the vector lives.
-            if t.disk_temp().is_some() {
-                let tmp = t.disk_temp().expect("checked");
-                paths.push(tmp.path().to_owned());
-                disk.push(tmp);
-                results.push(None);
-            } else {
-                results.push(Some(t.sync()));
-            }
+        // Every temp file `create_temp` made is on disk; any other gets its own fsync.
+        if temps.iter_mut().any(|t| t.disk_temp().is_none()) {
+            return temps.iter_mut().map(|t| t.sync()).collect();
         }
-        let mut synced = durable::sync_together(&mut disk).into_iter().zip(paths);
-        results
+        let mut disk: Vec<&mut TempFile> = temps.iter_mut().filter_map(|t| t.disk_temp()).collect();
+        let paths: Vec<PathBuf> = disk.iter().map(|t| t.path().to_owned()).collect();
+        durable::sync_together(&mut disk)
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    let (r, path) = synced.next().expect("one result per disk temp file");
-                    r.map_err(io_err("syncing", &path))
-                })
-            })
+            .zip(paths)
+            .map(|(r, path)| r.map_err(io_err("syncing", &path)))
             .collect()
     }
 
     fn sync_folders(&self, paths: &[SyncPath]) -> Result<(), SyncError> {
-        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut dirs = std::collections::BTreeSet::new();
         for p in paths {
             let full = self.inside(p)?;
-            let dir = full.parent().unwrap_or(&self.root).to_owned();
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
-            }
+            dirs.insert(full.parent().unwrap_or(&self.root).to_owned());
         }
         for dir in &dirs {
             durable::sync_dir(dir).map_err(io_err("syncing", dir))?;

@@ -154,14 +154,8 @@ pub(super) async fn write_version(
     Ok(head)
 }
 
-/// The chunk list of one version.
-/// The columns of `file_versions` that [`version_manifest`] decodes.
-const VERSION_COLS: &str =
-    "vv AS v_vv, size AS v_size, mtime AS v_mtime, mode AS v_mode, checksum AS v_checksum, \
-     is_deleted AS v_deleted, device_id AS v_device, manifest AS v_manifest";
-/// [`VERSION_COLS`] of the table aliased `v`.
-const VERSION_COLS_OF_V: &str =
-    "v.vv AS v_vv, v.size AS v_size, v.mtime AS v_mtime, v.mode AS v_mode, \
+/// The columns of `file_versions` (aliased `v`) that [`version_manifest`] decodes.
+const VERSION_COLS: &str = "v.vv AS v_vv, v.size AS v_size, v.mtime AS v_mtime, v.mode AS v_mode, \
      v.checksum AS v_checksum, v.is_deleted AS v_deleted, v.device_id AS v_device, \
      v.manifest AS v_manifest";
 /// File versions looked up per query of `manifests` (two parameters each).
@@ -196,6 +190,7 @@ fn version_manifest(row: &AnyRow, head: FileMeta, v: VersionNo) -> Result<Manife
     Ok(Manifest { meta, chunks })
 }
 
+/// The chunk list of one version.
 pub(super) async fn manifest_of(
     tx: &mut Tx,
     file: FileId,
@@ -337,7 +332,7 @@ impl FileRepo for SqlRepo {
         let head = file_meta(&row)?;
         let v = version.unwrap_or(head.version);
         let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {VERSION_COLS} FROM file_versions WHERE file_id = $1 AND version = $2"
+            "SELECT {VERSION_COLS} FROM file_versions v WHERE v.file_id = $1 AND v.version = $2"
         )))
         .bind(file.to_hex())
         .bind(i64_of(v.0))
@@ -359,7 +354,7 @@ impl FileRepo for SqlRepo {
                 .collect::<Vec<_>>()
                 .join(",");
             let sql = format!(
-                "SELECT {}, {VERSION_COLS_OF_V}, v.version AS asked FROM file_versions v \
+                "SELECT {}, {VERSION_COLS}, v.version AS asked FROM file_versions v \
                  JOIN files f ON f.id = v.file_id \
                  WHERE f.namespace_id = $1 AND (v.file_id, v.version) IN (VALUES {pairs})",
                 FILE_COLS_OF_F.as_str()
