@@ -146,6 +146,13 @@ hex_id!(
     "pack id"
 );
 hex_id!(
+    /// Address of a manifest page: BLAKE3 (derive-key mode) of its encoding; see
+    /// [`crate::pages`].
+    PageId,
+    32,
+    "page id"
+);
+hex_id!(
     /// A user account.
     UserId,
     16,

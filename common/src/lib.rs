@@ -26,11 +26,12 @@ pub mod batch;
 pub mod durable;
 pub mod failpoint;
 pub mod limits;
+pub mod pages;
 pub mod wire;
 
 pub use error::{one_line, ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{
-    ChunkId, ContentHash, DeviceId, FileId, IdParseError, NamespaceId, PackId, Seq, UserId,
+    ChunkId, ContentHash, DeviceId, FileId, IdParseError, NamespaceId, PackId, PageId, Seq, UserId,
     VersionNo,
 };
 pub use keys::IdKey;
