@@ -95,6 +95,7 @@ impl Account {
 
     fn commit_req(&self, path: &str, data: &[u8], base: &VersionVector) -> CommitRequest {
         CommitRequest {
+            pages: Vec::new(),
             namespace: self.namespace,
             path: SyncPath::new(path).unwrap(),
             base: base.clone(),

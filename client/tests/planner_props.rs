@@ -60,12 +60,13 @@ use fsync_client::engine::{Found, LocalReader, Round, TempWriter};
 use fsync_client::planner::{plan, LocalOp, PlanInput, RemoteOp};
 use fsync_client::scan::{LocalFile, Scan};
 use fsync_client::{ClientError, Engine, LocalFs, Remote, State, SyncError, SyncKeys};
+use fsync_common::pages::Page;
 use fsync_common::wire::{
     ChangesResponse, CommitOutcome, CommitRequest, CommitResponse, DeleteOutcome, DeleteRequest,
     FileMeta, KdfParams, Manifest, OpResponse, RenameRequest, SyncEvent, SyncEventResult,
 };
 use fsync_common::{
-    ChunkId, ContentHash, DeviceId, ErrorBody, ErrorCode, FileId, IdKey, NamespaceId, Seq,
+    ChunkId, ContentHash, DeviceId, ErrorBody, ErrorCode, FileId, IdKey, NamespaceId, PageId, Seq,
     SyncPath, UserId, VersionNo,
 };
 use fsync_server::{Actor, DbError, MetaRepo, NewUser};
@@ -1131,12 +1132,35 @@ impl Remote for RepoRemote {
         &self,
         _ns: NamespaceId,
         files: &[(FileId, VersionNo)],
+        _as_pages: bool,
     ) -> Result<Vec<Manifest>, ClientError> {
         let mut out = Vec::with_capacity(files.len());
         for &(file, version) in files {
             out.push(self.fetch_manifest(file, Some(version)).await?);
         }
         Ok(out)
+    }
+
+    async fn put_pages(&self, ns: NamespaceId, pages: &[Page]) -> Result<(), ClientError> {
+        self.repo
+            .store_pages(ns, pages, 0)
+            .await
+            .map(drop)
+            .map_err(|e| api_error(&e))
+    }
+
+    async fn fetch_pages(&self, ns: NamespaceId, ids: &[PageId]) -> Result<Vec<Page>, ClientError> {
+        let found = self
+            .repo
+            .page_bodies(ns, ids)
+            .await
+            .map_err(|e| api_error(&e))?;
+        found
+            .into_iter()
+            .map(|(id, body)| {
+                Page::from_body(id, &body).map_err(|e| ClientError::Protocol(e.to_string()))
+            })
+            .collect()
     }
 }
 

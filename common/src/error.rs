@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::ChunkId;
+use crate::ids::{ChunkId, PageId};
 
 /// Machine-readable error codes. Clients branch on these, never on messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,6 +26,9 @@ pub enum ErrorCode {
     Conflict,
     /// A commit references chunks the server does not hold; `missing` lists them.
     MissingChunks,
+    /// A commit names manifest pages the server does not hold; `missing_pages` lists
+    /// them (upload them with `pages/batch`, or send the plain chunk list).
+    MissingPages,
     /// The body is larger than the endpoint accepts.
     PayloadTooLarge,
     /// Too many requests; retry after the `Retry-After` header.
@@ -48,6 +51,9 @@ pub struct ErrorDetail {
     /// For [`ErrorCode::MissingChunks`]: the chunk ids to upload first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<ChunkId>,
+    /// For [`ErrorCode::MissingPages`]: the page ids to upload first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_pages: Vec<PageId>,
 }
 
 /// The body of every error response.
@@ -65,6 +71,7 @@ impl ErrorBody {
                 code,
                 message: message.into(),
                 missing: Vec::new(),
+                missing_pages: Vec::new(),
             },
         }
     }

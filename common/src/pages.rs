@@ -243,7 +243,7 @@ pub fn pack_ids(ids: &[PageId]) -> Vec<u8> {
 
 /// The inverse of [`pack_ids`]; `None` when the length is not a multiple of 32.
 pub fn unpack_ids(raw: &[u8]) -> Option<Vec<PageId>> {
-    if raw.len() % PageId::LEN != 0 {
+    if !raw.len().is_multiple_of(PageId::LEN) {
         return None;
     }
     Some(

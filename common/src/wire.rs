@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorBody;
-use crate::ids::{ChunkId, ContentHash, DeviceId, FileId, NamespaceId, Seq, UserId, VersionNo};
+use crate::ids::{
+    ChunkId, ContentHash, DeviceId, FileId, NamespaceId, PageId, Seq, UserId, VersionNo,
+};
 use crate::path::SyncPath;
 use crate::vv::VersionVector;
 
@@ -198,8 +200,13 @@ pub struct CommitRequest {
     pub path: SyncPath,
     /// The version vector this client last synced for the path (empty for a new file).
     pub base: VersionVector,
-    /// Ordered chunks.
+    /// Ordered chunks. Empty when `pages` names them instead.
     pub chunks: Vec<ChunkRef>,
+    /// The chunk list as manifest pages (`crate::pages`), in file order, instead of
+    /// `chunks`: each page uploaded before (`pages/batch`) or kept by an earlier version.
+    /// A commit naming a page the server lacks is answered 409 `missing_pages`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pages: Vec<PageId>,
     /// Plaintext size; must equal the sum of chunk lengths.
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
@@ -309,8 +316,13 @@ pub struct ListResponse {
 pub struct Manifest {
     /// Metadata.
     pub meta: FileMeta,
-    /// Ordered chunks (empty for a tombstone or an empty file).
+    /// Ordered chunks (empty for a tombstone or an empty file, and when `pages` is
+    /// given instead).
     pub chunks: Vec<ChunkRef>,
+    /// The version's manifest pages, when the request asked for pages and the version
+    /// has more than one: the client fetches those it lacks (`pages/fetch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<Vec<PageId>>,
 }
 
 /// `POST /api/v1/files/manifests`: many manifests in one request (downloads of many
@@ -322,6 +334,27 @@ pub struct ManifestsRequest {
     pub namespace: NamespaceId,
     /// Files and the versions wanted (at most [`crate::limits::MAX_EVENTS_PER_BATCH`]).
     pub files: Vec<(FileId, VersionNo)>,
+    /// Answer a version of more than one page with its page ids (`Manifest::pages`)
+    /// rather than its whole chunk list.
+    #[serde(default)]
+    pub pages: bool,
+}
+
+/// `POST /api/v1/pages/missing` and `POST /api/v1/pages/fetch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageIdsRequest {
+    /// Namespace of the pages.
+    pub namespace: NamespaceId,
+    /// Page ids.
+    pub ids: Vec<PageId>,
+}
+
+/// Response of `pages/missing`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingPagesResponse {
+    /// The subset of the asked ids the server does not hold.
+    pub missing: Vec<PageId>,
 }
 
 /// One rename of a file (`GET /api/v1/files/{file_id}/renames`, oldest first).

@@ -37,7 +37,7 @@ pub use config::{
 pub use db::{
     open as open_repo, open_postgres, open_sqlite, AccountRepo, Actor, BatchAnswer, BatchOp,
     BlobConfirm, BlobLocation, ChunkRepo, DbError, FileRepo, JournalRepo, MetaRepo, NewPack,
-    NewUser, TokenOwner, WriteRepo,
+    NewUser, PageRepo, TokenOwner, WriteRepo,
 };
 pub use domain::group_commit::GroupCommit;
 pub use domain::uploads::{put_blobs, record_stored, store_chunks, PutBlobs, UploadError};

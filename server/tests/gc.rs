@@ -274,6 +274,7 @@ fn blobs_of(ids: &[ChunkId]) -> Vec<(ChunkId, Vec<u8>)> {
 
 fn commit_req(ns: NamespaceId, path: &str, base: &VersionVector, ids: &[ChunkId]) -> CommitRequest {
     CommitRequest {
+        pages: Vec::new(),
         namespace: ns,
         path: SyncPath::new(path).unwrap(),
         base: base.clone(),
@@ -540,6 +541,82 @@ async fn the_grace_period_keeps_new_and_touched_chunks() {
         assert_eq!(reclaimed, (1, blob_of(a).len() as u64), "{}", env.name);
         env.assert_stored(&[a], false).await;
         env.assert_stored(&[b], true).await;
+        env.assert_verify_clean().await;
+    }
+}
+
+#[tokio::test]
+async fn manifest_pages_keep_their_chunks_and_go_when_no_version_names_them() {
+    use fsync_common::pages::{self, Page};
+    for env in envs().await {
+        let t0 = wall_now() - 100 * DAY;
+        let ids = chunks(700);
+        let (file, vv) = env.create("big.bin", &ids, t0).await;
+        let refs = |ids: &[ChunkId]| -> Vec<ChunkRef> {
+            ids.iter().map(|id| ChunkRef(*id, 100)).collect()
+        };
+        let v1_pages: HashSet<_> = pages::paginate(&refs(&ids)).iter().map(Page::id).collect();
+        assert!(v1_pages.len() > 2, "{}", env.name);
+        // v2: one chunk replaced; most pages are v1's.
+        let mut ids2 = ids.clone();
+        ids2[350] = chunk(5000);
+        env.write("big.bin", &vv, &ids2, t0 + DAY).await;
+        let v2_pages: HashSet<_> = pages::paginate(&refs(&ids2)).iter().map(Page::id).collect();
+        let only_v1 = v1_pages.difference(&v2_pages).count() as u64;
+        assert!((1..=2).contains(&only_v1), "{}", env.name);
+
+        // A page stored long ago that no commit named, and one stored just now.
+        let stale = Page::new(&refs(&ids[..40]));
+        let fresh = Page::new(&refs(&ids[40..80]));
+        env.repo
+            .store_pages(env.ns, std::slice::from_ref(&stale), t0)
+            .await
+            .unwrap();
+        let now = wall_now() + 10 * DAY;
+        env.repo
+            .store_pages(env.ns, std::slice::from_ref(&fresh), now)
+            .await
+            .unwrap();
+
+        // Every version kept: only the stale page goes, and no chunk (all listed by
+        // pages that versions name).
+        let r = env.run(opts(now)).await;
+        assert_eq!((r.pages_deleted, r.chunks_deleted), (1, 0), "{}", env.name);
+        let mut o = opts(now);
+        o.retention.keep_versions = Some(1);
+        let predicted = env.run(dry(o.clone())).await;
+        let r = env.run(o).await;
+        assert_eq!(r.versions_pruned, 1, "{}", env.name);
+        assert_eq!(r.pages_deleted, only_v1, "{}: v1's own pages", env.name);
+        assert_eq!(r.chunks_deleted, 1, "{}: the replaced chunk", env.name);
+        assert_eq!(predicted.chunks_deleted, r.chunks_deleted, "{}", env.name);
+        env.assert_stored(&[ids[350]], false).await;
+        env.assert_stored(&ids2, true).await;
+        let m = env.repo.manifest(file, None).await.unwrap();
+        assert_eq!(m.chunks, refs(&ids2), "{}", env.name);
+        // A commit naming the swept page is told it is missing; one naming the page
+        // stored within the grace period commits.
+        let head = env.repo.manifest(file, None).await.unwrap().meta;
+        let named = |p: &Page| CommitRequest {
+            chunks: Vec::new(),
+            pages: vec![p.id()],
+            size: 4000,
+            ..commit_req(env.ns, "big.bin", &head.vv, &[])
+        };
+        match env.repo.commit(env.actor, &named(&stale), now).await {
+            Err(DbError::MissingPages(m)) => assert_eq!(m, [stale.id()], "{}", env.name),
+            other => panic!("{}: {other:?}", env.name),
+        }
+        let r = env
+            .repo
+            .commit(env.actor, &named(&fresh), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            env.repo.manifest(file, None).await.unwrap().chunks,
+            refs(&ids[40..80])
+        );
+        assert_eq!(r.head.size, 4000);
         env.assert_verify_clean().await;
     }
 }

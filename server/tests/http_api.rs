@@ -449,6 +449,204 @@ on_every_backend!(chunks_upload_download_dedup => chunks_scenario);
 
 // ================================================================= 4. files
 
+/// Manifest pages over HTTP: a plain chunk list (the seed's form) is stored as pages
+/// and read back whole by `files/download`; `files/manifests` names the pages when
+/// asked; an edit committed as pages sends only the pages that changed.
+async fn pages_scenario(srv: &Server) {
+    use fsync_common::pages::{self, Page};
+    use fsync_common::wire::MissingPagesResponse;
+    let (alice, a) = account(srv, "pages", "laptop").await;
+    let tok = Some(a.token.as_str());
+    let ns = alice.namespace;
+    let datas: Vec<Vec<u8>> = (0..700)
+        .map(|i| format!("page test chunk {i}").into_bytes())
+        .collect();
+    let put = |datas: Vec<Vec<u8>>| {
+        let blobs: Vec<(ChunkId, Vec<u8>)> = datas.iter().map(|d| alice.blob(d)).collect();
+        let body = batch::encode(blobs.iter().map(|(id, b)| (id, b.as_slice())));
+        let refs: Vec<ChunkRef> = blobs
+            .iter()
+            .zip(&datas)
+            .map(|((id, _), d)| ChunkRef(*id, d.len() as u32))
+            .collect();
+        (body, refs)
+    };
+    let (body, refs) = put(datas.clone());
+    srv.post_bytes(&format!("/api/v1/chunks/batch?namespace={ns}"), tok, body)
+        .await
+        .expect(200);
+    let size: u64 = refs.iter().map(|c| u64::from(c.len())).sum();
+    let cut = pages::paginate(&refs);
+    assert!(cut.len() > 2, "{} pages", cut.len());
+    let ids: Vec<_> = cut.iter().map(Page::id).collect();
+
+    // The seed's commit: a plain chunk list.
+    let plain = CommitRequest {
+        namespace: ns,
+        path: "big.bin".parse().unwrap(),
+        base: empty(),
+        chunks: refs.clone(),
+        pages: Vec::new(),
+        size,
+        mtime: T0,
+        mode: 0o644,
+        content_hash: alice.content_hash(b"v1"),
+        idempotency_key: random_key(),
+    };
+    let v1: CommitResponse = srv.post_json(UPLOAD, tok, &plain).await;
+    let file = v1.head.file_id;
+    assert_eq!(
+        download(srv, &a, file).await.chunks,
+        refs,
+        "files/download is whole"
+    );
+    let asked = |paged: bool| json!({"namespace": ns, "files": [[file, 1]], "pages": paged});
+    let m: Vec<Manifest> = srv
+        .post_json("/api/v1/files/manifests", tok, &asked(true))
+        .await;
+    assert_eq!(m[0].pages.as_deref(), Some(ids.as_slice()));
+    assert!(m[0].chunks.is_empty());
+    let m: Vec<Manifest> = srv
+        .post_json("/api/v1/files/manifests", tok, &asked(false))
+        .await;
+    assert_eq!(
+        (m[0].chunks.clone(), m[0].pages.clone()),
+        (refs.clone(), None)
+    );
+    // The server cut the same pages: fetched, each matches its id.
+    let fetched = srv
+        .post(
+            "/api/v1/pages/fetch",
+            tok,
+            &json!({"namespace": ns, "ids": ids}),
+        )
+        .await
+        .expect(200)
+        .body;
+    let entries = batch::decode(&fetched, pages::MAX_PAGE_BYTES).unwrap();
+    let back: Vec<ChunkRef> = entries
+        .iter()
+        .flat_map(|(id, b)| {
+            let page =
+                Page::from_body(fsync_common::PageId::from_bytes(*id.as_bytes()), b).unwrap();
+            page.chunks().to_vec()
+        })
+        .collect();
+    assert_eq!(back, refs);
+
+    // An edit: one chunk replaced. Only its page is new.
+    let mut edited = datas.clone();
+    edited[350] = b"the edited chunk".to_vec();
+    let (body, new_refs) = put(vec![edited[350].clone()]);
+    srv.post_bytes(&format!("/api/v1/chunks/batch?namespace={ns}"), tok, body)
+        .await
+        .expect(200);
+    let mut refs2 = refs.clone();
+    refs2[350] = new_refs[0];
+    let cut2 = pages::paginate(&refs2);
+    let ids2: Vec<_> = cut2.iter().map(Page::id).collect();
+    let missing: MissingPagesResponse = srv
+        .post_json(
+            "/api/v1/pages/missing",
+            tok,
+            &json!({"namespace": ns, "ids": ids2}),
+        )
+        .await;
+    let fresh: Vec<&Page> = cut2.iter().filter(|p| !ids.contains(&p.id())).collect();
+    assert_eq!(
+        missing.missing,
+        fresh.iter().map(|p| p.id()).collect::<Vec<_>>()
+    );
+    assert!(
+        (1..=2).contains(&fresh.len()),
+        "{} pages changed",
+        fresh.len()
+    );
+    let paged = CommitRequest {
+        base: v1.head.vv.clone(),
+        chunks: Vec::new(),
+        pages: ids2.clone(),
+        size: size + 16 - u64::from(refs[350].len()),
+        content_hash: alice.content_hash(b"v2"),
+        idempotency_key: random_key(),
+        ..plain.clone()
+    };
+    // Before its page is stored, the commit names what it lacks.
+    let r = srv
+        .post(UPLOAD, tok, &paged)
+        .await
+        .expect_error(409, "missing_pages");
+    assert_eq!(r.value()["error"]["missing_pages"], json!(missing.missing));
+    let page_batch = |pages: &[&Page]| {
+        let keyed: Vec<(ChunkId, &[u8])> = pages
+            .iter()
+            .map(|p| (ChunkId::from_bytes(*p.id().as_bytes()), p.body()))
+            .collect();
+        batch::encode(keyed.iter().map(|(id, b)| (id, *b)))
+    };
+    let batch_path = format!("/api/v1/pages/batch?namespace={ns}");
+    // A page under another page's id, and a page of a chunk not stored, are refused.
+    let liar = Page::new(&refs[..3]);
+    let mut forged = Vec::new();
+    batch::encode_header(&mut forged);
+    batch::encode_entry(
+        &mut forged,
+        &ChunkId::from_bytes(*ids[0].as_bytes()),
+        liar.body(),
+    );
+    srv.post_bytes(&batch_path, tok, forged)
+        .await
+        .expect_error(400, "bad_request");
+    let ghost = Page::new(&[ChunkRef(ChunkId::from_bytes([9; 32]), 10)]);
+    srv.post_bytes(&batch_path, tok, page_batch(&[&ghost]))
+        .await
+        .expect_error(409, "missing_chunks");
+    let stored: fsync_common::wire::StoredResponse = srv
+        .post_bytes(&batch_path, tok, page_batch(&fresh))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!((stored.stored, stored.existing), (fresh.len() as u32, 0));
+    // A size that does not match the pages is refused like a chunk list's.
+    let wrong = CommitRequest {
+        size: paged.size + 1,
+        idempotency_key: random_key(),
+        ..paged.clone()
+    };
+    srv.post(UPLOAD, tok, &wrong)
+        .await
+        .expect_error(400, "bad_request");
+    let both = CommitRequest {
+        chunks: refs2.clone(),
+        idempotency_key: random_key(),
+        ..paged.clone()
+    };
+    srv.post(UPLOAD, tok, &both)
+        .await
+        .expect_error(400, "bad_request");
+    let v2: CommitResponse = srv.post_json(UPLOAD, tok, &paged).await;
+    assert_eq!(v2.outcome, CommitOutcome::FastForward);
+    assert_eq!(download(srv, &a, file).await.chunks, refs2);
+    // The old version still reads whole, and a restore of it needs no upload.
+    let old = srv
+        .get(&format!("/api/v1/files/download/{file}?version=1"), tok)
+        .await
+        .expect(200)
+        .json::<Manifest>();
+    assert_eq!(old.chunks, refs);
+    let restored: CommitResponse = srv
+        .post_json(
+            &format!("/api/v1/files/{file}/restore"),
+            tok,
+            &json!({"version": 1}),
+        )
+        .await;
+    assert_eq!(download(srv, &a, file).await.chunks, refs);
+    assert_eq!(restored.head.version, VersionNo(3));
+}
+
+on_every_backend!(manifest_pages_store_once_and_read_whole => pages_scenario);
+
 async fn files_scenario(srv: &Server) {
     let (user, dev) = account(srv, "files", "d").await;
     let tok = Some(dev.token.as_str());
@@ -477,6 +675,7 @@ async fn files_scenario(srv: &Server) {
     // A chunk never uploaded.
     let ghost = user.blob(b"never uploaded").0;
     let bad = CommitRequest {
+        pages: Vec::new(),
         path: "docs/ghost.txt".parse().unwrap(),
         chunks: vec![ChunkRef(ghost, 14)],
         size: 14,
@@ -500,6 +699,7 @@ async fn files_scenario(srv: &Server) {
         0o120_777,
     ] {
         let bad = CommitRequest {
+            pages: Vec::new(),
             mode,
             idempotency_key: random_key(),
             ..req1.clone()
@@ -704,6 +904,7 @@ async fn folder_entries_scenario(srv: &Server) {
         .await;
     let mode = fsync_common::wire::FOLDER_MODE | 0o755;
     let folder = CommitRequest {
+        pages: Vec::new(),
         path: "docs/empty".parse().unwrap(),
         chunks: vec![],
         size: 0,
@@ -914,6 +1115,7 @@ async fn sync_scenario(srv: &Server) {
         .await;
     let ghost = user.blob(b"never uploaded").0;
     let bad = CommitRequest {
+        pages: Vec::new(),
         path: "s/bad.txt".parse().unwrap(),
         chunks: vec![ChunkRef(ghost, 14)],
         size: 14,
@@ -1048,6 +1250,7 @@ async fn authz_scenario(srv: &Server) {
     let restore = format!("/api/v1/files/{file}/restore");
     not_found(srv.post(&restore, bt, &json!({"version": 1})).await);
     let steal = CommitRequest {
+        pages: Vec::new(),
         base: committed.head.vv.clone(),
         idempotency_key: random_key(),
         ..alice
@@ -1085,6 +1288,20 @@ async fn authz_scenario(srv: &Server) {
     let batch = batch::encode([(&chunk, blob.as_slice())]);
     let batch_path = format!("/api/v1/chunks/batch?namespace={ns}");
     not_found(srv.post_bytes(&batch_path, bt, batch).await);
+    // Manifest pages: asking, fetching and storing in Alice's namespace.
+    let page = fsync_common::pages::Page::new(&[ChunkRef(chunk, 100)]);
+    let page_ids = json!({"namespace": ns, "ids": [page.id()]});
+    post("/api/v1/pages/missing", page_ids.clone()).await;
+    post("/api/v1/pages/fetch", page_ids).await;
+    let page_batch = batch::encode([(&ChunkId::from_bytes(*page.id().as_bytes()), page.body())]);
+    not_found(
+        srv.post_bytes(
+            &format!("/api/v1/pages/batch?namespace={ns}"),
+            bt,
+            page_batch,
+        )
+        .await,
+    );
     let events = json!({"events": [serde_json::to_value(SyncEvent::Modify(steal)).unwrap()]});
     let r: SyncEventResponse = srv.post_json(EVENT, bt, &events).await;
     assert!(
@@ -1449,6 +1666,7 @@ async fn oversized_json_scenario(srv: &Server) {
         .map(|i| ChunkRef(ChunkId::from_bytes([(i % 251) as u8; 32]), max))
         .collect();
     let req = CommitRequest {
+        pages: Vec::new(),
         chunks,
         size: 1000 * MAX_CHUNK_PLAINTEXT as u64,
         ..user

@@ -208,6 +208,10 @@ async fn auth_table(srv: &Server, f: &Fixture) -> Vec<Route> {
     let manifests = json!({"namespace": ns, "files": [[file, VersionNo(1)]]});
     let delete = user.delete_body("del.txt", &del_base);
     let rename = user.rename_body("ren.txt", "ren2.txt");
+    let page = fsync_common::pages::Page::new(&[fsync_common::wire::ChunkRef(f.chunk, 7)]);
+    let page_ids = json!({"namespace": ns, "ids": [page.id()]});
+    let page_batch = batch::encode([(&ChunkId::from_bytes(*page.id().as_bytes()), page.body())]);
+    let page_batch_path = format!("/api/v1/pages/batch?namespace={ns}");
     vec![
         fixed("GET /api/v1/devices", Body::None),
         route("DELETE /api/v1/devices/{id}", &spare, Body::None),
@@ -217,6 +221,13 @@ async fn auth_table(srv: &Server, f: &Fixture) -> Vec<Route> {
         route("POST /api/v1/chunks/batch", &batch_path, Body::Bytes(batch)),
         route("GET /api/v1/chunks/{id}", &chunk, Body::None),
         fixed("POST /api/v1/chunks/fetch", Body::Json(ids)),
+        fixed("POST /api/v1/pages/missing", Body::Json(page_ids.clone())),
+        route(
+            "POST /api/v1/pages/batch",
+            &page_batch_path,
+            Body::Bytes(page_batch),
+        ),
+        fixed("POST /api/v1/pages/fetch", Body::Json(page_ids)),
         fixed("POST /api/v1/files/upload", Body::Json(upload)),
         fixed("GET /api/v1/files/list", Body::None),
         route("GET /api/v1/files/download/{file_id}", &download, NONE),

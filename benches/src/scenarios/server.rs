@@ -217,6 +217,7 @@ impl Args {
                 .enumerate()
                 .map(|(i, (len, digest))| {
                     SyncEvent::Create(CommitRequest {
+                        pages: Vec::new(),
                         namespace: ns,
                         path: SyncPath::new(&format!("r{rep}/d{:03}/f{i:06}.bin", i / 1000))
                             .expect("valid path"),

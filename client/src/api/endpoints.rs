@@ -6,13 +6,18 @@ use std::sync::atomic::Ordering;
 use fsync_common::limits::{
     MAX_BATCH_BODY, MAX_BLOB_SIZE, MAX_EVENTS_PER_BATCH, MAX_IDS_PER_REQUEST,
 };
+use fsync_common::pages::{Page, MAX_PAGE_BYTES};
+use fsync_common::wire::PageIdsRequest;
 use fsync_common::wire::{
     ChangesResponse, ChunkIdsRequest, CommitRequest, CommitResponse, DeleteRequest, DeviceInfo,
     FileMeta, KdfParams, ListResponse, LoginResponse, Manifest, MissingResponse, OpResponse,
     RefreshRequest, RegisterRequest, RegisterResponse, RenameInfo, RenameRequest, RestoreRequest,
     StoredResponse, SyncEvent, SyncEventBatch, SyncEventResponse, SyncEventResult, VersionInfo,
 };
-use fsync_common::{batch, ChunkId, DeviceId, FileId, NamespaceId, Seq, VersionNo};
+use fsync_common::{batch, ChunkId, DeviceId, FileId, NamespaceId, PageId, Seq, VersionNo};
+
+/// Most pages in one `pages/batch` or `pages/fetch` request (the server's limit).
+const MAX_PAGES_PER_REQUEST: usize = 2_048;
 use reqwest::Method;
 
 use super::transport::{api, Call};
@@ -377,11 +382,14 @@ impl ApiClient {
     }
 
     /// The manifests of many file versions, in order (requests of at most
-    /// `MAX_EVENTS_PER_BATCH` files each).
+    /// `MAX_EVENTS_PER_BATCH` files each). With `as_pages`, a version of more than
+    /// one manifest page comes as its page ids (`Manifest::pages`), to fetch with
+    /// [`ApiClient::fetch_pages`] those not known.
     pub async fn manifests(
         &self,
         ns: NamespaceId,
         files: &[(FileId, VersionNo)],
+        as_pages: bool,
     ) -> Result<Vec<Manifest>, ClientError> {
         let mut out = Vec::with_capacity(files.len());
         for part in files.chunks(MAX_EVENTS_PER_BATCH) {
@@ -389,6 +397,7 @@ impl ApiClient {
                 Call::post(api("files/manifests")).json(&fsync_common::wire::ManifestsRequest {
                     namespace: ns,
                     files: part.to_vec(),
+                    pages: as_pages,
                 })?;
             let got: Vec<Manifest> = self.send_json(call).await?;
             if got.len() != part.len()
@@ -402,6 +411,85 @@ impl ApiClient {
                 ));
             }
             out.extend(got);
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ pages
+
+    /// Stores manifest pages (`pages/batch`, up to `MAX_PAGES_PER_REQUEST` a request).
+    /// Their chunks must be stored: a 409 naming missing ones is
+    /// [`ClientError::MissingChunks`].
+    pub async fn put_pages(&self, ns: NamespaceId, pages: &[Page]) -> Result<(), ClientError> {
+        for part in pages.chunks(MAX_PAGES_PER_REQUEST) {
+            let mut body = Vec::with_capacity(
+                BATCH_HEADER_LEN
+                    + part
+                        .iter()
+                        .map(|p| BATCH_ENTRY_HEADER_LEN + p.body().len())
+                        .sum::<usize>(),
+            );
+            batch::encode_header(&mut body);
+            for p in part {
+                // The batch framing carries 32-byte ids typed as chunk ids.
+                batch::encode_entry(
+                    &mut body,
+                    &ChunkId::from_bytes(*p.id().as_bytes()),
+                    p.body(),
+                );
+            }
+            let call = Call::post(api("pages/batch"))
+                .query("namespace", &ns)
+                .bytes(body);
+            let r: StoredResponse = self.send_json(call).await?;
+            if (r.stored + r.existing) as usize != part.len() {
+                return Err(ClientError::Protocol(format!(
+                    "pages/batch accounted for {} of {} pages",
+                    r.stored + r.existing,
+                    part.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches manifest pages, each checked against its id and decoded. A page the
+    /// server does not hold, or one that does not match its id, is a
+    /// [`ClientError::Protocol`]: it named the page itself.
+    pub async fn fetch_pages(
+        &self,
+        ns: NamespaceId,
+        ids: &[PageId],
+    ) -> Result<Vec<Page>, ClientError> {
+        let mut seen = HashSet::with_capacity(ids.len());
+        let wanted: Vec<PageId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        let mut out = Vec::with_capacity(wanted.len());
+        for part in wanted.chunks(MAX_PAGES_PER_REQUEST) {
+            let call = Call::post(api("pages/fetch"))
+                .json(&PageIdsRequest {
+                    namespace: ns,
+                    ids: part.to_vec(),
+                })?
+                .max_response(
+                    BATCH_HEADER_LEN + part.len() * (BATCH_ENTRY_HEADER_LEN + MAX_PAGE_BYTES),
+                );
+            let body = self.send(call).await?;
+            let entries = batch::decode(&body, MAX_PAGE_BYTES).map_err(|e| {
+                ClientError::Protocol(format!("pages/fetch answered a bad batch: {e}"))
+            })?;
+            let mut got: HashMap<PageId, Page> = HashMap::with_capacity(entries.len());
+            for (id, b) in entries {
+                let id = PageId::from_bytes(*id.as_bytes());
+                let page = Page::from_body(id, b)
+                    .map_err(|e| ClientError::Protocol(format!("pages/fetch: {e}")))?;
+                got.insert(id, page);
+            }
+            for id in part {
+                let page = got.remove(id).ok_or_else(|| {
+                    ClientError::Protocol(format!("pages/fetch did not answer page {id}"))
+                })?;
+                out.push(page);
+            }
         }
         Ok(out)
     }

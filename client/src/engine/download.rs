@@ -5,8 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use fsync_common::pages;
 use fsync_common::wire::{ChunkRef, FileMeta, Manifest};
-use fsync_common::{ChunkId, FileId, IdKey, SyncPath, VersionNo};
+use fsync_common::{ChunkId, FileId, IdKey, PageId, SyncPath, VersionNo};
 
 use super::{
     deferrable, Engine, Found, LocalFs, RoundReport, SyncError, TempWriter, CHANGED_MEANWHILE,
@@ -50,6 +51,48 @@ pub(super) fn add_to_reuse(map: &mut ReuseMap, path: &SyncPath, chunks: &[ChunkR
 }
 
 impl Engine {
+    /// The manifests of `wanted`, in order, each with its whole chunk list. A version
+    /// of more than one page comes as page ids; the pages of the version synced at the
+    /// same path are cut again here (pages are a function of the chunk list), and only
+    /// the others are fetched: a small edit of a large file costs about one page.
+    async fn fetch_manifests(
+        &self,
+        wanted: &[(FileId, VersionNo)],
+    ) -> Result<Vec<Manifest>, SyncError> {
+        let mut manifests = self.remote.manifests(self.keys.ns, wanted, true).await?;
+        let mut known: HashMap<PageId, Vec<ChunkRef>> = HashMap::new();
+        let mut need: Vec<PageId> = Vec::new();
+        for m in &manifests {
+            let Some(ids) = &m.pages else { continue };
+            if let Some(b) = self.state.get(&m.meta.path)? {
+                let local = pages::paginate(&b.chunks);
+                if local.len() > 1 {
+                    for p in local {
+                        known.entry(p.id()).or_insert_with(|| p.chunks().to_vec());
+                    }
+                }
+            }
+            need.extend(ids.iter().filter(|id| !known.contains_key(id)));
+        }
+        need.sort_unstable();
+        need.dedup();
+        if !need.is_empty() {
+            for p in self.remote.fetch_pages(self.keys.ns, &need).await? {
+                known.insert(p.id(), p.chunks().to_vec());
+            }
+        }
+        for m in &mut manifests {
+            if let Some(ids) = m.pages.take() {
+                // Every id is known now: fetch_pages answers each asked page or fails.
+                m.chunks = ids
+                    .iter()
+                    .flat_map(|id| known[id].iter().copied())
+                    .collect();
+            }
+        }
+        Ok(manifests)
+    }
+
     /// Downloads a remote head to its path: temp file → fsync → the local file is
     /// still as last synced → rename → fsync the directory.
     pub(super) async fn download(
@@ -58,10 +101,14 @@ impl Engine {
         reuse: &ReuseMap,
         report: &mut RoundReport,
     ) -> Result<bool, SyncError> {
-        let manifest: Manifest = self
-            .remote
-            .manifest(meta.file_id, Some(meta.version))
-            .await?;
+        let manifest = self
+            .fetch_manifests(&[(meta.file_id, meta.version)])
+            .await?
+            .pop()
+            .ok_or_else(|| SyncError::Verify {
+                path: meta.path.to_string(),
+                reason: "the server answered no manifest".into(),
+            })?;
         let fetched = match self
             .write_download(meta, manifest, reuse, &HashMap::new(), report)
             .await?
@@ -89,7 +136,7 @@ impl Engine {
         }
         let wanted: Vec<(FileId, VersionNo)> =
             metas.iter().map(|m| (m.file_id, m.version)).collect();
-        let manifests = self.remote.manifests(self.keys.ns, &wanted).await?;
+        let manifests = self.fetch_manifests(&wanted).await?;
         let mut pending: Vec<(FileMeta, Manifest)> = metas.into_iter().zip(manifests).collect();
         // Small files first, grouped so one fetch carries the chunks of many.
         pending.sort_by_key(|(m, _)| m.size);

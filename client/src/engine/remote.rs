@@ -1,10 +1,11 @@
 //! The server as the engine sees it.
 
+use fsync_common::pages::Page;
 use fsync_common::wire::{
     ChangesResponse, CommitRequest, CommitResponse, DeleteRequest, Manifest, OpResponse, SyncEvent,
     SyncEventResult,
 };
-use fsync_common::{ChunkId, FileId, NamespaceId, Seq, VersionNo};
+use fsync_common::{ChunkId, FileId, NamespaceId, PageId, Seq, VersionNo};
 
 use crate::api::{ApiClient, ClientError};
 
@@ -45,12 +46,18 @@ pub trait Remote: Send + Sync + 'static {
         file: FileId,
         version: Option<VersionNo>,
     ) -> Result<Manifest, ClientError>;
-    /// Many manifests, in the order asked.
+    /// Many manifests, in the order asked; with `as_pages`, a version of more than
+    /// one page as its page ids.
     async fn manifests(
         &self,
         ns: NamespaceId,
         files: &[(FileId, VersionNo)],
+        as_pages: bool,
     ) -> Result<Vec<Manifest>, ClientError>;
+    /// Stores manifest pages (their chunks stored first).
+    async fn put_pages(&self, ns: NamespaceId, pages: &[Page]) -> Result<(), ClientError>;
+    /// Fetches manifest pages, checked against their ids, in the order asked.
+    async fn fetch_pages(&self, ns: NamespaceId, ids: &[PageId]) -> Result<Vec<Page>, ClientError>;
 }
 
 #[async_trait::async_trait]
@@ -108,7 +115,16 @@ impl Remote for ApiClient {
         &self,
         ns: NamespaceId,
         files: &[(FileId, VersionNo)],
+        as_pages: bool,
     ) -> Result<Vec<Manifest>, ClientError> {
-        ApiClient::manifests(self, ns, files).await
+        ApiClient::manifests(self, ns, files, as_pages).await
+    }
+
+    async fn put_pages(&self, ns: NamespaceId, pages: &[Page]) -> Result<(), ClientError> {
+        ApiClient::put_pages(self, ns, pages).await
+    }
+
+    async fn fetch_pages(&self, ns: NamespaceId, ids: &[PageId]) -> Result<Vec<Page>, ClientError> {
+        ApiClient::fetch_pages(self, ns, ids).await
     }
 }

@@ -6,10 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use fsync_chunker::FileDigest;
+use fsync_common::pages::{self, Page};
 use fsync_common::wire::{
     ChunkRef, CommitOutcome, CommitRequest, CommitResponse, SyncEvent, SyncEventResult,
 };
-use fsync_common::{ChunkId, ErrorCode, IdKey, SyncPath};
+use fsync_common::{ChunkId, ErrorCode, IdKey, PageId, SyncPath};
 use fsync_store::BlobCodec;
 
 use super::local_fs::io_err;
@@ -86,19 +87,26 @@ impl Engine {
                 failed.insert(path);
             }
         }
+        let page_ids = self.send_pages(&items, &failed, cx).await?;
         let mut requests = Vec::new();
         for (u, l, d) in &items {
             if failed.contains(&u.path) {
                 continue;
             }
+            // A file of more than one page commits its page ids, not its chunks.
+            let (chunks, pages) = match page_ids.get(&u.path) {
+                Some(ids) => (Vec::new(), ids.clone()),
+                None => (d.chunk_refs(), Vec::new()),
+            };
             requests.push((
                 (*l).clone(),
                 d.clone(),
                 CommitRequest {
                     namespace: self.keys.ns,
                     path: u.path.clone(),
+                    pages,
                     base: u.base.clone(),
-                    chunks: d.chunk_refs(),
+                    chunks,
                     size: d.size,
                     mtime: l.file.mtime,
                     mode: l.file.mode,
@@ -132,8 +140,93 @@ impl Engine {
         applied
     }
 
+    /// Cuts the chunk lists of the files to commit into manifest pages and sends the
+    /// pages the server may lack: all but those of the version synced at the same path
+    /// (a small edit of a large file sends about one page). Returns the page ids of
+    /// each file of more than one page; the others commit their chunk lists. If the
+    /// server refuses the pages (a chunk collected meanwhile), every file commits its
+    /// chunk list, whose answer names the chunks to send.
+    async fn send_pages(
+        &self,
+        items: &[(Upload, &LocalEntry, FileDigest)],
+        failed: &HashSet<SyncPath>,
+        cx: Context<'_>,
+    ) -> Result<HashMap<SyncPath, Vec<PageId>>, SyncError> {
+        let mut paged = HashMap::new();
+        let mut new: HashMap<PageId, Page> = HashMap::new();
+        for (u, _, d) in items {
+            if failed.contains(&u.path) || d.chunks.len() <= pages::PAGE_MIN {
+                continue;
+            }
+            let cut = pages::paginate(&d.chunk_refs());
+            if cut.len() < 2 {
+                continue;
+            }
+            // A synced version of one page was stored inline: its page is not on the
+            // server as a page.
+            let known: HashSet<PageId> = cx
+                .base
+                .get(&u.path)
+                .map(|b| pages::paginate(&b.chunks))
+                .filter(|p| p.len() > 1)
+                .into_iter()
+                .flatten()
+                .map(|p| p.id())
+                .collect();
+            paged.insert(u.path.clone(), cut.iter().map(Page::id).collect());
+            for p in cut {
+                if !known.contains(&p.id()) {
+                    new.entry(p.id()).or_insert(p);
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(paged);
+        }
+        let new: Vec<Page> = new.into_values().collect();
+        match self.remote.put_pages(self.keys.ns, &new).await {
+            Ok(()) => Ok(paged),
+            Err(ClientError::MissingChunks(ids)) => {
+                tracing::debug!(missing = ids.len(), "pages refused; committing chunk lists");
+                Ok(HashMap::new())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Commits `req` (with its chunk list) alone; a missing-chunks answer is served and
+    /// retried once. `None`: deferred, with the reason in `report`.
+    async fn commit_alone(
+        &self,
+        path: &SyncPath,
+        l: &LocalEntry,
+        d: &FileDigest,
+        req: &CommitRequest,
+        report: &mut RoundReport,
+    ) -> Result<Option<CommitResponse>, SyncError> {
+        let mut sent = false;
+        loop {
+            match self.remote.commit(req).await {
+                Ok(r) => return Ok(Some(r)),
+                Err(ClientError::MissingChunks(ids)) if !sent => {
+                    sent = true;
+                    let again: HashSet<ChunkId> = ids.into_iter().collect();
+                    let files = vec![(path.clone(), l.file.clone(), d.clone())];
+                    if let Some((_, why)) = self.send_chunks(files, &again).await?.pop() {
+                        report.deferred.push((path.to_string(), why));
+                        return Ok(None);
+                    }
+                }
+                Err(e) => {
+                    report.deferred.push((path.to_string(), e.to_string()));
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
     /// Handles the server's answer to each commit: a missing-chunks answer is served
-    /// and retried once, a refusal deferred, a commit recorded in `record` (a lost
+    /// and retried once, a missing-pages answer retried with the chunk list, a refusal deferred, a commit recorded in `record` (a lost
     /// conflict is applied at once).
     async fn apply_results(
         &mut self,
@@ -161,6 +254,19 @@ impl Engine {
                             report.deferred.push((path.to_string(), e.to_string()));
                             continue;
                         }
+                    }
+                }
+                SyncEventResult::Failed(e) if e.error.code == ErrorCode::MissingPages => {
+                    // Pages of the synced version are gone (its version pruned since):
+                    // commit the chunk list; the server cuts and stores the pages.
+                    let plain = CommitRequest {
+                        chunks: d.chunk_refs(),
+                        pages: Vec::new(),
+                        ..req.clone()
+                    };
+                    match self.commit_alone(&path, &l, &d, &plain, report).await? {
+                        Some(r) => r,
+                        None => continue,
                     }
                 }
                 SyncEventResult::Failed(e) => {

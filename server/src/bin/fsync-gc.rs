@@ -180,12 +180,13 @@ fn bytes(n: u64) -> String {
 fn print_run(r: &RunReport) {
     let verb = if r.dry_run { "would remove" } else { "removed" };
     println!(
-        "fsync-gc run{}: {verb} {} versions ({} files whole), {} chunks ({}), {} orphan blobs ({}), {} partial uploads ({}); {} failed blob deletions; {:.1} s",
+        "fsync-gc run{}: {verb} {} versions ({} files whole), {} chunks ({}), {} manifest pages, {} orphan blobs ({}), {} partial uploads ({}); {} failed blob deletions; {:.1} s",
         if r.dry_run { " (dry run)" } else { "" },
         r.versions_pruned,
         r.files_removed,
         r.chunks_deleted,
         bytes(r.bytes_reclaimed),
+        r.pages_deleted,
         r.orphan_blobs_deleted,
         bytes(r.orphan_bytes_reclaimed),
         r.temp_files_deleted,
@@ -209,6 +210,9 @@ fn print_run(r: &RunReport) {
 fn print_verify(r: &VerifyReport) {
     for d in &r.damage {
         match d {
+            Damage::MissingPage { namespace, page } => {
+                println!("NO PAGE     {namespace} {page}: a version names it, it is not stored");
+            }
             Damage::Unrecorded { namespace, chunk } => {
                 println!("UNRECORDED  {namespace} {chunk}: referenced by a version, no chunk row");
             }

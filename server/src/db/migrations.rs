@@ -19,6 +19,11 @@ const TEMPLATES: &[(i64, &str, &str)] = &[
         "rename history",
         include_str!("../../migrations/0004_rename_history.sql"),
     ),
+    (
+        5,
+        "manifest pages",
+        include_str!("../../migrations/0005_manifest_pages.sql"),
+    ),
 ];
 
 /// A template for `dialect`: its `--!` lines (notes on the template) dropped and its
@@ -26,16 +31,18 @@ const TEMPLATES: &[(i64, &str, &str)] = &[
 fn render(template: &str, dialect: Dialect) -> String {
     // The first line of each rendered script is the header it was first applied with:
     // part of the checksum sqlx keeps.
-    let (header, path_type, serial_key) = match dialect {
+    let (header, path_type, serial_key, blob) = match dialect {
         Dialect::Sqlite => (
             "-- fsync metadata schema (SQLite). Keep in step with ../postgres/0001_init.sql.",
             "TEXT",
             "INTEGER PRIMARY KEY AUTOINCREMENT",
+            "BLOB",
         ),
         Dialect::Postgres => (
             "-- fsync metadata schema (PostgreSQL). Keep in step with ../sqlite/0001_init.sql.",
             "TEXT COLLATE \"C\"",
             "BIGSERIAL PRIMARY KEY",
+            "BYTEA",
         ),
     };
     template
@@ -45,6 +52,7 @@ fn render(template: &str, dialect: Dialect) -> String {
         .replace("{{header}}", header)
         .replace("{{path_type}}", path_type)
         .replace("{{serial_key}}", serial_key)
+        .replace("{{blob}}", blob)
 }
 
 /// The migrations for `dialect`, as sqlx's migrator takes them.

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use fsync_common::pages::Page;
 use fsync_common::wire::{
     ChangesResponse, CommitRequest, CommitResponse, DeleteRequest, DeviceInfo, KdfParams,
     ListResponse, Manifest, NamespaceGrant, OpResponse, RenameInfo, RenameRequest, VersionInfo,
 };
 use fsync_common::{
-    ChunkId, DeviceId, FileId, NamespaceId, PackId, Seq, SyncPath, UserId, VersionNo,
+    ChunkId, DeviceId, FileId, NamespaceId, PackId, PageId, Seq, SyncPath, UserId, VersionNo,
 };
 
 use crate::domain::manifest::RequestError;
@@ -51,6 +52,9 @@ pub enum DbError {
     /// The commit references chunks the server does not hold.
     #[error("{} chunks are missing", .0.len())]
     MissingChunks(Vec<ChunkId>),
+    /// The commit names manifest pages the server does not hold.
+    #[error("{} manifest pages are missing", .0.len())]
+    MissingPages(Vec<PageId>),
     /// The request breaks a rule (sizes do not add up, a rename into itself…); nothing
     /// was written (400 `bad_request`).
     #[error(transparent)]
@@ -179,12 +183,43 @@ pub enum BatchAnswer {
 }
 
 /// The metadata repository: one trait per entity ([`AccountRepo`], [`ChunkRepo`],
-/// [`WriteRepo`], [`FileRepo`], [`JournalRepo`]), so that a caller names the part it
+/// [`PageRepo`], [`WriteRepo`], [`FileRepo`], [`JournalRepo`]), so that a caller names the part it
 /// uses; `dyn MetaRepo` is all of them.
 #[async_trait]
-pub trait MetaRepo: AccountRepo + ChunkRepo + WriteRepo + FileRepo + JournalRepo {
+pub trait MetaRepo:
+    AccountRepo + ChunkRepo + PageRepo + WriteRepo + FileRepo + JournalRepo
+{
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), DbError>;
+}
+
+/// Manifest pages (`fsync_common::pages`), stored once per namespace.
+#[async_trait]
+pub trait PageRepo: Send + Sync + std::fmt::Debug {
+    /// The subset of `ids` not stored in `ns`; the present ones are marked touched.
+    async fn missing_pages(
+        &self,
+        ns: NamespaceId,
+        ids: &[PageId],
+        now: i64,
+    ) -> Result<Vec<PageId>, DbError>;
+    /// Stores pages (already checked against their ids) that `ns` lacks, in one
+    /// transaction under the namespace lock; pages already there are touched. Every
+    /// chunk they list must be recorded, or nothing is stored and the answer is
+    /// [`DbError::MissingChunks`]. Returns how many were new.
+    async fn store_pages(
+        &self,
+        ns: NamespaceId,
+        pages: &[Page],
+        now: i64,
+    ) -> Result<usize, DbError>;
+    /// The bodies of the pages among `ids` that `ns` holds, in the order asked
+    /// (duplicates once).
+    async fn page_bodies(
+        &self,
+        ns: NamespaceId,
+        ids: &[PageId],
+    ) -> Result<Vec<(PageId, Vec<u8>)>, DbError>;
 }
 
 /// Users, devices, refresh tokens and namespace membership.
@@ -375,10 +410,13 @@ pub trait FileRepo: Send + Sync + std::fmt::Debug {
         -> Result<Manifest, DbError>;
     /// The manifests of many versions of files in `ns`, in the order asked (a few
     /// queries, not two per file); one missing or in another namespace is `NotFound`.
+    /// With `as_pages`, a version of more than one page is answered with its page ids
+    /// (`Manifest::pages`) instead of its chunks.
     async fn manifests(
         &self,
         ns: NamespaceId,
         wanted: &[(FileId, VersionNo)],
+        as_pages: bool,
     ) -> Result<Vec<Manifest>, DbError>;
     /// A file's history, newest first.
     async fn versions(&self, file: FileId) -> Result<Vec<VersionInfo>, DbError>;

@@ -130,6 +130,7 @@ async fn commit_req(
         h[i % 8 * 4..i % 8 * 4 + 4].copy_from_slice(&(n + i as u32 * 7919).to_be_bytes());
     }
     CommitRequest {
+        pages: Vec::new(),
         namespace: ns,
         path: p(path),
         base: base.clone(),
@@ -665,6 +666,7 @@ async fn a_batch_applies_each_event_as_alone() {
         // The same content at the old name after the rename: a new file, not a merge
         // with the moved one.
         let recreate = CommitRequest {
+            pages: Vec::new(),
             idempotency_key: "recreate-new2".into(),
             ..good2.clone()
         };

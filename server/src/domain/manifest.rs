@@ -11,6 +11,9 @@ use crate::db::BatchOp;
 /// Most chunks a single manifest may list (a 64 GiB file at the 4 MiB maximum).
 pub(crate) const MAX_MANIFEST_CHUNKS: usize = 1 << 20;
 
+/// Most pages a commit may name (the most chunks at the fewest entries per page).
+pub(crate) const MAX_MANIFEST_PAGES: usize = MAX_MANIFEST_CHUNKS / fsync_common::pages::PAGE_MIN;
+
 /// The largest version-vector counter a client may send. Far above any real history
 /// (one version per nanosecond for a century stays below it), and low enough that the
 /// server's increments never saturate: a counter stuck at `u64::MAX` would make an
@@ -44,6 +47,12 @@ pub enum RequestError {
         /// Its length in the manifest.
         len: u32,
     },
+    /// A commit gave both a chunk list and pages.
+    #[error("a commit names its chunks or its pages, not both")]
+    ChunksAndPages,
+    /// The commit names more than [`MAX_MANIFEST_PAGES`] pages.
+    #[error("manifest names {0} pages; the limit is {MAX_MANIFEST_PAGES}")]
+    TooManyPages(usize),
     /// The manifest's size is not the sum of its chunks' lengths.
     #[error("size is {size} but the chunks add up to {total}")]
     SizeMismatch {
@@ -80,11 +89,35 @@ pub(crate) fn check_base(base: &VersionVector) -> Result<(), RequestError> {
 }
 
 /// Checks a commit: its base, idempotency key, chunk count and lengths, size and mode.
-pub(crate) fn check_manifest(req: &CommitRequest) -> Result<(), RequestError> {
+/// A commit that names pages is checked again once they are read
+/// ([`check_manifest`] on the chunk list they hold).
+pub(crate) fn check_commit(req: &CommitRequest) -> Result<(), RequestError> {
+    if req.pages.is_empty() {
+        return check_manifest(req);
+    }
     check_base(&req.base)?;
+    check_key(req)?;
+    if !req.chunks.is_empty() {
+        return Err(RequestError::ChunksAndPages);
+    }
+    if req.pages.len() > MAX_MANIFEST_PAGES {
+        return Err(RequestError::TooManyPages(req.pages.len()));
+    }
+    Ok(())
+}
+
+fn check_key(req: &CommitRequest) -> Result<(), RequestError> {
     if req.idempotency_key.is_empty() || req.idempotency_key.len() > 128 {
         return Err(RequestError::IdempotencyKey);
     }
+    Ok(())
+}
+
+/// Checks a commit with its chunk list: its base, idempotency key, chunk count and
+/// lengths, size and mode.
+pub(crate) fn check_manifest(req: &CommitRequest) -> Result<(), RequestError> {
+    check_base(&req.base)?;
+    check_key(req)?;
     if req.chunks.len() > MAX_MANIFEST_CHUNKS {
         return Err(RequestError::TooManyChunks(req.chunks.len()));
     }
@@ -114,7 +147,7 @@ pub(crate) fn check_manifest(req: &CommitRequest) -> Result<(), RequestError> {
 /// The checks of an op that need no database.
 pub(crate) fn check_op(op: &BatchOp<'_>) -> Result<(), RequestError> {
     match op {
-        BatchOp::Commit(req) => check_manifest(req),
+        BatchOp::Commit(req) => check_commit(req),
         BatchOp::Delete(req) => check_base(&req.base),
         BatchOp::Rename(req) if req.to.starts_with(&req.from) => Err(RequestError::MoveIntoItself),
         BatchOp::Rename(_) => Ok(()),

@@ -215,6 +215,9 @@ pub struct RunReport {
     pub versions_pruned: u64,
     /// Files removed whole (tombstones older than the policy).
     pub files_removed: u64,
+    /// Manifest pages no version named any more, deleted by the sweep (not counted in a
+    /// dry run, whose chunk count includes what they held).
+    pub pages_deleted: u64,
     /// Chunk rows deleted by the sweep.
     pub chunks_deleted: u64,
     /// Stored bytes of those chunks.

@@ -103,6 +103,11 @@ impl Collector {
         // 2. Sweep.
         progress.stage("sweeping chunks", None);
         for &ns in &namespaces {
+            // Pages first: a chunk that only a dead page listed is unreferenced after.
+            if !opts.dry_run {
+                let n = self.repo.sweep_pages(ns, cutoff).await?;
+                add(&mut report.pages_deleted, n);
+            }
             self.sweep(ns, cutoff, policy, batch, opts, progress, &mut report)
                 .await?;
             let predict = opts.dry_run.then_some(policy);

@@ -60,7 +60,14 @@ pub struct Stats {
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Damage {
-    /// A version references a chunk that has no row.
+    /// A version names a manifest page that is not stored.
+    MissingPage {
+        /// Namespace.
+        namespace: NamespaceId,
+        /// Page.
+        page: fsync_common::PageId,
+    },
+    /// A version or a manifest page references a chunk that has no row.
     Unrecorded {
         /// Namespace.
         namespace: NamespaceId,
@@ -165,6 +172,12 @@ impl Collector {
         let mut report = VerifyReport::default();
         progress.stage("verifying", None);
         for ns in self.namespaces(namespace).await? {
+            for page in self.repo.unrecorded_pages(ns, MAX_LISTED_DAMAGE).await? {
+                report.push(Damage::MissingPage {
+                    namespace: ns,
+                    page,
+                });
+            }
             for chunk in self
                 .repo
                 .unrecorded_references(ns, MAX_LISTED_DAMAGE)

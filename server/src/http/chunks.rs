@@ -22,7 +22,7 @@ use crate::state::{now_secs, AppState};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NsQuery {
-    namespace: Option<NamespaceId>,
+    pub(super) namespace: Option<NamespaceId>,
 }
 
 fn chunk_id(raw: &str) -> Result<ChunkId, ApiError> {
@@ -170,7 +170,7 @@ fn count_out(state: &AppState, n: usize) {
 }
 
 /// Reads a body up to `limit` bytes; 413 past it.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(format!("body exceeds {limit} bytes")))

@@ -3,7 +3,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fsync_common::{ChunkId, ErrorBody, ErrorCode};
+use fsync_common::{ChunkId, ErrorBody, ErrorCode, PageId};
 
 use crate::db::DbError;
 use crate::domain::accounts::{AccountError, BAD_LOGIN, BAD_REFRESH, REFRESH_REUSED};
@@ -33,6 +33,8 @@ pub enum ApiError {
     Conflict(String),
     /// 409 with the ids to upload first.
     MissingChunks(Vec<ChunkId>),
+    /// 409 with the manifest pages to upload first.
+    MissingPages(Vec<PageId>),
     /// 413.
     PayloadTooLarge(String),
     /// 429, with the seconds to wait.
@@ -75,6 +77,14 @@ impl ApiError {
                 ErrorCode::MissingChunks,
                 format!("{} chunks must be uploaded before this commit", ids.len()),
             ),
+            Self::MissingPages(ids) => (
+                StatusCode::CONFLICT,
+                ErrorCode::MissingPages,
+                format!(
+                    "{} manifest pages must be uploaded before this commit",
+                    ids.len()
+                ),
+            ),
             Self::PayloadTooLarge(m) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::PayloadTooLarge,
@@ -112,8 +122,10 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let (_, code, message) = self.parts();
         let mut body = ErrorBody::new(code, message);
-        if let Self::MissingChunks(ids) = self {
-            body.error.missing.clone_from(ids);
+        match self {
+            Self::MissingChunks(ids) => body.error.missing.clone_from(ids),
+            Self::MissingPages(ids) => body.error.missing_pages.clone_from(ids),
+            _ => {}
         }
         body
     }
@@ -157,6 +169,7 @@ impl ApiError {
             }
             DbError::NotFound(what) => Self::NotFound(format!("{what} not found")),
             DbError::MissingChunks(ids) => Self::MissingChunks(ids.clone()),
+            DbError::MissingPages(ids) => Self::MissingPages(ids.clone()),
             DbError::Invalid(r) => Self::BadRequest(r.to_string()),
             DbError::UnsupportedUrl(m) => Self::BadRequest(m.clone()),
             DbError::Backend(

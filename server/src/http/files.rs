@@ -112,7 +112,10 @@ pub async fn manifests(
     auth.authorize(&state, req.namespace, Role::can_read)
         .await?;
     // A file of another namespace is reported like a missing one.
-    let out = state.repo.manifests(req.namespace, &req.files).await?;
+    let out = state
+        .repo
+        .manifests(req.namespace, &req.files, req.pages)
+        .await?;
     Ok(Json(out))
 }
 

@@ -13,6 +13,7 @@ pub(crate) mod error;
 mod extract;
 mod files;
 mod ops;
+mod pages;
 mod sync;
 pub(crate) mod ws;
 
@@ -75,7 +76,10 @@ const fn const_upper(method: &'static str) -> &'static str {
 
 /// Blob uploads and downloads read their bodies with their own limits.
 fn is_blob_route(path: &str) -> bool {
-    matches!(path, "/api/v1/chunks/{id}" | "/api/v1/chunks/batch")
+    matches!(
+        path,
+        "/api/v1/chunks/{id}" | "/api/v1/chunks/batch" | "/api/v1/pages/batch"
+    )
 }
 
 routes! { ROUTES;
@@ -91,6 +95,9 @@ routes! { ROUTES;
     put "/api/v1/chunks/{id}" => chunks::put, Token;
     get "/api/v1/chunks/{id}" => chunks::get, Token;
     post "/api/v1/chunks/batch" => chunks::put_batch, Token;
+    post "/api/v1/pages/missing" => pages::missing, Token;
+    post "/api/v1/pages/batch" => pages::put_batch, Token;
+    post "/api/v1/pages/fetch" => pages::fetch, Token;
     post "/api/v1/files/upload" => files::upload, Token;
     get "/api/v1/files/list" => files::list, Token;
     get "/api/v1/files/download/{file_id}" => files::download, Token;

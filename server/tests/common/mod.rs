@@ -613,6 +613,7 @@ impl User {
     ) -> CommitRequest {
         let chunk = self.upload(srv, dev, data).await;
         CommitRequest {
+            pages: Vec::new(),
             namespace: self.namespace,
             path: path.parse().expect("valid test path"),
             base: base.clone(),

@@ -20,9 +20,16 @@ pub(crate) use retention::RetentionSql;
 /// Key of the PostgreSQL advisory lock that one `fsync-gc run` holds ("fsync-gc").
 const GC_ADVISORY_KEY: i64 = 0x6673_796e_632d_6763;
 
-/// `c` (`chunks`) is referenced by no version.
+/// `c` (`chunks`) is referenced by no version's inline chunk list and by no stored
+/// manifest page (pages no version names go first, in their own sweep).
 const UNREFERENCED: &str = "NOT EXISTS (SELECT 1 FROM version_chunks vc \
-     WHERE vc.namespace_id = c.namespace_id AND vc.chunk_id = c.id)";
+     WHERE vc.namespace_id = c.namespace_id AND vc.chunk_id = c.id) \
+     AND NOT EXISTS (SELECT 1 FROM page_chunks pc \
+     WHERE pc.namespace_id = c.namespace_id AND pc.chunk_id = c.id)";
+
+/// `p` (`manifest_pages`) is named by no version.
+const PAGE_UNREFERENCED: &str = "NOT EXISTS (SELECT 1 FROM version_pages vp \
+     WHERE vp.namespace_id = p.namespace_id AND vp.page_id = p.id)";
 
 /// A chunk row: id and stored size.
 pub(crate) type ChunkRow = (ChunkId, u64);

@@ -135,11 +135,15 @@ impl GcRepo {
                 "DELETE FROM version_chunks WHERE version_id IN \
                  (SELECT id FROM file_versions WHERE file_id IN ({list}))"
             ),
+            format!(
+                "DELETE FROM version_pages WHERE version_id IN \
+                 (SELECT id FROM file_versions WHERE file_id IN ({list}))"
+            ),
             format!("DELETE FROM file_versions WHERE file_id IN ({list})"),
             format!("DELETE FROM changes WHERE file_id IN ({list})"),
             format!("DELETE FROM files WHERE id IN ({list})"),
         ];
-        let mut affected = [0u64; 4];
+        let mut affected = [0u64; 5];
         for (i, sql) in statements.into_iter().enumerate() {
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for id in &ids {
@@ -150,8 +154,8 @@ impl GcRepo {
         tx.commit().await?;
         drop(guard);
         Ok(Pruned {
-            versions: affected[1],
-            files: affected[3],
+            versions: affected[2],
+            files: affected[4],
         })
     }
 
@@ -187,6 +191,7 @@ impl GcRepo {
         let mut removed = 0;
         for sql in [
             format!("DELETE FROM version_chunks WHERE version_id IN ({list})"),
+            format!("DELETE FROM version_pages WHERE version_id IN ({list})"),
             format!("DELETE FROM file_versions WHERE id IN ({list})"),
         ] {
             let mut q = sqlx::query(AssertSqlSafe(sql));

@@ -4,7 +4,9 @@
 use fsync_common::{ChunkId, NamespaceId};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{chunk_row, hex_ids, ChunkRow, GcRepo, NsLock, RetentionSql, UNREFERENCED};
+use super::{
+    chunk_row, hex_ids, ChunkRow, GcRepo, NsLock, RetentionSql, PAGE_UNREFERENCED, UNREFERENCED,
+};
 use crate::db::sql::{parse, placeholders, Tx, IN_BATCH};
 use crate::db::DbError;
 
@@ -13,10 +15,18 @@ use crate::db::DbError;
 /// uploaded nor touched since. `cutoff` is an integer, written into the text.
 pub(super) fn swept(cutoff: i64, ignoring: Option<RetentionSql>) -> String {
     let unreferenced = match ignoring.and_then(RetentionSql::removed_version) {
+        // Through pages: a page the sweep keeps (named by a kept version, or touched
+        // within the grace period) keeps its chunks.
         Some(removed) => format!(
             "NOT EXISTS (SELECT 1 FROM version_chunks vc \
              JOIN file_versions v ON v.id = vc.version_id JOIN files f ON f.id = v.file_id \
-             WHERE vc.namespace_id = c.namespace_id AND vc.chunk_id = c.id AND NOT {removed})"
+             WHERE vc.namespace_id = c.namespace_id AND vc.chunk_id = c.id AND NOT {removed}) \
+             AND NOT EXISTS (SELECT 1 FROM page_chunks pc \
+             JOIN manifest_pages p ON p.namespace_id = pc.namespace_id AND p.id = pc.page_id \
+             WHERE pc.namespace_id = c.namespace_id AND pc.chunk_id = c.id \
+             AND (p.last_touched >= {cutoff} OR EXISTS (SELECT 1 FROM version_pages vp \
+             JOIN file_versions v ON v.id = vp.version_id JOIN files f ON f.id = v.file_id \
+             WHERE vp.namespace_id = p.namespace_id AND vp.page_id = p.id AND NOT {removed})))"
         ),
         None => UNREFERENCED.to_owned(),
     };
@@ -69,6 +79,8 @@ impl GcRepo {
                 "DELETE FROM chunks WHERE namespace_id = $1 AND last_touched < $2 AND id IN ({}) \
                  AND NOT EXISTS (SELECT 1 FROM version_chunks vc \
                  WHERE vc.namespace_id = chunks.namespace_id AND vc.chunk_id = chunks.id) \
+                 AND NOT EXISTS (SELECT 1 FROM page_chunks pc \
+                 WHERE pc.namespace_id = chunks.namespace_id AND pc.chunk_id = chunks.id) \
                  RETURNING id, stored_size, pack_id",
                 placeholders(3, batch.len())
             );
@@ -158,16 +170,19 @@ impl GcRepo {
             .collect()
     }
 
-    /// Chunks that versions of `ns` reference but that have no row (up to `limit`).
+    /// Chunks that versions or manifest pages of `ns` reference but that have no row
+    /// (up to `limit`).
     pub(crate) async fn unrecorded_references(
         &self,
         ns: NamespaceId,
         limit: usize,
     ) -> Result<Vec<ChunkId>, DbError> {
         let sql = format!(
-            "SELECT DISTINCT vc.chunk_id FROM version_chunks vc WHERE vc.namespace_id = $1 \
-             AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.namespace_id = vc.namespace_id \
-             AND c.id = vc.chunk_id) ORDER BY vc.chunk_id LIMIT {}",
+            "SELECT DISTINCT r.chunk_id FROM (SELECT namespace_id, chunk_id FROM version_chunks \
+             UNION ALL SELECT namespace_id, chunk_id FROM page_chunks) r \
+             WHERE r.namespace_id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.namespace_id = r.namespace_id \
+             AND c.id = r.chunk_id) ORDER BY r.chunk_id LIMIT {}",
             limit.max(1)
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -176,6 +191,57 @@ impl GcRepo {
             .await?;
         rows.iter()
             .map(|r| parse(&r.try_get::<String, _>(0)?, "chunk id"))
+            .collect()
+    }
+}
+
+impl GcRepo {
+    /// Deletes the manifest pages of `ns` that no version names and that were neither
+    /// stored nor touched since `cutoff`, with their chunk rows, under the namespace
+    /// lock (the lock a commit holds while it checks its pages and names them).
+    /// Returns how many went.
+    pub(crate) async fn sweep_pages(&self, ns: NamespaceId, cutoff: i64) -> Result<u64, DbError> {
+        let (mut tx, guard) = self.sql.begin_ns(ns).await?;
+        let dead = format!(
+            "SELECT p.id FROM manifest_pages p WHERE p.namespace_id = $1 \
+             AND p.last_touched < {cutoff} AND {PAGE_UNREFERENCED}"
+        );
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM page_chunks WHERE namespace_id = $1 AND page_id IN ({dead})"
+        )))
+        .bind(ns.to_hex())
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM manifest_pages WHERE namespace_id = $1 AND id IN ({dead})"
+        )))
+        .bind(ns.to_hex())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        drop(guard);
+        Ok(n)
+    }
+
+    /// Pages that versions of `ns` name but that are not stored (up to `limit`).
+    pub(crate) async fn unrecorded_pages(
+        &self,
+        ns: NamespaceId,
+        limit: usize,
+    ) -> Result<Vec<fsync_common::PageId>, DbError> {
+        let sql = format!(
+            "SELECT DISTINCT vp.page_id FROM version_pages vp WHERE vp.namespace_id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM manifest_pages p WHERE p.namespace_id = vp.namespace_id \
+             AND p.id = vp.page_id) ORDER BY vp.page_id LIMIT {}",
+            limit.max(1)
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ns.to_hex())
+            .fetch_all(self.sql.pool())
+            .await?;
+        rows.iter()
+            .map(|r| parse(&r.try_get::<String, _>(0)?, "page id"))
             .collect()
     }
 }

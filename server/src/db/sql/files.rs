@@ -4,18 +4,20 @@
 use async_trait::async_trait;
 use std::fmt::Write as _;
 
+use fsync_common::pages::Page;
 use fsync_common::wire::{
     ChunkRef, CommitOutcome, CommitResponse, FileMeta, ListResponse, Manifest, RenameInfo,
     VersionInfo,
 };
 use fsync_common::{
-    ChunkId, ContentHash, DeviceId, FileId, NamespaceId, SyncPath, VersionNo, VersionVector,
+    ChunkId, ContentHash, DeviceId, FileId, NamespaceId, PageId, SyncPath, VersionNo, VersionVector,
 };
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use std::collections::HashMap;
 
 use super::chunks::unique_ids;
+use super::pages;
 use super::rows::{file_meta, i64_of, json, parse, prefix_range, to_json, FILE_COLS};
 use super::tx::NsTx;
 use super::{SqlRepo, Tx};
@@ -84,6 +86,15 @@ pub(super) async fn write_version(
     let seq = w.next_seq();
     w.writes += 1;
     let vv_json = to_json(v.vv);
+    // A chunk list of more than one page is stored as pages (once per namespace) and
+    // the version keeps their ids; a shorter one stays inline, as before pages.
+    let paged = fsync_common::pages::paginate(v.chunks);
+    let (manifest, page_list) = if paged.len() > 1 {
+        let ids: Vec<PageId> = paged.iter().map(Page::id).collect();
+        (String::new(), Some(fsync_common::pages::pack_ids(&ids)))
+    } else {
+        (to_json(&v.chunks), None)
+    };
     let checksum = v.checksum.map(|c| c.to_hex());
     let deleted = i64::from(v.deleted);
     // One statement for a new file and a new head of an existing one (its namespace
@@ -112,7 +123,8 @@ pub(super) async fn write_version(
     .await?;
     let row = sqlx::query(
         "INSERT INTO file_versions (file_id, version, path, vv, size, mtime, mode, checksum, is_deleted, \
-         device_id, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+         device_id, manifest, created_at, pages) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
     )
     .bind(file.to_hex())
     .bind(i64_of(version.0))
@@ -124,14 +136,25 @@ pub(super) async fn write_version(
     .bind(checksum)
     .bind(deleted)
     .bind(v.device.to_hex())
-    .bind(to_json(&v.chunks))
+    .bind(manifest)
     .bind(w.now)
+    .bind(page_list)
     .fetch_one(&mut *w.tx)
     .await?;
     let version_id: i64 = row.try_get(0)?;
-    let ids: Vec<ChunkId> = v.chunks.iter().map(ChunkRef::id).collect();
-    w.refs
-        .extend(unique_ids(&ids).into_iter().map(|id| (version_id, id)));
+    if paged.len() > 1 {
+        let mut seen = std::collections::HashSet::new();
+        for p in paged {
+            if seen.insert(p.id()) {
+                w.page_refs.push((version_id, p.id()));
+                w.pages.entry(p.id()).or_insert(p);
+            }
+        }
+    } else {
+        let ids: Vec<ChunkId> = v.chunks.iter().map(ChunkRef::id).collect();
+        w.refs
+            .extend(unique_ids(&ids).into_iter().map(|id| (version_id, id)));
+    }
     w.journal(seq, file, version, None);
     let head = FileMeta {
         file_id: file,
@@ -157,7 +180,7 @@ pub(super) async fn write_version(
 /// The columns of `file_versions` (aliased `v`) that [`version_manifest`] decodes.
 const VERSION_COLS: &str = "v.vv AS v_vv, v.size AS v_size, v.mtime AS v_mtime, v.mode AS v_mode, \
      v.checksum AS v_checksum, v.is_deleted AS v_deleted, v.device_id AS v_device, \
-     v.manifest AS v_manifest";
+     v.manifest AS v_manifest, v.pages AS v_pages";
 /// File versions looked up per query of `manifests` (two parameters each).
 const MANIFESTS_PER_QUERY: usize = 400;
 
@@ -169,9 +192,68 @@ static FILE_COLS_OF_F: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
         .join(", ")
 });
 
-/// A version's manifest from a row of [`VERSION_COLS`]: the head's identity and path,
-/// the version's own data.
-fn version_manifest(row: &AnyRow, head: FileMeta, v: VersionNo) -> Result<Manifest, DbError> {
+/// How a version keeps its chunk list.
+#[derive(Clone)]
+enum Stored {
+    /// Inline (a list of one page or none).
+    Chunks(Vec<ChunkRef>),
+    /// As pages, in file order.
+    Pages(Vec<PageId>),
+}
+
+/// The chunk list of a row with `manifest` and `pages` columns named `m` and `p`.
+fn stored(row: &AnyRow, m: &str, p: &str) -> Result<Stored, DbError> {
+    match row.try_get::<Option<Vec<u8>>, _>(p)? {
+        Some(raw) => fsync_common::pages::unpack_ids(&raw)
+            .map(Stored::Pages)
+            .ok_or_else(|| DbError::Corrupt(format!("page list of {} bytes", raw.len()))),
+        None => Ok(Stored::Chunks(json(
+            &row.try_get::<String, _>(m)?,
+            "manifest",
+        )?)),
+    }
+}
+
+/// The chunk lists of `stored`, reading the pages they name (in `ns`) in one go. A
+/// page a stored version names and the namespace lacks is corruption.
+async fn resolve_stored(
+    conn: &mut sqlx::AnyConnection,
+    ns: NamespaceId,
+    stored: Vec<Stored>,
+) -> Result<Vec<Vec<ChunkRef>>, DbError> {
+    let lists: Vec<&[PageId]> = stored
+        .iter()
+        .filter_map(|s| match s {
+            Stored::Pages(p) => Some(p.as_slice()),
+            Stored::Chunks(_) => None,
+        })
+        .collect();
+    let mut resolved = match pages::resolve(conn, ns, &lists).await {
+        Err(DbError::MissingPages(ids)) => {
+            return Err(DbError::Corrupt(format!(
+                "a version names {} manifest pages that are not stored (first {})",
+                ids.len(),
+                ids[0]
+            )))
+        }
+        r => r?.into_iter(),
+    };
+    Ok(stored
+        .into_iter()
+        .map(|s| match s {
+            Stored::Chunks(c) => c,
+            Stored::Pages(_) => resolved.next().expect("one list per paged version"),
+        })
+        .collect())
+}
+
+/// A version's manifest from a row of [`VERSION_COLS`] (its chunks still to resolve):
+/// the head's identity and path, the version's own data.
+fn version_manifest(
+    row: &AnyRow,
+    head: FileMeta,
+    v: VersionNo,
+) -> Result<(FileMeta, Stored), DbError> {
     let checksum: Option<String> = row.try_get("v_checksum")?;
     let meta = FileMeta {
         version: v,
@@ -186,23 +268,27 @@ fn version_manifest(row: &AnyRow, head: FileMeta, v: VersionNo) -> Result<Manife
         device: parse(&row.try_get::<String, _>("v_device")?, "device id")?,
         ..head
     };
-    let chunks = json(&row.try_get::<String, _>("v_manifest")?, "manifest")?;
-    Ok(Manifest { meta, chunks })
+    Ok((meta, stored(row, "v_manifest", "v_pages")?))
 }
 
-/// The chunk list of one version.
+/// The chunk list of one version of a file in `ns`.
 pub(super) async fn manifest_of(
     tx: &mut Tx,
+    ns: NamespaceId,
     file: FileId,
     version: VersionNo,
 ) -> Result<Vec<ChunkRef>, DbError> {
-    let row = sqlx::query("SELECT manifest FROM file_versions WHERE file_id = $1 AND version = $2")
-        .bind(file.to_hex())
-        .bind(i64_of(version.0))
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or(DbError::NotFound("version"))?;
-    json(&row.try_get::<String, _>(0)?, "manifest")
+    let row = sqlx::query(
+        "SELECT manifest, pages FROM file_versions WHERE file_id = $1 AND version = $2",
+    )
+    .bind(file.to_hex())
+    .bind(i64_of(version.0))
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(DbError::NotFound("version"))?;
+    let s = stored(&row, "manifest", "pages")?;
+    let mut lists = resolve_stored(tx, ns, vec![s]).await?;
+    Ok(lists.pop().expect("one list"))
 }
 
 /// Creates a conflict copy: a new file holding an existing manifest (no re-upload).
@@ -339,15 +425,26 @@ impl FileRepo for SqlRepo {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(DbError::NotFound("version"))?;
-        version_manifest(&row, head, v)
+        let ns = head.namespace;
+        let (meta, s) = version_manifest(&row, head, v)?;
+        let chunks = resolve_stored(&mut *self.pool.acquire().await?, ns, vec![s])
+            .await?
+            .pop()
+            .expect("one list");
+        Ok(Manifest {
+            meta,
+            chunks,
+            pages: None,
+        })
     }
 
     async fn manifests(
         &self,
         ns: NamespaceId,
         wanted: &[(FileId, VersionNo)],
+        as_pages: bool,
     ) -> Result<Vec<Manifest>, DbError> {
-        let mut found: HashMap<(FileId, VersionNo), Manifest> = HashMap::new();
+        let mut found: HashMap<(FileId, VersionNo), (FileMeta, Stored)> = HashMap::new();
         for part in wanted.chunks(MANIFESTS_PER_QUERY) {
             let pairs = (0..part.len())
                 .map(|i| format!("(${}, ${})", 2 + 2 * i, 3 + 2 * i))
@@ -370,7 +467,7 @@ impl FileRepo for SqlRepo {
             }
         }
         // In the order asked; one that is missing (or in another namespace) fails all.
-        wanted
+        let (metas, stored): (Vec<FileMeta>, Vec<Stored>) = wanted
             .iter()
             .map(|k| {
                 found
@@ -378,7 +475,37 @@ impl FileRepo for SqlRepo {
                     .cloned()
                     .ok_or(DbError::NotFound("file version"))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
+        if as_pages {
+            return Ok(metas
+                .into_iter()
+                .zip(stored)
+                .map(|(meta, s)| match s {
+                    Stored::Chunks(chunks) => Manifest {
+                        meta,
+                        chunks,
+                        pages: None,
+                    },
+                    Stored::Pages(p) => Manifest {
+                        meta,
+                        chunks: Vec::new(),
+                        pages: Some(p),
+                    },
+                })
+                .collect());
+        }
+        let chunks = resolve_stored(&mut *self.pool.acquire().await?, ns, stored).await?;
+        Ok(metas
+            .into_iter()
+            .zip(chunks)
+            .map(|(meta, chunks)| Manifest {
+                meta,
+                chunks,
+                pages: None,
+            })
+            .collect())
     }
 
     async fn renames(&self, file: FileId) -> Result<Vec<RenameInfo>, DbError> {
@@ -465,7 +592,7 @@ impl FileRepo for SqlRepo {
             .ok_or(DbError::NotFound("file"))?;
         // Read the chunk list again under the lock: garbage collection may have pruned
         // the version (and swept its chunks) since `old` was read.
-        let chunks = manifest_of(&mut w.tx, file, version).await?;
+        let chunks = manifest_of(&mut w.tx, ns, file, version).await?;
         if head.deleted && live_at(&mut w.tx, ns, head.path.as_str()).await? {
             return Err(DbError::PathInUse(head.path));
         }

@@ -15,6 +15,7 @@ mod accounts;
 mod chunks;
 mod files;
 mod journal;
+mod pages;
 mod rows;
 mod tx;
 mod writes;

@@ -2,12 +2,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use fsync_common::pages::Page;
 use fsync_common::wire::FileMeta;
-use fsync_common::{ChunkId, DeviceId, FileId, NamespaceId, Seq, SyncPath, VersionNo};
+use fsync_common::{ChunkId, DeviceId, FileId, NamespaceId, PageId, Seq, SyncPath, VersionNo};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::rows::{file_meta, i64_of, json, multi_row_values, placeholders, to_json, FILE_COLS};
-use super::{SqlRepo, Tx, IN_BATCH};
+use super::{pages, SqlRepo, Tx, IN_BATCH};
 use crate::db::DbError;
 
 /// A write transaction on one namespace, holding the namespace lock from its first
@@ -30,6 +31,10 @@ pub(super) struct NsTx {
     journal: Vec<(Seq, FileId, VersionNo, Option<String>)>,
     /// (`file_versions.id`, chunk): references to insert.
     pub(super) refs: Vec<(i64, ChunkId)>,
+    /// Pages of the versions written, to store where the namespace lacks them, and
+    /// (`file_versions.id`, page) references to insert.
+    pub(super) pages: HashMap<PageId, Page>,
+    pub(super) page_refs: Vec<(i64, PageId)>,
     /// Idempotency answers by key (`None`: known absent), as stored JSON.
     answers: HashMap<String, Option<String>>,
     new_answers: Vec<(String, String)>,
@@ -67,6 +72,8 @@ impl NsTx {
             seq,
             journal: Vec::new(),
             refs: Vec::new(),
+            pages: HashMap::new(),
+            page_refs: Vec::new(),
             answers: HashMap::new(),
             new_answers: Vec::new(),
             heads: HashMap::new(),
@@ -203,6 +210,9 @@ impl NsTx {
             self.tx.rollback().await?;
             return Ok(());
         }
+        let pages: Vec<&Page> = self.pages.values().collect();
+        pages::insert_absent(&mut self.tx, self.ns, &pages, self.now).await?;
+        pages::insert_version_refs(&mut self.tx, self.ns, &self.page_refs).await?;
         let ns = self.ns.to_hex();
         for batch in self.refs.chunks(IN_BATCH) {
             let values = multi_row_values("(?, $1, ?)", 1, batch.len());

@@ -15,7 +15,7 @@ use super::chunks::{absent_chunks, unique_ids};
 use super::files::{conflict_copy, live_at, live_below, manifest_of, write_version, VersionData};
 use super::rows::{file_meta, head_state, i64_of, prefix_range, FILE_COLS};
 use super::tx::NsTx;
-use super::SqlRepo;
+use super::{pages, SqlRepo};
 use crate::db::{Actor, BatchAnswer, BatchOp, DbError, WriteRepo};
 use crate::domain::manifest::{self, RequestError};
 use crate::domain::resolve::{plan_commit, plan_delete, CommitPlan, DeletePlan, Incoming};
@@ -52,6 +52,24 @@ async fn commit_in(
         answer.outcome = CommitOutcome::AlreadyApplied;
         return Ok(answer);
     }
+    // A commit naming pages: its chunk list is theirs, read under the lock (a stored
+    // page's chunks are recorded and referenced by it, so none can be missing).
+    let resolved;
+    let req = if req.pages.is_empty() {
+        req
+    } else {
+        let chunks = pages::resolve(&mut w.tx, w.ns, &[&req.pages])
+            .await?
+            .pop()
+            .expect("one list");
+        resolved = CommitRequest {
+            chunks,
+            pages: Vec::new(),
+            ..req.clone()
+        };
+        manifest::check_manifest(&resolved)?;
+        &resolved
+    };
     let ids: Vec<ChunkId> = req.chunks.iter().map(ChunkRef::id).collect();
     let missing: Vec<ChunkId> = unique_ids(&ids)
         .into_iter()
@@ -99,7 +117,7 @@ async fn commit_in(
             conflict_copy: None,
         },
         (CommitPlan::Merge { vv }, Some(head)) => {
-            let chunks = manifest_of(&mut w.tx, head.file_id, head.version).await?;
+            let chunks = manifest_of(&mut w.tx, w.ns, head.file_id, head.version).await?;
             let v = VersionData {
                 chunks: &chunks,
                 mtime: head.mtime,
@@ -121,7 +139,7 @@ async fn commit_in(
             },
             Some(head),
         ) => {
-            let old_chunks = manifest_of(&mut w.tx, head.file_id, head.version).await?;
+            let old_chunks = manifest_of(&mut w.tx, w.ns, head.file_id, head.version).await?;
             let copy = conflict_copy(
                 w,
                 &req.path,
