@@ -54,6 +54,10 @@ pub struct Metrics {
     pub chunks_stored: AtomicU64,
     /// Chunk ids answered present by `chunks/missing`.
     pub dedup_hits: AtomicU64,
+    /// Manifest pages newly stored by `pages/batch`.
+    pub pages_stored: AtomicU64,
+    /// Manifest pages sent by `pages/fetch`.
+    pub pages_sent: AtomicU64,
     /// Rotated-out refresh tokens presented again (each revoked its login).
     pub refresh_reuse: AtomicU64,
     /// Packs written by the group commit of single-blob uploads.
@@ -145,6 +149,8 @@ impl Metrics {
             ),
             ("fsync_chunks_stored_total", "counter", &self.chunks_stored),
             ("fsync_dedup_hits_total", "counter", &self.dedup_hits),
+            ("fsync_pages_stored_total", "counter", &self.pages_stored),
+            ("fsync_pages_sent_total", "counter", &self.pages_sent),
             ("fsync_upload_groups_total", "counter", &self.upload_groups),
             (
                 "fsync_refresh_token_reuse_total",

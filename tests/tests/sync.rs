@@ -76,6 +76,10 @@ fn a_small_edit_of_a_large_file_sends_only_the_changed_chunks() {
     assert!(b.read("big.bin") == data, "B's copy of big.bin differs");
 
     let (stored, bytes_in, bytes_out) = server.traffic();
+    let pages = |what| server.metric(&format!("fsync_pages_{what}_total"));
+    // 512 chunks: the manifest is several pages (A sent them with the first commit;
+    // B cut them again from its copy).
+    let (pages_stored, pages_sent) = (pages("stored"), pages("sent"));
     // Overwrite 10 bytes in the middle, in place (same size, same inode).
     let middle = data.len() / 2;
     data[middle..middle + 10].copy_from_slice(b"0123456789");
@@ -94,12 +98,18 @@ fn a_small_edit_of_a_large_file_sends_only_the_changed_chunks() {
     );
     let sent = server.bytes_in() - bytes_in;
     assert!(sent < MIB as u64, "a 10-byte edit sent {sent} bytes");
+    // Only the page holding the changed chunks went up (two if it moved a boundary).
+    let new_pages = pages("stored") - pages_stored;
+    assert!((1..=2).contains(&new_pages), "a 10-byte edit stored {new_pages} pages");
 
     assert_eq!(b.sync().downloaded, 1);
     assert!(b.read("big.bin") == data, "B's copy of big.bin differs");
     // B rebuilt the file from its own unchanged chunks and fetched only the new ones.
     let fetched = server.bytes_out() - bytes_out;
     assert!(fetched < MIB as u64, "B fetched {fetched} bytes");
+    // And only the new pages came down: B cut the others from its synced version.
+    let fetched_pages = pages("sent") - pages_sent;
+    assert_eq!(fetched_pages, new_pages, "B fetched {fetched_pages} pages");
     assert_same_tree(&a, &b);
 }
 

@@ -3,6 +3,8 @@
 //! page id and its encoding), and fetching many. The server checks every page against
 //! its id and decodes it; a page is stored once per namespace.
 
+use std::sync::atomic::Ordering;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
@@ -81,6 +83,10 @@ pub async fn put_batch(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let stored = state.repo.store_pages(ns, &pages, now_secs()).await?;
+    state
+        .metrics
+        .pages_stored
+        .fetch_add(stored as u64, Ordering::Relaxed);
     Ok(Json(StoredResponse {
         stored: stored as u32,
         existing: (pages.len() - stored) as u32,
@@ -103,6 +109,10 @@ pub async fn fetch(
     auth.authorize(&state, req.namespace, Role::can_read)
         .await?;
     let found = state.repo.page_bodies(req.namespace, &req.ids).await?;
+    state
+        .metrics
+        .pages_sent
+        .fetch_add(found.len() as u64, Ordering::Relaxed);
     let mut out = Vec::with_capacity(5 + found.iter().map(|(_, b)| b.len() + 36).sum::<usize>());
     batch::encode_header(&mut out);
     for (id, body) in &found {
