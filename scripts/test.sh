@@ -49,6 +49,9 @@ for src in fuzz/fuzz_targets/*.rs; do
     exit 1
   fi
 done
+# The previous release's client, for the compatibility test (before the tests: it
+# shares target/, and cargo links this tree's binaries again when they build).
+bash scripts/prev-client.sh
 cargo test --workspace --locked
 echo "test.sh: target dirs after the run: $(du -sh "$target_dir" | cut -f1) ($target_dir)," \
   "$(du -sh fuzz/target | cut -f1) (fuzz/target)"

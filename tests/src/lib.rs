@@ -91,6 +91,28 @@ fn binaries() -> &'static Binaries {
     })
 }
 
+/// The `fsync-client` of the previous release, which `scripts/prev-client.sh` builds
+/// into `target/prev/` (or the executable `FSYNC_PREV_CLIENT` names). Missing, the
+/// test fails and says how to build it.
+pub fn prev_client() -> PathBuf {
+    let exe = match std::env::var_os("FSYNC_PREV_CLIENT") {
+        Some(p) => PathBuf::from(p),
+        None => binaries()
+            .client
+            .parent()
+            .and_then(Path::parent)
+            .expect("the client lives in target/<profile>/")
+            .join("prev/fsync-client"),
+    };
+    assert!(
+        exe.is_file(),
+        "the previous release's client {} is missing: build it with scripts/prev-client.sh \
+         (scripts/test.sh does)",
+        exe.display()
+    );
+    exe
+}
+
 /// The `fsync-gc` binary, built once per test process (or from `FSYNC_E2E_BIN_DIR`).
 fn gc_binary() -> &'static Path {
     static GC: OnceLock<PathBuf> = OnceLock::new();
@@ -540,6 +562,7 @@ impl Account {
             account: self.clone(),
             root,
             dir,
+            binary: None,
         }
     }
 
@@ -551,6 +574,7 @@ impl Account {
             account: self.clone(),
             root,
             dir: tempfile::tempdir().expect("temp dir"),
+            binary: None,
         }
     }
 
@@ -587,11 +611,24 @@ pub struct Client {
     account: Account,
     root: PathBuf,
     dir: tempfile::TempDir,
+    /// Another `fsync-client` executable than this tree's (a previous release).
+    binary: Option<PathBuf>,
 }
 
 impl Client {
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// This device, run by the executable `exe` instead of this tree's client.
+    #[must_use]
+    pub fn using(mut self, exe: PathBuf) -> Self {
+        self.binary = Some(exe);
+        self
+    }
+
+    fn exe(&self) -> &Path {
+        self.binary.as_deref().unwrap_or(&binaries().client)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -654,7 +691,7 @@ impl Client {
     /// `username` as given (`None`: this device's), for tests of how bad ones are
     /// reported.
     pub fn command_with(&self, server_url: Option<&str>, username: Option<&str>) -> Command {
-        let mut cmd = command(&binaries().client);
+        let mut cmd = command(self.exe());
         cmd.arg("--watch-dir")
             .arg(&self.root)
             .args([
@@ -669,7 +706,7 @@ impl Client {
 
     /// `fsync-client` with this device's watch dir, server, account and password.
     pub fn command(&self) -> Command {
-        let mut cmd = command(&binaries().client);
+        let mut cmd = command(self.exe());
         cmd.arg("--watch-dir")
             .arg(&self.root)
             .args(["--server-url", &self.account.server_url])

@@ -100,7 +100,10 @@ fn a_small_edit_of_a_large_file_sends_only_the_changed_chunks() {
     assert!(sent < MIB as u64, "a 10-byte edit sent {sent} bytes");
     // Only the page holding the changed chunks went up (two if it moved a boundary).
     let new_pages = pages("stored") - pages_stored;
-    assert!((1..=2).contains(&new_pages), "a 10-byte edit stored {new_pages} pages");
+    assert!(
+        (1..=2).contains(&new_pages),
+        "a 10-byte edit stored {new_pages} pages"
+    );
 
     assert_eq!(b.sync().downloaded, 1);
     assert!(b.read("big.bin") == data, "B's copy of big.bin differs");
