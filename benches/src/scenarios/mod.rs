@@ -94,13 +94,33 @@ pub(crate) async fn newest_manifest(url: &str, path: &str) -> anyhow::Result<(u6
     let mut conn = sqlx::AnyConnection::connect(url)
         .await
         .context("connecting to the bench server's database")?;
-    let row =
-        sqlx::query("SELECT manifest FROM file_versions WHERE path = $1 ORDER BY id DESC LIMIT 1")
-            .bind(path.to_owned())
+    let row = sqlx::query(
+        "SELECT v.manifest, v.pages, f.namespace_id FROM file_versions v \
+         JOIN files f ON f.id = v.file_id WHERE v.path = $1 ORDER BY v.id DESC LIMIT 1",
+    )
+    .bind(path.to_owned())
+    .fetch_one(&mut conn)
+    .await
+    .with_context(|| format!("reading the manifest of {path}"))?;
+    let manifest: String = row.try_get(0)?;
+    // A manifest of several pages: the version keeps their ids, the pages their entries.
+    if let Some(ids) = row.try_get::<Option<Vec<u8>>, _>(1)? {
+        let ns: String = row.try_get(2)?;
+        let mut entries = 0u64;
+        for id in ids.chunks(32) {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT entries FROM manifest_pages WHERE namespace_id = $1 AND id = $2",
+            )
+            .bind(ns.clone())
+            .bind(hex::encode(id))
             .fetch_one(&mut conn)
             .await
-            .with_context(|| format!("reading the manifest of {path}"))?;
-    let manifest: String = row.try_get(0)?;
+            .context("reading a manifest page")?;
+            entries += n as u64;
+        }
+        let _ = conn.close().await;
+        return Ok((ids.len() as u64, entries));
+    }
     let _ = conn.close().await;
     let entries = match serde_json::from_str::<Value>(&manifest)? {
         Value::Array(a) => a.len() as u64,
@@ -111,6 +131,31 @@ pub(crate) async fn newest_manifest(url: &str, path: &str) -> anyhow::Result<(u6
         _ => 0,
     };
     Ok((manifest.len() as u64, entries))
+}
+
+/// The bytes the bench server's metadata database holds (tables and indexes): SQLite's
+/// pages from `dbstat`, PostgreSQL's relation sizes. Read before and after an edit, the
+/// difference is what the edit stored (in pages of 4 KiB or 8 KiB, so a median over
+/// several edits says more than one).
+pub(crate) async fn metadata_bytes(url: &str) -> anyhow::Result<u64> {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url)
+        .await
+        .context("connecting to the bench server's database")?;
+    let sql = if url.starts_with("sqlite:") {
+        "SELECT CAST(SUM(pgsize) AS BIGINT) FROM dbstat"
+    } else {
+        "SELECT CAST(SUM(pg_total_relation_size(c.oid)) AS BIGINT) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+    };
+    let n: i64 = sqlx::query_scalar(sql)
+        .fetch_one(&mut conn)
+        .await
+        .context("measuring the metadata database")?;
+    let _ = conn.close().await;
+    Ok(n.max(0) as u64)
 }
 
 /// Writes `report` as one table: a row per (`db`, `report.row_label`) pair, a column

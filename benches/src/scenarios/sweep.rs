@@ -223,7 +223,7 @@ impl Args {
             "large file: A {:.2} s, {manifest_entries} chunks",
             up.secs
         ));
-        sync::small_edits(ctx, &mut a, &mut b, LARGE, dir).await?;
+        sync::small_edits(ctx, &mut a, &mut b, LARGE, dir, &server.database_url).await?;
         for (from, to, unit) in EDIT_SUMS {
             let of: Vec<f64> = ctx
                 .records

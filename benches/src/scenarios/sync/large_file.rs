@@ -86,7 +86,7 @@ pub(super) async fn large_parts(
         }
     }
     if ctx.wants(Part::SmallEdit) {
-        small_edits(ctx, &mut a, &mut b, name, dir).await?;
+        small_edits(ctx, &mut a, &mut b, name, dir, &server.database_url).await?;
     }
     Ok(())
 }
@@ -156,6 +156,7 @@ pub(crate) async fn small_edits(
     b: &mut Device,
     name: &str,
     dir: &Path,
+    database_url: &str,
 ) -> anyhow::Result<()> {
     let path_a = a.root.join(name);
     let path_b = b.root.join(name);
@@ -180,7 +181,7 @@ pub(crate) async fn small_edits(
                 if insert { "insert" } else { "overwrite" },
                 pos.label()
             );
-            let mut cols: [Vec<f64>; 8] = Default::default();
+            let mut cols: [Vec<f64>; 9] = Default::default();
             for _ in 0..ctx.args.edit_repeat {
                 value = value.wrapping_add(1);
                 if insert {
@@ -196,7 +197,9 @@ pub(crate) async fn small_edits(
                 let new_bytes: u64 = new.iter().map(|(_, l)| u64::from(*l)).sum();
                 let new_count = new.len();
                 known.extend(chunks.iter().map(|(id, _)| *id));
+                let meta_before = crate::scenarios::metadata_bytes(database_url).await?;
                 let up = a.round().await?;
+                let meta_after = crate::scenarios::metadata_bytes(database_url).await?;
                 ensure!(
                     up.report.uploaded == 1,
                     "A did not commit the edit: {:?}",
@@ -214,6 +217,7 @@ pub(crate) async fn small_edits(
                     down.report
                 );
                 same_file(&path_a, &path_b)?;
+                cols[8].push(meta_after.saturating_sub(meta_before) as f64);
                 let wire = |t: ApiStats| (t.bytes_up + t.bytes_down) as f64;
                 cols[0].push(up.traffic.bytes_up as f64);
                 cols[1].push(down.traffic.bytes_down as f64);
@@ -227,7 +231,7 @@ pub(crate) async fn small_edits(
                 }
             }
             let p = Part::SmallEdit;
-            let [up, down, total, new_n, new_b, t_up, t_down, rs] = &mut cols;
+            let [up, down, total, new_n, new_b, t_up, t_down, rs, meta] = &mut cols;
             ctx.push(
                 p,
                 "A bytes up (edit → committed)",
@@ -248,6 +252,13 @@ pub(crate) async fn small_edits(
                 "bytes",
                 &case,
                 median(total),
+            );
+            ctx.push(
+                p,
+                "metadata stored (database growth)",
+                "bytes",
+                &case,
+                median(meta),
             );
             ctx.push(p, "new chunks", "count", &case, median(new_n));
             ctx.push(p, "new chunk bytes", "bytes", &case, median(new_b));
@@ -275,6 +286,13 @@ pub(crate) async fn small_edits(
                     "ratio",
                     &case,
                     a_wire / rsync_total,
+                );
+                ctx.push(
+                    p,
+                    "B bytes down / rsync bytes",
+                    "ratio",
+                    &case,
+                    median(down) / rsync_total,
                 );
             }
             ctx.say(&format!("small edit: {case} done"));
