@@ -413,14 +413,16 @@ async fn round(
 }
 
 /// New unique content: a header naming its origin, then text or random bytes of a
-/// size from tiny to several chunks (the sim's chunks average 4 KiB).
+/// size from tiny to several chunks (the sim's chunks average 4 KiB), and now and then
+/// of a hundred chunks or more: a chunk list of several manifest pages.
 fn new_content(rng: &mut StdRng, seed: u64, dev: usize, model: &mut Model) -> Vec<u8> {
     model.counter += 1;
     let mut data = format!("seed {seed} dev{dev} #{}\n", model.counter).into_bytes();
     let len = match rng.gen_range(0..100u32) {
         0..70 => rng.gen_range(0..200),
         70..95 => rng.gen_range(200..20_000),
-        _ => rng.gen_range(20_000..60_000),
+        95..98 => rng.gen_range(20_000..60_000),
+        _ => rng.gen_range(400_000..1_200_000),
     };
     if rng.gen_bool(0.5) {
         data.extend((0..len).map(|_| rng.gen_range(b'a'..=b'z')));

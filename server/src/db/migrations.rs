@@ -31,18 +31,20 @@ const TEMPLATES: &[(i64, &str, &str)] = &[
 fn render(template: &str, dialect: Dialect) -> String {
     // The first line of each rendered script is the header it was first applied with:
     // part of the checksum sqlx keeps.
-    let (header, path_type, serial_key, blob) = match dialect {
+    let (header, path_type, serial_key, blob, without_rowid) = match dialect {
         Dialect::Sqlite => (
             "-- fsync metadata schema (SQLite). Keep in step with ../postgres/0001_init.sql.",
             "TEXT",
             "INTEGER PRIMARY KEY AUTOINCREMENT",
             "BLOB",
+            " WITHOUT ROWID",
         ),
         Dialect::Postgres => (
             "-- fsync metadata schema (PostgreSQL). Keep in step with ../sqlite/0001_init.sql.",
             "TEXT COLLATE \"C\"",
             "BIGSERIAL PRIMARY KEY",
             "BYTEA",
+            "",
         ),
     };
     template
@@ -53,6 +55,7 @@ fn render(template: &str, dialect: Dialect) -> String {
         .replace("{{path_type}}", path_type)
         .replace("{{serial_key}}", serial_key)
         .replace("{{blob}}", blob)
+        .replace("{{without_rowid}}", without_rowid)
 }
 
 /// The migrations for `dialect`, as sqlx's migrator takes them.

@@ -5,7 +5,7 @@ use fsync_common::NamespaceId;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{count, GcRepo};
-use crate::db::sql::{placeholders, IN_BATCH};
+use crate::db::sql::{placeholders, Tx, IN_BATCH};
 use crate::db::DbError;
 
 /// Which versions retention prunes. A version is kept when it is its file's head, when
@@ -72,6 +72,45 @@ pub(crate) struct Pruned {
     pub(crate) files: u64,
 }
 
+/// Deletes the `version_pages` rows of the versions `ids`, by the keys their page lists
+/// give (the table has no index on the version). Inside the caller's transaction, under
+/// the namespace lock, before the versions themselves go.
+async fn delete_version_pages(tx: &mut Tx, ids: &[i64]) -> Result<(), DbError> {
+    for batch in ids.chunks(IN_BATCH) {
+        let sql = format!(
+            "SELECT v.id, v.pages, f.namespace_id FROM file_versions v JOIN files f ON f.id = v.file_id \
+             WHERE v.pages IS NOT NULL AND v.id IN ({})",
+            placeholders(1, batch.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in batch {
+            q = q.bind(*id);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let version: i64 = row.try_get(0)?;
+            let raw: Vec<u8> = row.try_get(1)?;
+            let ns: String = row.try_get(2)?;
+            let pages = fsync_common::pages::unpack_ids(&raw)
+                .ok_or_else(|| DbError::Corrupt(format!("page list of {} bytes", raw.len())))?;
+            for part in pages.chunks(IN_BATCH) {
+                let sql = format!(
+                    "DELETE FROM version_pages WHERE namespace_id = $1 AND version_id = $2 \
+                     AND page_id IN ({})",
+                    placeholders(3, part.len())
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(ns.as_str())
+                    .bind(version);
+                for p in part {
+                    q = q.bind(p.as_bytes().to_vec());
+                }
+                q.execute(&mut **tx).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl GcRepo {
     /// Counts what the policy would remove in `ns`.
     pub(crate) async fn count_prunable(
@@ -135,15 +174,23 @@ impl GcRepo {
                 "DELETE FROM version_chunks WHERE version_id IN \
                  (SELECT id FROM file_versions WHERE file_id IN ({list}))"
             ),
-            format!(
-                "DELETE FROM version_pages WHERE version_id IN \
-                 (SELECT id FROM file_versions WHERE file_id IN ({list}))"
-            ),
             format!("DELETE FROM file_versions WHERE file_id IN ({list})"),
             format!("DELETE FROM changes WHERE file_id IN ({list})"),
             format!("DELETE FROM files WHERE id IN ({list})"),
         ];
-        let mut affected = [0u64; 5];
+        let sql = format!("SELECT id FROM file_versions WHERE file_id IN ({list})");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in &ids {
+            q = q.bind(id.as_str());
+        }
+        let versions: Vec<i64> = q
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?;
+        delete_version_pages(&mut tx, &versions).await?;
+        let mut affected = [0u64; 4];
         for (i, sql) in statements.into_iter().enumerate() {
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for id in &ids {
@@ -154,8 +201,8 @@ impl GcRepo {
         tx.commit().await?;
         drop(guard);
         Ok(Pruned {
-            versions: affected[2],
-            files: affected[4],
+            versions: affected[1],
+            files: affected[3],
         })
     }
 
@@ -189,9 +236,9 @@ impl GcRepo {
         }
         let list = placeholders(1, ids.len());
         let mut removed = 0;
+        delete_version_pages(&mut tx, &ids).await?;
         for sql in [
             format!("DELETE FROM version_chunks WHERE version_id IN ({list})"),
-            format!("DELETE FROM version_pages WHERE version_id IN ({list})"),
             format!("DELETE FROM file_versions WHERE id IN ({list})"),
         ] {
             let mut q = sqlx::query(AssertSqlSafe(sql));

@@ -1,6 +1,8 @@
 //! The sweep: unreferenced chunk rows past the grace period go under the namespace
 //! lock, then their blobs; blobs with no row are found page by page.
 
+use std::collections::HashSet;
+
 use fsync_common::{ChunkId, NamespaceId};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -201,27 +203,63 @@ impl GcRepo {
     /// lock (the lock a commit holds while it checks its pages and names them).
     /// Returns how many went.
     pub(crate) async fn sweep_pages(&self, ns: NamespaceId, cutoff: i64) -> Result<u64, DbError> {
-        let (mut tx, guard) = self.sql.begin_ns(ns).await?;
-        let dead = format!(
-            "SELECT p.id FROM manifest_pages p WHERE p.namespace_id = $1 \
-             AND p.last_touched < {cutoff} AND {PAGE_UNREFERENCED}"
-        );
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM page_chunks WHERE namespace_id = $1 AND page_id IN ({dead})"
-        )))
-        .bind(ns.to_hex())
-        .execute(&mut *tx)
-        .await?;
-        let n = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM manifest_pages WHERE namespace_id = $1 AND id IN ({dead})"
-        )))
-        .bind(ns.to_hex())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        drop(guard);
-        Ok(n)
+        let mut total = 0;
+        loop {
+            let (mut tx, guard) = self.sql.begin_ns(ns).await?;
+            let dead = sqlx::query(AssertSqlSafe(format!(
+                "SELECT p.id, p.body FROM manifest_pages p WHERE p.namespace_id = $1 \
+                 AND p.last_touched < {cutoff} AND {PAGE_UNREFERENCED} LIMIT {IN_BATCH}"
+            )))
+            .bind(ns.to_hex())
+            .fetch_all(&mut *tx)
+            .await?;
+            if dead.is_empty() {
+                drop((tx, guard));
+                return Ok(total);
+            }
+            // A page's chunk rows, by the keys its body lists.
+            let mut ids = Vec::with_capacity(dead.len());
+            let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
+            for row in &dead {
+                let id: Vec<u8> = row.try_get(0)?;
+                let body: Vec<u8> = row.try_get(1)?;
+                let chunks = fsync_common::pages::decode(&body)
+                    .map_err(|e| DbError::Corrupt(format!("a manifest page: {e}")))?;
+                let mut seen = HashSet::new();
+                for c in chunks {
+                    if seen.insert(c.id()) {
+                        keys.push((c.id().to_hex(), id.clone()));
+                    }
+                }
+                ids.push(id);
+            }
+            for batch in keys.chunks(IN_BATCH / 2) {
+                let pairs = (0..batch.len())
+                    .map(|i| format!("(${}, ${})", 2 + 2 * i, 3 + 2 * i))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!(
+                    "DELETE FROM page_chunks WHERE namespace_id = $1 \
+                     AND (chunk_id, page_id) IN (VALUES {pairs})"
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
+                for (chunk, page) in batch {
+                    q = q.bind(chunk.as_str()).bind(page.clone());
+                }
+                q.execute(&mut *tx).await?;
+            }
+            let sql = format!(
+                "DELETE FROM manifest_pages WHERE namespace_id = $1 AND id IN ({})",
+                placeholders(2, ids.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
+            for id in &ids {
+                q = q.bind(id.clone());
+            }
+            total += q.execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            drop(guard);
+        }
     }
 
     /// Pages that versions of `ns` name but that are not stored (up to `limit`).
@@ -241,7 +279,7 @@ impl GcRepo {
             .fetch_all(self.sql.pool())
             .await?;
         rows.iter()
-            .map(|r| parse(&r.try_get::<String, _>(0)?, "page id"))
+            .map(|r| crate::db::sql::page_id(&r.try_get::<Vec<u8>, _>(0)?))
             .collect()
     }
 }

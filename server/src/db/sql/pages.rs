@@ -11,9 +11,21 @@ use fsync_common::{ChunkId, NamespaceId, PageId};
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::chunks::absent_chunks;
-use super::rows::{i64_of, multi_row_values, parse, placeholders};
+use super::rows::{i64_of, multi_row_values, placeholders};
 use super::{SqlRepo, IN_BATCH, TOUCH_SLACK_SECS};
 use crate::db::{DbError, PageRepo};
+
+/// A page id as stored: 32 raw bytes.
+pub(in crate::db) fn raw(id: &PageId) -> Vec<u8> {
+    id.as_bytes().to_vec()
+}
+
+/// A stored page id.
+pub(in crate::db) fn page_id(raw: &[u8]) -> Result<PageId, DbError> {
+    <[u8; 32]>::try_from(raw)
+        .map(PageId::from_bytes)
+        .map_err(|_| DbError::Corrupt(format!("a page id of {} bytes", raw.len())))
+}
 
 /// `ids` deduplicated, in first-seen order.
 fn unique(ids: &[PageId]) -> Vec<PageId> {
@@ -37,11 +49,11 @@ async fn present(
             .persistent(false)
             .bind(ns.to_hex());
         for id in batch {
-            q = q.bind(id.to_hex());
+            q = q.bind(raw(id));
         }
         for row in q.fetch_all(&mut *conn).await? {
             out.insert(
-                parse::<PageId>(&row.try_get::<String, _>(0)?, "page id")?,
+                page_id(&row.try_get::<Vec<u8>, _>(0)?)?,
                 row.try_get::<i64, _>(1)?,
             );
         }
@@ -75,7 +87,7 @@ pub(super) async fn insert_absent(
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex()).bind(now);
         for p in batch {
             q = q
-                .bind(p.id().to_hex())
+                .bind(raw(&p.id()))
                 .bind(p.body().to_vec())
                 .bind(p.chunks().len() as i64)
                 .bind(i64_of(p.size()));
@@ -99,7 +111,7 @@ pub(super) async fn insert_absent(
             format!("INSERT INTO page_chunks (namespace_id, page_id, chunk_id) VALUES {values}");
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
         for (page, chunk) in batch {
-            q = q.bind(page.to_hex()).bind(chunk.to_hex());
+            q = q.bind(raw(page)).bind(chunk.to_hex());
         }
         q.execute(&mut *conn).await?;
     }
@@ -119,7 +131,7 @@ pub(super) async fn insert_version_refs(
         );
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex());
         for (version_id, page) in batch {
-            q = q.bind(*version_id).bind(page.to_hex());
+            q = q.bind(*version_id).bind(raw(page));
         }
         q.execute(&mut *conn).await?;
     }
@@ -142,11 +154,11 @@ async fn bodies(
             .persistent(false)
             .bind(ns.to_hex());
         for id in batch {
-            q = q.bind(id.to_hex());
+            q = q.bind(raw(id));
         }
         for row in q.fetch_all(&mut *conn).await? {
             out.insert(
-                parse::<PageId>(&row.try_get::<String, _>(0)?, "page id")?,
+                page_id(&row.try_get::<Vec<u8>, _>(0)?)?,
                 row.try_get::<Vec<u8>, _>(1)?,
             );
         }
@@ -199,10 +211,10 @@ impl PageRepo for SqlRepo {
         // As `missing_chunks`: a page about to be named by a commit is kept by GC for
         // the grace period; one touched within TOUCH_SLACK_SECS is left as it is.
         let cutoff = now.saturating_sub(TOUCH_SLACK_SECS);
-        let stale: Vec<String> = have
+        let stale: Vec<PageId> = have
             .iter()
             .filter(|(_, t)| **t < cutoff)
-            .map(|(id, _)| id.to_hex())
+            .map(|(id, _)| *id)
             .collect();
         if !stale.is_empty() {
             let _guard = self.write_guard().await;
@@ -217,7 +229,7 @@ impl PageRepo for SqlRepo {
                     .bind(now)
                     .bind(cutoff);
                 for id in batch {
-                    q = q.bind(id.as_str());
+                    q = q.bind(raw(id));
                 }
                 q.execute(&self.pool).await?;
             }
@@ -244,10 +256,7 @@ impl PageRepo for SqlRepo {
         let refs: Vec<&Page> = new.iter().collect();
         let stored = insert_absent(&mut tx, ns, &refs, now).await?;
         // Pages that were there already: touched, as an upload of a chunk touches it.
-        let again: Vec<String> = unique(&new.iter().map(Page::id).collect::<Vec<_>>())
-            .iter()
-            .map(PageId::to_hex)
-            .collect();
+        let again = unique(&new.iter().map(Page::id).collect::<Vec<_>>());
         for batch in again.chunks(IN_BATCH) {
             let sql = format!(
                 "UPDATE manifest_pages SET last_touched = $2 WHERE namespace_id = $1 \
@@ -256,7 +265,7 @@ impl PageRepo for SqlRepo {
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ns.to_hex()).bind(now);
             for id in batch {
-                q = q.bind(id.as_str());
+                q = q.bind(raw(id));
             }
             q.execute(&mut *tx).await?;
         }
