@@ -624,6 +624,24 @@ async fn pages_scenario(srv: &Server) {
     srv.post(UPLOAD, tok, &both)
         .await
         .expect_error(400, "bad_request");
+    // One full page named over and over: refused by its entry count before any list
+    // is built.
+    let full = Page::new(&refs[..pages::PAGE_MAX]);
+    srv.post_bytes(&batch_path, tok, page_batch(&[&full]))
+        .await
+        .expect(200);
+    let repeats = (1 << 20) / pages::PAGE_MAX + 1;
+    let huge = CommitRequest {
+        pages: vec![full.id(); repeats],
+        size: 1,
+        idempotency_key: random_key(),
+        ..paged.clone()
+    };
+    let r = srv
+        .post(UPLOAD, tok, &huge)
+        .await
+        .expect_error(400, "bad_request");
+    assert!(r.message().contains("limit"), "{}", r.message());
     let v2: CommitResponse = srv.post_json(UPLOAD, tok, &paged).await;
     assert_eq!(v2.outcome, CommitOutcome::FastForward);
     assert_eq!(download(srv, &a, file).await.chunks, refs2);

@@ -112,7 +112,7 @@ pub(crate) async fn newest_manifest(url: &str, path: &str) -> anyhow::Result<(u6
                 "SELECT entries FROM manifest_pages WHERE namespace_id = $1 AND id = $2",
             )
             .bind(ns.clone())
-            .bind(hex::encode(id))
+            .bind(id.to_vec())
             .fetch_one(&mut conn)
             .await
             .context("reading a manifest page")?;

@@ -393,13 +393,20 @@ impl ApiClient {
     ) -> Result<Vec<Manifest>, ClientError> {
         let mut out = Vec::with_capacity(files.len());
         for part in files.chunks(MAX_EVENTS_PER_BATCH) {
-            let call =
+            let ask = |pages| {
                 Call::post(api("files/manifests")).json(&fsync_common::wire::ManifestsRequest {
                     namespace: ns,
                     files: part.to_vec(),
-                    pages: as_pages,
-                })?;
-            let got: Vec<Manifest> = self.send_json(call).await?;
+                    pages,
+                })
+            };
+            let got: Vec<Manifest> = match self.send_json(ask(as_pages)?).await {
+                // A server before manifest pages refuses the field: ask for whole lists.
+                Err(ClientError::Api { status: 400, .. }) if as_pages => {
+                    self.send_json(ask(false)?).await?
+                }
+                r => r?,
+            };
             if got.len() != part.len()
                 || got
                     .iter()
@@ -453,9 +460,9 @@ impl ApiClient {
         Ok(())
     }
 
-    /// Fetches manifest pages, each checked against its id and decoded. A page the
-    /// server does not hold, or one that does not match its id, is a
-    /// [`ClientError::Protocol`]: it named the page itself.
+    /// Fetches manifest pages, each checked against its id and decoded, in the order
+    /// asked; those the server does not hold (collected since it named them) are left
+    /// out. One that does not match its id is a [`ClientError::Protocol`].
     pub async fn fetch_pages(
         &self,
         ns: NamespaceId,
@@ -484,12 +491,7 @@ impl ApiClient {
                     .map_err(|e| ClientError::Protocol(format!("pages/fetch: {e}")))?;
                 got.insert(id, page);
             }
-            for id in part {
-                let page = got.remove(id).ok_or_else(|| {
-                    ClientError::Protocol(format!("pages/fetch did not answer page {id}"))
-                })?;
-                out.push(page);
-            }
+            out.extend(part.iter().filter_map(|id| got.remove(id)));
         }
         Ok(out)
     }

@@ -81,13 +81,25 @@ impl Engine {
                 known.insert(p.id(), p.chunks().to_vec());
             }
         }
-        for m in &mut manifests {
-            if let Some(ids) = m.pages.take() {
-                // Every id is known now: fetch_pages answers each asked page or fails.
+        let mut whole = Vec::new();
+        for (i, m) in manifests.iter_mut().enumerate() {
+            let Some(ids) = m.pages.take() else { continue };
+            if ids.iter().all(|id| known.contains_key(id)) {
                 m.chunks = ids
                     .iter()
                     .flat_map(|id| known[id].iter().copied())
                     .collect();
+            } else {
+                // A page went since the server named it (a version pruned meanwhile):
+                // ask for this one's whole list, which says whether it is still there.
+                whole.push(i);
+            }
+        }
+        if !whole.is_empty() {
+            let asked: Vec<(FileId, VersionNo)> = whole.iter().map(|&i| wanted[i]).collect();
+            let lists = self.remote.manifests(self.keys.ns, &asked, false).await?;
+            for (i, m) in whole.into_iter().zip(lists) {
+                manifests[i] = m;
             }
         }
         Ok(manifests)

@@ -190,6 +190,8 @@ impl Engine {
                 tracing::debug!(missing = ids.len(), "pages refused; committing chunk lists");
                 Ok(HashMap::new())
             }
+            // A server before manifest pages: plain chunk lists, as it expects.
+            Err(ClientError::Api { status: 404, .. }) => Ok(HashMap::new()),
             Err(e) => Err(e.into()),
         }
     }
@@ -257,14 +259,29 @@ impl Engine {
                     }
                 }
                 SyncEventResult::Failed(e) if e.error.code == ErrorCode::MissingPages => {
-                    // Pages of the synced version are gone (its version pruned since):
-                    // commit the chunk list; the server cuts and stores the pages.
-                    let plain = CommitRequest {
-                        chunks: d.chunk_refs(),
-                        pages: Vec::new(),
-                        ..req.clone()
+                    // Pages taken for stored are not: the synced version was stored
+                    // before pages, or pruned since. Send them and commit again; failing
+                    // that, commit the chunk list (the server cuts the same pages).
+                    let lacking: HashSet<PageId> = e.error.missing_pages.iter().copied().collect();
+                    let send: Vec<Page> = pages::paginate(&d.chunk_refs())
+                        .into_iter()
+                        .filter(|p| lacking.contains(&p.id()))
+                        .collect();
+                    let again = match self.remote.put_pages(self.keys.ns, &send).await {
+                        Ok(()) => self.remote.commit(&req).await.ok(),
+                        Err(_) => None,
                     };
-                    match self.commit_alone(&path, &l, &d, &plain, report).await? {
+                    let r = if let Some(r) = again {
+                        Some(r)
+                    } else {
+                        let plain = CommitRequest {
+                            chunks: d.chunk_refs(),
+                            pages: Vec::new(),
+                            ..req.clone()
+                        };
+                        self.commit_alone(&path, &l, &d, &plain, report).await?
+                    };
+                    match r {
                         Some(r) => r,
                         None => continue,
                     }

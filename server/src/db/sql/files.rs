@@ -215,11 +215,15 @@ fn stored(row: &AnyRow, m: &str, p: &str) -> Result<Stored, DbError> {
 }
 
 /// The chunk lists of `stored`, reading the pages they name (in `ns`) in one go. A
-/// page a stored version names and the namespace lacks is corruption.
+/// page a stored version names and the namespace lacks is corruption under the
+/// namespace lock (`locked`); read without it, the version may have been pruned and its
+/// pages swept since its row was read, so it is reported gone (and `fsync-gc verify`
+/// tells the two apart).
 async fn resolve_stored(
     conn: &mut sqlx::AnyConnection,
     ns: NamespaceId,
     stored: Vec<Stored>,
+    locked: bool,
 ) -> Result<Vec<Vec<ChunkRef>>, DbError> {
     let lists: Vec<&[PageId]> = stored
         .iter()
@@ -229,12 +233,17 @@ async fn resolve_stored(
         })
         .collect();
     let mut resolved = match pages::resolve(conn, ns, &lists).await {
-        Err(DbError::MissingPages(ids)) => {
+        Err(DbError::MissingPages(ids)) if locked => {
             return Err(DbError::Corrupt(format!(
                 "a version names {} manifest pages that are not stored (first {})",
                 ids.len(),
                 ids[0]
             )))
+        }
+        Err(DbError::MissingPages(ids)) => {
+            tracing::warn!(namespace = %ns, first = %ids[0], missing = ids.len(),
+                "a version's manifest pages are gone: pruned meanwhile, or damage (fsync-gc verify)");
+            return Err(DbError::NotFound("file version"));
         }
         r => r?.into_iter(),
     };
@@ -287,7 +296,7 @@ pub(super) async fn manifest_of(
     .await?
     .ok_or(DbError::NotFound("version"))?;
     let s = stored(&row, "manifest", "pages")?;
-    let mut lists = resolve_stored(tx, ns, vec![s]).await?;
+    let mut lists = resolve_stored(tx, ns, vec![s], true).await?;
     Ok(lists.pop().expect("one list"))
 }
 
@@ -427,7 +436,7 @@ impl FileRepo for SqlRepo {
         .ok_or(DbError::NotFound("version"))?;
         let ns = head.namespace;
         let (meta, s) = version_manifest(&row, head, v)?;
-        let chunks = resolve_stored(&mut *self.pool.acquire().await?, ns, vec![s])
+        let chunks = resolve_stored(&mut *self.pool.acquire().await?, ns, vec![s], false)
             .await?
             .pop()
             .expect("one list");
@@ -496,7 +505,7 @@ impl FileRepo for SqlRepo {
                 })
                 .collect());
         }
-        let chunks = resolve_stored(&mut *self.pool.acquire().await?, ns, stored).await?;
+        let chunks = resolve_stored(&mut *self.pool.acquire().await?, ns, stored, false).await?;
         Ok(metas
             .into_iter()
             .zip(chunks)

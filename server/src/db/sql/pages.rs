@@ -166,6 +166,45 @@ async fn bodies(
     Ok(out)
 }
 
+/// How many entries the pages of `list` hold in all (a page named twice counts
+/// twice), read from their rows without their bodies: the check a commit naming pages
+/// passes before its list is assembled. A page `ns` does not hold makes it
+/// [`DbError::MissingPages`].
+pub(super) async fn entries_of(
+    conn: &mut AnyConnection,
+    ns: NamespaceId,
+    list: &[PageId],
+) -> Result<u64, DbError> {
+    let ids = unique(list);
+    let mut entries: HashMap<PageId, u64> = HashMap::with_capacity(ids.len());
+    for batch in ids.chunks(IN_BATCH) {
+        let sql = format!(
+            "SELECT id, entries FROM manifest_pages WHERE namespace_id = $1 AND id IN ({})",
+            placeholders(2, batch.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(ns.to_hex());
+        for id in batch {
+            q = q.bind(raw(id));
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            entries.insert(
+                page_id(&row.try_get::<Vec<u8>, _>(0)?)?,
+                row.try_get::<i64, _>(1)?.max(0) as u64,
+            );
+        }
+    }
+    let missing: Vec<PageId> = ids
+        .into_iter()
+        .filter(|id| !entries.contains_key(id))
+        .collect();
+    if !missing.is_empty() {
+        return Err(DbError::MissingPages(missing));
+    }
+    Ok(list.iter().map(|id| entries[id]).sum())
+}
+
 /// The chunk list of each page list of `lists`, each in file order. A page `ns` does
 /// not hold makes it [`DbError::MissingPages`] (every such id, in first-seen order).
 pub(super) async fn resolve(

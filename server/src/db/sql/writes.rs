@@ -58,6 +58,12 @@ async fn commit_in(
     let req = if req.pages.is_empty() {
         req
     } else {
+        // Counted before the list is built: a few pages named many times must not
+        // build a list past the limit.
+        let total = pages::entries_of(&mut w.tx, w.ns, &req.pages).await?;
+        if total > manifest::MAX_MANIFEST_CHUNKS as u64 {
+            return Err(RequestError::TooManyChunks(total as usize).into());
+        }
         let chunks = pages::resolve(&mut w.tx, w.ns, &[&req.pages])
             .await?
             .pop()
