@@ -192,16 +192,31 @@ impl Device {
     /// Files of the folder (relative path → bytes), state dir and temp files excluded.
     fn files(&self) -> BTreeMap<String, Vec<u8>> {
         let mut out = BTreeMap::new();
-        walk(&self.root, &self.root, &mut out);
+        walk(&self.root, &self.root, &mut out, &mut BTreeSet::new());
+        out
+    }
+
+    /// The empty folders below the root (synced as entries of their own): a folder
+    /// move or delete can leave one behind.
+    fn empty_folders(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        walk(&self.root, &self.root, &mut BTreeMap::new(), &mut out);
         out
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut BTreeMap<String, Vec<u8>>,
+    empty: &mut BTreeSet<String>,
+) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let mut any = false;
     for e in entries.flatten() {
+        any = true;
         let p = e.path();
         let rel = p
             .strip_prefix(root)
@@ -213,10 +228,18 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         }
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() {
-            walk(root, &p, out);
+            walk(root, &p, out, empty);
         } else if let Ok(data) = std::fs::read(&p) {
             out.insert(rel, data);
         }
+    }
+    if !any && dir != root {
+        let rel = dir
+            .strip_prefix(root)
+            .expect("inside the root")
+            .to_string_lossy()
+            .replace('\\', "/");
+        empty.insert(rel);
     }
 }
 
@@ -615,7 +638,18 @@ async fn check(
             );
         }
     }
-    // I1/I7: the same tree everywhere.
+    // I1/I7: the same tree everywhere, and the same empty folders.
+    let folders: Vec<BTreeSet<String>> = devices.iter().map(Device::empty_folders).collect();
+    for (d, f) in devices.iter().zip(&folders).skip(1) {
+        anyhow::ensure!(
+            *f == folders[0],
+            "I1: the empty folders of {} and {} differ: {:?} and {:?}",
+            devices[0].name,
+            d.name,
+            folders[0],
+            f
+        );
+    }
     for (d, t) in devices.iter().zip(&trees).skip(1) {
         if t != tree {
             anyhow::bail!(
@@ -630,7 +664,18 @@ async fn check(
     // ... and it is the server's list of heads.
     let s = devices[0].session();
     let heads = s.api.list_all(s.ns, None, false).await?;
-    let server: BTreeMap<String, Option<ContentHash>> = heads
+    let (folder_heads, file_heads): (Vec<_>, Vec<_>) = heads
+        .iter()
+        .partition(|m| fsync_common::wire::is_folder_mode(m.mode));
+    let server_folders: BTreeSet<String> =
+        folder_heads.iter().map(|m| m.path.to_string()).collect();
+    anyhow::ensure!(
+        server_folders == folders[0],
+        "I1: the empty folders differ from the server's folder entries: server {:?}, folders {:?}",
+        server_folders,
+        folders[0]
+    );
+    let server: BTreeMap<String, Option<ContentHash>> = file_heads
         .iter()
         .map(|m| (m.path.to_string(), m.content_hash))
         .collect();
