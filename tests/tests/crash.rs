@@ -29,7 +29,9 @@ fn a_download_killed_midway_leaves_no_partial_file() {
     let mut mid_download = 0;
     for i in 0..KILLS {
         let stale = temp_files(b.root());
-        let mut run = b.spawn_once();
+        // Debug logs: "logged in" is a debug line, and a stall shows where it was.
+        let mut run =
+            b.spawn_once_with_env(&[("RUST_LOG".into(), "fsync_client=debug,warn".into())]);
         // Fault injection: SIGKILL at a random moment after an event, so that the
         // kills land in the download rather than in the login: half of the runs wait
         // for the download's own temp file, the others for the login.
