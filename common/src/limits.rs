@@ -20,6 +20,9 @@ pub const MAX_BLOB_SIZE: usize = MAX_CHUNK_PLAINTEXT + 64 * 1024;
 pub const MAX_IDS_PER_REQUEST: usize = 10_000;
 /// Most events in one `sync/event` batch.
 pub const MAX_EVENTS_PER_BATCH: usize = 1_000;
+/// Most manifest pages in one `pages/batch` or `pages/fetch` request (a 1 GiB file has
+/// about 130).
+pub const MAX_PAGES_PER_REQUEST: usize = 2_048;
 /// Largest body of a batch chunk upload (one pack on the server) and of a batch
 /// download.
 pub const MAX_BATCH_BODY: usize = 48 * 1024 * 1024;

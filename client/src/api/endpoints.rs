@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use fsync_common::limits::{
-    MAX_BATCH_BODY, MAX_BLOB_SIZE, MAX_EVENTS_PER_BATCH, MAX_IDS_PER_REQUEST,
+    MAX_BATCH_BODY, MAX_BLOB_SIZE, MAX_EVENTS_PER_BATCH, MAX_IDS_PER_REQUEST, MAX_PAGES_PER_REQUEST,
 };
 use fsync_common::pages::{Page, MAX_PAGE_BYTES};
 use fsync_common::wire::PageIdsRequest;
@@ -16,8 +16,6 @@ use fsync_common::wire::{
 };
 use fsync_common::{batch, ChunkId, DeviceId, FileId, NamespaceId, PageId, Seq, VersionNo};
 
-/// Most pages in one `pages/batch` or `pages/fetch` request (the server's limit).
-const MAX_PAGES_PER_REQUEST: usize = 2_048;
 use reqwest::Method;
 
 use super::transport::{api, Call};

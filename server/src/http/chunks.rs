@@ -29,7 +29,8 @@ fn chunk_id(raw: &str) -> Result<ChunkId, ApiError> {
     ChunkId::from_hex(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-fn check_ids(ids: &[ChunkId]) -> Result<(), ApiError> {
+/// Refuses a request naming more than `MAX_IDS_PER_REQUEST` ids (chunks or pages).
+pub(super) fn check_ids<T>(ids: &[T]) -> Result<(), ApiError> {
     if ids.len() > MAX_IDS_PER_REQUEST {
         return Err(ApiError::PayloadTooLarge(format!(
             "{} ids in one request; the limit is {MAX_IDS_PER_REQUEST}",

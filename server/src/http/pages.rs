@@ -10,29 +10,16 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fsync_common::limits::MAX_IDS_PER_REQUEST;
+use fsync_common::limits::MAX_PAGES_PER_REQUEST;
 use fsync_common::pages::{Page, MAX_PAGE_BYTES};
 use fsync_common::wire::{MissingPagesResponse, PageIdsRequest, StoredResponse};
 use fsync_common::{batch, ChunkId, PageId};
 
-use super::chunks::{read_body, NsQuery};
+use super::chunks::{check_ids, read_body, NsQuery};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Auth};
 use crate::domain::roles::Role;
 use crate::state::{now_secs, AppState};
-
-/// Most pages in one upload or fetch: a 1 GiB file has about 130.
-pub const MAX_PAGES_PER_REQUEST: usize = 2_048;
-
-fn check_ids(ids: &[PageId]) -> Result<(), ApiError> {
-    if ids.len() > MAX_IDS_PER_REQUEST {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "{} ids in one request; the limit is {MAX_IDS_PER_REQUEST}",
-            ids.len()
-        )));
-    }
-    Ok(())
-}
 
 /// The batch framing carries 32-byte ids typed as chunk ids.
 fn as_batch_id(id: PageId) -> ChunkId {

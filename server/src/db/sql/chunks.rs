@@ -12,8 +12,8 @@ use crate::db::{BlobConfirm, BlobLocation, ChunkRepo, DbError, NewPack};
 use fsync_common::PackId;
 use fsync_store::pack::PackEntry;
 
-/// `ids` deduplicated, in first-seen order.
-pub(super) fn unique_ids(ids: &[ChunkId]) -> Vec<ChunkId> {
+/// `ids` deduplicated, in first-seen order (chunk or page ids).
+pub(super) fn unique_ids<T: Copy + Eq + std::hash::Hash>(ids: &[T]) -> Vec<T> {
     let mut seen = HashSet::new();
     ids.iter().copied().filter(|id| seen.insert(*id)).collect()
 }

@@ -10,7 +10,7 @@ use fsync_common::wire::ChunkRef;
 use fsync_common::{ChunkId, NamespaceId, PageId};
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::chunks::absent_chunks;
+use super::chunks::{absent_chunks, unique_ids};
 use super::rows::{i64_of, multi_row_values, placeholders};
 use super::{SqlRepo, IN_BATCH, TOUCH_SLACK_SECS};
 use crate::db::{DbError, PageRepo};
@@ -27,22 +27,21 @@ pub(in crate::db) fn page_id(raw: &[u8]) -> Result<PageId, DbError> {
         .map_err(|_| DbError::Corrupt(format!("a page id of {} bytes", raw.len())))
 }
 
-/// `ids` deduplicated, in first-seen order.
-fn unique(ids: &[PageId]) -> Vec<PageId> {
-    let mut seen = HashSet::new();
-    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
-}
-
-/// The `last_touched` of the pages among `ids` recorded in `ns`.
-async fn present(
+/// One column of the pages among `ids` that `ns` holds, by page: `last_touched`,
+/// `entries` or `body` (a name from this file, never from a request).
+async fn column<T>(
     conn: &mut AnyConnection,
     ns: NamespaceId,
     ids: &[PageId],
-) -> Result<HashMap<PageId, i64>, DbError> {
+    name: &str,
+) -> Result<HashMap<PageId, T>, DbError>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
     let mut out = HashMap::new();
-    for batch in ids.chunks(IN_BATCH) {
+    for batch in unique_ids(ids).chunks(IN_BATCH) {
         let sql = format!(
-            "SELECT id, last_touched FROM manifest_pages WHERE namespace_id = $1 AND id IN ({})",
+            "SELECT id, {name} FROM manifest_pages WHERE namespace_id = $1 AND id IN ({})",
             placeholders(2, batch.len())
         );
         let mut q = sqlx::query(AssertSqlSafe(sql))
@@ -54,11 +53,20 @@ async fn present(
         for row in q.fetch_all(&mut *conn).await? {
             out.insert(
                 page_id(&row.try_get::<Vec<u8>, _>(0)?)?,
-                row.try_get::<i64, _>(1)?,
+                row.try_get::<T, _>(1)?,
             );
         }
     }
     Ok(out)
+}
+
+/// The `last_touched` of the pages among `ids` recorded in `ns`.
+async fn present(
+    conn: &mut AnyConnection,
+    ns: NamespaceId,
+    ids: &[PageId],
+) -> Result<HashMap<PageId, i64>, DbError> {
+    column(conn, ns, ids, "last_touched").await
 }
 
 /// Inserts the pages of `new` that `ns` does not hold yet, with their chunk rows. Runs
@@ -71,7 +79,7 @@ pub(super) async fn insert_absent(
     now: i64,
 ) -> Result<usize, DbError> {
     let ids: Vec<PageId> = new.iter().map(|p| p.id()).collect();
-    let have = present(conn, ns, &unique(&ids)).await?;
+    let have = present(conn, ns, &unique_ids(&ids)).await?;
     let mut seen = HashSet::new();
     let absent: Vec<&Page> = new
         .iter()
@@ -97,12 +105,8 @@ pub(super) async fn insert_absent(
     let rows: Vec<(PageId, ChunkId)> = absent
         .iter()
         .flat_map(|p| {
-            let mut seen = HashSet::new();
-            p.chunks()
-                .iter()
-                .filter(move |c| seen.insert(c.id()))
-                .map(|c| (p.id(), c.id()))
-                .collect::<Vec<_>>()
+            let ids: Vec<ChunkId> = p.chunks().iter().map(ChunkRef::id).collect();
+            unique_ids(&ids).into_iter().map(|c| (p.id(), c))
         })
         .collect();
     for batch in rows.chunks(IN_BATCH / 2) {
@@ -144,26 +148,7 @@ async fn bodies(
     ns: NamespaceId,
     ids: &[PageId],
 ) -> Result<HashMap<PageId, Vec<u8>>, DbError> {
-    let mut out = HashMap::new();
-    for batch in unique(ids).chunks(IN_BATCH) {
-        let sql = format!(
-            "SELECT id, body FROM manifest_pages WHERE namespace_id = $1 AND id IN ({})",
-            placeholders(2, batch.len())
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .persistent(false)
-            .bind(ns.to_hex());
-        for id in batch {
-            q = q.bind(raw(id));
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            out.insert(
-                page_id(&row.try_get::<Vec<u8>, _>(0)?)?,
-                row.try_get::<Vec<u8>, _>(1)?,
-            );
-        }
-    }
-    Ok(out)
+    column(conn, ns, ids, "body").await
 }
 
 /// How many entries the pages of `list` hold in all (a page named twice counts
@@ -175,26 +160,8 @@ pub(super) async fn entries_of(
     ns: NamespaceId,
     list: &[PageId],
 ) -> Result<u64, DbError> {
-    let ids = unique(list);
-    let mut entries: HashMap<PageId, u64> = HashMap::with_capacity(ids.len());
-    for batch in ids.chunks(IN_BATCH) {
-        let sql = format!(
-            "SELECT id, entries FROM manifest_pages WHERE namespace_id = $1 AND id IN ({})",
-            placeholders(2, batch.len())
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .persistent(false)
-            .bind(ns.to_hex());
-        for id in batch {
-            q = q.bind(raw(id));
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            entries.insert(
-                page_id(&row.try_get::<Vec<u8>, _>(0)?)?,
-                row.try_get::<i64, _>(1)?.max(0) as u64,
-            );
-        }
-    }
+    let ids = unique_ids(list);
+    let entries: HashMap<PageId, i64> = column(conn, ns, &ids, "entries").await?;
     let missing: Vec<PageId> = ids
         .into_iter()
         .filter(|id| !entries.contains_key(id))
@@ -202,7 +169,7 @@ pub(super) async fn entries_of(
     if !missing.is_empty() {
         return Err(DbError::MissingPages(missing));
     }
-    Ok(list.iter().map(|id| entries[id]).sum())
+    Ok(list.iter().map(|id| entries[id].max(0) as u64).sum())
 }
 
 /// The chunk list of each page list of `lists`, each in file order. A page `ns` does
@@ -214,7 +181,7 @@ pub(super) async fn resolve(
 ) -> Result<Vec<Vec<ChunkRef>>, DbError> {
     let all: Vec<PageId> = lists.iter().flat_map(|l| l.iter().copied()).collect();
     let found = bodies(conn, ns, &all).await?;
-    let missing: Vec<PageId> = unique(&all)
+    let missing: Vec<PageId> = unique_ids(&all)
         .into_iter()
         .filter(|id| !found.contains_key(id))
         .collect();
@@ -245,7 +212,7 @@ impl PageRepo for SqlRepo {
         ids: &[PageId],
         now: i64,
     ) -> Result<Vec<PageId>, DbError> {
-        let ids = unique(ids);
+        let ids = unique_ids(ids);
         let have = present(&mut *self.pool.acquire().await?, ns, &ids).await?;
         // As `missing_chunks`: a page about to be named by a commit is kept by GC for
         // the grace period; one touched within TOUCH_SLACK_SECS is left as it is.
@@ -295,7 +262,7 @@ impl PageRepo for SqlRepo {
         let refs: Vec<&Page> = new.iter().collect();
         let stored = insert_absent(&mut tx, ns, &refs, now).await?;
         // Pages that were there already: touched, as an upload of a chunk touches it.
-        let again = unique(&new.iter().map(Page::id).collect::<Vec<_>>());
+        let again = unique_ids(&new.iter().map(Page::id).collect::<Vec<_>>());
         for batch in again.chunks(IN_BATCH) {
             let sql = format!(
                 "UPDATE manifest_pages SET last_touched = $2 WHERE namespace_id = $1 \
@@ -318,7 +285,7 @@ impl PageRepo for SqlRepo {
         ids: &[PageId],
     ) -> Result<Vec<(PageId, Vec<u8>)>, DbError> {
         let mut found = bodies(&mut *self.pool.acquire().await?, ns, ids).await?;
-        Ok(unique(ids)
+        Ok(unique_ids(ids)
             .into_iter()
             .filter_map(|id| found.remove(&id).map(|b| (id, b)))
             .collect())
