@@ -25,7 +25,7 @@ pub enum Found {
 }
 
 /// An open local file.
-pub trait LocalReader: Read + Send {
+pub trait LocalReader: Read + Send + Sync {
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
 }

@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use fsync_chunker::{FileDigest, HashOptions};
 use fsync_common::wire::FileMeta;
-use fsync_common::{FileId, Seq, SyncPath};
+use fsync_common::{ChunkId, FileId, Seq, SyncPath};
 
-use super::{Engine, Found, Round, RoundReport, SyncError, PARALLEL_HASH_BYTES};
+use super::{Engine, Found, LocalReader, Round, RoundReport, SyncError, PARALLEL_HASH_BYTES};
 use crate::planner::{plan, LocalEntry, PlanInput};
+use crate::scan::LocalFile;
 use crate::state::BaseEntry;
 
 impl Engine {
@@ -103,30 +104,41 @@ impl Engine {
                         },
                     );
                 }
-                _ => to_hash.push(f),
+                // A file edited since it was synced is checked against its synced chunk
+                // list, which leaves only the chunks around the edit to cut.
+                Some(b) if b.chunks.len() > 1 => {
+                    let chunks = b.chunks.iter().map(|c| (c.id(), c.len())).collect();
+                    to_hash.push((f, Some(chunks)));
+                }
+                _ => to_hash.push((f, None)),
             }
         }
         let chunker = self.keys.chunker.clone();
         let fs = self.fs.clone();
         let bar = crate::progress::bytes(
             "hashing changed files",
-            to_hash.iter().map(|f| f.size).sum(),
+            to_hash.iter().map(|(f, _)| f.size).sum(),
         );
         let hashed = tokio::task::spawn_blocking(move || {
             use rayon::prelude::*;
             let out = to_hash
                 .into_par_iter()
-                .map(|f| {
+                .map(|(f, synced): (LocalFile, Option<Vec<(ChunkId, u32)>>)| {
                     bar.inc(f.size);
+                    let opts = HashOptions::default();
                     let digest = fs
                         .open(&f.path)
                         .map_err(|e| e.to_string())
                         .and_then(|file| {
-                            // A large file alone would leave the other cores idle.
-                            if f.size >= PARALLEL_HASH_BYTES {
-                                chunker.digest_reader_parallel(file, HashOptions::default())
-                            } else {
-                                chunker.digest_reader(file, HashOptions::default())
+                            match &synced {
+                                Some(base) => {
+                                    chunker.digest_against(&Positional(&*file), f.size, base, opts)
+                                }
+                                // A large file alone would leave the other cores idle.
+                                None if f.size >= PARALLEL_HASH_BYTES => {
+                                    chunker.digest_reader_parallel(file, opts)
+                                }
+                                None => chunker.digest_reader(file, opts),
                             }
                             .map_err(|e| e.to_string())
                         });
@@ -163,5 +175,14 @@ impl Engine {
             }
         }
         Ok((local, digests))
+    }
+}
+
+/// A local file as the chunker's positional input.
+struct Positional<'a>(&'a dyn LocalReader);
+
+impl fsync_chunker::ReadAt for Positional<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
     }
 }
