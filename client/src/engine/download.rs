@@ -10,8 +10,8 @@ use fsync_common::wire::{ChunkRef, FileMeta, Manifest};
 use fsync_common::{ChunkId, FileId, IdKey, PageId, SyncPath, VersionNo};
 
 use super::{
-    deferrable, Engine, Found, LocalFs, RoundReport, SyncError, TempWriter, CHANGED_MEANWHILE,
-    DOWNLOAD_WINDOW, PREFETCH_GROUP_BYTES,
+    deferrable, Engine, Found, LocalFs, RoundReport, SyncError, TempWriter, Transfer,
+    CHANGED_MEANWHILE, DOWNLOAD_WINDOW, PREFETCH_GROUP_BYTES,
 };
 use crate::planner::LocalEntry;
 use crate::scan::LocalFile;
@@ -314,9 +314,8 @@ impl Engine {
         Ok(true)
     }
 
-    /// Writes one downloaded file to a temp file and verifies it: chunks from
-    /// `prefetched`, else from local files, else fetched window by window. An empty
-    /// folder entry is applied at once.
+    /// Writes one downloaded file to a temp file and verifies it (see [`write_file`]).
+    /// An empty folder entry is applied at once.
     async fn write_download(
         &mut self,
         meta: &FileMeta,
@@ -325,103 +324,130 @@ impl Engine {
         prefetched: &HashMap<ChunkId, Vec<u8>>,
         report: &mut RoundReport,
     ) -> Result<Written, SyncError> {
-        let verify = |reason: String| SyncError::Verify {
-            path: meta.path.to_string(),
-            reason,
-        };
-        if manifest.meta.content_hash != meta.content_hash
-            || manifest.meta.path != meta.path
-            || manifest.meta.deleted
-        {
-            return Err(verify("the manifest does not match the change".into()));
-        }
-        let expect_hash = meta
-            .content_hash
-            .ok_or_else(|| verify("no content hash".into()))?;
-        let total: u64 = manifest.chunks.iter().map(|c| u64::from(c.len())).sum();
-        if total != meta.size {
-            return Err(verify(format!(
-                "chunks add up to {total} bytes, not {}",
-                meta.size
-            )));
-        }
+        check_manifest(meta, &manifest)?;
         if fsync_common::wire::is_folder_mode(meta.mode) {
             return Ok(Written::Folder(
                 self.write_folder(meta, &manifest, report).await?,
             ));
         }
-        let mut out = self.fs.create_temp(&meta.path)?;
-        let bar = crate::progress::bytes(&format!("downloading {}", meta.path), meta.size);
-        // Every chunk below is checked against its id before it is written, so hashing
-        // what is written, in order, gives the file's content hash without reading the
-        // temp file back.
-        let mut hasher = fsync_chunker::ContentHasher::new(&self.keys.id_key);
-        let write_failed = |e: std::io::Error| SyncError::Io {
-            what: "writing",
-            path: meta.path.to_local(self.fs.root()),
-            source: e,
-        };
-        for window in manifest.chunks.chunks(DOWNLOAD_WINDOW) {
-            let mut have: HashMap<ChunkId, Vec<u8>> = HashMap::new();
-            let mut fetch = Vec::new();
-            for c in window {
-                if have.contains_key(&c.id()) {
-                    continue;
-                }
-                if let Some(data) = prefetched.get(&c.id()) {
-                    have.insert(c.id(), data.clone());
-                    continue;
-                }
-                match reuse
-                    .get(&c.id())
-                    .and_then(|src| read_local_chunk(&*self.fs, src, c, &self.keys.id_key))
-                {
-                    Some(data) => {
-                        have.insert(c.id(), data);
-                    }
-                    None => fetch.push(c.id()),
-                }
-            }
-            fetch.sort();
-            fetch.dedup();
-            if !fetch.is_empty() {
-                let blobs = self.remote.fetch_batch(self.keys.ns, &fetch).await?;
-                for (id, blob) in blobs {
-                    let data = self
-                        .keys
-                        .codec
-                        .decode(&id, &blob)
-                        .map_err(|e| verify(format!("chunk {id}: {e}")))?;
-                    have.insert(id, data);
-                }
-            }
-            for c in window {
-                let data = have
-                    .get(&c.id())
-                    .ok_or_else(|| verify(format!("chunk {} is missing on the server", c.id())))?;
-                if data.len() != c.len() as usize {
-                    return Err(verify(format!("chunk {} has the wrong length", c.id())));
-                }
-                out.write_all(data)?;
-                hasher.update(data);
-                fsync_common::failpoint::hit("client.download.chunk_written")
-                    .map_err(write_failed)?;
-                bar.inc(u64::from(c.len()));
-            }
-        }
-        bar.finish_and_clear();
-        let installed = out.finish(meta.mode, meta.mtime)?;
-        // Verify the whole content before it can become visible.
-        if hasher.finalize() != expect_hash {
-            return Err(verify("the content hash does not match".into()));
-        }
-        Ok(Written::File(Box::new(Fetched {
-            meta: meta.clone(),
-            chunks: manifest.chunks,
-            out,
-            installed,
-        })))
+        let f = write_file(&self.transfer(), meta, manifest, reuse, prefetched).await?;
+        Ok(Written::File(Box::new(f)))
     }
+}
+
+/// Checks that a manifest is the change's and adds up to its size.
+pub(super) fn check_manifest(meta: &FileMeta, manifest: &Manifest) -> Result<(), SyncError> {
+    let verify = |reason: String| SyncError::Verify {
+        path: meta.path.to_string(),
+        reason,
+    };
+    if manifest.meta.content_hash != meta.content_hash
+        || manifest.meta.path != meta.path
+        || manifest.meta.deleted
+    {
+        return Err(verify("the manifest does not match the change".into()));
+    }
+    if meta.content_hash.is_none() {
+        return Err(verify("no content hash".into()));
+    }
+    let total: u64 = manifest.chunks.iter().map(|c| u64::from(c.len())).sum();
+    if total != meta.size {
+        return Err(verify(format!(
+            "chunks add up to {total} bytes, not {}",
+            meta.size
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a file's content (its manifest checked by [`check_manifest`]) to a temp file
+/// and verifies it: chunks from `prefetched`, else from local files, else fetched
+/// window by window; each chunk checked against its id, the whole against the content
+/// hash. Not yet durable, not visible.
+pub(super) async fn write_file(
+    t: &Transfer,
+    meta: &FileMeta,
+    manifest: Manifest,
+    reuse: &ReuseMap,
+    prefetched: &HashMap<ChunkId, Vec<u8>>,
+) -> Result<Fetched, SyncError> {
+    let verify = |reason: String| SyncError::Verify {
+        path: meta.path.to_string(),
+        reason,
+    };
+    let expect_hash = meta
+        .content_hash
+        .ok_or_else(|| verify("no content hash".into()))?;
+    let mut out = t.fs.create_temp(&meta.path)?;
+    let bar = crate::progress::bytes(&format!("downloading {}", meta.path), meta.size);
+    // Every chunk below is checked against its id before it is written, so hashing
+    // what is written, in order, gives the file's content hash without reading the
+    // temp file back.
+    let mut hasher = fsync_chunker::ContentHasher::new(&t.keys.id_key);
+    let write_failed = |e: std::io::Error| SyncError::Io {
+        what: "writing",
+        path: meta.path.to_local(t.fs.root()),
+        source: e,
+    };
+    for window in manifest.chunks.chunks(DOWNLOAD_WINDOW) {
+        let mut have: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+        let mut fetch = Vec::new();
+        for c in window {
+            if have.contains_key(&c.id()) {
+                continue;
+            }
+            if let Some(data) = prefetched.get(&c.id()) {
+                have.insert(c.id(), data.clone());
+                continue;
+            }
+            match reuse
+                .get(&c.id())
+                .and_then(|src| read_local_chunk(&*t.fs, src, c, &t.keys.id_key))
+            {
+                Some(data) => {
+                    have.insert(c.id(), data);
+                }
+                None => fetch.push(c.id()),
+            }
+        }
+        fetch.sort();
+        fetch.dedup();
+        if !fetch.is_empty() {
+            let blobs = t.remote.fetch_batch(t.keys.ns, &fetch).await?;
+            for (id, blob) in blobs {
+                let data = t
+                    .keys
+                    .codec
+                    .decode(&id, &blob)
+                    .map_err(|e| verify(format!("chunk {id}: {e}")))?;
+                have.insert(id, data);
+            }
+        }
+        for c in window {
+            let data = have
+                .get(&c.id())
+                .ok_or_else(|| verify(format!("chunk {} is missing on the server", c.id())))?;
+            if data.len() != c.len() as usize {
+                return Err(verify(format!("chunk {} has the wrong length", c.id())));
+            }
+            out.write_all(data)?;
+            hasher.update(data);
+            fsync_common::failpoint::hit("client.download.chunk_written").map_err(write_failed)?;
+            bar.inc(u64::from(c.len()));
+        }
+    }
+    bar.finish_and_clear();
+    let installed = out.finish(meta.mode, meta.mtime)?;
+    // Verify the whole content before it can become visible.
+    if hasher.finalize() != expect_hash {
+        return Err(verify("the content hash does not match".into()));
+    }
+    Ok(Fetched {
+        meta: meta.clone(),
+        chunks: manifest.chunks,
+        out,
+        installed,
+    })
 }
 
 /// What [`Engine::write_download`] did.
@@ -433,7 +459,7 @@ enum Written {
 }
 
 /// A download written and verified under a temp name: not yet durable, not visible.
-struct Fetched {
+pub(super) struct Fetched {
     meta: FileMeta,
     chunks: Vec<ChunkRef>,
     out: Box<dyn TempWriter>,

@@ -178,6 +178,14 @@ impl Round {
     }
 }
 
+/// What a transfer needs, apart from the engine (a background lane holds its own).
+#[derive(Clone)]
+pub(super) struct Transfer {
+    fs: Arc<dyn LocalFs>,
+    remote: Arc<dyn Remote>,
+    keys: SyncKeys,
+}
+
 /// The engine of one sync root.
 pub struct Engine {
     fs: Arc<dyn LocalFs>,
@@ -231,6 +239,15 @@ impl Engine {
             keys,
             cleaned: false,
             reported_skips: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The parts a transfer uses.
+    fn transfer(&self) -> Transfer {
+        Transfer {
+            fs: self.fs.clone(),
+            remote: self.remote.clone(),
+            keys: self.keys.clone(),
         }
     }
 

@@ -15,7 +15,7 @@ use fsync_store::BlobCodec;
 
 use super::local_fs::io_err;
 use super::{
-    idem, Context, Engine, Found, LocalFs, RoundReport, SyncError, ENCODE_GROUP,
+    idem, Context, Engine, Found, LocalFs, RoundReport, SyncError, Transfer, ENCODE_GROUP,
     UPLOAD_BATCH_BYTES, UPLOAD_IN_FLIGHT,
 };
 use crate::api::ClientError;
@@ -378,30 +378,41 @@ impl Engine {
         files: Vec<(SyncPath, LocalFile, FileDigest)>,
         wanted: &HashSet<ChunkId>,
     ) -> Result<Vec<(SyncPath, String)>, SyncError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(ENCODE_GROUP * 2);
-        let fs = self.fs.clone();
-        let id_key = self.keys.id_key.clone();
-        let codec = self.keys.codec.clone();
-        let mut todo: Vec<(SyncPath, LocalFile, Vec<ChunkSpan>)> = Vec::new();
-        let mut chosen: HashSet<ChunkId> = HashSet::new();
-        for (path, stat, d) in files {
-            let mut offset = 0u64;
-            let mut chunks = Vec::new();
-            for c in &d.chunks {
-                if wanted.contains(&c.id) && chosen.insert(c.id) {
-                    chunks.push((offset, c.len, c.id));
-                }
-                offset += u64::from(c.len);
+        send_chunks(&self.transfer(), files, wanted).await
+    }
+}
+
+/// [`Engine::send_chunks`], on its own parts (a background lane runs it too).
+pub(super) async fn send_chunks(
+    t: &Transfer,
+    files: Vec<(SyncPath, LocalFile, FileDigest)>,
+    wanted: &HashSet<ChunkId>,
+) -> Result<Vec<(SyncPath, String)>, SyncError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(ENCODE_GROUP * 2);
+    let fs = t.fs.clone();
+    let id_key = t.keys.id_key.clone();
+    let codec = t.keys.codec.clone();
+    let mut todo: Vec<(SyncPath, LocalFile, Vec<ChunkSpan>)> = Vec::new();
+    let mut chosen: HashSet<ChunkId> = HashSet::new();
+    for (path, stat, d) in files {
+        let mut offset = 0u64;
+        let mut chunks = Vec::new();
+        for c in &d.chunks {
+            if wanted.contains(&c.id) && chosen.insert(c.id) {
+                chunks.push((offset, c.len, c.id));
             }
-            if !chunks.is_empty() {
-                todo.push((path, stat, chunks));
-            }
+            offset += u64::from(c.len);
         }
-        let total: u64 = todo
-            .iter()
-            .flat_map(|(_, _, c)| c.iter().map(|(_, len, _)| u64::from(*len)))
-            .sum();
-        let producer = tokio::task::spawn_blocking(move || {
+        if !chunks.is_empty() {
+            todo.push((path, stat, chunks));
+        }
+    }
+    let total: u64 = todo
+        .iter()
+        .flat_map(|(_, _, c)| c.iter().map(|(_, len, _)| u64::from(*len)))
+        .sum();
+    let producer =
+        tokio::task::spawn_blocking(move || {
             let mut failed = Vec::new();
             for (path, expect_stat, chunks) in todo {
                 let result = encode_file_chunks(&*fs, &path, &chunks, &id_key, &codec, &tx)
@@ -417,44 +428,43 @@ impl Engine {
             }
             failed
         });
-        let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
-        let mut bytes = 0;
-        let mut in_flight = tokio::task::JoinSet::new();
-        let bar = crate::progress::bytes("uploading", total);
-        let ns = self.keys.ns;
-        loop {
-            let next = rx.recv().await;
-            let flush = match &next {
-                Some(_) => bytes >= UPLOAD_BATCH_BYTES,
-                None => !batch.is_empty(),
-            };
-            if flush {
-                while in_flight.len() >= UPLOAD_IN_FLIGHT {
-                    if let Some(done) = in_flight.join_next().await {
-                        done.expect("upload task")?;
-                    }
+    let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let mut bytes = 0;
+    let mut in_flight = tokio::task::JoinSet::new();
+    let bar = crate::progress::bytes("uploading", total);
+    let ns = t.keys.ns;
+    loop {
+        let next = rx.recv().await;
+        let flush = match &next {
+            Some(_) => bytes >= UPLOAD_BATCH_BYTES,
+            None => !batch.is_empty(),
+        };
+        if flush {
+            while in_flight.len() >= UPLOAD_IN_FLIGHT {
+                if let Some(done) = in_flight.join_next().await {
+                    done.expect("upload task")?;
                 }
-                let remote = Arc::clone(&self.remote);
-                let part = std::mem::take(&mut batch);
-                bytes = 0;
-                let bar = bar.clone();
-                in_flight.spawn(async move {
-                    let sent: u64 = part.iter().map(|(_, b)| b.len() as u64).sum();
-                    remote.put_batch(ns, &part).await?;
-                    bar.inc(sent);
-                    Ok::<(), ClientError>(())
-                });
             }
-            let Some((id, blob)) = next else { break };
-            bytes += blob.len();
-            batch.push((id, blob));
+            let remote = Arc::clone(&t.remote);
+            let part = std::mem::take(&mut batch);
+            bytes = 0;
+            let bar = bar.clone();
+            in_flight.spawn(async move {
+                let sent: u64 = part.iter().map(|(_, b)| b.len() as u64).sum();
+                remote.put_batch(ns, &part).await?;
+                bar.inc(sent);
+                Ok::<(), ClientError>(())
+            });
         }
-        while let Some(done) = in_flight.join_next().await {
-            done.expect("upload task")?;
-        }
-        bar.finish_and_clear();
-        Ok(producer.await.expect("chunk task"))
+        let Some((id, blob)) = next else { break };
+        bytes += blob.len();
+        batch.push((id, blob));
     }
+    while let Some(done) = in_flight.join_next().await {
+        done.expect("upload task")?;
+    }
+    bar.finish_and_clear();
+    Ok(producer.await.expect("chunk task"))
 }
 
 /// Reads the given chunks of one file (offset, length, id), checks each against its
