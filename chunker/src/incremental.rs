@@ -37,6 +37,10 @@ const RUN_BYTES: u64 = 8 << 20;
 /// not have grown, so the window holds several `max`-sized chunks).
 const CUT_WINDOW: u64 = 4 << 20;
 
+/// What [`Chunker::cut_window`] cut: the final chunks, the bytes they cover, and the
+/// base chunk to verify next if the last of them is a base chunk.
+type Window = (Vec<ChunkInfo>, Vec<u8>, Option<usize>);
+
 /// Positional reads, as `std::os::unix::fs::FileExt` gives them (a file may be read
 /// from several places without a shared cursor).
 pub trait ReadAt {
@@ -229,7 +233,7 @@ impl Chunker {
         size: u64,
         index: &BaseIndex<'_>,
         expected: usize,
-    ) -> Result<(Vec<ChunkInfo>, Vec<u8>, Option<usize>), ChunkerError> {
+    ) -> Result<Window, ChunkerError> {
         let len = (size - pos).min(CUT_WINDOW.max(4 * u64::from(self.config.max)));
         let mut buf = vec![0u8; len as usize];
         input.read_exact_at(&mut buf, pos)?;

@@ -58,7 +58,7 @@ fn edit(rng: &mut StdRng, data: &mut Vec<u8>) {
         4 => data.truncate(at),
         _ => {
             let byte = rng.gen();
-            data.splice(at..at, std::iter::repeat(byte).take(n * 8));
+            data.splice(at..at, std::iter::repeat_n(byte, n * 8));
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The daemon loop: `select!` on shutdown, local file events (debounced), remote pushes
-//! (WebSocket, reconnected with backoff and jitter), and a periodic rescan.
+//! (WebSocket, reconnected with backoff and jitter), a big transfer finished in the
+//! background (see the engine's lanes), and a periodic rescan.
 
 use std::path::Path;
 use std::time::Duration;
@@ -79,6 +80,9 @@ pub async fn run(
             None
         }
     };
+    // Big transfers go to background lanes; the round after one finishes commits or
+    // installs it.
+    let lane_done = engine.transfer_in_background();
     let pusher = tokio::spawn(push_loop(push, tx.clone()));
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(opts.interval);
@@ -97,6 +101,7 @@ pub async fn run(
             () = &mut shutdown => break,
             _ = tick.tick() => {}
             () = retry => {}
+            () = lane_done.notified() => {}
             Some(w) = rx.recv() => {
                 if w == Wake::Local {
                     debounce(&mut rx).await;

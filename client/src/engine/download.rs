@@ -9,6 +9,7 @@ use fsync_common::pages;
 use fsync_common::wire::{ChunkRef, FileMeta, Manifest};
 use fsync_common::{ChunkId, FileId, IdKey, PageId, SyncPath, VersionNo};
 
+use super::lanes::{LaneState, LANE_BYTES};
 use super::{
     deferrable, Engine, Found, LocalFs, RoundReport, SyncError, TempWriter, Transfer,
     CHANGED_MEANWHILE, DOWNLOAD_WINDOW, PREFETCH_GROUP_BYTES,
@@ -150,6 +151,12 @@ impl Engine {
             metas.iter().map(|m| (m.file_id, m.version)).collect();
         let manifests = self.fetch_manifests(&wanted).await?;
         let mut pending: Vec<(FileMeta, Manifest)> = metas.into_iter().zip(manifests).collect();
+        if self.lanes.enabled {
+            let ready = self
+                .downloads_to_lanes(&mut pending, reuse, &mut failed)
+                .await;
+            self.install_all(ready, report, &mut failed).await?;
+        }
         // Small files first, grouped so one fetch carries the chunks of many.
         pending.sort_by_key(|(m, _)| m.size);
         let mut i = 0;
@@ -206,6 +213,74 @@ impl Engine {
             i = j;
         }
         Ok(failed)
+    }
+
+    /// Takes out of `pending` the big files that go by lane: a file whose lane runs
+    /// waits (in `failed` without a reason, so the cursor stays); a file of
+    /// [`LANE_BYTES`] or more to fetch (not found locally) starts one. Returns the
+    /// files whose lane finished, to install.
+    async fn downloads_to_lanes(
+        &mut self,
+        pending: &mut Vec<(FileMeta, Manifest)>,
+        reuse: &ReuseMap,
+        failed: &mut Vec<(String, Option<String>)>,
+    ) -> Vec<Fetched> {
+        let mut ready = Vec::new();
+        let mut rest = Vec::with_capacity(pending.len());
+        for (meta, manifest) in pending.drain(..) {
+            let path = meta.path.to_string();
+            match self
+                .lanes
+                .download(&meta.path, (meta.file_id, meta.version))
+                .await
+            {
+                LaneState::Running => {
+                    failed.push((path, None));
+                    continue;
+                }
+                LaneState::Done(Ok(f)) => {
+                    ready.push(f);
+                    continue;
+                }
+                LaneState::Done(Err(why)) => {
+                    tracing::warn!(path = %meta.path, reason = %why, "background download failed; retrying");
+                    failed.push((path, Some(why)));
+                    continue;
+                }
+                LaneState::None => {}
+            }
+            let fetch: u64 = manifest
+                .chunks
+                .iter()
+                .filter(|c| !reuse.contains_key(&c.id()))
+                .map(|c| u64::from(c.len()))
+                .sum();
+            if fetch < LANE_BYTES || fsync_common::wire::is_folder_mode(meta.mode) {
+                rest.push((meta, manifest));
+                continue;
+            }
+            if let Err(e) = check_manifest(&meta, &manifest) {
+                failed.push((path, Some(e.to_string())));
+                continue;
+            }
+            // The local chunks this file can use, owned by the lane.
+            let own: ReuseMap = manifest
+                .chunks
+                .iter()
+                .filter_map(|c| Some((c.id(), reuse.get(&c.id())?.clone())))
+                .collect();
+            let t = self.transfer();
+            let key = (meta.file_id, meta.version);
+            self.lanes
+                .start_download(meta.path.clone(), key, async move {
+                    write_file(&t, &meta, manifest, &own, &HashMap::new())
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+            failed.push((path, None));
+        }
+        *pending = rest;
+        ready
     }
 
     /// [`Engine::install_batch`], with what was not applied added to `failed`.

@@ -12,9 +12,11 @@
 //! - `remote_ops`: remote deletes and renames;
 //! - `upload`: chunks the server lacks, then the commits and their answers;
 //! - `download`: manifests, chunks (local reuse first), verified atomic writes;
-//! - `local_ops`: local deletes, moves, adopts and restats.
+//! - `local_ops`: local deletes, moves, adopts and restats;
+//! - `lanes`: big transfers in the background while rounds go on (the daemon).
 
 mod download;
+mod lanes;
 mod local_fs;
 mod local_ops;
 mod remote;
@@ -196,6 +198,8 @@ pub struct Engine {
     cleaned: bool,
     /// Entries the last scan could not sync (logged once, not every round).
     reported_skips: std::collections::HashSet<PathBuf>,
+    /// Big transfers in the background (off unless turned on).
+    lanes: lanes::Lanes,
 }
 
 impl std::fmt::Debug for Engine {
@@ -239,6 +243,7 @@ impl Engine {
             keys,
             cleaned: false,
             reported_skips: std::collections::HashSet::new(),
+            lanes: lanes::Lanes::default(),
         }
     }
 
@@ -249,6 +254,15 @@ impl Engine {
             remote: self.remote.clone(),
             keys: self.keys.clone(),
         }
+    }
+
+    /// Moves big transfers (16 MiB or more to send or fetch for one file) to background
+    /// tasks, so that later rounds sync small changes meanwhile; the returned `Notify`
+    /// is woken whenever one finishes, and the round after commits or installs it. For
+    /// a daemon: without this, a round transfers everything itself before it ends.
+    pub fn transfer_in_background(&mut self) -> Arc<tokio::sync::Notify> {
+        self.lanes.enabled = true;
+        self.lanes.finished.clone()
     }
 
     /// The local state.
@@ -303,6 +317,10 @@ impl Engine {
             local: &local,
             digests: &digests,
         };
+        self.lanes.retain(
+            uploads.iter().map(|u| &u.path),
+            downloads.iter().map(|m| &m.path),
+        );
         for path in &forget {
             self.state.remove(path)?;
         }

@@ -7,6 +7,7 @@ use fsync_chunker::{FileDigest, HashOptions};
 use fsync_common::wire::FileMeta;
 use fsync_common::{ChunkId, FileId, Seq, SyncPath};
 
+use super::lanes::LANE_BYTES;
 use super::{Engine, Found, LocalReader, Round, RoundReport, SyncError, PARALLEL_HASH_BYTES};
 use crate::planner::{plan, LocalEntry, PlanInput};
 use crate::scan::LocalFile;
@@ -93,7 +94,21 @@ impl Engine {
         self.reported_skips = skipped;
         let mut local = BTreeMap::new();
         let mut to_hash = Vec::new();
+        let mut digests = HashMap::new();
+        // Big files not yet synced (in a background lane, say) keep their digest while
+        // their stat stays.
+        let mut kept = HashMap::new();
         for (path, f) in scan.files {
+            let synced = base.get(&path).filter(|b| b.same_stat(&f));
+            if synced.is_none() && self.lanes.enabled {
+                if let Some(d) = self.lanes.digest(&path, &f) {
+                    let hash = d.content_hash;
+                    kept.insert(path.clone(), (f.clone(), d.clone()));
+                    digests.insert(path.clone(), d);
+                    local.insert(path, LocalEntry { file: f, hash });
+                    continue;
+                }
+            }
             match base.get(&path) {
                 Some(b) if b.same_stat(&f) => {
                     local.insert(
@@ -152,10 +167,12 @@ impl Engine {
         })
         .await
         .expect("hash task");
-        let mut digests = HashMap::new();
         for (f, digest, after) in hashed {
             match (digest, after) {
                 (Ok(d), Ok(Found::File(after))) if after == f && d.size == f.size => {
+                    if self.lanes.enabled && f.size >= LANE_BYTES {
+                        kept.insert(f.path.clone(), (f.clone(), d.clone()));
+                    }
                     local.insert(
                         f.path.clone(),
                         LocalEntry {
@@ -173,6 +190,9 @@ impl Engine {
                     .push((f.path.to_string(), format!("cannot read: {e}"))),
                 (_, Ok(Found::Nothing) | Err(_)) => {} // vanished while hashing: the next round sees it gone
             }
+        }
+        if self.lanes.enabled {
+            self.lanes.keep_digests(kept);
         }
         Ok((local, digests))
     }

@@ -13,6 +13,7 @@ use fsync_common::wire::{
 use fsync_common::{ChunkId, ErrorCode, IdKey, PageId, SyncPath};
 use fsync_store::BlobCodec;
 
+use super::lanes::{LaneState, LANE_BYTES};
 use super::local_fs::io_err;
 use super::{
     idem, Context, Engine, Found, LocalFs, RoundReport, SyncError, Transfer, ENCODE_GROUP,
@@ -47,6 +48,11 @@ impl Engine {
                 Some((u, l, d))
             })
             .collect();
+        let items = if self.lanes.enabled {
+            self.lane_states(items, report).await
+        } else {
+            items.into_iter().map(|i| (i, false)).collect()
+        };
         if items.is_empty() {
             return Ok(());
         }
@@ -61,7 +67,7 @@ impl Engine {
             .collect();
         let mut ask: Vec<ChunkId> = items
             .iter()
-            .flat_map(|(_, _, d)| d.chunks.iter().map(|c| c.id))
+            .flat_map(|((_, _, d), _)| d.chunks.iter().map(|c| c.id))
             .filter(|id| !known.contains(id))
             .collect();
         ask.sort_unstable();
@@ -75,6 +81,10 @@ impl Engine {
                 .into_iter()
                 .collect()
         };
+        let items = self.uploads_to_lanes(items, &missing);
+        if items.is_empty() {
+            return Ok(());
+        }
         let mut failed: HashSet<SyncPath> = HashSet::new();
         if !missing.is_empty() {
             let files = items
@@ -138,6 +148,69 @@ impl Engine {
         self.state
             .batch(|s| record.iter().try_for_each(|e| s.put(e)))?;
         applied
+    }
+
+    /// The files to upload this round, each with whether a lane may take it: a file
+    /// whose lane still runs waits for a later round; one whose lane failed waits too,
+    /// with the reason; one whose lane finished (its chunks stored) goes on as usual.
+    async fn lane_states<'a>(
+        &mut self,
+        items: Vec<(Upload, &'a LocalEntry, FileDigest)>,
+        report: &mut RoundReport,
+    ) -> Vec<((Upload, &'a LocalEntry, FileDigest), bool)> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match self.lanes.upload(&item.0.path, item.2.content_hash).await {
+                LaneState::None => out.push((item, true)),
+                LaneState::Running => {}
+                LaneState::Done(Ok(())) => out.push((item, false)),
+                LaneState::Done(Err(why)) => {
+                    tracing::warn!(path = %item.0.path, reason = %why, "background upload failed; retrying");
+                    report.deferred.push((item.0.path.to_string(), why));
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts a lane for each file that may take one and lacks [`LANE_BYTES`] or more
+    /// of chunks on the server; returns the others.
+    fn uploads_to_lanes<'a>(
+        &mut self,
+        items: Vec<((Upload, &'a LocalEntry, FileDigest), bool)>,
+        missing: &HashSet<ChunkId>,
+    ) -> Vec<(Upload, &'a LocalEntry, FileDigest)> {
+        let mut out = Vec::with_capacity(items.len());
+        for ((u, l, d), may) in items {
+            let lacking: HashSet<ChunkId> = d
+                .chunks
+                .iter()
+                .map(|c| c.id)
+                .filter(|id| missing.contains(id))
+                .collect();
+            let bytes: u64 = d
+                .chunks
+                .iter()
+                .filter(|c| lacking.contains(&c.id))
+                .map(|c| u64::from(c.len))
+                .sum();
+            if !may || bytes < LANE_BYTES {
+                out.push((u, l, d));
+                continue;
+            }
+            let t = self.transfer();
+            let (path, file, hash) = (u.path.clone(), l.file.clone(), d.content_hash);
+            self.lanes.start_upload(path.clone(), hash, async move {
+                match send_chunks(&t, vec![(path, file, d)], &lacking).await {
+                    Ok(failed) => failed
+                        .into_iter()
+                        .next()
+                        .map_or(Ok(()), |(_, why)| Err(why)),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+        }
+        out
     }
 
     /// Cuts the chunk lists of the files to commit into manifest pages and sends the
