@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use fsync_chunker::FileDigest;
 use fsync_common::{ContentHash, FileId, SyncPath, VersionNo};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::download::Fetched;
@@ -31,11 +31,15 @@ use crate::scan::LocalFile;
 /// which a round is quick anyway.
 pub(super) const LANE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// One transfer running (or finished, not yet collected) in the background.
+/// One transfer running (or finished, not yet collected) in the background. Dropping
+/// it abandons the transfer at its next wait (a temp file written so far is removed).
 struct Lane<K, T> {
     /// What it transfers: a content hash (upload) or a remote version (download).
     key: K,
     task: JoinHandle<Result<T, String>>,
+    /// Dropped with the lane, which stops the transfer.
+    #[allow(dead_code)]
+    cancel: oneshot::Sender<()>,
 }
 
 /// Where a file's lane stands, as a round sees it.
@@ -61,17 +65,6 @@ pub(super) struct Lanes {
     digests: HashMap<SyncPath, (LocalFile, FileDigest)>,
 }
 
-impl Drop for Lanes {
-    fn drop(&mut self) {
-        for lane in self.uploads.values() {
-            lane.task.abort();
-        }
-        for lane in self.downloads.values() {
-            lane.task.abort();
-        }
-    }
-}
-
 impl Lanes {
     /// The upload lane of `path` for content `hash`.
     pub(super) async fn upload(&mut self, path: &SyncPath, hash: ContentHash) -> LaneState<()> {
@@ -93,8 +86,15 @@ impl Lanes {
         F: std::future::Future<Output = Result<(), String>> + Send + 'static,
     {
         tracing::info!(path = %path, "uploading in the background");
-        let task = spawn("client.lane.upload", work, self.finished.clone());
-        self.uploads.insert(path, Lane { key: hash, task });
+        let (task, cancel) = spawn("client.lane.upload", work, self.finished.clone());
+        self.uploads.insert(
+            path,
+            Lane {
+                key: hash,
+                task,
+                cancel,
+            },
+        );
     }
 
     /// Starts a download lane.
@@ -103,8 +103,8 @@ impl Lanes {
         F: std::future::Future<Output = Result<Fetched, String>> + Send + 'static,
     {
         tracing::info!(path = %path, "downloading in the background");
-        let task = spawn("client.lane.download", work, self.finished.clone());
-        self.downloads.insert(path, Lane { key, task });
+        let (task, cancel) = spawn("client.lane.download", work, self.finished.clone());
+        self.downloads.insert(path, Lane { key, task, cancel });
     }
 
     /// Abandons the lanes of files this round does not transfer (deleted, renamed, or
@@ -116,9 +116,8 @@ impl Lanes {
     ) {
         let up: std::collections::HashSet<&SyncPath> = uploads.collect();
         let down: std::collections::HashSet<&SyncPath> = downloads.collect();
-        self.uploads.retain(|p, lane| keep(up.contains(p), lane));
-        self.downloads
-            .retain(|p, lane| keep(down.contains(p), lane));
+        self.uploads.retain(|p, _| up.contains(p));
+        self.downloads.retain(|p, _| down.contains(p));
     }
 
     /// The digest kept for `path` if the file still has stat `now`.
@@ -134,32 +133,36 @@ impl Lanes {
     }
 }
 
-fn keep<K, T>(wanted: bool, lane: &Lane<K, T>) -> bool {
-    if !wanted {
-        lane.task.abort();
-    }
-    wanted
-}
-
-/// Runs `work` (after the failpoint `point`, where a test holds a lane), then wakes
-/// the daemon.
-fn spawn<T, F>(point: &'static str, work: F, finished: Arc<Notify>) -> JoinHandle<Result<T, String>>
+/// Runs `work` on a thread of the blocking pool (a lane reads, hashes and writes
+/// large files, which must not hold up the rounds' runtime), after the failpoint
+/// `point` (where a test holds a lane); then wakes the daemon. The transfer stops at
+/// its next wait once the returned sender is dropped.
+fn spawn<T, F>(
+    point: &'static str,
+    work: F,
+    finished: Arc<Notify>,
+) -> (JoinHandle<Result<T, String>>, oneshot::Sender<()>)
 where
     T: Send + 'static,
     F: std::future::Future<Output = Result<T, String>> + Send + 'static,
 {
-    tokio::spawn(async move {
-        let held = tokio::task::spawn_blocking(move || fsync_common::failpoint::hit(point))
-            .await
+    let (cancel, cancelled) = oneshot::channel::<()>();
+    let runtime = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        let out = fsync_common::failpoint::hit(point)
             .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let out = match held {
-            Ok(()) => work.await,
-            Err(e) => Err(e),
-        };
+            .and_then(|()| {
+                runtime.block_on(async {
+                    tokio::select! {
+                        out = work => out,
+                        _ = cancelled => Err("abandoned".to_owned()),
+                    }
+                })
+            });
         finished.notify_one();
         out
-    })
+    });
+    (task, cancel)
 }
 
 async fn state<K: PartialEq, T>(
@@ -172,7 +175,6 @@ async fn state<K: PartialEq, T>(
     };
     if lane.key != *key {
         // The file moved on: what this lane transfers is no longer wanted.
-        lane.task.abort();
         lanes.remove(path);
         return LaneState::None;
     }

@@ -25,14 +25,19 @@ const VISIBLE_DEADLINE: Duration = Duration::from_secs(20);
 const SETTLE: Duration = Duration::from_millis(300);
 
 /// A daemon on its own thread and runtime (as a separate process would have).
-struct DaemonThread {
-    root: PathBuf,
+pub(super) struct DaemonThread {
+    pub(super) root: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl DaemonThread {
-    fn start(url: &str, account: &Account, dir: &Path, name: &str) -> anyhow::Result<Self> {
+    pub(super) fn start(
+        url: &str,
+        account: &Account,
+        dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<Self> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<PathBuf>>();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (url, account, dir, name) = (
@@ -114,7 +119,7 @@ fn latency_content(i: u32) -> Vec<u8> {
 /// Waits until `path` holds `want`; the time it took from `since`. Polls the file's
 /// stat and reads it only when the stat changed: reading it every time would feed
 /// B's file watcher a stream of access events (see BENCHMARKS.md).
-async fn visible(path: &Path, want: &[u8], since: Instant) -> anyhow::Result<Duration> {
+pub(super) async fn visible(path: &Path, want: &[u8], since: Instant) -> anyhow::Result<Duration> {
     use std::os::unix::fs::MetadataExt as _;
     let stat = |md: &std::fs::Metadata| (md.ino(), md.size(), md.mtime_nsec(), md.mtime());
     let mut last = None;

@@ -17,6 +17,11 @@
 //! - `latency`: two daemons (`fsync_client::daemon::run`, file watcher and push
 //!   socket), each on its own thread and runtime; a 4 KiB file is rewritten on A
 //!   `--edits` times and B's copy polled every 2 ms until it matches.
+//! - `busy`: two daemons while a new large file (`--large-mib`) travels: a small file
+//!   saved on A 1.5 s after the large one appeared (during A's upload) and another
+//!   0.5 s after it was committed (during B's download), each timed until visible on
+//!   B (`--edit-repeat` large files); then 1-byte overwrites of the large file in the
+//!   running daemon, timed until committed and until on B.
 //! - `--compare`: rsync's local delta transfer (`rsync -I --no-whole-file --stats`)
 //!   of every small edit; `restic backup` then `restore` of the tree and of the large
 //!   file with a local repository; `fsync-client --once` uploading the large file as
@@ -30,6 +35,7 @@ use serde_json::{json, Value};
 use crate::harness::{self, Db, Device, Server};
 use crate::report::{Record, Report};
 
+mod busy;
 mod compare;
 mod large_file;
 mod latency;
@@ -54,6 +60,9 @@ enum Part {
     SmallEdit,
     /// Edit-to-visible latency between two daemons.
     Latency,
+    /// Two daemons while a large file travels: small files meanwhile, and 1-byte edits
+    /// of the large file in the running daemon.
+    Busy,
 }
 
 impl Part {
@@ -64,6 +73,7 @@ impl Part {
             Self::NoopRescan => "noop-rescan",
             Self::SmallEdit => "small-edit",
             Self::Latency => "latency",
+            Self::Busy => "busy",
         }
     }
 }
@@ -193,6 +203,9 @@ async fn run_db(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         if ctx.wants(Part::Latency) {
             latency::latency(ctx, &server, dir.path()).await?;
         }
+        if ctx.wants(Part::Busy) {
+            busy::busy(ctx, &server, dir.path()).await?;
+        }
         anyhow::Ok(())
     }
     .await;
@@ -252,7 +265,13 @@ mod tests {
             report.records.iter().map(|r| r.scenario.as_str()).collect();
         assert_eq!(
             scenarios,
-            BTreeSet::from(["initial-sync", "latency", "noop-rescan", "small-edit"])
+            BTreeSet::from([
+                "busy",
+                "initial-sync",
+                "latency",
+                "noop-rescan",
+                "small-edit"
+            ])
         );
         for r in &report.records {
             assert!(r.value.is_finite() && r.value >= 0.0, "{r:?}");
