@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 use std::io;
 
-use fastcdc::v2020::{FastCDC, Normalization};
 use fsync_common::ChunkId;
 use rayon::prelude::*;
 
@@ -239,18 +238,11 @@ impl Chunker {
         input.read_exact_at(&mut buf, pos)?;
         let at_end = pos + len == size;
         let max = self.config.max as usize;
-        let spans: Vec<(usize, usize)> = FastCDC::with_level_and_seed(
-            &buf,
-            self.config.min,
-            self.config.avg,
-            self.config.max,
-            Normalization::Level1,
-            self.seed,
-        )
-        .map(|c| (c.offset, c.length))
-        // A chunk that could have grown past the window is cut again from the next one.
-        .take_while(|&(off, _)| at_end || off + max <= buf.len())
-        .collect();
+        let spans: Vec<(usize, usize)> = self
+            .boundaries(&buf)
+            // A chunk that could have grown past the window is cut again from the next one.
+            .take_while(|&(off, _)| at_end || off + max <= buf.len())
+            .collect();
         let ids: Vec<ChunkId> = spans
             .par_iter()
             .map(|&(off, l)| chunk_id(&self.id_key, &buf[off..off + l]))
