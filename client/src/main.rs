@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use fsync_client::daemon::{self, DaemonOptions};
 use fsync_common::VersionNo;
 
-use commands::{history, status, Opts};
+use commands::{history, service, status, Opts};
 
 /// fsync client: keeps a folder in sync through an fsync server, end-to-end encrypted.
 ///
@@ -45,9 +45,13 @@ struct AccountArgs {
     /// Password (prefer `FSYNC_PASSWORD` or the prompt: flags show up in `ps`).
     #[arg(long, env = "FSYNC_PASSWORD", hide_env_values = true, global = true)]
     password: Option<String>,
-    /// PEM file of a private CA to trust for https.
+    /// PEM file of a private CA to trust for https (besides the system's roots).
     #[arg(long, env = "FSYNC_CA_CERT", global = true)]
     ca_cert: Option<PathBuf>,
+    /// Trust only the server certificate with this SHA-256 fingerprint (AB:CD:…, as
+    /// `fsync-server` prints it); for a self-signed certificate.
+    #[arg(long, env = "FSYNC_SERVER_FINGERPRINT", global = true)]
+    server_fingerprint: Option<fsync_client::api::Fingerprint>,
     /// Seconds to wait for an answer of a server that took the connection, before
     /// giving up on the request [default: 30].
     #[arg(long, env = "FSYNC_TIMEOUT", global = true)]
@@ -92,12 +96,16 @@ struct DaemonArgs {
 enum Cmd {
     /// Create an account (and its first encrypted namespace).
     Register {
-        /// Contact email.
+        /// Contact email (optional).
         #[arg(long)]
-        email: String,
+        email: Option<String>,
     },
     /// What is not in sync yet, and why (works offline: local changes are known here).
-    Status,
+    Status {
+        /// Print it as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// A file's version history: dates, devices, renames.
     Versions {
         /// The file: relative to the current directory inside the folder, else to the
@@ -124,6 +132,25 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<DevicesCmd>,
     },
+    /// Run the daemon for this folder as a systemd user service.
+    Service {
+        #[command(subcommand)]
+        action: ServiceCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCmd {
+    /// Write a systemd user unit that runs the daemon for this folder (with these
+    /// flags), and enable and start it. The password goes into a file beside it, mode
+    /// 0600: the daemon needs it at every start.
+    Install {
+        /// Only write the unit and the password file (start it yourself).
+        #[arg(long)]
+        no_enable: bool,
+    },
+    /// Stop and disable this folder's unit, and remove it and its password file.
+    Uninstall,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,8 +173,14 @@ fn parse_version(s: &str) -> Result<VersionNo, String> {
     }
 }
 
-fn init_logging(verbose: bool) {
-    let default = if verbose { "debug" } else { "info" };
+/// Logging to stderr: the daemon and `--once` say what they do (`info`); a subcommand
+/// answers on stdout, and logs only warnings before it unless `--verbose`.
+fn init_logging(verbose: bool, subcommand: bool) {
+    let default = match (verbose, subcommand) {
+        (true, _) => "debug",
+        (false, true) => "warn",
+        (false, false) => "info",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("fsync_client={default},warn"))
     });
@@ -167,8 +200,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         reset: cli.daemon.reset,
     };
     match &cli.command {
-        Some(Cmd::Register { email }) => commands::register(&opts, email).await?,
-        Some(Cmd::Status) => status::status(&opts).await?,
+        Some(Cmd::Register { email }) => commands::register(&opts, email.as_deref()).await?,
+        Some(Cmd::Status { json }) => status::status(&opts, *json).await?,
         Some(Cmd::Versions { path }) => history::versions(&opts, path).await?,
         Some(Cmd::Restore { path, version }) => history::restore(&opts, path, *version).await?,
         Some(Cmd::Trash) => history::trash(&opts).await?,
@@ -177,6 +210,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::devices(&opts, revoke).await?;
         }
         Some(Cmd::Conflicts) => commands::conflicts(&opts)?,
+        Some(Cmd::Service { action }) => match action {
+            ServiceCmd::Install { no_enable } => service::install(&opts, *no_enable).await?,
+            ServiceCmd::Uninstall => service::uninstall(&opts)?,
+        },
         None if !cli.daemon.once => {
             let Some(started) = commands::start_waiting(&opts).await? else {
                 return Ok(());
@@ -206,7 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.command.is_some());
     fsync_client::progress::enable_if_terminal();
     if let Err(e) = run(cli).await {
         eprintln!("fsync-client: {}", describe(&e));

@@ -124,7 +124,7 @@ fn unhex(what: &str, s: &str) -> Result<Vec<u8>, SessionError> {
 pub async fn register(
     api: &ApiClient,
     username: &str,
-    email: &str,
+    email: Option<&str>,
     password: &str,
     params: KdfParams,
 ) -> Result<RegisterResponse, SessionError> {
@@ -135,7 +135,7 @@ pub async fn register(
     let ns_key = NamespaceKey::generate();
     let req = RegisterRequest {
         username: username.to_owned(),
-        email: email.to_owned(),
+        email: email.map(str::to_owned),
         password: master.auth_key().to_hex(),
         kdf: params,
         wrapped_account_key: hex::encode(master.kek().wrap(&account)),

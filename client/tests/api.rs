@@ -760,9 +760,12 @@ async fn https_and_wss_with_a_private_ca() {
     }));
 
     let url = format!("https://localhost:{port}");
-    let err = ApiClient::new(&url, None).unwrap_err();
-    assert!(matches!(err, ClientError::Config(_)), "{err:?}");
-    assert!(err.to_string().contains("CA"), "{err}");
+    // Without --ca-cert only the system's roots are trusted: the test CA is not one,
+    // and the refusal says what to do.
+    let system_only = ApiClient::new(&url, None).unwrap();
+    let err = system_only.auth_params("x").await.unwrap_err();
+    assert!(matches!(err, ClientError::Network(_)), "{err:?}");
+    assert!(err.to_string().contains("--ca-cert"), "{err}");
     let not_pem = dir.path().join("not.pem");
     std::fs::write(&not_pem, "hello").unwrap();
     let err = ApiClient::new(&url, Some(&not_pem)).unwrap_err();

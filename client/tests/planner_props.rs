@@ -1312,7 +1312,7 @@ async fn run_case(
     let account = NewUser {
         id: user,
         username: format!("u{n}"),
-        email: "u@example.org".into(),
+        email: Some("u@example.org".into()),
         auth_hash: "hash".into(),
         kdf: KdfParams {
             kdf: "argon2id".into(),

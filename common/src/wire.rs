@@ -36,8 +36,9 @@ pub struct KdfParams {
 pub struct RegisterRequest {
     /// Unique username (3–64 characters of `[A-Za-z0-9_.-]`).
     pub username: String,
-    /// Contact email.
-    pub email: String,
+    /// Contact email; optional, as in the seed's schema (absent, `null` or `""`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     /// The client-derived `auth_key`, hex. Never the user's password.
     pub password: String,
     /// Parameters the client used to derive the master key.
@@ -568,6 +569,10 @@ pub struct HealthResponse {
     pub blob_store: String,
     /// Server version.
     pub version: String,
+    /// SHA-256 fingerprint of the server's TLS certificate (`AB:CD:…`), when it
+    /// serves TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
 }
 
 #[cfg(test)]

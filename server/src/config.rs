@@ -49,6 +49,20 @@ pub struct Config {
     /// PEM private key of `--tls-cert`.
     #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate made on first start and kept in
+    /// `<data-dir>/tls/`; its SHA-256 fingerprint is printed at start and shown by
+    /// `/health`, for clients' `--server-fingerprint`.
+    #[arg(long, env = "TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+    /// More names (DNS or IP) for the self-signed certificate, besides localhost, the
+    /// host name and the loopback addresses (comma-separated).
+    #[arg(
+        long,
+        env = "TLS_NAMES",
+        value_delimiter = ',',
+        requires = "tls_self_signed"
+    )]
+    pub tls_names: Vec<String>,
     /// Push sockets (WebSockets) one device may hold open at once; more are closed
     /// with code 1008 and the reason.
     #[arg(long, env = "MAX_WEBSOCKETS_PER_DEVICE", default_value_t = crate::state::DEFAULT_WS_PER_DEVICE, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]

@@ -49,7 +49,7 @@ pub use gc::{
 pub use http::error::ApiError;
 pub use http::{app, Access, Route, ROUTES};
 pub use state::{AppState, Limits};
-pub use tls::{load_server_config, PeerAddr, TlsError, TlsListener};
+pub use tls::{cert_fingerprint, load_server_config, self_signed, PeerAddr, TlsError, TlsListener};
 
 /// Opens the database and blob store named by `config` and builds the state.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {

@@ -4,7 +4,9 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::Parser;
-use fsync_server::{build_state, load_server_config, run, run_tls, Config, LogFormat};
+use fsync_server::{
+    build_state, cert_fingerprint, load_server_config, run, run_tls, Config, LogFormat,
+};
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
     // Validated when parsed; a failure here would be a bug, not a silent fallback.
@@ -61,11 +63,27 @@ async fn serve() -> anyhow::Result<()> {
     if fsync_common::failpoint::init() {
         tracing::warn!("fault injection is armed (FSYNC_FAILPOINTS): test use only");
     }
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(load_server_config(cert, key)?),
+    let pair = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ if config.tls_self_signed => Some(fsync_server::self_signed(
+            &config.storage.data_dir.join("tls"),
+            &config.tls_names,
+        )?),
         _ => None,
     };
-    let state = build_state(&config).await.context("starting the server")?;
+    let tls = match &pair {
+        Some((cert, key)) => Some((load_server_config(cert, key)?, cert_fingerprint(cert)?)),
+        None => None,
+    };
+    let mut state = build_state(&config).await.context("starting the server")?;
+    if let Some((_, fingerprint)) = &tls {
+        state.tls_fingerprint = Some(fingerprint.as_str().into());
+        // On stdout, for the operator to hand to clients (and for scripts).
+        println!("TLS certificate SHA-256 fingerprint: {fingerprint}");
+        if config.tls_self_signed {
+            println!("clients trust this self-signed certificate with --server-fingerprint {fingerprint}");
+        }
+    }
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -77,7 +95,7 @@ async fn serve() -> anyhow::Result<()> {
         "fsync-server listening"
     );
     match tls {
-        Some(tls) => run_tls(listener, tls, state, shutdown_signal()).await?,
+        Some((tls, _)) => run_tls(listener, tls, state, shutdown_signal()).await?,
         None => run(listener, state, shutdown_signal()).await?,
     }
     Ok(())

@@ -109,6 +109,8 @@ pub struct AppState {
     /// An Argon2 hash nobody's key matches, verified for unknown users so that their
     /// login takes as long as a wrong password.
     pub dummy_hash: Arc<String>,
+    /// SHA-256 fingerprint of the TLS certificate served, shown by `/health`.
+    pub tls_fingerprint: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -148,6 +150,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             secret: Arc::new(secret),
             dummy_hash: Arc::new(dummy_hash),
+            tls_fingerprint: None,
         }
     }
 

@@ -70,6 +70,87 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerC
     Ok(Arc::new(config))
 }
 
+/// The SHA-256 fingerprint of the first (the server's own) certificate of a PEM chain,
+/// as uppercase hex pairs joined by `:` (what `openssl x509 -fingerprint -sha256`
+/// prints, and what `fsync-client --server-fingerprint` takes).
+pub fn cert_fingerprint(cert: &Path) -> Result<String, TlsError> {
+    use sha2::Digest as _;
+    let first = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| TlsError::Cert {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| TlsError::Cert {
+            path: cert.to_owned(),
+            reason: "no certificate in the file".into(),
+        })?
+        .map_err(|e| TlsError::Cert {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let digest = sha2::Sha256::digest(first.as_ref());
+    Ok(digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+/// How long a generated self-signed certificate is valid. Clients trust it by its
+/// fingerprint, which ignores dates; a long life avoids a surprise renewal that would
+/// change the fingerprint every client pinned.
+const SELF_SIGNED_DAYS: u64 = 3650;
+
+/// The certificate and key of `--tls-self-signed` under `dir`, made on first use
+/// (ECDSA P-256, for `localhost`, the host name, `127.0.0.1`, `::1` and `extra_names`)
+/// and kept: the same fingerprint across restarts. The key is written mode 0600.
+pub fn self_signed(dir: &Path, extra_names: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
+    let cert = dir.join("self-signed-cert.pem");
+    let key = dir.join("self-signed-key.pem");
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |e: std::io::Error| TlsError::Cert {
+            path,
+            reason: e.to_string(),
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && !names.iter().any(|n| n == host) {
+            names.push(host.to_owned());
+        }
+    }
+    names.extend(extra_names.iter().cloned());
+    let generate = || -> Result<(String, String), rcgen::Error> {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = rcgen::CertificateParams::new(names.clone())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fsync-server (self-signed)");
+        let start = std::time::SystemTime::now() - Duration::from_secs(86_400);
+        params.not_before = start.into();
+        params.not_after = (start + Duration::from_secs(86_400 * SELF_SIGNED_DAYS)).into();
+        let made = params.self_signed(&pair)?;
+        Ok((made.pem(), pair.serialize_pem()))
+    };
+    let (cert_pem, key_pem) = generate().map_err(|e| TlsError::Cert {
+        path: cert.clone(),
+        reason: format!("making a self-signed certificate: {e}"),
+    })?;
+    // The key first: a certificate without its key would be reused and fail to load.
+    fsync_common::durable::write_atomic(&key, key_pem.as_bytes(), Some(0o600)).map_err(io(&key))?;
+    fsync_common::durable::write_atomic(&cert, cert_pem.as_bytes(), Some(0o644))
+        .map_err(io(&cert))?;
+    tracing::info!(cert = %cert.display(), "made a self-signed TLS certificate");
+    Ok((cert, key))
+}
+
 /// The peer address of a TLS connection (axum's `ConnectInfo` for [`TlsListener`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
@@ -109,6 +190,10 @@ impl TlsListener {
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    if speaks_plain_http(&stream).await {
+                        refuse_plain_http(stream, addr).await;
+                        return;
+                    }
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, addr)).await;
@@ -123,6 +208,50 @@ impl TlsListener {
         });
         Ok(Self { rx, local })
     }
+}
+
+/// Whether a new connection opens with a plain HTTP request instead of a TLS
+/// handshake (whose first byte is 22, a handshake record). Waits for the first byte
+/// for at most the handshake timeout.
+async fn speaks_plain_http(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0].is_ascii_uppercase(),
+        _ => false,
+    }
+}
+
+/// Answers a plain HTTP request on the TLS port in plain HTTP, with a message that says
+/// to use `https://` (instead of a TLS alert the client would call "invalid HTTP
+/// version"), then closes.
+async fn refuse_plain_http(mut stream: TcpStream, addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tracing::debug!(peer = %addr, "plain HTTP on the TLS port");
+    // Read the request head first: closing with unread data would reset the
+    // connection before the client reads the answer.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_head = async {
+        while head.len() < 64 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read_head).await;
+    let body = serde_json::json!({"error": {
+        "code": "bad_request",
+        "message": "this port serves HTTPS: write https:// instead of http:// in the server URL",
+    }})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 impl axum::serve::Listener for TlsListener {

@@ -368,7 +368,7 @@ fn new_user(id: UserId, ns: NamespaceId) -> NewUser {
     NewUser {
         id,
         username: format!("u{}", hex::encode(rand::random::<[u8; 4]>())),
-        email: "u@example.org".into(),
+        email: Some("u@example.org".into()),
         auth_hash: "hash".into(),
         kdf: fsync_common::wire::KdfParams {
             kdf: "argon2id".into(),

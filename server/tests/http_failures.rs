@@ -689,6 +689,7 @@ async fn auth_inputs_are_validated() {
             ("username", json!("ünïcode")),
             ("email", json!("no-at-sign.example.org")),
             ("email", json!(format!("{}@example.org", "x".repeat(250)))),
+            ("email", json!("a@b\nX-Injected: 1")),
             ("password", json!("zz".repeat(32))),
             ("password", json!("ab".repeat(31))),
             ("password", json!("ab".repeat(33))),
@@ -717,6 +718,15 @@ async fn auth_inputs_are_validated() {
             assert!(message.contains(named), "{should}: {message}");
         }
         srv.post(REGISTER, None, &valid).await.expect(201);
+        // Email is optional, as in the seed's schema: absent, null or empty registers.
+        for (n, email) in [(0, None), (1, Some(Value::Null)), (2, Some(json!("")))] {
+            let mut body = registration(&username(&format!("noemail{n}")), "");
+            match email {
+                None => drop(body.as_object_mut().unwrap().remove("email")),
+                Some(v) => body["email"] = v,
+            }
+            srv.post(REGISTER, None, &body).await.expect(201);
+        }
 
         // Refresh tokens: made up, expired (a rotated one presented again: the reuse
         // tests of http_api.rs).

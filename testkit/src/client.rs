@@ -33,7 +33,7 @@ impl Account {
         session::register(
             &api,
             username,
-            email,
+            Some(email),
             password,
             fsync_store::test_kdf_params(),
         )

@@ -25,7 +25,7 @@ impl NewAccount {
         let namespace_key = NamespaceKey::generate();
         let request = RegisterRequest {
             username: username.to_owned(),
-            email: format!("{username}@example.org"),
+            email: Some(format!("{username}@example.org")),
             password: master.auth_key().to_hex(),
             kdf,
             wrapped_account_key: hex::encode(master.kek().wrap(&account_key)),

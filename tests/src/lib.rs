@@ -44,7 +44,8 @@ const CLEARED_ENV: &str = "FSYNC_WATCH_DIR FSYNC_SERVER_URL FSYNC_USERNAME FSYNC
     FSYNC_CA_CERT FSYNC_TIMEOUT FSYNC_STATE_DIR FSYNC_DEVICE_NAME FSYNC_ROOTS_FILE XDG_STATE_HOME \
     SYNC_INTERVAL CHUNK_SIZE RUST_LOG DATABASE_URL POSTGRES_URL SECRET_KEY SERVER_HOST \
     SERVER_PORT FILES_DIRECTORY FSYNC_DATA_DIR LOG_LEVEL LOG_FORMAT TLS_CERT TLS_KEY \
-    FSYNC_FAILPOINTS FSYNC_FAILPOINT_DIR";
+    FSYNC_FAILPOINTS FSYNC_FAILPOINT_DIR FSYNC_SERVER_FINGERPRINT TLS_SELF_SIGNED TLS_NAMES \
+    SSL_CERT_FILE SSL_CERT_DIR";
 
 /// `exe` without the [`CLEARED_ENV`] variables, on a null stdin.
 fn command(exe: &Path) -> Command {
@@ -54,6 +55,17 @@ fn command(exe: &Path) -> Command {
     }
     cmd.stdin(Stdio::null());
     cmd
+}
+
+/// `fsync-server` (built once) without the caller's environment, for a test that
+/// starts a server of its own kind (TLS).
+pub fn server_command() -> Command {
+    command(&binaries().server)
+}
+
+/// `fsync-client` (built once) without the caller's environment.
+pub fn client_command() -> Command {
+    command(&binaries().client)
 }
 
 /// SIGKILL, then reap (no-op when it already exited).
@@ -478,9 +490,10 @@ impl Server {
         (self.chunks_stored(), self.bytes_in(), self.bytes_out())
     }
 
-    /// Registers `username` through `fsync-client register`.
+    /// Registers `username` through `fsync-client register --email …`.
     pub fn register(&self, username: &str) -> Account {
-        let out = self.register_with_password(username, PASSWORD);
+        let email = format!("{username}@example.org");
+        let out = self.run_register(username, PASSWORD, &["--email", &email]);
         check(&out, "fsync-client register");
         Account {
             server_url: self.url(),
@@ -488,12 +501,18 @@ impl Server {
         }
     }
 
-    /// Runs `fsync-client register` for `username` with `FSYNC_PASSWORD=password`.
+    /// Runs `fsync-client register` (no email: it is optional) for `username` with
+    /// `FSYNC_PASSWORD=password`.
     pub fn register_with_password(&self, username: &str, password: &str) -> Output {
+        self.run_register(username, password, &[])
+    }
+
+    fn run_register(&self, username: &str, password: &str, args: &[&str]) -> Output {
         let dir = tempfile::tempdir().expect("temp dir");
         command(&binaries().client)
             .args(["--server-url", &self.url(), "--username", username])
-            .args(["register", "--email", &format!("{username}@example.org")])
+            .arg("register")
+            .args(args)
             .env("FSYNC_PASSWORD", password)
             .current_dir(dir.path())
             .output()
@@ -575,6 +594,15 @@ impl Account {
             root,
             dir: tempfile::tempdir().expect("temp dir"),
             binary: None,
+        }
+    }
+
+    /// An account registered on a server the test started itself, as `username`
+    /// with [`PASSWORD`].
+    pub fn at(server_url: &str, username: &str) -> Account {
+        Account {
+            server_url: server_url.to_owned(),
+            username: username.to_owned(),
         }
     }
 

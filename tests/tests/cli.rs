@@ -33,6 +33,37 @@ fn status_reports_pending_uploads_downloads_and_deletes() {
     ] {
         assert!(status.contains(line), "no {line:?} in:\n{status}");
     }
+    // The same for scripts, and no log line around the answer (only with --verbose).
+    let out = a.run(&["status", "--json"]);
+    check(&out, "status --json");
+    assert_eq!(stderr(&out), "", "a subcommand logged without --verbose");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(json["local_pending"], 3, "{json}");
+    assert_eq!(json["remote_pending"], 0, "{json}");
+    assert!(json["last_sync"].as_i64().is_some_and(|t| t > 0), "{json}");
+    let mut states: Vec<(String, String)> = json["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().into(),
+                p["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    states.sort();
+    assert_eq!(
+        states,
+        [
+            ("gone.txt".to_owned(), "delete".to_owned()),
+            ("new.txt".into(), "upload-new".into()),
+            ("synced.txt".into(), "upload-changed".into()),
+        ],
+        "{json}"
+    );
+    let verbose = a.run(&["status", "--verbose"]);
+    assert!(!stderr(&verbose).is_empty(), "--verbose logs");
     a.sync();
     let status = b.run_ok(&["status"]);
     for line in [

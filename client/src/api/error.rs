@@ -157,6 +157,8 @@ pub(super) fn network_error(
         });
     } else if e.is_timeout() {
         "timed out connecting"
+    } else if let Some(why) = super::tls::tls_failure(e, url) {
+        return ClientError::Network(format!("{method} {url}: {why}"));
     } else if e.is_connect() {
         // reqwest's chain ("error sending request: client error (Connect): tcp connect
         // error: …") says less than its last link: "Connection refused (os error 111)".
@@ -168,7 +170,14 @@ pub(super) fn network_error(
     } else {
         "failed"
     };
-    ClientError::Network(format!("{method} {url} {what}: {}", reqwest_error_text(e)))
+    let text = reqwest_error_text(e);
+    if text.contains("invalid HTTP version") && url.starts_with("http://") {
+        return ClientError::Network(format!(
+            "{method} {url}: the server did not answer in plain HTTP; if it serves HTTPS, \
+             write https:// instead of http:// ({text})"
+        ));
+    }
+    ClientError::Network(format!("{method} {url} {what}: {text}"))
 }
 
 /// A reqwest error's description with its causes, without the URL (reported

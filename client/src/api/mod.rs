@@ -16,10 +16,8 @@
 //!   by [`ClientError::is_retryable`].
 //! - **Limits.** Requests are split to stay within [`fsync_common::limits`]; responses
 //!   are read up to a bound per endpoint, so a broken server cannot exhaust memory.
-//! - **TLS** (rustls, ring). An `https://` server needs a CA file
-//!   (`ca_cert`): its certificates are the only roots trusted. This build carries no
-//!   built-in roots; for a server with a public certificate pass the system bundle
-//!   (e.g. `/etc/ssl/certs/ca-certificates.crt`).
+//! - **TLS** (rustls, ring): the system's roots plus `--ca-cert`, or a pinned server
+//!   certificate (`--server-fingerprint`); refusals say what to do (see `tls.rs`).
 //! - **Logging.** Requests are logged at debug level as method, path (no query) and
 //!   status. Tokens, passwords and auth keys are never logged.
 
@@ -72,7 +70,8 @@ mod transport;
 
 use error::describe;
 pub use error::ClientError;
-use tls::{load_roots, tls_config};
+use tls::tls_config;
+pub use tls::{Fingerprint, TlsOptions};
 
 /// Traffic counters of an [`ApiClient`] (shared by its clones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,19 +139,22 @@ impl fmt::Debug for ApiClient {
 
 impl ApiClient {
     /// A client of the server at `server_url` (`http://host:port` or `https://…`, an
-    /// optional path prefix allowed). `ca_cert` is a PEM file whose certificates are the
-    /// only TLS roots trusted; it is required for `https://` (this build has no
-    /// built-in roots: pass the system bundle for a public certificate) and unused for
-    /// `http://`. Timeouts: [`CONNECT_TIMEOUT`], [`READ_TIMEOUT`], [`REQUEST_TIMEOUT`].
+    /// optional path prefix allowed). For `https://` the system's roots are trusted,
+    /// and the certificates of `ca_cert` (a PEM file) besides. Timeouts:
+    /// [`CONNECT_TIMEOUT`], [`READ_TIMEOUT`], [`REQUEST_TIMEOUT`].
     pub fn new(server_url: &str, ca_cert: Option<&Path>) -> Result<Self, ClientError> {
-        Self::with_read_timeout(server_url, ca_cert, READ_TIMEOUT)
+        let tls = TlsOptions {
+            ca_cert: ca_cert.map(Path::to_owned),
+            pin: None,
+        };
+        Self::with_options(server_url, &tls, READ_TIMEOUT)
     }
 
-    /// [`ApiClient::new`] with another longest silence of the server within a request
-    /// (`--timeout`).
-    pub fn with_read_timeout(
+    /// [`ApiClient::new`] with TLS options (a pinned certificate) and another longest
+    /// silence of the server within a request (`--timeout`).
+    pub fn with_options(
         server_url: &str,
-        ca_cert: Option<&Path>,
+        tls_options: &TlsOptions,
         read_timeout: Duration,
     ) -> Result<Self, ClientError> {
         let trimmed = server_url.trim();
@@ -187,13 +189,7 @@ impl ApiClient {
         let ws_url = format!("{ws_scheme}{}/api/v1/ws", &base[url.scheme().len()..]);
 
         let tls = if url.scheme() == "https" {
-            let Some(ca) = ca_cert else {
-                return Err(ClientError::Config(format!(
-                    "{server_url} is https but no CA file was given: pass --ca-cert with the \
-                     server's CA (or the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt)"
-                )));
-            };
-            Some(Arc::new(tls_config(load_roots(ca)?)?))
+            Some(Arc::new(tls_config(tls_options)?))
         } else {
             None
         };

@@ -93,7 +93,10 @@ impl ApiClient {
             let stream = tokio_rustls::TlsConnector::from(tls.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(|e| net("TLS handshake failed", &describe(&e)))?;
+                .map_err(|e| {
+                    let why = super::tls::tls_failure(&e, url).unwrap_or_else(|| describe(&e));
+                    net("TLS handshake failed", &why)
+                })?;
             let (ws, _) =
                 tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                     .await

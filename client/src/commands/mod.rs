@@ -1,6 +1,7 @@
 //! The subcommands, and what they share: the folder, the login, the human formats.
 
 pub mod history;
+pub mod service;
 pub mod status;
 
 use std::io::IsTerminal;
@@ -8,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use fsync_client::api::{ApiClient, READ_TIMEOUT};
+use fsync_client::api::{ApiClient, TlsOptions, READ_TIMEOUT};
 use fsync_client::engine::Engine;
 use fsync_client::root::{KnownRoots, RootLock};
 use fsync_client::scan;
@@ -112,8 +113,11 @@ fn api(opts: &Opts, state_dir: Option<&Path>) -> anyhow::Result<ApiClient> {
         Some(0) => bail!("--timeout (FSYNC_TIMEOUT) must be at least 1 second"),
         Some(s) => Duration::from_secs(s),
     };
-    let api =
-        ApiClient::with_read_timeout(opts.server_url(), opts.account.ca_cert.as_deref(), timeout)?;
+    let tls = TlsOptions {
+        ca_cert: opts.account.ca_cert.clone(),
+        pin: opts.account.server_fingerprint,
+    };
+    let api = ApiClient::with_options(opts.server_url(), &tls, timeout)?;
     Ok(match state_dir {
         Some(d) => api.with_token_file(d.join("refresh_token")),
         None => api,
@@ -331,7 +335,7 @@ pub fn folder_path(root: &Path, arg: &str) -> anyhow::Result<SyncPath> {
     SyncPath::from_relative(rel).with_context(|| format!("{arg:?} is not a valid path"))
 }
 
-pub async fn register(opts: &Opts, email: &str) -> anyhow::Result<()> {
+pub async fn register(opts: &Opts, email: Option<&str>) -> anyhow::Result<()> {
     let api = api(opts, None)?;
     let user = username(&opts.account)?;
     let r = session::register(

@@ -18,60 +18,129 @@ enum Remote {
     Unknown(String),
 }
 
-pub async fn status(opts: &Opts) -> anyhow::Result<()> {
+/// One line of `status`: a path and what is pending for it.
+#[derive(serde::Serialize)]
+struct Pending {
+    path: String,
+    /// `upload-new`, `upload-changed`, `delete`, `download`, `download-delete`,
+    /// `not-synced`.
+    state: &'static str,
+    /// Why a path is not synced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// What `status --json` prints.
+#[derive(serde::Serialize)]
+struct Report {
+    folder: String,
+    pending: Vec<Pending>,
+    local_pending: usize,
+    /// `null` when the remote side is not known (`remote_unknown` says why).
+    remote_pending: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_unknown: Option<String>,
+    conflict_copies: usize,
+    /// Seconds since the epoch, `null` if the folder never synced.
+    last_sync: Option<i64>,
+}
+
+pub async fn status(opts: &Opts, json: bool) -> anyhow::Result<()> {
     let folder = open_folder(opts)?;
     let base = folder.state.all()?;
     let scan = scan::scan(&folder.root)?;
-    let mut local = 0;
+    let line = |path: String, state, reason: Option<String>| Pending {
+        path,
+        state,
+        reason,
+    };
+    let mut pending = Vec::new();
     for (p, f) in &scan.files {
         match base.get(p) {
-            None => println!("upload pending (new)       {p}"),
-            Some(b) if !b.same_stat(f) => println!("upload pending (changed)   {p}"),
-            Some(_) => continue,
+            None => pending.push(line(p.to_string(), "upload-new", None)),
+            Some(b) if !b.same_stat(f) => pending.push(line(p.to_string(), "upload-changed", None)),
+            Some(_) => {}
         }
-        local += 1;
     }
     for p in base.keys().filter(|p| !scan.files.contains_key(*p)) {
-        println!("delete pending             {p}");
-        local += 1;
+        pending.push(line(p.to_string(), "delete", None));
     }
+    let local = pending.len();
     let remote = remote_pending(opts, &folder, &base).await?;
     if let Remote::Pending(files) = &remote {
         for f in files {
-            println!(
-                "download pending           {}{}",
-                f.path,
-                if f.deleted { " (deleted there)" } else { "" }
-            );
+            let state = if f.deleted {
+                "download-delete"
+            } else {
+                "download"
+            };
+            pending.push(line(f.path.to_string(), state, None));
         }
     }
     for p in &scan.nested_roots {
-        println!(
-            "not synced                 {} — a synced folder of its own inside this one: \
-             syncing is paused until one of the two stops",
-            p.display()
-        );
+        let why = "a synced folder of its own inside this one: syncing is paused until one \
+                   of the two stops";
+        let path = p.display().to_string();
+        pending.push(line(path, "not-synced", Some(why.to_owned())));
     }
     for (p, why) in &scan.skipped {
-        println!("not synced                 {} — {why}", p.display());
+        let path = p.display().to_string();
+        pending.push(line(path, "not-synced", Some(why.clone())));
     }
-    let conflicts = scan
-        .files
-        .keys()
-        .filter(|p| p.as_str().contains(".sync-conflict-"))
-        .count();
-    println!("conflict copies: {conflicts}");
-    match folder.state.last_sync()? {
+    let (remote_pending, remote_unknown) = match remote {
+        Remote::Pending(files) => (Some(files.len()), None),
+        Remote::Unknown(why) => (None, Some(why)),
+    };
+    let report = Report {
+        folder: folder.root.display().to_string(),
+        pending,
+        local_pending: local,
+        remote_pending,
+        remote_unknown,
+        conflict_copies: scan
+            .files
+            .keys()
+            .filter(|p| p.as_str().contains(".sync-conflict-"))
+            .count(),
+        last_sync: folder.state.last_sync()?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+    }
+    Ok(())
+}
+
+fn print_human(r: &Report) {
+    for p in &r.pending {
+        let what = match p.state {
+            "upload-new" => "upload pending (new)",
+            "upload-changed" => "upload pending (changed)",
+            "delete" => "delete pending",
+            "download" | "download-delete" => "download pending",
+            _ => "not synced",
+        };
+        let tail = match (p.state, &p.reason) {
+            ("download-delete", _) => " (deleted there)".to_owned(),
+            (_, Some(why)) => format!(" — {why}"),
+            _ => String::new(),
+        };
+        println!("{what:<26} {}{tail}", p.path);
+    }
+    println!("conflict copies: {}", r.conflict_copies);
+    match r.last_sync {
         Some(t) => println!("last sync: {}", when(t)),
         None => println!("last sync: never"),
     }
-    match &remote {
-        Remote::Pending(files) => println!("pending: {local} local, {} remote", files.len()),
-        Remote::Unknown(why) => {
-            println!("pending: {local} local; remote changes unknown: {why}");
-        }
+    match (r.remote_pending, &r.remote_unknown) {
+        (Some(n), _) => println!("pending: {} local, {n} remote", r.local_pending),
+        (None, why) => println!(
+            "pending: {} local; remote changes unknown: {}",
+            r.local_pending,
+            why.as_deref().unwrap_or("")
+        ),
     }
-    Ok(())
 }
 
 /// The latest change of each file that this folder does not hold yet; `Unknown` when

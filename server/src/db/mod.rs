@@ -108,8 +108,9 @@ pub struct NewUser {
     pub id: UserId,
     /// Username.
     pub username: String,
-    /// Email.
-    pub email: String,
+    /// Contact email, if one was given (stored as `''` when none was: the column
+    /// predates optional emails and is `NOT NULL`).
+    pub email: Option<String>,
     /// Argon2id PHC string of the auth key.
     pub auth_hash: String,
     /// KDF parameters.

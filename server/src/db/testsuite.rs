@@ -92,7 +92,7 @@ async fn world(repo: &dyn MetaRepo, name: &str) -> World {
         NewUser {
             id: user,
             username: name.into(),
-            email: format!("{name}@example.org"),
+            email: Some(format!("{name}@example.org")),
             auth_hash: "hash".into(),
             kdf: kdf(),
             wrapped_account_key: "aa".repeat(40),
@@ -272,7 +272,7 @@ async fn world_dup(repo: &dyn MetaRepo) -> Result<(), DbError> {
         NewUser {
             id: UserId::from_bytes(rand::random()),
             username: "alice".into(),
-            email: "x@example.org".into(),
+            email: None,
             auth_hash: "h".into(),
             kdf: kdf(),
             wrapped_account_key: "aa".into(),

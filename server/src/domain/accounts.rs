@@ -90,8 +90,10 @@ fn check_username(u: &str) -> Result<(), AccountError> {
 /// Checks a registration before any work is spent on it.
 fn check_registration(req: &RegisterRequest) -> Result<(), AccountError> {
     check_username(&req.username)?;
-    if req.email.len() > 254 || !req.email.contains('@') {
-        return Err(AccountError::Email);
+    if let Some(email) = req.email.as_deref().filter(|e| !e.is_empty()) {
+        if email.len() > 254 || !email.contains('@') || email.chars().any(char::is_control) {
+            return Err(AccountError::Email);
+        }
     }
     check_hex_key("password (the derived auth key)", &req.password, 32, 32)?;
     check_hex_key("wrapped_account_key", &req.wrapped_account_key, 40, 256)?;
@@ -125,7 +127,7 @@ pub(crate) async fn register(
     let user = NewUser {
         id: UserId::from_bytes(rand::random()),
         username: req.username,
-        email: req.email,
+        email: req.email.filter(|e| !e.is_empty()),
         auth_hash,
         kdf: req.kdf,
         wrapped_account_key: req.wrapped_account_key,

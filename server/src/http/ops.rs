@@ -55,6 +55,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
         database: state_of(db_ok),
         blob_store: state_of(blobs_ok),
         version: env!("CARGO_PKG_VERSION").into(),
+        tls_fingerprint: state.tls_fingerprint.as_deref().map(str::to_owned),
     };
     let status = if ok {
         StatusCode::OK

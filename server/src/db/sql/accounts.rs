@@ -28,7 +28,7 @@ impl AccountRepo for SqlRepo {
         )
         .bind(user.id.to_hex())
         .bind(&user.username)
-        .bind(&user.email)
+        .bind(user.email.as_deref().unwrap_or(""))
         .bind(&user.auth_hash)
         .bind(to_json(&user.kdf))
         .bind(&user.wrapped_account_key)
