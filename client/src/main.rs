@@ -211,7 +211,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Cmd::Conflicts) => commands::conflicts(&opts)?,
         Some(Cmd::Service { action }) => match action {
-            ServiceCmd::Install { no_enable } => service::install(&opts, *no_enable).await?,
+            ServiceCmd::Install { no_enable } => {
+                service::install(&opts, *no_enable, cli.daemon.sync_interval).await?;
+            }
             ServiceCmd::Uninstall => service::uninstall(&opts)?,
         },
         None if !cli.daemon.once => {

@@ -109,6 +109,9 @@ pub fn self_signed(dir: &Path, extra_names: &[String]) -> Result<(PathBuf, PathB
     let cert = dir.join("self-signed-cert.pem");
     let key = dir.join("self-signed-key.pem");
     if cert.exists() && key.exists() {
+        if !extra_names.is_empty() {
+            tracing::info!(cert = %cert.display(), "--tls-names: the self-signed certificate made earlier is kept (the pins of its clients stay valid); remove it and its key to make one for other names");
+        }
         return Ok((cert, key));
     }
     let io = |path: &Path| {
@@ -126,7 +129,12 @@ pub fn self_signed(dir: &Path, extra_names: &[String]) -> Result<(PathBuf, PathB
             names.push(host.to_owned());
         }
     }
-    names.extend(extra_names.iter().cloned());
+    names.extend(
+        extra_names
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty()),
+    );
     let generate = || -> Result<(String, String), rcgen::Error> {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = rcgen::CertificateParams::new(names.clone())?;
@@ -190,14 +198,28 @@ impl TlsListener {
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    if speaks_plain_http(&stream).await {
-                        refuse_plain_http(stream, addr).await;
-                        return;
-                    }
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
+                    // One deadline for the first byte and the whole handshake.
+                    let handshake = async {
+                        match first_byte(&stream).await {
+                            None => Err("closed before the handshake".to_owned()),
+                            // A plain HTTP request (a method name), not a handshake (22).
+                            Some(b) if b.is_ascii_uppercase() => {
+                                refuse_plain_http(stream, addr).await;
+                                Ok(None)
+                            }
+                            Some(_) => acceptor
+                                .accept(stream)
+                                .await
+                                .map(Some)
+                                .map_err(|e| e.to_string()),
+                        }
+                    };
+                    let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
+                    match done {
+                        Ok(Ok(Some(tls))) => {
                             let _ = tx.send((tls, addr)).await;
                         }
+                        Ok(Ok(None)) => {}
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
                         }
@@ -210,20 +232,19 @@ impl TlsListener {
     }
 }
 
-/// Whether a new connection opens with a plain HTTP request instead of a TLS
-/// handshake (whose first byte is 22, a handshake record). Waits for the first byte
-/// for at most the handshake timeout.
-async fn speaks_plain_http(stream: &TcpStream) -> bool {
+/// The first byte a new connection sends (without taking it); `None` if it closes.
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => first[0].is_ascii_uppercase(),
-        _ => false,
+    match stream.peek(&mut first).await {
+        Ok(1) => Some(first[0]),
+        _ => None,
     }
 }
 
 /// Answers a plain HTTP request on the TLS port in plain HTTP, with a message that says
 /// to use `https://` (instead of a TLS alert the client would call "invalid HTTP
-/// version"), then closes.
+/// version"), then closes. Bounded: 64 KiB and 2 s for the request head, 1 s and
+/// 1 MiB of draining after the answer.
 async fn refuse_plain_http(mut stream: TcpStream, addr: SocketAddr) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     tracing::debug!(peer = %addr, "plain HTTP on the TLS port");
@@ -232,10 +253,16 @@ async fn refuse_plain_http(mut stream: TcpStream, addr: SocketAddr) {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     let read_head = async {
-        while head.len() < 64 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut buf).await {
+        loop {
+            let n = match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
+                Ok(n) => n,
+            };
+            // Only the new bytes (and 3 before them) can complete the blank line.
+            let from = head.len().saturating_sub(3);
+            head.extend_from_slice(&buf[..n]);
+            if head[from..].windows(4).any(|w| w == b"\r\n\r\n") || head.len() >= 64 * 1024 {
+                break;
             }
         }
     };
@@ -252,6 +279,18 @@ async fn refuse_plain_http(mut stream: TcpStream, addr: SocketAddr) {
     );
     let _ = stream.write_all(answer.as_bytes()).await;
     let _ = stream.shutdown().await;
+    // Drain what the client still sends (a request body), so that closing does not
+    // reset the connection before the answer is read.
+    let drain = async {
+        let mut left = 1024 * 1024usize;
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 impl axum::serve::Listener for TlsListener {

@@ -531,6 +531,15 @@ impl Server {
         reap(&mut self.child);
     }
 
+    /// Sends SIGTERM, what `systemctl stop` sends (it does not wait).
+    pub fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM fsync-server");
+    }
+
     /// Waits until the server process exits (e.g. at an `abort` failpoint).
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         exit_within(&mut self.child, timeout, "fsync-server to exit")

@@ -41,7 +41,7 @@ fn status_reports_pending_uploads_downloads_and_deletes() {
     assert_eq!(json["local_pending"], 3, "{json}");
     assert_eq!(json["remote_pending"], 0, "{json}");
     assert!(json["last_sync"].as_i64().is_some_and(|t| t > 0), "{json}");
-    let mut states: Vec<(String, String)> = json["pending"]
+    let mut entries: Vec<(String, String)> = json["pending"]
         .as_array()
         .unwrap()
         .iter()
@@ -52,9 +52,9 @@ fn status_reports_pending_uploads_downloads_and_deletes() {
             )
         })
         .collect();
-    states.sort();
+    entries.sort();
     assert_eq!(
-        states,
+        entries,
         [
             ("gone.txt".to_owned(), "delete".to_owned()),
             ("new.txt".into(), "upload-new".into()),

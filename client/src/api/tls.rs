@@ -109,8 +109,9 @@ impl fmt::Display for Refusal {
         if self.pinnable {
             write!(
                 f,
-                "; if the server's operator confirms that fingerprint (fsync-server prints \
-                 it at start and /health shows it), pass --server-fingerprint {}",
+                "; if it is the fingerprint fsync-server printed at start (compare it on the \
+                 server's console or with its operator, not through this connection), pass \
+                 --server-fingerprint {}",
                 self.fingerprint
             )?;
         }

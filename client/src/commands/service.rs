@@ -77,16 +77,36 @@ fn quoted(arg: &str, expanded: bool) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn path_arg(p: &Path) -> anyhow::Result<String> {
+fn absolute(p: &Path) -> anyhow::Result<String> {
     let abs = std::path::absolute(p).with_context(|| format!("{}", p.display()))?;
-    quote(&abs.to_string_lossy())
+    let abs = abs.to_string_lossy().into_owned();
+    if abs.chars().any(char::is_control) {
+        bail!("{abs:?} holds a control character: it cannot go into a systemd unit");
+    }
+    Ok(abs)
+}
+
+/// A path argument of `ExecStart`, quoted.
+fn path_arg(p: &Path) -> anyhow::Result<String> {
+    quote(&absolute(p)?)
+}
+
+/// `ExecStart`'s executable: quoted with `%` doubled, but not `$` (systemd substitutes
+/// variables in the arguments only).
+fn exe_arg(p: &Path) -> anyhow::Result<String> {
+    Ok(quoted(&absolute(p)?, false)?.replace('%', "%%"))
 }
 
 /// The unit's text.
-fn unit_text(opts: &Opts, root: &Path, env_file: &Path) -> anyhow::Result<String> {
+fn unit_text(
+    opts: &Opts,
+    root: &Path,
+    env_file: &Path,
+    sync_interval: u64,
+) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("finding this executable")?;
     let mut args = vec![
-        path_arg(&exe)?,
+        exe_arg(&exe)?,
         "--watch-dir".into(),
         path_arg(root)?,
         "--server-url".into(),
@@ -112,6 +132,7 @@ fn unit_text(opts: &Opts, root: &Path, env_file: &Path) -> anyhow::Result<String
     if let Some(c) = opts.chunk_size {
         args.extend(["--chunk-size".into(), c.to_string()]);
     }
+    args.extend(["--sync-interval".into(), sync_interval.to_string()]);
     Ok(format!(
         "# Written by `fsync-client service install`; `fsync-client service uninstall` removes it.\n\
          [Unit]\n\
@@ -132,9 +153,10 @@ fn unit_text(opts: &Opts, root: &Path, env_file: &Path) -> anyhow::Result<String
          \n\
          [Install]\n\
          WantedBy=default.target\n",
-        root = root.display().to_string().replace('%', "%%"),
+        root = absolute(root)?.replace('%', "%%"),
         exec = args.join(" "),
-        env = path_arg(env_file)?,
+        // Taken as it is (no quotes, no escapes), after `%` specifiers.
+        env = absolute(env_file)?.replace('%', "%%"),
     ))
 }
 
@@ -149,29 +171,38 @@ fn systemctl(args: &[&str]) -> Result<(), String> {
 
 /// `service install`: checks the password by logging in, writes the password file and
 /// the unit, and (unless `no_enable`) enables and starts it.
-pub async fn install(opts: &Opts, no_enable: bool) -> anyhow::Result<()> {
+pub async fn install(opts: &Opts, no_enable: bool, sync_interval: u64) -> anyhow::Result<()> {
     let folder = open_folder(opts)?;
+    // Asked once: the answer that logs in is the one stored.
+    let pass = password(&opts.account)?;
+    let checked = Opts {
+        account: crate::AccountArgs {
+            password: Some(pass.clone()),
+            ..opts.account.clone()
+        },
+        folder: opts.folder.clone(),
+        chunk_size: opts.chunk_size,
+        reset: opts.reset,
+    };
     // A wrong password written into the unit would fail at every start: check it.
-    login(opts, &folder)
+    login(&checked, &folder)
         .await
         .context("logging in, to check the password before it is stored")?;
     let (units, secrets) = dirs()?;
     let unit = unit_name(&folder.root);
     let unit_path = units.join(&unit);
     let env_path = secrets.join(format!("{}.env", unit.trim_end_matches(".service")));
-    let pass = quoted(&password(&opts.account)?, false)?;
+    // Both files' text first: nothing is written unless all of it can be.
+    let env = format!(
+        "# Written by `fsync-client service install` (read by systemd only).\nFSYNC_PASSWORD={}\n",
+        quoted(&pass, false)?,
+    );
+    let text = unit_text(opts, &folder.root, &env_path, sync_interval)?;
     for d in [&units, &secrets] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let env = format!(
-        "# The password of {} for {} (read by systemd only).\nFSYNC_PASSWORD={}\n",
-        super::username(&opts.account)?,
-        folder.root.display(),
-        pass,
-    );
     fsync_common::durable::write_atomic(&env_path, env.as_bytes(), Some(0o600))
         .with_context(|| format!("writing {}", env_path.display()))?;
-    let text = unit_text(opts, &folder.root, &env_path)?;
     fsync_common::durable::write_atomic(&unit_path, text.as_bytes(), Some(0o644))
         .with_context(|| format!("writing {}", unit_path.display()))?;
     println!("wrote {}", unit_path.display());
@@ -185,8 +216,10 @@ pub async fn install(opts: &Opts, no_enable: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let enabled =
-        systemctl(&["daemon-reload"]).and_then(|()| systemctl(&["enable", "--now", &unit]));
+    // `restart`: a unit already running (a second install) takes the new flags.
+    let enabled = systemctl(&["daemon-reload"])
+        .and_then(|()| systemctl(&["enable", &unit]))
+        .and_then(|()| systemctl(&["restart", &unit]));
     if let Err(why) = enabled {
         bail!(
             "the unit is written, but systemctl --user could not enable it ({why}); in your \
