@@ -49,6 +49,87 @@ pub fn encode<'a>(entries: impl IntoIterator<Item = (&'a ChunkId, &'a [u8])>) ->
     out
 }
 
+/// Length of the header [`encode_header`] writes.
+pub const HEADER_LEN: usize = 5;
+/// Length of an entry's header (chunk id and blob length) before its blob.
+pub const ENTRY_HEADER_LEN: usize = 36;
+
+/// A batch body built one entry at a time, so that an upload holds each blob once (in
+/// the body) instead of as a blob and again as its copy in the request.
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    body: Vec<u8>,
+    entries: usize,
+    blob_bytes: u64,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl BatchBuilder {
+    /// An empty batch whose body has room for `capacity` bytes (reserved, not touched:
+    /// the memory is used as entries are written).
+    #[must_use]
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut body = Vec::with_capacity(capacity.max(HEADER_LEN));
+        encode_header(&mut body);
+        Self {
+            body,
+            entries: 0,
+            blob_bytes: 0,
+        }
+    }
+
+    /// Appends one entry.
+    pub fn push(&mut self, id: &ChunkId, blob: &[u8]) {
+        encode_entry(&mut self.body, id, blob);
+        self.entries += 1;
+        self.blob_bytes += blob.len() as u64;
+    }
+
+    /// Whether an entry of `blob_len` bytes may join without the body passing
+    /// `max_body` bytes or `max_entries` entries (an empty batch takes any one entry).
+    #[must_use]
+    pub fn fits(&self, blob_len: usize, max_body: usize, max_entries: usize) -> bool {
+        self.entries == 0
+            || (self.body.len() + ENTRY_HEADER_LEN + blob_len <= max_body
+                && self.entries < max_entries)
+    }
+
+    /// Entries so far.
+    #[must_use]
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Whether it has no entry.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// The blobs' bytes (without the framing).
+    #[must_use]
+    pub fn blob_bytes(&self) -> u64 {
+        self.blob_bytes
+    }
+
+    /// The encoded body.
+    #[must_use]
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
+    }
+
+    /// The encoded body, borrowed.
+    #[must_use]
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
 /// Decodes a batch, refusing any entry larger than `max_entry`.
 pub fn decode(body: &[u8], max_entry: usize) -> Result<Vec<(ChunkId, &[u8])>, BatchError> {
     if body.len() < 5 || &body[..4] != MAGIC || body[4] != VERSION {
@@ -96,6 +177,27 @@ mod tests {
                 prop_assert_eq!(id.as_bytes(), raw);
                 prop_assert_eq!(*blob, data.as_slice());
             }
+        }
+
+        #[test]
+        fn the_builder_encodes_what_encode_does(entries in proptest::collection::vec((any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..64)), 0..8)) {
+            let ids: Vec<ChunkId> = entries.iter().map(|(i, _)| ChunkId::from_bytes(*i)).collect();
+            let whole = encode(ids.iter().zip(entries.iter().map(|(_, b)| b.as_slice())));
+            let mut built = BatchBuilder::with_capacity(16);
+            for (id, (_, blob)) in ids.iter().zip(&entries) {
+                built.push(id, blob);
+            }
+            prop_assert_eq!(built.entries(), entries.len());
+            prop_assert_eq!(built.blob_bytes(), entries.iter().map(|(_, b)| b.len() as u64).sum::<u64>());
+            prop_assert_eq!(built.body(), whole.as_slice());
+            // The next entry fits exactly when the body stays within the limits.
+            let size = whole.len();
+            prop_assert!(built.fits(10, size + ENTRY_HEADER_LEN + 10, entries.len() + 1));
+            prop_assert_eq!(
+                built.fits(10, size + ENTRY_HEADER_LEN + 9, entries.len() + 1),
+                entries.is_empty()
+            );
+            prop_assert_eq!(built.fits(10, usize::MAX, entries.len()), entries.is_empty());
         }
 
         #[test]

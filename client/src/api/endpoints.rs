@@ -195,47 +195,47 @@ impl ApiClient {
         self.send(call).await.map(drop)
     }
 
+    /// Stores a batch built with [`batch::BatchBuilder`] in one request (the caller
+    /// kept it within `MAX_BATCH_BODY` and `MAX_IDS_PER_REQUEST`); the body is sent as
+    /// it is, not copied.
+    pub async fn put_batch_body(
+        &self,
+        ns: NamespaceId,
+        built: batch::BatchBuilder,
+    ) -> Result<(), ClientError> {
+        let entries = built.entries();
+        if entries == 0 {
+            return Ok(());
+        }
+        let call = Call::post(api("chunks/batch"))
+            .query("namespace", &ns)
+            .bytes(built.into_body());
+        let r: StoredResponse = self.send_json(call).await?;
+        if (r.stored + r.existing) as usize != entries {
+            return Err(ClientError::Protocol(format!(
+                "chunks/batch accounted for {} of {entries} blobs",
+                r.stored + r.existing,
+            )));
+        }
+        Ok(())
+    }
+
     /// Uploads many blobs in as few batch requests as the limits allow
-    /// (`MAX_BATCH_BODY` bytes and `MAX_IDS_PER_REQUEST` blobs per request).
+    /// (`MAX_BATCH_BODY` bytes and `MAX_IDS_PER_REQUEST` blobs per request; an
+    /// oversized blob goes alone, to the server's refusal).
     pub async fn put_batch(
         &self,
         ns: NamespaceId,
         blobs: &[(ChunkId, Vec<u8>)],
     ) -> Result<(), ClientError> {
-        let mut rest = blobs;
-        while !rest.is_empty() {
-            let mut size = BATCH_HEADER_LEN;
-            let mut n = 0;
-            for (_, blob) in rest {
-                let entry = BATCH_ENTRY_HEADER_LEN + blob.len();
-                // Always at least one entry: an oversized one gets its own request, and
-                // the server's refusal.
-                if n > 0 && (size + entry > MAX_BATCH_BODY || n == MAX_IDS_PER_REQUEST) {
-                    break;
-                }
-                size += entry;
-                n += 1;
+        let mut built = batch::BatchBuilder::default();
+        for (id, blob) in blobs {
+            if !built.fits(blob.len(), MAX_BATCH_BODY, MAX_IDS_PER_REQUEST) {
+                self.put_batch_body(ns, std::mem::take(&mut built)).await?;
             }
-            let (part, tail) = rest.split_at(n);
-            let mut body = Vec::with_capacity(size);
-            batch::encode_header(&mut body);
-            for (id, blob) in part {
-                batch::encode_entry(&mut body, id, blob);
-            }
-            let call = Call::post(api("chunks/batch"))
-                .query("namespace", &ns)
-                .bytes(body);
-            let r: StoredResponse = self.send_json(call).await?;
-            if (r.stored + r.existing) as usize != part.len() {
-                return Err(ClientError::Protocol(format!(
-                    "chunks/batch accounted for {} of {} blobs",
-                    r.stored + r.existing,
-                    part.len()
-                )));
-            }
-            rest = tail;
+            built.push(id, blob);
         }
-        Ok(())
+        self.put_batch_body(ns, built).await
     }
 
     /// Downloads one blob.

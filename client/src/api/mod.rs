@@ -57,9 +57,9 @@ const MAX_FETCH_RESPONSE: usize = MAX_BATCH_BODY + 1024 * 1024;
 /// Largest push message accepted.
 const MAX_PUSH_MESSAGE: usize = 64 * 1024;
 /// Size of the batch header (`"FSBT"` + version).
-const BATCH_HEADER_LEN: usize = 5;
+const BATCH_HEADER_LEN: usize = fsync_common::batch::HEADER_LEN;
 /// Size of a batch entry header (chunk id + length).
-const BATCH_ENTRY_HEADER_LEN: usize = 36;
+const BATCH_ENTRY_HEADER_LEN: usize = fsync_common::batch::ENTRY_HEADER_LEN;
 
 mod endpoints;
 mod error;

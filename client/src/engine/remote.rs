@@ -28,6 +28,21 @@ pub trait Remote: Send + Sync + 'static {
         ns: NamespaceId,
         blobs: &[(ChunkId, Vec<u8>)],
     ) -> Result<(), ClientError>;
+    /// Stores a batch already framed (one request's worth). By default its entries go
+    /// through [`Remote::put_batch`].
+    async fn put_batch_body(
+        &self,
+        ns: NamespaceId,
+        built: fsync_common::batch::BatchBuilder,
+    ) -> Result<(), ClientError> {
+        let entries = fsync_common::batch::decode(built.body(), usize::MAX)
+            .map_err(|e| ClientError::Protocol(format!("a batch built here: {e}")))?;
+        let blobs: Vec<(ChunkId, Vec<u8>)> = entries
+            .into_iter()
+            .map(|(id, b)| (id, b.to_vec()))
+            .collect();
+        self.put_batch(ns, &blobs).await
+    }
     /// Fetches encoded blobs (those the server has).
     async fn fetch_batch(
         &self,
@@ -81,6 +96,14 @@ impl Remote for ApiClient {
         blobs: &[(ChunkId, Vec<u8>)],
     ) -> Result<(), ClientError> {
         ApiClient::put_batch(self, ns, blobs).await
+    }
+
+    async fn put_batch_body(
+        &self,
+        ns: NamespaceId,
+        built: fsync_common::batch::BatchBuilder,
+    ) -> Result<(), ClientError> {
+        ApiClient::put_batch_body(self, ns, built).await
     }
 
     async fn fetch_batch(

@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use fsync_chunker::FileDigest;
+use fsync_common::batch::BatchBuilder;
+use fsync_common::limits::{MAX_BATCH_BODY, MAX_BLOB_SIZE, MAX_IDS_PER_REQUEST};
 use fsync_common::pages::{self, Page};
 use fsync_common::wire::{
     ChunkRef, CommitOutcome, CommitRequest, CommitResponse, SyncEvent, SyncEventResult,
@@ -501,15 +503,21 @@ pub(super) async fn send_chunks(
             }
             failed
         });
-    let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::new();
-    let mut bytes = 0;
+    // Each blob is written into the batch's request body as it comes (and dropped):
+    // a batch in flight is held once, as its body.
+    let new_batch = || BatchBuilder::with_capacity(UPLOAD_BATCH_BYTES + MAX_BLOB_SIZE + 64);
+    let mut batch = new_batch();
     let mut in_flight = tokio::task::JoinSet::new();
     let bar = crate::progress::bytes("uploading", total);
     let ns = t.keys.ns;
     loop {
         let next = rx.recv().await;
         let flush = match &next {
-            Some(_) => bytes >= UPLOAD_BATCH_BYTES,
+            Some((_, blob)) => {
+                !batch.is_empty()
+                    && (batch.blob_bytes() >= UPLOAD_BATCH_BYTES as u64
+                        || !batch.fits(blob.len(), MAX_BATCH_BODY, MAX_IDS_PER_REQUEST))
+            }
             None => !batch.is_empty(),
         };
         if flush {
@@ -519,19 +527,17 @@ pub(super) async fn send_chunks(
                 }
             }
             let remote = Arc::clone(&t.remote);
-            let part = std::mem::take(&mut batch);
-            bytes = 0;
+            let part = std::mem::replace(&mut batch, new_batch());
             let bar = bar.clone();
             in_flight.spawn(async move {
-                let sent: u64 = part.iter().map(|(_, b)| b.len() as u64).sum();
-                remote.put_batch(ns, &part).await?;
+                let sent = part.blob_bytes();
+                remote.put_batch_body(ns, part).await?;
                 bar.inc(sent);
                 Ok::<(), ClientError>(())
             });
         }
         let Some((id, blob)) = next else { break };
-        bytes += blob.len();
-        batch.push((id, blob));
+        batch.push(&id, &blob);
     }
     while let Some(done) = in_flight.join_next().await {
         done.expect("upload task")?;
