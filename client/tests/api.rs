@@ -764,7 +764,8 @@ async fn https_and_wss_with_a_private_ca() {
     // and the refusal says what to do.
     let system_only = ApiClient::new(&url, None).unwrap();
     let err = system_only.auth_params("x").await.unwrap_err();
-    assert!(matches!(err, ClientError::Network(_)), "{err:?}");
+    assert!(matches!(err, ClientError::Certificate(_)), "{err:?}");
+    assert!(!err.is_retryable(), "a refused certificate is not retried");
     assert!(err.to_string().contains("--ca-cert"), "{err}");
     let not_pem = dir.path().join("not.pem");
     std::fs::write(&not_pem, "hello").unwrap();
@@ -783,14 +784,14 @@ async fn https_and_wss_with_a_private_ca() {
     assert_eq!(next_change(&mut rx).await.0, acct.namespace);
 
     // A client that trusts another CA (here: the server's own leaf, which is no CA)
-    // is refused, retryably.
+    // is refused, for good.
     let stranger = ApiClient::new(
         &format!("https://127.0.0.1:{port}"),
         Some(&fixture("test-cert.pem")),
     )
     .unwrap();
     let err = stranger.auth_params("x").await.unwrap_err();
-    assert!(matches!(err, ClientError::Network(_)), "{err:?}");
+    assert!(matches!(err, ClientError::Certificate(_)), "{err:?}");
     let _ = stop.send(());
 }
 

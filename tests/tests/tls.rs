@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fsync_tests::{
     assert_same_tree, check, client_command, free_port, server_command, stderr, wait_until,
-    Account, Client, Server, PASSWORD,
+    Account, Client, Server, EVENT_TIMEOUT, PASSWORD,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -285,6 +285,17 @@ fn a_self_signed_certificate_is_trusted_by_its_pinned_fingerprint() {
         &[("FSYNC_SERVER_FINGERPRINT", &wrong)],
     ));
     assert!(err.contains("not the pinned one"), "{err}");
+    // A daemon with a wrong pin stops and says why (it does not wait for the server as
+    // for one that is down: only the user can fix it).
+    let device = Account::at(&url, "pinned").device();
+    let mut daemon = device.spawn_daemon_with_env(&owned(&[("FSYNC_SERVER_FINGERPRINT", &wrong)]));
+    let status = daemon.wait_exit(EVENT_TIMEOUT);
+    assert!(!status.success());
+    assert!(
+        daemon.log().contains("not the pinned one"),
+        "{}",
+        daemon.log()
+    );
     let err = stderr(&register(
         &url,
         "badpin",

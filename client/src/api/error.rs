@@ -32,6 +32,10 @@ pub enum ClientError {
     /// reset). Retryable.
     #[error("network error: {0}")]
     Network(String),
+    /// The server's certificate was refused (unknown CA, expired, another name, not the
+    /// pinned one). Not retryable: it takes the user or the server's operator to fix.
+    #[error("TLS certificate refused: {0}")]
+    Certificate(String),
     /// The server's answer could not be decoded or breaks the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -157,8 +161,13 @@ pub(super) fn network_error(
         });
     } else if e.is_timeout() {
         "timed out connecting"
-    } else if let Some(why) = super::tls::tls_failure(e, url) {
-        return ClientError::Network(format!("{method} {url}: {why}"));
+    } else if let Some(failure) = super::tls::tls_failure(e, url) {
+        let what = format!("{method} {url}: {}", failure.message);
+        return if failure.certificate {
+            ClientError::Certificate(what)
+        } else {
+            ClientError::Network(what)
+        };
     } else if e.is_connect() {
         // reqwest's chain ("error sending request: client error (Connect): tcp connect
         // error: …") says less than its last link: "Connection refused (os error 111)".

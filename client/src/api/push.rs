@@ -93,9 +93,12 @@ impl ApiClient {
             let stream = tokio_rustls::TlsConnector::from(tls.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(|e| {
-                    let why = super::tls::tls_failure(&e, url).unwrap_or_else(|| describe(&e));
-                    net("TLS handshake failed", &why)
+                .map_err(|e| match super::tls::tls_failure(&e, url) {
+                    Some(f) if f.certificate => {
+                        ClientError::Certificate(format!("WebSocket {url}: {}", f.message))
+                    }
+                    Some(f) => net("TLS handshake failed", &f.message),
+                    None => net("TLS handshake failed", &describe(&e)),
                 })?;
             let (ws, _) =
                 tokio_tungstenite::client_async_with_config(request, stream, Some(config))

@@ -358,10 +358,17 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-/// The TLS failure in an error's chain, said in words a user can act on; `None` when
-/// the chain holds none. (io errors hide their inner error from `source()`, so each
-/// link that is one is opened too.)
-pub(super) fn tls_failure(e: &(dyn std::error::Error + 'static), url: &str) -> Option<String> {
+/// A TLS failure found in an error's chain.
+pub(super) struct TlsFailure {
+    /// In words a user can act on.
+    pub message: String,
+    /// The server's certificate was refused (as opposed to a broken handshake).
+    pub certificate: bool,
+}
+
+/// The TLS failure in an error's chain; `None` when the chain holds none. (io errors
+/// hide their inner error from `source()`, so each link that is one is opened too.)
+pub(super) fn tls_failure(e: &(dyn std::error::Error + 'static), url: &str) -> Option<TlsFailure> {
     let mut link: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(l) = link {
         // An io error may wrap another (reqwest's connector wraps tokio-rustls's).
@@ -380,18 +387,25 @@ pub(super) fn tls_failure(e: &(dyn std::error::Error + 'static), url: &str) -> O
     None
 }
 
-fn rustls_failure(e: &(dyn std::error::Error + 'static), url: &str) -> Option<String> {
+fn rustls_failure(e: &(dyn std::error::Error + 'static), url: &str) -> Option<TlsFailure> {
+    let refused = |message: String| TlsFailure {
+        message,
+        certificate: true,
+    };
     if let Some(r) = e.downcast_ref::<Refusal>() {
-        return Some(r.to_string());
+        return Some(refused(r.to_string()));
     }
     let e = e.downcast_ref::<rustls::Error>()?;
-    Some(match e {
-        rustls::Error::InvalidCertificate(CertificateError::Other(o)) => {
-            match o.0.downcast_ref::<Refusal>() {
+    if let rustls::Error::InvalidCertificate(c) = e {
+        return Some(refused(match c {
+            CertificateError::Other(o) => match o.0.downcast_ref::<Refusal>() {
                 Some(r) => r.to_string(),
                 None => format!("the server's certificate was refused: {e}"),
-            }
-        }
+            },
+            _ => format!("the server's certificate was refused: {e}"),
+        }));
+    }
+    let message = match e {
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
             "{url} does not speak TLS on that port (it answered something else): if the \
              server serves plain HTTP, write http:// instead of https://"
@@ -400,5 +414,9 @@ fn rustls_failure(e: &(dyn std::error::Error + 'static), url: &str) -> Option<St
             format!("the server ended the TLS handshake ({alert:?})")
         }
         other => format!("TLS failed: {other}"),
+    };
+    Some(TlsFailure {
+        message,
+        certificate: false,
     })
 }
