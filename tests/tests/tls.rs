@@ -76,6 +76,31 @@ impl TlsServer {
     }
 }
 
+impl TlsServer {
+    /// `fsync-server --tls-cert CERT --tls-key KEY`.
+    fn with_cert(data: &Path, cert: &Path, key: &Path) -> Self {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        Self::start(data, &["--tls-cert", cert, "--tls-key", key])
+    }
+
+    /// Serves `leaf` (its PEM and key's PEM) with `intermediate` after it, as a public
+    /// CA's chain is served; the files are `<stem>.pem` and `<stem>-key.pem` in `dir`.
+    fn with_chain(
+        dir: &Path,
+        stem: &str,
+        (cert, key): (String, String),
+        intermediate: &CertifiedIssuer<'_, KeyPair>,
+    ) -> Self {
+        let chain = write(
+            dir,
+            &format!("{stem}.pem"),
+            &format!("{cert}{}", intermediate.pem()),
+        );
+        let key = write(dir, &format!("{stem}-key.pem"), &key);
+        Self::with_cert(&dir.join("data"), &chain, &key)
+    }
+}
+
 /// `fsync-client register` at `url` with `env`.
 fn register(url: &str, user: &str, env: &[(&str, &str)]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
@@ -160,21 +185,11 @@ fn a_public_style_chain_is_trusted_through_the_system_roots() {
     )
     .unwrap();
     let root_pem = write(dir.path(), "root.pem", &root.pem());
-    let (cert, key) = leaf(&["localhost"], &intermediate, 1, 90);
-    let chain = write(
+    let server = TlsServer::with_chain(
         dir.path(),
-        "chain.pem",
-        &format!("{cert}{}", intermediate.pem()),
-    );
-    let key = write(dir.path(), "key.pem", &key);
-    let server = TlsServer::start(
-        &dir.path().join("data"),
-        &[
-            "--tls-cert",
-            chain.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
+        "chain",
+        leaf(&["localhost"], &intermediate, 1, 90),
+        &intermediate,
     );
     let url = format!("https://localhost:{}", server.port);
     let root_str = root_pem.to_str().unwrap();
@@ -215,21 +230,11 @@ fn a_public_style_chain_is_trusted_through_the_system_roots() {
     drop(server);
 
     // An expired certificate: the operator must renew it.
-    let (cert, key) = leaf(&["localhost"], &intermediate, 100, 30);
-    let chain = write(
+    let server = TlsServer::with_chain(
         dir.path(),
-        "expired.pem",
-        &format!("{cert}{}", intermediate.pem()),
-    );
-    let key = write(dir.path(), "expired-key.pem", &key);
-    let server = TlsServer::start(
-        &dir.path().join("data"),
-        &[
-            "--tls-cert",
-            chain.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
+        "expired",
+        leaf(&["localhost"], &intermediate, 100, 30),
+        &intermediate,
     );
     let url = format!("https://localhost:{}", server.port);
     let err = stderr(&register(&url, "expired", &[("SSL_CERT_FILE", root_str)]));
@@ -349,15 +354,7 @@ fn an_openssl_one_liner_certificate_and_https_to_a_plain_port() {
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&printed.stdout).trim().to_owned();
-    let server = TlsServer::start(
-        &dir.path().join("data"),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let server = TlsServer::with_cert(&dir.path().join("data"), &cert, &key);
     let fp = server.fingerprint.clone().unwrap();
     assert!(printed.ends_with(&fp), "openssl: {printed}, server: {fp}");
     let url = format!("https://localhost:{}", server.port);
