@@ -24,6 +24,11 @@ const TEMPLATES: &[(i64, &str, &str)] = &[
         "manifest pages",
         include_str!("../../migrations/0005_manifest_pages.sql"),
     ),
+    (
+        6,
+        "accounts admin",
+        include_str!("../../migrations/0006_accounts_admin.sql"),
+    ),
 ];
 
 /// A template for `dialect`: its `--!` lines (notes on the template) dropped and its

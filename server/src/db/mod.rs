@@ -99,6 +99,58 @@ pub struct UserRecord {
     pub kdf: KdfParams,
     /// Account key wrapped with the client's `kek`, hex.
     pub wrapped_account_key: String,
+    /// Disabled by the operator: logins and tokens are refused.
+    pub disabled: bool,
+}
+
+/// What [`AccountRepo::device_active`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// The device is the user's, not revoked, and the account is enabled.
+    Active,
+    /// No such device of this user, or it was revoked.
+    Revoked,
+    /// The device is fine but the operator disabled the account.
+    Disabled,
+}
+
+/// One account as the operator sees it ([`AdminRepo::users`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserSummary {
+    /// User id.
+    pub id: UserId,
+    /// Username.
+    pub username: String,
+    /// Contact email, if one was given.
+    pub email: Option<String>,
+    /// Registered, seconds since the epoch.
+    pub created_at: i64,
+    /// Disabled by the operator.
+    pub disabled: bool,
+    /// Most stored bytes the account's namespaces may hold (`None`: no cap).
+    pub quota_bytes: Option<u64>,
+    /// Stored bytes (compressed, encrypted blobs) of the namespaces it owns: what a
+    /// quota counts.
+    pub stored_bytes: u64,
+    /// Live files in the namespaces it owns.
+    pub files: u64,
+    /// Their plaintext bytes (the heads).
+    pub file_bytes: u64,
+    /// Devices not revoked.
+    pub devices: u64,
+    /// The latest request of any of its devices, seconds since the epoch.
+    pub last_seen: Option<i64>,
+}
+
+/// An account's quota and what counts against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// The account (for a namespace: its owner).
+    pub user: UserId,
+    /// Stored bytes of the namespaces it owns.
+    pub used_bytes: u64,
+    /// Its quota, `None` for no cap.
+    pub quota_bytes: Option<u64>,
 }
 
 /// What registration stores.
@@ -188,7 +240,7 @@ pub enum BatchAnswer {
 /// uses; `dyn MetaRepo` is all of them.
 #[async_trait]
 pub trait MetaRepo:
-    AccountRepo + ChunkRepo + PageRepo + WriteRepo + FileRepo + JournalRepo
+    AccountRepo + AdminRepo + ChunkRepo + PageRepo + WriteRepo + FileRepo + JournalRepo
 {
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), DbError>;
@@ -241,13 +293,14 @@ pub trait AccountRepo: Send + Sync + std::fmt::Debug {
         name: &str,
         now: i64,
     ) -> Result<DeviceId, DbError>;
-    /// True when the device belongs to the user and is not revoked; records `last_seen`.
+    /// Whether the device belongs to the user, is not revoked, and the account is
+    /// enabled; records `last_seen` when it is.
     async fn device_active(
         &self,
         user: UserId,
         device: DeviceId,
         now: i64,
-    ) -> Result<bool, DbError>;
+    ) -> Result<DeviceStatus, DbError>;
     /// The user's devices.
     async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, DbError>;
     /// Revokes a device and drops its refresh tokens. False when not the user's.
@@ -282,6 +335,27 @@ pub trait AccountRepo: Send + Sync + std::fmt::Debug {
     /// The user's role in a namespace: `None` when not a member, or when the stored
     /// role is unknown (logged; such a member gets no access).
     async fn role_in(&self, user: UserId, ns: NamespaceId) -> Result<Option<Role>, DbError>;
+}
+
+/// The operator's view and controls of accounts (`fsync-server admin`), and quotas.
+#[async_trait]
+pub trait AdminRepo: Send + Sync + std::fmt::Debug {
+    /// Every account (or only `username`'s), by username, with its usage.
+    async fn users(&self, username: Option<&str>) -> Result<Vec<UserSummary>, DbError>;
+    /// Disables or enables an account. Returns its devices that are not revoked (whose
+    /// open sockets are to be told).
+    async fn set_disabled(&self, user: UserId, disabled: bool) -> Result<Vec<DeviceId>, DbError>;
+    /// Sets (or, with `None`, removes) an account's quota in stored bytes.
+    async fn set_quota(&self, user: UserId, quota: Option<u64>) -> Result<(), DbError>;
+    /// Deletes an account with its devices, tokens, and the namespaces it owns (their
+    /// files, history, journal, chunk and pack rows; the packs themselves become
+    /// orphans that `fsync-gc run` removes). Returns the devices it had.
+    async fn delete_user(&self, user: UserId) -> Result<Vec<DeviceId>, DbError>;
+    /// The usage and quota of the account owning `ns`; `used_bytes` is only summed
+    /// when there is a quota (0 otherwise). `None` when `ns` does not exist.
+    async fn quota_of(&self, ns: NamespaceId) -> Result<Option<Usage>, DbError>;
+    /// An account's usage and quota.
+    async fn usage_of(&self, user: UserId) -> Result<Usage, DbError>;
 }
 
 /// Which chunks a namespace holds.

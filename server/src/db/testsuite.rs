@@ -14,7 +14,9 @@ use fsync_common::{
 };
 
 use super::Rotation::{Invalid, Reused, Rotated};
-use super::{Actor, BatchAnswer, BatchOp, DbError, MetaRepo, NewUser, TokenOwner};
+use super::{
+    Actor, BatchAnswer, BatchOp, DbError, DeviceStatus, MetaRepo, NewUser, TokenOwner, Usage,
+};
 use crate::domain::manifest::RequestError;
 use crate::domain::roles::Role;
 
@@ -251,9 +253,10 @@ async fn users_devices_and_tokens() {
         assert!(!repo.delete_refresh("h5", owner).await.unwrap());
         // Revocation stops the device and its tokens.
         insert("h6").await;
-        assert!(repo.device_active(w.a.user, w.a.device, NOW).await.unwrap());
+        let status = async |a: Actor| repo.device_active(a.user, a.device, NOW).await.unwrap();
+        assert_eq!(status(w.a).await, DeviceStatus::Active);
         assert!(repo.revoke_device(w.a.user, w.a.device).await.unwrap());
-        assert!(!repo.device_active(w.a.user, w.a.device, NOW).await.unwrap());
+        assert_eq!(status(w.a).await, DeviceStatus::Revoked);
         assert_eq!(rotate("h6", "h7", NOW).await, Invalid);
         let reg = reregister(2, "a3").await;
         assert_ne!(reg, w.a.device, "{name}: a revoked device is not revived");
@@ -264,6 +267,102 @@ async fn users_devices_and_tokens() {
         assert_eq!(role, Some(Role::Owner));
         let stranger = UserId::from_bytes([9; 16]);
         assert_eq!(repo.role_in(stranger, w.ns).await.unwrap(), None);
+    }
+}
+
+/// The operator's controls: usage per account, disabling (tokens and the refresh
+/// check see it at once), quotas, and deleting an account with everything it owns
+/// while another account is left whole.
+#[tokio::test]
+async fn accounts_are_listed_disabled_capped_and_deleted() {
+    for be in backends().await {
+        let (repo, name) = (&*be.repo, be.name);
+        let alice = world(repo, "alice").await;
+        let bob = world(repo, "bob").await;
+        let req = commit_req(repo, alice.ns, "a.txt", &VersionVector::new(), &[1, 2], 1).await;
+        repo.commit(alice.a, &req, NOW).await.unwrap();
+        let req = commit_req(repo, bob.ns, "b.txt", &VersionVector::new(), &[3], 1).await;
+        repo.commit(bob.a, &req, NOW).await.unwrap();
+        let users = repo.users(None).await.unwrap();
+        let names: Vec<&str> = users.iter().map(|u| u.username.as_str()).collect();
+        assert_eq!(names, ["alice", "bob"], "{name}");
+        let a = &users[0];
+        assert_eq!(
+            (a.stored_bytes, a.files, a.file_bytes, a.devices),
+            (260, 1, 200, 2),
+            "{name}: {a:?}"
+        );
+        assert_eq!((a.disabled, a.quota_bytes), (false, None), "{name}");
+        assert_eq!(a.email.as_deref(), Some("alice@example.org"));
+        assert_eq!(repo.users(Some("bob")).await.unwrap().len(), 1);
+        assert!(repo.users(Some("nobody")).await.unwrap().is_empty());
+
+        // Without a quota nothing is summed; with one, the owner's stored bytes are.
+        let q = repo.quota_of(alice.ns).await.unwrap().unwrap();
+        assert_eq!(
+            (q.user, q.quota_bytes, q.used_bytes),
+            (alice.a.user, None, 0)
+        );
+        repo.set_quota(alice.a.user, Some(1000)).await.unwrap();
+        let want = Usage {
+            user: alice.a.user,
+            used_bytes: 260,
+            quota_bytes: Some(1000),
+        };
+        assert_eq!(repo.quota_of(alice.ns).await.unwrap(), Some(want), "{name}");
+        assert_eq!(repo.usage_of(alice.a.user).await.unwrap(), want);
+        repo.set_quota(alice.a.user, None).await.unwrap();
+        assert_eq!(repo.usage_of(alice.a.user).await.unwrap().quota_bytes, None);
+        let nobody = UserId::from_bytes([9; 16]);
+        assert!(matches!(
+            repo.set_quota(nobody, Some(1)).await,
+            Err(DbError::NotFound(_))
+        ));
+
+        // Disabled: every device of the account stops; bob's do not.
+        let devices = repo.set_disabled(alice.a.user, true).await.unwrap();
+        assert_eq!(devices.len(), 2, "{name}");
+        assert!(devices.contains(&alice.a.device) && devices.contains(&alice.b.device));
+        let status = async |a: Actor| repo.device_active(a.user, a.device, NOW).await.unwrap();
+        assert_eq!(status(alice.b).await, DeviceStatus::Disabled, "{name}");
+        assert_eq!(status(bob.a).await, DeviceStatus::Active, "{name}");
+        assert!(repo.find_user("alice").await.unwrap().unwrap().disabled);
+        repo.set_disabled(alice.a.user, false).await.unwrap();
+        assert_eq!(status(alice.b).await, DeviceStatus::Active, "{name}");
+
+        // Deleted: nothing of alice's is left, bob's files and chunks are whole.
+        let owner = TokenOwner {
+            user: alice.a.user,
+            device: alice.a.device,
+        };
+        repo.insert_refresh("alice-h", owner, NOW + 100, NOW)
+            .await
+            .unwrap();
+        let gone = repo.delete_user(alice.a.user).await.unwrap();
+        assert_eq!(gone.len(), 2, "{name}");
+        assert!(repo.find_user("alice").await.unwrap().is_none(), "{name}");
+        assert_eq!(status(alice.a).await, DeviceStatus::Revoked);
+        assert!(repo.namespaces_of(alice.a.user).await.unwrap().is_empty());
+        assert!(repo.last_seq(alice.ns).await.unwrap_or(Seq(0)) == Seq(0));
+        for table in [
+            "files",
+            "chunks",
+            "changes",
+            "namespace_members",
+            "refresh_tokens",
+        ] {
+            let sql = format!("SELECT COUNT(*) FROM {table}");
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&be.pool)
+                .await
+                .unwrap();
+            assert_eq!(n, i64::from(table != "refresh_tokens"), "{name}: {table}");
+        }
+        assert_eq!(paths(repo, bob.ns, true).await, ["b.txt"], "{name}");
+        assert!(repo.has_chunk(bob.ns, cid(3)).await.unwrap());
+        assert_eq!(repo.users(None).await.unwrap().len(), 1);
+        // The username is free again.
+        world(repo, "alice").await;
     }
 }
 

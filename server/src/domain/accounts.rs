@@ -10,11 +10,14 @@ use fsync_common::{DeviceId, NamespaceId, UserId};
 use crate::auth::tokens::{
     hash_refresh_token, new_refresh_token, ACCESS_TTL_SECS, REFRESH_TTL_SECS,
 };
-use crate::db::{DbError, NewUser, Rotation, TokenOwner};
+use crate::db::{DbError, DeviceStatus, NewUser, Rotation, TokenOwner};
 use crate::state::{now_secs, AppState};
 
 /// What a refused login is told (the same for an unknown user and a wrong password).
 pub(crate) const BAD_LOGIN: &str = "invalid username or password";
+/// What a disabled account's logins and requests are told (403 `forbidden`).
+pub(crate) const ACCOUNT_DISABLED: &str =
+    "this account is disabled by the server's operator; nothing stored was deleted";
 /// What a refused token renewal is told.
 pub(crate) const BAD_REFRESH: &str = "invalid, expired or revoked refresh token";
 pub(crate) const REFRESH_REUSED: &str = "this refresh token was already exchanged for a new one, so a \
@@ -53,6 +56,9 @@ pub enum AccountError {
     /// stolen; every token of its login is revoked (401 `refresh_token_reused`).
     #[error("{REFRESH_REUSED}")]
     RefreshReused,
+    /// The operator disabled the account (403).
+    #[error("{ACCOUNT_DISABLED}")]
+    Disabled,
     /// The device is not one of the user's (404).
     #[error("device not found")]
     NoSuchDevice,
@@ -164,6 +170,10 @@ pub(crate) async fn login(
         tracing::info!(username = ?req.username, "login refused: unknown user or wrong password");
         return Err(AccountError::BadLogin);
     };
+    if user.disabled {
+        tracing::info!(user = %user.id, "login refused: the account is disabled");
+        return Err(AccountError::Disabled);
+    }
     let now = now_secs();
     let name = req.device_name.as_deref().unwrap_or("device");
     let name: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
@@ -227,6 +237,14 @@ pub(crate) async fn refresh(
             return Err(AccountError::RefreshReused);
         }
     };
+    if state
+        .repo
+        .device_active(owner.user, owner.device, now)
+        .await?
+        == DeviceStatus::Disabled
+    {
+        return Err(AccountError::Disabled);
+    }
     Ok(TokenResponse {
         access_token: state.tokens.issue(owner.user, owner.device, now as u64),
         token_type: "bearer".into(),

@@ -210,6 +210,7 @@ impl From<AccountError> for ApiError {
             AccountError::BadLogin => Self::Unauthorized(BAD_LOGIN),
             AccountError::BadRefresh => Self::Unauthorized(BAD_REFRESH),
             AccountError::RefreshReused => Self::RefreshReused(REFRESH_REUSED),
+            AccountError::Disabled => Self::Forbidden(crate::domain::accounts::ACCOUNT_DISABLED),
             AccountError::NoSuchDevice => Self::NotFound(e.to_string()),
             AccountError::Db(e) => e.into(),
             AccountError::Internal(d) => Self::Internal(d),

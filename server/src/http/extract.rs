@@ -11,7 +11,8 @@ use fsync_common::{DeviceId, NamespaceId, SyncPath, UserId};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::db::Actor;
+use crate::db::{Actor, DeviceStatus};
+use crate::domain::accounts::ACCOUNT_DISABLED;
 use crate::domain::roles::Role;
 use crate::state::{now_secs, AppState};
 
@@ -248,10 +249,14 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Auth, ApiErro
         .tokens
         .verify(token)
         .map_err(|_| ApiError::Unauthorized("invalid or expired access token"))?;
-    if !state.repo.device_active(user, device, now_secs()).await? {
-        return Err(ApiError::Unauthorized(
-            "this device was revoked or does not exist",
-        ));
+    match state.repo.device_active(user, device, now_secs()).await? {
+        DeviceStatus::Active => {}
+        DeviceStatus::Revoked => {
+            return Err(ApiError::Unauthorized(
+                "this device was revoked or does not exist",
+            ))
+        }
+        DeviceStatus::Disabled => return Err(ApiError::Forbidden(ACCOUNT_DISABLED)),
     }
     state
         .limiter

@@ -22,6 +22,8 @@ use fsync_common::{DeviceId, NamespaceId, UserId};
 
 use super::error::ApiError;
 use super::extract::{authenticate, bearer, Auth};
+use crate::db::DeviceStatus;
+use crate::domain::accounts::ACCOUNT_DISABLED;
 use crate::state::{now_secs, AppState, Limits};
 
 const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -51,16 +53,19 @@ pub async fn upgrade(
     Ok(ws.on_upgrade(move |socket| serve(state, socket, pre)))
 }
 
-/// False only when the database says the device is revoked (a failed look-up keeps the
-/// socket: the next one decides).
-async fn still_active(state: &AppState, auth: &Auth) -> bool {
-    !matches!(
-        state
-            .repo
-            .device_active(auth.user, auth.device, now_secs())
-            .await,
-        Ok(false)
-    )
+/// Why a socket must close, when the database says its device was revoked or its
+/// account disabled; `None` otherwise (a failed look-up keeps the socket: the next one
+/// decides).
+async fn gone(state: &AppState, auth: &Auth) -> Option<&'static str> {
+    match state
+        .repo
+        .device_active(auth.user, auth.device, now_secs())
+        .await
+    {
+        Ok(DeviceStatus::Revoked) => Some("device revoked"),
+        Ok(DeviceStatus::Disabled) => Some(ACCOUNT_DISABLED),
+        Ok(DeviceStatus::Active) | Err(_) => None,
+    }
 }
 
 fn expiry(state: &AppState, token: &str) -> u64 {
@@ -100,8 +105,8 @@ async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>)
     let Some((auth, exp)) = pre else {
         return close(socket, "authentication required").await;
     };
-    if !still_active(&state, &auth).await {
-        return close(socket, "device revoked").await;
+    if let Some(why) = gone(&state, &auth).await {
+        return close(socket, why).await;
     }
     let slot = match state.ws_slots.take(auth.user, auth.device, &state.limits) {
         Ok(slot) => slot,
@@ -146,22 +151,30 @@ async fn serve(state: AppState, mut socket: WebSocket, pre: Option<(Auth, u64)>)
                 close(socket, "token expired").await;
                 break;
             }
-            gone = revoked.recv() => match gone {
+            event = revoked.recv() => match event {
                 Ok(device) if device == auth.device => {
-                    close(socket, "device revoked").await;
+                    // Revoked, or its account disabled or deleted: the database says which.
+                    close(socket, gone(&state, &auth).await.unwrap_or("device revoked")).await;
                     break;
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // Missed revocations: ask the database.
-                    if !still_active(&state, &auth).await {
-                        close(socket, "device revoked").await;
+                    if let Some(why) = gone(&state, &auth).await {
+                        close(socket, why).await;
                         break;
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
             _ = beat.tick() => {
+                // Each beat asks the database too: `fsync-server admin` disables
+                // accounts and revokes devices from another process, which on SQLite
+                // cannot tell this one.
+                if let Some(why) = gone(&state, &auth).await {
+                    close(socket, why).await;
+                    break;
+                }
                 if send(&mut socket, &PushMessage::Heartbeat).await.is_err() { break; }
             }
             msg = rx.recv() => match msg {

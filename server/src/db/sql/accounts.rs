@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::rows::{json, parse, to_json};
 use super::SqlRepo;
-use crate::db::{AccountRepo, DbError, NewUser, Rotation, TokenOwner, UserRecord};
+use crate::db::{AccountRepo, DbError, DeviceStatus, NewUser, Rotation, TokenOwner, UserRecord};
 use crate::domain::roles::Role;
 
 #[async_trait]
@@ -61,7 +61,8 @@ impl AccountRepo for SqlRepo {
 
     async fn find_user(&self, username: &str) -> Result<Option<UserRecord>, DbError> {
         let row = sqlx::query(
-            "SELECT id, username, auth_hash, kdf, wrapped_account_key FROM users WHERE username = $1",
+            "SELECT id, username, auth_hash, kdf, wrapped_account_key, disabled FROM users \
+             WHERE username = $1",
         )
         .bind(username)
         .fetch_optional(&self.pool)
@@ -73,6 +74,7 @@ impl AccountRepo for SqlRepo {
                 auth_hash: r.try_get(2)?,
                 kdf: json::<KdfParams>(&r.try_get::<String, _>(3)?, "kdf")?,
                 wrapped_account_key: r.try_get(4)?,
+                disabled: r.try_get::<i64, _>(5)? != 0,
             })
         })
         .transpose()
@@ -114,15 +116,21 @@ impl AccountRepo for SqlRepo {
         user: UserId,
         device: DeviceId,
         now: i64,
-    ) -> Result<bool, DbError> {
+    ) -> Result<DeviceStatus, DbError> {
         let row = sqlx::query(
-            "SELECT last_seen FROM devices WHERE id = $1 AND user_id = $2 AND revoked = 0",
+            "SELECT d.last_seen, u.disabled FROM devices d JOIN users u ON u.id = d.user_id \
+             WHERE d.id = $1 AND d.user_id = $2 AND d.revoked = 0",
         )
         .bind(device.to_hex())
         .bind(user.to_hex())
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(false) };
+        let Some(row) = row else {
+            return Ok(DeviceStatus::Revoked);
+        };
+        if row.try_get::<i64, _>(1)? != 0 {
+            return Ok(DeviceStatus::Disabled);
+        }
         // Record activity at most once a minute: a write per request would serialize
         // every reader behind SQLite's single writer.
         if row.try_get::<i64, _>(0)? < now - 60 {
@@ -133,7 +141,7 @@ impl AccountRepo for SqlRepo {
                 .execute(&self.pool)
                 .await?;
         }
-        Ok(true)
+        Ok(DeviceStatus::Active)
     }
 
     async fn list_devices(&self, user: UserId) -> Result<Vec<DeviceInfo>, DbError> {

@@ -12,6 +12,7 @@
 //! (`rows`); each entity module implements its repository trait.
 
 mod accounts;
+mod admin;
 mod chunks;
 mod files;
 mod journal;
