@@ -115,10 +115,17 @@ pub async fn run(
                     tracing::info!(failed_rounds = failures, "syncing again");
                 }
                 failures = 0;
-                last_error = None;
-                log_round(&report);
+                log_round(&report, last_error.as_deref());
+                last_error = report.over_quota.clone();
                 if !report.deferred.is_empty() {
-                    retry_at = Some(tokio::time::Instant::now() + DEFERRED_RETRY);
+                    // Uploads refused for the quota are tried again when the pause
+                    // ends, not twice a second.
+                    let after = if report.over_quota.is_some() {
+                        crate::engine::QUOTA_PAUSE
+                    } else {
+                        DEFERRED_RETRY
+                    };
+                    retry_at = Some(tokio::time::Instant::now() + after);
                 }
             }
             Err(e) => {
@@ -169,7 +176,17 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_millis(base - base / 4 + jitter)
 }
 
-fn log_round(r: &RoundReport) {
+/// Logs what a round did; `said` is the quota refusal already logged (its files are
+/// not listed again each round while it lasts).
+fn log_round(r: &RoundReport, said: Option<&str>) {
+    if let Some(why) = &r.over_quota {
+        if said != Some(why.as_str()) {
+            tracing::warn!(
+                files = r.deferred.iter().filter(|(_, w)| w == why).count(),
+                "uploads paused: {why}"
+            );
+        }
+    }
     if !r.is_idle() {
         tracing::info!(
             uploaded = r.uploaded,
@@ -182,7 +199,11 @@ fn log_round(r: &RoundReport) {
         );
     }
     for (path, why) in &r.deferred {
-        tracing::info!(path = %path, reason = %why, "not synced yet");
+        if r.over_quota.as_ref() == Some(why) {
+            tracing::debug!(path = %path, reason = %why, "not synced yet");
+        } else {
+            tracing::info!(path = %path, reason = %why, "not synced yet");
+        }
     }
 }
 

@@ -39,6 +39,9 @@ pub enum ErrorCode {
     Internal,
     /// A dependency (database, blob store) is unavailable.
     Unavailable,
+    /// The upload would take the account past its storage quota (507); nothing was
+    /// stored, and what was stored before is kept.
+    QuotaExceeded,
 }
 
 /// Inner part of an error body.

@@ -27,6 +27,7 @@ pub mod durable;
 pub mod failpoint;
 pub mod limits;
 pub mod pages;
+pub mod size;
 pub mod wire;
 
 pub use error::{one_line, ErrorBody, ErrorCode, ErrorDetail};

@@ -142,6 +142,17 @@ pub struct DeviceInfo {
     pub revoked: bool,
 }
 
+/// The caller's storage use (`GET /api/v1/usage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageResponse {
+    /// Stored bytes (compressed, encrypted blobs) of the namespaces the user owns: what
+    /// the quota counts.
+    pub used_bytes: u64,
+    /// The quota set by the server's operator; `null` for none. Uploads that would pass
+    /// it are refused with 507 `quota_exceeded`.
+    pub quota_bytes: Option<u64>,
+}
+
 // ---------------------------------------------------------------- chunks
 
 /// `POST /api/v1/chunks/missing`, and the body of a batch download.

@@ -26,6 +26,10 @@ pub struct Config {
     /// Where metadata and blobs are kept.
     #[command(flatten)]
     pub storage: StorageConfig,
+    /// Without a command the server serves; `admin` runs the operator's tools on the
+    /// same configuration instead.
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
     /// Secret that signs access tokens (at least 32 characters). Default: generated
     /// once and kept in `<data-dir>/secret.key` (mode 0600).
     #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
@@ -82,6 +86,15 @@ pub struct Config {
     /// the request fails.
     #[arg(long, env = "REQUEST_BODY_IDLE_TIMEOUT_SECS", default_value_t = crate::state::DEFAULT_BODY_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_body_idle_timeout_secs: u64,
+}
+
+/// `fsync-server`'s commands besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ServerCommand {
+    /// The operator's tools: list, disable, enable and delete accounts, list and revoke
+    /// their devices, set quotas. Safe while the server serves (give it the same
+    /// `--data-dir` / `DATABASE_URL`).
+    Admin(crate::admin::AdminArgs),
 }
 
 /// The levels a `--log-level` directive may name.

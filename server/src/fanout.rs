@@ -168,6 +168,29 @@ pub async fn start(url: &str, state: &mut AppState) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Publishes `events` to every node on the PostgreSQL database at `url` from a process
+/// that serves nothing (`fsync-server admin`), on one short-lived connection.
+pub async fn publish_once(url: &str, events: &[Event]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(PUBLISH_TIMEOUT)
+        .connect(url)
+        .await?;
+    let node: u64 = rand::random();
+    for event in events {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(encode(node, event))
+            .execute(&pool)
+            .await?;
+    }
+    pool.close().await;
+    Ok(())
+}
+
 /// A connection listening on [`CHANNEL`].
 async fn listen(url: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect(url).await?;

@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 mod auth;
 mod config;
 mod db;
@@ -32,7 +33,8 @@ use std::sync::Arc;
 /// `fuzz/` (the server itself uses them through its HTTP layer).
 pub use auth::tokens::{hash_refresh_token, Claims, TokenError, TokenService};
 pub use config::{
-    load_dotenv, parse_log_level, Config, ConfigError, DotenvError, LogFormat, StorageConfig,
+    load_dotenv, parse_log_level, Config, ConfigError, DotenvError, LogFormat, ServerCommand,
+    StorageConfig,
 };
 pub use db::{
     open as open_repo, open_postgres, open_sqlite, AccountRepo, Actor, BatchAnswer, BatchOp,

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use fsync_server::{
     build_state, cert_fingerprint, load_server_config, run, run_tls, Config, LogFormat,
+    ServerCommand,
 };
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
@@ -59,6 +60,15 @@ async fn main() -> std::process::ExitCode {
 async fn serve() -> anyhow::Result<()> {
     fsync_server::load_dotenv().context("reading .env in the working directory")?;
     let config = Config::parse();
+    if let Some(ServerCommand::Admin(args)) = &config.command {
+        // The answer on stdout, warnings on stderr, nothing else.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .init();
+        return fsync_server::admin::run(&config.storage, args).await;
+    }
     init_logging(&config)?;
     if fsync_common::failpoint::init() {
         tracing::warn!("fault injection is armed (FSYNC_FAILPOINTS): test use only");

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub pages_sent: AtomicU64,
     /// Rotated-out refresh tokens presented again (each revoked its login).
     pub refresh_reuse: AtomicU64,
+    /// Uploads refused because they would pass the account's quota.
+    pub quota_refusals: AtomicU64,
     /// Packs written by the group commit of single-blob uploads.
     pub upload_groups: AtomicU64,
     /// Single-blob uploads written by group commit (over `upload_groups`: the mean
@@ -158,6 +160,11 @@ impl Metrics {
                 &self.refresh_reuse,
             ),
             ("fsync_grouped_blobs_total", "counter", &self.grouped_blobs),
+            (
+                "fsync_quota_refusals_total",
+                "counter",
+                &self.quota_refusals,
+            ),
             ("fsync_websocket_connections", "gauge", &self.ws_connections),
         ] {
             let _ = writeln!(

@@ -12,7 +12,8 @@ use fsync_common::wire::{
     ChangesResponse, ChunkIdsRequest, CommitRequest, CommitResponse, DeleteRequest, DeviceInfo,
     FileMeta, KdfParams, ListResponse, LoginResponse, Manifest, MissingResponse, OpResponse,
     RefreshRequest, RegisterRequest, RegisterResponse, RenameInfo, RenameRequest, RestoreRequest,
-    StoredResponse, SyncEvent, SyncEventBatch, SyncEventResponse, SyncEventResult, VersionInfo,
+    StoredResponse, SyncEvent, SyncEventBatch, SyncEventResponse, SyncEventResult, UsageResponse,
+    VersionInfo,
 };
 use fsync_common::{batch, ChunkId, DeviceId, FileId, NamespaceId, PageId, Seq, VersionNo};
 
@@ -146,6 +147,11 @@ impl ApiClient {
     /// The user's devices.
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, ClientError> {
         self.send_json(Call::get(api("devices"))).await
+    }
+
+    /// The stored bytes of the user's namespaces and the quota the operator set.
+    pub async fn usage(&self) -> Result<UsageResponse, ClientError> {
+        self.send_json(Call::get(api("usage"))).await
     }
 
     /// Revokes one of the user's devices: its tokens stop working at once.

@@ -55,12 +55,24 @@ pub enum ClientError {
 
 impl ClientError {
     /// True when trying again later may succeed: network failures, 5xx (and 408)
-    /// answers and rate limiting.
+    /// answers and rate limiting. A refusal for the account's quota (507) is not: it
+    /// takes deleting files or the operator to change.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Network(_) | Self::RateLimited { .. } => true,
+            Self::Api { body, .. } if body.error.code == ErrorCode::QuotaExceeded => false,
             Self::Api { status, .. } => *status >= 500 || *status == 408,
             _ => false,
+        }
+    }
+
+    /// The server's message when this is a refusal for the account's quota.
+    pub fn quota_refusal(&self) -> Option<&str> {
+        match self {
+            Self::Api { body, .. } if body.error.code == ErrorCode::QuotaExceeded => {
+                Some(&body.error.message)
+            }
+            _ => None,
         }
     }
 

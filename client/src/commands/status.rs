@@ -7,14 +7,16 @@ use std::io::IsTerminal;
 
 use fsync_client::scan;
 use fsync_client::state::BaseEntry;
-use fsync_common::wire::FileMeta;
+use fsync_common::size;
+use fsync_common::wire::{FileMeta, UsageResponse};
 use fsync_common::SyncPath;
 
 use super::{login, open_folder, server_unreachable, when, Folder, Opts};
 
-/// Remote changes not applied here yet, or why they are not known.
+/// Remote changes not applied here yet (with the account's storage use, when the
+/// server tells it), or why they are not known.
 enum Remote {
-    Pending(Vec<FileMeta>),
+    Pending(Vec<FileMeta>, Option<UsageResponse>),
     Unknown(String),
 }
 
@@ -43,6 +45,9 @@ struct Report {
     conflict_copies: usize,
     /// Seconds since the epoch, `null` if the folder never synced.
     last_sync: Option<i64>,
+    /// The account's stored bytes and quota (`null` when the server was not asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<UsageResponse>,
 }
 
 pub async fn status(opts: &Opts, json: bool) -> anyhow::Result<()> {
@@ -67,7 +72,7 @@ pub async fn status(opts: &Opts, json: bool) -> anyhow::Result<()> {
     }
     let local = pending.len();
     let remote = remote_pending(opts, &folder, &base).await?;
-    if let Remote::Pending(files) = &remote {
+    if let Remote::Pending(files, _) = &remote {
         for f in files {
             let state = if f.deleted {
                 "download-delete"
@@ -87,10 +92,24 @@ pub async fn status(opts: &Opts, json: bool) -> anyhow::Result<()> {
         let path = p.display().to_string();
         pending.push(line(path, "not-synced", Some(why.clone())));
     }
-    let (remote_pending, remote_unknown) = match remote {
-        Remote::Pending(files) => (Some(files.len()), None),
-        Remote::Unknown(why) => (None, Some(why)),
+    let (remote_pending, remote_unknown, storage) = match remote {
+        Remote::Pending(files, usage) => (Some(files.len()), None, usage),
+        Remote::Unknown(why) => (None, Some(why), None),
     };
+    if let Some(UsageResponse {
+        used_bytes,
+        quota_bytes: Some(quota),
+    }) = storage
+    {
+        // Uploads are refused once they would pass the quota: say so next to them.
+        if used_bytes >= quota {
+            let why = "storage quota reached: uploads are refused until files are deleted \
+                       (and collected) or the server's operator raises the quota";
+            for p in pending.iter_mut().filter(|p| p.state.starts_with("upload")) {
+                p.reason = Some(why.to_owned());
+            }
+        }
+    }
     let report = Report {
         folder: folder.root.display().to_string(),
         pending,
@@ -103,6 +122,7 @@ pub async fn status(opts: &Opts, json: bool) -> anyhow::Result<()> {
             .filter(|p| p.as_str().contains(".sync-conflict-"))
             .count(),
         last_sync: folder.state.last_sync()?,
+        storage,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -132,6 +152,22 @@ fn print_human(r: &Report) {
     match r.last_sync {
         Some(t) => println!("last sync: {}", when(t)),
         None => println!("last sync: never"),
+    }
+    if let Some(u) = &r.storage {
+        match u.quota_bytes {
+            Some(q) => println!(
+                "storage: {} of {} used ({:.0} %){}",
+                size::format(u.used_bytes),
+                size::format(q),
+                u.used_bytes as f64 * 100.0 / q.max(1) as f64,
+                if u.used_bytes >= q {
+                    " — quota reached: uploads are refused"
+                } else {
+                    ""
+                }
+            ),
+            None => println!("storage: {} used (no quota)", size::format(u.used_bytes)),
+        }
     }
     match (r.remote_pending, &r.remote_unknown) {
         (Some(n), _) => println!("pending: {} local, {n} remote", r.local_pending),
@@ -168,9 +204,11 @@ async fn remote_pending(
     let asked = async {
         let s = login(opts, folder).await?;
         let cursor = folder.state.cursor()?;
-        anyhow::Ok(s.api.changes(s.ns, cursor, 1000).await?)
+        let changes = s.api.changes(s.ns, cursor, 1000).await?;
+        // A server before quotas has no usage route: then it is not shown.
+        anyhow::Ok((changes, s.api.usage().await.ok()))
     };
-    let changes = match asked.await {
+    let (changes, usage) = match asked.await {
         Ok(c) => c,
         Err(e) if server_unreachable(&e) => {
             return Ok(Remote::Unknown(format!(
@@ -194,5 +232,5 @@ async fn remote_pending(
         })
         .collect();
     pending.sort_by_key(|f| f.seq);
-    Ok(Remote::Pending(pending))
+    Ok(Remote::Pending(pending, usage))
 }

@@ -24,6 +24,8 @@ mod remote_ops;
 mod survey;
 mod upload;
 
+pub use upload::QUOTA_PAUSE;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -138,6 +140,9 @@ pub struct RoundReport {
     pub conflicts: usize,
     /// Files left for a later round (still being written, changed during transfer, failed).
     pub deferred: Vec<(String, String)>,
+    /// Uploads are paused: the server refused one for the account's quota (its reason).
+    /// The files wait in `deferred`; downloads and deletes went on.
+    pub over_quota: Option<String>,
 }
 
 impl RoundReport {
@@ -186,6 +191,7 @@ pub(super) struct Transfer {
     fs: Arc<dyn LocalFs>,
     remote: Arc<dyn Remote>,
     keys: SyncKeys,
+    quota: Arc<upload::QuotaGate>,
 }
 
 /// The engine of one sync root.
@@ -200,6 +206,8 @@ pub struct Engine {
     reported_skips: std::collections::HashSet<PathBuf>,
     /// Big transfers in the background (off unless turned on).
     lanes: lanes::Lanes,
+    /// Uploads paused after a refusal for the account's quota.
+    quota: Arc<upload::QuotaGate>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -244,6 +252,7 @@ impl Engine {
             cleaned: false,
             reported_skips: std::collections::HashSet::new(),
             lanes: lanes::Lanes::default(),
+            quota: Arc::default(),
         }
     }
 
@@ -253,6 +262,7 @@ impl Engine {
             fs: self.fs.clone(),
             remote: self.remote.clone(),
             keys: self.keys.clone(),
+            quota: self.quota.clone(),
         }
     }
 
@@ -327,6 +337,7 @@ impl Engine {
         self.run_remote_ops(remote, cx, &mut uploads, &mut report)
             .await?;
         self.upload(uploads, cx, &mut report).await?;
+        report.over_quota = self.quota.paused();
         let reuse = download::reuse_map(&base, &local);
         let mut remote_ok = true;
         // Empty folders come last, after the local deletes: a folder that a remote delete

@@ -196,7 +196,8 @@ impl Engine {
                 .filter(|c| lacking.contains(&c.id))
                 .map(|c| u64::from(c.len))
                 .sum();
-            if !may || bytes < LANE_BYTES {
+            // Over quota, nothing starts: the file waits with the others.
+            if !may || bytes < LANE_BYTES || self.quota.paused().is_some() {
                 out.push((u, l, d));
                 continue;
             }
@@ -448,12 +449,64 @@ impl Engine {
     /// batch is encoded; blobs of all files share batches (many small files cost few
     /// requests). Returns the files that changed or could not be read, with the
     /// reason; an API error stops everything.
+    ///
+    /// While uploads are paused for the account's quota ([`QuotaGate`]), and when the
+    /// server refuses these for it, every file is returned with the server's reason
+    /// (the files wait; the round goes on with everything else).
     async fn send_chunks(
         &self,
         files: Vec<(SyncPath, LocalFile, FileDigest)>,
         wanted: &HashSet<ChunkId>,
     ) -> Result<Vec<(SyncPath, String)>, SyncError> {
-        send_chunks(&self.transfer(), files, wanted).await
+        let over_quota = |files: &[SyncPath], why: String| {
+            files.iter().map(|p| (p.clone(), why.clone())).collect()
+        };
+        let paths: Vec<SyncPath> = files.iter().map(|(p, _, _)| p.clone()).collect();
+        if let Some(why) = self.quota.paused() {
+            return Ok(over_quota(&paths, why));
+        }
+        match send_chunks(&self.transfer(), files, wanted).await {
+            Err(SyncError::Api(e)) if e.quota_refusal().is_some() => {
+                let why = self.quota.paused().unwrap_or_else(|| e.to_string());
+                Ok(over_quota(&paths, why))
+            }
+            other => other,
+        }
+    }
+}
+
+/// How long uploads pause after the server refused one for the account's quota: the
+/// files wait without being sent again and again (the space comes back only when
+/// files are deleted and collected, or the operator raises the quota).
+pub const QUOTA_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Pauses uploads for [`QUOTA_PAUSE`] after a refusal for the account's quota, shared
+/// by the rounds and the background lanes.
+#[derive(Debug, Default)]
+pub(super) struct QuotaGate(std::sync::Mutex<Option<(tokio::time::Instant, String)>>);
+
+impl QuotaGate {
+    /// Records a refusal with the server's message.
+    fn refused(&self, why: &str) {
+        let until = tokio::time::Instant::now() + QUOTA_PAUSE;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((until, why.to_owned()));
+    }
+
+    /// The server's message while uploads are paused.
+    pub(super) fn paused(&self) -> Option<String> {
+        let gate = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        gate.as_ref()
+            .filter(|(until, _)| tokio::time::Instant::now() < *until)
+            .map(|(_, why)| why.clone())
+    }
+}
+
+impl Transfer {
+    /// Pauses uploads if `e` is a refusal for the account's quota.
+    fn note_refusal(&self, e: &ClientError) {
+        if let Some(why) = e.quota_refusal() {
+            self.quota.refused(why);
+        }
     }
 }
 
@@ -507,7 +560,7 @@ pub(super) async fn send_chunks(
     // a batch in flight is held once, as its body.
     let new_batch = || BatchBuilder::with_capacity(UPLOAD_BATCH_BYTES + MAX_BLOB_SIZE + 64);
     let mut batch = new_batch();
-    let mut in_flight = tokio::task::JoinSet::new();
+    let mut in_flight = tokio::task::JoinSet::<Result<(), ClientError>>::new();
     let bar = crate::progress::bytes("uploading", total);
     let ns = t.keys.ns;
     loop {
@@ -523,7 +576,8 @@ pub(super) async fn send_chunks(
         if flush {
             while in_flight.len() >= UPLOAD_IN_FLIGHT {
                 if let Some(done) = in_flight.join_next().await {
-                    done.expect("upload task")?;
+                    done.expect("upload task")
+                        .inspect_err(|e| t.note_refusal(e))?;
                 }
             }
             let remote = Arc::clone(&t.remote);
@@ -540,7 +594,8 @@ pub(super) async fn send_chunks(
         batch.push(&id, &blob);
     }
     while let Some(done) = in_flight.join_next().await {
-        done.expect("upload task")?;
+        done.expect("upload task")
+            .inspect_err(|e| t.note_refusal(e))?;
     }
     bar.finish_and_clear();
     Ok(producer.await.expect("chunk task"))

@@ -163,18 +163,7 @@ impl Progress for Bar {
 }
 
 fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    fsync_common::size::format(n)
 }
 
 fn print_run(r: &RunReport) {
@@ -467,13 +456,5 @@ mod tests {
         assert!(a.dry_run);
         assert_eq!(a.grace, Duration::from_secs(3600));
         assert_eq!((a.keep_versions, a.keep_days), (Some(3), Some(30)));
-    }
-
-    #[test]
-    fn byte_counts_read_well() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
     }
 }

@@ -142,6 +142,15 @@ pub struct UserSummary {
     pub last_seen: Option<i64>,
 }
 
+/// What [`AdminRepo::delete_user`] deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeletedUser {
+    /// The account's devices (revoked, not revoked).
+    pub devices: Vec<DeviceId>,
+    /// The namespaces it owned, whose blobs are left in the blob store.
+    pub namespaces: Vec<NamespaceId>,
+}
+
 /// An account's quota and what counts against it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
@@ -349,8 +358,9 @@ pub trait AdminRepo: Send + Sync + std::fmt::Debug {
     async fn set_quota(&self, user: UserId, quota: Option<u64>) -> Result<(), DbError>;
     /// Deletes an account with its devices, tokens, and the namespaces it owns (their
     /// files, history, journal, chunk and pack rows; the packs themselves become
-    /// orphans that `fsync-gc run` removes). Returns the devices it had.
-    async fn delete_user(&self, user: UserId) -> Result<Vec<DeviceId>, DbError>;
+    /// orphans for the caller to delete). Returns the devices it had and the
+    /// namespaces deleted.
+    async fn delete_user(&self, user: UserId) -> Result<DeletedUser, DbError>;
     /// The usage and quota of the account owning `ns`; `used_bytes` is only summed
     /// when there is a quota (0 otherwise). `None` when `ns` does not exist.
     async fn quota_of(&self, ns: NamespaceId) -> Result<Option<Usage>, DbError>;
@@ -577,6 +587,41 @@ pub(crate) async fn has_fsync_schema(url: &str) -> Result<bool, DbError> {
         .is_ok();
     let _ = conn.close().await;
     Ok(found)
+}
+
+/// Why `storage` does not name an existing server's stores, said for the operator of
+/// `tool` (which never creates them): no SQLite file, a database without fsync's tables,
+/// no blob directory. `None` when they look like a server's.
+pub(crate) async fn not_a_server_store(
+    storage: &crate::StorageConfig,
+    tool: &str,
+) -> Result<Option<String>, DbError> {
+    let url = storage.database_url();
+    if let DbUrl::Sqlite(path) = parse_url(&url)? {
+        if !path.is_file() {
+            return Ok(Some(format!(
+                "no fsync database at {}: give the server's --data-dir (or DATABASE_URL); \
+                 {tool} does not create one",
+                path.display()
+            )));
+        }
+    }
+    if !has_fsync_schema(&url).await? {
+        return Ok(Some(format!(
+            "the database {} has no fsync tables: is it the server's? {tool} does not \
+             create them",
+            redact_url(&url)
+        )));
+    }
+    let files = storage.files_directory();
+    if storage.blob_store.is_none() && !files.is_dir() {
+        return Ok(Some(format!(
+            "the blob directory {} does not exist: give the server's --data-dir (or \
+             FILES_DIRECTORY); {tool} does not create one",
+            files.display()
+        )));
+    }
+    Ok(None)
 }
 
 /// `url` with the password of its user part (if any) replaced by `***`, for messages.

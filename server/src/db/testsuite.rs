@@ -339,7 +339,8 @@ async fn accounts_are_listed_disabled_capped_and_deleted() {
             .await
             .unwrap();
         let gone = repo.delete_user(alice.a.user).await.unwrap();
-        assert_eq!(gone.len(), 2, "{name}");
+        assert_eq!(gone.devices.len(), 2, "{name}");
+        assert_eq!(gone.namespaces, [alice.ns], "{name}");
         assert!(repo.find_user("alice").await.unwrap().is_none(), "{name}");
         assert_eq!(status(alice.a).await, DeviceStatus::Revoked);
         assert!(repo.namespaces_of(alice.a.user).await.unwrap().is_empty());

@@ -36,6 +36,48 @@ pub enum UploadError {
     /// upload of the group; see [`super::group_commit`]).
     #[error(transparent)]
     Group(std::sync::Arc<UploadError>),
+    /// The upload would take the namespace's owner past its quota (507); nothing of it
+    /// was stored.
+    #[error(
+        "storage quota exceeded: {} of {} used, and this upload needs {} more; delete \
+         files or old versions (space is freed when the operator's fsync-gc runs) or ask \
+         the server's operator for a larger quota",
+        fsync_common::size::format(*used),
+        fsync_common::size::format(*quota),
+        fsync_common::size::format(*incoming)
+    )]
+    Quota {
+        /// Stored bytes of the owner's namespaces.
+        used: u64,
+        /// The owner's quota.
+        quota: u64,
+        /// Bytes of the refused upload.
+        incoming: u64,
+    },
+}
+
+/// Refuses an upload of `incoming` blob bytes into `ns` that would take its owner past
+/// its quota. Without a quota this is one indexed look-up. The check runs before the
+/// blobs are stored, not under a lock: uploads racing each other may together pass the
+/// quota by what they carry (at most a batch each).
+async fn check_quota(state: &AppState, ns: NamespaceId, incoming: u64) -> Result<(), UploadError> {
+    let Some(usage) = state.repo.quota_of(ns).await? else {
+        return Ok(());
+    };
+    match usage.quota_bytes {
+        Some(quota) if usage.used_bytes.saturating_add(incoming) > quota => {
+            state
+                .metrics
+                .quota_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(UploadError::Quota {
+                used: usage.used_bytes,
+                quota,
+                incoming,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Accepts uploaded blobs into `ns`: every header is checked before anything is put
@@ -48,6 +90,7 @@ pub(crate) async fn accept(
     for (id, blob) in &items {
         check_header(*id, blob)?;
     }
+    check_quota(state, ns, items.iter().map(|(_, b)| b.len() as u64).sum()).await?;
     let r = store_chunks(
         state.repo.as_ref(),
         state.packs.as_ref(),
@@ -72,6 +115,7 @@ pub(crate) async fn accept_one(
     blob: Vec<u8>,
 ) -> Result<bool, UploadError> {
     check_header(id, &blob)?;
+    check_quota(state, ns, blob.len() as u64).await?;
     let existed = GroupCommit::submit(state, ns, id, blob).await?;
     if !existed {
         state

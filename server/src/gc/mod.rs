@@ -339,31 +339,8 @@ impl Collector {
     /// the blob directory exists when the packs are on the local disk. A wrong
     /// `--data-dir` or `DATABASE_URL` is refused before anything is created.
     pub async fn open_existing(storage: &crate::StorageConfig) -> Result<Self, GcError> {
-        let url = storage.database_url();
-        let not_ours = |why: String| Err(GcError::NotAServerStore(why));
-        if let crate::db::DbUrl::Sqlite(path) = crate::db::parse_url(&url)? {
-            if !std::path::Path::new(path).is_file() {
-                return not_ours(format!(
-                    "no fsync database at {}: give the server's --data-dir (or \
-                     DATABASE_URL); fsync-gc does not create one",
-                    path.display()
-                ));
-            }
-        }
-        if !crate::db::has_fsync_schema(&url).await? {
-            return not_ours(format!(
-                "the database {} has no fsync tables: is it the server's? fsync-gc does not \
-                 create them",
-                crate::db::redact_url(&url)
-            ));
-        }
-        let files = storage.files_directory();
-        if storage.blob_store.is_none() && !files.is_dir() {
-            return not_ours(format!(
-                "the blob directory {} does not exist: give the server's --data-dir (or \
-                 FILES_DIRECTORY); fsync-gc does not create one",
-                files.display()
-            ));
+        if let Some(why) = crate::db::not_a_server_store(storage, "fsync-gc").await? {
+            return Err(GcError::NotAServerStore(why));
         }
         Self::open_storage(storage).await
     }

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use fsync_common::wire::{
     DeviceInfo, KdfParams, LoginRequest, LoginResponse, RefreshRequest, RegisterRequest,
-    RegisterResponse, TokenResponse,
+    RegisterResponse, TokenResponse, UsageResponse,
 };
 use fsync_common::DeviceId;
 use serde::Deserialize;
@@ -106,6 +106,18 @@ pub async fn list_devices(
     auth: Auth,
 ) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
     Ok(Json(accounts::devices(&state, auth.user).await?))
+}
+
+/// `GET /api/v1/usage`: the stored bytes of the user's namespaces and the quota.
+pub async fn usage(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<UsageResponse>, ApiError> {
+    let u = state.repo.usage_of(auth.user).await?;
+    Ok(Json(UsageResponse {
+        used_bytes: u.used_bytes,
+        quota_bytes: u.quota_bytes,
+    }))
 }
 
 /// `DELETE /api/v1/devices/{id}`: revokes a device; its tokens stop working at once and

@@ -41,6 +41,8 @@ pub enum ApiError {
     RateLimited(u64),
     /// 422, a blob that is not one.
     InvalidBlob(String),
+    /// 507 `quota_exceeded`: the upload would pass the account's quota.
+    QuotaExceeded(String),
     /// 503.
     Unavailable(String),
     /// 503, the blob store is out of space (the detail goes to the log only).
@@ -98,6 +100,11 @@ impl ApiError {
             Self::InvalidBlob(m) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::InvalidBlob,
+                m.clone(),
+            ),
+            Self::QuotaExceeded(m) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::QuotaExceeded,
                 m.clone(),
             ),
             Self::Unavailable(_) => (
@@ -196,6 +203,7 @@ impl ApiError {
             UploadError::Db(DbError::Blob(e)) | UploadError::Store(e) => Self::of_store(e),
             UploadError::Db(e) => Self::of_db(e),
             UploadError::Group(e) => Self::of_upload(e),
+            UploadError::Quota { .. } => Self::QuotaExceeded(e.to_string()),
         }
     }
 }

@@ -90,6 +90,7 @@ routes! { ROUTES;
     post "/api/v1/auth/logout" => auth::logout, Token;
     get "/api/v1/devices" => auth::list_devices, Token;
     delete "/api/v1/devices/{id}" => auth::revoke_device, Token;
+    get "/api/v1/usage" => auth::usage, Token;
     post "/api/v1/chunks/missing" => chunks::missing, Token;
     post "/api/v1/chunks/fetch" => chunks::fetch_batch, Token;
     put "/api/v1/chunks/{id}" => chunks::put, Token;

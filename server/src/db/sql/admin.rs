@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::rows::parse;
 use super::SqlRepo;
-use crate::db::{AdminRepo, DbError, Usage, UserSummary};
+use crate::db::{AdminRepo, DbError, DeletedUser, Usage, UserSummary};
 
 /// Stored bytes of the namespaces `$1` owns.
 const USED_BY_OWNER: &str = "SELECT CAST(COALESCE(SUM(c.stored_size), 0) AS BIGINT) FROM chunks c \
@@ -99,7 +99,7 @@ impl AdminRepo for SqlRepo {
         Ok(())
     }
 
-    async fn delete_user(&self, user: UserId) -> Result<Vec<DeviceId>, DbError> {
+    async fn delete_user(&self, user: UserId) -> Result<DeletedUser, DbError> {
         let _guard = self.write_guard().await;
         let mut tx = self.pool.begin().await?;
         let uid = user.to_hex();
@@ -113,6 +113,13 @@ impl AdminRepo for SqlRepo {
         // Its namespaces first (locked, so that no commit runs into them meanwhile),
         // children before parents.
         let owned = "SELECT id FROM namespaces WHERE owner_id = $1";
+        let namespaces = sqlx::query(owned)
+            .bind(&uid)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| parse(&r.try_get::<String, _>(0)?, "namespace id"))
+            .collect::<Result<Vec<NamespaceId>, DbError>>()?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE namespaces SET last_seq = last_seq WHERE id IN ({owned})"
         )))
@@ -147,7 +154,10 @@ impl AdminRepo for SqlRepo {
                 .await?;
         }
         tx.commit().await?;
-        Ok(devices)
+        Ok(DeletedUser {
+            devices,
+            namespaces,
+        })
     }
 
     async fn quota_of(&self, ns: NamespaceId) -> Result<Option<Usage>, DbError> {
