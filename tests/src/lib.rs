@@ -349,6 +349,8 @@ pub struct Server {
     log: PathBuf,
     data: tempfile::TempDir,
     backend: Backend,
+    /// How it was last started (its storage, for `fsync-server admin`).
+    opts: ServerOptions,
 }
 
 impl Server {
@@ -404,6 +406,7 @@ impl Server {
                         log,
                         data,
                         backend,
+                        opts: opts.plain(),
                     }
                 }
                 Err(e) => assert!(
@@ -525,6 +528,42 @@ impl Server {
         self.kill();
         self.child = spawn_server_process(self.data.path(), self.port, &self.log, opts)
             .unwrap_or_else(|e| panic!("fsync-server did not restart: {e}"));
+        self.opts = opts.plain();
+    }
+
+    /// The options the server was last started with (without their extra environment).
+    pub fn options(&self) -> ServerOptions {
+        self.opts.clone()
+    }
+
+    /// Runs `fsync-server admin ARGS` on this server's storage, beside it.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let mut cmd = command(&binaries().server);
+        self.opts.storage_args(&mut cmd, &self.data_dir());
+        cmd.arg("admin")
+            .args(args)
+            .current_dir(self.data.path())
+            .output()
+            .expect("run fsync-server admin")
+    }
+
+    /// `fsync-server admin ARGS`, which must succeed; its stdout.
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        check(&out, &format!("fsync-server admin {}", args.join(" ")));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `fsync-server admin ARGS`, which must fail; its stderr.
+    pub fn admin_fails(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert!(
+            !out.status.success(),
+            "fsync-server admin {} succeeded:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr(&out)
     }
 
     pub fn kill(&mut self) {

@@ -300,6 +300,20 @@ fn print_stats(s: &Stats) {
         "loose blobs             {} (an older store's; `run` packs them)",
         s.loose_chunks
     );
+    if !s.users.is_empty() {
+        println!("usage per account:");
+        for u in &s.users {
+            println!(
+                "  {:<20} {:>10} stored, quota {:>10}, {} files ({}){}",
+                u.username,
+                bytes(u.stored_bytes),
+                u.quota_bytes.map_or_else(|| "none".to_owned(), bytes),
+                u.files,
+                bytes(u.file_bytes),
+                if u.disabled { ", disabled" } else { "" }
+            );
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -193,6 +193,9 @@ pub enum Rotation {
     Invalid,
     /// A rotated-out token presented again: its family is revoked.
     Reused(TokenOwner),
+    /// The account is disabled: nothing changed (the token works again once it is
+    /// enabled).
+    Disabled(TokenOwner),
 }
 
 /// The user and device a refresh token is bound to.

@@ -13,7 +13,7 @@ use fsync_common::{
     ChunkId, ContentHash, DeviceId, NamespaceId, Seq, SyncPath, UserId, VersionNo, VersionVector,
 };
 
-use super::Rotation::{Invalid, Reused, Rotated};
+use super::Rotation::{Disabled, Invalid, Reused, Rotated};
 use super::{
     Actor, BatchAnswer, BatchOp, DbError, DeviceStatus, MetaRepo, NewUser, TokenOwner, Usage,
 };
@@ -327,8 +327,23 @@ async fn accounts_are_listed_disabled_capped_and_deleted() {
         assert_eq!(status(alice.b).await, DeviceStatus::Disabled, "{name}");
         assert_eq!(status(bob.a).await, DeviceStatus::Active, "{name}");
         assert!(repo.find_user("alice").await.unwrap().unwrap().disabled);
+        // A renewal is refused without rotating: the token works again once enabled
+        // (not taken for a reuse of a rotated-out token).
+        let owner = TokenOwner {
+            user: alice.b.user,
+            device: alice.b.device,
+        };
+        repo.insert_refresh("alice-b1", owner, NOW + 100, NOW)
+            .await
+            .unwrap();
+        let rotate = async |old, new| {
+            let rotated = repo.rotate_refresh(old, new, NOW + 200, NOW + 50, 10).await;
+            rotated.unwrap()
+        };
+        assert_eq!(rotate("alice-b1", "alice-b2").await, Disabled(owner));
         repo.set_disabled(alice.a.user, false).await.unwrap();
         assert_eq!(status(alice.b).await, DeviceStatus::Active, "{name}");
+        assert_eq!(rotate("alice-b1", "alice-b3").await, Rotated(owner));
 
         // Deleted: nothing of alice's is left, bob's files and chunks are whole.
         let owner = TokenOwner {

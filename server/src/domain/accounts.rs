@@ -10,7 +10,7 @@ use fsync_common::{DeviceId, NamespaceId, UserId};
 use crate::auth::tokens::{
     hash_refresh_token, new_refresh_token, ACCESS_TTL_SECS, REFRESH_TTL_SECS,
 };
-use crate::db::{DbError, DeviceStatus, NewUser, Rotation, TokenOwner};
+use crate::db::{DbError, NewUser, Rotation, TokenOwner};
 use crate::state::{now_secs, AppState};
 
 /// What a refused login is told (the same for an unknown user and a wrong password).
@@ -228,6 +228,7 @@ pub(crate) async fn refresh(
     let owner = match rotation {
         Rotation::Rotated(owner) => owner,
         Rotation::Invalid => return Err(AccountError::BadRefresh),
+        Rotation::Disabled(_) => return Err(AccountError::Disabled),
         Rotation::Reused(owner) => {
             state
                 .metrics
@@ -237,14 +238,6 @@ pub(crate) async fn refresh(
             return Err(AccountError::RefreshReused);
         }
     };
-    if state
-        .repo
-        .device_active(owner.user, owner.device, now)
-        .await?
-        == DeviceStatus::Disabled
-    {
-        return Err(AccountError::Disabled);
-    }
     Ok(TokenResponse {
         access_token: state.tokens.issue(owner.user, owner.device, now as u64),
         token_type: "bearer".into(),

@@ -53,6 +53,9 @@ pub struct Stats {
     pub pack_fill: f64,
     /// Chunks still stored as loose blobs of a store written before packs.
     pub loose_chunks: u64,
+    /// Usage per account (stored bytes of the namespaces it owns, its quota, files and
+    /// devices), by username; with `--namespace`, only its owner.
+    pub users: Vec<crate::db::UserSummary>,
 }
 
 /// One damaged chunk found by [`Collector::verify`].
@@ -299,6 +302,7 @@ impl Collector {
                 r.packed_live_bytes as f64 / r.pack_bytes as f64
             },
             loose_chunks: r.loose_chunks,
+            users: self.repo.users_owning(namespace).await?,
         })
     }
 }

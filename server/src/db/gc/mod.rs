@@ -209,6 +209,18 @@ impl GcRepo {
     }
 
     /// Every namespace, in id order.
+    /// Every account's usage, or only that of `ns`'s owner.
+    pub(crate) async fn users_owning(
+        &self,
+        ns: Option<NamespaceId>,
+    ) -> Result<Vec<crate::db::UserSummary>, DbError> {
+        use crate::db::AdminRepo as _;
+        let users = self.sql.users(None).await?;
+        let Some(ns) = ns else { return Ok(users) };
+        let owner = self.sql.quota_of(ns).await?.map(|u| u.user);
+        Ok(users.into_iter().filter(|u| Some(u.id) == owner).collect())
+    }
+
     pub(crate) async fn namespaces(&self) -> Result<Vec<NamespaceId>, DbError> {
         let rows = sqlx::query("SELECT id FROM namespaces ORDER BY id")
             .fetch_all(self.sql.pool())

@@ -207,7 +207,8 @@ impl AccountRepo for SqlRepo {
              (SELECT CAST(CASE WHEN s.rotated_at IS NULL THEN 1 ELSE 0 END AS BIGINT) \
               FROM refresh_tokens s WHERE s.token_hash = t.successor_hash), \
              (SELECT CAST(1 AS BIGINT) FROM devices d \
-              WHERE d.id = t.device_id AND d.user_id = t.user_id AND d.revoked = 0) \
+              WHERE d.id = t.device_id AND d.user_id = t.user_id AND d.revoked = 0), \
+             (SELECT u.disabled FROM users u WHERE u.id = t.user_id) \
              FROM refresh_tokens t WHERE t.token_hash = $1",
         )
         .bind(old_hash)
@@ -224,6 +225,11 @@ impl AccountRepo for SqlRepo {
         let rotated_at: Option<i64> = row.try_get(4)?;
         let successor_unused = row.try_get::<Option<i64>, _>(5)? == Some(1);
         let active = row.try_get::<Option<i64>, _>(6)?.is_some();
+        if row.try_get::<Option<i64>, _>(7)?.unwrap_or(0) != 0 {
+            // Checked before anything changes: a renewal refused now must not count as
+            // a reuse of the token once the account is enabled again.
+            return Ok(Rotation::Disabled(owner));
+        }
         if row.try_get::<i64, _>(2)? <= now || !active {
             // A stale token (and its expired relatives) goes.
             sqlx::query(
