@@ -116,7 +116,7 @@ pub async fn run(
                 }
                 failures = 0;
                 log_round(&report, last_error.as_deref());
-                last_error = report.over_quota.clone();
+                last_error.clone_from(&report.over_quota);
                 if !report.deferred.is_empty() {
                     // Uploads refused for the quota are tried again when the pause
                     // ends, not twice a second.

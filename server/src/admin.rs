@@ -179,10 +179,12 @@ impl Admin<'_> {
 
     /// Prints the outcome of a change: `value` with `--json`, else `text`.
     fn done(&self, value: &serde_json::Value, text: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
         if self.json {
-            println!("{value}");
+            writeln!(out, "{value}")?;
         } else {
-            println!("{text}");
+            writeln!(out, "{text}")?;
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use fsync_common::wire::{
     ChangesResponse, ChunkRef, CommitOutcome, CommitRequest, CommitResponse, DeleteOutcome,
     DeviceInfo, FileMeta, KdfParams, ListResponse, LoginResponse, Manifest, MissingResponse,
     OpResponse, PushMessage, RenameInfo, StoredResponse, SyncEvent, SyncEventResponse,
-    SyncEventResult, TokenResponse, VersionInfo,
+    SyncEventResult, TokenResponse, UsageResponse, VersionInfo,
 };
 use fsync_common::{ChunkId, ContentHash, DeviceId, FileId, NamespaceId, Seq, UserId, VersionNo};
 use reqwest::Method;
@@ -1338,6 +1338,12 @@ async fn authz_scenario(srv: &Server) {
     assert!(list_all(srv, &b, ALL).await.is_empty());
     let devices: Vec<DeviceInfo> = srv.get_json(DEVICES, bt).await;
     assert_eq!(devices.iter().map(|d| d.id).collect::<Vec<_>>(), [b.id]);
+    // His usage is his own: he stored nothing, Alice did.
+    let usage: UsageResponse = srv.get_json("/api/v1/usage", bt).await;
+    assert_eq!(usage.used_bytes, 0, "{usage:?}");
+    let at = Some(a.token.as_str());
+    let hers: UsageResponse = srv.get_json("/api/v1/usage", at).await;
+    assert!(hers.used_bytes > 0, "{hers:?}");
     // Logging out with Alice's refresh token ends nothing of hers.
     let body = json!({"refresh_token": a.refresh});
     srv.post("/api/v1/auth/logout", bt, &body).await.expect(204);
@@ -1358,6 +1364,11 @@ async fn authz_scenario(srv: &Server) {
             "answers 204 and leaves Alice's token working (above)",
         ),
         ("GET", "/api/v1/devices", "lists only Bob's devices (above)"),
+        (
+            "GET",
+            "/api/v1/usage",
+            "counts only Bob's namespaces (above)",
+        ),
         (
             "POST",
             "/api/v1/sync/event",

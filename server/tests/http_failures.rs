@@ -214,6 +214,7 @@ async fn auth_table(srv: &Server, f: &Fixture) -> Vec<Route> {
     let page_batch_path = format!("/api/v1/pages/batch?namespace={ns}");
     vec![
         fixed("GET /api/v1/devices", Body::None),
+        fixed("GET /api/v1/usage", Body::None),
         route("DELETE /api/v1/devices/{id}", &spare, Body::None),
         fixed("POST /api/v1/auth/logout", Body::Json(logout)),
         fixed("POST /api/v1/chunks/missing", Body::Json(ids.clone())),

@@ -20,6 +20,23 @@ fn stored(server: &Server, name: &str) -> u64 {
         .expect("stored_bytes")
 }
 
+/// How many pack files the server's blob directory holds.
+fn pack_files(server: &Server) -> usize {
+    fn walk(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    Ok(_) if e.path().to_string_lossy().contains("/packs/") => 1,
+                    _ => 0,
+                })
+                .sum()
+        })
+    }
+    walk(&server.data_dir().join("blobs"))
+}
+
 /// The stdout of a `--once` round that must succeed.
 fn sync_out(c: &Client) -> String {
     c.run_ok(&["--once"])
@@ -68,10 +85,10 @@ fn quotas(backend: Backend) {
     assert!(out.contains("not synced yet: big.bin"), "{out}");
 
     // `status` shows the storage, the quota and why the upload waits.
-    let status = a.run_ok(&["status"]);
+    let human = a.run_ok(&["status"]);
     assert!(
-        status.contains("storage: ") && status.contains(" of "),
-        "{status}"
+        human.contains("storage: ") && human.contains(" of "),
+        "{human}"
     );
     let json: serde_json::Value =
         serde_json::from_str(&a.run_ok(&["status", "--json"])).expect("status --json");
@@ -136,8 +153,11 @@ fn disabled_accounts(backend: Backend) {
     a.write("before.txt", "before");
     a.sync();
     // B logs in under a name of its own, to be found in the device list.
-    let named = [("FSYNC_DEVICE_NAME".to_owned(), "laptop-b".to_owned())];
-    fsync_tests::check(&b.run_with_env(&["--once"], &named), "B's first round");
+    let device_name = [("FSYNC_DEVICE_NAME".to_owned(), "laptop-b".to_owned())];
+    fsync_tests::check(
+        &b.run_with_env(&["--once"], &device_name),
+        "B's first round",
+    );
     bobs.write("bob.txt", "bob's");
     bobs.sync();
     let mut daemon = b.spawn_daemon();
@@ -221,8 +241,17 @@ fn disabled_accounts(backend: Backend) {
     let err = server.admin_fails(&["users", "delete", "alice"]);
     assert!(err.contains("--yes"), "{err}");
     assert!(user(&server, "alice")["files"].as_u64().unwrap() >= 2);
-    let said = server.admin_ok(&["users", "delete", "alice", "--yes"]);
-    assert!(said.contains("deleted alice"), "{said}");
+    let packs_before = pack_files(&server);
+    let said = server.admin_ok(&["users", "delete", "alice", "--yes", "--json"]);
+    let said: serde_json::Value = serde_json::from_str(&said).expect("delete --json");
+    assert_eq!(said["username"], "alice");
+    let deleted = said["blobs_deleted"].as_u64().unwrap();
+    assert!(deleted >= 1, "{said}");
+    assert_eq!(
+        pack_files(&server),
+        packs_before - deleted as usize,
+        "{said}"
+    );
     let err = server.admin_fails(&["users", "show", "alice"]);
     assert!(err.contains("no account named"), "{err}");
     let err = a.run_fails(&["--once"], "a deleted account's round");

@@ -489,12 +489,18 @@ impl QuotaGate {
     /// Records a refusal with the server's message.
     fn refused(&self, why: &str) {
         let until = tokio::time::Instant::now() + QUOTA_PAUSE;
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((until, why.to_owned()));
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((until, why.to_owned()));
     }
 
     /// The server's message while uploads are paused.
     pub(super) fn paused(&self) -> Option<String> {
-        let gate = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let gate = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         gate.as_ref()
             .filter(|(until, _)| tokio::time::Instant::now() < *until)
             .map(|(_, why)| why.clone())
