@@ -19,6 +19,8 @@
 mod error;
 mod ids;
 mod keys;
+#[cfg(feature = "openapi")]
+mod openapi;
 mod path;
 mod vv;
 

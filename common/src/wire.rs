@@ -16,6 +16,7 @@ use crate::vv::VersionVector;
 
 /// Key-derivation parameters of an account (`GET /api/v1/auth/params`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KdfParams {
     /// Always `"argon2id"`.
@@ -32,6 +33,7 @@ pub struct KdfParams {
 
 /// `POST /api/v1/auth/register`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Unique username (3–64 characters of `[A-Za-z0-9_.-]`).
@@ -51,6 +53,7 @@ pub struct RegisterRequest {
 
 /// Response of register.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
     /// The new user.
     pub user_id: UserId,
@@ -60,6 +63,7 @@ pub struct RegisterResponse {
 
 /// `POST /api/v1/auth/login`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// Username.
@@ -76,6 +80,7 @@ pub struct LoginRequest {
 
 /// A namespace the user may access, with its key wrapped by the account key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NamespaceGrant {
     /// Namespace.
     pub id: NamespaceId,
@@ -87,6 +92,7 @@ pub struct NamespaceGrant {
 
 /// Response of login.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginResponse {
     /// Bearer access token (JWT, HS256).
     pub access_token: String,
@@ -108,6 +114,7 @@ pub struct LoginResponse {
 
 /// `POST /api/v1/auth/refresh` and `POST /api/v1/auth/logout`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The current refresh token.
@@ -116,6 +123,7 @@ pub struct RefreshRequest {
 
 /// Response of refresh.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     /// New access token.
     pub access_token: String,
@@ -129,6 +137,7 @@ pub struct TokenResponse {
 
 /// One device of the user (`GET /api/v1/devices`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceInfo {
     /// Device.
     pub id: DeviceId,
@@ -144,6 +153,7 @@ pub struct DeviceInfo {
 
 /// The caller's storage use (`GET /api/v1/usage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageResponse {
     /// Stored bytes (compressed, encrypted blobs) of the namespaces the user owns: what
     /// the quota counts.
@@ -157,6 +167,7 @@ pub struct UsageResponse {
 
 /// `POST /api/v1/chunks/missing`, and the body of a batch download.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ChunkIdsRequest {
     /// Namespace the chunks belong to.
@@ -167,6 +178,7 @@ pub struct ChunkIdsRequest {
 
 /// Response of `chunks/missing`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MissingResponse {
     /// The subset of the asked ids the server does not hold.
     pub missing: Vec<ChunkId>,
@@ -174,6 +186,7 @@ pub struct MissingResponse {
 
 /// Response of a chunk upload (single or batch).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredResponse {
     /// Chunks newly stored.
     pub stored: u32,
@@ -204,6 +217,7 @@ impl ChunkRef {
 
 /// `POST /api/v1/files/upload`: commit a manifest whose chunks are stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
     /// Namespace.
@@ -233,6 +247,7 @@ pub struct CommitRequest {
 
 /// Metadata of a file's head (or of a version).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileMeta {
     /// Stable file id.
     pub file_id: FileId,
@@ -272,6 +287,7 @@ pub fn is_folder_mode(mode: u32) -> bool {
 
 /// What the server did with a commit (ARCHITECTURE §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CommitOutcome {
     /// New file, or the head was an ancestor of `base`: the commit is the new head.
@@ -288,6 +304,7 @@ pub enum CommitOutcome {
 
 /// Response of a commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitResponse {
     /// What happened.
     pub outcome: CommitOutcome,
@@ -299,6 +316,8 @@ pub struct CommitResponse {
 
 /// `GET /api/v1/files/list` query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Namespace (defaults to the user's first namespace).
@@ -316,6 +335,7 @@ pub struct ListQuery {
 
 /// Response of list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListResponse {
     /// Files in path order.
     pub files: Vec<FileMeta>,
@@ -325,6 +345,7 @@ pub struct ListResponse {
 
 /// `GET /api/v1/files/download/{file_id}`: the head's manifest (the client decrypts).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Manifest {
     /// Metadata.
     pub meta: FileMeta,
@@ -340,6 +361,7 @@ pub struct Manifest {
 /// `POST /api/v1/files/manifests`: many manifests in one request (downloads of many
 /// small files).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ManifestsRequest {
     /// Namespace of every file.
@@ -354,6 +376,7 @@ pub struct ManifestsRequest {
 
 /// `POST /api/v1/pages/missing` and `POST /api/v1/pages/fetch`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PageIdsRequest {
     /// Namespace of the pages.
@@ -364,6 +387,7 @@ pub struct PageIdsRequest {
 
 /// Response of `pages/missing`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MissingPagesResponse {
     /// The subset of the asked ids the server does not hold.
     pub missing: Vec<PageId>,
@@ -371,6 +395,7 @@ pub struct MissingPagesResponse {
 
 /// One rename of a file (`GET /api/v1/files/{file_id}/renames`, oldest first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenameInfo {
     /// The file's version when it was renamed: the rename came after it.
     pub after_version: VersionNo,
@@ -387,6 +412,7 @@ pub struct RenameInfo {
 
 /// One version in a file's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VersionInfo {
     /// Version number.
     pub version: VersionNo,
@@ -410,6 +436,7 @@ pub struct VersionInfo {
 
 /// `POST /api/v1/files/{file_id}/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     /// Version to make the head again (as a new version).
@@ -418,6 +445,7 @@ pub struct RestoreRequest {
 
 /// `POST /api/v1/files/delete`: tombstone a path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeleteRequest {
     /// Namespace.
@@ -432,6 +460,7 @@ pub struct DeleteRequest {
 
 /// `POST /api/v1/files/rename`: move a file or a whole folder, no data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
     /// Namespace.
@@ -446,6 +475,7 @@ pub struct RenameRequest {
 
 /// Response of delete and rename.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpResponse {
     /// Files affected, with their new metadata.
     pub files: Vec<FileMeta>,
@@ -455,6 +485,7 @@ pub struct OpResponse {
 
 /// What a delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeleteOutcome {
     /// The head was the version the client saw: it is now a tombstone.
@@ -469,6 +500,7 @@ pub enum DeleteOutcome {
 
 /// One event of `POST /api/v1/sync/event`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SyncEvent {
     /// A new file.
@@ -483,6 +515,7 @@ pub enum SyncEvent {
 
 /// `POST /api/v1/sync/event` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SyncEventBatch {
     /// Events, applied in order.
@@ -491,6 +524,7 @@ pub struct SyncEventBatch {
 
 /// Result of one event.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum SyncEventResult {
     /// A create or modify was committed.
@@ -503,6 +537,7 @@ pub enum SyncEventResult {
 
 /// Response of `sync/event`: one result per event, in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncEventResponse {
     /// Results.
     pub results: Vec<SyncEventResult>,
@@ -510,6 +545,8 @@ pub struct SyncEventResponse {
 
 /// `GET /api/v1/sync/changes` query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ChangesQuery {
     /// Namespace (defaults to the user's first namespace).
@@ -522,6 +559,7 @@ pub struct ChangesQuery {
 
 /// One journal entry: the state of a file after a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Change {
     /// Journal position.
     pub seq: Seq,
@@ -533,6 +571,7 @@ pub struct Change {
 
 /// Response of `sync/changes`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangesResponse {
     /// Changes in journal order. A file may appear once per change.
     pub changes: Vec<Change>,
@@ -544,6 +583,7 @@ pub struct ChangesResponse {
 
 /// Messages the server pushes on `/api/v1/ws`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PushMessage {
     /// The namespace's journal reached `seq`.
@@ -560,6 +600,7 @@ pub enum PushMessage {
 /// First message a client may send on the WebSocket to authenticate
 /// (when it cannot set an `Authorization` header).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// Authenticate with an access token.
@@ -571,6 +612,7 @@ pub enum ClientMessage {
 
 /// `GET /health`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthResponse {
     /// `ok` or `degraded`.
     pub status: String,

@@ -353,6 +353,34 @@ on_every_backend!(metrics_follow_the_traffic => metrics_scenario);
 // ------------------------------------------------------------------ 3. JSON errors
 
 /// A wrong method on every route is a JSON 405 with `Allow`; unknown routes a JSON 404.
+/// `GET /api/openapi.json` answers without a token, as JSON, and describes every route
+/// the router serves with its method (and the token it needs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_names_every_route() {
+    let srv = Server::start(&Backend::Sqlite).await;
+    let r = srv.get("/api/openapi.json", None).await.expect(200);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let doc: Value = r.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for route in fsync_server::ROUTES {
+        let op = &doc["paths"][route.path][route.method.to_ascii_lowercase()];
+        assert!(
+            op.is_object(),
+            "{} {} is not documented",
+            route.method,
+            route.path
+        );
+        let needs_token = op.get("security").is_some();
+        assert_eq!(
+            needs_token,
+            route.access == fsync_server::Access::Token,
+            "{} {}",
+            route.method,
+            route.path
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_methods_and_unknown_routes_answer_json_errors() {
     let srv = Server::start(&Backend::Sqlite).await;
@@ -387,6 +415,8 @@ async fn wrong_methods_and_unknown_routes_answer_json_errors() {
         ("POST", "/api/v1/ws".into(), &["GET", "HEAD"]),
         ("DELETE", "/health".into(), &["GET", "HEAD"]),
         ("PATCH", "/metrics".into(), &["GET", "HEAD"]),
+        ("POST", "/api/openapi.json".into(), &["GET", "HEAD"]),
+        ("POST", "/api/v1/usage".into(), &["GET", "HEAD"]),
     ];
     for (method, path, allowed) in cases {
         let r = srv

@@ -17,7 +17,8 @@ use crate::domain::accounts;
 use crate::state::AppState;
 
 /// Query of `GET /api/v1/auth/params`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ParamsQuery {
     username: String,

@@ -19,7 +19,8 @@ use crate::domain::{downloads, uploads};
 use crate::state::{now_secs, AppState};
 
 /// `?namespace=` of chunk routes (the user's first namespace when absent).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NsQuery {
     pub(super) namespace: Option<NamespaceId>,

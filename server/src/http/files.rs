@@ -76,7 +76,8 @@ async fn file_of(
 }
 
 /// `?version=` of the download route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VersionQuery {
     version: Option<u64>,

@@ -12,6 +12,7 @@ mod chunks;
 pub(crate) mod error;
 mod extract;
 mod files;
+mod openapi;
 mod ops;
 mod pages;
 mod sync;
@@ -113,6 +114,7 @@ routes! { ROUTES;
     get "/api/v1/ws" => ws::upgrade, Token;
     get "/health" => ops::health, Public;
     get "/metrics" => ops::metrics, Public;
+    get "/api/openapi.json" => openapi::serve, Public;
 }
 
 /// The application router.
