@@ -352,7 +352,6 @@ on_every_backend!(metrics_follow_the_traffic => metrics_scenario);
 
 // ------------------------------------------------------------------ 3. JSON errors
 
-/// A wrong method on every route is a JSON 405 with `Allow`; unknown routes a JSON 404.
 /// `GET /api/openapi.json` answers without a token, as JSON, and describes every route
 /// the router serves with its method (and the token it needs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,6 +380,7 @@ async fn the_openapi_document_names_every_route() {
     }
 }
 
+/// A wrong method on every route is a JSON 405 with `Allow`; unknown routes a JSON 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_methods_and_unknown_routes_answer_json_errors() {
     let srv = Server::start(&Backend::Sqlite).await;

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fsync_chunker::FileDigest;
 use fsync_common::batch::BatchBuilder;
@@ -461,7 +462,12 @@ impl Engine {
         let over_quota = |files: &[SyncPath], why: String| {
             files.iter().map(|p| (p.clone(), why.clone())).collect()
         };
-        let paths: Vec<SyncPath> = files.iter().map(|(p, _, _)| p.clone()).collect();
+        // Only files with a chunk to send wait: the others need no space.
+        let paths: Vec<SyncPath> = files
+            .iter()
+            .filter(|(_, _, d)| d.chunks.iter().any(|c| wanted.contains(&c.id)))
+            .map(|(p, _, _)| p.clone())
+            .collect();
         if let Some(why) = self.quota.paused() {
             return Ok(over_quota(&paths, why));
         }
@@ -477,33 +483,62 @@ impl Engine {
 
 /// How long uploads pause after the server refused one for the account's quota: the
 /// files wait without being sent again and again (the space comes back only when
-/// files are deleted and collected, or the operator raises the quota).
-pub const QUOTA_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
+/// files are deleted and collected, or the operator raises the quota). A refusal again
+/// soon after a pause doubles it, up to [`QUOTA_PAUSE_MAX`].
+pub const QUOTA_PAUSE: Duration = Duration::from_secs(60);
+/// The longest pause after repeated quota refusals.
+const QUOTA_PAUSE_MAX: Duration = Duration::from_secs(16 * 60);
 
-/// Pauses uploads for [`QUOTA_PAUSE`] after a refusal for the account's quota, shared
-/// by the rounds and the background lanes.
+/// Uploads paused until `until` after a refusal for the account's quota (`why`), for
+/// `length`.
+#[derive(Debug)]
+struct Pause {
+    until: Instant,
+    length: Duration,
+    why: String,
+}
+
+/// Pauses uploads after a refusal for the account's quota, shared by the rounds and
+/// the background lanes.
 #[derive(Debug, Default)]
-pub(super) struct QuotaGate(std::sync::Mutex<Option<(tokio::time::Instant, String)>>);
+pub(super) struct QuotaGate(std::sync::Mutex<Option<Pause>>);
 
 impl QuotaGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Pause>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Records a refusal with the server's message.
     fn refused(&self, why: &str) {
-        let until = tokio::time::Instant::now() + QUOTA_PAUSE;
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((until, why.to_owned()));
+        self.refused_at(why, Instant::now());
+    }
+
+    fn refused_at(&self, why: &str, now: Instant) {
+        let mut gate = self.lock();
+        let length = match gate.as_ref() {
+            // Refused again within a pause's length of the last one ending.
+            Some(p) if now < p.until + p.length => (p.length * 2).min(QUOTA_PAUSE_MAX),
+            _ => QUOTA_PAUSE,
+        };
+        *gate = Some(Pause {
+            until: now + length,
+            length,
+            why: why.to_owned(),
+        });
     }
 
     /// The server's message while uploads are paused.
     pub(super) fn paused(&self) -> Option<String> {
-        let gate = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        gate.as_ref()
-            .filter(|(until, _)| tokio::time::Instant::now() < *until)
-            .map(|(_, why)| why.clone())
+        self.paused_at(Instant::now())
+    }
+
+    fn paused_at(&self, now: Instant) -> Option<String> {
+        self.lock()
+            .as_ref()
+            .filter(|p| now < p.until)
+            .map(|p| p.why.clone())
     }
 }
 
@@ -651,4 +686,41 @@ fn encode_file_chunks(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+
+    /// A refusal pauses uploads for a minute; one again soon after doubles the pause,
+    /// up to the cap; one long after starts over.
+    #[test]
+    fn repeated_refusals_pause_longer() {
+        let gate = QuotaGate::default();
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        assert_eq!(gate.paused_at(start), None);
+        gate.refused_at("full", start);
+        assert_eq!(gate.paused_at(at(59)).as_deref(), Some("full"));
+        assert_eq!(gate.paused_at(at(61)), None);
+        gate.refused_at("full", at(61));
+        assert!(gate.paused_at(at(61 + 119)).is_some(), "twice as long");
+        assert!(gate.paused_at(at(61 + 121)).is_none());
+        // Refused again and again (each time soon after the last): it doubles up to the
+        // cap and stays there.
+        let mut t = 61;
+        for _ in 0..10 {
+            t += 1;
+            gate.refused_at("full", at(t));
+        }
+        let max = QUOTA_PAUSE_MAX.as_secs();
+        assert!(gate.paused_at(at(t + max - 1)).is_some());
+        assert!(gate.paused_at(at(t + max + 1)).is_none(), "capped");
+        t += 3 * max;
+        gate.refused_at("full", at(t));
+        assert!(
+            gate.paused_at(at(t + 61)).is_none(),
+            "long after, it starts over"
+        );
+    }
 }

@@ -243,7 +243,8 @@ fn operations() -> Vec<Op> {
         Op::new("PUT", "/api/v1/chunks/{id}", "Upload one blob (idempotent)")
             .query::<NsQuery>()
             .bytes(ns)
-            .answers::<StoredResponse>(201),
+            .answers::<StoredResponse>(201)
+            .answers::<StoredResponse>(200),
         Op::new("GET", "/api/v1/chunks/{id}", "Download one blob")
             .query::<NsQuery>()
             .answers_bytes("the blob"),
@@ -359,7 +360,8 @@ fn operations() -> Vec<Op> {
             "/health",
             "Whether the database and the blob store answer",
         )
-        .answers::<HealthResponse>(200),
+        .answers::<HealthResponse>(200)
+        .answers::<HealthResponse>(503),
         Op::new("GET", "/metrics", "Prometheus counters (text)")
             .answers_empty(200, "Prometheus text format"),
         Op::new("GET", "/api/openapi.json", "This document").answers_empty(200, "OpenAPI 3.1 JSON"),
@@ -471,6 +473,15 @@ mod tests {
         assert!(login.get("security").is_none(), "{login}");
         let list = &doc["paths"]["/api/v1/files/list"]["get"];
         assert_eq!(list["security"][0]["bearer"], serde_json::json!([]));
+        // Answers that are not errors are not left to `default`.
+        let put = &doc["paths"]["/api/v1/chunks/{id}"]["put"]["responses"];
+        assert!(
+            put.get("200").is_some() && put.get("201").is_some(),
+            "{put}"
+        );
+        assert!(doc["paths"]["/health"]["get"]["responses"]
+            .get("503")
+            .is_some());
         let params: Vec<&str> = list["parameters"]
             .as_array()
             .unwrap()

@@ -208,7 +208,6 @@ impl GcRepo {
         }
     }
 
-    /// Every namespace, in id order.
     /// Every account's usage, or only that of `ns`'s owner.
     pub(crate) async fn users_owning(
         &self,
@@ -221,6 +220,7 @@ impl GcRepo {
         Ok(users.into_iter().filter(|u| Some(u.id) == owner).collect())
     }
 
+    /// Every namespace, in id order.
     pub(crate) async fn namespaces(&self) -> Result<Vec<NamespaceId>, DbError> {
         let rows = sqlx::query("SELECT id FROM namespaces ORDER BY id")
             .fetch_all(self.sql.pool())
