@@ -113,48 +113,42 @@ impl Op {
         self
     }
 
+    /// Adds the answer for `status`.
+    fn respond(mut self, status: u16, response: ResponseBuilder) -> Self {
+        self.builder = self.builder.response(status.to_string(), response);
+        self
+    }
+
     /// Answers `status` with a JSON `T`.
     fn answers<T: ToSchema>(mut self, status: u16) -> Self {
         let content = json_content(schema_ref::<T>(&mut self.schemas));
-        self.builder = self.builder.response(
-            status.to_string(),
-            ResponseBuilder::new()
-                .description(T::name())
-                .content("application/json", content),
-        );
-        self
+        let response = ResponseBuilder::new()
+            .description(T::name())
+            .content("application/json", content);
+        self.respond(status, response)
     }
 
     /// Answers 200 with a JSON array of `T`.
     fn answers_list<T: ToSchema>(mut self) -> Self {
         let items = schema_ref::<T>(&mut self.schemas);
         let content = json_content(ArrayBuilder::new().items(items).into());
-        self.builder = self.builder.response(
-            "200",
-            ResponseBuilder::new()
-                .description(format!("a list of {}", T::name()))
-                .content("application/json", content),
-        );
-        self
+        let response = ResponseBuilder::new()
+            .description(format!("a list of {}", T::name()))
+            .content("application/json", content);
+        self.respond(200, response)
     }
 
     /// Answers 200 with a binary body (`what` it holds).
-    fn answers_bytes(mut self, what: &str) -> Self {
-        self.builder = self.builder.response(
-            "200",
-            ResponseBuilder::new()
-                .description(what)
-                .content(OCTETS, ContentBuilder::new().build()),
-        );
-        self
+    fn answers_bytes(self, what: &str) -> Self {
+        let response = ResponseBuilder::new()
+            .description(what)
+            .content(OCTETS, ContentBuilder::new().build());
+        self.respond(200, response)
     }
 
     /// Answers `status` with no body.
-    fn answers_empty(mut self, status: u16, what: &str) -> Self {
-        self.builder = self
-            .builder
-            .response(status.to_string(), ResponseBuilder::new().description(what));
-        self
+    fn answers_empty(self, status: u16, what: &str) -> Self {
+        self.respond(status, ResponseBuilder::new().description(what))
     }
 
     /// The operation, with the error body every route answers failures with, and the

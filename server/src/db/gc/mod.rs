@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use fsync_common::{ChunkId, NamespaceId};
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::sql::{parse, Dialect, SqlRepo, Tx};
+use super::sql::{ids, parse, Dialect, SqlRepo, Tx};
 use super::{parse_url, DbError, DbUrl};
 
 mod packs;
@@ -225,9 +225,7 @@ impl GcRepo {
         let rows = sqlx::query("SELECT id FROM namespaces ORDER BY id")
             .fetch_all(self.sql.pool())
             .await?;
-        rows.iter()
-            .map(|r| parse(&r.try_get::<String, _>(0)?, "namespace id"))
-            .collect()
+        ids(&rows, "namespace id")
     }
 
     /// True when the namespace exists.

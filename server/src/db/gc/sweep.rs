@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{
     chunk_row, hex_ids, ChunkRow, GcRepo, NsLock, RetentionSql, PAGE_UNREFERENCED, UNREFERENCED,
 };
-use crate::db::sql::{parse, placeholders, Tx, IN_BATCH};
+use crate::db::sql::{ids, parse, placeholders, Tx, IN_BATCH};
 use crate::db::DbError;
 
 /// Condition on `c` (`chunks`): a sweep at `cutoff` deletes the row, because no version
@@ -191,9 +191,7 @@ impl GcRepo {
             .bind(ns.to_hex())
             .fetch_all(self.sql.pool())
             .await?;
-        rows.iter()
-            .map(|r| parse(&r.try_get::<String, _>(0)?, "chunk id"))
-            .collect()
+        ids(&rows, "chunk id")
     }
 }
 

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use fsync_common::{DeviceId, NamespaceId, UserId};
 use sqlx::Row;
 
-use super::rows::parse;
+use super::rows::{ids, parse};
 use super::SqlRepo;
 use crate::db::{AdminRepo, DbError, DeletedUser, Usage, UserSummary};
 
@@ -80,9 +80,7 @@ impl AdminRepo for SqlRepo {
             .bind(user.to_hex())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| parse(&r.try_get::<String, _>(0)?, "device id"))
-            .collect()
+        ids(&rows, "device id")
     }
 
     async fn set_quota(&self, user: UserId, quota: Option<u64>) -> Result<(), DbError> {
@@ -103,23 +101,16 @@ impl AdminRepo for SqlRepo {
         let _guard = self.write_guard().await;
         let mut tx = self.pool.begin().await?;
         let uid = user.to_hex();
-        let devices = sqlx::query("SELECT id FROM devices WHERE user_id = $1")
+        let rows = sqlx::query("SELECT id FROM devices WHERE user_id = $1")
             .bind(&uid)
             .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| parse(&r.try_get::<String, _>(0)?, "device id"))
-            .collect::<Result<Vec<DeviceId>, DbError>>()?;
+            .await?;
+        let devices: Vec<DeviceId> = ids(&rows, "device id")?;
         // Its namespaces first (locked, so that no commit runs into them meanwhile),
         // children before parents.
         let owned = "SELECT id FROM namespaces WHERE owner_id = $1";
-        let namespaces = sqlx::query(owned)
-            .bind(&uid)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| parse(&r.try_get::<String, _>(0)?, "namespace id"))
-            .collect::<Result<Vec<NamespaceId>, DbError>>()?;
+        let rows = sqlx::query(owned).bind(&uid).fetch_all(&mut *tx).await?;
+        let namespaces: Vec<NamespaceId> = ids(&rows, "namespace id")?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE namespaces SET last_seq = last_seq WHERE id IN ({owned})"
         )))

@@ -32,7 +32,7 @@ use tokio::sync::Mutex;
 use super::{DbError, MetaRepo};
 
 pub(super) use pages::page_id;
-pub(super) use rows::{i64_of, insert_pack_row, parse, placeholders};
+pub(super) use rows::{i64_of, ids, insert_pack_row, parse, placeholders};
 
 /// How many ids go into one `IN (…)` list.
 pub(super) const IN_BATCH: usize = 500;

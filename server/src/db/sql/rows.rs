@@ -20,6 +20,19 @@ where
         .map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
 }
 
+/// The first column of each row, a text id, parsed (`what` names it in the error).
+pub(in crate::db) fn ids<T: std::str::FromStr>(
+    rows: &[AnyRow],
+    what: &str,
+) -> Result<Vec<T>, DbError>
+where
+    T::Err: std::fmt::Display,
+{
+    rows.iter()
+        .map(|r| parse(&r.try_get::<String, _>(0)?, what))
+        .collect()
+}
+
 pub(super) fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, DbError> {
     serde_json::from_str(s).map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
 }
